@@ -1,0 +1,759 @@
+//! pso's configuration, read from the CGI environment (Apache `SetEnv`, `fastcgi_param`, ...).
+//!
+//! Every variable has a safe default. A value that does not parse is reported with the
+//! variable's name and what was expected, and the default is used: a typo in a config file must
+//! not take a site down, nor make it less safe.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cookie::SameSite;
+
+use crate::cookies::{CookieSettings, SecureMode};
+use crate::environment::Environment;
+use crate::expiry::Expiry;
+use crate::id::{ServiceId, SessionId};
+
+/// Default `PSOSessionLockTimeout`.
+const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `PSOSessionMaxBytes`: 1 MiB.
+const DEFAULT_MAX_BYTES: u64 = 1 << 20;
+/// Largest `PSOSessionMaxBytes` accepted; the decoder's hard allocation limit.
+pub(crate) const MAX_SESSION_BYTES: u64 = 64 << 20;
+/// Default `PSOSessionGCMaxLifetime`: one day.
+const DEFAULT_GC_MAX_LIFETIME: Duration = Duration::from_secs(86_400);
+/// Longest `PSOCookieSession_Path` accepted, so the cookie stays far below 4096 bytes.
+const MAX_COOKIE_PATH: usize = 512;
+
+/// The name of every variable pso reads, for spotting typos.
+const KNOWN_VARIABLES: &[&str] = &[
+    "PSOServiceId",
+    "PSOSessionExpire",
+    "PSOSessionExpires",
+    "PSOSessionFileLoader_Path",
+    "PSOSessionLockTimeout",
+    "PSOSessionSync",
+    "PSOSessionMaxBytes",
+    "PSOSessionGCProbability",
+    "PSOSessionGCMaxLifetime",
+    "PSOCookieSession_Domain",
+    "PSOCookieSession_Path",
+    "PSOCookieSession_Secure",
+    "PSOCookieSession_HttpOnly",
+    "PSOCookieSession_SameSite",
+    "PSOCookieSession_Max-Age",
+    "PSOCookieSession_expires",
+    "PSOCookieSession_Expires",
+    "PSOCookieSession_Comment",
+    "PSOCookieSession_Version",
+    "PSOCookieSession_Prefix",
+];
+
+/// Names whose value the client controls: a service id spelled like one must not force ids,
+/// or a request header (`HTTP_*`) or the query string could choose the session.
+const REQUEST_VARIABLES: &[&str] = &[
+    "AUTH_TYPE",
+    "CONTENT_LENGTH",
+    "CONTENT_TYPE",
+    "PATH_INFO",
+    "PATH_TRANSLATED",
+    "QUERY_STRING",
+    "REMOTE_HOST",
+    "REMOTE_IDENT",
+    "REMOTE_USER",
+    "REQUEST_METHOD",
+    "REQUEST_URI",
+    "SCRIPT_URI",
+    "SCRIPT_URL",
+];
+
+/// A setting that could not be used, and the default that replaced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The variable's name.
+    pub variable: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// How often a request also collects expired sessions: `numerator` in `denominator`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcProbability {
+    numerator: u32,
+    denominator: u32,
+}
+
+impl GcProbability {
+    /// Never collect (for cron-driven cleanup).
+    pub const NEVER: GcProbability = GcProbability {
+        numerator: 0,
+        denominator: 1,
+    };
+
+    /// Parses `1/100`, `0.01`, `1%`, `0` or `1`.
+    ///
+    /// ```
+    /// use pso::GcProbability;
+    /// assert_eq!(GcProbability::parse("1/100"), GcProbability::parse("0.01"));
+    /// assert_eq!(GcProbability::parse("1%"), GcProbability::parse("0.01"));
+    /// assert_eq!(GcProbability::parse("0"), Some(GcProbability::NEVER));
+    /// assert_eq!(GcProbability::parse("2/1"), None);
+    /// ```
+    pub fn parse(text: &str) -> Option<GcProbability> {
+        let text = text.trim();
+        let (numerator, denominator) = if let Some((n, d)) = text.split_once('/') {
+            (n.trim().parse().ok()?, d.trim().parse().ok()?)
+        } else if let Some(percent) = text.strip_suffix('%') {
+            let (n, d) = decimal(percent.trim())?;
+            (n, d.checked_mul(100)?)
+        } else {
+            decimal(text)?
+        };
+        (denominator > 0 && numerator <= denominator).then_some(GcProbability {
+            numerator,
+            denominator,
+        })
+    }
+
+    /// Whether this request collects, given a uniformly random `roll`.
+    pub fn hits(self, roll: u32) -> bool {
+        self.numerator > 0 && roll % self.denominator < self.numerator
+    }
+}
+
+/// `"0.25"` as `(25, 100)`: up to 9 decimal places, no floating point.
+fn decimal(text: &str) -> Option<(u32, u32)> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.len() > 9 {
+        return None;
+    }
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(whole) || !all_digits(fraction) {
+        return None;
+    }
+    let denominator = 10u32.checked_pow(u32::try_from(fraction.len()).ok()?)?;
+    let whole: u32 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let fraction: u32 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse().ok()?
+    };
+    Some((
+        whole.checked_mul(denominator)?.checked_add(fraction)?,
+        denominator,
+    ))
+}
+
+/// Everything pso takes from the environment for one request.
+///
+/// ```
+/// let env = pso::Environment::from_pairs([
+///     ("SCRIPT_NAME", "/cgi-bin/reload.cgi"),
+///     ("PSOSessionExpire", "15*60"),
+///     ("PSOSessionLockTimeout", "1/0"),
+/// ]);
+/// let (config, problems) = pso::Config::from_env_checked(&env);
+/// assert_eq!(config.service.as_str(), "reload");
+/// assert_eq!(config.lifetime, pso::Expiry::In(std::time::Duration::from_secs(900)));
+/// assert_eq!(config.lock_timeout, std::time::Duration::from_secs(30));
+/// assert_eq!(problems[0].variable, "PSOSessionLockTimeout");
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// `PSOServiceId`: the cookie's name and the sessions' namespace.
+    pub service: ServiceId,
+    /// The session id forced by a variable named like the service id.
+    pub forced_id: Option<SessionId>,
+    /// `PSOSessionExpire`: the lifetime of a new session ([`Expiry::BrowserClose`] by default).
+    pub lifetime: Expiry,
+    /// `PSOSessionFileLoader_Path`: the session directory.
+    pub session_dir: PathBuf,
+    /// `PSOSessionLockTimeout`: the longest wait for a session's lock.
+    pub lock_timeout: Duration,
+    /// `PSOSessionSync`: fsync files and directory on every save.
+    pub sync: bool,
+    /// `PSOSessionMaxBytes`: the largest session record stored or read.
+    pub max_bytes: u64,
+    /// `PSOSessionGCProbability`: how often a request collects expired sessions.
+    pub gc_probability: GcProbability,
+    /// `PSOSessionGCMaxLifetime`: how long a browser-close session lives on the server unused.
+    pub gc_max_lifetime: Duration,
+    /// `PSOCookieSession_*`: the session cookie's attributes.
+    pub cookie: CookieSettings,
+}
+
+impl Config {
+    /// Reads the configuration, logging each problem as a warning.
+    pub fn from_env(env: &Environment) -> Config {
+        let (config, problems) = Config::from_env_checked(env);
+        for problem in problems {
+            log::warn!("{}: {}", problem.variable, problem.message);
+        }
+        config
+    }
+
+    /// Reads the configuration and returns the problems instead of logging them.
+    pub fn from_env_checked(env: &Environment) -> (Config, Vec<ConfigProblem>) {
+        let mut reader = Reader {
+            env,
+            problems: Vec::new(),
+        };
+        let config = reader.config();
+        reader.flag_unknown_variables();
+        (config, reader.problems)
+    }
+}
+
+/// The system temp directory's `pso-<uid>`: private to the user the web server runs CGI as.
+pub(crate) fn default_session_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("pso-{}", crate::store::file::effective_uid()))
+}
+
+struct Reader<'a> {
+    env: &'a Environment,
+    problems: Vec<ConfigProblem>,
+}
+
+impl<'a> Reader<'a> {
+    fn config(&mut self) -> Config {
+        let service = self.service();
+        let forced_id = self.forced_id(&service);
+        let lifetime = self
+            .first_of(&["PSOSessionExpire", "PSOSessionExpires"])
+            .and_then(|(name, text)| self.lifetime(name, text))
+            .unwrap_or(Expiry::BrowserClose);
+        let session_dir = match self.env.get_os("PSOSessionFileLoader_Path") {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ => default_session_dir(),
+        };
+        let lock_timeout = self
+            .parsed(
+                "PSOSessionLockTimeout",
+                "a duration like 30 or 1m",
+                duration,
+            )
+            .unwrap_or(DEFAULT_LOCK_TIMEOUT);
+        let sync = self
+            .parsed("PSOSessionSync", "on or off", boolean)
+            .unwrap_or(false);
+        let max_bytes = self
+            .parsed(
+                "PSOSessionMaxBytes",
+                "a size from 1024 to 67108864 bytes, like 1048576 or 1024*1024",
+                byte_count,
+            )
+            .unwrap_or(DEFAULT_MAX_BYTES);
+        let gc_probability = self
+            .parsed(
+                "PSOSessionGCProbability",
+                "a probability like 1/100, 0.01 or 1%; 0 turns collection off",
+                GcProbability::parse,
+            )
+            .unwrap_or(GcProbability {
+                numerator: 1,
+                denominator: 100,
+            });
+        let gc_max_lifetime = self
+            .parsed(
+                "PSOSessionGCMaxLifetime",
+                "a duration like 86400 or 24h",
+                duration,
+            )
+            .unwrap_or(DEFAULT_GC_MAX_LIFETIME);
+        let cookie = self.cookie(&service);
+        Config {
+            service,
+            forced_id,
+            lifetime,
+            session_dir,
+            lock_timeout,
+            sync,
+            max_bytes,
+            gc_probability,
+            gc_max_lifetime,
+            cookie,
+        }
+    }
+
+    fn problem(&mut self, variable: &str, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            variable: variable.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// The first of several spellings that is set, with its name.
+    fn first_of(&self, names: &[&'static str]) -> Option<(&'static str, &'a str)> {
+        let env: &'a Environment = self.env;
+        names
+            .iter()
+            .find_map(|&name| env.get(name).map(|value| (name, value)))
+    }
+
+    /// A variable parsed by `parse`; an unparsable value is a problem and reads as unset.
+    fn parsed<T>(
+        &mut self,
+        name: &str,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Option<T> {
+        let text = self.env.get(name)?;
+        let value = parse(text);
+        if value.is_none() {
+            self.problem(
+                name,
+                format!("{text:?} is not {expected}; using the default"),
+            );
+        }
+        value
+    }
+
+    fn service(&mut self) -> ServiceId {
+        if let Some(text) = self.env.get("PSOServiceId") {
+            match text.parse() {
+                Ok(service) => return service,
+                Err(e) => self.problem(
+                    "PSOServiceId",
+                    format!("{text:?}: {e}; using the script's name"),
+                ),
+            }
+        }
+        let script = self.env.get("SCRIPT_NAME").unwrap_or("");
+        let base = script.rsplit('/').next().unwrap_or("");
+        let stem = base.split('.').next().unwrap_or("");
+        stem.parse().unwrap_or_else(|_| {
+            if !stem.is_empty() {
+                self.problem(
+                    "SCRIPT_NAME",
+                    format!("the script name {stem:?} is not a valid service id; using \"pso\" (set PSOServiceId)"),
+                );
+            }
+            ServiceId::fallback()
+        })
+    }
+
+    fn forced_id(&mut self, service: &ServiceId) -> Option<SessionId> {
+        let name = service.as_str();
+        let text = self.env.get(name)?;
+        if name.starts_with("HTTP_")
+            || name.starts_with("REDIRECT_")
+            || REQUEST_VARIABLES.contains(&name)
+        {
+            self.problem(
+                name,
+                "the client controls this variable, so it cannot force the session id; choose another PSOServiceId",
+            );
+            return None;
+        }
+        match SessionId::forced(text) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.problem(name, format!("cannot force the session id: {e}"));
+                None
+            }
+        }
+    }
+
+    fn lifetime(&mut self, name: &str, text: &str) -> Option<Expiry> {
+        match Expiry::parse(text) {
+            Ok(Expiry::In(d)) if d.is_zero() => Some(Expiry::BrowserClose),
+            Ok(expiry) => Some(expiry),
+            Err(e) => {
+                self.problem(
+                    name,
+                    format!("{text:?}: {e}; sessions expire at browser close"),
+                );
+                None
+            }
+        }
+    }
+
+    fn cookie(&mut self, service: &ServiceId) -> CookieSettings {
+        let prefix = self
+            .parsed(
+                "PSOCookieSession_Prefix",
+                "__Host- or __Secure-",
+                |text| match text.trim() {
+                    "__Host-" | "__Secure-" | "" => Some(text.trim().to_owned()),
+                    _ => None,
+                },
+            )
+            .unwrap_or_default();
+        let mut cookie = CookieSettings::new(&format!("{prefix}{service}"));
+        cookie.host_prefix = prefix == "__Host-";
+        if prefix == "__Secure-" {
+            cookie.secure = SecureMode::Always;
+        }
+        if let Some(path) = self.parsed(
+            "PSOCookieSession_Path",
+            "a path starting with / without ; or control characters",
+            cookie_path,
+        ) {
+            cookie.path = path;
+        }
+        cookie.domain = self.parsed(
+            "PSOCookieSession_Domain",
+            "a host name like example.org",
+            cookie_domain,
+        );
+        if let Some(mode) = self.parsed("PSOCookieSession_Secure", "on, off or auto", |text| {
+            if text.trim().eq_ignore_ascii_case("auto") {
+                Some(SecureMode::Auto)
+            } else {
+                boolean(text).map(|on| {
+                    if on {
+                        SecureMode::Always
+                    } else {
+                        SecureMode::Never
+                    }
+                })
+            }
+        }) && prefix.is_empty()
+        {
+            cookie.secure = mode;
+        }
+        if let Some(on) = self.parsed("PSOCookieSession_HttpOnly", "on or off", boolean) {
+            cookie.http_only = on;
+        }
+        if let Some(same_site) = self.parsed(
+            "PSOCookieSession_SameSite",
+            "Strict, Lax or None",
+            |text| match text.trim().to_ascii_lowercase().as_str() {
+                "strict" => Some(SameSite::Strict),
+                "lax" => Some(SameSite::Lax),
+                "none" => Some(SameSite::None),
+                _ => None,
+            },
+        ) {
+            cookie.same_site = same_site;
+        }
+        cookie.max_age = self
+            .parsed(
+                "PSOCookieSession_Max-Age",
+                "a duration like 3600 or 1h",
+                duration,
+            )
+            .map(Expiry::In);
+        cookie.expires = self
+            .first_of(&["PSOCookieSession_expires", "PSOCookieSession_Expires"])
+            .and_then(|(name, text)| match Expiry::parse(text) {
+                Ok(expiry) => Some(expiry),
+                Err(e) => {
+                    self.problem(name, format!("{text:?}: {e}"));
+                    None
+                }
+            });
+        for obsolete in ["PSOCookieSession_Comment", "PSOCookieSession_Version"] {
+            if self.env.contains(obsolete) {
+                log::debug!("{obsolete} is obsolete since RFC 6265 and ignored");
+            }
+        }
+        cookie
+    }
+
+    fn flag_unknown_variables(&mut self) {
+        let unknown: Vec<String> = self
+            .env
+            .iter()
+            .filter_map(|(name, _)| std::str::from_utf8(name).ok())
+            .filter(|name| {
+                (name.starts_with("PSOSession")
+                    || name.starts_with("PSOCookieSession")
+                    || name.starts_with("PSOService"))
+                    && !KNOWN_VARIABLES.contains(name)
+            })
+            .map(str::to_owned)
+            .collect();
+        for name in unknown {
+            self.problem(&name, "is not a pso variable (a typo?); ignored");
+        }
+    }
+}
+
+/// `on`/`off` and the usual synonyms.
+fn boolean(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "1" | "true" | "yes" => Some(true),
+        "off" | "0" | "false" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// A non-negative duration in expression syntax (not a date).
+fn duration(text: &str) -> Option<Duration> {
+    match Expiry::parse(text) {
+        Ok(Expiry::In(d)) => Some(d),
+        _ => None,
+    }
+}
+
+/// A byte count: an integer or integer arithmetic (`1024*1024`), within the accepted range.
+fn byte_count(text: &str) -> Option<u64> {
+    if text.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    duration(text)
+        .map(|d| d.as_secs())
+        .filter(|n| (1024..=MAX_SESSION_BYTES).contains(n))
+}
+
+fn cookie_path(text: &str) -> Option<String> {
+    let ok = text.starts_with('/')
+        && text.len() <= MAX_COOKIE_PATH
+        && text.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b';');
+    ok.then(|| text.to_owned())
+}
+
+fn cookie_domain(text: &str) -> Option<String> {
+    let host = text.strip_prefix('.').unwrap_or(text);
+    let ok = (1..=253).contains(&host.len())
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    ok.then(|| host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config(pairs: &[(&str, &str)]) -> (Config, Vec<ConfigProblem>) {
+        Config::from_env_checked(&Environment::from_pairs(pairs.iter().copied()))
+    }
+
+    fn problem_names(pairs: &[(&str, &str)]) -> Vec<String> {
+        config(pairs).1.into_iter().map(|p| p.variable).collect()
+    }
+
+    #[test]
+    fn defaults_are_secure() {
+        let (c, problems) = config(&[]);
+        assert!(problems.is_empty());
+        assert_eq!(c.service.as_str(), "pso");
+        assert_eq!(c.forced_id, None);
+        assert_eq!(c.lifetime, Expiry::BrowserClose);
+        assert_eq!(c.session_dir, default_session_dir());
+        assert_eq!(c.lock_timeout, Duration::from_secs(30));
+        assert!(!c.sync);
+        assert_eq!(c.max_bytes, 1 << 20);
+        assert_eq!(c.gc_probability, GcProbability::parse("1/100").unwrap());
+        assert_eq!(c.cookie, CookieSettings::new("pso"));
+        assert!(c.cookie.http_only);
+        assert_eq!(c.cookie.same_site, SameSite::Lax);
+        assert_eq!(c.cookie.secure, SecureMode::Auto);
+    }
+
+    #[test]
+    fn service_id_from_variable_or_script_name() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("SCRIPT_NAME", "/cgi-bin/reload")], "reload"),
+            (&[("SCRIPT_NAME", "/cgi-bin/reload.cgi")], "reload"),
+            (&[("SCRIPT_NAME", "reload.tar.gz")], "reload"),
+            (&[("SCRIPT_NAME", "/cgi-bin/")], "pso"),
+            (&[("SCRIPT_NAME", "/cgi-bin/my app.cgi")], "pso"),
+            (&[("PSOServiceId", "shop"), ("SCRIPT_NAME", "/x")], "shop"),
+            (
+                &[("PSOServiceId", "../x"), ("SCRIPT_NAME", "/cgi-bin/x")],
+                "x",
+            ),
+        ];
+        for (pairs, expected) in cases {
+            assert_eq!(config(pairs).0.service.as_str(), *expected, "{pairs:?}");
+        }
+        assert_eq!(problem_names(&[("PSOServiceId", "a b")]), ["PSOServiceId"]);
+    }
+
+    #[test]
+    fn forced_ids() {
+        let (c, _) = config(&[("PSOServiceId", "MyService"), ("MyService", "007")]);
+        assert_eq!(c.forced_id.unwrap().as_str(), "007");
+        let (c, p) = config(&[("PSOServiceId", "MyService"), ("MyService", "../etc")]);
+        assert_eq!((c.forced_id, p[0].variable.as_str()), (None, "MyService"));
+        // A client-controlled variable cannot pick the session.
+        let (c, p) = config(&[("PSOServiceId", "HTTP_X_SID"), ("HTTP_X_SID", "007")]);
+        assert_eq!((c.forced_id, p.len()), (None, 1));
+        let (c, _) = config(&[("PSOServiceId", "QUERY_STRING"), ("QUERY_STRING", "007")]);
+        assert_eq!(c.forced_id, None);
+    }
+
+    #[test]
+    fn lifetimes() {
+        let in_secs = |s| Expiry::In(Duration::from_secs(s));
+        assert_eq!(
+            config(&[("PSOSessionExpire", "15*60")]).0.lifetime,
+            in_secs(900)
+        );
+        assert_eq!(
+            config(&[("PSOSessionExpires", "2h")]).0.lifetime,
+            in_secs(7200)
+        );
+        assert_eq!(
+            config(&[("PSOSessionExpire", "0")]).0.lifetime,
+            Expiry::BrowserClose
+        );
+        assert!(matches!(
+            config(&[("PSOSessionExpire", "Mon, 15 Apr 2041 19:00:00 GMT")])
+                .0
+                .lifetime,
+            Expiry::At(_)
+        ));
+        for bad in ["1/0", "-5", "(((", "tomorrow", "99999999999*99999999999"] {
+            let (c, p) = config(&[("PSOSessionExpire", bad)]);
+            assert_eq!(c.lifetime, Expiry::BrowserClose, "{bad}");
+            assert_eq!(p[0].variable, "PSOSessionExpire");
+            assert!(p[0].message.contains(bad), "{:?}", p[0]);
+        }
+    }
+
+    #[test]
+    fn store_settings() {
+        let (c, p) = config(&[
+            ("PSOSessionFileLoader_Path", "/var/lib/pso/"),
+            ("PSOSessionLockTimeout", "2*5"),
+            ("PSOSessionSync", "On"),
+            ("PSOSessionMaxBytes", "64*1024"),
+            ("PSOSessionGCProbability", "0"),
+            ("PSOSessionGCMaxLifetime", "2h"),
+        ]);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(c.session_dir, PathBuf::from("/var/lib/pso/"));
+        assert_eq!(c.lock_timeout, Duration::from_secs(10));
+        assert!(c.sync);
+        assert_eq!(c.max_bytes, 65_536);
+        assert_eq!(c.gc_probability, GcProbability::NEVER);
+        assert_eq!(c.gc_max_lifetime, Duration::from_secs(7200));
+        for (name, bad) in [
+            ("PSOSessionLockTimeout", "Mon, 15 Apr 2041 19:00:00 GMT"),
+            ("PSOSessionSync", "maybe"),
+            ("PSOSessionMaxBytes", "1M"),
+            ("PSOSessionMaxBytes", "10"),
+            ("PSOSessionMaxBytes", "1024*1024*1024"),
+            ("PSOSessionGCProbability", "1/0"),
+            ("PSOSessionGCProbability", "150%"),
+            ("PSOSessionGCMaxLifetime", "-1"),
+        ] {
+            assert_eq!(problem_names(&[(name, bad)]), [name], "{name}={bad}");
+        }
+        assert_eq!(config(&[("PSOSessionMaxBytes", "10")]).0.max_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn cookie_settings() {
+        let (c, p) = config(&[
+            ("PSOServiceId", "shop"),
+            ("PSOCookieSession_Domain", ".Example.org"),
+            ("PSOCookieSession_Path", "/cgi-bin/"),
+            ("PSOCookieSession_Secure", "1"),
+            ("PSOCookieSession_HttpOnly", "off"),
+            ("PSOCookieSession_SameSite", "strict"),
+            ("PSOCookieSession_Max-Age", "15*60"),
+            ("PSOCookieSession_expires", "Mon, 15 Apr 2041 19:00:00 GMT"),
+            ("PSOCookieSession_Comment", "obsolete"),
+            ("PSOCookieSession_Version", "1"),
+        ]);
+        assert!(p.is_empty(), "{p:?}");
+        let k = c.cookie;
+        assert_eq!(k.name, "shop");
+        assert_eq!(k.domain.as_deref(), Some("example.org"));
+        assert_eq!(k.path, "/cgi-bin/");
+        assert_eq!(k.secure, SecureMode::Always);
+        assert!(!k.http_only);
+        assert_eq!(k.same_site, SameSite::Strict);
+        assert_eq!(k.max_age, Some(Expiry::In(Duration::from_secs(900))));
+        assert!(matches!(k.expires, Some(Expiry::At(_))));
+
+        for (name, bad) in [
+            ("PSOCookieSession_Domain", "evil.org; HttpOnly"),
+            ("PSOCookieSession_Domain", "a..b"),
+            ("PSOCookieSession_Path", "relative"),
+            ("PSOCookieSession_Path", "/a;Domain=evil.org"),
+            ("PSOCookieSession_Path", "/a\r\nX-Injected: 1"),
+            ("PSOCookieSession_Secure", "sometimes"),
+            ("PSOCookieSession_SameSite", "Loose"),
+            ("PSOCookieSession_Max-Age", "soon"),
+            ("PSOCookieSession_Prefix", "__Evil-"),
+        ] {
+            let (c, p) = config(&[(name, bad)]);
+            assert_eq!(p.len(), 1, "{name}={bad}");
+            assert_eq!(
+                c.cookie,
+                CookieSettings::new("pso"),
+                "{name}={bad} falls back to the default"
+            );
+        }
+    }
+
+    #[test]
+    fn cookie_prefixes() {
+        let (c, _) = config(&[
+            ("PSOServiceId", "app"),
+            ("PSOCookieSession_Prefix", "__Host-"),
+        ]);
+        assert_eq!(c.cookie.name, "__Host-app");
+        assert!(c.cookie.host_prefix);
+        let (c, _) = config(&[
+            ("PSOServiceId", "app"),
+            ("PSOCookieSession_Prefix", "__Secure-"),
+            ("PSOCookieSession_Secure", "off"),
+        ]);
+        assert_eq!(
+            (c.cookie.name.as_str(), c.cookie.secure),
+            ("__Secure-app", SecureMode::Always)
+        );
+    }
+
+    #[test]
+    fn typos_are_reported() {
+        assert_eq!(
+            problem_names(&[("PSOSessionExpiry", "900")]),
+            ["PSOSessionExpiry"]
+        );
+        assert_eq!(
+            problem_names(&[("PSOCookieSession_Domian", "x")]),
+            ["PSOCookieSession_Domian"]
+        );
+        assert!(problem_names(&[("PSO_FCGI_BIND", "x"), ("PSOSessionExpire", "9")]).is_empty());
+    }
+
+    #[test]
+    fn gc_probability_rolls() {
+        let p = GcProbability::parse("1/100").unwrap();
+        assert_eq!((0..1000u32).filter(|&r| p.hits(r)).count(), 10);
+        assert!(!GcProbability::NEVER.hits(0));
+        assert!(GcProbability::parse("1").unwrap().hits(12345));
+        for bad in [
+            "",
+            ".",
+            "1/",
+            "/2",
+            "-1/2",
+            "0.1234567891",
+            "abc",
+            "3/2",
+            "1.5",
+        ] {
+            assert_eq!(GcProbability::parse(bad), None, "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn no_value_panics_or_breaks_the_cookie(name in prop::sample::select(KNOWN_VARIABLES.to_vec()), value in ".{0,100}") {
+            let (c, _) = config(&[(name, &value)]);
+            let header = c.cookie.set_cookie(&SessionId::generate().unwrap(), None, std::time::UNIX_EPOCH, true);
+            prop_assert!(!header.contains('\r') && !header.contains('\n'));
+            prop_assert!(header.len() < 4096);
+        }
+    }
+}

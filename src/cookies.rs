@@ -1,0 +1,346 @@
+//! The session cookie: which ids a `Cookie` header offers, and the `Set-Cookie` that answers it.
+
+use std::time::SystemTime;
+
+use cookie::time::{Duration as CookieDuration, OffsetDateTime};
+use cookie::{Cookie, SameSite};
+
+use crate::expiry::{Expiry, unix_secs};
+use crate::id::SessionId;
+
+/// Longest `Cookie` header read; a longer one is ignored whole, as no honest browser sends it.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most cookies looked at in one header.
+const MAX_COOKIES: usize = 256;
+/// Most distinct session ids tried from one header (each costs a store lookup).
+const MAX_CANDIDATES: usize = 4;
+
+/// The distinct well-formed session ids that cookies named `name` carry, in header order.
+///
+/// Several `Cookie` headers arrive joined by `; ` (RFC 6265 §5.4); values may be quoted. A value
+/// that is not a session id by [`SessionId`]'s grammar is dropped here and never echoed or used
+/// in a path. Order carries no authority: the runner adopts only an id that names a live
+/// session, so a tossed cookie with a made-up or dead id cannot displace the real one.
+///
+/// ```
+/// let header = "theme=dark; app=\"0123456789abcdef0123456789abcdef0123456789abcdef\"; app=../../etc";
+/// let ids = pso::cookies::session_ids(header, "app");
+/// assert_eq!(ids.len(), 1);
+/// assert_eq!(ids[0].as_str(), "0123456789abcdef0123456789abcdef0123456789abcdef");
+/// ```
+pub fn session_ids(header: &str, name: &str) -> Vec<SessionId> {
+    if header.len() > MAX_HEADER_BYTES {
+        log::warn!(
+            "ignoring a Cookie header of {} bytes (more than {MAX_HEADER_BYTES})",
+            header.len()
+        );
+        return Vec::new();
+    }
+    let mut ids: Vec<SessionId> = Vec::new();
+    let mut malformed = 0usize;
+    for cookie in Cookie::split_parse(header)
+        .take(MAX_COOKIES)
+        .filter_map(Result::ok)
+    {
+        if cookie.name() != name {
+            continue;
+        }
+        match cookie.value_trimmed().parse::<SessionId>() {
+            Ok(id) if !ids.contains(&id) => {
+                if ids.len() == MAX_CANDIDATES {
+                    log::warn!(
+                        "more than {MAX_CANDIDATES} session cookies named {name}; trying the first {MAX_CANDIDATES}"
+                    );
+                    break;
+                }
+                ids.push(id);
+            }
+            Ok(_) => {}
+            Err(_) => malformed += 1,
+        }
+    }
+    if malformed > 0 {
+        log::warn!("ignoring {malformed} malformed value(s) of the session cookie {name}");
+    }
+    ids
+}
+
+/// Whether the session cookie is marked `Secure`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecureMode {
+    /// `Secure` when the request came over HTTPS (the default).
+    Auto,
+    /// Always `Secure`.
+    Always,
+    /// Never `Secure`.
+    Never,
+}
+
+/// The attributes of the session cookie (`PSOCookieSession_*`).
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let settings = pso::cookies::CookieSettings::new("app");
+/// let id = pso::SessionId::generate()?;
+/// let now = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+/// let header = settings.set_cookie(&id, Some(now + Duration::from_secs(900)), now, true);
+/// assert!(header.starts_with(&format!("app={id}; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=900; Expires=")));
+/// # Ok::<(), pso::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CookieSettings {
+    /// The cookie's name: the prefix, if any, then the service id.
+    pub name: String,
+    /// `Path`; `/` by default.
+    pub path: String,
+    /// `Domain`; none by default, so the cookie goes back to this host only.
+    pub domain: Option<String>,
+    /// `Secure`.
+    pub secure: SecureMode,
+    /// `HttpOnly`: on by default, so page scripts (and XSS) cannot read the id.
+    pub http_only: bool,
+    /// `SameSite`: `Lax` by default, which stops most cross-site request forgery.
+    pub same_site: SameSite,
+    /// A cookie lifetime that overrides the session's own (`PSOCookieSession_Max-Age`).
+    pub max_age: Option<Expiry>,
+    /// A cookie expiry that overrides the session's own (`PSOCookieSession_expires`).
+    pub expires: Option<Expiry>,
+    /// The name has the `__Host-` prefix: browsers then demand `Secure`, `Path=/`, no `Domain`.
+    pub host_prefix: bool,
+}
+
+impl CookieSettings {
+    /// The defaults for a cookie named `name`.
+    pub fn new(name: &str) -> CookieSettings {
+        CookieSettings {
+            name: name.to_owned(),
+            path: "/".to_owned(),
+            domain: None,
+            secure: SecureMode::Auto,
+            http_only: true,
+            same_site: SameSite::Lax,
+            max_age: None,
+            expires: None,
+            host_prefix: false,
+        }
+    }
+
+    /// The `Set-Cookie` value that hands the client `id`, valid until `deadline` (`None`: until
+    /// the browser closes) unless the settings override the cookie's lifetime.
+    pub fn set_cookie(
+        &self,
+        id: &SessionId,
+        deadline: Option<SystemTime>,
+        now: SystemTime,
+        https: bool,
+    ) -> String {
+        let expires_at = self
+            .max_age
+            .or(self.expires)
+            .map_or(deadline, |lifetime| lifetime.deadline(now));
+        let mut cookie = self.base(id.as_str(), https);
+        if let Some(at) = expires_at {
+            let seconds = unix_secs(at).saturating_sub(unix_secs(now));
+            cookie.set_max_age(CookieDuration::seconds(
+                i64::try_from(seconds).unwrap_or(i64::MAX),
+            ));
+            cookie.set_expires(http_time(at));
+        }
+        cookie.to_string()
+    }
+
+    /// The `Set-Cookie` value that makes the client drop the cookie: empty, `Max-Age=0`, an
+    /// `Expires` in the past, and the same `Path` and `Domain` as when it was set.
+    ///
+    /// ```
+    /// let header = pso::cookies::CookieSettings::new("app").revoke_cookie(false);
+    /// assert_eq!(header, "app=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT");
+    /// ```
+    pub fn revoke_cookie(&self, https: bool) -> String {
+        let mut cookie = self.base("", https);
+        cookie.set_max_age(CookieDuration::ZERO);
+        cookie.set_expires(OffsetDateTime::UNIX_EPOCH);
+        cookie.to_string()
+    }
+
+    fn base(&self, value: &str, https: bool) -> Cookie<'static> {
+        let secure = self.host_prefix
+            || self.same_site == SameSite::None
+            || match self.secure {
+                SecureMode::Auto => https,
+                SecureMode::Always => true,
+                SecureMode::Never => false,
+            };
+        let mut cookie = Cookie::build((self.name.clone(), value.to_owned()))
+            .http_only(self.http_only)
+            .same_site(self.same_site)
+            .secure(secure)
+            .path(if self.host_prefix {
+                "/".to_owned()
+            } else {
+                self.path.clone()
+            })
+            .build();
+        if let (Some(domain), false) = (&self.domain, self.host_prefix) {
+            cookie.set_domain(domain.clone());
+        }
+        cookie
+    }
+}
+
+fn http_time(at: SystemTime) -> OffsetDateTime {
+    let secs = i64::try_from(unix_secs(at)).unwrap_or(0);
+    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const A: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
+    const B: &str = "fedcba9876543210fedcba9876543210fedcba9876543210";
+
+    fn ids(header: &str) -> Vec<String> {
+        session_ids(header, "app")
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn candidate_selection() {
+        let cases: &[(&str, &[&str])] = &[
+            ("", &[]),
+            (&format!("app={A}"), &[A]),
+            (&format!("  app={A}  "), &[A]),
+            (&format!("x=1;app={A};y=2"), &[A]),
+            (&format!("app=\"{A}\""), &[A]),
+            (&format!("app={A}; app={B}"), &[A, B]),
+            (&format!("app={A}; app={A}"), &[A]),
+            (&format!("App={A}"), &[]),
+            (&format!("apps={A}"), &[]),
+            ("app=../../etc/passwd", &[]),
+            ("app=", &[]),
+            (&format!("app={}", A.to_uppercase()), &[]),
+            (&format!("app={A}x"), &[]),
+            (&format!("junk; ;;=; app={A}; =x; \u{1}"), &[A]),
+            (&format!("app=%30{}", &A[1..]), &[]),
+        ];
+        for (header, expected) in cases {
+            assert_eq!(ids(header), *expected, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn oversized_headers_and_floods_are_bounded() {
+        let huge = format!("pad={}; app={A}", "x".repeat(MAX_HEADER_BYTES));
+        assert!(ids(&huge).is_empty());
+        let flood: String =
+            (0..1000).map(|i| format!("c{i}=v; ")).collect::<String>() + &format!("app={A}");
+        assert!(ids(&flood).is_empty(), "cookies past the cap are not read");
+        let many: String = (0..20u8)
+            .map(|i| format!("app={:0>48}; ", format!("{i:x}")))
+            .collect();
+        assert_eq!(ids(&many).len(), MAX_CANDIDATES);
+    }
+
+    #[test]
+    fn set_cookie_attributes() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let id: SessionId = A.parse().unwrap();
+        let mut s = CookieSettings::new("app");
+        assert_eq!(
+            s.set_cookie(&id, None, now, false),
+            format!("app={A}; HttpOnly; SameSite=Lax; Path=/")
+        );
+        assert!(s.set_cookie(&id, None, now, true).contains("; Secure"));
+        let header = s.set_cookie(&id, Some(now + Duration::from_secs(900)), now, false);
+        assert!(
+            header.ends_with("; Max-Age=900; Expires=Sun, 09 Sep 2001 02:01:40 GMT"),
+            "{header}"
+        );
+
+        s.secure = SecureMode::Never;
+        assert!(!s.set_cookie(&id, None, now, true).contains("Secure"));
+        s.secure = SecureMode::Always;
+        assert!(s.set_cookie(&id, None, now, false).contains("; Secure"));
+
+        s = CookieSettings::new("app");
+        s.domain = Some("example.org".into());
+        s.path = "/cgi-bin/".into();
+        s.http_only = false;
+        s.same_site = SameSite::Strict;
+        assert_eq!(
+            s.set_cookie(&id, None, now, false),
+            format!("app={A}; SameSite=Strict; Path=/cgi-bin/; Domain=example.org")
+        );
+        assert_eq!(
+            s.revoke_cookie(false),
+            "app=; SameSite=Strict; Path=/cgi-bin/; Domain=example.org; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
+        );
+    }
+
+    #[test]
+    fn cookie_lifetime_overrides_and_far_deadlines() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let id: SessionId = A.parse().unwrap();
+        let mut s = CookieSettings::new("app");
+        s.max_age = Some(Expiry::In(Duration::from_secs(60)));
+        assert!(
+            s.set_cookie(&id, None, now, false)
+                .contains("; Max-Age=60;")
+        );
+        let far = s.set_cookie(&id, Some(now + Duration::from_secs(1 << 40)), now, false);
+        assert!(far.contains("; Max-Age=60;"), "{far}");
+        s.max_age = None;
+        let far = s.set_cookie(
+            &id,
+            Some(UNIX_EPOCH + Duration::from_secs(1 << 40)),
+            now,
+            false,
+        );
+        assert!(
+            far.ends_with("Expires=Fri, 31 Dec 9999 23:59:59 GMT"),
+            "{far}"
+        );
+    }
+
+    #[test]
+    fn host_prefix_and_samesite_none_force_their_requirements() {
+        let now = UNIX_EPOCH;
+        let id: SessionId = A.parse().unwrap();
+        let mut s = CookieSettings::new("__Host-app");
+        s.host_prefix = true;
+        s.path = "/x".into();
+        s.domain = Some("example.org".into());
+        s.secure = SecureMode::Never;
+        assert_eq!(
+            s.set_cookie(&id, None, now, false),
+            format!("__Host-app={A}; HttpOnly; SameSite=Lax; Secure; Path=/")
+        );
+        let mut s = CookieSettings::new("app");
+        s.same_site = SameSite::None;
+        s.secure = SecureMode::Never;
+        assert!(
+            s.set_cookie(&id, None, now, false)
+                .contains("SameSite=None; Secure")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_yields_only_valid_ids(header in ".{0,400}") {
+            for id in session_ids(&header, "app") {
+                prop_assert!(id.as_str().parse::<SessionId>().is_ok());
+            }
+        }
+
+        #[test]
+        fn an_id_survives_any_surrounding_junk(pre in "[a-z]{1,5}=[ -:<-~]{0,20}", post in "[a-z]{1,5}=[ -:<-~]{0,20}") {
+            let header = format!("{pre}; app={A}; {post}");
+            prop_assert_eq!(ids(&header), vec![A.to_string()]);
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! # pso: sessions for CGI and FastCGI programs
+//!
+//! pso gives a Rust program run by a web server what PHP's `session_start()` gives a PHP
+//! script: a session that survives between requests, found from a cookie, stored in a locked
+//! file, configured by the web server's environment (`SetEnv` in `.htaccess`). It follows
+//! Python's pso.session: the program hands pso one handler, and pso does the rest.
+//!
+//! ```no_run
+//! use std::io::Write;
+//!
+//! fn main() {
+//!     pso::run(|cx: &mut pso::Context| {
+//!         let n: u64 = cx.session.get("reloads")?.unwrap_or(0) + 1;
+//!         cx.session.set("reloads", &n)?;
+//!         write!(cx.response, "Hello World! ~ You reloaded: {n} times ~ Try Reload !")?;
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
+//! For one request, [`run`]:
+//! 1. reads the [`Config`] from the CGI environment (`PSOServiceId`, `PSOSessionExpire`, ...),
+//! 2. finds the session id in the `Cookie` header, adopting it only if the [`store`] holds a
+//!    live session under it (strict mode), and takes the session's lock,
+//! 3. calls the handler with a [`Context`]: the [`Request`], the [`Session`] and the [`Response`],
+//! 4. saves the session if the handler succeeded and sends the response with its `Set-Cookie`.
+//!
+//! The file tree is the design: `environment` (the CGI variables as a map), `config` (the PSO
+//! variables), `expiry` (lifetimes and dates), `id` (session and service ids), `cookies`,
+//! `record` (the stored format), `store/` (the [`store::Store`] trait, the file and memory
+//! stores), `session`, `request`, `response`, `runner` (ties them together), `logger`, `error`.
+//!
+//! ## Cargo features
+//! - `cli` (default): builds the `pso` helper binary. Programs that depend on pso as a
+//!   library can turn it off (`default-features = false`); it never enters a CGI program.
+
+#![warn(missing_docs)]
+
+pub mod cookies;
+pub mod store;
+
+mod config;
+mod environment;
+mod error;
+mod expiry;
+mod id;
+mod logger;
+mod record;
+mod request;
+mod response;
+mod runner;
+mod session;
+
+pub use config::{Config, ConfigProblem, GcProbability};
+pub use environment::Environment;
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use expiry::Expiry;
+pub use id::{ServiceId, SessionId};
+pub use record::{Meta, Record};
+pub use request::Request;
+pub use response::Response;
+pub use runner::{Context, run, serve, serve_with_store};
+pub use session::Session;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

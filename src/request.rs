@@ -1,0 +1,130 @@
+//! The CGI request (RFC 3875): its meta-variables and its body.
+
+use std::borrow::Cow;
+use std::io::{Read, Take};
+
+use crate::environment::Environment;
+
+/// One request, as the web server describes it in meta-variables, with its body.
+///
+/// ```
+/// let env = pso::Environment::from_pairs([
+///     ("REQUEST_METHOD", "POST"),
+///     ("QUERY_STRING", "page=2&q=spam%20eggs"),
+///     ("HTTP_USER_AGENT", "curl/8"),
+///     ("CONTENT_LENGTH", "5"),
+/// ]);
+/// let mut input: &[u8] = b"hello, and more than CONTENT_LENGTH";
+/// let mut request = pso::Request::new(&env, &mut input);
+/// assert_eq!(request.method(), "POST");
+/// assert_eq!(request.query("q").as_deref(), Some("spam eggs"));
+/// assert_eq!(request.header("User-Agent"), Some("curl/8"));
+/// let mut body = String::new();
+/// std::io::Read::read_to_string(request.body(), &mut body)?;
+/// assert_eq!(body, "hello");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Request<'a> {
+    env: &'a Environment,
+    body: Take<&'a mut dyn Read>,
+}
+
+impl<'a> Request<'a> {
+    /// A request described by `env`, whose body (if any) is read from `input`.
+    pub fn new(env: &'a Environment, input: &'a mut dyn Read) -> Request<'a> {
+        let length = content_length(env);
+        Request {
+            env,
+            body: input.take(length),
+        }
+    }
+
+    /// `REQUEST_METHOD`; `GET` when unset (a program run from a terminal).
+    pub fn method(&self) -> &str {
+        self.env.get("REQUEST_METHOD").unwrap_or("GET")
+    }
+
+    /// Whether this is a `HEAD` request, whose response has no body.
+    pub fn is_head(&self) -> bool {
+        self.method().eq_ignore_ascii_case("HEAD")
+    }
+
+    /// Any meta-variable or server-set variable.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.env.get(name)
+    }
+
+    /// The whole environment of the request.
+    pub fn env(&self) -> &Environment {
+        self.env
+    }
+
+    /// A request header by its HTTP name (`User-Agent` is `HTTP_USER_AGENT`).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let upper = name.to_ascii_uppercase().replace('-', "_");
+        match upper.as_str() {
+            "CONTENT_TYPE" | "CONTENT_LENGTH" => self.env.get(&upper),
+            _ => self.env.get(&format!("HTTP_{upper}")),
+        }
+    }
+
+    /// `QUERY_STRING`, still URL-encoded.
+    pub fn query_string(&self) -> &str {
+        self.env.get("QUERY_STRING").unwrap_or("")
+    }
+
+    /// The query string's name/value pairs, decoded.
+    pub fn query_pairs(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+        form_urlencoded::parse(self.query_string().as_bytes())
+    }
+
+    /// The first value of query parameter `name`.
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.query_pairs()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    }
+
+    /// `SCRIPT_NAME`: the URL path of the program.
+    pub fn script_name(&self) -> &str {
+        self.env.get("SCRIPT_NAME").unwrap_or("")
+    }
+
+    /// `PATH_INFO`: the URL path after the program's.
+    pub fn path_info(&self) -> &str {
+        self.env.get("PATH_INFO").unwrap_or("")
+    }
+
+    /// `REMOTE_ADDR`: the client's address.
+    pub fn remote_addr(&self) -> Option<&str> {
+        self.env.get("REMOTE_ADDR")
+    }
+
+    /// Whether the request came over HTTPS (`HTTPS=on`, or `REQUEST_SCHEME=https`).
+    pub fn is_https(&self) -> bool {
+        let on = |name| {
+            self.env.get(name).is_some_and(|v| {
+                matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "on" | "1" | "true" | "https"
+                )
+            })
+        };
+        on("HTTPS") || on("REQUEST_SCHEME")
+    }
+
+    /// The request body: at most `CONTENT_LENGTH` bytes, none without it (RFC 3875 §4.2).
+    pub fn body(&mut self) -> &mut impl Read {
+        &mut self.body
+    }
+}
+
+fn content_length(env: &Environment) -> u64 {
+    match env.get("CONTENT_LENGTH").map(str::trim) {
+        None | Some("") => 0,
+        Some(text) => text.parse().unwrap_or_else(|_| {
+            log::warn!("CONTENT_LENGTH {text:?} is not a number; reading no body");
+            0
+        }),
+    }
+}

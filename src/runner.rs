@@ -1,0 +1,622 @@
+//! The runner: ties environment, configuration, store, session, handler and response together.
+//!
+//! [`run`] is a CGI program's whole `main`. [`serve`] handles one request given its
+//! environment, input and output, so any front end (CGI, the terminal, FastCGI) can drive it;
+//! nothing here touches process-global state besides installing the logger.
+
+use std::io::{self, Read, Write};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, SystemTime};
+
+use crate::config::Config;
+use crate::cookies::CookieSettings;
+use crate::environment::Environment;
+use crate::error::{BoxError, ErrorKind, Result};
+use crate::id::SessionId;
+use crate::record::Record;
+use crate::request::Request;
+use crate::response::Response;
+use crate::session::{CookieAction, Session};
+use crate::store::{FileStore, LockOptions, LockedSession, SessionKey, Store};
+
+/// The longest a request spends collecting expired sessions.
+const GC_BUDGET: Duration = Duration::from_millis(50);
+
+/// What a handler gets: the request, the session, and the response it builds.
+pub struct Context<'a> {
+    /// The request.
+    pub request: Request<'a>,
+    /// The visitor's session, locked for this request.
+    pub session: Session,
+    /// The response; the body is buffered until the handler returns.
+    pub response: Response<'a>,
+    cookie: &'a CookieSettings,
+    https: bool,
+    now: SystemTime,
+}
+
+impl Context<'_> {
+    /// When this request started: the time every expiry decision of the request uses.
+    pub fn now(&self) -> SystemTime {
+        self.now
+    }
+
+    /// Saves the session and sends the headers now, so that what the handler writes next goes
+    /// straight to the client (long pages, progress output).
+    ///
+    /// The session's cookie is fixed at this point: an expiry set later is saved on the
+    /// server but the cookie sent keeps the old one. The status can no longer change, so an
+    /// error after this point is only logged.
+    pub fn stream(&mut self) -> Result<()> {
+        if self.response.is_streaming() {
+            return Ok(());
+        }
+        let action = self.session.commit()?;
+        let cookie = self.cookie_header(&action);
+        let extra = cache_headers(&self.response, cookie.as_deref());
+        self.response.send_head(&extra)?;
+        Ok(())
+    }
+
+    fn cookie_header(&self, action: &CookieAction) -> Option<String> {
+        match action {
+            CookieAction::Set(id, deadline) => {
+                Some(self.cookie.set_cookie(id, *deadline, self.now, self.https))
+            }
+            CookieAction::Revoke => Some(self.cookie.revoke_cookie(self.https)),
+            CookieAction::Nothing => None,
+        }
+    }
+
+    /// Saves the session and sends the response; on failure sends an error page instead.
+    fn finish(mut self) -> io::Result<()> {
+        if self.response.is_streaming() {
+            if let Err(e) = self.session.commit() {
+                log::error!("saving the session after streaming failed: {e}");
+            }
+            return self.response.send(&[]);
+        }
+        let action = match self.session.commit() {
+            Ok(action) => action,
+            Err(e) => {
+                log::error!("saving the session failed: {e}");
+                let Context {
+                    session, response, ..
+                } = self;
+                drop(session);
+                return response.send_error(error_status(e.kind()), &[]);
+            }
+        };
+        let cookie = self.cookie_header(&action);
+        // The session is stored: let the next request of this session in before we write.
+        let Context {
+            session, response, ..
+        } = self;
+        drop(session);
+        let extra = cache_headers(&response, cookie.as_deref());
+        response.send(&extra)
+    }
+}
+
+/// `Set-Cookie`, plus `Cache-Control: no-store` when a session cookie goes out and the handler
+/// set no caching policy: a shared cache must never store and replay a session id.
+fn cache_headers<'c>(
+    response: &Response<'_>,
+    cookie: Option<&'c str>,
+) -> Vec<(&'static str, &'c str)> {
+    let mut extra = Vec::with_capacity(2);
+    if let Some(cookie) = cookie {
+        extra.push(("Set-Cookie", cookie));
+        if response.header("Cache-Control").is_none() {
+            extra.push(("Cache-Control", "no-store"));
+        }
+    }
+    extra
+}
+
+fn error_status(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::LockTimeout => 503,
+        _ => 500,
+    }
+}
+
+/// Runs a CGI program: reads the request from the process, calls `handler`, writes the response.
+///
+/// Started by a web server (`GATEWAY_INTERFACE` is set), this serves one CGI request. Started
+/// from a terminal, it serves a `GET` and prints the whole response, headers included, so
+/// `./reload` and then `HTTP_COOKIE='reload=…' ./reload` continue a session.
+///
+/// The handler's session is saved when it returns `Ok`. When it returns `Err` or panics, its
+/// session changes are discarded, the client gets a 500 page, and the error goes to standard
+/// error (the web server's error log). A busy session past `PSOSessionLockTimeout` gets a 503.
+///
+/// ```no_run
+/// use std::io::Write;
+///
+/// fn main() {
+///     pso::run(|cx: &mut pso::Context| {
+///         let n: u64 = cx.session.get("reloads")?.unwrap_or(0) + 1;
+///         cx.session.set("reloads", &n)?;
+///         write!(cx.response, "Hello World! ~ You reloaded: {n} times ~ Try Reload !")?;
+///         Ok(())
+///     })
+/// }
+/// ```
+pub fn run<F>(handler: F)
+where
+    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+{
+    let mut env = Environment::from_process();
+    crate::logger::install(&env);
+    if !env.contains("GATEWAY_INTERFACE") {
+        add_terminal_defaults(&mut env);
+    }
+    let mut input = io::stdin().lock();
+    let mut output = io::stdout().lock();
+    if let Err(e) = serve(&env, &mut input, &mut output, &handler, SystemTime::now())
+        && e.kind() != io::ErrorKind::BrokenPipe
+    {
+        log::error!("writing the response failed: {e}");
+    }
+}
+
+/// A program started from a terminal: name the service after the program, as a web server
+/// would through `SCRIPT_NAME`.
+fn add_terminal_defaults(env: &mut Environment) {
+    if !env.contains("SCRIPT_NAME")
+        && let Some(program) = std::env::args_os().next()
+    {
+        env.set("SCRIPT_NAME", program);
+    }
+}
+
+/// Serves one request: `env` describes it, its body comes from `input`, the response goes to
+/// `output`. Sessions live in the file store the configuration names.
+///
+/// Only a failure to write the response is returned; everything else becomes a response.
+///
+/// ```
+/// use std::io::Write;
+/// let dir = tempfile::tempdir()?;
+/// let env = pso::Environment::from_pairs([
+///     ("GATEWAY_INTERFACE", "CGI/1.1"),
+///     ("SCRIPT_NAME", "/cgi-bin/hello"),
+///     ("PSOSessionFileLoader_Path", dir.path().to_str().unwrap()),
+/// ]);
+/// let mut output = Vec::new();
+/// let handler = |cx: &mut pso::Context| {
+///     cx.session.set("seen", &true)?;
+///     write!(cx.response, "hi")?;
+///     Ok(())
+/// };
+/// pso::serve(&env, &mut std::io::empty(), &mut output, &handler, std::time::SystemTime::now())?;
+/// let text = String::from_utf8(output)?;
+/// assert!(text.starts_with("Status: 200 OK\r\n"));
+/// assert!(text.contains("Set-Cookie: hello="));
+/// assert!(text.ends_with("\r\n\r\nhi"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn serve<F>(
+    env: &Environment,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+    handler: &F,
+    now: SystemTime,
+) -> io::Result<()>
+where
+    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+{
+    let config = Config::from_env(env);
+    let store = match FileStore::open(&config.session_dir) {
+        Ok(store) => store
+            .with_sync(config.sync)
+            .with_max_bytes(config.max_bytes),
+        Err(e) => {
+            log::error!("{e}");
+            let head = Request::new(env, input).is_head();
+            return Response::new(output, head).send_error(500, &[]);
+        }
+    };
+    serve_with_store(env, &config, &store, input, output, handler, now)
+}
+
+/// Serves one request like [`serve`], with the configuration and store given.
+pub fn serve_with_store<F>(
+    env: &Environment,
+    config: &Config,
+    store: &dyn Store,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+    handler: &F,
+    now: SystemTime,
+) -> io::Result<()>
+where
+    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+{
+    let request = Request::new(env, input);
+    let https = request.is_https();
+    let head = request.is_head();
+    let session = match open_session(store, config, &request, now) {
+        Ok(session) => session,
+        Err(e) => {
+            log::error!("{e}");
+            let status = error_status(e.kind());
+            let retry: &[(&str, &str)] = if status == 503 {
+                &[("Retry-After", "5")]
+            } else {
+                &[]
+            };
+            return Response::new(output, head).send_error(status, retry);
+        }
+    };
+    let mut cx = Context {
+        request,
+        session,
+        response: Response::new(output, head),
+        cookie: &config.cookie,
+        https,
+        now,
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| handler(&mut cx)));
+    let written = match outcome {
+        Ok(Ok(())) => cx.finish(),
+        Ok(Err(e)) => {
+            log::error!("the handler failed: {e}");
+            fail(
+                cx,
+                e.downcast_ref::<crate::Error>()
+                    .map_or(ErrorKind::Io, crate::Error::kind),
+            )
+        }
+        Err(_) => {
+            log::error!("the handler panicked; its session changes are discarded");
+            fail(cx, ErrorKind::Io)
+        }
+    };
+    if written.is_ok() {
+        collect_garbage(store, config, now);
+    }
+    written
+}
+
+/// Discards the session's unsaved changes (releasing its lock) and sends an error page.
+fn fail(cx: Context<'_>, kind: ErrorKind) -> io::Result<()> {
+    let Context {
+        session, response, ..
+    } = cx;
+    drop(session);
+    response.send_error(error_status(kind), &[])
+}
+
+fn collect_garbage(store: &dyn Store, config: &Config, now: SystemTime) {
+    let roll = match getrandom::u32() {
+        Ok(roll) => roll,
+        Err(_) => return,
+    };
+    if !config.gc_probability.hits(roll) {
+        return;
+    }
+    match store.collect_garbage(now, GC_BUDGET) {
+        Ok(report) => log::debug!("garbage collection: {report:?}"),
+        Err(e) => log::warn!("garbage collection failed: {e}"),
+    }
+}
+
+/// Finds the visitor's session, or starts a new one.
+fn open_session(
+    store: &dyn Store,
+    config: &Config,
+    request: &Request<'_>,
+    now: SystemTime,
+) -> Result<Session> {
+    let now_secs = crate::expiry::unix_secs(now);
+    let fresh = |lock| {
+        Session::fresh(
+            lock,
+            now,
+            config.lifetime,
+            request.remote_addr(),
+            config.gc_max_lifetime,
+        )
+    };
+    let options = LockOptions {
+        timeout: config.lock_timeout,
+        create: false,
+    };
+    if let Some(id) = &config.forced_id {
+        // The server chose the id: adopt or (re)create it, never replace it.
+        let key = SessionKey::new(config.service.clone(), id.clone());
+        let mut lock = store.lock(
+            &key,
+            LockOptions {
+                create: true,
+                ..options
+            },
+        )?;
+        return Ok(match load_live(&mut *lock, now_secs)? {
+            Some(record) => Session::existing(lock, record, now, config.gc_max_lifetime),
+            None => fresh(lock),
+        });
+    }
+
+    let header = request.var("HTTP_COOKIE").unwrap_or("");
+    let mut candidates = crate::cookies::session_ids(header, &config.cookie.name);
+    // A fixed order, so two requests that carry the same ids never wait on each other's locks.
+    candidates.sort();
+    let mut live: Vec<(Box<dyn LockedSession>, Record)> = Vec::new();
+    for id in candidates {
+        let key = SessionKey::new(config.service.clone(), id);
+        let mut lock = store.lock(&key, options)?;
+        match load_live(&mut *lock, now_secs)? {
+            Some(record) => live.push((lock, record)),
+            None => {
+                // Strict mode: an id the store does not know is never adopted.
+                if let Err(e) = lock.delete() {
+                    log::warn!("removing dead session {key:?} failed: {e}");
+                }
+            }
+        }
+    }
+    if live.len() > 1 {
+        log::warn!(
+            "{} session cookies name live sessions (cookie tossing?); using the one used last",
+            live.len()
+        );
+    }
+    let chosen = live
+        .into_iter()
+        .max_by_key(|(_, record)| record.meta.last_access);
+    if let Some((lock, record)) = chosen {
+        return Ok(Session::existing(lock, record, now, config.gc_max_lifetime));
+    }
+    let key = SessionKey::new(config.service.clone(), SessionId::generate()?);
+    Ok(fresh(store.lock(&key, options)?))
+}
+
+/// The session's record if it is alive; `None` (logged) if it is unknown, expired or unreadable.
+fn load_live(lock: &mut dyn LockedSession, now: u64) -> Result<Option<Record>> {
+    let key = lock.key().clone();
+    match lock.load() {
+        Ok(Some(record)) if !record.is_expired(now) => Ok(Some(record)),
+        Ok(Some(_)) => {
+            log::info!("session {key:?} has expired; starting a new one");
+            Ok(None)
+        }
+        Ok(None) => {
+            log::warn!("session {key:?} is unknown (forged, or long gone); starting a new one");
+            Ok(None)
+        }
+        Err(e) if e.kind() == ErrorKind::Corrupt => {
+            log::warn!("session {key:?} is unreadable ({e}); starting a new one");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use std::time::UNIX_EPOCH;
+
+    const T0: u64 = 1_700_000_000;
+
+    struct Reply {
+        text: String,
+    }
+
+    impl Reply {
+        fn cookie(&self) -> Option<&str> {
+            self.text
+                .lines()
+                .find_map(|l| l.strip_prefix("Set-Cookie: "))
+                .map(|c| c.split(';').next().unwrap_or(""))
+        }
+        fn body(&self) -> &str {
+            self.text.split("\r\n\r\n").nth(1).unwrap_or("")
+        }
+    }
+
+    fn counter(cx: &mut Context<'_>) -> Result<(), BoxError> {
+        let n: u64 = cx.session.get("n")?.unwrap_or(0) + 1;
+        cx.session.set("n", &n)?;
+        if cx.request.query("fail").is_some() {
+            return Err("asked to fail".into());
+        }
+        if cx.request.query("panic").is_some() {
+            panic!("asked to panic");
+        }
+        if cx.request.query("logout").is_some() {
+            cx.session.expire(crate::Expiry::Now);
+        }
+        write!(cx.response, "{n}")?;
+        Ok(())
+    }
+
+    fn request(store: &MemoryStore, pairs: &[(&str, &str)], secs: u64) -> Reply {
+        let mut all = vec![
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("SCRIPT_NAME", "/cgi-bin/app"),
+        ];
+        all.extend_from_slice(pairs);
+        let env = Environment::from_pairs(all);
+        let config = Config::from_env(&env);
+        let mut output = Vec::new();
+        serve_with_store(
+            &env,
+            &config,
+            store,
+            &mut io::empty(),
+            &mut output,
+            &counter,
+            UNIX_EPOCH + Duration::from_secs(secs),
+        )
+        .unwrap();
+        Reply {
+            text: String::from_utf8(output).unwrap(),
+        }
+    }
+
+    fn with_cookie(store: &MemoryStore, cookie: &str, extra: &[(&str, &str)]) -> Reply {
+        let mut pairs = vec![("HTTP_COOKIE", cookie)];
+        pairs.extend_from_slice(extra);
+        request(store, &pairs, T0)
+    }
+
+    #[test]
+    fn the_cookie_chain_counts() {
+        let store = MemoryStore::new();
+        let first = request(&store, &[], T0);
+        assert_eq!(first.body(), "1");
+        let cookie = first.cookie().unwrap().to_owned();
+        assert!(first.text.contains("Cache-Control: no-store\r\n"));
+        assert_eq!(with_cookie(&store, &cookie, &[]).body(), "2");
+        let third = with_cookie(&store, &cookie, &[]);
+        assert_eq!((third.body(), third.cookie()), ("3", Some(cookie.as_str())));
+    }
+
+    #[test]
+    fn unknown_ids_are_replaced_not_adopted() {
+        let store = MemoryStore::new();
+        let forged = "app=0123456789abcdef0123456789abcdef0123456789abcdef";
+        let reply = with_cookie(&store, forged, &[]);
+        assert_eq!(reply.body(), "1");
+        assert_ne!(reply.cookie(), Some(forged));
+    }
+
+    #[test]
+    fn a_live_session_wins_over_a_tossed_cookie_in_any_order() {
+        let store = MemoryStore::new();
+        let real = request(&store, &[], T0).cookie().unwrap().to_owned();
+        let fake = "app=ffffffffffffffffffffffffffffffffffffffffffffffff";
+        for header in [format!("{fake}; {real}"), format!("{real}; {fake}")] {
+            let reply = with_cookie(&store, &header, &[]);
+            assert_eq!(reply.cookie(), Some(real.as_str()));
+        }
+        assert_eq!(with_cookie(&store, &real, &[]).body(), "4");
+    }
+
+    #[test]
+    fn errors_and_panics_discard_the_changes() {
+        let store = MemoryStore::new();
+        let cookie = request(&store, &[], T0).cookie().unwrap().to_owned();
+        for query in ["fail=1", "panic=1"] {
+            let reply = with_cookie(&store, &cookie, &[("QUERY_STRING", query)]);
+            assert!(reply.text.starts_with("Status: 500 "), "{}", reply.text);
+            assert_eq!(reply.cookie(), None);
+        }
+        assert_eq!(with_cookie(&store, &cookie, &[]).body(), "2");
+    }
+
+    #[test]
+    fn expire_now_revokes() {
+        let store = MemoryStore::new();
+        let cookie = request(&store, &[], T0).cookie().unwrap().to_owned();
+        let reply = with_cookie(&store, &cookie, &[("QUERY_STRING", "logout=1")]);
+        assert!(reply.text.contains("Set-Cookie: app=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT\r\n"), "{}", reply.text);
+        assert_eq!(with_cookie(&store, &cookie, &[]).body(), "1");
+    }
+
+    #[test]
+    fn lifetimes_reach_the_cookie_and_the_server() {
+        let store = MemoryStore::new();
+        let reply = request(&store, &[("PSOSessionExpire", "15*60")], T0);
+        assert!(
+            reply.text.contains("; Max-Age=900; Expires="),
+            "{}",
+            reply.text
+        );
+        let cookie = reply.cookie().unwrap().to_owned();
+        let later = |secs| {
+            request(
+                &store,
+                &[("HTTP_COOKIE", &cookie), ("PSOSessionExpire", "15*60")],
+                secs,
+            )
+        };
+        let reply = later(T0 + 899);
+        assert_eq!(reply.body(), "2");
+        assert!(
+            reply.text.contains("; Max-Age=1;"),
+            "the deadline is absolute: {}",
+            reply.text
+        );
+        assert_eq!(
+            later(T0 + 900).body(),
+            "1",
+            "past its deadline the session is dead"
+        );
+    }
+
+    #[test]
+    fn forced_ids_are_shared() {
+        let store = MemoryStore::new();
+        let forced = [("PSOServiceId", "MyService"), ("MyService", "007")];
+        let first = request(&store, &forced, T0);
+        assert_eq!(first.cookie(), Some("MyService=007"));
+        assert_eq!(request(&store, &forced, T0).body(), "2", "no cookie needed");
+    }
+
+    #[test]
+    fn a_busy_session_gets_503() {
+        let store = MemoryStore::new();
+        let cookie = request(&store, &[], T0).cookie().unwrap().to_owned();
+        let id: SessionId = cookie.trim_start_matches("app=").parse().unwrap();
+        let key = SessionKey::new("app".parse().unwrap(), id);
+        let _held = store
+            .lock(
+                &key,
+                LockOptions {
+                    timeout: Duration::ZERO,
+                    create: false,
+                },
+            )
+            .unwrap();
+        let reply = with_cookie(&store, &cookie, &[("PSOSessionLockTimeout", "0")]);
+        assert!(
+            reply
+                .text
+                .starts_with("Status: 503 Service Unavailable\r\n"),
+            "{}",
+            reply.text
+        );
+        assert!(reply.text.contains("Retry-After: 5\r\n"));
+    }
+
+    #[test]
+    fn head_requests_save_but_send_no_body() {
+        let store = MemoryStore::new();
+        let reply = request(&store, &[("REQUEST_METHOD", "HEAD")], T0);
+        assert!(reply.text.ends_with("\r\n\r\n"));
+        assert!(reply.cookie().is_some());
+    }
+
+    #[test]
+    fn streaming_sends_the_cookie_with_the_early_head() {
+        let store = MemoryStore::new();
+        let mut output = Vec::new();
+        let env = Environment::from_pairs([("SCRIPT_NAME", "/app")]);
+        let config = Config::from_env(&env);
+        let handler = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.set("k", &1u8)?;
+            cx.stream()?;
+            write!(cx.response, "streamed")?;
+            Ok(())
+        };
+        serve_with_store(
+            &env,
+            &config,
+            &store,
+            &mut io::empty(),
+            &mut output,
+            &handler,
+            UNIX_EPOCH,
+        )
+        .unwrap();
+        let text = String::from_utf8(output).unwrap();
+        assert!(text.contains("Set-Cookie: app="), "{text}");
+        assert!(text.ends_with("\r\n\r\nstreamed"));
+    }
+}

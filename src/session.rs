@@ -1,0 +1,445 @@
+//! The session a handler sees: typed values, expiry control, explicit save and revert.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Result;
+use crate::expiry::{Expiry, from_unix_secs, unix_secs};
+use crate::id::{ServiceId, SessionId};
+use crate::record::{Meta, Record};
+use crate::store::LockedSession;
+
+/// An unchanged session is rewritten only to record its last access, and at most this often.
+const ACCESS_RESOLUTION: u64 = 60;
+
+/// One visitor's session, locked for the duration of the request.
+///
+/// Values are any serde type, each stored under a string key; values of different types
+/// coexist. The session is saved when the handler returns `Ok` and discarded when it fails.
+///
+/// ```
+/// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+/// let n: u64 = session.get("reloads")?.unwrap_or(0) + 1;
+/// session.set("reloads", &n)?;
+/// session.set("name", "Eggs")?;
+/// assert_eq!(session.get::<String>("name")?.as_deref(), Some("Eggs"));
+/// assert!(session.get::<u64>("name").is_err(), "a value read as the wrong type is an error");
+/// assert_eq!(session.keys().collect::<Vec<_>>(), ["name", "reloads"]);
+/// # Ok::<(), pso::Error>(())
+/// ```
+pub struct Session {
+    lock: Box<dyn LockedSession>,
+    record: Record,
+    /// What the store holds for this session: as loaded, or as last saved.
+    stored: Option<Record>,
+    new: bool,
+    now: u64,
+    browser_close_idle: u64,
+}
+
+/// What the response must tell the client about its session cookie.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CookieAction {
+    /// Hand out (or refresh) the cookie for this id, valid until the deadline.
+    Set(SessionId, Option<SystemTime>),
+    /// Make the client drop its cookie.
+    Revoke,
+    /// Nothing was stored, so there is no cookie to send.
+    Nothing,
+}
+
+impl Session {
+    /// A session the store already holds, as loaded under its lock.
+    pub(crate) fn existing(
+        lock: Box<dyn LockedSession>,
+        record: Record,
+        now: SystemTime,
+        browser_close_idle: Duration,
+    ) -> Session {
+        Session {
+            lock,
+            stored: Some(record.clone()),
+            record,
+            new: false,
+            now: unix_secs(now),
+            browser_close_idle: browser_close_idle.as_secs(),
+        }
+    }
+
+    /// A new, empty session expiring per `lifetime`.
+    pub(crate) fn fresh(
+        lock: Box<dyn LockedSession>,
+        now: SystemTime,
+        lifetime: Expiry,
+        client_addr: Option<&str>,
+        browser_close_idle: Duration,
+    ) -> Session {
+        let mut meta = Meta::new(unix_secs(now));
+        meta.deadline = lifetime.deadline(now).map(unix_secs);
+        meta.client_addr = client_addr.map(str::to_owned);
+        Session {
+            lock,
+            record: Record::new(meta),
+            stored: None,
+            new: true,
+            now: unix_secs(now),
+            browser_close_idle: browser_close_idle.as_secs(),
+        }
+    }
+
+    /// A new session in a private in-memory store: for examples and tests of handlers.
+    pub fn detached(now: SystemTime) -> Result<Session> {
+        use crate::store::{LockOptions, MemoryStore, SessionKey, Store};
+        let key = SessionKey::new(ServiceId::fallback(), SessionId::generate()?);
+        let options = LockOptions {
+            timeout: Duration::ZERO,
+            create: false,
+        };
+        let lock = MemoryStore::new().lock(&key, options)?;
+        Ok(Session::fresh(
+            lock,
+            now,
+            Expiry::BrowserClose,
+            None,
+            Duration::from_secs(86_400),
+        ))
+    }
+
+    /// The session id (a secret: do not log it whole, see [`SessionId::short`]).
+    pub fn id(&self) -> &SessionId {
+        &self.lock.key().id
+    }
+
+    /// The service this session belongs to.
+    pub fn service(&self) -> &ServiceId {
+        &self.lock.key().service
+    }
+
+    /// Whether this request started the session (no valid session came with it).
+    pub fn is_new(&self) -> bool {
+        self.new
+    }
+
+    /// When the session was created.
+    pub fn created(&self) -> SystemTime {
+        from_unix_secs(self.record.meta.created)
+    }
+
+    /// When a request last used the session before this one (to within a minute).
+    pub fn last_access(&self) -> SystemTime {
+        from_unix_secs(self.record.meta.last_access)
+    }
+
+    /// The client's address when the session was created.
+    pub fn client_addr(&self) -> Option<&str> {
+        self.record.meta.client_addr.as_deref()
+    }
+
+    /// The value under `key` as a `T`; `None` if there is none.
+    ///
+    /// A value stored as another type is an error of kind [`crate::ErrorKind::Decode`], not a
+    /// panic (types with the same encoding, such as `u32` and `u64`, read each other).
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.record.get(key)
+    }
+
+    /// Stores `value` under `key`.
+    pub fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
+        self.record.set(key, value)
+    }
+
+    /// Removes `key`; returns whether it was there.
+    pub fn remove(&mut self, key: &str) -> bool {
+        self.record.remove(key)
+    }
+
+    /// Removes every value (the session itself lives on).
+    pub fn clear(&mut self) {
+        self.record.clear();
+    }
+
+    /// Whether there is a value under `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.record.contains(key)
+    }
+
+    /// The keys, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.record.keys()
+    }
+
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        self.record.len()
+    }
+
+    /// Whether the session holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.record.is_empty()
+    }
+
+    /// Sets when the session expires, on the server and in the cookie.
+    ///
+    /// [`Expiry::Now`] (or any deadline not after now) deletes the session on the server when
+    /// the request ends and revokes the cookie; values set afterwards in the same request are
+    /// discarded with it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pso::Expiry;
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// session.expire(Expiry::In(Duration::from_secs(15 * 60)));
+    /// session.expire(Expiry::parse("Mon, 15 Apr 2041 19:00:00 GMT")?);
+    /// session.expire(Expiry::parse_with_format("Mon, 15 APR 2041 19:00:00", "%a, %d %b %Y %H:%M:%S")?);
+    /// assert!(matches!(session.expiry(), Expiry::At(_)));
+    /// session.expire(Expiry::BrowserClose);
+    /// assert_eq!(session.expiry(), Expiry::BrowserClose);
+    /// session.expire(Expiry::Now);
+    /// assert_eq!(session.expiry(), Expiry::Now);
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn expire(&mut self, expiry: Expiry) {
+        self.record.meta.deadline = expiry.deadline(from_unix_secs(self.now)).map(unix_secs);
+    }
+
+    /// When the session expires, as last set.
+    pub fn expiry(&self) -> Expiry {
+        match self.record.meta.deadline {
+            None => Expiry::BrowserClose,
+            Some(_) if self.ends_now() => Expiry::Now,
+            Some(deadline) => Expiry::At(from_unix_secs(deadline)),
+        }
+    }
+
+    /// Saves the session now, mid-request, keeping the lock. The runner saves on success
+    /// anyway; call this before a long task, or to keep changes even if the handler fails.
+    pub fn save(&mut self) -> Result<()> {
+        if self.ends_now() {
+            return self.delete();
+        }
+        self.record.meta.last_access = self.now;
+        self.record.meta.max_idle = match self.record.meta.deadline {
+            None => Some(self.browser_close_idle),
+            Some(_) => None,
+        };
+        self.lock.save(&self.record)?;
+        self.stored = Some(self.record.clone());
+        Ok(())
+    }
+
+    /// Goes back to the state the store holds: as loaded, or as last saved in this request.
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// session.set("draft", "v1")?;
+    /// session.save()?;
+    /// session.set("draft", "v2")?;
+    /// session.revert();
+    /// assert_eq!(session.get::<String>("draft")?.as_deref(), Some("v1"));
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn revert(&mut self) {
+        match &self.stored {
+            Some(stored) => self.record = stored.clone(),
+            None => {
+                self.record.clear();
+                self.record.meta.deadline = None;
+            }
+        }
+    }
+
+    /// Stores what needs storing and says which cookie the response carries.
+    ///
+    /// A new session without values is not stored and gets no cookie, so a visitor (or a
+    /// crawler) that never gets session data leaves nothing in the store. An unchanged session
+    /// is rewritten at most once a minute, to record its last access.
+    pub(crate) fn commit(&mut self) -> Result<CookieAction> {
+        if self.ends_now() {
+            self.delete()?;
+            return Ok(CookieAction::Revoke);
+        }
+        match &self.stored {
+            None if self.record.is_empty() => return Ok(CookieAction::Nothing),
+            None => self.save()?,
+            Some(stored) => {
+                let stale = self.now.saturating_sub(stored.meta.last_access) >= ACCESS_RESOLUTION;
+                if *stored != self.record || stale {
+                    self.save()?;
+                }
+            }
+        }
+        Ok(CookieAction::Set(
+            self.id().clone(),
+            self.record.meta.deadline.map(from_unix_secs),
+        ))
+    }
+
+    fn ends_now(&self) -> bool {
+        self.record
+            .meta
+            .deadline
+            .is_some_and(|deadline| deadline <= self.now)
+    }
+
+    fn delete(&mut self) -> Result<()> {
+        if self.stored.is_some() {
+            self.lock.delete()?;
+            self.stored = None;
+        }
+        self.record.clear();
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("key", self.lock.key())
+            .field("new", &self.new)
+            .field("values", &self.record.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::suite;
+    use crate::store::{MemoryStore, Store};
+    use std::time::UNIX_EPOCH;
+
+    const T0: u64 = 1_700_000_000;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn fresh(store: &MemoryStore, now: u64) -> Session {
+        let lock = store.lock(&suite::key("svc"), suite::options()).unwrap();
+        Session::fresh(
+            lock,
+            at(now),
+            Expiry::BrowserClose,
+            Some("192.0.2.1"),
+            Duration::from_secs(3600),
+        )
+    }
+
+    fn reopen(store: &MemoryStore, id: &SessionId, now: u64) -> Session {
+        let key = crate::store::SessionKey::new("svc".parse().unwrap(), id.clone());
+        let mut lock = store.lock(&key, suite::options()).unwrap();
+        let record = lock.load().unwrap().expect("stored");
+        Session::existing(lock, record, at(now), Duration::from_secs(3600))
+    }
+
+    #[test]
+    fn an_empty_new_session_is_not_stored() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        assert_eq!(session.commit().unwrap(), CookieAction::Nothing);
+        assert_eq!(store.keys().unwrap().count(), 0);
+    }
+
+    #[test]
+    fn values_persist_with_metadata() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        session.set("n", &1u64).unwrap();
+        let id = session.id().clone();
+        assert_eq!(
+            session.commit().unwrap(),
+            CookieAction::Set(id.clone(), None)
+        );
+        drop(session);
+        let session = reopen(&store, &id, T0 + 10);
+        assert!(!session.is_new());
+        assert_eq!(session.get::<u64>("n").unwrap(), Some(1));
+        assert_eq!(session.created(), at(T0));
+        assert_eq!(session.last_access(), at(T0));
+        assert_eq!(session.client_addr(), Some("192.0.2.1"));
+    }
+
+    #[test]
+    fn unchanged_sessions_are_rewritten_only_to_record_access() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        session.set("n", &1u64).unwrap();
+        session.commit().unwrap();
+        let id = session.id().clone();
+        drop(session);
+        reopen(&store, &id, T0 + 30).commit().unwrap();
+        assert_eq!(
+            reopen(&store, &id, T0).last_access(),
+            at(T0),
+            "not rewritten within a minute"
+        );
+        reopen(&store, &id, T0 + 90).commit().unwrap();
+        assert_eq!(reopen(&store, &id, T0).last_access(), at(T0 + 90));
+    }
+
+    #[test]
+    fn expire_now_deletes_and_revokes() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        session.set("n", &1u64).unwrap();
+        session.commit().unwrap();
+        let id = session.id().clone();
+        drop(session);
+        let mut session = reopen(&store, &id, T0 + 1);
+        session.expire(Expiry::Now);
+        session.set("late", &true).unwrap();
+        assert_eq!(session.commit().unwrap(), CookieAction::Revoke);
+        drop(session);
+        assert_eq!(store.keys().unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_past_date_expires_now_and_a_later_expiry_undoes_it() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        session.expire(
+            Expiry::parse_with_format("Mon, 15 APR 2001 19:00:00", "%a, %d %b %Y %H:%M:%S")
+                .unwrap(),
+        );
+        assert_eq!(session.expiry(), Expiry::Now);
+        session.expire(Expiry::In(Duration::from_secs(900)));
+        assert_eq!(session.expiry(), Expiry::At(at(T0 + 900)));
+        session.set("n", &1u64).unwrap();
+        assert_eq!(
+            session.commit().unwrap(),
+            CookieAction::Set(session.id().clone(), Some(at(T0 + 900)))
+        );
+    }
+
+    #[test]
+    fn browser_close_sessions_carry_an_idle_limit_and_dated_ones_do_not() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        session.set("n", &1u64).unwrap();
+        session.save().unwrap();
+        let id = session.id().clone();
+        let key = crate::store::SessionKey::new("svc".parse().unwrap(), id);
+        drop(session);
+        assert_eq!(store.peek(&key).unwrap().unwrap().meta.max_idle, Some(3600));
+    }
+
+    #[test]
+    fn revert_returns_to_the_stored_state() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        session.set("a", &1u64).unwrap();
+        session.revert();
+        assert!(session.is_empty());
+        session.set("a", &2u64).unwrap();
+        session.save().unwrap();
+        session.set("a", &3u64).unwrap();
+        session.remove("a");
+        session.expire(Expiry::Now);
+        session.revert();
+        assert_eq!(session.get::<u64>("a").unwrap(), Some(2));
+        assert_eq!(session.expiry(), Expiry::BrowserClose);
+    }
+}

@@ -1,0 +1,186 @@
+//! An in-memory store: for tests, and for one long-lived process that may forget its sessions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::expiry::unix_secs;
+use crate::record::Record;
+use crate::store::{GcReport, LockOptions, LockedSession, SessionKey, Store};
+
+/// Sessions in memory, kept in the same encoded format as files. Clones share the sessions.
+///
+/// ```
+/// use pso::store::{LockOptions, MemoryStore, SessionKey, Store};
+/// let store = MemoryStore::new();
+/// let key = SessionKey::new("shop".parse()?, pso::SessionId::generate()?);
+/// let options = LockOptions { timeout: std::time::Duration::from_secs(1), create: false };
+/// store.lock(&key, options)?.save(&pso::Record::default())?;
+/// assert!(store.peek(&key)?.is_some());
+/// # Ok::<(), pso::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    slots: Mutex<HashMap<SessionKey, Slot>>,
+    released: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    bytes: Option<Vec<u8>>,
+    locked: bool,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+}
+
+impl Shared {
+    fn slots(&self) -> MutexGuard<'_, HashMap<SessionKey, Slot>> {
+        // A panic elsewhere cannot leave a slot half-written: every update is one assignment.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Record> {
+    Record::decode(bytes, u64::MAX)
+}
+
+impl Store for MemoryStore {
+    fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockedSession>> {
+        let give_up = Instant::now() + options.timeout;
+        let mut slots = self.shared.slots();
+        loop {
+            let slot = slots.entry(key.clone()).or_default();
+            if !slot.locked {
+                slot.locked = true;
+                return Ok(Box::new(MemoryLock {
+                    shared: self.shared.clone(),
+                    key: key.clone(),
+                }));
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                return Err(Error::new(
+                    ErrorKind::LockTimeout,
+                    format!("session {key:?} stayed locked past the lock timeout"),
+                ));
+            }
+            slots = self
+                .shared
+                .released
+                .wait_timeout(slots, give_up - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn peek(&self, key: &SessionKey) -> Result<Option<Record>> {
+        let slots = self.shared.slots();
+        slots
+            .get(key)
+            .and_then(|slot| slot.bytes.as_deref())
+            .map(decode)
+            .transpose()
+    }
+
+    fn keys(&self) -> Result<Box<dyn Iterator<Item = Result<SessionKey>> + '_>> {
+        let keys: Vec<SessionKey> = self
+            .shared
+            .slots()
+            .iter()
+            .filter(|(_, slot)| slot.bytes.is_some())
+            .map(|(key, _)| key.clone())
+            .collect();
+        Ok(Box::new(keys.into_iter().map(Ok)))
+    }
+
+    fn collect_garbage(&self, now: SystemTime, budget: Duration) -> Result<GcReport> {
+        let started = Instant::now();
+        let now = unix_secs(now);
+        let mut report = GcReport::default();
+        let mut slots = self.shared.slots();
+        for slot in slots.values_mut() {
+            if started.elapsed() >= budget {
+                report.incomplete = true;
+                break;
+            }
+            let Some(bytes) = &slot.bytes else { continue };
+            report.examined += 1;
+            if slot.locked {
+                report.busy += 1;
+            } else if decode(bytes).map_or(true, |record| record.is_expired(now)) {
+                slot.bytes = None;
+                report.removed += 1;
+            }
+        }
+        slots.retain(|_, slot| slot.locked || slot.bytes.is_some());
+        Ok(report)
+    }
+}
+
+struct MemoryLock {
+    shared: Arc<Shared>,
+    key: SessionKey,
+}
+
+impl MemoryLock {
+    fn with_slot<T>(&self, f: impl FnOnce(&mut Slot) -> T) -> T {
+        let mut slots = self.shared.slots();
+        f(slots.entry(self.key.clone()).or_default())
+    }
+}
+
+impl LockedSession for MemoryLock {
+    fn key(&self) -> &SessionKey {
+        &self.key
+    }
+
+    fn load(&mut self) -> Result<Option<Record>> {
+        self.with_slot(|slot| slot.bytes.as_deref().map(decode).transpose())
+    }
+
+    fn save(&mut self, record: &Record) -> Result<()> {
+        let bytes = record.encode()?;
+        self.with_slot(|slot| slot.bytes = Some(bytes));
+        Ok(())
+    }
+
+    fn delete(&mut self) -> Result<()> {
+        self.with_slot(|slot| slot.bytes = None);
+        Ok(())
+    }
+}
+
+impl Drop for MemoryLock {
+    fn drop(&mut self) {
+        let mut slots = self.shared.slots();
+        if let Some(slot) = slots.get_mut(&self.key) {
+            slot.locked = false;
+            if slot.bytes.is_none() {
+                slots.remove(&self.key);
+            }
+        }
+        self.shared.released.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::suite;
+
+    #[test]
+    fn passes_the_store_suite() {
+        suite::all(Arc::new(MemoryStore::new()));
+    }
+}

@@ -1,0 +1,264 @@
+//! Where sessions live: the [`Store`] trait, and its implementations, one file each.
+//!
+//! The runner talks only to this trait. A store owns its locking: the runner asks for a
+//! session's lock, loads, saves or deletes through the [`LockedSession`] it gets, and drops it.
+//! Nothing here assumes a file system, so a Redis or SQL store fits the same shape.
+
+pub mod file;
+pub mod memory;
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use crate::error::Result;
+use crate::id::{ServiceId, SessionId};
+use crate::record::Record;
+
+pub use file::FileStore;
+pub use memory::MemoryStore;
+
+/// A session's full name in a store: its service and its id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    /// The service (namespace) the session belongs to.
+    pub service: ServiceId,
+    /// The session's id within the service.
+    pub id: SessionId,
+}
+
+impl SessionKey {
+    /// The key of session `id` of `service`.
+    pub fn new(service: ServiceId, id: SessionId) -> SessionKey {
+        SessionKey { service, id }
+    }
+}
+
+/// Shows the service and only a prefix of the id: keys end up in log lines.
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.service, self.id.short())
+    }
+}
+
+/// How to take a session's lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockOptions {
+    /// The longest wait for another holder to let go; past it, [`crate::ErrorKind::LockTimeout`].
+    pub timeout: Duration,
+    /// Reserve the key even when it has no record yet, so that the first requests of an id
+    /// chosen by configuration serialize too. Never set for ids from clients: an unknown id
+    /// must leave no trace in the store. Stores whose locks need no record ignore it.
+    pub create: bool,
+}
+
+/// What a pass of garbage collection did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GcReport {
+    /// Sessions looked at.
+    pub examined: u64,
+    /// Expired or unreadable sessions (and abandoned temporary files) removed.
+    pub removed: u64,
+    /// Sessions skipped because a request held them.
+    pub busy: u64,
+    /// Whether the time budget ran out before every session was looked at.
+    pub incomplete: bool,
+}
+
+/// A place that keeps session records.
+pub trait Store: Send + Sync {
+    /// Takes the exclusive lock of `key`, waiting at most `options.timeout`.
+    ///
+    /// The lock is held until the returned [`LockedSession`] is dropped, so two requests of one
+    /// session run their load–modify–save cycles one after the other.
+    fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockedSession>>;
+
+    /// Reads the record of `key` without locking or adopting it (for tools and audits).
+    fn peek(&self, key: &SessionKey) -> Result<Option<Record>>;
+
+    /// Every session key in the store, streamed.
+    fn keys(&self) -> Result<Box<dyn Iterator<Item = Result<SessionKey>> + '_>>;
+
+    /// Removes sessions that are expired at `now` or unreadable, skipping any that a request
+    /// holds, and stops once `budget` has passed.
+    fn collect_garbage(&self, now: SystemTime, budget: Duration) -> Result<GcReport>;
+}
+
+/// A session whose lock is held: the only way to read and write its record in a request.
+pub trait LockedSession: Send {
+    /// The key this lock holds.
+    fn key(&self) -> &SessionKey;
+
+    /// The record, `None` if the store has none for this key. A record that cannot be read
+    /// is an error of kind [`crate::ErrorKind::Corrupt`].
+    fn load(&mut self) -> Result<Option<Record>>;
+
+    /// Replaces the record, atomically: after a crash at any instant the store holds either
+    /// the old record or the new one. The lock stays held.
+    fn save(&mut self, record: &Record) -> Result<()>;
+
+    /// Removes the record. The lock stays held until drop.
+    fn delete(&mut self) -> Result<()>;
+}
+
+#[cfg(test)]
+pub(crate) mod suite {
+    //! The behaviour every store must show, run against each store.
+
+    use super::*;
+    use crate::ErrorKind;
+    use crate::record::Meta;
+    use std::sync::{Arc, Barrier};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    pub fn key(service: &str) -> SessionKey {
+        SessionKey::new(service.parse().unwrap(), SessionId::generate().unwrap())
+    }
+
+    pub fn options() -> LockOptions {
+        LockOptions {
+            timeout: Duration::from_secs(10),
+            create: false,
+        }
+    }
+
+    fn record(n: u64) -> Record {
+        let mut record = Record::new(Meta::new(1_000));
+        record.set("n", &n).unwrap();
+        record
+    }
+
+    pub fn round_trip(store: &dyn Store) {
+        let k = key("svc");
+        let mut lock = store.lock(&k, options()).unwrap();
+        assert_eq!(lock.key(), &k);
+        assert_eq!(lock.load().unwrap(), None);
+        lock.save(&record(1)).unwrap();
+        assert_eq!(lock.load().unwrap(), Some(record(1)));
+        lock.save(&record(2)).unwrap();
+        drop(lock);
+        assert_eq!(store.peek(&k).unwrap(), Some(record(2)));
+        let mut lock = store.lock(&k, options()).unwrap();
+        assert_eq!(lock.load().unwrap(), Some(record(2)));
+        lock.delete().unwrap();
+        drop(lock);
+        assert_eq!(store.peek(&k).unwrap(), None);
+    }
+
+    pub fn unknown_keys_leave_no_trace(store: &dyn Store) {
+        let k = key("svc");
+        let mut lock = store.lock(&k, options()).unwrap();
+        assert_eq!(lock.load().unwrap(), None);
+        drop(lock);
+        assert!(store.keys().unwrap().all(|item| item.unwrap() != k));
+    }
+
+    pub fn keys_lists_saved_sessions(store: &dyn Store) {
+        let (a, b) = (key("one"), key("two"));
+        for k in [&a, &b] {
+            store.lock(k, options()).unwrap().save(&record(0)).unwrap();
+        }
+        let keys: Vec<SessionKey> = store.keys().unwrap().map(Result::unwrap).collect();
+        assert!(keys.contains(&a) && keys.contains(&b), "{keys:?}");
+    }
+
+    pub fn lock_timeout(store: &dyn Store) {
+        let k = key("svc");
+        let mut held = store.lock(&k, options()).unwrap();
+        held.save(&record(0)).unwrap();
+        let short = LockOptions {
+            timeout: Duration::from_millis(50),
+            create: false,
+        };
+        let err = store.lock(&k, short).err().expect("the lock is held");
+        assert_eq!(err.kind(), ErrorKind::LockTimeout);
+    }
+
+    /// Many threads increment one counter through the lock: none may lose another's write.
+    pub fn no_lost_updates(store: Arc<dyn Store>) {
+        let k = key("svc");
+        store.lock(&k, options()).unwrap().save(&record(0)).unwrap();
+        let threads = 8;
+        let rounds = 25;
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (store, k, barrier) = (store.clone(), k.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    for _ in 0..rounds {
+                        let mut lock = store.lock(&k, options()).unwrap();
+                        let n: u64 = lock.load().unwrap().unwrap().get("n").unwrap().unwrap();
+                        lock.save(&record(n + 1)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        let n: u64 = store.peek(&k).unwrap().unwrap().get("n").unwrap().unwrap();
+        assert_eq!(n, (threads * rounds) as u64);
+    }
+
+    pub fn create_reserves_the_key(store: Arc<dyn Store>) {
+        // Two first requests of a configured id: the second must see the first one's save.
+        let k = SessionKey::new("svc".parse().unwrap(), SessionId::forced("007").unwrap());
+        let create = LockOptions {
+            create: true,
+            ..options()
+        };
+        let mut first = store.lock(&k, create).unwrap();
+        assert_eq!(first.load().unwrap(), None);
+        let (store2, k2) = (store.clone(), k.clone());
+        let second = std::thread::spawn(move || {
+            let mut lock = store2.lock(&k2, create).unwrap();
+            lock.load().unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        first.save(&record(7)).unwrap();
+        drop(first);
+        assert_eq!(second.join().unwrap(), Some(record(7)));
+    }
+
+    pub fn garbage_collection(store: &dyn Store) {
+        let (live, dead, busy) = (key("svc"), key("svc"), key("svc"));
+        let mut expired = Record::new(Meta::new(1_000));
+        expired.meta.deadline = Some(1_500);
+        store
+            .lock(&live, options())
+            .unwrap()
+            .save(&record(1))
+            .unwrap();
+        store
+            .lock(&dead, options())
+            .unwrap()
+            .save(&expired)
+            .unwrap();
+        let mut held = store.lock(&busy, options()).unwrap();
+        held.save(&expired).unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(2_000);
+        let report = store.collect_garbage(now, Duration::from_secs(10)).unwrap();
+        assert!(
+            report.removed >= 1 && report.busy >= 1 && !report.incomplete,
+            "{report:?}"
+        );
+        assert_eq!(store.peek(&dead).unwrap(), None);
+        assert_eq!(store.peek(&live).unwrap(), Some(record(1)));
+        assert_eq!(
+            store.peek(&busy).unwrap(),
+            Some(expired),
+            "a held session is never collected"
+        );
+    }
+
+    pub fn all(store: Arc<dyn Store>) {
+        round_trip(&*store);
+        unknown_keys_leave_no_trace(&*store);
+        keys_lists_saved_sessions(&*store);
+        lock_timeout(&*store);
+        no_lost_updates(store.clone());
+        create_reserves_the_key(store.clone());
+        garbage_collection(&*store);
+    }
+}
