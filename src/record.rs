@@ -189,7 +189,9 @@ impl Record {
         self.values.get(key).map(|Value(bytes)| bytes.len())
     }
 
-    /// The record in the versioned format.
+    /// The record in pso's versioned format: magic `PSOS`, format version `1`, payload length
+    /// (u32 little-endian), CRC-32 of version, length and payload, then the payload (bincode 2,
+    /// standard configuration). Every store keeps records in this format.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut bytes = vec![0u8; HEADER_LEN];
         bincode::serde::encode_into_std_write(self, &mut bytes, codec()).map_err(|e| {

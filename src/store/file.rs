@@ -1,6 +1,6 @@
 //! The file store: one file per session in a private directory, locked with `flock`.
 //!
-//! Layout: `<dir>/<service>.<id>.pso`, in the format of [`crate::record`]; while a save is
+//! Layout: `<dir>/<service>.<id>.pso`, in the format of [`crate::Record::encode`]; while a save is
 //! under way, `<dir>/.<service>.<id>.<pid>-<n>.tmp`. The directory is `0700` and owned by the
 //! user pso runs as, files are `0600`, and no file is opened through a symbolic link.
 //!

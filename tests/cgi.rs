@@ -1,0 +1,841 @@
+//! The reload counter run as a real CGI process, with a real CGI environment.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Reply, Site, have, skip_or_fail};
+
+const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
+
+use pso::store::{LockOptions, SessionKey, Store};
+use pso::{Meta, Record, SessionId};
+
+fn key(service: &str, cookie: &str) -> SessionKey {
+    let id: SessionId = cookie.split_once('=').unwrap().1.parse().unwrap();
+    SessionKey::new(service.parse().unwrap(), id)
+}
+
+fn lock_options() -> LockOptions {
+    LockOptions {
+        timeout: Duration::from_secs(10),
+        create: false,
+    }
+}
+
+/// Every file below `dir`, recursively.
+fn tree(dir: &Path) -> BTreeSet<PathBuf> {
+    let mut all = BTreeSet::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all.extend(tree(&path));
+        }
+        all.insert(path);
+    }
+    all
+}
+
+fn is_session_file(name: &str) -> bool {
+    name.strip_prefix("reload.")
+        .and_then(|n| n.strip_suffix(".pso"))
+        .is_some_and(|id| id.parse::<SessionId>().is_ok())
+}
+
+#[test]
+fn the_cookie_chain_counts_one_two_three() {
+    let site = Site::new(RELOAD);
+    let first = site.get(None);
+    assert_eq!(first.status(), "Status: 200 OK");
+    assert_eq!(first.count(), 1);
+    assert!(
+        first
+            .head
+            .contains("Content-Type: text/html; charset=utf-8")
+    );
+    let cookie = first.cookie();
+    assert!(
+        cookie.starts_with("reload=") && cookie.len() == "reload=".len() + 48,
+        "{cookie}"
+    );
+    assert_eq!(
+        first.set_cookie().unwrap(),
+        format!("{cookie}; HttpOnly; SameSite=Lax; Path=/")
+    );
+    let second = site.get(Some(&cookie));
+    assert_eq!((second.count(), second.cookie()), (2, cookie.clone()));
+    assert_eq!(site.get(Some(&cookie)).count(), 3);
+
+    // A second visitor has a session of their own.
+    let other = site.get(None);
+    assert_eq!(other.count(), 1);
+    assert_ne!(other.cookie(), cookie);
+    assert_eq!(site.get(Some(&cookie)).count(), 4);
+    assert_eq!(site.files().len(), 2);
+}
+
+#[test]
+fn files_are_private_and_named_by_service_and_id() {
+    let site = Site::new(RELOAD);
+    let cookie = site.get(None).cookie();
+    let id = cookie.split_once('=').unwrap().1;
+    assert_eq!(site.files(), BTreeSet::from([format!("reload.{id}.pso")]));
+    let dir = fs::metadata(site.sessions()).unwrap();
+    assert_eq!(dir.mode() & 0o777, 0o700);
+    let file = fs::metadata(site.sessions().join(format!("reload.{id}.pso"))).unwrap();
+    assert_eq!(file.mode() & 0o777, 0o600);
+    // The file is in pso's versioned format and holds the counter.
+    let record = site.store().peek(&key("reload", &cookie)).unwrap().unwrap();
+    assert_eq!(record.get::<u64>("reloads").unwrap(), Some(1));
+    assert_eq!(record.meta.client_addr.as_deref(), Some("192.0.2.7"));
+    assert!(
+        fs::read(site.sessions().join(format!("reload.{id}.pso")))
+            .unwrap()
+            .starts_with(b"PSOS\x01")
+    );
+}
+
+#[test]
+fn run_from_a_terminal_it_prints_the_whole_response_and_continues_with_a_cookie() {
+    let mut site = Site::new(RELOAD);
+    site.unset("GATEWAY_INTERFACE")
+        .unset("SCRIPT_NAME")
+        .unset("REQUEST_METHOD");
+    let first = site.get(None);
+    assert_eq!(first.status(), "Status: 200 OK");
+    assert!(
+        first.cookie().starts_with("reload="),
+        "named after the program: {first:?}"
+    );
+    assert_eq!(site.get(Some(&first.cookie())).count(), 2);
+}
+
+#[test]
+fn head_requests_get_headers_only() {
+    let mut site = Site::new(RELOAD);
+    site.set("REQUEST_METHOD", "HEAD");
+    let reply = site.get(None);
+    assert_eq!(reply.body, "");
+    assert!(reply.set_cookie().is_some());
+}
+
+#[test]
+fn service_id_names_the_cookie_and_the_files() {
+    let mut site = Site::new(RELOAD);
+    site.set("PSOServiceId", "shop");
+    let reply = site.get(None);
+    let cookie = reply.cookie();
+    assert!(cookie.starts_with("shop="), "{cookie}");
+    let id = cookie.split_once('=').unwrap().1;
+    assert_eq!(site.files(), BTreeSet::from([format!("shop.{id}.pso")]));
+    // The same id under another service is another session.
+    site.set("PSOServiceId", "blog");
+    let blog = site.get(Some(&cookie.replace("shop=", "blog=")));
+    assert_eq!(blog.count(), 1);
+    assert_ne!(blog.cookie(), cookie.replace("shop=", "blog="));
+}
+
+#[test]
+fn a_variable_named_like_the_service_forces_the_session_id() {
+    let mut site = Site::new(RELOAD);
+    site.set("PSOServiceId", "MyService")
+        .set("MyService", "007");
+    let first = site.get(None);
+    assert_eq!(
+        (first.count(), first.cookie()),
+        (1, "MyService=007".to_owned())
+    );
+    // Everybody shares it, cookie or not.
+    assert_eq!(site.get(None).count(), 2);
+    assert_eq!(
+        site.get(Some(
+            "MyService=0123456789abcdef0123456789abcdef0123456789abcdef"
+        ))
+        .count(),
+        3
+    );
+    assert_eq!(
+        site.files(),
+        BTreeSet::from(["MyService.007.pso".to_owned()])
+    );
+
+    // An unsafe forced id is refused and logged; the visitor gets an ordinary session.
+    site.set("MyService", "../../etc/passwd");
+    let reply = site.get(None);
+    assert_eq!(reply.count(), 1);
+    assert!(reply.stderr.contains("MyService"), "{}", reply.stderr);
+}
+
+#[test]
+fn session_expire_sets_the_cookie_lifetime_and_the_server_deadline() {
+    let mut site = Site::new(RELOAD);
+    for name in ["PSOSessionExpire", "PSOSessionExpires"] {
+        site.unset("PSOSessionExpire").set(name, "15*60");
+        let reply = site.get(None);
+        let set = reply.set_cookie().unwrap();
+        assert!(set.contains("; Max-Age=900; Expires="), "{name}: {set}");
+    }
+    site.set("PSOSessionExpire", "(2*24+1)*3600");
+    assert!(
+        site.get(None)
+            .set_cookie()
+            .unwrap()
+            .contains("; Max-Age=176400;")
+    );
+    site.set("PSOSessionExpire", "+30m");
+    assert!(
+        site.get(None)
+            .set_cookie()
+            .unwrap()
+            .contains("; Max-Age=1800;")
+    );
+    site.set("PSOSessionExpire", "Mon, 15 Apr 2041 19:00:00 GMT");
+    assert!(
+        site.get(None)
+            .set_cookie()
+            .unwrap()
+            .ends_with("; Expires=Mon, 15 Apr 2041 19:00:00 GMT")
+    );
+
+    // The deadline is stored with the session and enforced by the server.
+    site.set("PSOSessionExpire", "15*60");
+    let cookie = site.get(None).cookie();
+    let record = site.store().peek(&key("reload", &cookie)).unwrap().unwrap();
+    assert_eq!(record.meta.deadline, Some(record.meta.created + 900));
+
+    // A bad value: logged with the variable's name, and the default (browser close) is used.
+    for bad in ["1/0", "15*", "99999999999999*99999999999999", "tomorrow"] {
+        site.set("PSOSessionExpire", bad);
+        let reply = site.get(None);
+        assert_eq!(
+            reply.set_cookie().unwrap(),
+            format!("{}; HttpOnly; SameSite=Lax; Path=/", reply.cookie())
+        );
+        assert!(
+            reply.stderr.contains("PSOSessionExpire"),
+            "{bad}: {}",
+            reply.stderr
+        );
+    }
+}
+
+#[test]
+fn an_expired_session_is_replaced() {
+    let site = Site::new(RELOAD);
+    let cookie = site.get(None).cookie();
+    let store = site.store();
+    let key = key("reload", &cookie);
+    let mut lock = store.lock(&key, lock_options()).unwrap();
+    let mut record = lock.load().unwrap().unwrap();
+    record.meta.deadline = Some(1_000);
+    lock.save(&record).unwrap();
+    drop(lock);
+    let reply = site.get(Some(&cookie));
+    assert_eq!(reply.count(), 1);
+    assert_ne!(reply.cookie(), cookie);
+    assert_eq!(
+        store.peek(&key).unwrap(),
+        None,
+        "the expired session is deleted"
+    );
+}
+
+#[test]
+fn a_browser_close_session_dies_after_gc_max_lifetime_unused() {
+    let mut site = Site::new(RELOAD);
+    site.set("PSOSessionGCMaxLifetime", "1h");
+    let cookie = site.get(None).cookie();
+    let store = site.store();
+    let key = key("reload", &cookie);
+    let record = store.peek(&key).unwrap().unwrap();
+    assert_eq!(record.meta.max_idle, Some(3600));
+    let mut lock = store.lock(&key, lock_options()).unwrap();
+    let mut record = lock.load().unwrap().unwrap();
+    record.meta.last_access -= 3601;
+    lock.save(&record).unwrap();
+    drop(lock);
+    assert_eq!(site.get(Some(&cookie)).count(), 1);
+}
+
+#[test]
+fn session_directory_setting() {
+    let mut site = Site::new(RELOAD);
+    let custom = site.root.path().join("deep/custom");
+    site.set(
+        "PSOSessionFileLoader_Path",
+        format!("{}/", custom.display()),
+    );
+    site.get(None);
+    assert_eq!(fs::read_dir(&custom).unwrap().count(), 1);
+    assert!(!site.sessions().exists());
+
+    // Unset: a private directory under the system temp dir.
+    let root = site.root.path().to_owned();
+    site.unset("PSOSessionFileLoader_Path").set("TMPDIR", &root);
+    site.get(None);
+    let uid = fs::metadata("/proc/self").unwrap().uid();
+    let default = site.root.path().join(format!("pso-{uid}"));
+    assert_eq!(fs::read_dir(&default).unwrap().count(), 1);
+    assert_eq!(fs::metadata(&default).unwrap().mode() & 0o777, 0o700);
+
+    // A directory that is a symbolic link is refused: a 500 and a log line, nothing written.
+    let link = site.root.path().join("link");
+    std::os::unix::fs::symlink(&custom, &link).unwrap();
+    site.set("PSOSessionFileLoader_Path", &link);
+    let output = site.command(None).output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("Status: 500 "), "{text}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("symbolic link"));
+    assert_eq!(fs::read_dir(&custom).unwrap().count(), 1);
+}
+
+#[test]
+fn cookie_attributes_from_the_environment() {
+    let mut site = Site::new(RELOAD);
+    site.set("PSOCookieSession_Domain", "example.org")
+        .set("PSOCookieSession_Path", "/cgi-bin/")
+        .set("PSOCookieSession_SameSite", "Strict")
+        .set("PSOCookieSession_HttpOnly", "off")
+        .set("PSOCookieSession_Comment", "pso compatibility")
+        .set("PSOCookieSession_Version", "1");
+    let reply = site.get(None);
+    assert_eq!(
+        reply.set_cookie().unwrap(),
+        format!(
+            "{}; SameSite=Strict; Path=/cgi-bin/; Domain=example.org",
+            reply.cookie()
+        )
+    );
+    assert!(
+        reply.stderr.is_empty(),
+        "obsolete attributes are accepted quietly: {}",
+        reply.stderr
+    );
+
+    let mut site = Site::new(RELOAD);
+    site.set("PSOCookieSession_Max-Age", "3600");
+    assert!(
+        site.get(None)
+            .set_cookie()
+            .unwrap()
+            .contains("; Max-Age=3600; Expires=")
+    );
+    site.unset("PSOCookieSession_Max-Age")
+        .set("PSOCookieSession_expires", "Mon, 15 Apr 2041 19:00:00 GMT");
+    assert!(
+        site.get(None)
+            .set_cookie()
+            .unwrap()
+            .ends_with("; Expires=Mon, 15 Apr 2041 19:00:00 GMT")
+    );
+
+    let mut site = Site::new(RELOAD);
+    site.set("PSOCookieSession_Secure", "on");
+    assert!(site.get(None).set_cookie().unwrap().contains("; Secure"));
+    site.set("PSOCookieSession_Secure", "auto")
+        .set("HTTPS", "on");
+    assert!(
+        site.get(None).set_cookie().unwrap().contains("; Secure"),
+        "Secure under HTTPS"
+    );
+    site.unset("HTTPS");
+    assert!(!site.get(None).set_cookie().unwrap().contains("Secure"));
+    site.set("PSOCookieSession_Prefix", "__Host-")
+        .set("PSOCookieSession_Path", "/x");
+    let reply = site.get(None);
+    assert!(reply.cookie().starts_with("__Host-reload="));
+    assert!(reply.set_cookie().unwrap().ends_with("; Secure; Path=/"));
+
+    // Bad values are logged and replaced by the defaults: no injection into the header.
+    let mut site = Site::new(RELOAD);
+    site.set("PSOCookieSession_Domain", "evil.org; Secure")
+        .set("PSOCookieSession_Path", "/a;Domain=evil.org")
+        .set("PSOCookieSession_SameSite", "sometimes");
+    let reply = site.get(None);
+    assert_eq!(
+        reply.set_cookie().unwrap(),
+        format!("{}; HttpOnly; SameSite=Lax; Path=/", reply.cookie())
+    );
+    for name in [
+        "PSOCookieSession_Domain",
+        "PSOCookieSession_Path",
+        "PSOCookieSession_SameSite",
+    ] {
+        assert!(reply.stderr.contains(name), "{name}: {}", reply.stderr);
+    }
+}
+
+#[test]
+fn strict_mode_never_adopts_an_id_it_did_not_issue() {
+    let mut site = Site::new(RELOAD);
+    site.set("PSOLogLevel", "info");
+    let forged = "reload=0123456789abcdef0123456789abcdef0123456789abcdef";
+    let reply = site.get(Some(forged));
+    assert_eq!(reply.count(), 1);
+    assert_ne!(reply.cookie(), forged);
+    assert!(
+        !site
+            .files()
+            .iter()
+            .any(|f| f.contains("0123456789abcdef0123"))
+    );
+    assert!(reply.stderr.contains("unknown"), "{}", reply.stderr);
+    assert!(
+        !reply.stderr.contains("0123456789abcdef0123456789abcdef"),
+        "no full id in logs"
+    );
+}
+
+#[test]
+fn a_live_session_wins_over_tossed_cookies_whatever_their_order() {
+    let site = Site::new(RELOAD);
+    let real = site.get(None).cookie();
+    let tossed = "reload=ffffffffffffffffffffffffffffffffffffffffffffffff";
+    assert_eq!(site.get(Some(&format!("{tossed}; {real}"))).count(), 2);
+    assert_eq!(site.get(Some(&format!("{real}; {tossed}"))).count(), 3);
+    assert_eq!(
+        site.get(Some(&format!("x=1; reload=junk; {real}; reload=\"\"")))
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn hostile_ids_get_a_fresh_session_and_touch_nothing_outside() {
+    let site = Site::new(RELOAD);
+    site.get(None);
+    let before = tree(site.root.path());
+    let hostile: Vec<OsString> = [
+        "reload=../../etc/passwd",
+        "reload=",
+        "reload",
+        "reload=/etc/passwd",
+        "reload=..%2F..%2Fetc%2Fpasswd",
+        &format!("reload={}", "a".repeat(10_000)),
+        &format!("reload={}", "0".repeat(47)),
+        &format!("reload={}", "0".repeat(49)),
+        "reload=0123456789abcdef0123456789abcdef0123456789abcde.",
+        "reload=\"../../../../tmp/x\"",
+        "reload=0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF",
+        ";;;===;;; reload = ; reload=\t",
+        &"x=1; ".repeat(5_000),
+        &format!("{}reload=1", "a".repeat(70_000)),
+    ]
+    .iter()
+    .map(OsString::from)
+    .chain([OsString::from_vec(b"reload=\xff\xfe../../x".to_vec())])
+    .collect();
+    for cookie in &hostile {
+        let output = site
+            .command(None)
+            .env("HTTP_COOKIE", cookie)
+            .output()
+            .unwrap();
+        let reply = Reply::from_output(output);
+        assert_eq!(reply.count(), 1, "{cookie:?}");
+        let after = tree(site.root.path());
+        let new: Vec<_> = after.difference(&before).collect();
+        assert_eq!(new.len(), 1, "{cookie:?}: {new:?}");
+        assert_eq!(
+            new[0].parent(),
+            Some(site.sessions().as_path()),
+            "{cookie:?}"
+        );
+        assert!(is_session_file(
+            new[0].file_name().unwrap().to_str().unwrap()
+        ));
+        fs::remove_file(new[0]).unwrap();
+    }
+}
+
+/// Under strace, every file the program opens, creates, renames or removes is in the session
+/// directory (or a system file it reads), whatever the cookie says.
+#[test]
+fn hostile_ids_under_strace_never_reach_a_path_outside() {
+    if !have("strace") {
+        skip_or_fail("strace is not installed (apt-get install strace)");
+        return;
+    }
+    let site = Site::new(RELOAD);
+    let sessions = site.sessions().display().to_string();
+    site.get(None);
+    for cookie in [
+        "reload=../../etc/passwd",
+        "reload=/tmp/evil",
+        "reload=....//....//x",
+    ] {
+        let trace = site.root.path().join("trace");
+        let command = site.command(Some(cookie));
+        let program = command.get_program().to_owned();
+        let mut traced = Command::new("strace");
+        traced
+            .args(["-f", "-qq", "-e", "trace=%file", "-o"])
+            .arg(&trace)
+            .arg(program)
+            .env_clear()
+            .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        Reply::from_output(traced.output().unwrap());
+        let log = fs::read_to_string(&trace).unwrap();
+        for line in log.lines().filter(|l| !l.contains("execve(")) {
+            // Calls on a descriptor (`fstat(3, "")`) have no path of their own.
+            let Some(path) = line.split('"').nth(1).filter(|p| !p.is_empty()) else {
+                continue;
+            };
+            let system = ["/etc/ld.so", "/lib", "/usr/lib", "/proc/", "/sys/", "/dev/"]
+                .iter()
+                .any(|p| path.starts_with(p));
+            assert!(
+                path.starts_with(&sessions) || system,
+                "{cookie}: the program touched {path:?}: {line}"
+            );
+            assert!(!path.contains("passwd") && !path.contains("evil"), "{line}");
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_session_file_gives_a_fresh_session_not_a_crash() {
+    let site = Site::new(RELOAD);
+    let cookie = site.get(None).cookie();
+    let id = cookie.split_once('=').unwrap().1;
+    let path = site.sessions().join(format!("reload.{id}.pso"));
+    let good = fs::read(&path).unwrap();
+    let corruptions: Vec<Vec<u8>> = vec![
+        Vec::from(&good[..good.len() / 2]),
+        b"not a session".to_vec(),
+        {
+            let mut v = good.clone();
+            v[4] = 99;
+            v
+        },
+        {
+            let mut v = good.clone();
+            let last = v.len() - 1;
+            v[last] ^= 0xff;
+            v
+        },
+        // A header that claims a 4 GiB payload.
+        [&b"PSOS\x01\xff\xff\xff\xff"[..], &[0; 4]].concat(),
+        vec![0xff; 4096],
+    ];
+    for bytes in corruptions {
+        fs::write(&path, &bytes).unwrap();
+        let reply = site.get(Some(&cookie));
+        assert_eq!(reply.count(), 1, "{reply:?}");
+        assert_ne!(reply.cookie(), cookie);
+        assert!(reply.stderr.contains("unreadable"), "{}", reply.stderr);
+        assert!(!path.exists(), "the dead file is removed");
+    }
+}
+
+#[test]
+fn an_oversized_session_file_is_dead() {
+    let mut site = Site::new(RELOAD);
+    site.set("PSOSessionMaxBytes", "2048");
+    let cookie = site.get(None).cookie();
+    let key = key("reload", &cookie);
+    let store = site.store();
+    let mut lock = store.lock(&key, lock_options()).unwrap();
+    let mut record = lock.load().unwrap().unwrap();
+    record.set("ballast", &vec![1u8; 4096]).unwrap();
+    lock.save(&record).unwrap();
+    drop(lock);
+    let reply = site.get(Some(&cookie));
+    assert_eq!(reply.count(), 1);
+    assert!(
+        reply.stderr.contains("PSOSessionMaxBytes"),
+        "{}",
+        reply.stderr
+    );
+}
+
+#[test]
+fn a_session_held_past_the_lock_timeout_gets_503() {
+    let mut site = Site::new(RELOAD);
+    let cookie = site.get(None).cookie();
+    site.set("PSOSessionLockTimeout", "1");
+    let id = cookie.split_once('=').unwrap().1;
+    let held = fs::File::open(site.sessions().join(format!("reload.{id}.pso"))).unwrap();
+    held.lock().unwrap();
+    let started = Instant::now();
+    let reply = site.get(Some(&cookie));
+    assert_eq!(reply.status(), "Status: 503 Service Unavailable");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(
+        reply.stderr.contains("PSOSessionLockTimeout"),
+        "{}",
+        reply.stderr
+    );
+    held.unlock().unwrap();
+    assert_eq!(site.get(Some(&cookie)).count(), 2, "nothing was lost");
+}
+
+#[test]
+fn fifty_concurrent_requests_on_one_session_lose_nothing() {
+    let site = Site::new(RELOAD);
+    let cookie = site.get(None).cookie();
+    let children: Vec<_> = (0..50)
+        .map(|_| {
+            site.command(Some(&cookie))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut counts: Vec<u64> = children
+        .into_iter()
+        .map(|child| Reply::from_output(child.wait_with_output().unwrap()).count())
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (2..=51).collect::<Vec<u64>>(),
+        "each request saw a distinct count"
+    );
+    assert_eq!(site.get(Some(&cookie)).count(), 52);
+}
+
+#[test]
+fn sync_mode_fsyncs_file_and_directory() {
+    let mut site = Site::new(RELOAD);
+    site.set("PSOSessionSync", "on");
+    assert_eq!(site.get(None).count(), 1);
+    if !have("strace") {
+        skip_or_fail("strace is not installed (apt-get install strace)");
+        return;
+    }
+    let trace = site.root.path().join("trace");
+    let command = site.command(None);
+    let status = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(command.get_program())
+        .env_clear()
+        .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let log = fs::read_to_string(&trace).unwrap();
+    assert!(
+        log.contains("fdatasync(") && log.contains("fsync("),
+        "{log}"
+    );
+}
+
+#[test]
+fn garbage_collection_removes_expired_files() {
+    let mut site = Site::new(RELOAD);
+    let store_cookie = site.get(None).cookie();
+    let store = site.store();
+    // An expired session of another visitor.
+    let dead = SessionKey::new("reload".parse().unwrap(), SessionId::generate().unwrap());
+    let mut record = Record::new(Meta::new(1_000));
+    record.meta.deadline = Some(2_000);
+    record.set("reloads", &5u64).unwrap();
+    store
+        .lock(&dead, lock_options())
+        .unwrap()
+        .save(&record)
+        .unwrap();
+    site.set("PSOSessionGCProbability", "0");
+    site.get(Some(&store_cookie));
+    assert!(
+        store.peek(&dead).unwrap().is_some(),
+        "0 turns collection off"
+    );
+    site.set("PSOSessionGCProbability", "1");
+    assert_eq!(site.get(Some(&store_cookie)).count(), 3);
+    assert!(store.peek(&dead).unwrap().is_none());
+    assert!(store.peek(&key("reload", &store_cookie)).unwrap().is_some());
+}
+
+/// A process killed at any instant, also in the middle of writing a large session, never leaves
+/// a session that does not load: the old state or the new one, nothing else.
+#[test]
+fn sigkill_at_any_instant_never_tears_the_session() {
+    let site = Site::new(RELOAD);
+    let cookie = site.get(None).cookie();
+    let key = key("reload", &cookie);
+    let store = site.store();
+    // Make saves slow enough to be hit: half a megabyte of ballast with a known content.
+    let ballast: Vec<u8> = (0..512 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let mut lock = store.lock(&key, lock_options()).unwrap();
+    let mut record = lock.load().unwrap().unwrap();
+    record.set("ballast", &ballast).unwrap();
+    lock.save(&record).unwrap();
+    drop(lock);
+
+    let started = Instant::now();
+    site.get(Some(&cookie));
+    let one_run = started.elapsed();
+
+    let mut rng = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut last = 2u64;
+    let (mut runs, mut killed, mut mid_save) = (0, 0, 0);
+    // Until enough kills demonstrably landed inside a save (each leaves its unfinished new
+    // file behind), and at least 150 runs.
+    while (runs < 150 || mid_save < 5) && runs < 1_000 {
+        runs += 1;
+        let mut child = site
+            .command(Some(&cookie))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // Anywhere in a run, more often late, where the save is.
+        let delay = one_run.mul_f64(0.2 + (rng % 1000) as f64 / 1000.0);
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        let record = store
+            .peek(&key)
+            .unwrap_or_else(|e| panic!("the session does not load after a kill: {e}"))
+            .expect("the session still exists");
+        let n: u64 = record.get("reloads").unwrap().unwrap();
+        assert!(n == last || n == last + 1, "{last} then {n}");
+        assert_eq!(
+            record.get::<Vec<u8>>("ballast").unwrap().as_ref(),
+            Some(&ballast)
+        );
+        last = n;
+        mid_save = site.files().iter().filter(|f| f.ends_with(".tmp")).count();
+    }
+    eprintln!(
+        "{runs} runs, {killed} killed, {mid_save} of them mid-save; one run takes {one_run:?}"
+    );
+    assert!(mid_save >= 1, "no kill landed inside a save in {runs} runs");
+    // The next request works and continues the count.
+    assert_eq!(site.get(Some(&cookie)).count(), last + 1);
+}
+
+/// A private, tiny file system for the sessions (a tmpfs in a mount namespace of its own),
+/// entered by each request with `nsenter`.
+struct TinyDisk {
+    holder: std::process::Child,
+    dir: PathBuf,
+}
+
+impl TinyDisk {
+    fn mount(dir: &Path) -> Option<TinyDisk> {
+        fs::create_dir_all(dir).unwrap();
+        let script = format!(
+            "mount -t tmpfs -o size=256k tmpfs '{}' && echo ready && exec sleep 600",
+            dir.display()
+        );
+        let mut holder = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .ok()?;
+        if ready.trim() != "ready" {
+            let _ = holder.kill();
+            let _ = holder.wait();
+            return None;
+        }
+        Some(TinyDisk {
+            holder,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// `command`, run inside the mount namespace.
+    fn enter(&self, command: &Command) -> Command {
+        let mut entered = Command::new("nsenter");
+        entered
+            .args(["-t", &self.holder.id().to_string(), "-m", "--"])
+            .arg(command.get_program())
+            .args(command.get_args())
+            .env_clear()
+            .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        entered
+    }
+
+    fn shell(&self, script: &str) -> String {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", script]);
+        let output = self.enter(&sh).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+#[test]
+fn a_full_disk_keeps_the_old_session_and_sends_no_cookie() {
+    let mut site = Site::new(RELOAD);
+    let Some(disk) = TinyDisk::mount(&site.root.path().join("tiny")) else {
+        skip_or_fail("cannot mount a private tmpfs (needs root: unshare -m, mount)");
+        return;
+    };
+    let sessions = disk.dir.join("sessions");
+    site.set("PSOSessionFileLoader_Path", &sessions);
+    let get = |site: &Site, cookie: Option<&str>| {
+        let output = disk.enter(&site.command(cookie)).output().unwrap();
+        Reply::from_output(output)
+    };
+    let cookie = get(&site, None).cookie();
+    let before = disk.shell(&format!("ls -a '{}'", sessions.display()));
+
+    disk.shell(&format!(
+        "cat /dev/zero > '{}/filler' 2>/dev/null",
+        disk.dir.display()
+    ));
+    for cookie in [Some(cookie.as_str()), None] {
+        let reply = get(&site, cookie);
+        assert_eq!(
+            reply.status(),
+            "Status: 500 Internal Server Error",
+            "{reply:?}"
+        );
+        assert_eq!(
+            reply.set_cookie(),
+            None,
+            "no cookie for a session that was not stored"
+        );
+        assert!(reply.stderr.contains("No space left"), "{}", reply.stderr);
+    }
+    let after = disk.shell(&format!("ls -a '{}'", sessions.display()));
+    assert_eq!(
+        after, before,
+        "the old file is kept and no temporary file is left"
+    );
+
+    disk.shell(&format!("rm '{}/filler'", disk.dir.display()));
+    assert_eq!(
+        get(&site, Some(&cookie)).count(),
+        2,
+        "the old session is intact"
+    );
+}

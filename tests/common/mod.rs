@@ -1,0 +1,162 @@
+//! A test harness: a CGI program run as a real process, with the environment a server sets.
+
+#![allow(dead_code)] // each test file uses a part
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use pso::store::FileStore;
+
+/// A private site: a directory for sessions, and the CGI environment the server would set.
+pub struct Site {
+    pub root: tempfile::TempDir,
+    program: PathBuf,
+    env: Vec<(OsString, OsString)>,
+}
+
+/// What one CGI run printed.
+#[derive(Debug)]
+pub struct Reply {
+    pub head: String,
+    pub body: String,
+    pub stderr: String,
+}
+
+impl Reply {
+    pub fn from_output(output: Output) -> Reply {
+        assert!(
+            output.status.success(),
+            "the CGI program failed: {:?}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8(output.stdout).expect("UTF-8 output");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        Reply {
+            head: head.to_owned(),
+            body: body.to_owned(),
+            stderr,
+        }
+    }
+
+    pub fn status(&self) -> &str {
+        self.head.lines().next().unwrap_or("")
+    }
+
+    pub fn count(&self) -> u64 {
+        let rest = self
+            .body
+            .strip_prefix("Hello World! ~ You reloaded: ")
+            .unwrap_or_else(|| panic!("not the counter page: {self:?}"));
+        rest.split(' ').next().unwrap().parse().unwrap()
+    }
+
+    /// The whole `Set-Cookie` value.
+    pub fn set_cookie(&self) -> Option<&str> {
+        self.head
+            .lines()
+            .find_map(|l| l.strip_prefix("Set-Cookie: "))
+    }
+
+    /// `name=value` of the `Set-Cookie`, as a browser would send it back.
+    pub fn cookie(&self) -> String {
+        let set = self
+            .set_cookie()
+            .unwrap_or_else(|| panic!("no Set-Cookie: {self:?}"));
+        set.split(';').next().unwrap().to_owned()
+    }
+}
+
+impl Site {
+    /// A site whose CGI program is `program`.
+    pub fn new(program: impl Into<PathBuf>) -> Site {
+        let root = tempfile::tempdir().unwrap();
+        let sessions = root.path().join("sessions");
+        let env = [
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("REQUEST_METHOD", "GET"),
+            ("SCRIPT_NAME", "/cgi-bin/reload"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+            ("REMOTE_ADDR", "192.0.2.7"),
+        ]
+        .iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        .chain([(
+            OsString::from("PSOSessionFileLoader_Path"),
+            sessions.into_os_string(),
+        )])
+        .collect();
+        Site {
+            root,
+            program: program.into(),
+            env,
+        }
+    }
+
+    pub fn sessions(&self) -> PathBuf {
+        self.root.path().join("sessions")
+    }
+
+    pub fn set(&mut self, name: &str, value: impl Into<OsString>) -> &mut Site {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn unset(&mut self, name: &str) -> &mut Site {
+        self.env.retain(|(k, _)| k != name);
+        self
+    }
+
+    pub fn command(&self, cookie: Option<&str>) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(cookie) = cookie {
+            command.env("HTTP_COOKIE", cookie);
+        }
+        command.stdin(Stdio::null());
+        command
+    }
+
+    pub fn get(&self, cookie: Option<&str>) -> Reply {
+        Reply::from_output(self.command(cookie).output().unwrap())
+    }
+
+    /// The names of the session files.
+    pub fn files(&self) -> BTreeSet<String> {
+        match fs::read_dir(self.sessions()) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect(),
+            Err(_) => BTreeSet::new(),
+        }
+    }
+
+    pub fn store(&self) -> FileStore {
+        FileStore::open(self.sessions()).unwrap()
+    }
+}
+
+pub fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Locally a missing tool skips the test loudly; in CI (`CI=true`) it fails it.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}: CI must install it");
+    }
+    eprintln!("\n*** SKIPPED: {why} ***\n");
+}
