@@ -42,6 +42,7 @@ const KNOWN_VARIABLES: &[&str] = &[
     "PSOCookieSession_HttpOnly",
     "PSOCookieSession_SameSite",
     "PSOCookieSession_Max-Age",
+    "PSOCookieSession_Max_Age",
     "PSOCookieSession_expires",
     "PSOCookieSession_Expires",
     "PSOCookieSession_Comment",
@@ -298,11 +299,21 @@ impl<'a> Reader<'a> {
     /// A variable parsed by `parse`; an unparsable value is a problem and reads as unset.
     fn parsed<T>(
         &mut self,
-        name: &str,
+        name: &'static str,
         expected: &str,
         parse: impl FnOnce(&str) -> Option<T>,
     ) -> Option<T> {
-        let text = self.env.get(name)?;
+        self.parsed_any(&[name], expected, parse)
+    }
+
+    /// Like `parsed`, from the first of several spellings that is set.
+    fn parsed_any<T>(
+        &mut self,
+        names: &[&'static str],
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Option<T> {
+        let (name, text) = self.first_of(names)?;
         let value = parse(text);
         if value.is_none() {
             self.problem(
@@ -432,9 +443,10 @@ impl<'a> Reader<'a> {
         ) {
             cookie.same_site = same_site;
         }
+        // Apache passes `-` in a variable's name to CGI programs as `_`.
         cookie.max_age = self
-            .parsed(
-                "PSOCookieSession_Max-Age",
+            .parsed_any(
+                &["PSOCookieSession_Max-Age", "PSOCookieSession_Max_Age"],
                 "a duration like 3600 or 1h",
                 duration,
             )
@@ -672,6 +684,9 @@ mod tests {
         assert_eq!(k.same_site, SameSite::Strict);
         assert_eq!(k.max_age, Some(Expiry::In(Duration::from_secs(900))));
         assert!(matches!(k.expires, Some(Expiry::At(_))));
+        let (c, p) = config(&[("PSOCookieSession_Max_Age", "60")]);
+        assert!(p.is_empty(), "Apache's spelling of Max-Age: {p:?}");
+        assert_eq!(c.cookie.max_age, Some(Expiry::In(Duration::from_secs(60))));
 
         for (name, bad) in [
             ("PSOCookieSession_Domain", "evil.org; HttpOnly"),
