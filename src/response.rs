@@ -110,6 +110,17 @@ impl<'a> Response<'a> {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Removes the `Set-Cookie` headers the handler added for cookie `name`; returns how many.
+    pub(crate) fn remove_cookie(&mut self, name: &str) -> usize {
+        let before = self.headers.len();
+        self.headers.retain(|(n, v)| {
+            !(n.eq_ignore_ascii_case("Set-Cookie")
+                && v.split_once('=')
+                    .is_some_and(|(cookie, _)| cookie.trim() == name))
+        });
+        before - self.headers.len()
+    }
+
     /// Redirects the client to `location` with `302 Found`.
     pub fn redirect(&mut self, location: &str) -> Result<()> {
         self.set_header("Location", location)?;

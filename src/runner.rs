@@ -58,7 +58,14 @@ impl Context<'_> {
         Ok(())
     }
 
-    fn cookie_header(&self, action: &CookieAction) -> Option<String> {
+    fn cookie_header(&mut self, action: &CookieAction) -> Option<String> {
+        // One Set-Cookie per name and response: the session's own is pso's to send.
+        if *action != CookieAction::Nothing && self.response.remove_cookie(&self.cookie.name) > 0 {
+            log::warn!(
+                "dropped a Set-Cookie for {} that the handler added: pso sends the session cookie",
+                self.cookie.name
+            );
+        }
         match action {
             CookieAction::Set(id, deadline) => {
                 Some(self.cookie.set_cookie(id, *deadline, self.now, self.https))
@@ -583,6 +590,34 @@ mod tests {
             reply.text
         );
         assert!(reply.text.contains("Retry-After: 5\r\n"));
+    }
+
+    #[test]
+    fn the_handler_cannot_send_a_second_session_cookie() {
+        let store = MemoryStore::new();
+        let mut output = Vec::new();
+        let env = Environment::from_pairs([("SCRIPT_NAME", "/app")]);
+        let config = Config::from_env(&env);
+        let handler = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.set("k", &1u8)?;
+            cx.response
+                .add_header("Set-Cookie", "app=attacker-chosen; Path=/")?;
+            cx.response.add_header("Set-Cookie", "theme=dark")?;
+            Ok(())
+        };
+        serve_with_store(
+            &env,
+            &config,
+            &store,
+            &mut io::empty(),
+            &mut output,
+            &handler,
+            UNIX_EPOCH,
+        )
+        .unwrap();
+        let text = String::from_utf8(output).unwrap();
+        assert_eq!(text.matches("Set-Cookie: app=").count(), 1, "{text}");
+        assert!(!text.contains("attacker-chosen") && text.contains("Set-Cookie: theme=dark"));
     }
 
     #[test]

@@ -839,3 +839,42 @@ fn a_full_disk_keeps_the_old_session_and_sends_no_cookie() {
         "the old session is intact"
     );
 }
+
+#[test]
+fn modes_are_private_whatever_the_umask() {
+    let site = Site::new(RELOAD);
+    for umask in ["0277", "0000", "0022"] {
+        let command = site.command(None);
+        let mut shell = Command::new("sh");
+        shell
+            .args(["-c", &format!("umask {umask} && exec \"$0\""), RELOAD])
+            .env_clear()
+            .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        let reply = Reply::from_output(shell.output().unwrap());
+        assert_eq!(reply.count(), 1, "umask {umask}");
+        let dir = fs::metadata(site.sessions()).unwrap();
+        assert_eq!(dir.mode() & 0o777, 0o700, "umask {umask}");
+        for name in site.files() {
+            let file = fs::metadata(site.sessions().join(&name)).unwrap();
+            assert_eq!(file.mode() & 0o777, 0o600, "umask {umask}: {name}");
+        }
+        fs::remove_dir_all(site.sessions()).unwrap();
+    }
+}
+
+#[test]
+fn a_session_directory_of_another_user_is_refused() {
+    let site = Site::new(RELOAD);
+    fs::create_dir(site.sessions()).unwrap();
+    if std::os::unix::fs::chown(site.sessions(), Some(65534), Some(65534)).is_err() {
+        skip_or_fail("changing a directory's owner needs root");
+        return;
+    }
+    let output = site.command(None).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(text.starts_with("Status: 500 "), "{text}");
+    assert!(!text.contains("Set-Cookie"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("belongs to uid 65534"));
+    assert!(site.files().is_empty(), "nothing was written into it");
+}

@@ -605,9 +605,11 @@ fn prepare_directory(dir: &Path, uid: u32) -> Result<()> {
             ),
         ));
     }
-    if meta.mode() & 0o077 != 0 {
+    // Exactly 0700: others must not list it (file names are session ids), and a umask must
+    // not have taken our own rights away.
+    if meta.mode() & 0o777 != 0o700 {
         log::warn!(
-            "the session directory {shown} had mode {:o}; making it 0700 (file names are session ids)",
+            "the session directory {shown} had mode {:o}; making it 0700",
             meta.mode() & 0o7777
         );
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
