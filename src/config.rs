@@ -16,6 +16,8 @@ use crate::id::{ServiceId, SessionId};
 
 /// Default `PSOSessionLockTimeout`.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest `PSOSessionLockTimeout` accepted: no request should wait longer for a session.
+const MAX_LOCK_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// Default `PSOSessionMaxBytes`: 1 MiB.
 const DEFAULT_MAX_BYTES: u64 = 1 << 20;
 /// Largest `PSOSessionMaxBytes` accepted; the decoder's hard allocation limit.
@@ -50,23 +52,29 @@ const KNOWN_VARIABLES: &[&str] = &[
     "PSOCookieSession_Prefix",
 ];
 
-/// Names whose value the client controls: a service id spelled like one must not force ids,
-/// or a request header (`HTTP_*`) or the query string could choose the session.
+/// Names whose value the client controls or influences: a service id spelled like one must not
+/// force ids, or a request header (`HTTP_*`), the query string or the Host header could choose
+/// the session.
 const REQUEST_VARIABLES: &[&str] = &[
     "AUTH_TYPE",
     "CONTENT_LENGTH",
     "CONTENT_TYPE",
+    "DOCUMENT_URI",
     "PATH_INFO",
     "PATH_TRANSLATED",
     "QUERY_STRING",
+    "REMOTE_ADDR",
     "REMOTE_HOST",
     "REMOTE_IDENT",
+    "REMOTE_PORT",
     "REMOTE_USER",
     "REQUEST_METHOD",
     "REQUEST_URI",
     "SCRIPT_URI",
     "SCRIPT_URL",
+    "SERVER_NAME",
 ];
+const REQUEST_PREFIXES: &[&str] = &["HTTP_", "REDIRECT_", "SSL_"];
 
 /// A setting that could not be used, and the default that replaced it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,15 +236,12 @@ impl<'a> Reader<'a> {
             .first_of(&["PSOSessionExpire", "PSOSessionExpires"])
             .and_then(|(name, text)| self.lifetime(name, text))
             .unwrap_or(Expiry::BrowserClose);
-        let session_dir = match self.env.get_os("PSOSessionFileLoader_Path") {
-            Some(path) if !path.is_empty() => PathBuf::from(path),
-            _ => default_session_dir(),
-        };
+        let session_dir = self.session_dir();
         let lock_timeout = self
             .parsed(
                 "PSOSessionLockTimeout",
-                "a duration like 30 or 1m",
-                duration,
+                "a duration from 0 to 1 hour, like 30 or 1m",
+                |text| duration(text).filter(|d| *d <= MAX_LOCK_TIMEOUT),
             )
             .unwrap_or(DEFAULT_LOCK_TIMEOUT);
         let sync = self
@@ -324,6 +329,28 @@ impl<'a> Reader<'a> {
         value
     }
 
+    /// A relative path would depend on the program's working directory (under a web server,
+    /// often the document tree), so only absolute paths are taken.
+    fn session_dir(&mut self) -> PathBuf {
+        match self.env.get_os("PSOSessionFileLoader_Path") {
+            Some(path) if !path.is_empty() => {
+                let path = PathBuf::from(path);
+                if path.is_absolute() {
+                    return path;
+                }
+                self.problem(
+                    "PSOSessionFileLoader_Path",
+                    format!(
+                        "{} is not an absolute path; using the default",
+                        path.display()
+                    ),
+                );
+                default_session_dir()
+            }
+            _ => default_session_dir(),
+        }
+    }
+
     fn service(&mut self) -> ServiceId {
         if let Some(text) = self.env.get("PSOServiceId") {
             match text.parse() {
@@ -348,13 +375,19 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// pso's `SetEnv MyService 007`. Only with an explicit `PSOServiceId`: a service id taken
+    /// from the script's name could be spelled like any variable of the environment.
     fn forced_id(&mut self, service: &ServiceId) -> Option<SessionId> {
         let name = service.as_str();
         let text = self.env.get(name)?;
-        if name.starts_with("HTTP_")
-            || name.starts_with("REDIRECT_")
-            || REQUEST_VARIABLES.contains(&name)
-        {
+        if self.env.get("PSOServiceId") != Some(name) {
+            return None;
+        }
+        let client_controlled = REQUEST_VARIABLES.contains(&name)
+            || REQUEST_PREFIXES
+                .iter()
+                .any(|prefix| name.starts_with(prefix));
+        if client_controlled {
             self.problem(
                 name,
                 "the client controls this variable, so it cannot force the session id; choose another PSOServiceId",
@@ -450,7 +483,15 @@ impl<'a> Reader<'a> {
                 "a duration like 3600 or 1h",
                 duration,
             )
-            .map(Expiry::In);
+            // 0 means a cookie for the browser session, as PSOSessionExpire=0 does, not one
+            // that the browser drops at once.
+            .map(|d| {
+                if d.is_zero() {
+                    Expiry::BrowserClose
+                } else {
+                    Expiry::In(d)
+                }
+            });
         cookie.expires = self
             .first_of(&["PSOCookieSession_expires", "PSOCookieSession_Expires"])
             .and_then(|(name, text)| match Expiry::parse(text) {
@@ -597,6 +638,14 @@ mod tests {
         assert_eq!((c.forced_id, p.len()), (None, 1));
         let (c, _) = config(&[("PSOServiceId", "QUERY_STRING"), ("QUERY_STRING", "007")]);
         assert_eq!(c.forced_id, None);
+        let (c, _) = config(&[("PSOServiceId", "SERVER_NAME"), ("SERVER_NAME", "007")]);
+        assert_eq!(c.forced_id, None, "the Host header sets SERVER_NAME");
+        // A service id from the script's name never forces: /cgi-bin/HOME must not read $HOME.
+        let (c, p) = config(&[("SCRIPT_NAME", "/cgi-bin/HOME"), ("HOME", "007")]);
+        assert_eq!(
+            (c.service.as_str(), c.forced_id, p.len()),
+            ("HOME", None, 0)
+        );
     }
 
     #[test]
@@ -647,6 +696,9 @@ mod tests {
         assert_eq!(c.gc_max_lifetime, Duration::from_secs(7200));
         for (name, bad) in [
             ("PSOSessionLockTimeout", "Mon, 15 Apr 2041 19:00:00 GMT"),
+            ("PSOSessionLockTimeout", "9223372036854775807"),
+            ("PSOSessionLockTimeout", "2h"),
+            ("PSOSessionFileLoader_Path", "sessions"),
             ("PSOSessionSync", "maybe"),
             ("PSOSessionMaxBytes", "1M"),
             ("PSOSessionMaxBytes", "10"),
@@ -684,6 +736,8 @@ mod tests {
         assert_eq!(k.same_site, SameSite::Strict);
         assert_eq!(k.max_age, Some(Expiry::In(Duration::from_secs(900))));
         assert!(matches!(k.expires, Some(Expiry::At(_))));
+        let (c, _) = config(&[("PSOCookieSession_Max-Age", "0")]);
+        assert_eq!(c.cookie.max_age, Some(Expiry::BrowserClose));
         let (c, p) = config(&[("PSOCookieSession_Max_Age", "60")]);
         assert!(p.is_empty(), "Apache's spelling of Max-Age: {p:?}");
         assert_eq!(c.cookie.max_age, Some(Expiry::In(Duration::from_secs(60))));

@@ -1,4 +1,4 @@
-//! # pso: sessions for CGI and FastCGI programs
+//! # pso: sessions for CGI programs
 //!
 //! pso gives a Rust program run by a web server what PHP's `session_start()` gives a PHP
 //! script: a session that survives between requests, found from a cookie, stored in a locked

@@ -209,6 +209,12 @@ impl Record {
         Ok(bytes)
     }
 
+    /// Whether `bytes` carry pso's magic but a format version this pso does not read: written by
+    /// another version of pso, so not for this one to judge.
+    pub fn is_other_version(bytes: &[u8]) -> bool {
+        bytes.len() > 4 && &bytes[..4] == MAGIC && bytes[4] != VERSION
+    }
+
     /// Reads a record in the versioned format, refusing anything longer than `max_bytes`.
     pub fn decode(bytes: &[u8], max_bytes: u64) -> Result<Record> {
         let corrupt = |why: &str| Error::new(ErrorKind::Corrupt, format!("session record {why}"));

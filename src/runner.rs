@@ -6,12 +6,13 @@
 
 use std::io::{self, Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
 use crate::cookies::CookieSettings;
 use crate::environment::Environment;
 use crate::error::{BoxError, ErrorKind, Result};
+use crate::expiry::Expiry;
 use crate::id::SessionId;
 use crate::record::Record;
 use crate::request::Request;
@@ -35,7 +36,7 @@ pub struct Context<'a> {
     now: SystemTime,
 }
 
-impl Context<'_> {
+impl<'a> Context<'a> {
     /// When this request started: the time every expiry decision of the request uses.
     pub fn now(&self) -> SystemTime {
         self.now
@@ -87,21 +88,20 @@ impl Context<'_> {
             Ok(action) => action,
             Err(e) => {
                 log::error!("saving the session failed: {e}");
-                let Context {
-                    session, response, ..
-                } = self;
-                drop(session);
-                return response.send_error(error_status(e.kind()), &[]);
+                return self.into_response().send_error(error_status(e.kind()), &[]);
             }
         };
         let cookie = self.cookie_header(&action);
         // The session is stored: let the next request of this session in before we write.
-        let Context {
-            session, response, ..
-        } = self;
-        drop(session);
+        let response = self.into_response();
         let extra = cache_headers(&response, cookie.as_deref());
         response.send(&extra)
+    }
+
+    /// Ends the request's hold on its session (unsaved changes are dropped, the lock is
+    /// released) and keeps only the response.
+    fn into_response(self) -> Response<'a> {
+        self.response
     }
 }
 
@@ -270,30 +270,20 @@ where
         Ok(Ok(())) => cx.finish(),
         Ok(Err(e)) => {
             log::error!("the handler failed: {e}");
-            fail(
-                cx,
-                e.downcast_ref::<crate::Error>()
-                    .map_or(ErrorKind::Io, crate::Error::kind),
-            )
+            let kind = e
+                .downcast_ref::<crate::Error>()
+                .map_or(ErrorKind::Io, crate::Error::kind);
+            cx.into_response().send_error(error_status(kind), &[])
         }
         Err(_) => {
             log::error!("the handler panicked; its session changes are discarded");
-            fail(cx, ErrorKind::Io)
+            cx.into_response().send_error(500, &[])
         }
     };
     if written.is_ok() {
         collect_garbage(store, config, now);
     }
     written
-}
-
-/// Discards the session's unsaved changes (releasing its lock) and sends an error page.
-fn fail(cx: Context<'_>, kind: ErrorKind) -> io::Result<()> {
-    let Context {
-        session, response, ..
-    } = cx;
-    drop(session);
-    response.send_error(error_status(kind), &[])
 }
 
 fn collect_garbage(store: &dyn Store, config: &Config, now: SystemTime) {
@@ -351,10 +341,13 @@ fn open_session(
     let mut candidates = crate::cookies::session_ids(header, &config.cookie.name);
     // A fixed order, so two requests that carry the same ids never wait on each other's locks.
     candidates.sort();
+    // One deadline for all candidates: several cookies must not multiply the wait.
+    let started = Instant::now();
     let mut live: Vec<(Box<dyn LockedSession>, Record)> = Vec::new();
     for id in candidates {
         let key = SessionKey::new(config.service.clone(), id);
-        let mut lock = store.lock(&key, options)?;
+        let timeout = config.lock_timeout.saturating_sub(started.elapsed());
+        let mut lock = store.lock(&key, LockOptions { timeout, ..options })?;
         match load_live(&mut *lock, now_secs)? {
             Some(record) => live.push((lock, record)),
             None => {
@@ -366,16 +359,26 @@ fn open_session(
         }
     }
     if live.len() > 1 {
+        // Which one is the visitor's own cannot be told: a cookie tossed from a sibling domain
+        // can name a live session of the attacker's, kept fresh on purpose. Adopting either
+        // could fix the visitor into the attacker's session, so they all end.
         log::warn!(
-            "{} session cookies name live sessions (cookie tossing?); using the one used last",
+            "{} session cookies name live sessions (cookie tossing?); ending them all",
             live.len()
         );
+        for (mut lock, _) in live.drain(..) {
+            if let Err(e) = lock.delete() {
+                log::warn!("ending session {:?} failed: {e}", lock.key());
+            }
+        }
     }
-    let chosen = live
-        .into_iter()
-        .max_by_key(|(_, record)| record.meta.last_access);
-    if let Some((lock, record)) = chosen {
+    if let Some((lock, record)) = live.pop() {
         return Ok(Session::existing(lock, record, now, config.gc_max_lifetime));
+    }
+    if let Expiry::At(at) = config.lifetime
+        && at <= now
+    {
+        log::warn!("PSOSessionExpire names a date in the past: every new session ends at once");
     }
     let key = SessionKey::new(config.service.clone(), SessionId::generate()?);
     Ok(fresh(store.lock(&key, options)?))
@@ -491,6 +494,18 @@ mod tests {
         let reply = with_cookie(&store, forged, &[]);
         assert_eq!(reply.body(), "1");
         assert_ne!(reply.cookie(), Some(forged));
+    }
+
+    #[test]
+    fn two_live_sessions_in_one_request_both_end() {
+        let store = MemoryStore::new();
+        let mine = request(&store, &[], T0).cookie().unwrap().to_owned();
+        let theirs = request(&store, &[], T0).cookie().unwrap().to_owned();
+        let reply = with_cookie(&store, &format!("{theirs}; {mine}"), &[]);
+        assert_eq!(reply.body(), "1", "neither is adopted");
+        assert!(reply.cookie().is_some_and(|c| c != mine && c != theirs));
+        assert_eq!(with_cookie(&store, &mine, &[]).body(), "1", "both ended");
+        assert_eq!(with_cookie(&store, &theirs, &[]).body(), "1");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::{Expiry, from_unix_secs, unix_secs};
 use crate::id::{ServiceId, SessionId};
 use crate::record::{Meta, Record};
@@ -36,6 +36,8 @@ pub struct Session {
     /// What the store holds for this session: as loaded, or as last saved.
     stored: Option<Record>,
     new: bool,
+    /// Deleted in this request: the id is dead and must not be saved again.
+    ended: bool,
     now: u64,
     browser_close_idle: u64,
 }
@@ -64,6 +66,7 @@ impl Session {
             stored: Some(record.clone()),
             record,
             new: false,
+            ended: false,
             now: unix_secs(now),
             browser_close_idle: browser_close_idle.as_secs(),
         }
@@ -85,6 +88,7 @@ impl Session {
             record: Record::new(meta),
             stored: None,
             new: true,
+            ended: false,
             now: unix_secs(now),
             browser_close_idle: browser_close_idle.as_secs(),
         }
@@ -216,7 +220,19 @@ impl Session {
 
     /// Saves the session now, mid-request, keeping the lock. The runner saves on success
     /// anyway; call this before a long task, or to keep changes even if the handler fails.
+    ///
+    /// Once the session has been deleted (by [`Expiry::Now`] and a save), saving it again is an
+    /// error: a logged-out id must stay dead.
     pub fn save(&mut self) -> Result<()> {
+        if self.ended {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "session {:?} ended in this request and cannot be saved again",
+                    self.lock.key()
+                ),
+            ));
+        }
         if self.ends_now() {
             return self.delete();
         }
@@ -257,6 +273,9 @@ impl Session {
     /// crawler) that never gets session data leaves nothing in the store. An unchanged session
     /// is rewritten at most once a minute, to record its last access.
     pub(crate) fn commit(&mut self) -> Result<CookieAction> {
+        if self.ended {
+            return Ok(CookieAction::Revoke);
+        }
         if self.ends_now() {
             self.delete()?;
             return Ok(CookieAction::Revoke);
@@ -265,7 +284,12 @@ impl Session {
             None if self.record.is_empty() => return Ok(CookieAction::Nothing),
             None => self.save()?,
             Some(stored) => {
-                let stale = self.now.saturating_sub(stored.meta.last_access) >= ACCESS_RESOLUTION;
+                // Often enough that a short idle limit never expires a session in use.
+                let resolution = stored
+                    .meta
+                    .max_idle
+                    .map_or(ACCESS_RESOLUTION, |idle| ACCESS_RESOLUTION.min(idle / 2));
+                let stale = self.now.saturating_sub(stored.meta.last_access) >= resolution;
                 if *stored != self.record || stale {
                     self.save()?;
                 }
@@ -288,6 +312,7 @@ impl Session {
         if self.stored.is_some() {
             self.lock.delete()?;
             self.stored = None;
+            self.ended = true;
         }
         self.record.clear();
         Ok(())
@@ -424,6 +449,49 @@ mod tests {
         let key = crate::store::SessionKey::new("svc".parse().unwrap(), id);
         drop(session);
         assert_eq!(store.peek(&key).unwrap().unwrap().meta.max_idle, Some(3600));
+    }
+
+    #[test]
+    fn an_ended_session_cannot_come_back_in_the_same_request() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        session.set("n", &1u64).unwrap();
+        session.save().unwrap();
+        session.expire(Expiry::Now);
+        session.save().unwrap();
+        session.expire(Expiry::In(Duration::from_secs(60)));
+        session.set("n", &2u64).unwrap();
+        assert_eq!(session.save().unwrap_err().kind(), ErrorKind::Invalid);
+        assert_eq!(session.commit().unwrap(), CookieAction::Revoke);
+        drop(session);
+        assert_eq!(store.keys().unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_short_idle_limit_is_refreshed_often_enough() {
+        let store = MemoryStore::new();
+        let lock = store.lock(&suite::key("svc"), suite::options()).unwrap();
+        let mut session = Session::fresh(
+            lock,
+            at(T0),
+            Expiry::BrowserClose,
+            None,
+            Duration::from_secs(30),
+        );
+        session.set("n", &1u64).unwrap();
+        session.commit().unwrap();
+        let id = session.id().clone();
+        drop(session);
+        // Used every 10 seconds, unchanged: it must never go 30 seconds without a recorded use.
+        for t in (10..=120).step_by(10) {
+            let key = crate::store::SessionKey::new("svc".parse().unwrap(), id.clone());
+            let mut lock = store.lock(&key, suite::options()).unwrap();
+            let record = lock.load().unwrap().unwrap();
+            assert!(!record.is_expired(T0 + t), "expired at +{t}s while in use");
+            Session::existing(lock, record, at(T0 + t), Duration::from_secs(30))
+                .commit()
+                .unwrap();
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Sessions for CGI and FastCGI programs: the helper for development and administration.
+/// Sessions for CGI programs: the helper for development and administration.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {}

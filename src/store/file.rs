@@ -18,11 +18,15 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, Per
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::config::MAX_SESSION_BYTES;
 use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::unix_secs;
 use crate::id::SessionId;
 use crate::record::{HEADER_LEN, Record};
-use crate::store::{GcReport, LockOptions, LockedSession, SessionKey, Store};
+use crate::store::{
+    GcReport, LockOptions, LockedSession, SessionKey, Store, deleted_error, lock_deadline,
+    time_left,
+};
 
 const EXTENSION: &str = ".pso";
 const TEMP_EXTENSION: &str = ".tmp";
@@ -225,7 +229,7 @@ impl FileStore {
         match kind {
             Entry::Session(key) => {
                 report.examined += 1;
-                let Ok(Some(file)) = self.open_file_for_gc(&path) else {
+                let Ok(Some(file)) = self.open_for_reading(&path) else {
                     return;
                 };
                 match file.try_lock() {
@@ -236,16 +240,22 @@ impl FileStore {
                     }
                     Err(TryLockError::Error(_)) => return,
                 }
-                if !matches!(still_current(&file, &path), Ok(true)) {
+                if !still_current(&file, &path) {
                     return;
                 }
-                let dead = match read_record(&file, self.max_bytes) {
-                    Ok(Some(record)) => record.is_expired(now),
+                // The directory may be shared with other programs, other settings and other
+                // versions of pso: judge only by what holds for all of them. A record over this
+                // program's size cap or of a format version it does not know is left alone.
+                let dead = match read_bytes(&file, MAX_SESSION_BYTES) {
                     Ok(None) => age > ABANDONED_AGE,
-                    Err(e) if e.kind() == ErrorKind::Corrupt => {
-                        log::warn!("removing unreadable session {key:?}: {e}");
-                        true
-                    }
+                    Ok(Some(bytes)) if Record::is_other_version(&bytes) => false,
+                    Ok(Some(bytes)) => match Record::decode(&bytes, MAX_SESSION_BYTES) {
+                        Ok(record) => record.is_expired(now),
+                        Err(e) => {
+                            log::warn!("removing unreadable session {key:?}: {e}");
+                            true
+                        }
+                    },
                     Err(_) => false,
                 };
                 if dead && remove_if_present(&path).is_ok() {
@@ -254,7 +264,7 @@ impl FileStore {
             }
             Entry::Temp => {
                 if age > ABANDONED_AGE
-                    && let Ok(Some(file)) = self.open_file_for_gc(&path)
+                    && let Ok(Some(file)) = self.open_for_reading(&path)
                     && file.try_lock().is_ok()
                     && remove_if_present(&path).is_ok()
                 {
@@ -264,7 +274,9 @@ impl FileStore {
         }
     }
 
-    fn open_file_for_gc(&self, path: &Path) -> std::io::Result<Option<File>> {
+    /// Opens a session file read-only, without following a symlink; `None` unless it is a
+    /// regular file of ours with one link.
+    fn open_for_reading(&self, path: &Path) -> std::io::Result<Option<File>> {
         match OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -281,7 +293,7 @@ impl FileStore {
 impl Store for FileStore {
     fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockedSession>> {
         let path = self.path_of(key);
-        let give_up = Instant::now() + options.timeout;
+        let deadline = lock_deadline(options.timeout);
         loop {
             let Some(file) = self.open_file(key, &path, options.create)? else {
                 // No file: nothing to lock, and nobody else can reach a session that does not
@@ -291,30 +303,28 @@ impl Store for FileStore {
                     key: key.clone(),
                     path,
                     file: None,
+                    deleted: false,
                 }));
             };
-            wait_for_lock(&file, give_up, key)?;
-            if still_current(&file, &path)
-                .map_err(|e| Error::io(format!("inspecting session {key:?}"), e))?
-            {
+            wait_for_lock(&file, deadline, key)?;
+            if still_current(&file, &path) {
                 return Ok(Box::new(FileLock {
                     store: self.clone(),
                     key: key.clone(),
                     path,
                     file: Some(file),
+                    deleted: false,
                 }));
             }
             // Replaced or removed while we waited: lock whatever is there now, within the
             // same deadline.
-            if Instant::now() >= give_up {
-                return Err(lock_timeout(key));
-            }
+            time_left(deadline, key)?;
         }
     }
 
     fn peek(&self, key: &SessionKey) -> Result<Option<Record>> {
         let path = self.path_of(key);
-        match self.open_file_for_gc(&path) {
+        match self.open_for_reading(&path) {
             Ok(Some(file)) => read_record(&file, self.max_bytes),
             Ok(None) => Ok(None),
             Err(e) => Err(Error::io(format!("opening session {key:?}"), e)),
@@ -375,6 +385,8 @@ struct FileLock {
     path: PathBuf,
     /// The locked file; `None` while the session has no file.
     file: Option<File>,
+    /// Whether `delete` was called: the file is gone and must not come back through this lock.
+    deleted: bool,
 }
 
 impl LockedSession for FileLock {
@@ -391,6 +403,10 @@ impl LockedSession for FileLock {
 
     fn save(&mut self, record: &Record) -> Result<()> {
         let key = &self.key;
+        if self.deleted {
+            // Another request may already hold a new file at the path; never rename over it.
+            return Err(deleted_error(key));
+        }
         let bytes = record.encode()?;
         let payload = u64::try_from(bytes.len() - HEADER_LEN).unwrap_or(u64::MAX);
         if payload > self.store.max_bytes {
@@ -428,6 +444,7 @@ impl LockedSession for FileLock {
     }
 
     fn delete(&mut self) -> Result<()> {
+        self.deleted = true;
         if self.file.take().is_some() {
             remove_if_present(&self.path)
                 .map_err(|e| Error::io(format!("removing session {:?}", self.key), e))?;
@@ -474,6 +491,15 @@ fn parse_key(service: &str, id: &str) -> Option<SessionKey> {
 
 /// Reads and decodes a session file; an empty file is a reservation without a record yet.
 fn read_record(file: &File, max_bytes: u64) -> Result<Option<Record>> {
+    match read_bytes(file, max_bytes)? {
+        Some(bytes) => Record::decode(&bytes, max_bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A session file's bytes, `None` if it is empty; a file larger than a record of `max_bytes`
+/// is [`ErrorKind::Corrupt`] and is not read.
+fn read_bytes(file: &File, max_bytes: u64) -> Result<Option<Vec<u8>>> {
     let cap = max_bytes.saturating_add(HEADER_LEN as u64);
     let len = file
         .metadata()
@@ -493,11 +519,11 @@ fn read_record(file: &File, max_bytes: u64) -> Result<Option<Record>> {
     let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
     file.read_exact_at(&mut bytes, 0)
         .map_err(|e| Error::io("reading a session file", e))?;
-    Record::decode(&bytes, max_bytes).map(Some)
+    Ok(Some(bytes))
 }
 
-/// Waits for the exclusive lock until `give_up`, polling with growing pauses.
-fn wait_for_lock(file: &File, give_up: Instant, key: &SessionKey) -> Result<()> {
+/// Waits for the exclusive lock until `deadline`, polling with growing pauses.
+fn wait_for_lock(file: &File, deadline: Option<Instant>, key: &SessionKey) -> Result<()> {
     let mut pause = Duration::from_micros(200);
     loop {
         match file.try_lock() {
@@ -507,33 +533,17 @@ fn wait_for_lock(file: &File, give_up: Instant, key: &SessionKey) -> Result<()> 
                 return Err(Error::io(format!("locking session {key:?}"), e));
             }
         }
-        let now = Instant::now();
-        if now >= give_up {
-            return Err(lock_timeout(key));
-        }
-        std::thread::sleep(pause.min(give_up - now));
+        let left = time_left(deadline, key)?.unwrap_or(MAX_LOCK_PAUSE);
+        std::thread::sleep(pause.min(left));
         pause = (pause * 2).min(MAX_LOCK_PAUSE);
     }
 }
 
-fn lock_timeout(key: &SessionKey) -> Error {
-    Error::new(
-        ErrorKind::LockTimeout,
-        format!("session {key:?} stayed locked past PSOSessionLockTimeout"),
-    )
-}
-
 /// Whether the locked descriptor is still the file at `path` (not replaced, not removed).
-fn still_current(file: &File, path: &Path) -> std::io::Result<bool> {
-    let held = file.metadata()?;
-    if held.nlink() == 0 {
-        return Ok(false);
-    }
-    match fs::symlink_metadata(path) {
-        Ok(current) => Ok(current.dev() == held.dev() && current.ino() == held.ino()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+/// When in doubt (an error), it is not: the caller opens the path again.
+fn still_current(file: &File, path: &Path) -> bool {
+    file.metadata()
+        .is_ok_and(|held| held.nlink() > 0 && same_file(&held, path))
 }
 
 /// Whether `path` names the file `meta` describes, without following a symlink.
@@ -858,6 +868,32 @@ mod tests {
             .unwrap();
         assert!(!temp.exists());
         assert!(unrelated.exists());
+    }
+
+    #[test]
+    fn gc_leaves_other_programs_records_alone() {
+        let (_dir, store) = store();
+        // A record over this program's size cap, written by a program with a larger one.
+        let big = suite::key("other");
+        let mut record = Record::new(Meta::new(0));
+        record.set("ballast", &vec![0u8; 8192]).unwrap();
+        store
+            .lock(&big, suite::options())
+            .unwrap()
+            .save(&record)
+            .unwrap();
+        // A record of a format version this pso does not know.
+        let newer = suite::key("other");
+        let mut bytes = Record::new(Meta::new(0)).encode().unwrap();
+        bytes[4] = 9;
+        fs::write(store.path_of(&newer), &bytes).unwrap();
+
+        let small = store.clone().with_max_bytes(1024);
+        small
+            .collect_garbage(SystemTime::now(), Duration::from_secs(5))
+            .unwrap();
+        assert!(store.peek(&big).unwrap().is_some());
+        assert!(store.path_of(&newer).exists());
     }
 
     #[test]

@@ -4,10 +4,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::expiry::unix_secs;
 use crate::record::Record;
-use crate::store::{GcReport, LockOptions, LockedSession, SessionKey, Store};
+use crate::store::{
+    GcReport, LockOptions, LockedSession, SessionKey, Store, deleted_error, lock_deadline,
+    time_left,
+};
 
 /// Sessions in memory, kept in the same encoded format as files. Clones share the sessions.
 ///
@@ -57,7 +60,7 @@ fn decode(bytes: &[u8]) -> Result<Record> {
 
 impl Store for MemoryStore {
     fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockedSession>> {
-        let give_up = Instant::now() + options.timeout;
+        let deadline = lock_deadline(options.timeout);
         let mut slots = self.shared.slots();
         loop {
             let slot = slots.entry(key.clone()).or_default();
@@ -66,21 +69,23 @@ impl Store for MemoryStore {
                 return Ok(Box::new(MemoryLock {
                     shared: self.shared.clone(),
                     key: key.clone(),
+                    deleted: false,
                 }));
             }
-            let now = Instant::now();
-            if now >= give_up {
-                return Err(Error::new(
-                    ErrorKind::LockTimeout,
-                    format!("session {key:?} stayed locked past the lock timeout"),
-                ));
-            }
-            slots = self
-                .shared
-                .released
-                .wait_timeout(slots, give_up - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            slots = match time_left(deadline, key)? {
+                Some(left) => {
+                    self.shared
+                        .released
+                        .wait_timeout(slots, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .shared
+                    .released
+                    .wait(slots)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
         }
     }
 
@@ -131,6 +136,7 @@ impl Store for MemoryStore {
 struct MemoryLock {
     shared: Arc<Shared>,
     key: SessionKey,
+    deleted: bool,
 }
 
 impl MemoryLock {
@@ -150,6 +156,9 @@ impl LockedSession for MemoryLock {
     }
 
     fn save(&mut self, record: &Record) -> Result<()> {
+        if self.deleted {
+            return Err(deleted_error(&self.key));
+        }
         let bytes = record.encode()?;
         self.with_slot(|slot| slot.bytes = Some(bytes));
         Ok(())
@@ -157,6 +166,7 @@ impl LockedSession for MemoryLock {
 
     fn delete(&mut self) -> Result<()> {
         self.with_slot(|slot| slot.bytes = None);
+        self.deleted = true;
         Ok(())
     }
 }

@@ -8,9 +8,9 @@ pub mod file;
 pub mod memory;
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::id::{ServiceId, SessionId};
 use crate::record::Record;
 
@@ -49,6 +49,37 @@ pub struct LockOptions {
     /// chosen by configuration serialize too. Never set for ids from clients: an unknown id
     /// must leave no trace in the store. Stores whose locks need no record ignore it.
     pub create: bool,
+}
+
+/// When a lock wait that starts now must give up; `None` for a timeout too long to represent.
+pub(crate) fn lock_deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// How long is left until `deadline` (`None`: no deadline); `Err` once it has passed.
+pub(crate) fn time_left(deadline: Option<Instant>, key: &SessionKey) -> Result<Option<Duration>> {
+    match deadline {
+        None => Ok(None),
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(Error::new(
+                    ErrorKind::LockTimeout,
+                    format!("session {key:?} stayed locked past PSOSessionLockTimeout"),
+                ))
+            } else {
+                Ok(Some(left))
+            }
+        }
+    }
+}
+
+/// The error for saving through a lock whose session was deleted.
+pub(crate) fn deleted_error(key: &SessionKey) -> Error {
+    Error::new(
+        ErrorKind::Invalid,
+        format!("session {key:?} was deleted in this request and cannot be saved again"),
+    )
 }
 
 /// What a pass of garbage collection did.
@@ -97,7 +128,8 @@ pub trait LockedSession: Send {
     /// the old record or the new one. The lock stays held.
     fn save(&mut self, record: &Record) -> Result<()>;
 
-    /// Removes the record. The lock stays held until drop.
+    /// Removes the record. The key stays reserved until drop, but this lock can no longer
+    /// save: a deleted session's id must not come back in the same request.
     fn delete(&mut self) -> Result<()>;
 }
 
@@ -252,7 +284,31 @@ pub(crate) mod suite {
         );
     }
 
+    pub fn huge_timeouts_do_not_overflow(store: &dyn Store) {
+        let k = key("svc");
+        let forever = LockOptions {
+            timeout: Duration::MAX,
+            create: false,
+        };
+        store.lock(&k, forever).unwrap().save(&record(1)).unwrap();
+    }
+
+    pub fn a_deleted_session_cannot_be_saved_again(store: &dyn Store) {
+        let k = key("svc");
+        let mut lock = store.lock(&k, options()).unwrap();
+        lock.save(&record(1)).unwrap();
+        lock.delete().unwrap();
+        assert_eq!(
+            lock.save(&record(2)).unwrap_err().kind(),
+            ErrorKind::Invalid
+        );
+        drop(lock);
+        assert_eq!(store.peek(&k).unwrap(), None);
+    }
+
     pub fn all(store: Arc<dyn Store>) {
+        huge_timeouts_do_not_overflow(&*store);
+        a_deleted_session_cannot_be_saved_again(&*store);
         round_trip(&*store);
         unknown_keys_leave_no_trace(&*store);
         keys_lists_saved_sessions(&*store);
