@@ -445,7 +445,11 @@ mod tests {
         Ok(())
     }
 
-    fn request(store: &MemoryStore, pairs: &[(&str, &str)], secs: u64) -> Reply {
+    /// One request through `handler`, with a CGI environment plus `pairs`, at `secs`.
+    fn serve_text<F>(store: &MemoryStore, pairs: &[(&str, &str)], handler: &F, secs: u64) -> String
+    where
+        F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+    {
         let mut all = vec![
             ("GATEWAY_INTERFACE", "CGI/1.1"),
             ("SCRIPT_NAME", "/cgi-bin/app"),
@@ -454,18 +458,23 @@ mod tests {
         let env = Environment::from_pairs(all);
         let config = Config::from_env(&env);
         let mut output = Vec::new();
+        let now = UNIX_EPOCH + Duration::from_secs(secs);
         serve_with_store(
             &env,
             &config,
             store,
             &mut io::empty(),
             &mut output,
-            &counter,
-            UNIX_EPOCH + Duration::from_secs(secs),
+            handler,
+            now,
         )
         .unwrap();
+        String::from_utf8(output).unwrap()
+    }
+
+    fn request(store: &MemoryStore, pairs: &[(&str, &str)], secs: u64) -> Reply {
         Reply {
-            text: String::from_utf8(output).unwrap(),
+            text: serve_text(store, pairs, &counter, secs),
         }
     }
 
@@ -609,10 +618,6 @@ mod tests {
 
     #[test]
     fn the_handler_cannot_send_a_second_session_cookie() {
-        let store = MemoryStore::new();
-        let mut output = Vec::new();
-        let env = Environment::from_pairs([("SCRIPT_NAME", "/app")]);
-        let config = Config::from_env(&env);
         let handler = |cx: &mut Context<'_>| -> Result<(), BoxError> {
             cx.session.set("k", &1u8)?;
             cx.response
@@ -620,17 +625,7 @@ mod tests {
             cx.response.add_header("Set-Cookie", "theme=dark")?;
             Ok(())
         };
-        serve_with_store(
-            &env,
-            &config,
-            &store,
-            &mut io::empty(),
-            &mut output,
-            &handler,
-            UNIX_EPOCH,
-        )
-        .unwrap();
-        let text = String::from_utf8(output).unwrap();
+        let text = serve_text(&MemoryStore::new(), &[], &handler, T0);
         assert_eq!(text.matches("Set-Cookie: app=").count(), 1, "{text}");
         assert!(!text.contains("attacker-chosen") && text.contains("Set-Cookie: theme=dark"));
     }
@@ -645,27 +640,13 @@ mod tests {
 
     #[test]
     fn streaming_sends_the_cookie_with_the_early_head() {
-        let store = MemoryStore::new();
-        let mut output = Vec::new();
-        let env = Environment::from_pairs([("SCRIPT_NAME", "/app")]);
-        let config = Config::from_env(&env);
         let handler = |cx: &mut Context<'_>| -> Result<(), BoxError> {
             cx.session.set("k", &1u8)?;
             cx.stream()?;
             write!(cx.response, "streamed")?;
             Ok(())
         };
-        serve_with_store(
-            &env,
-            &config,
-            &store,
-            &mut io::empty(),
-            &mut output,
-            &handler,
-            UNIX_EPOCH,
-        )
-        .unwrap();
-        let text = String::from_utf8(output).unwrap();
+        let text = serve_text(&MemoryStore::new(), &[], &handler, T0);
         assert!(text.contains("Set-Cookie: app="), "{text}");
         assert!(text.ends_with("\r\n\r\nstreamed"));
     }
