@@ -118,6 +118,9 @@ impl GcProbability {
         } else {
             decimal(text)?
         };
+        if numerator == 0 {
+            return Some(GcProbability::NEVER);
+        }
         (denominator > 0 && numerator <= denominator).then_some(GcProbability {
             numerator,
             denominator,
@@ -800,6 +803,8 @@ mod tests {
         let p = GcProbability::parse("1/100").unwrap();
         assert_eq!((0..1000u32).filter(|&r| p.hits(r)).count(), 10);
         assert!(!GcProbability::NEVER.hits(0));
+        assert_eq!(GcProbability::parse("0/100"), Some(GcProbability::NEVER));
+        assert_eq!(GcProbability::parse("0.0"), Some(GcProbability::NEVER));
         assert!(GcProbability::parse("1").unwrap().hits(12345));
         for bad in [
             "",

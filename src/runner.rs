@@ -287,6 +287,10 @@ where
 }
 
 fn collect_garbage(store: &dyn Store, config: &Config, now: SystemTime) {
+    // Off (cron-driven cleanup): not even a random number to draw.
+    if config.gc_probability == crate::GcProbability::NEVER {
+        return;
+    }
     let roll = match getrandom::u32() {
         Ok(roll) => roll,
         Err(_) => return,
