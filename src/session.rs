@@ -271,7 +271,8 @@ impl Session {
     ///
     /// A new session without values is not stored and gets no cookie, so a visitor (or a
     /// crawler) that never gets session data leaves nothing in the store. An unchanged session
-    /// is rewritten at most once a minute, to record its last access.
+    /// is rewritten at most once a minute (or half its idle limit, if shorter), to record its
+    /// last access.
     pub(crate) fn commit(&mut self) -> Result<CookieAction> {
         if self.ended {
             return Ok(CookieAction::Revoke);
