@@ -13,6 +13,8 @@ use crate::cookies::{CookieSettings, SecureMode};
 use crate::environment::Environment;
 use crate::expiry::Expiry;
 use crate::id::{ServiceId, SessionId};
+use crate::record::MAX_RECORD_BYTES;
+use crate::store::FileStore;
 
 /// Default `PSOSessionLockTimeout`.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,8 +22,6 @@ const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_LOCK_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// Default `PSOSessionMaxBytes`: 1 MiB.
 const DEFAULT_MAX_BYTES: u64 = 1 << 20;
-/// Largest `PSOSessionMaxBytes` accepted; the decoder's hard allocation limit.
-pub(crate) const MAX_SESSION_BYTES: u64 = 64 << 20;
 /// Default `PSOSessionGCMaxLifetime`: one day.
 const DEFAULT_GC_MAX_LIFETIME: Duration = Duration::from_secs(86_400);
 /// Longest `PSOCookieSession_Path` accepted, so the cookie stays far below 4096 bytes.
@@ -221,11 +221,6 @@ impl Config {
     }
 }
 
-/// The system temp directory's `pso-<uid>`: private to the user the web server runs CGI as.
-pub(crate) fn default_session_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("pso-{}", crate::store::file::effective_uid()))
-}
-
 struct Reader<'a> {
     env: &'a Environment,
     problems: Vec<ConfigProblem>,
@@ -348,9 +343,9 @@ impl<'a> Reader<'a> {
                         path.display()
                     ),
                 );
-                default_session_dir()
+                FileStore::default_dir()
             }
-            _ => default_session_dir(),
+            _ => FileStore::default_dir(),
         }
     }
 
@@ -498,6 +493,8 @@ impl<'a> Reader<'a> {
         cookie.expires = self
             .first_of(&["PSOCookieSession_expires", "PSOCookieSession_Expires"])
             .and_then(|(name, text)| match Expiry::parse(text) {
+                // 0 reads as it does in the other two lifetime variables.
+                Ok(Expiry::In(d)) if d.is_zero() => Some(Expiry::BrowserClose),
                 Ok(expiry) => Some(expiry),
                 Err(e) => {
                     self.problem(name, format!("{text:?}: {e}"));
@@ -555,7 +552,7 @@ fn byte_count(text: &str) -> Option<u64> {
     }
     duration(text)
         .map(|d| d.as_secs())
-        .filter(|n| (1024..=MAX_SESSION_BYTES).contains(n))
+        .filter(|n| (1024..=MAX_RECORD_BYTES).contains(n))
 }
 
 fn cookie_path(text: &str) -> Option<String> {
@@ -599,7 +596,7 @@ mod tests {
         assert_eq!(c.service.as_str(), "pso");
         assert_eq!(c.forced_id, None);
         assert_eq!(c.lifetime, Expiry::BrowserClose);
-        assert_eq!(c.session_dir, default_session_dir());
+        assert_eq!(c.session_dir, FileStore::default_dir());
         assert_eq!(c.lock_timeout, Duration::from_secs(30));
         assert!(!c.sync);
         assert_eq!(c.max_bytes, 1 << 20);
@@ -739,8 +736,15 @@ mod tests {
         assert_eq!(k.same_site, SameSite::Strict);
         assert_eq!(k.max_age, Some(Expiry::In(Duration::from_secs(900))));
         assert!(matches!(k.expires, Some(Expiry::At(_))));
+        // 0 means "until the browser closes" in all three lifetime variables.
         let (c, _) = config(&[("PSOCookieSession_Max-Age", "0")]);
         assert_eq!(c.cookie.max_age, Some(Expiry::BrowserClose));
+        for zero in ["0", "0*60", "+0s"] {
+            let (c, _) = config(&[("PSOCookieSession_expires", zero)]);
+            assert_eq!(c.cookie.expires, Some(Expiry::BrowserClose), "{zero}");
+            let (c, _) = config(&[("PSOSessionExpire", zero)]);
+            assert_eq!(c.lifetime, Expiry::BrowserClose, "{zero}");
+        }
         let (c, p) = config(&[("PSOCookieSession_Max_Age", "60")]);
         assert!(p.is_empty(), "Apache's spelling of Max-Age: {p:?}");
         assert_eq!(c.cookie.max_age, Some(Expiry::In(Duration::from_secs(60))));

@@ -8,61 +8,83 @@ use cookie::{Cookie, SameSite};
 use crate::expiry::{Expiry, unix_secs};
 use crate::id::SessionId;
 
-/// Longest `Cookie` header read; a longer one is ignored whole, as no honest browser sends it.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Most cookies looked at in one header.
-const MAX_COOKIES: usize = 256;
-/// Most distinct session ids tried from one header (each costs a store lookup).
-const MAX_CANDIDATES: usize = 4;
+/// Most distinct session ids checked from one header (each costs a store lookup). A header
+/// with more is not resolved at all: see [`OfferedIds::too_many`].
+pub const MAX_CANDIDATES: usize = 8;
 
-/// The distinct well-formed session ids that cookies named `name` carry, in header order.
+/// The session ids a `Cookie` header offers under one cookie name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OfferedIds {
+    /// The distinct well-formed ids, in header order; empty when there are too many.
+    pub ids: Vec<SessionId>,
+    /// More than [`MAX_CANDIDATES`] distinct ids came: none may be adopted, since which one
+    /// wins must not depend on how many of them pso looks at.
+    pub too_many: bool,
+    /// Values under the name that are not session ids (never echoed, never used in a path).
+    pub malformed: usize,
+}
+
+/// Every value that cookies named `name` carry in a `Cookie` header, as session ids.
 ///
-/// Several `Cookie` headers arrive joined by `; ` (RFC 6265 §5.4); values may be quoted. A value
-/// that is not a session id by [`SessionId`]'s grammar is dropped here and never echoed or used
-/// in a path. Order carries no authority: the runner adopts only an id that names a live
-/// session, so a tossed cookie with a made-up or dead id cannot displace the real one.
+/// The header is read as bytes and in full: no other cookie, however many there are and
+/// whatever bytes they hold (not UTF-8, control characters, no `=`), can hide a session cookie
+/// or make the header unreadable. Several `Cookie` headers arrive joined by `; ` (RFC 6265
+/// §5.4); values may be quoted. Order carries no authority, since browsers send cookies with a
+/// longer `Path` first and a cookie tossed from a sibling domain can choose its path: the
+/// caller adopts only an id that names a live session, and none when several do.
 ///
 /// ```
-/// let header = "theme=dark; app=\"0123456789abcdef0123456789abcdef0123456789abcdef\"; app=../../etc";
-/// let ids = pso::cookies::session_ids(header, "app");
-/// assert_eq!(ids.len(), 1);
-/// assert_eq!(ids[0].as_str(), "0123456789abcdef0123456789abcdef0123456789abcdef");
+/// let header = b"theme=dark; \xff\xfe=\x01; app=\"0123456789abcdef0123456789abcdef0123456789abcdef\"; app=../../etc";
+/// let offered = pso::cookies::offered_ids(header, "app");
+/// assert_eq!(offered.ids.len(), 1);
+/// assert_eq!(offered.ids[0].as_str(), "0123456789abcdef0123456789abcdef0123456789abcdef");
+/// assert_eq!(offered.malformed, 1);
 /// ```
-pub fn session_ids(header: &str, name: &str) -> Vec<SessionId> {
-    if header.len() > MAX_HEADER_BYTES {
-        log::warn!(
-            "ignoring a Cookie header of {} bytes (more than {MAX_HEADER_BYTES})",
-            header.len()
-        );
-        return Vec::new();
-    }
-    let mut ids: Vec<SessionId> = Vec::new();
-    let mut malformed = 0usize;
-    for cookie in Cookie::split_parse(header)
-        .take(MAX_COOKIES)
-        .filter_map(Result::ok)
-    {
-        if cookie.name() != name {
+pub fn offered_ids(header: &[u8], name: &str) -> OfferedIds {
+    let mut offered = OfferedIds::default();
+    let mut distinct = 0usize;
+    for pair in header.split(|&b| b == b';') {
+        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        if trim(&pair[..eq]) != name.as_bytes() {
             continue;
         }
-        match cookie.value_trimmed().parse::<SessionId>() {
-            Ok(id) if !ids.contains(&id) => {
-                if ids.len() == MAX_CANDIDATES {
-                    log::warn!(
-                        "more than {MAX_CANDIDATES} session cookies named {name}; trying the first {MAX_CANDIDATES}"
-                    );
-                    break;
+        let mut value = trim(&pair[eq + 1..]);
+        if let [b'"', inner @ .., b'"'] = value {
+            value = inner;
+        }
+        match std::str::from_utf8(value).map(str::parse::<SessionId>) {
+            Ok(Ok(id)) if !offered.ids.contains(&id) => {
+                distinct += 1;
+                if distinct <= MAX_CANDIDATES {
+                    offered.ids.push(id);
                 }
-                ids.push(id);
             }
-            Ok(_) => {}
-            Err(_) => malformed += 1,
+            Ok(Ok(_)) => {}
+            _ => offered.malformed += 1,
         }
     }
-    if malformed > 0 {
-        log::warn!("ignoring {malformed} malformed value(s) of the session cookie {name}");
+    if distinct > MAX_CANDIDATES {
+        offered.ids.clear();
+        offered.too_many = true;
     }
-    ids
+    offered
+}
+
+/// Without the spaces and tabs around it (RFC 6265 §5.2 OWS).
+fn trim(bytes: &[u8]) -> &[u8] {
+    let is_space = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = bytes
+        .iter()
+        .position(|b| !is_space(b))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_space(b))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
 }
 
 /// Whether the session cookie is marked `Secure`.
@@ -88,6 +110,7 @@ pub enum SecureMode {
 /// # Ok::<(), pso::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CookieSettings {
     /// The cookie's name: the prefix, if any, then the service id.
     pub name: String,
@@ -110,7 +133,7 @@ pub struct CookieSettings {
 }
 
 impl CookieSettings {
-    /// The defaults for a cookie named `name`.
+    /// The defaults for a cookie named `name`; change a field to depart from them.
     pub fn new(name: &str) -> CookieSettings {
         CookieSettings {
             name: name.to_owned(),
@@ -203,7 +226,8 @@ mod tests {
     const B: &str = "fedcba9876543210fedcba9876543210fedcba9876543210";
 
     fn ids(header: &str) -> Vec<String> {
-        session_ids(header, "app")
+        offered_ids(header.as_bytes(), "app")
+            .ids
             .into_iter()
             .map(|id| id.to_string())
             .collect()
@@ -215,18 +239,23 @@ mod tests {
             ("", &[]),
             (&format!("app={A}"), &[A]),
             (&format!("  app={A}  "), &[A]),
+            (&format!("\tapp =\t{A}"), &[A]),
             (&format!("x=1;app={A};y=2"), &[A]),
             (&format!("app=\"{A}\""), &[A]),
             (&format!("app={A}; app={B}"), &[A, B]),
             (&format!("app={A}; app={A}"), &[A]),
             (&format!("App={A}"), &[]),
             (&format!("apps={A}"), &[]),
+            (&format!("xapp={A}"), &[]),
             ("app=../../etc/passwd", &[]),
             ("app=", &[]),
+            ("app=\"", &[]),
             (&format!("app={}", A.to_uppercase()), &[]),
             (&format!("app={A}x"), &[]),
+            (&format!("app={A}=x"), &[]),
             (&format!("junk; ;;=; app={A}; =x; \u{1}"), &[A]),
             (&format!("app=%30{}", &A[1..]), &[]),
+            (&format!("app;app={A}"), &[A]),
         ];
         for (header, expected) in cases {
             assert_eq!(ids(header), *expected, "{header:?}");
@@ -234,16 +263,38 @@ mod tests {
     }
 
     #[test]
-    fn oversized_headers_and_floods_are_bounded() {
-        let huge = format!("pad={}; app={A}", "x".repeat(MAX_HEADER_BYTES));
-        assert!(ids(&huge).is_empty());
-        let flood: String =
-            (0..1000).map(|i| format!("c{i}=v; ")).collect::<String>() + &format!("app={A}");
-        assert!(ids(&flood).is_empty(), "cookies past the cap are not read");
-        let many: String = (0..20u8)
-            .map(|i| format!("app={:0>48}; ", format!("{i:x}")))
-            .collect();
-        assert_eq!(ids(&many).len(), MAX_CANDIDATES);
+    fn nothing_else_in_the_header_hides_the_session_cookie() {
+        let mut bytes = Vec::new();
+        for i in 0..5000 {
+            bytes.extend_from_slice(format!("c{i}=v; ").as_bytes());
+        }
+        bytes.extend_from_slice(b"\xff\xfe\x80=\xc3\x28; x=\x00\x01; ");
+        let tail = format!("app={A}");
+        for header in [
+            [bytes.clone(), tail.clone().into_bytes()].concat(),
+            [tail.clone().into_bytes(), b"; ".to_vec(), bytes.clone()].concat(),
+        ] {
+            assert_eq!(
+                offered_ids(&header, "app").ids,
+                vec![A.parse::<SessionId>().unwrap()]
+            );
+        }
+    }
+
+    #[test]
+    fn more_distinct_ids_than_checked_offer_none() {
+        let many = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("app={:0>48}; ", format!("{i:x}")))
+                .collect()
+        };
+        let at_cap = offered_ids(many(MAX_CANDIDATES).as_bytes(), "app");
+        assert_eq!((at_cap.ids.len(), at_cap.too_many), (MAX_CANDIDATES, false));
+        let over = offered_ids(many(MAX_CANDIDATES + 1).as_bytes(), "app");
+        assert!(over.ids.is_empty() && over.too_many);
+        // Repeats of one id and malformed values do not count towards the cap.
+        let repeats = format!("{}app={A}; app=junk; ", format!("app={A}; ").repeat(50));
+        assert_eq!(ids(&repeats), [A]);
     }
 
     #[test]
@@ -331,10 +382,21 @@ mod tests {
 
     proptest! {
         #[test]
-        fn any_header_yields_only_valid_ids(header in ".{0,400}") {
-            for id in session_ids(&header, "app") {
+        fn any_header_yields_only_valid_ids(header in prop::collection::vec(any::<u8>(), 0..400)) {
+            let offered = offered_ids(&header, "app");
+            prop_assert!(offered.ids.len() <= MAX_CANDIDATES);
+            for id in offered.ids {
                 prop_assert!(id.as_str().parse::<SessionId>().is_ok());
             }
+        }
+
+        #[test]
+        fn an_id_survives_any_other_cookie(pre in prop::collection::vec(any::<u8>(), 0..200), post in prop::collection::vec(any::<u8>(), 0..200)) {
+            // Any bytes at all, cut at cookie boundaries, around the session cookie.
+            let clean = |b: Vec<u8>| -> Vec<u8> { b.into_iter().filter(|&c| c != b';').collect() };
+            let header = [clean(pre), format!("; app={A}; ").into_bytes(), clean(post)].concat();
+            let offered = offered_ids(&header, "app");
+            prop_assert!(offered.ids.contains(&A.parse::<SessionId>().unwrap()), "{:?}", offered);
         }
 
         #[test]

@@ -4,6 +4,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 
+use rustix::io::Errno;
+
 /// A `Result` whose error is pso's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -72,7 +74,13 @@ impl Error {
     /// An I/O error, classified: a full or read-only disk becomes [`ErrorKind::StorageFull`].
     pub(crate) fn io(message: impl Into<String>, err: io::Error) -> Error {
         let kind = match err.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EROFS) => ErrorKind::StorageFull,
+            Some(code)
+                if [Errno::NOSPC, Errno::DQUOT, Errno::ROFS]
+                    .iter()
+                    .any(|full| full.raw_os_error() == code) =>
+            {
+                ErrorKind::StorageFull
+            }
             _ if err.kind() == io::ErrorKind::StorageFull => ErrorKind::StorageFull,
             _ => ErrorKind::Io,
         };
@@ -85,11 +93,32 @@ impl Error {
     }
 }
 
+/// This error's own message; the cause is [`StdError::source`], so that a reporter walking the
+/// chain prints each cause once.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+        f.write_str(&self.message)
+    }
+}
+
+/// An error and its causes on one line, `message: cause: cause`, for the log.
+///
+/// ```
+/// use std::error::Error as _;
+/// let err = pso::Expiry::parse("1/0").unwrap_err();
+/// assert_eq!(pso::ErrorChain(&err).to_string(), err.to_string());
+/// let io = std::io::Error::other(err);
+/// assert!(pso::ErrorChain(&io).to_string().contains("division by zero"));
+/// ```
+pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'a));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(err) = cause {
+            write!(f, ": {err}")?;
+            cause = err.source();
         }
         Ok(())
     }
@@ -122,10 +151,12 @@ mod tests {
     }
 
     #[test]
-    fn display_keeps_the_cause() {
+    fn the_cause_is_the_source_and_printed_once() {
         let err = Error::io("saving x", io::Error::from_raw_os_error(libc::EIO));
-        let text = err.to_string();
-        assert!(text.starts_with("saving x: "), "{text}");
+        assert_eq!(err.to_string(), "saving x");
         assert!(err.source().is_some());
+        let line = ErrorChain(&err).to_string();
+        assert!(line.starts_with("saving x: "), "{line}");
+        assert_eq!(line.matches("Input/output error").count(), 1, "{line}");
     }
 }

@@ -27,8 +27,9 @@
 //!
 //! The file tree is the design: `environment` (the CGI variables as a map), `config` (the PSO
 //! variables), `expiry` (lifetimes and dates), `id` (session and service ids), `cookies`,
-//! `record` (the stored format), `store/` (the [`store::Store`] trait, the file and memory
-//! stores), `session`, `request`, `response`, `runner` (ties them together), `logger`, `error`.
+//! `adoption` (which session a request gets, and why), `record` (the stored format), `store/`
+//! (the [`store::Store`] trait, the file and memory stores), `session`, `request`, `response`,
+//! `runner` (ties them together), `logger`, `error`.
 //!
 //! ## Cargo features
 //! - `cli` (default): builds the `pso` helper binary. Programs that depend on pso as a
@@ -39,6 +40,7 @@
 pub mod cookies;
 pub mod store;
 
+mod adoption;
 mod config;
 mod environment;
 mod error;
@@ -53,7 +55,7 @@ mod session;
 
 pub use config::{Config, ConfigProblem, GcProbability};
 pub use environment::Environment;
-pub use error::{BoxError, Error, ErrorKind, Result};
+pub use error::{BoxError, Error, ErrorChain, ErrorKind, Result};
 pub use expiry::Expiry;
 pub use id::{ServiceId, SessionId};
 pub use record::{Meta, Record};

@@ -8,33 +8,49 @@
 //! | 4 | format version, `1` |
 //! | 5..9 | payload length, u32 little-endian |
 //! | 9..13 | CRC-32 of bytes 4..9 and of the payload |
-//! | 13.. | payload: the bincode 2 (standard configuration) encoding of [`Record`] |
+//! | 13.. | payload: [`Meta`], then the values as a map from key to the value's own bytes, in bincode 2 (standard configuration) |
 //!
 //! A record whose magic, version, length or checksum is wrong, whose payload does not decode
-//! exactly, or that exceeds the size cap is [`ErrorKind::Corrupt`]: decoding never panics and
-//! never allocates more than the cap, whatever the bytes say.
+//! exactly, or that exceeds the size cap is [`ErrorKind::Corrupt`]: decoding never panics.
+//!
+//! Decoding is bounded in memory, not only in bytes: the values are not unpacked into one
+//! allocation each, but stay in the buffer they were read into, found through an index of
+//! offsets (16 bytes per value, and every value takes at least 2 bytes of the record). A record
+//! of `n` bytes therefore decodes into at most about `9 n` bytes, whatever its shape; a million
+//! tiny keys cannot turn a 1 MiB file into a gigabyte of maps and strings.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map;
+use std::fmt;
+use std::iter::Peekable;
 
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::MAX_SESSION_BYTES;
 use crate::error::{Error, ErrorKind, Result};
+
+/// The largest record any pso program reads or writes: the decoder's hard limit, and the top of
+/// `PSOSessionMaxBytes`.
+pub const MAX_RECORD_BYTES: u64 = 64 << 20;
 
 const MAGIC: &[u8; 4] = b"PSOS";
 const VERSION: u8 = 1;
 /// Length of the fixed header before the payload.
 pub const HEADER_LEN: usize = 13;
 
-/// bincode's configuration, with a hard limit on what one decode may allocate: without it a
+/// bincode's configuration, with a hard limit on what one decode may claim: without it a
 /// corrupt length prefix makes bincode try to allocate terabytes and abort the process.
 fn codec() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ MAX_SESSION_BYTES as usize }>()
+    bincode::config::standard().with_limit::<{ MAX_RECORD_BYTES as usize }>()
 }
 
 /// What is known about a session besides its values. Times are seconds since the Unix epoch.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// ```
+/// let meta = pso::Meta::new(1_700_000_000);
+/// assert_eq!((meta.created, meta.last_access, meta.deadline), (1_700_000_000, 1_700_000_000, None));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Meta {
     /// When the session was created.
@@ -49,6 +65,30 @@ pub struct Meta {
     pub client_addr: Option<String>,
 }
 
+/// [`Meta`] as it lies in the buffer: decoded without allocating what a length prefix claims
+/// (an owned `String` would be allocated at its claimed size before its bytes are read).
+#[derive(Deserialize)]
+struct BorrowedMeta<'a> {
+    created: u64,
+    last_access: u64,
+    deadline: Option<u64>,
+    max_idle: Option<u64>,
+    #[serde(borrow)]
+    client_addr: Option<&'a str>,
+}
+
+impl BorrowedMeta<'_> {
+    fn to_owned(&self) -> Meta {
+        Meta {
+            created: self.created,
+            last_access: self.last_access,
+            deadline: self.deadline,
+            max_idle: self.max_idle,
+            client_addr: self.client_addr.map(str::to_owned),
+        }
+    }
+}
+
 impl Meta {
     /// Metadata for a session created at `now`.
     pub fn new(now: u64) -> Meta {
@@ -58,12 +98,24 @@ impl Meta {
             ..Meta::default()
         }
     }
+
+    /// Whether the session is past its deadline or has been unused too long at `now`.
+    ///
+    /// A last access in the future (a clock that jumped back) counts as a use just now.
+    pub fn is_expired(&self, now: u64) -> bool {
+        let past_deadline = self.deadline.is_some_and(|deadline| now >= deadline);
+        let idle_too_long = self
+            .max_idle
+            .is_some_and(|max| now.saturating_sub(self.last_access) > max);
+        past_deadline || idle_too_long
+    }
 }
 
 /// One session as a store keeps it: metadata, then values as encoded bytes under string keys.
 ///
 /// Values are kept encoded, so values of different types coexist and a store never needs to
-/// know them.
+/// know them. A decoded record keeps its values in the buffer it was read from; what a request
+/// changes is kept beside them, so nothing is copied to tell later what changed.
 ///
 /// ```
 /// let mut record = pso::Record::new(pso::Meta::new(1_000));
@@ -74,30 +126,146 @@ impl Meta {
 /// assert_eq!(back, record);
 /// # Ok::<(), pso::Error>(())
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default)]
 pub struct Record {
     /// The session's metadata.
     pub meta: Meta,
-    values: BTreeMap<String, Value>,
+    /// The values as decoded (empty for a new record).
+    stored: Stored,
+    /// What was set, removed or cleared since.
+    changes: Changes,
 }
 
-/// A value's encoded bytes, serialized as one byte string rather than a sequence of numbers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-struct Value(#[serde(with = "serde_bytes")] Vec<u8>);
+/// Decoded values: the record's bytes and, in key order, where each key and value lies in them.
+#[derive(Clone, Default)]
+struct Stored {
+    bytes: Vec<u8>,
+    index: Vec<Slot>,
+}
+
+/// Offsets into [`Stored::bytes`]; u32 is enough, as records are at most 64 MiB.
+#[derive(Clone, Copy)]
+struct Slot {
+    key: u32,
+    key_len: u32,
+    value: u32,
+    value_len: u32,
+}
+
+/// Changes over the stored values: `None` removes a key; `cleared` hides every stored value.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Changes {
+    values: BTreeMap<String, Option<Vec<u8>>>,
+    cleared: bool,
+}
+
+/// The state of a record at one moment, kept to go back to it or to tell whether it changed:
+/// the metadata and the (usually few) changes a request made, never the stored values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    meta: Meta,
+    changes: Changes,
+}
+
+impl Checkpoint {
+    /// The metadata at the checkpoint.
+    pub(crate) fn meta(&self) -> &Meta {
+        &self.meta
+    }
+}
+
+impl fmt::Debug for Changes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Changes")
+            .field("keys", &self.values.keys().collect::<Vec<_>>())
+            .field("cleared", &self.cleared)
+            .finish()
+    }
+}
+
+impl Stored {
+    fn key(&self, slot: &Slot) -> &str {
+        // Checked as UTF-8 when decoded; the fallback is never taken.
+        std::str::from_utf8(range(&self.bytes, slot.key, slot.key_len)).unwrap_or("")
+    }
+
+    fn value(&self, slot: &Slot) -> &[u8] {
+        range(&self.bytes, slot.value, slot.value_len)
+    }
+
+    fn find(&self, key: &str) -> Option<&[u8]> {
+        let position = self
+            .index
+            .binary_search_by(|slot| self.key(slot).cmp(key))
+            .ok()?;
+        self.index.get(position).map(|slot| self.value(slot))
+    }
+}
+
+fn range(bytes: &[u8], start: u32, len: u32) -> &[u8] {
+    let start = start as usize;
+    bytes.get(start..start + len as usize).unwrap_or(&[])
+}
+
+/// The values a record shows: the stored ones under its changes, in key order.
+struct View<'a> {
+    stored: &'a Stored,
+    slots: Peekable<std::slice::Iter<'a, Slot>>,
+    changes: Peekable<btree_map::Iter<'a, String, Option<Vec<u8>>>>,
+}
+
+impl<'a> View<'a> {
+    fn new(stored: &'a Stored, changes: &'a Changes) -> View<'a> {
+        let slots: &[Slot] = if changes.cleared { &[] } else { &stored.index };
+        View {
+            stored,
+            slots: slots.iter().peekable(),
+            changes: changes.values.iter().peekable(),
+        }
+    }
+}
+
+impl<'a> Iterator for View<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.slots.peek(), self.changes.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(slot), Some((changed, _))) => self.stored.key(slot).cmp(changed.as_str()),
+            };
+            if order == std::cmp::Ordering::Equal {
+                // The change replaces (or removes) the stored value.
+                self.slots.next();
+            }
+            if order == std::cmp::Ordering::Less {
+                let stored = self.stored;
+                return self
+                    .slots
+                    .next()
+                    .map(|slot| (stored.key(slot), stored.value(slot)));
+            }
+            if let Some((key, Some(value))) = self.changes.next() {
+                return Some((key.as_str(), value.as_slice()));
+            }
+            // A removed key: nothing to show, look further.
+        }
+    }
+}
 
 impl Record {
     /// An empty record.
     pub fn new(meta: Meta) -> Record {
         Record {
             meta,
-            values: BTreeMap::new(),
+            ..Record::default()
         }
     }
 
-    /// Whether the session is past its deadline or has been unused too long at `now`.
-    ///
-    /// A last access in the future (a clock that jumped back) counts as a use just now.
+    /// Whether the session is past its deadline or has been unused too long at `now`
+    /// (see [`Meta::is_expired`]).
     ///
     /// ```
     /// let mut meta = pso::Meta::new(1_000);
@@ -107,12 +275,20 @@ impl Record {
     /// assert!(record.is_expired(2_000));
     /// ```
     pub fn is_expired(&self, now: u64) -> bool {
-        let past_deadline = self.meta.deadline.is_some_and(|deadline| now >= deadline);
-        let idle_too_long = self
-            .meta
-            .max_idle
-            .is_some_and(|max| now.saturating_sub(self.meta.last_access) > max);
-        past_deadline || idle_too_long
+        self.meta.is_expired(now)
+    }
+
+    fn view(&self) -> View<'_> {
+        View::new(&self.stored, &self.changes)
+    }
+
+    /// The encoded bytes under `key`.
+    fn lookup(&self, key: &str) -> Option<&[u8]> {
+        match self.changes.values.get(key) {
+            Some(change) => change.as_deref(),
+            None if self.changes.cleared => None,
+            None => self.stored.find(key),
+        }
     }
 
     /// The value under `key`, decoded as `T`; `None` if there is none.
@@ -121,7 +297,7 @@ impl Record {
     /// kind [`ErrorKind::Decode`]. Types with the same encoding (`u32` and `u64`, `String` and
     /// `Vec<u8>`) read each other's values; others fail.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let Some(Value(bytes)) = self.values.get(key) else {
+        let Some(bytes) = self.lookup(key) else {
             return Ok(None);
         };
         let (value, used) =
@@ -150,56 +326,97 @@ impl Record {
                 e,
             )
         })?;
-        self.values.insert(key.to_owned(), Value(bytes));
+        self.changes.values.insert(key.to_owned(), Some(bytes));
         Ok(())
     }
 
     /// Removes `key`; returns whether it was there.
     pub fn remove(&mut self, key: &str) -> bool {
-        self.values.remove(key).is_some()
+        let was_there = self.lookup(key).is_some();
+        let hides_a_stored_value = !self.changes.cleared && self.stored.find(key).is_some();
+        if hides_a_stored_value {
+            self.changes.values.insert(key.to_owned(), None);
+        } else {
+            self.changes.values.remove(key);
+        }
+        was_there
     }
 
     /// Removes every value.
     pub fn clear(&mut self) {
-        self.values.clear();
+        self.changes = Changes {
+            values: BTreeMap::new(),
+            cleared: true,
+        };
     }
 
     /// Whether there is a value under `key`.
     pub fn contains(&self, key: &str) -> bool {
-        self.values.contains_key(key)
+        self.lookup(key).is_some()
     }
 
     /// The keys, in sorted order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.values.keys().map(String::as_str)
+        self.view().map(|(key, _)| key)
     }
 
     /// The number of values.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.view().count()
     }
 
     /// Whether there are no values.
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.view().next().is_none()
     }
 
     /// The encoded size of the value under `key`.
     pub fn value_len(&self, key: &str) -> Option<usize> {
-        self.values.get(key).map(|Value(bytes)| bytes.len())
+        self.lookup(key).map(<[u8]>::len)
+    }
+
+    /// The state to come back to with [`Record::restore`], or to compare with.
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            meta: self.meta.clone(),
+            changes: self.changes.clone(),
+        }
+    }
+
+    /// Goes back to a state taken from this record by [`Record::checkpoint`].
+    pub(crate) fn restore(&mut self, checkpoint: &Checkpoint) {
+        self.meta = checkpoint.meta.clone();
+        self.changes = checkpoint.changes.clone();
+    }
+
+    /// Whether the record holds what it held at `checkpoint`: the same metadata and values.
+    pub(crate) fn matches(&self, checkpoint: &Checkpoint) -> bool {
+        self.meta == checkpoint.meta
+            && (self.changes == checkpoint.changes
+                || self.view().eq(View::new(&self.stored, &checkpoint.changes)))
     }
 
     /// The record in pso's versioned format: magic `PSOS`, format version `1`, payload length
     /// (u32 little-endian), CRC-32 of version, length and payload, then the payload (bincode 2,
     /// standard configuration). Every store keeps records in this format.
     pub fn encode(&self) -> Result<Vec<u8>> {
+        let failed = |e| Error::with_source(ErrorKind::Encode, "the session cannot be encoded", e);
         let mut bytes = vec![0u8; HEADER_LEN];
-        bincode::serde::encode_into_std_write(self, &mut bytes, codec()).map_err(|e| {
-            Error::with_source(ErrorKind::Encode, "the session cannot be encoded", e)
-        })?;
+        bincode::serde::encode_into_std_write(&self.meta, &mut bytes, codec()).map_err(failed)?;
+        let count = self.view().count() as u64;
+        bincode::serde::encode_into_std_write(count, &mut bytes, codec()).map_err(failed)?;
+        for (key, value) in self.view() {
+            bincode::serde::encode_into_std_write(key, &mut bytes, codec()).map_err(failed)?;
+            bincode::serde::encode_into_std_write(
+                serde_bytes::Bytes::new(value),
+                &mut bytes,
+                codec(),
+            )
+            .map_err(failed)?;
+        }
         let payload_len = u32::try_from(bytes.len() - HEADER_LEN)
             .ok()
-            .filter(|&n| u64::from(n) <= MAX_SESSION_BYTES)
+            .filter(|&n| u64::from(n) <= MAX_RECORD_BYTES)
             .ok_or_else(|| Error::new(ErrorKind::Encode, "the session is larger than 64 MiB"))?;
         bytes[..4].copy_from_slice(MAGIC);
         bytes[4] = VERSION;
@@ -216,41 +433,185 @@ impl Record {
     }
 
     /// Reads a record in the versioned format, refusing anything longer than `max_bytes`.
+    ///
+    /// This copies `bytes` once; [`Record::decode_owned`] keeps the buffer it is given.
     pub fn decode(bytes: &[u8], max_bytes: u64) -> Result<Record> {
-        let corrupt = |why: &str| Error::new(ErrorKind::Corrupt, format!("session record {why}"));
-        if u64::try_from(bytes.len()).map_or(true, |n| {
-            n > max_bytes.min(MAX_SESSION_BYTES) + HEADER_LEN as u64
-        }) {
-            return Err(corrupt("is larger than PSOSessionMaxBytes"));
-        }
-        let Some((header, payload)) = bytes.split_at_checked(HEADER_LEN) else {
-            return Err(corrupt("is truncated"));
-        };
-        if &header[..4] != MAGIC {
-            return Err(corrupt("has no pso magic"));
-        }
-        if header[4] != VERSION {
-            return Err(corrupt(&format!(
-                "has unknown format version {}",
-                header[4]
-            )));
-        }
-        let declared = u32::from_le_bytes([header[5], header[6], header[7], header[8]]);
+        check_size(bytes, max_bytes)?;
+        Record::decode_owned(bytes.to_vec(), max_bytes)
+    }
+
+    /// Reads a record from a buffer it keeps: the values stay where they are, so decoding adds
+    /// only an index of 16 bytes per value.
+    pub fn decode_owned(bytes: Vec<u8>, max_bytes: u64) -> Result<Record> {
+        check_size(&bytes, max_bytes)?;
+        let payload = framed_payload(&bytes)?;
+        let declared = u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
         if usize::try_from(declared).ok() != Some(payload.len()) {
             return Err(corrupt("is truncated or has trailing bytes"));
         }
-        let crc = u32::from_le_bytes([header[9], header[10], header[11], header[12]]);
-        if crc != checksum(&header[4..9], payload) {
+        let crc = u32::from_le_bytes([bytes[9], bytes[10], bytes[11], bytes[12]]);
+        if crc != checksum(&bytes[4..9], payload) {
             return Err(corrupt("fails its checksum"));
         }
-        let (record, used) = bincode::serde::decode_from_slice::<Record, _>(payload, codec())
+        let seed = PayloadSeed {
+            base: bytes.as_ptr() as usize,
+            limit: bytes.len(),
+        };
+        let ((meta, index), used) = bincode::serde::seed_decode_from_slice(seed, payload, codec())
             .map_err(|e| {
                 Error::with_source(ErrorKind::Corrupt, "session record does not decode", e)
             })?;
         if used != payload.len() {
             return Err(corrupt("has trailing bytes"));
         }
-        Ok(record)
+        Ok(Record {
+            meta,
+            stored: Stored { bytes, index },
+            changes: Changes::default(),
+        })
+    }
+
+    /// The metadata of a record from the first bytes of its encoding, without reading or
+    /// checking the values: enough to judge expiry cheaply (garbage collection).
+    ///
+    /// `Ok(None)` when `prefix` ends before the metadata does. The checksum cannot be checked
+    /// without the whole record, so a garbled record may show garbled metadata.
+    pub fn read_meta(prefix: &[u8]) -> Result<Option<Meta>> {
+        let payload = framed_payload(prefix)?;
+        match bincode::serde::borrow_decode_from_slice::<BorrowedMeta<'_>, _>(payload, codec()) {
+            Ok((meta, _)) => Ok(Some(meta.to_owned())),
+            Err(bincode::error::DecodeError::UnexpectedEnd { .. }) => Ok(None),
+            Err(e) => Err(Error::with_source(
+                ErrorKind::Corrupt,
+                "session record metadata does not decode",
+                e,
+            )),
+        }
+    }
+}
+
+fn corrupt(why: &str) -> Error {
+    Error::new(ErrorKind::Corrupt, format!("session record {why}"))
+}
+
+fn check_size(bytes: &[u8], max_bytes: u64) -> Result<()> {
+    let limit = max_bytes.min(MAX_RECORD_BYTES) + HEADER_LEN as u64;
+    if u64::try_from(bytes.len()).map_or(true, |n| n > limit) {
+        return Err(corrupt("is larger than PSOSessionMaxBytes"));
+    }
+    Ok(())
+}
+
+/// The payload after a header with pso's magic and version (its length is not checked here).
+fn framed_payload(bytes: &[u8]) -> Result<&[u8]> {
+    let Some((header, payload)) = bytes.split_at_checked(HEADER_LEN) else {
+        return Err(corrupt("is truncated"));
+    };
+    if &header[..4] != MAGIC {
+        return Err(corrupt("has no pso magic"));
+    }
+    if header[4] != VERSION {
+        return Err(corrupt(&format!(
+            "has unknown format version {}",
+            header[4]
+        )));
+    }
+    Ok(payload)
+}
+
+/// Decodes a payload (metadata, then the map of values) into the metadata and an index of
+/// where each key and value lies, relative to the buffer that starts at `base`.
+struct PayloadSeed {
+    base: usize,
+    limit: usize,
+}
+
+impl PayloadSeed {
+    /// The offset of `part` in the buffer; parts always lie inside it, being borrowed from it.
+    fn offset_of(&self, part: &[u8]) -> Option<(u32, u32)> {
+        let start = (part.as_ptr() as usize).checked_sub(self.base)?;
+        let end = start.checked_add(part.len())?;
+        (end <= self.limit).then_some(())?;
+        Some((u32::try_from(start).ok()?, u32::try_from(part.len()).ok()?))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for PayloadSeed {
+    type Value = (Meta, Vec<Slot>);
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        // bincode writes a struct as its fields in order, a tuple the same way.
+        deserializer.deserialize_tuple(2, self)
+    }
+}
+
+impl<'de> Visitor<'de> for PayloadSeed {
+    type Value = (Meta, Vec<Slot>);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a session record")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let meta: BorrowedMeta<'de> = seq
+            .next_element()?
+            .ok_or_else(|| de::Error::custom("no metadata"))?;
+        let index = seq
+            .next_element_seed(IndexSeed(&self))?
+            .ok_or_else(|| de::Error::custom("no values"))?;
+        Ok((meta.to_owned(), index))
+    }
+}
+
+struct IndexSeed<'s>(&'s PayloadSeed);
+
+impl<'de> DeserializeSeed<'de> for IndexSeed<'_> {
+    type Value = Vec<Slot>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IndexSeed<'_> {
+    type Value = Vec<Slot>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of session values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // The count is the record's claim: reserve no more than the bytes could hold (each
+        // entry takes at least two), so a forged count allocates nothing extra.
+        let plausible = self.0.limit / 2;
+        let mut index = Vec::with_capacity(map.size_hint().unwrap_or(0).min(plausible));
+        let mut previous: Option<&'de str> = None;
+        while let Some((key, value)) = map.next_entry::<&'de str, &'de serde_bytes::Bytes>()? {
+            // Keys in strictly increasing order, as a map is written: no duplicate can make
+            // the record mean two things.
+            if previous.is_some_and(|p| p >= key) {
+                return Err(de::Error::custom("keys out of order or repeated"));
+            }
+            previous = Some(key);
+            let (Some((key, key_len)), Some((value, value_len))) =
+                (self.0.offset_of(key.as_bytes()), self.0.offset_of(value))
+            else {
+                return Err(de::Error::custom("a value outside the record"));
+            };
+            index.push(Slot {
+                key,
+                key_len,
+                value,
+                value_len,
+            });
+        }
+        Ok(index)
     }
 }
 
@@ -259,6 +620,23 @@ fn checksum(header: &[u8], payload: &[u8]) -> u32 {
     hasher.update(header);
     hasher.update(payload);
     hasher.finalize()
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Record) -> bool {
+        self.meta == other.meta && self.view().eq(other.view())
+    }
+}
+
+impl Eq for Record {}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("meta", &self.meta)
+            .field("keys", &self.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 #[cfg(test)]
@@ -279,12 +657,49 @@ mod tests {
         record
     }
 
+    /// The record as the first pso wrote it: a serde struct holding a map, encoded whole.
+    #[derive(Serialize)]
+    struct FirstRecord {
+        meta: Meta,
+        values: BTreeMap<String, FirstValue>,
+    }
+
+    #[derive(Serialize)]
+    struct FirstValue(#[serde(with = "serde_bytes")] Vec<u8>);
+
+    fn first_encoding(record: &Record) -> Vec<u8> {
+        let first = FirstRecord {
+            meta: record.meta.clone(),
+            values: record
+                .view()
+                .map(|(k, v)| (k.to_owned(), FirstValue(v.to_vec())))
+                .collect(),
+        };
+        let mut bytes = vec![0u8; HEADER_LEN];
+        bincode::serde::encode_into_std_write(&first, &mut bytes, codec()).unwrap();
+        let len = (bytes.len() - HEADER_LEN) as u32;
+        bytes[..4].copy_from_slice(MAGIC);
+        bytes[4] = VERSION;
+        bytes[5..9].copy_from_slice(&len.to_le_bytes());
+        let crc = checksum(&bytes[4..9], &bytes[HEADER_LEN..]);
+        bytes[9..13].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
     #[test]
     fn round_trip() {
         let record = sample();
         let bytes = record.encode().unwrap();
         assert_eq!(&bytes[..5], b"PSOS\x01");
         assert_eq!(Record::decode(&bytes, 1 << 20).unwrap(), record);
+    }
+
+    #[test]
+    fn the_encoding_is_the_first_versions_byte_for_byte() {
+        let record = sample();
+        assert_eq!(record.encode().unwrap(), first_encoding(&record));
+        let back = Record::decode(&first_encoding(&record), 1 << 20).unwrap();
+        assert_eq!(back, record);
     }
 
     #[test]
@@ -315,6 +730,43 @@ mod tests {
     }
 
     #[test]
+    fn changes_over_decoded_values() {
+        let bytes = sample().encode().unwrap();
+        let mut record = Record::decode(&bytes, 1 << 20).unwrap();
+        let loaded = record.checkpoint();
+        assert!(record.matches(&loaded));
+        record.set("reloads", &41u64).unwrap();
+        assert!(record.matches(&loaded), "the same value again is no change");
+        record.set("reloads", &42u64).unwrap();
+        assert!(!record.matches(&loaded));
+        assert!(record.remove("name"));
+        assert!(!record.remove("name"));
+        record.set("zzz", &1u8).unwrap();
+        assert_eq!(
+            record.keys().collect::<Vec<_>>(),
+            ["cart", "reloads", "zzz"]
+        );
+        assert_eq!(record.len(), 3);
+        let again = Record::decode(&record.encode().unwrap(), 1 << 20).unwrap();
+        assert_eq!(again, record);
+        assert_eq!(again.get::<u64>("reloads").unwrap(), Some(42));
+
+        record.restore(&loaded);
+        assert_eq!(
+            record.get::<String>("name").unwrap().as_deref(),
+            Some("Eggs")
+        );
+        record.clear();
+        assert!(record.is_empty() && !record.contains("name"));
+        assert!(!record.matches(&loaded));
+        record.set("name", "Eggs").unwrap();
+        assert_eq!(record.keys().collect::<Vec<_>>(), ["name"]);
+        assert!(!record.remove("cart"), "cleared values are gone");
+        record.restore(&loaded);
+        assert_eq!(record, Record::decode(&bytes, 1 << 20).unwrap());
+    }
+
+    #[test]
     fn every_truncation_is_corrupt() {
         let bytes = sample().encode().unwrap();
         for len in 0..bytes.len() {
@@ -337,6 +789,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A framed record around any payload, with a valid checksum.
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::from(&MAGIC[..]);
+        bytes.push(VERSION);
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        let crc = checksum(&bytes[4..9], payload);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
     }
 
     #[test]
@@ -362,20 +825,52 @@ mod tests {
     }
 
     #[test]
+    fn repeated_or_unordered_keys_are_corrupt() {
+        // meta: five fields (0, 0, None, None, None), then a map of two entries.
+        let meta = [0u8, 0, 0, 0, 0];
+        for (a, b) in [("k", "k"), ("b", "a")] {
+            let mut payload = meta.to_vec();
+            payload.push(2);
+            for key in [a, b] {
+                payload.extend_from_slice(&[1, key.as_bytes()[0], 1, 7]);
+            }
+            let err = Record::decode(&framed(&payload), 1 << 20).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Corrupt, "{a} {b}");
+        }
+    }
+
+    #[test]
     fn a_forged_huge_length_with_a_valid_checksum_does_not_allocate_it() {
         // A payload that claims a 2^60-byte string, made to pass the checksum: bincode's limit
         // must reject it before allocating.
         let payload = [0u8, 0, 0, 0, 0, 1, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10];
-        let mut bytes = Vec::from(&MAGIC[..]);
-        bytes.push(VERSION);
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        let crc = checksum(&bytes[4..9], &payload);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-        bytes.extend_from_slice(&payload);
         assert_eq!(
-            Record::decode(&bytes, 1 << 20).unwrap_err().kind(),
+            Record::decode(&framed(&payload), 1 << 20)
+                .unwrap_err()
+                .kind(),
             ErrorKind::Corrupt
         );
+        // A client address that claims 60 MiB in a 20-byte record.
+        let payload = [0u8, 0, 0, 0, 1, 0xfc, 0, 0, 0xc0, 0x03, 0];
+        assert_eq!(
+            Record::decode(&framed(&payload), 1 << 20)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Corrupt
+        );
+    }
+
+    #[test]
+    fn metadata_reads_from_a_prefix() {
+        let record = sample();
+        let bytes = record.encode().unwrap();
+        assert_eq!(
+            Record::read_meta(&bytes[..HEADER_LEN + 40]).unwrap(),
+            Some(record.meta.clone())
+        );
+        assert_eq!(Record::read_meta(&bytes[..HEADER_LEN + 3]).unwrap(), None);
+        assert!(Record::read_meta(b"PSOS").is_err());
+        assert!(Record::read_meta(&framed(&[0, 0, 0, 0, 9])).is_err());
     }
 
     #[test]
@@ -399,16 +894,13 @@ mod tests {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
             let _ = Record::decode(&bytes, 1 << 20);
+            let _ = Record::read_meta(&bytes);
         }
 
         #[test]
         fn decoding_garbled_payloads_with_valid_framing_never_panics(payload in prop::collection::vec(any::<u8>(), 0..256)) {
-            let mut bytes = Vec::from(&MAGIC[..]);
-            bytes.push(VERSION);
-            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            let crc = checksum(&bytes[4..9], &payload);
-            bytes.extend_from_slice(&crc.to_le_bytes());
-            bytes.extend_from_slice(&payload);
+            let bytes = framed(&payload);
+            let _ = Record::read_meta(&bytes);
             if let Ok(record) = Record::decode(&bytes, 1 << 20) {
                 let again = Record::decode(&record.encode().unwrap(), 1 << 20).unwrap();
                 prop_assert_eq!(again, record);
@@ -423,10 +915,37 @@ mod tests {
             for (key, value) in &values {
                 record.set(key, value).unwrap();
             }
-            let back = Record::decode(&record.encode().unwrap(), 1 << 20).unwrap();
+            let bytes = record.encode().unwrap();
+            prop_assert_eq!(&bytes, &first_encoding(&record));
+            let back = Record::decode(&bytes, 1 << 20).unwrap();
             for (key, value) in &values {
                 prop_assert_eq!(back.get::<Vec<u8>>(key).unwrap(), Some(value.clone()));
             }
+            prop_assert_eq!(back, record);
+        }
+
+        #[test]
+        fn changes_read_like_a_map(ops in prop::collection::vec((0u8..4, "[a-d]", any::<u8>()), 0..40)) {
+            // The record over stored values behaves as a plain map would.
+            let mut start = Record::new(Meta::new(0));
+            let mut model: BTreeMap<String, u8> = BTreeMap::new();
+            for key in ["a", "c"] {
+                start.set(key, &1u8).unwrap();
+                model.insert(key.to_owned(), 1);
+            }
+            let mut record = Record::decode(&start.encode().unwrap(), 1 << 20).unwrap();
+            for (op, key, value) in ops {
+                match op {
+                    0 | 1 => { record.set(&key, &value).unwrap(); model.insert(key, value); }
+                    2 => { prop_assert_eq!(record.remove(&key), model.remove(&key).is_some()); }
+                    _ => { record.clear(); model.clear(); }
+                }
+            }
+            prop_assert_eq!(record.keys().collect::<Vec<_>>(), model.keys().map(String::as_str).collect::<Vec<_>>());
+            for (key, value) in &model {
+                prop_assert_eq!(record.get::<u8>(key).unwrap(), Some(*value));
+            }
+            let back = Record::decode(&record.encode().unwrap(), 1 << 20).unwrap();
             prop_assert_eq!(back, record);
         }
     }

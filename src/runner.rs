@@ -5,20 +5,19 @@
 //! nothing here touches process-global state besides installing the logger.
 
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
+use crate::adoption::{Claim, adopt};
 use crate::config::Config;
 use crate::cookies::CookieSettings;
 use crate::environment::Environment;
-use crate::error::{BoxError, ErrorKind, Result};
-use crate::expiry::Expiry;
-use crate::id::SessionId;
-use crate::record::Record;
+use crate::error::{BoxError, ErrorChain, ErrorKind, Result};
 use crate::request::Request;
 use crate::response::Response;
 use crate::session::{CookieAction, Session};
-use crate::store::{FileStore, LockOptions, LockedSession, SessionKey, Store};
+use crate::store::{FileStore, Store};
 
 /// The longest a request spends collecting expired sessions.
 const GC_BUDGET: Duration = Duration::from_millis(50);
@@ -80,14 +79,17 @@ impl<'a> Context<'a> {
     fn finish(mut self) -> io::Result<()> {
         if self.response.is_streaming() {
             if let Err(e) = self.session.commit() {
-                log::error!("saving the session after streaming failed: {e}");
+                log::error!(
+                    "saving the session after streaming failed: {}",
+                    ErrorChain(&e)
+                );
             }
             return self.response.send(&[]);
         }
         let action = match self.session.commit() {
             Ok(action) => action,
             Err(e) => {
-                log::error!("saving the session failed: {e}");
+                log::error!("saving the session failed: {}", ErrorChain(&e));
                 return self.into_response().send_error(error_status(e.kind()), &[]);
             }
         };
@@ -137,6 +139,8 @@ fn error_status(kind: ErrorKind) -> u16 {
 /// The handler's session is saved when it returns `Ok`. When it returns `Err` or panics, its
 /// session changes are discarded, the client gets a 500 page, and the error goes to standard
 /// error (the web server's error log). A busy session past `PSOSessionLockTimeout` gets a 503.
+/// When this request also collects expired sessions, it does so after the response is complete
+/// and standard output is closed, so the client never waits for it.
 ///
 /// ```no_run
 /// use std::io::Write;
@@ -159,12 +163,38 @@ where
     if !env.contains("GATEWAY_INTERFACE") {
         add_terminal_defaults(&mut env);
     }
+    let now = SystemTime::now();
+    let config = Config::from_env(&env);
     let mut input = io::stdin().lock();
     let mut output = io::stdout().lock();
-    if let Err(e) = serve(&env, &mut input, &mut output, &handler, SystemTime::now())
-        && e.kind() != io::ErrorKind::BrokenPipe
+    let store = open_store(&config);
+    let written = match &store {
+        Ok(store) => respond(&env, &config, store, &mut input, &mut output, &handler, now),
+        Err(()) => send_store_error(&env, &mut input, &mut output),
+    };
+    drop(output);
+    match written {
+        Ok(()) => {
+            if let Ok(store) = &store
+                && gc_due(&config)
+            {
+                // The response is complete: let the server finish it before collecting.
+                close_stdout();
+                collect_garbage(store, now);
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(e) => log::error!("writing the response failed: {e}"),
+    }
+}
+
+/// Points standard output at `/dev/null`, so that the web server sees the end of the response
+/// while this process goes on. Without `/dev/null` it stays open, and the server waits.
+fn close_stdout() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null")
+        && let Err(e) = rustix::stdio::dup2_stdout(&null)
     {
-        log::error!("writing the response failed: {e}");
+        log::debug!("could not close standard output early: {e}");
     }
 }
 
@@ -176,6 +206,28 @@ fn add_terminal_defaults(env: &mut Environment) {
     {
         env.set("SCRIPT_NAME", program);
     }
+}
+
+/// The file store the configuration names; its problem is logged.
+fn open_store(config: &Config) -> Result<FileStore, ()> {
+    match FileStore::open(&config.session_dir) {
+        Ok(store) => Ok(store
+            .with_sync(config.sync)
+            .with_max_bytes(config.max_bytes)),
+        Err(e) => {
+            log::error!("{}", ErrorChain(&e));
+            Err(())
+        }
+    }
+}
+
+fn send_store_error(
+    env: &Environment,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+) -> io::Result<()> {
+    let head = Request::new(env, input).is_head();
+    Response::new(output, head).send_error(500, &[])
 }
 
 /// Serves one request: `env` describes it, its body comes from `input`, the response goes to
@@ -215,17 +267,10 @@ where
     F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
 {
     let config = Config::from_env(env);
-    let store = match FileStore::open(&config.session_dir) {
-        Ok(store) => store
-            .with_sync(config.sync)
-            .with_max_bytes(config.max_bytes),
-        Err(e) => {
-            log::error!("{e}");
-            let head = Request::new(env, input).is_head();
-            return Response::new(output, head).send_error(500, &[]);
-        }
-    };
-    serve_with_store(env, &config, &store, input, output, handler, now)
+    match open_store(&config) {
+        Ok(store) => serve_with_store(env, &config, &store, input, output, handler, now),
+        Err(()) => send_store_error(env, input, output),
+    }
 }
 
 /// Serves one request like [`serve`], with the configuration and store given.
@@ -241,13 +286,42 @@ pub fn serve_with_store<F>(
 where
     F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
 {
+    respond(env, config, store, input, output, handler, now)?;
+    if gc_due(config) {
+        collect_garbage(store, now);
+    }
+    Ok(())
+}
+
+/// The request itself: session, handler, response. Nothing after the response.
+fn respond<F>(
+    env: &Environment,
+    config: &Config,
+    store: &dyn Store,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+    handler: &F,
+    now: SystemTime,
+) -> io::Result<()>
+where
+    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+{
     let request = Request::new(env, input);
     let https = request.is_https();
     let head = request.is_head();
-    let session = match open_session(store, config, &request, now) {
-        Ok(session) => session,
+    let claim = Claim {
+        cookie_header: env
+            .get_os("HTTP_COOKIE")
+            .map_or(&[][..], |header| header.as_bytes()),
+        client_addr: request.remote_addr(),
+    };
+    let session = match adopt(store, config, &claim, now) {
+        Ok((session, reason)) => {
+            log::debug!("session {:?}: {reason:?}", session.id());
+            session
+        }
         Err(e) => {
-            log::error!("{e}");
+            log::error!("{}", ErrorChain(&e));
             let status = error_status(e.kind());
             let retry: &[(&str, &str)] = if status == 503 {
                 &[("Retry-After", "5")]
@@ -266,10 +340,10 @@ where
         now,
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| handler(&mut cx)));
-    let written = match outcome {
+    match outcome {
         Ok(Ok(())) => cx.finish(),
         Ok(Err(e)) => {
-            log::error!("the handler failed: {e}");
+            log::error!("the handler failed: {}", ErrorChain(&*e));
             let kind = e
                 .downcast_ref::<crate::Error>()
                 .map_or(ErrorKind::Io, crate::Error::kind);
@@ -279,140 +353,30 @@ where
             log::error!("the handler panicked; its session changes are discarded");
             cx.into_response().send_error(500, &[])
         }
-    };
-    if written.is_ok() {
-        collect_garbage(store, config, now);
     }
-    written
 }
 
-fn collect_garbage(store: &dyn Store, config: &Config, now: SystemTime) {
+/// Whether this request also collects expired sessions (a random draw, unless turned off).
+fn gc_due(config: &Config) -> bool {
     // Off (cron-driven cleanup): not even a random number to draw.
     if config.gc_probability == crate::GcProbability::NEVER {
-        return;
+        return false;
     }
-    let roll = match getrandom::u32() {
-        Ok(roll) => roll,
-        Err(_) => return,
-    };
-    if !config.gc_probability.hits(roll) {
-        return;
-    }
+    getrandom::u32().is_ok_and(|roll| config.gc_probability.hits(roll))
+}
+
+fn collect_garbage(store: &dyn Store, now: SystemTime) {
     match store.collect_garbage(now, GC_BUDGET) {
         Ok(report) => log::debug!("garbage collection: {report:?}"),
-        Err(e) => log::warn!("garbage collection failed: {e}"),
-    }
-}
-
-/// Finds the visitor's session, or starts a new one.
-fn open_session(
-    store: &dyn Store,
-    config: &Config,
-    request: &Request<'_>,
-    now: SystemTime,
-) -> Result<Session> {
-    let now_secs = crate::expiry::unix_secs(now);
-    let fresh = |lock| {
-        Session::fresh(
-            lock,
-            now,
-            config.lifetime,
-            request.remote_addr(),
-            config.gc_max_lifetime,
-        )
-    };
-    let options = LockOptions {
-        timeout: config.lock_timeout,
-        create: false,
-    };
-    if let Some(id) = &config.forced_id {
-        // The server chose the id: adopt or (re)create it, never replace it.
-        let key = SessionKey::new(config.service.clone(), id.clone());
-        let mut lock = store.lock(
-            &key,
-            LockOptions {
-                create: true,
-                ..options
-            },
-        )?;
-        return Ok(match load_live(&mut *lock, now_secs)? {
-            Some(record) => Session::existing(lock, record, now, config.gc_max_lifetime),
-            None => fresh(lock),
-        });
-    }
-
-    let header = request.var("HTTP_COOKIE").unwrap_or("");
-    let mut candidates = crate::cookies::session_ids(header, &config.cookie.name);
-    // A fixed order, so two requests that carry the same ids never wait on each other's locks.
-    candidates.sort();
-    // One deadline for all candidates: several cookies must not multiply the wait.
-    let started = Instant::now();
-    let mut live: Vec<(Box<dyn LockedSession>, Record)> = Vec::new();
-    for id in candidates {
-        let key = SessionKey::new(config.service.clone(), id);
-        let timeout = config.lock_timeout.saturating_sub(started.elapsed());
-        let mut lock = store.lock(&key, LockOptions { timeout, ..options })?;
-        match load_live(&mut *lock, now_secs)? {
-            Some(record) => live.push((lock, record)),
-            None => {
-                // Strict mode: an id the store does not know is never adopted.
-                if let Err(e) = lock.delete() {
-                    log::warn!("removing dead session {key:?} failed: {e}");
-                }
-            }
-        }
-    }
-    if live.len() > 1 {
-        // Which one is the visitor's own cannot be told: a cookie tossed from a sibling domain
-        // can name a live session of the attacker's, kept fresh on purpose. Adopting either
-        // could fix the visitor into the attacker's session, so they all end.
-        log::warn!(
-            "{} session cookies name live sessions (cookie tossing?); ending them all",
-            live.len()
-        );
-        for (mut lock, _) in live.drain(..) {
-            if let Err(e) = lock.delete() {
-                log::warn!("ending session {:?} failed: {e}", lock.key());
-            }
-        }
-    }
-    if let Some((lock, record)) = live.pop() {
-        return Ok(Session::existing(lock, record, now, config.gc_max_lifetime));
-    }
-    if let Expiry::At(at) = config.lifetime
-        && at <= now
-    {
-        log::warn!("PSOSessionExpire names a date in the past: every new session ends at once");
-    }
-    let key = SessionKey::new(config.service.clone(), SessionId::generate()?);
-    Ok(fresh(store.lock(&key, options)?))
-}
-
-/// The session's record if it is alive; `None` (logged) if it is unknown, expired or unreadable.
-fn load_live(lock: &mut dyn LockedSession, now: u64) -> Result<Option<Record>> {
-    let key = lock.key().clone();
-    match lock.load() {
-        Ok(Some(record)) if !record.is_expired(now) => Ok(Some(record)),
-        Ok(Some(_)) => {
-            log::info!("session {key:?} has expired; starting a new one");
-            Ok(None)
-        }
-        Ok(None) => {
-            log::warn!("session {key:?} is unknown (forged, or long gone); starting a new one");
-            Ok(None)
-        }
-        Err(e) if e.kind() == ErrorKind::Corrupt => {
-            log::warn!("session {key:?} is unreadable ({e}); starting a new one");
-            Ok(None)
-        }
-        Err(e) => Err(e),
+        Err(e) => log::warn!("garbage collection failed: {}", ErrorChain(&e)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::id::SessionId;
+    use crate::store::{LockOptions, MemoryStore, SessionKey};
     use std::time::UNIX_EPOCH;
 
     const T0: u64 = 1_700_000_000;
@@ -600,15 +564,7 @@ mod tests {
         let cookie = request(&store, &[], T0).cookie().unwrap().to_owned();
         let id: SessionId = cookie.trim_start_matches("app=").parse().unwrap();
         let key = SessionKey::new("app".parse().unwrap(), id);
-        let _held = store
-            .lock(
-                &key,
-                LockOptions {
-                    timeout: Duration::ZERO,
-                    create: false,
-                },
-            )
-            .unwrap();
+        let _held = store.lock(&key, LockOptions::new(Duration::ZERO)).unwrap();
         let reply = with_cookie(&store, &cookie, &[("PSOSessionLockTimeout", "0")]);
         assert!(
             reply

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::{Expiry, from_unix_secs, unix_secs};
 use crate::id::{ServiceId, SessionId};
-use crate::record::{Meta, Record};
+use crate::record::{Checkpoint, Meta, Record};
 use crate::store::LockedSession;
 
 /// An unchanged session is rewritten only to record its last access, and at most this often.
@@ -33,8 +33,9 @@ const ACCESS_RESOLUTION: u64 = 60;
 pub struct Session {
     lock: Box<dyn LockedSession>,
     record: Record,
-    /// What the store holds for this session: as loaded, or as last saved.
-    stored: Option<Record>,
+    /// What the store holds for this session (as loaded, or as last saved), as a checkpoint of
+    /// `record`: the values themselves are not copied. `None` while the store holds nothing.
+    stored: Option<Checkpoint>,
     new: bool,
     /// Deleted in this request: the id is dead and must not be saved again.
     ended: bool,
@@ -63,7 +64,7 @@ impl Session {
     ) -> Session {
         Session {
             lock,
-            stored: Some(record.clone()),
+            stored: Some(record.checkpoint()),
             record,
             new: false,
             ended: false,
@@ -98,11 +99,7 @@ impl Session {
     pub fn detached(now: SystemTime) -> Result<Session> {
         use crate::store::{LockOptions, MemoryStore, SessionKey, Store};
         let key = SessionKey::new(ServiceId::fallback(), SessionId::generate()?);
-        let options = LockOptions {
-            timeout: Duration::ZERO,
-            create: false,
-        };
-        let lock = MemoryStore::new().lock(&key, options)?;
+        let lock = MemoryStore::new().lock(&key, LockOptions::new(Duration::ZERO))?;
         Ok(Session::fresh(
             lock,
             now,
@@ -242,7 +239,7 @@ impl Session {
             Some(_) => None,
         };
         self.lock.save(&self.record)?;
-        self.stored = Some(self.record.clone());
+        self.stored = Some(self.record.checkpoint());
         Ok(())
     }
 
@@ -259,7 +256,7 @@ impl Session {
     /// ```
     pub fn revert(&mut self) {
         match &self.stored {
-            Some(stored) => self.record = stored.clone(),
+            Some(stored) => self.record.restore(stored),
             None => {
                 self.record.clear();
                 self.record.meta.deadline = None;
@@ -286,12 +283,12 @@ impl Session {
             None => self.save()?,
             Some(stored) => {
                 // Often enough that a short idle limit never expires a session in use.
-                let resolution = stored
-                    .meta
+                let meta = stored.meta();
+                let resolution = meta
                     .max_idle
                     .map_or(ACCESS_RESOLUTION, |idle| ACCESS_RESOLUTION.min(idle / 2));
-                let stale = self.now.saturating_sub(stored.meta.last_access) >= resolution;
-                if *stored != self.record || stale {
+                let stale = self.now.saturating_sub(meta.last_access) >= resolution;
+                if !self.record.matches(stored) || stale {
                     self.save()?;
                 }
             }

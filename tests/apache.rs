@@ -103,6 +103,24 @@ fn check_site(tools: &Tools, site: &Site, server: &Server) -> Result<(), String>
 
     check_sessions_dir(site, &cookie.id)?;
 
+    // A Cookie header as long as Apache allows by default (LimitRequestFieldSize 8190), with
+    // 200 other cookies and bytes that are not UTF-8 before the session cookie, and after it:
+    // the session is still found.
+    let session = format!("reload={}", cookie.id);
+    let mut filler = b"tracker=\xff\xfe; ".to_vec();
+    let mut i = 0;
+    while filler.len() + session.len() + 40 <= 8190 {
+        filler.extend_from_slice(format!("pad{i}=xxxxxxxxxxxxxxxxxxxxxxxx; ").as_bytes());
+        i += 1;
+    }
+    let before = [filler.clone(), session.clone().into_bytes()].concat();
+    let after = [session.clone().into_bytes(), b"; ".to_vec(), filler].concat();
+    for (expected, header) in [(4, before), (5, after)] {
+        tools
+            .get_with_cookie(&url, &header)?
+            .expect_count(expected)?;
+    }
+
     // A second browser, without the first one's cookie, gets a session of its own.
     let reply = tools.get(&url, &site.root().join("visitor-2.jar"))?;
     reply.expect_count(1)?;
@@ -287,6 +305,36 @@ impl Tools {
                 String::from_utf8_lossy(&output.stderr)
             ));
         }
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no header block in the answer to {url}:\n{text}"))?;
+        Ok(Reply {
+            head: head.to_owned(),
+            body: body.to_owned(),
+        })
+    }
+}
+
+impl Tools {
+    /// A GET with `header` as the whole `Cookie` header, any bytes.
+    fn get_with_cookie(&self, url: &str, header: &[u8]) -> Result<Reply, String> {
+        use std::os::unix::ffi::OsStringExt;
+        let mut line = b"Cookie: ".to_vec();
+        line.extend_from_slice(header);
+        let output = Command::new(&self.curl)
+            .args([
+                "--silent",
+                "--show-error",
+                "--include",
+                "--max-time",
+                "30",
+                "-H",
+            ])
+            .arg(std::ffi::OsString::from_vec(line))
+            .arg(url)
+            .output()
+            .map_err(|e| format!("cannot run curl: {e}"))?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
         let (head, body) = text
             .split_once("\r\n\r\n")
             .ok_or_else(|| format!("no header block in the answer to {url}:\n{text}"))?;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,10 +24,7 @@ fn key(service: &str, cookie: &str) -> SessionKey {
 }
 
 fn lock_options() -> LockOptions {
-    LockOptions {
-        timeout: Duration::from_secs(10),
-        create: false,
-    }
+    LockOptions::new(Duration::from_secs(10))
 }
 
 /// Every file below `dir`, recursively.
@@ -408,6 +405,135 @@ fn a_live_session_wins_over_tossed_cookies_whatever_their_order() {
     );
 }
 
+/// A well-formed id that names no session.
+fn dead_cookie() -> String {
+    format!("reload={}", SessionId::generate().unwrap())
+}
+
+/// One request whose `Cookie` header is any bytes.
+fn get_with_header(site: &Site, header: &[u8]) -> Reply {
+    let mut command = site.command(None);
+    command.env("HTTP_COOKIE", OsString::from_vec(header.to_vec()));
+    Reply::from_output(command.output().unwrap())
+}
+
+#[test]
+fn dead_ids_cannot_hide_the_visitors_session_behind_a_tossed_one() {
+    // Before the fix, the first few ids were all that was checked and dead ones counted: a few
+    // dead ids, then the attacker's live one, hid the visitor's own and fixed the attacker's.
+    for attacker_first in [true, false] {
+        let site = Site::new(RELOAD);
+        let mine = site.get(None).cookie();
+        let theirs = site.get(None).cookie();
+        let mut cookies: Vec<String> = (0..3).map(|_| dead_cookie()).collect();
+        if attacker_first {
+            cookies.extend([theirs.clone(), mine.clone()]);
+        } else {
+            cookies.extend([mine.clone(), theirs.clone()]);
+        }
+        let reply = site.get(Some(&cookies.join("; ")));
+        assert_eq!(reply.count(), 1, "neither live session is adopted");
+        assert_ne!(
+            reply.cookie(),
+            theirs,
+            "the attacker's id is never sent back"
+        );
+        assert_ne!(reply.cookie(), mine);
+        assert!(reply.stderr.contains("cookie tossing"), "{}", reply.stderr);
+        // Both ended: the attacker cannot keep one ready for the visitor.
+        assert_eq!(site.get(Some(&theirs)).count(), 1);
+        assert_eq!(site.get(Some(&mine)).count(), 1);
+    }
+}
+
+#[test]
+fn more_session_cookies_than_are_checked_get_a_fresh_session_never_the_attackers() {
+    for attacker_first in [true, false] {
+        let site = Site::new(RELOAD);
+        let mine = site.get(None).cookie();
+        let theirs = site.get(None).cookie();
+        let mut cookies: Vec<String> = (0..pso::cookies::MAX_CANDIDATES)
+            .map(|_| dead_cookie())
+            .collect();
+        cookies.insert(
+            if attacker_first { 0 } else { cookies.len() },
+            theirs.clone(),
+        );
+        cookies.push(mine.clone());
+        let reply = site.get(Some(&cookies.join("; ")));
+        assert_eq!(reply.count(), 1);
+        assert_ne!(reply.cookie(), theirs);
+        assert!(reply.stderr.contains("adopting none"), "{}", reply.stderr);
+    }
+}
+
+#[test]
+fn other_cookies_cannot_hide_the_session_cookie_however_many() {
+    // Before the fix, only the first 256 cookies were read.
+    let site = Site::new(RELOAD);
+    let mine = site.get(None).cookie();
+    let others: Vec<String> = (0..300).map(|i| format!("c{i}=v")).collect();
+    let before = format!("{}; {mine}", others.join("; "));
+    let after = format!("{mine}; {}", others.join("; "));
+    assert_eq!(site.get(Some(&before)).count(), 2);
+    assert_eq!(site.get(Some(&after)).count(), 3);
+    // The tossed id goes last here, past the 300 others: it is still found, and both end.
+    let theirs = site.get(None).cookie();
+    let reply = site.get(Some(&format!("{after}; {theirs}")));
+    assert_eq!(reply.count(), 1);
+    assert_eq!(site.get(Some(&mine)).count(), 1);
+}
+
+#[test]
+fn a_header_as_long_as_apache_and_nginx_allow_is_read_whole() {
+    // Apache's LimitRequestFieldSize is 8190 bytes, nginx's large_client_header_buffers 8k.
+    let site = Site::new(RELOAD);
+    let mine = site.get(None).cookie();
+    let mut filler = String::new();
+    let mut i = 0;
+    while filler.len() + 40 + mine.len() + 2 <= 8190 {
+        filler.push_str(&format!("pad{i}=xxxxxxxxxxxxxxxxxxxxxxxx; "));
+        i += 1;
+    }
+    for header in [format!("{filler}{mine}"), format!("{mine}; {filler}")] {
+        assert!((8000..=8190).contains(&header.len()), "{}", header.len());
+        assert_eq!(site.get(Some(&header)).cookie(), mine);
+    }
+    assert_eq!(site.get(Some(&mine)).count(), 4);
+}
+
+#[test]
+fn a_byte_that_is_not_utf8_in_another_cookie_does_not_log_the_visitor_out() {
+    // Before the fix, the whole header was ignored: every request a fresh session.
+    let site = Site::new(RELOAD);
+    let mine = site.get(None).cookie();
+    let bad: &[u8] = b"tracker=\xff\xfe\xc3\x28; \x80=x";
+    let before = [bad, b"; ", mine.as_bytes()].concat();
+    let after = [mine.as_bytes(), b"; ", bad].concat();
+    assert_eq!(get_with_header(&site, &before).count(), 2);
+    assert_eq!(get_with_header(&site, &after).count(), 3);
+}
+
+#[test]
+fn a_cookie_lifetime_of_zero_means_browser_close_in_every_variable() {
+    // PSOCookieSession_expires=0 sent Max-Age=0 (the browser dropped the cookie at once).
+    for name in [
+        "PSOCookieSession_expires",
+        "PSOCookieSession_Max-Age",
+        "PSOSessionExpire",
+    ] {
+        let mut site = Site::new(RELOAD);
+        site.set(name, "0");
+        let reply = site.get(None);
+        let set = reply.set_cookie().unwrap().to_owned();
+        assert!(
+            !set.contains("Max-Age") && !set.contains("Expires"),
+            "{name}: {set}"
+        );
+        assert_eq!(site.get(Some(&reply.cookie())).count(), 2, "{name}");
+    }
+}
+
 #[test]
 fn hostile_ids_get_a_fresh_session_and_touch_nothing_outside() {
     let site = Site::new(RELOAD);
@@ -464,20 +590,35 @@ fn hostile_ids_under_strace_never_reach_a_path_outside() {
         skip_or_fail("strace is not installed (apt-get install strace)");
         return;
     }
-    let site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD);
+    // Collection too, on every request: it lists and opens files of the directory.
+    site.set("PSOSessionGCProbability", "1");
     let sessions = site.sessions().display().to_string();
+    let parent = site.root.path().display().to_string();
     site.get(None);
+    let allowed = |path: &str| {
+        path.starts_with(&sessions)
+            || path == parent
+            || ["/etc/ld.so", "/lib", "/usr/lib", "/proc/", "/sys/", "/dev/"]
+                .iter()
+                .any(|p| path.starts_with(p))
+            || path.starts_with("pipe:")
+            || path.starts_with("socket:")
+    };
     for cookie in [
         "reload=../../etc/passwd",
         "reload=/tmp/evil",
         "reload=....//....//x",
+        "reload=0123456789abcdef0123456789abcdef0123456789abcdef/../../x",
     ] {
         let trace = site.root.path().join("trace");
         let command = site.command(Some(cookie));
         let program = command.get_program().to_owned();
         let mut traced = Command::new("strace");
+        // -y shows the path behind every descriptor, so calls relative to the session
+        // directory's handle (openat(3</…/sessions>, "reload.….pso")) can be checked too.
         traced
-            .args(["-f", "-qq", "-e", "trace=%file", "-o"])
+            .args(["-f", "-qq", "-y", "-e", "trace=%file", "-o"])
             .arg(&trace)
             .arg(program)
             .env_clear()
@@ -485,18 +626,39 @@ fn hostile_ids_under_strace_never_reach_a_path_outside() {
         Reply::from_output(traced.output().unwrap());
         let log = fs::read_to_string(&trace).unwrap();
         for line in log.lines().filter(|l| !l.contains("execve(")) {
-            // Calls on a descriptor (`fstat(3, "")`) have no path of their own.
-            let Some(path) = line.split('"').nth(1).filter(|p| !p.is_empty()) else {
-                continue;
+            // Every descriptor's path, and every path string of the call. Relative to the
+            // working directory, only absolute paths are expected.
+            let cwd_relative = line.contains("AT_FDCWD");
+            let line = match line.split_once("AT_FDCWD<") {
+                Some((before, after)) => {
+                    format!(
+                        "{before}AT_FDCWD{}",
+                        after.split_once('>').map_or("", |(_, a)| a)
+                    )
+                }
+                None => line.to_owned(),
             };
-            let system = ["/etc/ld.so", "/lib", "/usr/lib", "/proc/", "/sys/", "/dev/"]
-                .iter()
-                .any(|p| path.starts_with(p));
-            assert!(
-                path.starts_with(&sessions) || system,
-                "{cookie}: the program touched {path:?}: {line}"
-            );
-            assert!(!path.contains("passwd") && !path.contains("evil"), "{line}");
+            if cwd_relative {
+                let name = line.split('"').nth(1).unwrap_or("/");
+                assert!(
+                    name.starts_with('/'),
+                    "{cookie}: relative to the working directory: {line}"
+                );
+            }
+            for dir in line.split('<').skip(1).filter_map(|s| s.split('>').next()) {
+                assert!(allowed(dir), "{cookie}: a call relative to {dir:?}: {line}");
+            }
+            for name in line.split('"').skip(1).step_by(2) {
+                if name.starts_with('/') {
+                    assert!(
+                        allowed(name),
+                        "{cookie}: the program touched {name:?}: {line}"
+                    );
+                } else {
+                    assert!(!name.contains('/') && name != "..", "{cookie}: {line}");
+                }
+                assert!(!name.contains("passwd") && !name.contains("evil"), "{line}");
+            }
         }
     }
 }
@@ -661,6 +823,44 @@ fn garbage_collection_removes_expired_files() {
 
 /// A process killed at any instant, also in the middle of writing a large session, never leaves
 /// a session that does not load: the old state or the new one, nothing else.
+/// A request that also collects garbage sends its whole response and closes standard output
+/// first: the web server ends the response while collection runs.
+#[test]
+fn collection_runs_after_the_response_is_complete() {
+    if !have("strace") {
+        skip_or_fail("strace is not installed (apt-get install strace)");
+        return;
+    }
+    let mut site = Site::new(RELOAD);
+    site.set("PSOSessionGCProbability", "1");
+    let cookie = site.get(None).cookie();
+    let trace = site.root.path().join("trace");
+    let command = site.command(Some(&cookie));
+    let mut traced = Command::new("strace");
+    traced
+        .args(["-qq", "-e", "trace=write,dup2,dup3,getdents64", "-o"])
+        .arg(&trace)
+        .arg(command.get_program())
+        .env_clear()
+        .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    let reply = Reply::from_output(traced.output().unwrap());
+    assert_eq!(reply.count(), 2);
+    let log = fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let position = |what: &dyn Fn(&str) -> bool| lines.iter().position(|l| what(l));
+    let last_output = lines
+        .iter()
+        .rposition(|l| l.starts_with("write(1,"))
+        .unwrap();
+    let closed = position(&|l| {
+        l.starts_with("dup2(") && l.contains(", 1)") || l.starts_with("dup3(") && l.contains(", 1,")
+    })
+    .unwrap_or_else(|| panic!("standard output is never closed:\n{log}"));
+    let listing = position(&|l| l.starts_with("getdents64("))
+        .unwrap_or_else(|| panic!("no collection:\n{log}"));
+    assert!(last_output < closed && closed < listing, "{log}");
+}
+
 #[test]
 fn sigkill_at_any_instant_never_tears_the_session() {
     let site = Site::new(RELOAD);
@@ -807,7 +1007,9 @@ fn a_full_disk_keeps_the_old_session_and_sends_no_cookie() {
         return;
     };
     let sessions = disk.dir.join("sessions");
-    site.set("PSOSessionFileLoader_Path", &sessions);
+    // Collection would list the directory, and may leave its position behind: not here.
+    site.set("PSOSessionFileLoader_Path", &sessions)
+        .set("PSOSessionGCProbability", "0");
     let get = |site: &Site, cookie: Option<&str>| {
         let output = disk.enter(&site.command(cookie)).output().unwrap();
         Reply::from_output(output)
@@ -893,6 +1095,170 @@ fn a_session_directory_of_another_user_is_refused() {
         "{stderr}"
     );
     assert_eq!(tree_names(&dir), before, "nothing was written into it");
+}
+
+/// A directory, FIFO, socket or device at a session's path (planted while the directory was
+/// loose) is removed, or, when it cannot be, costs the visitor that id, not every request.
+#[test]
+fn anything_planted_at_a_sessions_path_never_gives_a_permanent_error() {
+    type Plant = fn(&Path);
+    let mut plants: Vec<(&str, Plant, bool)> = vec![
+        ("empty directory", |p| fs::create_dir(p).unwrap(), true),
+        (
+            "directory with entries",
+            |p| {
+                fs::create_dir(p).unwrap();
+                fs::write(p.join("x"), "").unwrap();
+            },
+            false,
+        ),
+        (
+            "fifo",
+            |p| {
+                let status = Command::new("mkfifo").arg(p).status().unwrap();
+                assert!(status.success());
+            },
+            true,
+        ),
+        (
+            "socket",
+            |p| drop(std::os::unix::net::UnixListener::bind(p).unwrap()),
+            true,
+        ),
+    ];
+    if is_root() {
+        // A character device with /dev/null's numbers: only root can make one.
+        plants.push((
+            "device",
+            |p| {
+                let status = Command::new("mknod")
+                    .arg(p)
+                    .args(["c", "1", "3"])
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            },
+            true,
+        ));
+    }
+    for (what, plant, removable) in plants {
+        let site = Site::new(RELOAD);
+        let cookie = site.get(None).cookie();
+        let path = site
+            .sessions()
+            .join(format!("reload.{}.pso", cookie.split_once('=').unwrap().1));
+        fs::remove_file(&path).unwrap();
+        plant(&path);
+        for _ in 0..2 {
+            let reply = site.get(Some(&cookie));
+            assert_eq!(reply.status(), "Status: 200 OK", "{what}: {}", reply.stderr);
+            assert_eq!(reply.count(), 1, "{what}");
+            assert_ne!(reply.cookie(), cookie, "{what}: a new id");
+        }
+        let left = fs::symlink_metadata(&path);
+        if removable {
+            assert!(left.is_err(), "{what} is removed");
+        } else {
+            assert!(left.unwrap().is_dir(), "{what} is left alone");
+        }
+    }
+}
+
+/// Another local user who can write the session directory's parent swaps the directory for a
+/// symbolic link to a directory of theirs, in a loop, while the victim's requests run: no file
+/// of the victim may appear anywhere but in its own private directory.
+#[test]
+fn swapping_the_session_directory_never_redirects_a_file() {
+    let site = Site::new(RELOAD);
+    let base = site.root.path().join("shared");
+    fs::create_dir(&base).unwrap();
+    let trap = base.join("trap");
+    fs::create_dir(&trap).unwrap();
+    for dir in [site.root.path(), &base, &trap] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    // Two users when we can be them (root); otherwise the same race with one user.
+    let (victim, attacker) = if is_root() {
+        std::os::unix::fs::chown(&trap, Some(65533), Some(65533)).unwrap();
+        (Some(65534), Some(65533))
+    } else {
+        (None, None)
+    };
+    let as_user = |uid: Option<u32>, program: &std::ffi::OsStr| -> Command {
+        match uid {
+            Some(uid) => {
+                let mut command = Command::new("setpriv");
+                command
+                    .arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg(program);
+                command
+            }
+            None => Command::new(program),
+        }
+    };
+    let swapper = r#"
+        chdir $ARGV[0] or die; my $n = 0;
+        while (1) {
+            if (rename "sessions", "moved$n") {
+                symlink "trap", "sessions";
+                select(undef, undef, undef, 0.0002);
+                unlink "sessions";
+                rename "moved$n", "sessions" or $n++;
+            }
+        }
+    "#;
+    let mut attacker_process = as_user(attacker, std::ffi::OsStr::new("perl"))
+        .args(["-e", swapper])
+        .arg(&base)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("perl runs the swapping user");
+
+    let sessions = base.join("sessions");
+    let mut statuses = std::collections::BTreeMap::<String, u32>::new();
+    let mut cookie: Option<String> = None;
+    for _ in 0..300 {
+        let template = site.command(cookie.as_deref());
+        let mut command = as_user(victim, template.get_program());
+        command
+            .env_clear()
+            .envs(template.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env("PSOSessionFileLoader_Path", &sessions)
+            .env("PSOSessionGCProbability", "1/10")
+            .stdin(Stdio::null());
+        let reply = Reply::from_output(command.output().unwrap());
+        *statuses.entry(reply.status().to_owned()).or_default() += 1;
+        if let Some(set) = reply.set_cookie() {
+            cookie = Some(set.split(';').next().unwrap().to_owned());
+        }
+    }
+    attacker_process.kill().unwrap();
+    attacker_process.wait().unwrap();
+    eprintln!("statuses while the directory was swapped: {statuses:?}");
+    assert!(statuses.contains_key("Status: 200 OK"), "{statuses:?}");
+
+    let trapped: Vec<_> = fs::read_dir(&trap).unwrap().collect();
+    assert!(
+        trapped.is_empty(),
+        "files landed in the other user's directory: {trapped:?}"
+    );
+    // Every file of the victim lies in a private directory of the victim's.
+    let victim_uid = victim.unwrap_or_else(|| fs::metadata("/proc/self").unwrap().uid());
+    for path in tree(&base) {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_file() && meta.uid() == victim_uid {
+            let dir = fs::symlink_metadata(path.parent().unwrap()).unwrap();
+            assert!(
+                dir.is_dir() && dir.uid() == victim_uid,
+                "{}",
+                path.display()
+            );
+            assert_eq!(dir.mode() & 0o777, 0o700, "{}", path.display());
+        }
+    }
 }
 
 fn is_root() -> bool {

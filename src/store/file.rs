@@ -4,25 +4,36 @@
 //! under way, `<dir>/.<service>.<id>.<pid>-<n>.tmp`. The directory is `0700` and owned by the
 //! user pso runs as, files are `0600`, and no file is opened through a symbolic link.
 //!
+//! The directory is opened once, as a handle (`O_DIRECTORY | O_NOFOLLOW`), checked with `fstat`,
+//! and every file operation after that is relative to the handle (`openat`, `renameat`,
+//! `unlinkat`, `fstatat` without following links). Whoever renames the directory or puts a
+//! symbolic link in its place afterwards changes nothing for this store: it keeps working in the
+//! directory it checked.
+//!
 //! Locking: a request locks the session's file itself (`flock`, std's [`File::lock`]) from load
 //! to the end of the request. A save writes a new file and renames it over the old one, so a
 //! request waiting on the old file wakes up holding a lock on a file that is no longer the
-//! session; it therefore checks, after locking, that its descriptor is still the file at the path
+//! session; it therefore checks, after locking, that its descriptor is still the file at the name
 //! (same device and inode, still linked) and starts again if not. The saver locks the new file
 //! *before* renaming it into place, so it never leaves the session unlocked mid-request.
 
-use std::ffi::OsStr;
-use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::{self, File, TryLockError};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::MAX_SESSION_BYTES;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::unix_secs;
 use crate::id::SessionId;
-use crate::record::{HEADER_LEN, Record};
+use crate::record::{HEADER_LEN, MAX_RECORD_BYTES, Record};
 use crate::store::{
     GcReport, LockOptions, LockedSession, SessionKey, Store, deleted_error, lock_deadline,
     time_left,
@@ -30,14 +41,19 @@ use crate::store::{
 
 const EXTENSION: &str = ".pso";
 const TEMP_EXTENSION: &str = ".tmp";
+/// Where garbage collection stopped last, so that the next pass goes on from there.
+const GC_CURSOR: &str = ".pso-gc-cursor";
 /// A temporary file (or an empty reservation) this old belongs to a process that died.
 const ABANDONED_AGE: u64 = 3_600;
 /// Longest pause between two tries of a busy lock.
 const MAX_LOCK_PAUSE: Duration = Duration::from_millis(10);
 /// How often opening removes something that is not a session file before it gives up.
 const MAX_REOPENS: u32 = 64;
+/// How much of a session file garbage collection reads to judge it: the metadata is at the
+/// front and small, so collection never holds a whole record in memory.
+const GC_READ: usize = 4096;
 
-/// Sessions as files in one directory. Cheap to clone.
+/// Sessions as files in one directory. Cheap to clone: clones share the directory handle.
 ///
 /// ```
 /// use pso::store::{FileStore, LockOptions, SessionKey, Store};
@@ -46,9 +62,8 @@ const MAX_REOPENS: u32 = 64;
 /// let dir = tempfile::tempdir()?;
 /// let store = FileStore::open(dir.path().join("sessions"))?;
 /// let key = SessionKey::new("shop".parse()?, pso::SessionId::generate()?);
-/// let options = LockOptions { timeout: Duration::from_secs(5), create: false };
 ///
-/// let mut session = store.lock(&key, options)?; // held until dropped
+/// let mut session = store.lock(&key, LockOptions::new(Duration::from_secs(5)))?; // held until dropped
 /// assert!(session.load()?.is_none());
 /// let mut record = pso::Record::new(pso::Meta::new(1_700_000_000));
 /// record.set("user", "eggs")?;
@@ -60,29 +75,56 @@ const MAX_REOPENS: u32 = 64;
 /// ```
 #[derive(Clone, Debug)]
 pub struct FileStore {
-    dir: PathBuf,
+    dir: Arc<Directory>,
     sync: bool,
     max_bytes: u64,
+}
+
+/// The session directory, opened and checked once.
+#[derive(Debug)]
+struct Directory {
+    handle: OwnedFd,
+    /// The path it was opened by: for messages and tools only, never to reach a file.
+    path: PathBuf,
     uid: u32,
+}
+
+/// What is at a session's name.
+enum Found {
+    /// A regular file of ours with one link, opened.
+    File(File),
+    /// Nothing.
+    Missing,
+    /// Something that is not a session file and cannot be removed (a directory with entries):
+    /// this id cannot be used.
+    Blocked,
 }
 
 impl FileStore {
     /// Opens the store in `dir`, creating the directory `0700` if it does not exist.
     ///
-    /// An existing directory must be a real directory (not a symbolic link) owned by the user
-    /// pso runs as; if others may read or write it, its mode is tightened to `0700`, since file
-    /// names are session ids. A directory on NFS or SMB is logged: `flock` is not reliable there.
+    /// The directory is opened once without following a symbolic link and checked through
+    /// the open handle: it must be a real directory owned by the user pso runs as. If others
+    /// may read or write it, it is tightened to `0700` (file names are session ids), except
+    /// under a parent directory that another user can write: there a loose directory is
+    /// refused, as it may have been prepared by someone else, and only one already `0700`
+    /// is used. A directory on NFS or SMB is logged: `flock` is not reliable there.
     pub fn open(dir: impl Into<PathBuf>) -> Result<FileStore> {
-        let dir = dir.into();
+        let path = dir.into();
         let uid = effective_uid();
-        prepare_directory(&dir, uid)?;
-        warn_if_network_file_system(&dir);
+        let handle = open_directory(&path, uid)?;
+        warn_if_network_file_system(&handle, &path);
         Ok(FileStore {
-            dir,
+            dir: Arc::new(Directory { handle, path, uid }),
             sync: false,
             max_bytes: 1 << 20,
-            uid,
         })
+    }
+
+    /// The default session directory: `pso-<uid>` in the system's temporary directory, private
+    /// to the user the web server runs CGI programs as.
+    pub fn default_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("pso-{}", effective_uid()))
     }
 
     /// Whether saves fsync the file and the directory (`PSOSessionSync`), for durability across
@@ -98,68 +140,83 @@ impl FileStore {
         self
     }
 
-    /// The session directory.
+    /// The path the session directory was opened by.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.dir.path
     }
 
-    /// The file that holds `key`'s session.
+    /// The path of the file that holds `key`'s session, for tools and tests; the store itself
+    /// reaches files only through its directory handle.
     pub fn path_of(&self, key: &SessionKey) -> PathBuf {
-        // Both parts are validated to [A-Za-z0-9_-]+, so the name has no '/' and is never
-        // "." or "..": the path's parent is always `dir`.
-        self.dir
-            .join(format!("{}.{}{EXTENSION}", key.service, key.id))
+        self.dir.path.join(file_name(key))
     }
 
-    /// Opens the session file without following a symbolic link; `None` if there is none.
+    /// Opens the session file named `name` without following a symbolic link.
     ///
-    /// Anything at the path that is not a regular file of ours with one link (a planted
-    /// symlink, a hard link to another file, a FIFO) is removed, never followed or written.
-    fn open_file(&self, key: &SessionKey, path: &Path, create: bool) -> Result<Option<File>> {
+    /// Anything there that is not a regular file of ours with one link (a planted symlink, a
+    /// hard link to another file, a directory, a FIFO, a socket, a device) is removed, never
+    /// followed, opened or written; what cannot be removed makes the id [`Found::Blocked`].
+    fn open_file(&self, key: &SessionKey, name: &CStr, create: bool) -> Result<Found> {
+        let dir = &self.dir.handle;
         for _ in 0..MAX_REOPENS {
-            let mut options = OpenOptions::new();
-            options
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW);
+            // Non-blocking and no controlling terminal, in case something other than a
+            // regular file was put here: opening must not hang on a FIFO.
+            let mut flags = OFlags::RDWR
+                | OFlags::NOFOLLOW
+                | OFlags::CLOEXEC
+                | OFlags::NONBLOCK
+                | OFlags::NOCTTY;
             if create {
-                options.create(true).mode(0o600);
+                flags |= OFlags::CREATE;
             }
-            match options.open(path) {
-                Ok(file) => {
-                    let meta = file
-                        .metadata()
-                        .map_err(|e| Error::io(format!("inspecting session {key:?}"), e))?;
-                    if meta.nlink() == 0 {
+            match rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600)) {
+                Ok(fd) => {
+                    let file = File::from(fd);
+                    let stat = rustix::fs::fstat(&file)
+                        .map_err(|e| Error::io(format!("inspecting session {key:?}"), e.into()))?;
+                    if stat.st_nlink == 0 {
                         // Replaced by another request's save between open and fstat.
                         continue;
                     }
-                    if self.is_our_file(&meta) {
-                        if meta.mode() & 0o777 != 0o600 {
+                    if self.is_our_file(&stat) {
+                        if stat.st_mode & 0o777 != 0o600 {
                             set_private(&file, key)?;
                         }
-                        return Ok(Some(file));
+                        return Ok(Found::File(file));
                     }
                     // Remove the name only if it still is what we inspected: a save may have
                     // renamed a good file into place meanwhile.
-                    if !same_file(&meta, path) {
+                    if !self.names(name, &stat) {
                         continue;
                     }
                     log::warn!(
                         "session {key:?}: the file is not a regular file of ours with one link; removing it"
                     );
+                    if !self.remove_planted(key, name, FileType::RegularFile)? {
+                        return Ok(Found::Blocked);
+                    }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                    if !fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                Err(Errno::NOENT) => return Ok(Found::Missing),
+                Err(Errno::LOOP | Errno::ISDIR | Errno::NXIO | Errno::OPNOTSUPP) => {
+                    // A symbolic link, a directory, a socket: look at what it is, without
+                    // following it.
+                    let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+                        continue;
+                    };
+                    let kind = FileType::from_raw_mode(stat.st_mode);
+                    if kind == FileType::RegularFile {
                         continue;
                     }
-                    log::warn!("session {key:?}: the file is a symbolic link; removing the link");
+                    log::warn!(
+                        "session {key:?}: a {} is where the file should be; removing it",
+                        describe(kind)
+                    );
+                    if !self.remove_planted(key, name, kind)? {
+                        return Ok(Found::Blocked);
+                    }
                 }
-                Err(e) => return Err(Error::io(format!("opening session {key:?}"), e)),
+                Err(e) => return Err(Error::io(format!("opening session {key:?}"), e.into())),
             }
-            remove_if_present(path)
-                .map_err(|e| Error::io(format!("removing session {key:?}"), e))?;
         }
         Err(Error::new(
             ErrorKind::Io,
@@ -167,40 +224,79 @@ impl FileStore {
         ))
     }
 
-    fn is_our_file(&self, meta: &fs::Metadata) -> bool {
-        meta.file_type().is_file() && meta.uid() == self.uid && meta.nlink() == 1
+    /// Removes what is at `name`; `false` (logged) if it cannot be removed.
+    fn remove_planted(&self, key: &SessionKey, name: &CStr, kind: FileType) -> Result<bool> {
+        let flags = if kind == FileType::Directory {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        match rustix::fs::unlinkat(&self.dir.handle, name, flags) {
+            Ok(()) | Err(Errno::NOENT) => Ok(true),
+            Err(
+                e @ (Errno::NOTEMPTY | Errno::EXIST | Errno::PERM | Errno::ACCESS | Errno::BUSY),
+            ) => {
+                log::warn!(
+                    "session {key:?}: cannot remove the {} at its name ({e}); the id is not used",
+                    describe(kind)
+                );
+                Ok(false)
+            }
+            Err(e) => Err(Error::io(format!("removing session {key:?}"), e.into())),
+        }
+    }
+
+    fn is_our_file(&self, stat: &Stat) -> bool {
+        FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+            && stat.st_uid == self.dir.uid
+            && stat.st_nlink == 1
+    }
+
+    /// Whether `name` in the directory is the file `stat` describes (not following a link).
+    fn names(&self, name: &CStr, stat: &Stat) -> bool {
+        rustix::fs::statat(&self.dir.handle, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|current| current.st_dev == stat.st_dev && current.st_ino == stat.st_ino)
+    }
+
+    /// Whether the locked descriptor is still the file at `name` (not replaced, not removed).
+    /// When in doubt (an error), it is not: the caller opens the name again.
+    fn still_current(&self, file: &File, name: &CStr) -> bool {
+        rustix::fs::fstat(file).is_ok_and(|held| held.st_nlink > 0 && self.names(name, &held))
+    }
+
+    fn unlink(&self, name: &CStr) -> std::io::Result<()> {
+        match rustix::fs::unlinkat(&self.dir.handle, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Creates a new private temporary file for `key`'s next version.
-    fn create_temp(&self, key: &SessionKey) -> Result<(PathBuf, File)> {
+    fn create_temp(&self, key: &SessionKey) -> Result<(CString, File)> {
         let pid = std::process::id();
         for attempt in 0u32..64 {
-            let path = self.dir.join(format!(
+            let name = c_name(format!(
                 ".{}.{}.{pid}-{attempt}{TEMP_EXTENSION}",
                 key.service, key.id
             ));
             // Readable too: after the rename this descriptor is the locked session file.
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-            {
-                Ok(file) => {
+            let flags =
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat(&self.dir.handle, &name, flags, Mode::from_raw_mode(0o600)) {
+                Ok(fd) => {
+                    let file = File::from(fd);
                     if let Err(e) = set_private(&file, key) {
-                        let _ = fs::remove_file(&path);
+                        let _ = self.unlink(&name);
                         return Err(e);
                     }
-                    return Ok((path, file));
+                    return Ok((name, file));
                 }
                 // Left behind by a killed process whose pid we now have.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(Errno::EXIST) => continue,
                 Err(e) => {
                     return Err(Error::io(
                         format!("creating a new file for session {key:?}"),
-                        e,
+                        e.into(),
                     ));
                 }
             }
@@ -212,26 +308,21 @@ impl FileStore {
     }
 
     fn sync_dir(&self) -> std::io::Result<()> {
-        File::open(&self.dir)?.sync_all()
+        rustix::fs::fsync(&self.dir.handle).map_err(Into::into)
     }
 
     /// Looks at one directory entry for garbage collection.
-    fn collect_entry(&self, entry: &fs::DirEntry, now: u64, report: &mut GcReport) {
-        let name = entry.file_name();
-        let Some(kind) = classify(&name) else { return };
-        // DirEntry::metadata does not follow symlinks.
-        let Ok(meta) = entry.metadata() else { return };
-        if !self.is_our_file(&meta) {
+    fn collect_entry(&self, name: &CStr, now: u64, report: &mut GcReport) {
+        let Some(kind) = classify(OsStr::from_bytes(name.to_bytes())) else {
             return;
-        }
-        let path = entry.path();
-        let age = now.saturating_sub(u64::try_from(meta.mtime()).unwrap_or(0));
+        };
+        let Some((file, stat)) = self.open_for_reading(name) else {
+            return;
+        };
+        let age = now.saturating_sub(u64::try_from(stat.st_mtime).unwrap_or(0));
         match kind {
             Entry::Session(key) => {
                 report.examined += 1;
-                let Ok(Some(file)) = self.open_for_reading(&path) else {
-                    return;
-                };
                 match file.try_lock() {
                     Ok(()) => {}
                     Err(TryLockError::WouldBlock) => {
@@ -240,79 +331,169 @@ impl FileStore {
                     }
                     Err(TryLockError::Error(_)) => return,
                 }
-                if !still_current(&file, &path) {
+                if !self.still_current(&file, name) {
                     return;
                 }
-                // The directory may be shared with other programs, other settings and other
-                // versions of pso: judge only by what holds for all of them. A record over this
-                // program's size cap or of a format version it does not know is left alone.
-                let dead = match read_bytes(&file, MAX_SESSION_BYTES) {
-                    Ok(None) => age > ABANDONED_AGE,
-                    Ok(Some(bytes)) if Record::is_other_version(&bytes) => false,
-                    Ok(Some(bytes)) => match Record::decode(&bytes, MAX_SESSION_BYTES) {
-                        Ok(record) => record.is_expired(now),
-                        Err(e) => {
-                            log::warn!("removing unreadable session {key:?}: {e}");
-                            true
-                        }
-                    },
-                    Err(_) => false,
-                };
-                if dead && remove_if_present(&path).is_ok() {
+                if self.is_dead(&key, &file, &stat, now, age) && self.unlink(name).is_ok() {
                     report.removed += 1;
                 }
             }
             Entry::Temp => {
-                if age > ABANDONED_AGE
-                    && let Ok(Some(file)) = self.open_for_reading(&path)
-                    && file.try_lock().is_ok()
-                    && remove_if_present(&path).is_ok()
-                {
+                if age > ABANDONED_AGE && file.try_lock().is_ok() && self.unlink(name).is_ok() {
                     report.removed += 1;
                 }
             }
         }
     }
 
-    /// Opens a session file read-only, without following a symlink; `None` unless it is a
-    /// regular file of ours with one link.
-    fn open_for_reading(&self, path: &Path) -> std::io::Result<Option<File>> {
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
+    /// Whether a locked session file may go: expired, or unreadable.
+    ///
+    /// Only the metadata at the front is read, so collection never holds a record in memory.
+    /// The directory may be shared with other programs, other settings and other versions of
+    /// pso: a record of a format version this pso does not know is left alone, and nothing is
+    /// judged by this program's size cap.
+    fn is_dead(&self, key: &SessionKey, file: &File, stat: &Stat, now: u64, age: u64) -> bool {
+        let size = u64::try_from(stat.st_size).unwrap_or(0);
+        if size == 0 {
+            // A reservation that never got its record.
+            return age > ABANDONED_AGE;
+        }
+        let mut prefix = vec![0u8; usize::try_from(size).map_or(GC_READ, |n| n.min(GC_READ))];
+        if file.read_exact_at(&mut prefix, 0).is_err() {
+            return false;
+        }
+        if Record::is_other_version(&prefix) {
+            return false;
+        }
+        match Record::read_meta(&prefix) {
+            Ok(Some(meta)) => meta.is_expired(now),
+            // The metadata runs past what was read: not ours to judge cheaply.
+            Ok(None) if size > prefix.len() as u64 => false,
+            Ok(None) | Err(_) => {
+                log::warn!("removing unreadable session {key:?}");
+                true
+            }
+        }
+    }
+
+    /// Opens a file of the directory read-only, without following a symlink; `None` unless it
+    /// is a regular file of ours with one link.
+    fn open_for_reading(&self, name: &CStr) -> Option<(File, Stat)> {
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let file =
+            File::from(rustix::fs::openat(&self.dir.handle, name, flags, Mode::empty()).ok()?);
+        let stat = rustix::fs::fstat(&file).ok()?;
+        self.is_our_file(&stat).then_some((file, stat))
+    }
+
+    /// A listing of the directory through its handle, with its own position.
+    fn listing(&self) -> Result<rustix::fs::Dir> {
+        rustix::fs::Dir::read_from(&self.dir.handle)
+            .map_err(|e| Error::io(format!("listing {}", self.dir.path.display()), e.into()))
+    }
+
+    /// Collects garbage until `out_of_time` says so (asked before every entry).
+    fn collect(&self, now: u64, out_of_time: &mut dyn FnMut() -> bool) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let mut listing = self.listing()?;
+        // Go on where the last pass stopped, so that passes too short for the whole directory
+        // still reach every part of it in turn. A stale position costs one pass from the start.
+        let mut start = self.read_cursor();
+        if start != 0 && listing.seek(start).is_err() {
+            listing = self.listing()?;
+            start = 0;
+        }
+        let mut wrapped = start == 0;
+        let mut position = start;
+        loop {
+            if out_of_time() {
+                report.incomplete = true;
+                break;
+            }
+            match listing.read() {
+                Some(Ok(entry)) => {
+                    report.listed += 1;
+                    position = entry.offset();
+                    self.collect_entry(entry.file_name(), now, &mut report);
+                    if wrapped && position >= start && start != 0 {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(Error::io(
+                        format!("listing {}", self.dir.path.display()),
+                        e.into(),
+                    ));
+                }
+                None if wrapped => {
+                    position = 0;
+                    break;
+                }
+                None => {
+                    // The end: go round from the start to where this pass began.
+                    wrapped = true;
+                    listing = self.listing()?;
+                }
+            }
+        }
+        if position != start {
+            self.write_cursor(position);
+        }
+        Ok(report)
+    }
+
+    fn read_cursor(&self) -> i64 {
+        let Some((file, _)) = self.open_for_reading(&c_name(GC_CURSOR.to_owned())) else {
+            return 0;
+        };
+        let mut bytes = [0u8; 8];
+        match file.read_exact_at(&mut bytes, 0) {
+            Ok(()) => i64::from_le_bytes(bytes).max(0),
+            Err(_) => 0,
+        }
+    }
+
+    fn write_cursor(&self, position: i64) {
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let name = c_name(GC_CURSOR.to_owned());
+        if let Ok(fd) =
+            rustix::fs::openat(&self.dir.handle, &name, flags, Mode::from_raw_mode(0o600))
         {
-            Ok(file) if file.metadata().is_ok_and(|m| self.is_our_file(&m)) => Ok(Some(file)),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+            // One small positioned write: concurrent passes can only make it a little stale.
+            let _ = File::from(fd).write_all_at(&position.to_le_bytes(), 0);
         }
     }
 }
 
 impl Store for FileStore {
     fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockedSession>> {
-        let path = self.path_of(key);
+        let name = c_name(file_name(key));
         let deadline = lock_deadline(options.timeout);
         loop {
-            let Some(file) = self.open_file(key, &path, options.create)? else {
-                // No file: nothing to lock, and nobody else can reach a session that does not
-                // exist yet. The first save creates the file already locked.
-                return Ok(Box::new(FileLock {
-                    store: self.clone(),
-                    key: key.clone(),
-                    path,
-                    file: None,
-                    deleted: false,
-                }));
+            let file = match self.open_file(key, &name, options.create)? {
+                Found::File(file) => file,
+                found => {
+                    // No file: nothing to lock, and nobody else can reach a session that does
+                    // not exist yet. The first save creates the file already locked.
+                    return Ok(Box::new(FileLock {
+                        store: self.clone(),
+                        key: key.clone(),
+                        name,
+                        file: None,
+                        blocked: matches!(found, Found::Blocked),
+                        deleted: false,
+                    }));
+                }
             };
             wait_for_lock(&file, deadline, key)?;
-            if still_current(&file, &path) {
+            if self.still_current(&file, &name) {
                 return Ok(Box::new(FileLock {
                     store: self.clone(),
                     key: key.clone(),
-                    path,
+                    name,
                     file: Some(file),
+                    blocked: false,
                     deleted: false,
                 }));
             }
@@ -323,58 +504,26 @@ impl Store for FileStore {
     }
 
     fn peek(&self, key: &SessionKey) -> Result<Option<Record>> {
-        let path = self.path_of(key);
-        match self.open_for_reading(&path) {
-            Ok(Some(file)) => read_record(&file, self.max_bytes),
-            Ok(None) => Ok(None),
-            Err(e) => Err(Error::io(format!("opening session {key:?}"), e)),
+        match self.open_for_reading(&c_name(file_name(key))) {
+            Some((file, _)) => read_record(&file, self.max_bytes),
+            None => Ok(None),
         }
     }
 
     fn keys(&self) -> Result<Box<dyn Iterator<Item = Result<SessionKey>> + '_>> {
-        let entries = fs::read_dir(&self.dir)
-            .map_err(|e| Error::io(format!("listing {}", self.dir.display()), e))?;
-        Ok(Box::new(entries.filter_map(|entry| match entry {
-            Ok(entry) => match classify(&entry.file_name()) {
+        let listing = self.listing()?;
+        Ok(Box::new(listing.filter_map(|entry| match entry {
+            Ok(entry) => match classify(OsStr::from_bytes(entry.file_name().to_bytes())) {
                 Some(Entry::Session(key)) => Some(Ok(key)),
                 _ => None,
             },
-            Err(e) => Some(Err(Error::io("listing the session directory", e))),
+            Err(e) => Some(Err(Error::io("listing the session directory", e.into()))),
         })))
     }
 
     fn collect_garbage(&self, now: SystemTime, budget: Duration) -> Result<GcReport> {
         let started = Instant::now();
-        let now = unix_secs(now);
-        let mut report = GcReport::default();
-        // Start at a random entry, so that when the budget is too small for the whole
-        // directory, successive passes still reach every part of it. Skipping costs only
-        // readdir; the size estimate (bytes per entry) needs only to be rough.
-        let estimate = fs::metadata(&self.dir).map_or(1, |m| (m.len() / 64).max(1));
-        let skip = usize::try_from(getrandom::u64().unwrap_or(0) % estimate).unwrap_or(0);
-        for pass in 0..2 {
-            let entries = fs::read_dir(&self.dir)
-                .map_err(|e| Error::io(format!("listing {}", self.dir.display()), e))?;
-            for (index, entry) in entries.enumerate() {
-                if pass == 0 && index < skip {
-                    continue;
-                }
-                if pass == 1 && index >= skip {
-                    break;
-                }
-                if started.elapsed() >= budget {
-                    report.incomplete = true;
-                    return Ok(report);
-                }
-                if let Ok(entry) = entry {
-                    self.collect_entry(&entry, now, &mut report);
-                }
-            }
-            if skip == 0 {
-                break;
-            }
-        }
-        Ok(report)
+        self.collect(unix_secs(now), &mut || started.elapsed() >= budget)
     }
 }
 
@@ -382,9 +531,11 @@ impl Store for FileStore {
 struct FileLock {
     store: FileStore,
     key: SessionKey,
-    path: PathBuf,
+    name: CString,
     /// The locked file; `None` while the session has no file.
     file: Option<File>,
+    /// Something that cannot be removed occupies the name: the session cannot be stored.
+    blocked: bool,
     /// Whether `delete` was called: the file is gone and must not come back through this lock.
     deleted: bool,
 }
@@ -395,6 +546,9 @@ impl LockedSession for FileLock {
     }
 
     fn load(&mut self) -> Result<Option<Record>> {
+        if self.blocked {
+            return Err(blocked_error(&self.key));
+        }
         match &self.file {
             Some(file) => read_record(file, self.store.max_bytes),
             None => Ok(None),
@@ -404,8 +558,11 @@ impl LockedSession for FileLock {
     fn save(&mut self, record: &Record) -> Result<()> {
         let key = &self.key;
         if self.deleted {
-            // Another request may already hold a new file at the path; never rename over it.
+            // Another request may already hold a new file at the name; never rename over it.
             return Err(deleted_error(key));
+        }
+        if self.blocked {
+            return Err(blocked_error(key));
         }
         let bytes = record.encode()?;
         let payload = u64::try_from(bytes.len() - HEADER_LEN).unwrap_or(u64::MAX);
@@ -418,7 +575,8 @@ impl LockedSession for FileLock {
                 ),
             ));
         }
-        let (temp_path, mut temp) = self.store.create_temp(key)?;
+        let (temp_name, mut temp) = self.store.create_temp(key)?;
+        let dir = &self.store.dir.handle;
         let written = (|| {
             // Locked before it becomes the session, so no other request can take it meanwhile.
             temp.try_lock()
@@ -427,10 +585,10 @@ impl LockedSession for FileLock {
             if self.store.sync {
                 temp.sync_data()?;
             }
-            fs::rename(&temp_path, &self.path)
+            rustix::fs::renameat(dir, &temp_name, dir, &self.name).map_err(std::io::Error::from)
         })();
         if let Err(e) = written {
-            let _ = fs::remove_file(&temp_path);
+            let _ = self.store.unlink(&temp_name);
             return Err(Error::io(format!("saving session {key:?}"), e));
         }
         // The old file (and its lock) goes; waiters on it will find the new one.
@@ -446,7 +604,8 @@ impl LockedSession for FileLock {
     fn delete(&mut self) -> Result<()> {
         self.deleted = true;
         if self.file.take().is_some() {
-            remove_if_present(&self.path)
+            self.store
+                .unlink(&self.name)
                 .map_err(|e| Error::io(format!("removing session {:?}", self.key), e))?;
             if self.store.sync {
                 self.store.sync_dir().map_err(|e| {
@@ -458,6 +617,36 @@ impl LockedSession for FileLock {
             }
         }
         Ok(())
+    }
+}
+
+fn blocked_error(key: &SessionKey) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!("session {key:?}: its name is taken by something that cannot be removed"),
+    )
+}
+
+/// The file name of `key`'s session. Both parts are validated to `[A-Za-z0-9_-]+`, so the name
+/// has no `/` and is never `.` or `..`.
+fn file_name(key: &SessionKey) -> String {
+    format!("{}.{}{EXTENSION}", key.service, key.id)
+}
+
+/// A name for the `*at` calls; names built here never hold a NUL.
+fn c_name(name: String) -> CString {
+    CString::new(name).unwrap_or_default()
+}
+
+fn describe(kind: FileType) -> &'static str {
+    match kind {
+        FileType::Directory => "directory",
+        FileType::Symlink => "symbolic link",
+        FileType::Fifo => "FIFO",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice | FileType::BlockDevice => "device",
+        FileType::RegularFile => "file",
+        _ => "special file",
     }
 }
 
@@ -492,7 +681,8 @@ fn parse_key(service: &str, id: &str) -> Option<SessionKey> {
 /// Reads and decodes a session file; an empty file is a reservation without a record yet.
 fn read_record(file: &File, max_bytes: u64) -> Result<Option<Record>> {
     match read_bytes(file, max_bytes)? {
-        Some(bytes) => Record::decode(&bytes, max_bytes).map(Some),
+        // The buffer becomes the record's: no second copy.
+        Some(bytes) => Record::decode_owned(bytes, max_bytes).map(Some),
         None => Ok(None),
     }
 }
@@ -500,7 +690,9 @@ fn read_record(file: &File, max_bytes: u64) -> Result<Option<Record>> {
 /// A session file's bytes, `None` if it is empty; a file larger than a record of `max_bytes`
 /// is [`ErrorKind::Corrupt`] and is not read.
 fn read_bytes(file: &File, max_bytes: u64) -> Result<Option<Vec<u8>>> {
-    let cap = max_bytes.saturating_add(HEADER_LEN as u64);
+    let cap = max_bytes
+        .min(MAX_RECORD_BYTES)
+        .saturating_add(HEADER_LEN as u64);
     let len = file
         .metadata()
         .map_err(|e| Error::io("inspecting a session file", e))?
@@ -539,120 +731,144 @@ fn wait_for_lock(file: &File, deadline: Option<Instant>, key: &SessionKey) -> Re
     }
 }
 
-/// Whether the locked descriptor is still the file at `path` (not replaced, not removed).
-/// When in doubt (an error), it is not: the caller opens the path again.
-fn still_current(file: &File, path: &Path) -> bool {
-    file.metadata()
-        .is_ok_and(|held| held.nlink() > 0 && same_file(&held, path))
-}
-
-/// Whether `path` names the file `meta` describes, without following a symlink.
-fn same_file(meta: &fs::Metadata, path: &Path) -> bool {
-    fs::symlink_metadata(path)
-        .is_ok_and(|current| current.dev() == meta.dev() && current.ino() == meta.ino())
-}
-
-fn remove_if_present(path: &Path) -> std::io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
 /// `0600` whatever the umask.
 fn set_private(file: &File, key: &SessionKey) -> Result<()> {
-    file.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io(format!("setting the mode of session {key:?}"), e))
+    rustix::fs::fchmod(file, Mode::from_raw_mode(0o600))
+        .map_err(|e| Error::io(format!("setting the mode of session {key:?}"), e.into()))
 }
 
-fn prepare_directory(dir: &Path, uid: u32) -> Result<()> {
-    let shown = dir.display();
-    let meta = match fs::symlink_metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent)
-                    .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-            }
-            match DirBuilder::new().mode(0o700).create(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("creating the session directory {shown}"),
-                        e,
-                    ));
-                }
-            }
-            fs::symlink_metadata(dir)
-                .map_err(|e| Error::io(format!("inspecting the session directory {shown}"), e))?
+/// Opens the session directory `path` as a handle and checks it through the handle.
+fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
+    let shown = path.display();
+    let directory_error = |message: String| Error::new(ErrorKind::Directory, message);
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(directory_error(format!(
+            "{shown} cannot be the session directory; name a directory of its own"
+        )));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    fs::create_dir_all(parent)
+        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    // The parent is reached by its path (the administrator's choice, links and all); the
+    // session directory itself only by a handle from the parent's handle.
+    let parent_handle = rustix::fs::open(
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(format!("opening {}", parent.display()), e.into()))?;
+    match rustix::fs::mkdirat(&parent_handle, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => {
+            return Err(Error::io(
+                format!("creating the session directory {shown}"),
+                e.into(),
+            ));
+        }
+    }
+    let handle = match rustix::fs::openat(
+        &parent_handle,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(handle) => handle,
+        Err(Errno::LOOP | Errno::NOTDIR) => {
+            let is_link = rustix::fs::statat(&parent_handle, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Symlink);
+            return Err(directory_error(if is_link {
+                format!("the session directory {shown} is a symbolic link; configure the real path")
+            } else {
+                format!("the session directory {shown} is not a directory")
+            }));
         }
         Err(e) => {
             return Err(Error::io(
-                format!("inspecting the session directory {shown}"),
-                e,
+                format!("opening the session directory {shown}"),
+                e.into(),
             ));
         }
     };
-    if meta.file_type().is_symlink() {
-        return Err(Error::new(
-            ErrorKind::Directory,
-            format!("the session directory {shown} is a symbolic link; configure the real path"),
-        ));
+    let stat = rustix::fs::fstat(&handle).map_err(|e| {
+        Error::io(
+            format!("inspecting the session directory {shown}"),
+            e.into(),
+        )
+    })?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+        return Err(directory_error(format!(
+            "the session directory {shown} is not a directory"
+        )));
     }
-    if !meta.is_dir() {
-        return Err(Error::new(
-            ErrorKind::Directory,
-            format!("the session directory {shown} is not a directory"),
-        ));
+    if stat.st_uid != uid {
+        return Err(directory_error(format!(
+            "the session directory {shown} belongs to uid {}, but pso runs as uid {uid}",
+            stat.st_uid
+        )));
     }
-    if meta.uid() != uid {
-        return Err(Error::new(
-            ErrorKind::Directory,
-            format!(
-                "the session directory {shown} belongs to uid {}, but pso runs as uid {uid}",
-                meta.uid()
-            ),
-        ));
-    }
+    let parent_stat = rustix::fs::fstat(&parent_handle)
+        .map_err(|e| Error::io(format!("inspecting {}", parent.display()), e.into()))?;
+    let exposed = others_can_replace_entries(&parent_stat, uid);
     // Exactly 0700: others must not list it (file names are session ids), and a umask must
     // not have taken our own rights away.
-    if meta.mode() & 0o777 != 0o700 {
+    if stat.st_mode & 0o777 != 0o700 {
+        if exposed {
+            return Err(directory_error(format!(
+                "the session directory {shown} has mode {:o} and lies in {}, which other users can write: \
+                 someone else may have prepared it. Check it, then make it 0700 yourself (or choose a \
+                 directory under a parent only you can write)",
+                stat.st_mode & 0o7777,
+                parent.display()
+            )));
+        }
         log::warn!(
             "the session directory {shown} had mode {:o}; making it 0700",
-            meta.mode() & 0o7777
+            stat.st_mode & 0o7777
         );
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(format!("making {shown} private"), e))?;
+        rustix::fs::fchmod(&handle, Mode::from_raw_mode(0o700))
+            .map_err(|e| Error::io(format!("making {shown} private"), e.into()))?;
+    } else if exposed {
+        // Safe to use: every operation goes through this handle, so swapping the name cannot
+        // redirect a file. But the other user can still move the directory away (sessions end).
+        log::info!(
+            "the session directory {shown} lies in {}, which other users can write; it is used through a handle, but they can move it away",
+            parent.display()
+        );
     }
-    Ok(())
+    Ok(handle)
+}
+
+/// Whether a user other than `uid` (and root) can rename or remove entries of a directory:
+/// its owner is someone else, or group or others may write it without the sticky bit (which
+/// limits renaming and removing to an entry's owner, as in `/tmp`).
+fn others_can_replace_entries(stat: &Stat, uid: u32) -> bool {
+    let foreign_owner = stat.st_uid != uid && stat.st_uid != 0;
+    let shared_write = stat.st_mode & 0o022 != 0 && stat.st_mode & 0o1000 == 0;
+    foreign_owner || shared_write
 }
 
 /// The effective user id: the owner that session files and their directory must have.
 pub(crate) fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 #[cfg(target_os = "linux")]
-fn warn_if_network_file_system(dir: &Path) {
-    use std::os::unix::ffi::OsStrExt;
+fn warn_if_network_file_system(handle: &OwnedFd, dir: &Path) {
     const NETWORK_FILE_SYSTEMS: [(u32, &str); 4] = [
         (0x6969, "NFS"),
         (0x517b, "SMB"),
         (0xff53_4d42, "CIFS"),
         (0xfe53_4d42, "SMB2"),
     ];
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+    let Ok(stats) = rustix::fs::fstatfs(handle.as_fd()) else {
         return;
     };
-    let mut stats = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: `path` is NUL-terminated and `stats` is a writable statfs that lives past the call.
-    if unsafe { libc::statfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
-        return;
-    }
-    // SAFETY: statfs returned 0, so it filled `stats` (and it was zeroed before anyway).
-    let kind = unsafe { stats.assume_init() }.f_type as u32;
+    // f_type is signed on some targets; the magic numbers are compared as 32-bit patterns.
+    let kind = stats.f_type as u32;
     if let Some((_, name)) = NETWORK_FILE_SYSTEMS
         .iter()
         .find(|(magic, _)| *magic == kind)
@@ -665,14 +881,15 @@ fn warn_if_network_file_system(dir: &Path) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn warn_if_network_file_system(_dir: &Path) {}
+fn warn_if_network_file_system(_handle: &OwnedFd, _dir: &Path) {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::record::Meta;
     use crate::store::suite;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+    use std::os::unix::net::UnixListener;
     use std::sync::Arc;
 
     fn store() -> (tempfile::TempDir, FileStore) {
@@ -723,6 +940,51 @@ mod tests {
             FileStore::open(&file).unwrap_err().kind(),
             ErrorKind::Directory
         );
+        assert_eq!(
+            FileStore::open("/").unwrap_err().kind(),
+            ErrorKind::Directory
+        );
+    }
+
+    #[test]
+    fn under_a_parent_others_can_write_only_a_private_directory_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        let sessions = shared.join("sessions");
+        // Created by pso: 0700 from the start, and used.
+        FileStore::open(&sessions).unwrap();
+        // Loosened meanwhile: refused, not silently tightened.
+        fs::set_permissions(&sessions, fs::Permissions::from_mode(0o755)).unwrap();
+        let err = FileStore::open(&sessions).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Directory);
+        assert!(err.to_string().contains("other users can write"), "{err}");
+        fs::set_permissions(&sessions, fs::Permissions::from_mode(0o700)).unwrap();
+        FileStore::open(&sessions).unwrap();
+        // The sticky bit (as on /tmp) keeps others from replacing our entries.
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::set_permissions(&sessions, fs::Permissions::from_mode(0o755)).unwrap();
+        FileStore::open(&sessions).unwrap();
+    }
+
+    #[test]
+    fn the_store_keeps_using_the_directory_it_opened() {
+        let (dir, store) = store();
+        let key = suite::key("svc");
+        // The directory is moved away and a symlink to another one put in its place.
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let moved = dir.path().join("moved");
+        fs::rename(store.dir(), &moved).unwrap();
+        symlink(&elsewhere, store.dir()).unwrap();
+        store
+            .lock(&key, suite::options())
+            .unwrap()
+            .save(&Record::default())
+            .unwrap();
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+        assert!(moved.join(file_name(&key)).exists());
     }
 
     #[test]
@@ -744,6 +1006,50 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+    }
+
+    #[test]
+    fn planted_directories_fifos_and_sockets_are_removed() {
+        let (_dir, store) = store();
+        type Plant<'a> = &'a dyn Fn(&Path);
+        let plant: [(&str, Plant); 3] = [
+            ("directory", &|p| fs::create_dir(p).unwrap()),
+            ("fifo", &|p| {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    p,
+                    FileType::Fifo,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap()
+            }),
+            ("socket", &|p| drop(UnixListener::bind(p).unwrap())),
+        ];
+        for (what, plant) in plant {
+            let key = suite::key("svc");
+            plant(&store.path_of(&key));
+            let mut lock = store.lock(&key, suite::options()).unwrap();
+            assert_eq!(lock.load().unwrap(), None, "{what}");
+            lock.save(&Record::default()).unwrap();
+            drop(lock);
+            assert!(
+                fs::symlink_metadata(store.path_of(&key)).unwrap().is_file(),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_removed_blocks_only_its_id() {
+        let (_dir, store) = store();
+        let key = suite::key("svc");
+        fs::create_dir(store.path_of(&key)).unwrap();
+        fs::write(store.path_of(&key).join("x"), "").unwrap();
+        let mut lock = store.lock(&key, suite::options()).unwrap();
+        assert_eq!(lock.load().unwrap_err().kind(), ErrorKind::Corrupt);
+        assert!(lock.save(&Record::default()).is_err());
+        lock.delete().unwrap();
     }
 
     #[test]
@@ -838,6 +1144,7 @@ mod tests {
             "notes.txt",
             "..pso",
             ".svc.tmp",
+            GC_CURSOR,
         ] {
             assert!(classify(OsStr::new(other)).is_none(), "{other}");
         }
@@ -896,21 +1203,49 @@ mod tests {
         assert!(store.path_of(&newer).exists());
     }
 
+    /// Fills the directory with `n` expired sessions.
+    fn expired_sessions(store: &FileStore, n: usize) {
+        let mut meta = Meta::new(1_000);
+        meta.deadline = Some(1_500);
+        let bytes = Record::new(meta).encode().unwrap();
+        for _ in 0..n {
+            fs::write(store.path_of(&suite::key("svc")), &bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn gc_asks_the_clock_before_every_entry_and_goes_on_where_it_stopped() {
+        let (_dir, store) = store();
+        expired_sessions(&store, 50);
+        let now = 2_000;
+        let mut removed = 0;
+        for pass in 0.. {
+            let mut asked = 0;
+            let report = store
+                .collect(now, &mut || {
+                    asked += 1;
+                    asked > 10
+                })
+                .unwrap();
+            assert!(report.listed <= 10, "{report:?}");
+            removed += report.removed;
+            if !report.incomplete {
+                break;
+            }
+            assert!(pass < 20, "passes must make progress");
+        }
+        assert_eq!(removed, 50);
+        assert_eq!(store.keys().unwrap().count(), 0);
+    }
+
     #[test]
     fn gc_stops_at_its_budget() {
         let (_dir, store) = store();
-        for _ in 0..50 {
-            let key = suite::key("svc");
-            store
-                .lock(&key, suite::options())
-                .unwrap()
-                .save(&Record::default())
-                .unwrap();
-        }
+        expired_sessions(&store, 50);
         let report = store
             .collect_garbage(SystemTime::now(), Duration::ZERO)
             .unwrap();
         assert!(report.incomplete);
-        assert_eq!(report.examined, 0);
+        assert_eq!((report.examined, report.listed), (0, 0));
     }
 }

@@ -18,7 +18,7 @@ use crate::store::{
 /// use pso::store::{LockOptions, MemoryStore, SessionKey, Store};
 /// let store = MemoryStore::new();
 /// let key = SessionKey::new("shop".parse()?, pso::SessionId::generate()?);
-/// let options = LockOptions { timeout: std::time::Duration::from_secs(1), create: false };
+/// let options = LockOptions::new(std::time::Duration::from_secs(1));
 /// store.lock(&key, options)?.save(&pso::Record::default())?;
 /// assert!(store.peek(&key)?.is_some());
 /// # Ok::<(), pso::Error>(())

@@ -41,7 +41,15 @@ impl fmt::Debug for SessionKey {
 }
 
 /// How to take a session's lock.
+///
+/// ```
+/// use std::time::Duration;
+/// let options = pso::store::LockOptions::new(Duration::from_secs(5));
+/// assert!(!options.create);
+/// assert!(options.with_create(true).create);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LockOptions {
     /// The longest wait for another holder to let go; past it, [`crate::ErrorKind::LockTimeout`].
     pub timeout: Duration,
@@ -49,6 +57,22 @@ pub struct LockOptions {
     /// chosen by configuration serialize too. Never set for ids from clients: an unknown id
     /// must leave no trace in the store. Stores whose locks need no record ignore it.
     pub create: bool,
+}
+
+impl LockOptions {
+    /// Wait at most `timeout`; do not reserve a key that has no record.
+    pub fn new(timeout: Duration) -> LockOptions {
+        LockOptions {
+            timeout,
+            create: false,
+        }
+    }
+
+    /// Whether to reserve the key even when it has no record yet (see [`LockOptions::create`]).
+    pub fn with_create(mut self, create: bool) -> LockOptions {
+        self.create = create;
+        self
+    }
 }
 
 /// When a lock wait that starts now must give up; `None` for a timeout too long to represent.
@@ -86,6 +110,8 @@ pub(crate) fn deleted_error(key: &SessionKey) -> Error {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GcReport {
+    /// Directory entries (or slots) read, sessions or not.
+    pub listed: u64,
     /// Sessions looked at.
     pub examined: u64,
     /// Expired or unreadable sessions (and abandoned temporary files) removed.

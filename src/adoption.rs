@@ -1,0 +1,268 @@
+//! Which session a request gets, and why: the visitor's own, a forced one, or a fresh one.
+//!
+//! Strict mode lives here. An id from a cookie is adopted only if the store holds a live
+//! session under it; an id that names nothing, an expired or unreadable session is never
+//! adopted (and what it names is removed). A header is never resolved by order: when several
+//! cookies name live sessions, or more ids come than pso checks, none is adopted.
+
+use std::time::{Instant, SystemTime};
+
+use crate::config::Config;
+use crate::cookies::{MAX_CANDIDATES, offered_ids};
+use crate::error::{ErrorChain, ErrorKind, Result};
+use crate::expiry::{Expiry, unix_secs};
+use crate::id::SessionId;
+use crate::record::Record;
+use crate::session::Session;
+use crate::store::{LockOptions, LockedSession, SessionKey, Store};
+
+/// Why a request holds the session it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// The visitor's own session, from its cookie.
+    Returning,
+    /// The id the server's configuration forces.
+    Forced,
+    /// No usable cookie came: a new visitor, or one whose cookies named nothing live.
+    Fresh,
+    /// Cookies named several live sessions, or more ids than pso checks: none is adopted.
+    Ambiguous,
+}
+
+/// What the request brings that decides its session.
+pub(crate) struct Claim<'a> {
+    /// The raw `Cookie` header (`HTTP_COOKIE`), any bytes.
+    pub cookie_header: &'a [u8],
+    /// `REMOTE_ADDR`, recorded in a new session.
+    pub client_addr: Option<&'a str>,
+}
+
+/// Finds the request's session, or starts a new one, and says why.
+pub(crate) fn adopt(
+    store: &dyn Store,
+    config: &Config,
+    claim: &Claim<'_>,
+    now: SystemTime,
+) -> Result<(Session, Reason)> {
+    let now_secs = unix_secs(now);
+    let fresh = |lock| {
+        Session::fresh(
+            lock,
+            now,
+            config.lifetime,
+            claim.client_addr,
+            config.gc_max_lifetime,
+        )
+    };
+    let options = LockOptions::new(config.lock_timeout);
+    if let Some(id) = &config.forced_id {
+        // The server chose the id: adopt or (re)create it, never replace it.
+        let key = SessionKey::new(config.service.clone(), id.clone());
+        let mut lock = store.lock(&key, options.with_create(true))?;
+        let session = match load_live(&mut *lock, now_secs)? {
+            Some(record) => Session::existing(lock, record, now, config.gc_max_lifetime),
+            None => fresh(lock),
+        };
+        return Ok((session, Reason::Forced));
+    }
+
+    let offered = offered_ids(claim.cookie_header, &config.cookie.name);
+    if offered.malformed > 0 {
+        log::warn!(
+            "ignoring {} malformed value(s) of the session cookie {}",
+            offered.malformed,
+            config.cookie.name
+        );
+    }
+    let mut reason = Reason::Fresh;
+    if offered.too_many {
+        log::warn!(
+            "more than {MAX_CANDIDATES} distinct session cookies named {} (cookie tossing?); adopting none",
+            config.cookie.name
+        );
+        reason = Reason::Ambiguous;
+    }
+    let mut candidates = offered.ids;
+    // A fixed order, so two requests that carry the same ids never wait on each other's locks.
+    candidates.sort();
+    // One deadline for all candidates: several cookies must not multiply the wait.
+    let started = Instant::now();
+    let mut live: Vec<(Box<dyn LockedSession>, Record)> = Vec::new();
+    for id in candidates {
+        let key = SessionKey::new(config.service.clone(), id);
+        let timeout = config.lock_timeout.saturating_sub(started.elapsed());
+        let mut lock = store.lock(&key, LockOptions::new(timeout))?;
+        match load_live(&mut *lock, now_secs)? {
+            Some(record) => live.push((lock, record)),
+            None => {
+                // Strict mode: an id the store does not know is never adopted.
+                if let Err(e) = lock.delete() {
+                    log::warn!("removing dead session {key:?} failed: {}", ErrorChain(&e));
+                }
+            }
+        }
+    }
+    if live.len() > 1 {
+        // Which one is the visitor's own cannot be told: a cookie tossed from a sibling domain
+        // can name a live session of the attacker's, kept fresh on purpose. Adopting either
+        // could fix the visitor into the attacker's session, so they all end.
+        log::warn!(
+            "{} session cookies name live sessions (cookie tossing?); ending them all",
+            live.len()
+        );
+        for (mut lock, _) in live.drain(..) {
+            if let Err(e) = lock.delete() {
+                log::warn!("ending session {:?} failed: {}", lock.key(), ErrorChain(&e));
+            }
+        }
+        reason = Reason::Ambiguous;
+    }
+    if let Some((lock, record)) = live.pop() {
+        let session = Session::existing(lock, record, now, config.gc_max_lifetime);
+        return Ok((session, Reason::Returning));
+    }
+    if let Expiry::At(at) = config.lifetime
+        && at <= now
+    {
+        log::warn!("PSOSessionExpire names a date in the past: every new session ends at once");
+    }
+    let key = SessionKey::new(config.service.clone(), SessionId::generate()?);
+    Ok((fresh(store.lock(&key, options)?), reason))
+}
+
+/// The session's record if it is alive; `None` (logged) if it is unknown, expired or unreadable.
+fn load_live(lock: &mut dyn LockedSession, now: u64) -> Result<Option<Record>> {
+    let key = lock.key().clone();
+    match lock.load() {
+        Ok(Some(record)) if !record.is_expired(now) => Ok(Some(record)),
+        Ok(Some(_)) => {
+            log::info!("session {key:?} has expired; starting a new one");
+            Ok(None)
+        }
+        Ok(None) => {
+            log::warn!("session {key:?} is unknown (forged, or long gone); starting a new one");
+            Ok(None)
+        }
+        Err(e) if e.kind() == ErrorKind::Corrupt => {
+            log::warn!(
+                "session {key:?} is unreadable ({}); starting a new one",
+                ErrorChain(&e)
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::environment::Environment;
+    use crate::record::Meta;
+    use crate::store::MemoryStore;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const T0: u64 = 1_700_000_000;
+
+    fn config() -> Config {
+        Config::from_env(&Environment::from_pairs([("PSOServiceId", "app")]))
+    }
+
+    /// A live session in `store`, as the cookie a browser would send for it.
+    fn live(store: &MemoryStore) -> String {
+        let key = SessionKey::new("app".parse().unwrap(), SessionId::generate().unwrap());
+        let mut record = Record::new(Meta::new(T0));
+        record.set("owner", key.id.as_str()).unwrap();
+        let options = LockOptions::new(Duration::from_secs(1));
+        store.lock(&key, options).unwrap().save(&record).unwrap();
+        format!("app={}", key.id)
+    }
+
+    fn dead() -> String {
+        format!("app={}", SessionId::generate().unwrap())
+    }
+
+    fn adopted(store: &MemoryStore, header: &[u8]) -> (Option<String>, Reason) {
+        let claim = Claim {
+            cookie_header: header,
+            client_addr: None,
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(T0 + 1);
+        let (session, reason) = adopt(store, &config(), &claim, now).unwrap();
+        let owner = session.get::<String>("owner").unwrap();
+        (owner.map(|id| format!("app={id}")), reason)
+    }
+
+    #[test]
+    fn the_visitors_own_session_is_found_among_dead_ids_in_any_order() {
+        let store = MemoryStore::new();
+        let mine = live(&store);
+        for dead_ids in 0..MAX_CANDIDATES {
+            let mut cookies: Vec<String> = (0..dead_ids).map(|_| dead()).collect();
+            for position in 0..=dead_ids {
+                cookies.insert(position, mine.clone());
+                let header = cookies.join("; ");
+                let (owner, reason) = adopted(&store, header.as_bytes());
+                assert_eq!(owner.as_deref(), Some(mine.as_str()), "{header}");
+                assert_eq!(reason, Reason::Returning);
+                cookies.remove(position);
+            }
+        }
+    }
+
+    #[test]
+    fn dead_ids_cannot_hide_a_tossed_live_session_beside_the_visitors() {
+        // Dead ids first, then the attacker's live one, then the visitor's; and every other
+        // order: neither live session is adopted, and both end.
+        for order in 0..3 {
+            let store = MemoryStore::new();
+            let (mine, theirs) = (live(&store), live(&store));
+            let mut cookies: Vec<String> = (0..MAX_CANDIDATES - 2).map(|_| dead()).collect();
+            match order {
+                0 => cookies.extend([theirs.clone(), mine.clone()]),
+                1 => cookies.extend([mine.clone(), theirs.clone()]),
+                _ => {
+                    cookies.insert(0, theirs.clone());
+                    cookies.push(mine.clone());
+                }
+            }
+            let (owner, reason) = adopted(&store, cookies.join("; ").as_bytes());
+            assert_eq!((owner, reason), (None, Reason::Ambiguous), "order {order}");
+            assert_eq!(adopted(&store, mine.as_bytes()).0, None, "ended");
+            assert_eq!(adopted(&store, theirs.as_bytes()).0, None, "ended");
+        }
+    }
+
+    #[test]
+    fn more_ids_than_checked_adopt_none_whoever_is_among_them() {
+        let store = MemoryStore::new();
+        let (mine, theirs) = (live(&store), live(&store));
+        let mut cookies: Vec<String> = (0..MAX_CANDIDATES).map(|_| dead()).collect();
+        cookies.push(theirs.clone());
+        for header in [
+            format!("{}; {mine}", cookies.join("; ")),
+            format!("{mine}; {}", cookies.join("; ")),
+        ] {
+            let (owner, reason) = adopted(&store, header.as_bytes());
+            assert_eq!((owner, reason), (None, Reason::Ambiguous), "{header}");
+        }
+        // Nothing was checked, so nothing was ended: the visitor's session is still there.
+        assert_eq!(adopted(&store, mine.as_bytes()).0, Some(mine));
+    }
+
+    #[test]
+    fn unrelated_cookies_and_foreign_bytes_change_nothing() {
+        let store = MemoryStore::new();
+        let mine = live(&store);
+        let noise: Vec<u8> = (0..300)
+            .flat_map(|i| format!("c{i}=v; ").into_bytes())
+            .chain(b"bad=\xff\xfe\x00; ".iter().copied())
+            .collect();
+        for header in [
+            [noise.clone(), mine.clone().into_bytes()].concat(),
+            [mine.clone().into_bytes(), b"; ".to_vec(), noise.clone()].concat(),
+        ] {
+            assert_eq!(adopted(&store, &header).0.as_deref(), Some(mine.as_str()));
+        }
+    }
+}
