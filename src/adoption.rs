@@ -3,12 +3,18 @@
 //! Strict mode lives here. An id from a cookie is adopted only if the store holds a live
 //! session under it; an id that names nothing, an expired or unreadable session is never
 //! adopted (and what it names is removed). A header is never resolved by order: when several
-//! cookies name live sessions, or more ids come than pso checks, none is adopted.
+//! cookies name live sessions, none is adopted and they all end.
+//!
+//! Cost is bounded whatever a header holds: ids that name nothing are dropped after a cheap
+//! existence check (no lock, no read), so made-up ids cannot crowd out the visitor's own; at
+//! most [`MAX_CANDIDATES`] stored sessions are locked and loaded, and a request naming more
+//! (someone made that many sessions to toss them) adopts none and ends them all, so the
+//! tossed cookies name nothing on the next request.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
-use crate::cookies::{MAX_CANDIDATES, offered_ids};
+use crate::cookies::{MAX_CANDIDATES, MAX_OFFERED, offered_ids};
 use crate::error::{ErrorChain, ErrorKind, Result};
 use crate::expiry::{Expiry, unix_secs};
 use crate::id::SessionId;
@@ -77,21 +83,46 @@ pub(crate) fn adopt(
     let mut reason = Reason::Fresh;
     if offered.too_many {
         log::warn!(
-            "more than {MAX_CANDIDATES} distinct session cookies named {} (cookie tossing?); adopting none",
+            "more than {MAX_OFFERED} distinct session cookies named {} (cookie tossing?); adopting none",
             config.cookie.name
         );
         reason = Reason::Ambiguous;
     }
-    let mut candidates = offered.ids;
+    let key = |id| SessionKey::new(config.service.clone(), id);
+    let mut candidates: Vec<SessionKey> = Vec::new();
+    for id in offered.ids {
+        let key = key(id);
+        match store.exists(&key) {
+            Ok(true) => candidates.push(key),
+            Ok(false) => log::info!("session {key:?} is unknown (forged, or long gone)"),
+            Err(e) => log::warn!("cannot look for session {key:?}: {}", ErrorChain(&e)),
+        }
+    }
     // A fixed order, so two requests that carry the same ids never wait on each other's locks.
     candidates.sort();
+    if candidates.len() > MAX_CANDIDATES {
+        log::warn!(
+            "{} session cookies name stored sessions, more than {MAX_CANDIDATES} (cookie tossing?); ending them all",
+            candidates.len()
+        );
+        end_all(store, candidates);
+        candidates = Vec::new();
+        reason = Reason::Ambiguous;
+    }
     // One deadline for all candidates: several cookies must not multiply the wait.
     let started = Instant::now();
     let mut live: Vec<(Box<dyn LockedSession>, Record)> = Vec::new();
-    for id in candidates {
-        let key = SessionKey::new(config.service.clone(), id);
+    for key in candidates {
         let timeout = config.lock_timeout.saturating_sub(started.elapsed());
-        let mut lock = store.lock(&key, LockOptions::new(timeout))?;
+        let mut lock = match store.lock(&key, LockOptions::new(timeout)) {
+            Ok(lock) => lock,
+            // In use past the lock timeout: the visitor's own session, busy (a 503).
+            Err(e) if e.kind() == ErrorKind::LockTimeout => return Err(e),
+            Err(e) => {
+                log::warn!("cannot lock session {key:?}: {}", ErrorChain(&e));
+                continue;
+            }
+        };
         match load_live(&mut *lock, now_secs)? {
             Some(record) => live.push((lock, record)),
             None => {
@@ -130,6 +161,20 @@ pub(crate) fn adopt(
     Ok((fresh(store.lock(&key, options)?), reason))
 }
 
+/// Ends every session named, skipping any a request holds right now.
+fn end_all(store: &dyn Store, keys: Vec<SessionKey>) {
+    for key in keys {
+        match store.lock(&key, LockOptions::new(Duration::ZERO)) {
+            Ok(mut lock) => {
+                if let Err(e) = lock.delete() {
+                    log::warn!("ending session {key:?} failed: {}", ErrorChain(&e));
+                }
+            }
+            Err(e) => log::warn!("cannot end session {key:?}: {}", ErrorChain(&e)),
+        }
+    }
+}
+
 /// The session's record if it is alive; `None` (logged) if it is unknown, expired or unreadable.
 fn load_live(lock: &mut dyn LockedSession, now: u64) -> Result<Option<Record>> {
     let key = lock.key().clone();
@@ -159,7 +204,7 @@ mod tests {
     use super::*;
     use crate::environment::Environment;
     use crate::record::Meta;
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, Store};
     use std::time::{Duration, UNIX_EPOCH};
 
     const T0: u64 = 1_700_000_000;
@@ -234,20 +279,47 @@ mod tests {
     }
 
     #[test]
-    fn more_ids_than_checked_adopt_none_whoever_is_among_them() {
+    fn made_up_ids_however_many_cannot_crowd_out_the_visitors_own() {
         let store = MemoryStore::new();
-        let (mine, theirs) = (live(&store), live(&store));
-        let mut cookies: Vec<String> = (0..MAX_CANDIDATES).map(|_| dead()).collect();
-        cookies.push(theirs.clone());
+        let mine = live(&store);
+        let made_up: Vec<String> = (0..100).map(|_| dead()).collect();
         for header in [
-            format!("{}; {mine}", cookies.join("; ")),
-            format!("{mine}; {}", cookies.join("; ")),
+            format!("{}; {mine}", made_up.join("; ")),
+            format!("{mine}; {}", made_up.join("; ")),
         ] {
             let (owner, reason) = adopted(&store, header.as_bytes());
-            assert_eq!((owner, reason), (None, Reason::Ambiguous), "{header}");
+            assert_eq!(owner.as_deref(), Some(mine.as_str()), "{header}");
+            assert_eq!(reason, Reason::Returning);
         }
-        // Nothing was checked, so nothing was ended: the visitor's session is still there.
-        assert_eq!(adopted(&store, mine.as_bytes()).0, Some(mine));
+    }
+
+    #[test]
+    fn more_stored_sessions_than_checked_adopt_none_and_all_end() {
+        for mine_first in [false, true] {
+            let store = MemoryStore::new();
+            let mine = live(&store);
+            let theirs: Vec<String> = (0..MAX_CANDIDATES).map(|_| live(&store)).collect();
+            let header = if mine_first {
+                format!("{mine}; {}", theirs.join("; "))
+            } else {
+                format!("{}; {mine}", theirs.join("; "))
+            };
+            let (owner, reason) = adopted(&store, header.as_bytes());
+            assert_eq!((owner, reason), (None, Reason::Ambiguous), "{header}");
+            // All ended: the tossed cookies name nothing now, and cannot keep the visitor out.
+            assert_eq!(store.keys().unwrap().count(), 0);
+            assert_eq!(adopted(&store, header.as_bytes()).1, Reason::Fresh);
+        }
+        let store = MemoryStore::new();
+        // More distinct ids than are even read: none adopted, nothing ended.
+        let kept = live(&store);
+        let flood: Vec<String> = (0..=MAX_OFFERED).map(|_| dead()).collect();
+        let header = format!("{}; {kept}", flood.join("; "));
+        assert_eq!(
+            adopted(&store, header.as_bytes()),
+            (None, Reason::Ambiguous)
+        );
+        assert_eq!(adopted(&store, kept.as_bytes()).0, Some(kept));
     }
 
     #[test]

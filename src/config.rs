@@ -22,6 +22,10 @@ const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_LOCK_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// Default `PSOSessionMaxBytes`: 1 MiB.
 const DEFAULT_MAX_BYTES: u64 = 1 << 20;
+/// Default `PSOMaxBodyBytes`: 1 MiB, nginx's default `client_max_body_size`.
+const DEFAULT_MAX_BODY: u64 = 1 << 20;
+/// Largest `PSOMaxBodyBytes` accepted.
+const MAX_BODY_BYTES: u64 = 1 << 40;
 /// Default `PSOSessionGCMaxLifetime`: one day.
 const DEFAULT_GC_MAX_LIFETIME: Duration = Duration::from_secs(86_400);
 /// Longest `PSOCookieSession_Path` accepted, so the cookie stays far below 4096 bytes.
@@ -38,6 +42,7 @@ const KNOWN_VARIABLES: &[&str] = &[
     "PSOSessionMaxBytes",
     "PSOSessionGCProbability",
     "PSOSessionGCMaxLifetime",
+    "PSOMaxBodyBytes",
     "PSOCookieSession_Domain",
     "PSOCookieSession_Path",
     "PSOCookieSession_Secure",
@@ -131,6 +136,12 @@ impl GcProbability {
     pub fn hits(self, roll: u32) -> bool {
         self.numerator > 0 && roll % self.denominator < self.numerator
     }
+
+    /// Draws whether this request collects. Off (cron-driven cleanup): not even a random
+    /// number is drawn.
+    pub(crate) fn draw(self) -> bool {
+        self != GcProbability::NEVER && getrandom::u32().is_ok_and(|roll| self.hits(roll))
+    }
 }
 
 /// `"0.25"` as `(25, 100)`: up to 9 decimal places, no floating point.
@@ -195,6 +206,9 @@ pub struct Config {
     pub gc_probability: GcProbability,
     /// `PSOSessionGCMaxLifetime`: how long a browser-close session lives on the server unused.
     pub gc_max_lifetime: Duration,
+    /// `PSOMaxBodyBytes`: the largest request body a handler is given; a request that
+    /// announces more gets a 413 and the handler does not run.
+    pub max_body: u64,
     /// `PSOCookieSession_*`: the session cookie's attributes.
     pub cookie: CookieSettings,
 }
@@ -249,7 +263,7 @@ impl<'a> Reader<'a> {
             .parsed(
                 "PSOSessionMaxBytes",
                 "a size from 1024 to 67108864 bytes, like 1048576 or 1024*1024",
-                byte_count,
+                |text| byte_count(text, 1024..=MAX_RECORD_BYTES),
             )
             .unwrap_or(DEFAULT_MAX_BYTES);
         let gc_probability = self
@@ -269,6 +283,13 @@ impl<'a> Reader<'a> {
                 duration,
             )
             .unwrap_or(DEFAULT_GC_MAX_LIFETIME);
+        let max_body = self
+            .parsed(
+                "PSOMaxBodyBytes",
+                "a size in bytes, like 1048576 or 8*1024*1024",
+                |text| byte_count(text, 0..=MAX_BODY_BYTES),
+            )
+            .unwrap_or(DEFAULT_MAX_BODY);
         let cookie = self.cookie(&service);
         Config {
             service,
@@ -280,6 +301,7 @@ impl<'a> Reader<'a> {
             max_bytes,
             gc_probability,
             gc_max_lifetime,
+            max_body,
             cookie,
         }
     }
@@ -538,21 +560,21 @@ fn boolean(text: &str) -> Option<bool> {
 }
 
 /// A non-negative duration in expression syntax (not a date).
-fn duration(text: &str) -> Option<Duration> {
+pub(crate) fn duration(text: &str) -> Option<Duration> {
     match Expiry::parse(text) {
         Ok(Expiry::In(d)) => Some(d),
         _ => None,
     }
 }
 
-/// A byte count: an integer or integer arithmetic (`1024*1024`), within the accepted range.
-fn byte_count(text: &str) -> Option<u64> {
+/// A byte count: an integer or integer arithmetic (`1024*1024`), within `range`.
+fn byte_count(text: &str, range: std::ops::RangeInclusive<u64>) -> Option<u64> {
     if text.bytes().any(|b| b.is_ascii_alphabetic()) {
         return None;
     }
     duration(text)
         .map(|d| d.as_secs())
-        .filter(|n| (1024..=MAX_RECORD_BYTES).contains(n))
+        .filter(|n| range.contains(n))
 }
 
 fn cookie_path(text: &str) -> Option<String> {

@@ -8,9 +8,12 @@ use cookie::{Cookie, SameSite};
 use crate::expiry::{Expiry, unix_secs};
 use crate::id::SessionId;
 
-/// Most distinct session ids checked from one header (each costs a store lookup). A header
-/// with more is not resolved at all: see [`OfferedIds::too_many`].
+/// Most ids naming stored sessions that one request locks and loads to find the visitor's.
+/// A request offering more adopts none of them and ends them all.
 pub const MAX_CANDIDATES: usize = 8;
+/// Most distinct well-formed ids read from one header (each costs a cheap existence check):
+/// far more than a browser sends, and more than fit in a header a web server accepts.
+pub const MAX_OFFERED: usize = 256;
 
 /// The session ids a `Cookie` header offers under one cookie name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,8 +21,8 @@ pub const MAX_CANDIDATES: usize = 8;
 pub struct OfferedIds {
     /// The distinct well-formed ids, in header order; empty when there are too many.
     pub ids: Vec<SessionId>,
-    /// More than [`MAX_CANDIDATES`] distinct ids came: none may be adopted, since which one
-    /// wins must not depend on how many of them pso looks at.
+    /// More than [`MAX_OFFERED`] distinct ids came: none may be adopted, since which one wins
+    /// must not depend on how many of them pso looks at.
     pub too_many: bool,
     /// Values under the name that are not session ids (never echoed, never used in a path).
     pub malformed: usize,
@@ -58,7 +61,7 @@ pub fn offered_ids(header: &[u8], name: &str) -> OfferedIds {
         match std::str::from_utf8(value).map(str::parse::<SessionId>) {
             Ok(Ok(id)) if !offered.ids.contains(&id) => {
                 distinct += 1;
-                if distinct <= MAX_CANDIDATES {
+                if distinct <= MAX_OFFERED {
                     offered.ids.push(id);
                 }
             }
@@ -66,7 +69,7 @@ pub fn offered_ids(header: &[u8], name: &str) -> OfferedIds {
             _ => offered.malformed += 1,
         }
     }
-    if distinct > MAX_CANDIDATES {
+    if distinct > MAX_OFFERED {
         offered.ids.clear();
         offered.too_many = true;
     }
@@ -288,9 +291,9 @@ mod tests {
                 .map(|i| format!("app={:0>48}; ", format!("{i:x}")))
                 .collect()
         };
-        let at_cap = offered_ids(many(MAX_CANDIDATES).as_bytes(), "app");
-        assert_eq!((at_cap.ids.len(), at_cap.too_many), (MAX_CANDIDATES, false));
-        let over = offered_ids(many(MAX_CANDIDATES + 1).as_bytes(), "app");
+        let at_cap = offered_ids(many(MAX_OFFERED).as_bytes(), "app");
+        assert_eq!((at_cap.ids.len(), at_cap.too_many), (MAX_OFFERED, false));
+        let over = offered_ids(many(MAX_OFFERED + 1).as_bytes(), "app");
         assert!(over.ids.is_empty() && over.too_many);
         // Repeats of one id and malformed values do not count towards the cap.
         let repeats = format!("{}app={A}; app=junk; ", format!("app={A}; ").repeat(50));
@@ -384,7 +387,7 @@ mod tests {
         #[test]
         fn any_header_yields_only_valid_ids(header in prop::collection::vec(any::<u8>(), 0..400)) {
             let offered = offered_ids(&header, "app");
-            prop_assert!(offered.ids.len() <= MAX_CANDIDATES);
+            prop_assert!(offered.ids.len() <= MAX_OFFERED);
             for id in offered.ids {
                 prop_assert!(id.as_str().parse::<SessionId>().is_ok());
             }

@@ -36,21 +36,26 @@
 //!   library can turn it off (`default-features = false`); it never enters a CGI program.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod cookies;
+pub mod fastcgi;
 pub mod store;
 
 mod adoption;
+mod cgi;
 mod config;
 mod environment;
 mod error;
 mod expiry;
 mod id;
 mod logger;
+mod mode;
 mod record;
 mod request;
 mod response;
 mod runner;
+mod service;
 mod session;
 
 pub use config::{Config, ConfigProblem, GcProbability};
@@ -58,10 +63,12 @@ pub use environment::Environment;
 pub use error::{BoxError, Error, ErrorChain, ErrorKind, Result};
 pub use expiry::Expiry;
 pub use id::{ServiceId, SessionId};
+pub use mode::run;
 pub use record::{Meta, Record};
 pub use request::Request;
 pub use response::Response;
-pub use runner::{Context, run, serve, serve_with_store};
+pub use runner::{Context, serve, serve_with_store};
+pub use service::Service;
 pub use session::Session;
 
 #[cfg(doctest)]

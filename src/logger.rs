@@ -1,5 +1,7 @@
-//! Log lines to standard error, which the web server writes to its error log.
+//! Log lines to standard error, which the web server writes to its error log, or, for a
+//! request served over FastCGI, to that request's own error stream.
 
+use std::cell::RefCell;
 use std::io::Write;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -7,6 +9,23 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 use crate::environment::Environment;
 
 struct StderrLogger;
+
+/// The most log bytes one request keeps for its own error stream; later lines are dropped.
+const MAX_CAPTURED: usize = 64 * 1024;
+
+thread_local! {
+    /// The log lines of the request this thread is serving, when they travel with its
+    /// response (FastCGI's STDERR stream) rather than to the process's standard error.
+    static CAPTURE: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's log lines kept aside, and returns them with its result.
+pub(crate) fn capture<T>(f: impl FnOnce() -> T) -> (T, Vec<u8>) {
+    let previous = CAPTURE.with(|capture| capture.borrow_mut().replace(Vec::new()));
+    let result = f();
+    let lines = CAPTURE.with(|capture| std::mem::replace(&mut *capture.borrow_mut(), previous));
+    (result, lines.unwrap_or_default())
+}
 
 static LOGGER: StderrLogger = StderrLogger;
 
@@ -24,9 +43,20 @@ impl Log for StderrLogger {
                 Level::Debug => "debug",
                 Level::Trace => "trace",
             };
-            // One write per line, so lines of concurrent processes do not interleave.
             let line = format!("pso: {level}: {}\n", record.args());
-            let _ = std::io::stderr().write_all(line.as_bytes());
+            let captured = CAPTURE.with(|capture| match capture.borrow_mut().as_mut() {
+                Some(lines) => {
+                    if lines.len() + line.len() <= MAX_CAPTURED {
+                        lines.extend_from_slice(line.as_bytes());
+                    }
+                    true
+                }
+                None => false,
+            });
+            if !captured {
+                // One write per line, so lines of concurrent processes do not interleave.
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
         }
     }
 

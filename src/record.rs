@@ -453,17 +453,23 @@ impl Record {
         if crc != checksum(&bytes[4..9], payload) {
             return Err(corrupt("fails its checksum"));
         }
-        let seed = PayloadSeed {
-            base: bytes.as_ptr() as usize,
-            limit: bytes.len(),
+        let decode = |entries| {
+            let seed = PayloadSeed {
+                base: bytes.as_ptr() as usize,
+                limit: bytes.len(),
+                entries,
+            };
+            let (decoded, used) = bincode::serde::seed_decode_from_slice(seed, payload, codec())
+                .map_err(|e| {
+                    Error::with_source(ErrorKind::Corrupt, "session record does not decode", e)
+                })?;
+            if used != payload.len() {
+                return Err(corrupt("has trailing bytes"));
+            }
+            Ok(decoded)
         };
-        let ((meta, index), used) = bincode::serde::seed_decode_from_slice(seed, payload, codec())
-            .map_err(|e| {
-                Error::with_source(ErrorKind::Corrupt, "session record does not decode", e)
-            })?;
-        if used != payload.len() {
-            return Err(corrupt("has trailing bytes"));
-        }
+        let (_, count, _) = decode(None)?;
+        let (meta, _, index) = decode(Some(count))?;
         Ok(Record {
             meta,
             stored: Stored { bytes, index },
@@ -521,10 +527,20 @@ fn framed_payload(bytes: &[u8]) -> Result<&[u8]> {
 
 /// Decodes a payload (metadata, then the map of values) into the metadata and an index of
 /// where each key and value lies, relative to the buffer that starts at `base`.
+///
+/// It runs twice: once to count the values (allocating nothing), then to index them in a
+/// vector of exactly that size, so neither a forged count nor growth by doubling can make
+/// the index larger than the values it describes need.
+#[derive(Clone, Copy)]
 struct PayloadSeed {
     base: usize,
     limit: usize,
+    /// `None` on the counting pass; the count on the indexing pass.
+    entries: Option<usize>,
 }
+
+/// What a pass over the payload found.
+type Decoded = (Meta, usize, Vec<Slot>);
 
 impl PayloadSeed {
     /// The offset of `part` in the buffer; parts always lie inside it, being borrowed from it.
@@ -537,7 +553,7 @@ impl PayloadSeed {
 }
 
 impl<'de> DeserializeSeed<'de> for PayloadSeed {
-    type Value = (Meta, Vec<Slot>);
+    type Value = Decoded;
 
     fn deserialize<D: de::Deserializer<'de>>(
         self,
@@ -549,7 +565,7 @@ impl<'de> DeserializeSeed<'de> for PayloadSeed {
 }
 
 impl<'de> Visitor<'de> for PayloadSeed {
-    type Value = (Meta, Vec<Slot>);
+    type Value = Decoded;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a session record")
@@ -559,17 +575,17 @@ impl<'de> Visitor<'de> for PayloadSeed {
         let meta: BorrowedMeta<'de> = seq
             .next_element()?
             .ok_or_else(|| de::Error::custom("no metadata"))?;
-        let index = seq
+        let (count, index) = seq
             .next_element_seed(IndexSeed(&self))?
             .ok_or_else(|| de::Error::custom("no values"))?;
-        Ok((meta.to_owned(), index))
+        Ok((meta.to_owned(), count, index))
     }
 }
 
 struct IndexSeed<'s>(&'s PayloadSeed);
 
 impl<'de> DeserializeSeed<'de> for IndexSeed<'_> {
-    type Value = Vec<Slot>;
+    type Value = (usize, Vec<Slot>);
 
     fn deserialize<D: de::Deserializer<'de>>(
         self,
@@ -580,17 +596,22 @@ impl<'de> DeserializeSeed<'de> for IndexSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for IndexSeed<'_> {
-    type Value = Vec<Slot>;
+    type Value = (usize, Vec<Slot>);
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a map of session values")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // The count is the record's claim: reserve no more than the bytes could hold (each
-        // entry takes at least two), so a forged count allocates nothing extra.
-        let plausible = self.0.limit / 2;
-        let mut index = Vec::with_capacity(map.size_hint().unwrap_or(0).min(plausible));
+        // The count the record claims is not trusted with an allocation: only the one counted.
+        // A failed allocation is an error, not an abort of the process.
+        let mut index: Vec<Slot> = Vec::new();
+        if let Some(entries) = self.0.entries {
+            index
+                .try_reserve_exact(entries)
+                .map_err(|_| de::Error::custom("too many values to index in memory"))?;
+        }
+        let mut count = 0usize;
         let mut previous: Option<&'de str> = None;
         while let Some((key, value)) = map.next_entry::<&'de str, &'de serde_bytes::Bytes>()? {
             // Keys in strictly increasing order, as a map is written: no duplicate can make
@@ -604,14 +625,20 @@ impl<'de> Visitor<'de> for IndexSeed<'_> {
             else {
                 return Err(de::Error::custom("a value outside the record"));
             };
-            index.push(Slot {
-                key,
-                key_len,
-                value,
-                value_len,
-            });
+            count += 1;
+            if self.0.entries.is_some() {
+                if index.len() == index.capacity() {
+                    return Err(de::Error::custom("more values than counted"));
+                }
+                index.push(Slot {
+                    key,
+                    key_len,
+                    value,
+                    value_len,
+                });
+            }
         }
-        Ok(index)
+        Ok((count, index))
     }
 }
 
@@ -858,6 +885,16 @@ mod tests {
                 .kind(),
             ErrorKind::Corrupt
         );
+    }
+
+    #[test]
+    fn a_forged_count_of_values_allocates_nothing() {
+        // Metadata, then a map that claims 2^40 entries and holds one.
+        let mut payload = vec![0u8, 0, 0, 0, 0, 253];
+        payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        payload.extend_from_slice(&[1, b'k', 1, 7]);
+        let err = Record::decode(&framed(&payload), 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
     }
 
     #[test]

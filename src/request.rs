@@ -39,6 +39,12 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// `CONTENT_LENGTH`: the body's announced size; 0 without one (or with one that is not a
+    /// number, which is logged).
+    pub fn content_length(&self) -> u64 {
+        content_length(self.env)
+    }
+
     /// `REQUEST_METHOD`; `GET` when unset (a program run from a terminal).
     pub fn method(&self) -> &str {
         self.env.get("REQUEST_METHOD").unwrap_or("GET")

@@ -163,19 +163,21 @@ impl<'a> Response<'a> {
         self.out.write_all(&bytes)
     }
 
-    /// Sends the whole response (headers plus `extra` ones, then the body) and flushes it.
+    /// Sends the whole response: headers plus `extra` ones, then the body. The front end
+    /// that owns the output flushes it (a FastCGI front end sends the last of the response
+    /// and the end of the request in one write).
     pub fn send(mut self, extra: &[(&str, &str)]) -> io::Result<()> {
         if !self.streaming {
             self.send_head(extra)?;
         }
-        self.out.flush()
+        Ok(())
     }
 
     /// Replaces whatever was built with a short error page and sends it (no body if streaming
     /// had begun: the status is gone by then, and only the log can tell).
     pub(crate) fn send_error(mut self, status: u16, extra: &[(&str, &str)]) -> io::Result<()> {
         if self.streaming {
-            return self.out.flush();
+            return Ok(());
         }
         let text = format!("{status} {}", reason(status));
         self.status = status;

@@ -1,8 +1,8 @@
-//! The runner: ties environment, configuration, store, session, handler and response together.
+//! One request: ties its environment, configuration, store, session, handler and response
+//! together, whichever front end (CGI, FastCGI, the terminal) brought it.
 //!
-//! [`run`] is a CGI program's whole `main`. [`serve`] handles one request given its
-//! environment, input and output, so any front end (CGI, the terminal, FastCGI) can drive it;
-//! nothing here touches process-global state besides installing the logger.
+//! Nothing here touches process-global state, so requests run on many threads at once; a
+//! handler's error or panic costs its own request only.
 
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -17,10 +17,7 @@ use crate::error::{BoxError, ErrorChain, ErrorKind, Result};
 use crate::request::Request;
 use crate::response::Response;
 use crate::session::{CookieAction, Session};
-use crate::store::{FileStore, Store};
-
-/// The longest a request spends collecting expired sessions.
-const GC_BUDGET: Duration = Duration::from_millis(50);
+use crate::store::Store;
 
 /// What a handler gets: the request, the session, and the response it builds.
 pub struct Context<'a> {
@@ -76,28 +73,35 @@ impl<'a> Context<'a> {
     }
 
     /// Saves the session and sends the response; on failure sends an error page instead.
-    fn finish(mut self) -> io::Result<()> {
+    fn finish(mut self) -> io::Result<Served> {
         if self.response.is_streaming() {
-            if let Err(e) = self.session.commit() {
+            let saved = self.session.commit();
+            if let Err(e) = &saved {
                 log::error!(
                     "saving the session after streaming failed: {}",
-                    ErrorChain(&e)
+                    ErrorChain(e)
                 );
             }
-            return self.response.send(&[]);
+            self.response.send(&[])?;
+            return Ok(Served {
+                failed: saved.is_err(),
+            });
         }
         let action = match self.session.commit() {
             Ok(action) => action,
             Err(e) => {
                 log::error!("saving the session failed: {}", ErrorChain(&e));
-                return self.into_response().send_error(error_status(e.kind()), &[]);
+                self.into_response()
+                    .send_error(error_status(e.kind()), &[])?;
+                return Ok(Served { failed: true });
             }
         };
         let cookie = self.cookie_header(&action);
         // The session is stored: let the next request of this session in before we write.
         let response = self.into_response();
         let extra = cache_headers(&response, cookie.as_deref());
-        response.send(&extra)
+        response.send(&extra)?;
+        Ok(Served { failed: false })
     }
 
     /// Ends the request's hold on its session (unsaved changes are dropped, the lock is
@@ -130,108 +134,9 @@ fn error_status(kind: ErrorKind) -> u16 {
     }
 }
 
-/// Runs a CGI program: reads the request from the process, calls `handler`, writes the response.
-///
-/// Started by a web server (`GATEWAY_INTERFACE` is set), this serves one CGI request. Started
-/// from a terminal, it serves a `GET` and prints the whole response, headers included, so
-/// `./reload` and then `HTTP_COOKIE='reload=…' ./reload` continue a session.
-///
-/// The handler's session is saved when it returns `Ok`. When it returns `Err` or panics, its
-/// session changes are discarded, the client gets a 500 page, and the error goes to standard
-/// error (the web server's error log). A busy session past `PSOSessionLockTimeout` gets a 503.
-/// When this request also collects expired sessions, it does so after the response is complete
-/// and standard output is closed, so the client never waits for it.
-///
-/// ```no_run
-/// use std::io::Write;
-///
-/// fn main() {
-///     pso::run(|cx: &mut pso::Context| {
-///         let n: u64 = cx.session.get("reloads")?.unwrap_or(0) + 1;
-///         cx.session.set("reloads", &n)?;
-///         write!(cx.response, "Hello World! ~ You reloaded: {n} times ~ Try Reload !")?;
-///         Ok(())
-///     })
-/// }
-/// ```
-pub fn run<F>(handler: F)
-where
-    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
-{
-    let mut env = Environment::from_process();
-    crate::logger::install(&env);
-    if !env.contains("GATEWAY_INTERFACE") {
-        add_terminal_defaults(&mut env);
-    }
-    let now = SystemTime::now();
-    let config = Config::from_env(&env);
-    let mut input = io::stdin().lock();
-    let mut output = io::stdout().lock();
-    let store = open_store(&config);
-    let written = match &store {
-        Ok(store) => respond(&env, &config, store, &mut input, &mut output, &handler, now),
-        Err(()) => send_store_error(&env, &mut input, &mut output),
-    };
-    drop(output);
-    match written {
-        Ok(()) => {
-            if let Ok(store) = &store
-                && gc_due(&config)
-            {
-                // The response is complete: let the server finish it before collecting.
-                close_stdout();
-                collect_garbage(store, now);
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-        Err(e) => log::error!("writing the response failed: {e}"),
-    }
-}
-
-/// Points standard output at `/dev/null`, so that the web server sees the end of the response
-/// while this process goes on. Without `/dev/null` it stays open, and the server waits.
-fn close_stdout() {
-    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null")
-        && let Err(e) = rustix::stdio::dup2_stdout(&null)
-    {
-        log::debug!("could not close standard output early: {e}");
-    }
-}
-
-/// A program started from a terminal: name the service after the program, as a web server
-/// would through `SCRIPT_NAME`.
-fn add_terminal_defaults(env: &mut Environment) {
-    if !env.contains("SCRIPT_NAME")
-        && let Some(program) = std::env::args_os().next()
-    {
-        env.set("SCRIPT_NAME", program);
-    }
-}
-
-/// The file store the configuration names; its problem is logged.
-fn open_store(config: &Config) -> Result<FileStore, ()> {
-    match FileStore::open(&config.session_dir) {
-        Ok(store) => Ok(store
-            .with_sync(config.sync)
-            .with_max_bytes(config.max_bytes)),
-        Err(e) => {
-            log::error!("{}", ErrorChain(&e));
-            Err(())
-        }
-    }
-}
-
-fn send_store_error(
-    env: &Environment,
-    input: &mut dyn Read,
-    output: &mut dyn Write,
-) -> io::Result<()> {
-    let head = Request::new(env, input).is_head();
-    Response::new(output, head).send_error(500, &[])
-}
-
 /// Serves one request: `env` describes it, its body comes from `input`, the response goes to
-/// `output`. Sessions live in the file store the configuration names.
+/// `output`. Sessions live in the file store the configuration names. For a process that
+/// serves many requests, build a [`crate::Service`] once instead.
 ///
 /// Only a failure to write the response is returned; everything else becomes a response.
 ///
@@ -241,7 +146,7 @@ fn send_store_error(
 /// let env = pso::Environment::from_pairs([
 ///     ("GATEWAY_INTERFACE", "CGI/1.1"),
 ///     ("SCRIPT_NAME", "/cgi-bin/hello"),
-///     ("PSOSessionFileLoader_Path", dir.path().to_str().unwrap()),
+///     ("PSOSessionFileLoader_Path", dir.path().join("sessions").to_str().unwrap()),
 /// ]);
 /// let mut output = Vec::new();
 /// let handler = |cx: &mut pso::Context| {
@@ -266,11 +171,8 @@ pub fn serve<F>(
 where
     F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
 {
-    let config = Config::from_env(env);
-    match open_store(&config) {
-        Ok(store) => serve_with_store(env, &config, &store, input, output, handler, now),
-        Err(()) => send_store_error(env, input, output),
-    }
+    let service = crate::Service::new(env.clone());
+    service.serve(service.process_env(), input, output, handler, now)
 }
 
 /// Serves one request like [`serve`], with the configuration and store given.
@@ -287,14 +189,25 @@ where
     F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
 {
     respond(env, config, store, input, output, handler, now)?;
-    if gc_due(config) {
-        collect_garbage(store, now);
+    output.flush()?;
+    if config.gc_probability.draw() {
+        match store.collect_garbage(now, Duration::from_millis(50)) {
+            Ok(report) => log::debug!("garbage collection: {report:?}"),
+            Err(e) => log::warn!("garbage collection failed: {}", ErrorChain(&e)),
+        }
     }
     Ok(())
 }
 
-/// The request itself: session, handler, response. Nothing after the response.
-fn respond<F>(
+/// How a request went, for the front end.
+pub(crate) struct Served {
+    /// The handler failed or panicked, or the session could not be had or saved.
+    pub failed: bool,
+}
+
+/// One request: its session, the handler, the response. Nothing after the response, and the
+/// output is not flushed: that is the front end's.
+pub(crate) fn respond<F>(
     env: &Environment,
     config: &Config,
     store: &dyn Store,
@@ -302,13 +215,22 @@ fn respond<F>(
     output: &mut dyn Write,
     handler: &F,
     now: SystemTime,
-) -> io::Result<()>
+) -> io::Result<Served>
 where
     F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
 {
     let request = Request::new(env, input);
     let https = request.is_https();
     let head = request.is_head();
+    if request.content_length() > config.max_body {
+        log::warn!(
+            "a request body of {} bytes is over PSOMaxBodyBytes ({}); refused",
+            request.content_length(),
+            config.max_body
+        );
+        Response::new(output, head).send_error(413, &[])?;
+        return Ok(Served { failed: true });
+    }
     let claim = Claim {
         cookie_header: env
             .get_os("HTTP_COOKIE")
@@ -328,7 +250,8 @@ where
             } else {
                 &[]
             };
-            return Response::new(output, head).send_error(status, retry);
+            Response::new(output, head).send_error(status, retry)?;
+            return Ok(Served { failed: true });
         }
     };
     let mut cx = Context {
@@ -347,28 +270,14 @@ where
             let kind = e
                 .downcast_ref::<crate::Error>()
                 .map_or(ErrorKind::Io, crate::Error::kind);
-            cx.into_response().send_error(error_status(kind), &[])
+            cx.into_response().send_error(error_status(kind), &[])?;
+            Ok(Served { failed: true })
         }
         Err(_) => {
             log::error!("the handler panicked; its session changes are discarded");
-            cx.into_response().send_error(500, &[])
+            cx.into_response().send_error(500, &[])?;
+            Ok(Served { failed: true })
         }
-    }
-}
-
-/// Whether this request also collects expired sessions (a random draw, unless turned off).
-fn gc_due(config: &Config) -> bool {
-    // Off (cron-driven cleanup): not even a random number to draw.
-    if config.gc_probability == crate::GcProbability::NEVER {
-        return false;
-    }
-    getrandom::u32().is_ok_and(|roll| config.gc_probability.hits(roll))
-}
-
-fn collect_garbage(store: &dyn Store, now: SystemTime) {
-    match store.collect_garbage(now, GC_BUDGET) {
-        Ok(report) => log::debug!("garbage collection: {report:?}"),
-        Err(e) => log::warn!("garbage collection failed: {}", ErrorChain(&e)),
     }
 }
 

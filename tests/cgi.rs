@@ -447,23 +447,39 @@ fn dead_ids_cannot_hide_the_visitors_session_behind_a_tossed_one() {
 }
 
 #[test]
-fn more_session_cookies_than_are_checked_get_a_fresh_session_never_the_attackers() {
+fn made_up_ids_cannot_crowd_out_the_visitors_session() {
+    // Before the fix, nine made-up ids (they need not name anything) kept a visitor out of
+    // their session for as long as the tossed cookies lasted.
+    let site = Site::new(RELOAD);
+    let mine = site.get(None).cookie();
+    let made_up: Vec<String> = (0..20).map(|_| dead_cookie()).collect();
+    let before = format!("{}; {mine}", made_up.join("; "));
+    let after = format!("{mine}; {}", made_up.join("; "));
+    assert_eq!(site.get(Some(&before)).count(), 2);
+    assert_eq!(site.get(Some(&after)).count(), 3);
+}
+
+#[test]
+fn more_tossed_sessions_than_are_checked_get_a_fresh_session_never_the_attackers() {
     for attacker_first in [true, false] {
         let site = Site::new(RELOAD);
         let mine = site.get(None).cookie();
-        let theirs = site.get(None).cookie();
-        let mut cookies: Vec<String> = (0..pso::cookies::MAX_CANDIDATES)
-            .map(|_| dead_cookie())
+        let theirs: Vec<String> = (0..pso::cookies::MAX_CANDIDATES)
+            .map(|_| site.get(None).cookie())
             .collect();
-        cookies.insert(
-            if attacker_first { 0 } else { cookies.len() },
-            theirs.clone(),
-        );
-        cookies.push(mine.clone());
-        let reply = site.get(Some(&cookies.join("; ")));
+        let header = if attacker_first {
+            format!("{}; {mine}", theirs.join("; "))
+        } else {
+            format!("{mine}; {}", theirs.join("; "))
+        };
+        let reply = site.get(Some(&header));
         assert_eq!(reply.count(), 1);
-        assert_ne!(reply.cookie(), theirs);
-        assert!(reply.stderr.contains("adopting none"), "{}", reply.stderr);
+        assert!(!theirs.contains(&reply.cookie()), "never the attacker's");
+        assert!(reply.stderr.contains("ending them all"), "{}", reply.stderr);
+        // They all ended: the same tossed cookies now name nothing and keep nobody out.
+        let fresh = reply.cookie();
+        let header = format!("{}; {fresh}", theirs.join("; "));
+        assert_eq!(site.get(Some(&header)).count(), 2);
     }
 }
 
@@ -838,7 +854,7 @@ fn collection_runs_after_the_response_is_complete() {
     let command = site.command(Some(&cookie));
     let mut traced = Command::new("strace");
     traced
-        .args(["-qq", "-e", "trace=write,dup2,dup3,getdents64", "-o"])
+        .args(["-qq", "-e", "trace=write,dup2,getdents64", "-o"])
         .arg(&trace)
         .arg(command.get_program())
         .env_clear()
@@ -852,13 +868,16 @@ fn collection_runs_after_the_response_is_complete() {
         .iter()
         .rposition(|l| l.starts_with("write(1,"))
         .unwrap();
-    let closed = position(&|l| {
-        l.starts_with("dup2(") && l.contains(", 1)") || l.starts_with("dup3(") && l.contains(", 1,")
-    })
-    .unwrap_or_else(|| panic!("standard output is never closed:\n{log}"));
     let listing = position(&|l| l.starts_with("getdents64("))
         .unwrap_or_else(|| panic!("no collection:\n{log}"));
-    assert!(last_output < closed && closed < listing, "{log}");
+    // Standard input, output and error all go before collection starts: web servers wait
+    // for the end of each of them.
+    for fd in 0..=2 {
+        let target = format!(", {fd})");
+        let closed = position(&|l| l.starts_with("dup2(") && l.contains(&target))
+            .unwrap_or_else(|| panic!("descriptor {fd} is never closed:\n{log}"));
+        assert!(last_output < closed && closed < listing, "{log}");
+    }
 }
 
 #[test]

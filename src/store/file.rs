@@ -25,6 +25,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
@@ -104,11 +105,10 @@ impl FileStore {
     /// Opens the store in `dir`, creating the directory `0700` if it does not exist.
     ///
     /// The directory is opened once without following a symbolic link and checked through
-    /// the open handle: it must be a real directory owned by the user pso runs as. If others
-    /// may read or write it, it is tightened to `0700` (file names are session ids), except
-    /// under a parent directory that another user can write: there a loose directory is
-    /// refused, as it may have been prepared by someone else, and only one already `0700`
-    /// is used. A directory on NFS or SMB is logged: `flock` is not reliable there.
+    /// the open handle: it must be a real directory owned by the user pso runs as, of mode
+    /// `0700`. One that others could read or write is refused rather than tightened: file names
+    /// are session ids, and whoever opened it while it was loose can list it still. A
+    /// directory on NFS or SMB is logged: `flock` is not reliable there.
     pub fn open(dir: impl Into<PathBuf>) -> Result<FileStore> {
         let path = dir.into();
         let uid = effective_uid();
@@ -153,70 +153,65 @@ impl FileStore {
 
     /// Opens the session file named `name` without following a symbolic link.
     ///
-    /// Anything there that is not a regular file of ours with one link (a planted symlink, a
-    /// hard link to another file, a directory, a FIFO, a socket, a device) is removed, never
-    /// followed, opened or written; what cannot be removed makes the id [`Found::Blocked`].
+    /// What is at the name is looked at first (`fstatat`, not following a link) and opened
+    /// only if it is a regular file: a device or FIFO is never opened. Anything that is not a
+    /// regular file of ours with one link (a planted symlink, a hard link to another file, a
+    /// directory, a FIFO, a socket, a device, a file we may not open) is removed, never
+    /// followed or written; what cannot be removed makes the id [`Found::Blocked`].
     fn open_file(&self, key: &SessionKey, name: &CStr, create: bool) -> Result<Found> {
         let dir = &self.dir.handle;
         for _ in 0..MAX_REOPENS {
-            // Non-blocking and no controlling terminal, in case something other than a
-            // regular file was put here: opening must not hang on a FIFO.
-            let mut flags = OFlags::RDWR
-                | OFlags::NOFOLLOW
-                | OFlags::CLOEXEC
-                | OFlags::NONBLOCK
-                | OFlags::NOCTTY;
-            if create {
-                flags |= OFlags::CREATE;
-            }
-            match rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600)) {
-                Ok(fd) => {
-                    let file = File::from(fd);
-                    let stat = rustix::fs::fstat(&file)
-                        .map_err(|e| Error::io(format!("inspecting session {key:?}"), e.into()))?;
-                    if stat.st_nlink == 0 {
-                        // Replaced by another request's save between open and fstat.
-                        continue;
-                    }
-                    if self.is_our_file(&stat) {
-                        if stat.st_mode & 0o777 != 0o600 {
-                            set_private(&file, key)?;
-                        }
-                        return Ok(Found::File(file));
-                    }
-                    // Remove the name only if it still is what we inspected: a save may have
-                    // renamed a good file into place meanwhile.
-                    if !self.names(name, &stat) {
-                        continue;
-                    }
+            let seen = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => Some(stat),
+                Err(Errno::NOENT) if !create => return Ok(Found::Missing),
+                Err(Errno::NOENT) => None,
+                Err(e) => return Err(Error::io(format!("inspecting session {key:?}"), e.into())),
+            };
+            if let Some(stat) = &seen {
+                let kind = FileType::from_raw_mode(stat.st_mode);
+                if kind != FileType::RegularFile || !self.is_our_file(stat) {
                     log::warn!(
-                        "session {key:?}: the file is not a regular file of ours with one link; removing it"
-                    );
-                    if !self.remove_planted(key, name, FileType::RegularFile)? {
-                        return Ok(Found::Blocked);
-                    }
-                }
-                Err(Errno::NOENT) => return Ok(Found::Missing),
-                Err(Errno::LOOP | Errno::ISDIR | Errno::NXIO | Errno::OPNOTSUPP) => {
-                    // A symbolic link, a directory, a socket: look at what it is, without
-                    // following it.
-                    let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
-                        continue;
-                    };
-                    let kind = FileType::from_raw_mode(stat.st_mode);
-                    if kind == FileType::RegularFile {
-                        continue;
-                    }
-                    log::warn!(
-                        "session {key:?}: a {} is where the file should be; removing it",
+                        "session {key:?}: a {} that is not ours alone is where the file should be; removing it",
                         describe(kind)
                     );
                     if !self.remove_planted(key, name, kind)? {
                         return Ok(Found::Blocked);
                     }
+                    continue;
+                }
+            }
+            // A name that was free is created exclusively, so two requests cannot both think
+            // they made it; one that held a file is opened only if it still is that file.
+            let mut flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+            if seen.is_none() {
+                flags |= OFlags::CREATE | OFlags::EXCL;
+            }
+            let file = match rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600)) {
+                Ok(fd) => File::from(fd),
+                // Created, replaced or removed by another request meanwhile: look again.
+                Err(Errno::EXIST | Errno::NOENT | Errno::LOOP) => continue,
+                Err(Errno::ACCESS | Errno::PERM) => {
+                    log::warn!("session {key:?}: the file cannot be opened; removing it");
+                    if !self.remove_planted(key, name, FileType::RegularFile)? {
+                        return Ok(Found::Blocked);
+                    }
+                    continue;
                 }
                 Err(e) => return Err(Error::io(format!("opening session {key:?}"), e.into())),
+            };
+            let held = rustix::fs::fstat(&file)
+                .map_err(|e| Error::io(format!("inspecting session {key:?}"), e.into()))?;
+            let same = seen
+                .as_ref()
+                .is_none_or(|seen| seen.st_dev == held.st_dev && seen.st_ino == held.st_ino);
+            // Replaced between the look and the open, or by another request's save since.
+            if !same || held.st_nlink == 0 || !self.is_our_file(&held) {
+                continue;
             }
+            if held.st_mode & 0o777 != 0o600 {
+                set_private(&file, key)?;
+            }
+            return Ok(Found::File(file));
         }
         Err(Error::new(
             ErrorKind::Io,
@@ -454,14 +449,29 @@ impl FileStore {
         }
     }
 
+    /// Saves where collection stopped: a new file renamed over the old name, so whatever was
+    /// put at the name (a FIFO, a link to another file) is replaced, never opened or written.
     fn write_cursor(&self, position: i64) {
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let name = c_name(GC_CURSOR.to_owned());
-        if let Ok(fd) =
-            rustix::fs::openat(&self.dir.handle, &name, flags, Mode::from_raw_mode(0o600))
+        // Unique in this process too: passes may run on several threads at once.
+        static PASSES: AtomicU64 = AtomicU64::new(0);
+        let pass = PASSES.fetch_add(1, Ordering::Relaxed);
+        let temp = c_name(format!(
+            "{GC_CURSOR}.{}-{pass}{TEMP_EXTENSION}",
+            std::process::id()
+        ));
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dir = &self.dir.handle;
+        let _ = self.unlink(&temp);
+        let Ok(fd) = rustix::fs::openat(dir, &temp, flags, Mode::from_raw_mode(0o600)) else {
+            return;
+        };
+        let written = File::from(fd)
+            .write_all_at(&position.to_le_bytes(), 0)
+            .is_ok();
+        if !written || rustix::fs::renameat(dir, &temp, dir, c_name(GC_CURSOR.to_owned())).is_err()
         {
-            // One small positioned write: concurrent passes can only make it a little stale.
-            let _ = File::from(fd).write_all_at(&position.to_le_bytes(), 0);
+            let _ = self.unlink(&temp);
         }
     }
 }
@@ -500,6 +510,18 @@ impl Store for FileStore {
             // Replaced or removed while we waited: lock whatever is there now, within the
             // same deadline.
             time_left(deadline, key)?;
+        }
+    }
+
+    fn exists(&self, key: &SessionKey) -> Result<bool> {
+        match rustix::fs::statat(
+            &self.dir.handle,
+            c_name(file_name(key)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(_) => Ok(true),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(Error::io(format!("inspecting session {key:?}"), e.into())),
         }
     }
 
@@ -658,6 +680,15 @@ enum Entry {
 
 fn classify(name: &OsStr) -> Option<Entry> {
     let name = name.to_str()?;
+    if let Some(pid) = name
+        .strip_prefix(GC_CURSOR)
+        .and_then(|n| n.strip_prefix('.'))
+        .and_then(|n| n.strip_suffix(TEMP_EXTENSION))
+    {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let (pid, pass) = pid.split_once('-')?;
+        return (digits(pid) && digits(pass)).then_some(Entry::Temp);
+    }
     if let Some(inner) = name
         .strip_prefix('.')
         .and_then(|n| n.strip_suffix(TEMP_EXTENSION))
@@ -708,7 +739,17 @@ fn read_bytes(file: &File, max_bytes: u64) -> Result<Option<Vec<u8>>> {
     }
     // Positional, so the descriptor's offset (at the end after a save) does not matter. Files
     // are never written in place, so the length read above is the length to read.
-    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    // A failed allocation (a memory limit such as Apache's RLimitMEM) is an error for this
+    // request, not an abort of the process.
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len).map_err(|_| {
+        Error::new(
+            ErrorKind::Io,
+            format!("no memory to read a session file of {len} bytes"),
+        )
+    })?;
+    bytes.resize(len, 0);
     file.read_exact_at(&mut bytes, 0)
         .map_err(|e| Error::io("reading a session file", e))?;
     Ok(Some(bytes))
@@ -741,9 +782,15 @@ fn set_private(file: &File, key: &SessionKey) -> Result<()> {
 fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
     let shown = path.display();
     let directory_error = |message: String| Error::new(ErrorKind::Directory, message);
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+    // Path drops "." components ("/tmp/." is "/tmp"): look at the bytes as given.
+    let dotted = path
+        .as_os_str()
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .any(|part| part == b"." || part == b"..");
+    let (Some(parent), Some(name), false) = (path.parent(), path.file_name(), dotted) else {
         return Err(directory_error(format!(
-            "{shown} cannot be the session directory; name a directory of its own"
+            "{shown} cannot be the session directory; name a directory of its own, without . or .."
         )));
     };
     let parent = if parent.as_os_str().is_empty() {
@@ -761,15 +808,16 @@ fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(|e| Error::io(format!("opening {}", parent.display()), e.into()))?;
-    match rustix::fs::mkdirat(&parent_handle, name, Mode::from_raw_mode(0o700)) {
-        Ok(()) | Err(Errno::EXIST) => {}
+    let created = match rustix::fs::mkdirat(&parent_handle, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) => true,
+        Err(Errno::EXIST) => false,
         Err(e) => {
             return Err(Error::io(
                 format!("creating the session directory {shown}"),
                 e.into(),
             ));
         }
-    }
+    };
     let handle = match rustix::fs::openat(
         &parent_handle,
         name,
@@ -812,28 +860,23 @@ fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
     }
     let parent_stat = rustix::fs::fstat(&parent_handle)
         .map_err(|e| Error::io(format!("inspecting {}", parent.display()), e.into()))?;
-    let exposed = others_can_replace_entries(&parent_stat, uid);
-    // Exactly 0700: others must not list it (file names are session ids), and a umask must
-    // not have taken our own rights away.
     if stat.st_mode & 0o777 != 0o700 {
-        if exposed {
+        if !created {
+            // Tightening is not enough: whoever opened the directory while it was loose keeps a
+            // handle that lists it (the names are session ids) whatever its mode becomes.
             return Err(directory_error(format!(
-                "the session directory {shown} has mode {:o} and lies in {}, which other users can write: \
-                 someone else may have prepared it. Check it, then make it 0700 yourself (or choose a \
-                 directory under a parent only you can write)",
-                stat.st_mode & 0o7777,
-                parent.display()
+                "the session directory {shown} has mode {:o}: others may have read its session ids,                  and may still hold it open. Remove it and let pso create it (0700), or make it 0700                  yourself if you are sure nobody else has it open",
+                stat.st_mode & 0o7777
             )));
         }
-        log::warn!(
-            "the session directory {shown} had mode {:o}; making it 0700",
-            stat.st_mode & 0o7777
-        );
+        // Ours, just made, and a umask took our own rights away.
         rustix::fs::fchmod(&handle, Mode::from_raw_mode(0o700))
             .map_err(|e| Error::io(format!("making {shown} private"), e.into()))?;
-    } else if exposed {
+    }
+    if others_can_replace_entries(&parent_stat, uid) {
         // Safe to use: every operation goes through this handle, so swapping the name cannot
-        // redirect a file. But the other user can still move the directory away (sessions end).
+        // redirect a file. But the other user can move the directory away or put something
+        // in its place, and then requests fail until it is fixed.
         log::info!(
             "the session directory {shown} lies in {}, which other users can write; it is used through a handle, but they can move it away",
             parent.display()
@@ -919,13 +962,21 @@ mod tests {
     }
 
     #[test]
-    fn a_loose_directory_is_tightened_and_a_symlinked_one_refused() {
+    fn a_loose_directory_is_refused_and_so_are_links_and_dots() {
         let dir = tempfile::tempdir().unwrap();
         let loose = dir.path().join("loose");
         fs::create_dir(&loose).unwrap();
-        fs::set_permissions(&loose, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::set_permissions(&loose, fs::Permissions::from_mode(0o755)).unwrap();
+        let err = FileStore::open(&loose).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Directory);
+        assert!(err.to_string().contains("mode 755"), "{err}");
+        assert_eq!(
+            fs::metadata(&loose).unwrap().mode() & 0o777,
+            0o755,
+            "not changed: pso did not create it"
+        );
+        fs::set_permissions(&loose, fs::Permissions::from_mode(0o700)).unwrap();
         FileStore::open(&loose).unwrap();
-        assert_eq!(fs::metadata(&loose).unwrap().mode() & 0o777, 0o700);
 
         let link = dir.path().join("link");
         symlink(&loose, &link).unwrap();
@@ -940,32 +991,43 @@ mod tests {
             FileStore::open(&file).unwrap_err().kind(),
             ErrorKind::Directory
         );
+        for odd in ["/", "/tmp/.", "/tmp/..", "/tmp/./x"] {
+            assert_eq!(
+                FileStore::open(odd).unwrap_err().kind(),
+                ErrorKind::Directory,
+                "{odd}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_directory_pso_creates_is_0700_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let previous = rustix::process::umask(Mode::from_raw_mode(0o277));
+        let opened = FileStore::open(dir.path().join("s"));
+        rustix::process::umask(previous);
+        opened.unwrap();
         assert_eq!(
-            FileStore::open("/").unwrap_err().kind(),
-            ErrorKind::Directory
+            fs::metadata(dir.path().join("s")).unwrap().mode() & 0o777,
+            0o700
         );
     }
 
     #[test]
-    fn under_a_parent_others_can_write_only_a_private_directory_is_used() {
+    fn under_a_parent_others_can_write_a_private_directory_is_used() {
         let dir = tempfile::tempdir().unwrap();
         let shared = dir.path().join("shared");
         fs::create_dir(&shared).unwrap();
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
         let sessions = shared.join("sessions");
-        // Created by pso: 0700 from the start, and used.
+        // Created by pso: 0700 from the start, and used through its handle.
         FileStore::open(&sessions).unwrap();
-        // Loosened meanwhile: refused, not silently tightened.
+        FileStore::open(&sessions).unwrap();
         fs::set_permissions(&sessions, fs::Permissions::from_mode(0o755)).unwrap();
-        let err = FileStore::open(&sessions).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Directory);
-        assert!(err.to_string().contains("other users can write"), "{err}");
-        fs::set_permissions(&sessions, fs::Permissions::from_mode(0o700)).unwrap();
-        FileStore::open(&sessions).unwrap();
-        // The sticky bit (as on /tmp) keeps others from replacing our entries.
-        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
-        fs::set_permissions(&sessions, fs::Permissions::from_mode(0o755)).unwrap();
-        FileStore::open(&sessions).unwrap();
+        assert_eq!(
+            FileStore::open(&sessions).unwrap_err().kind(),
+            ErrorKind::Directory
+        );
     }
 
     #[test]

@@ -89,6 +89,14 @@ impl Store for MemoryStore {
         }
     }
 
+    fn exists(&self, key: &SessionKey) -> Result<bool> {
+        Ok(self
+            .shared
+            .slots()
+            .get(key)
+            .is_some_and(|slot| slot.bytes.is_some()))
+    }
+
     fn peek(&self, key: &SessionKey) -> Result<Option<Record>> {
         let slots = self.shared.slots();
         slots

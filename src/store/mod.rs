@@ -130,6 +130,10 @@ pub trait Store: Send + Sync {
     /// session run their load–modify–save cycles one after the other.
     fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockedSession>>;
 
+    /// Whether the store holds anything under `key`, cheaply: no lock, no read. A `true` may
+    /// still turn out to be no live session once locked and loaded.
+    fn exists(&self, key: &SessionKey) -> Result<bool>;
+
     /// Reads the record of `key` without locking or adopting it (for tools and audits).
     fn peek(&self, key: &SessionKey) -> Result<Option<Record>>;
 

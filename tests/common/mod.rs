@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test file uses a part
 
+pub mod fcgi;
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;

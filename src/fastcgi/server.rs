@@ -1,0 +1,1224 @@
+//! The FastCGI server: the listener, the connections, the workers.
+
+use std::cell::RefCell;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustix::event::{PollFd, PollFlags};
+
+use super::record::{
+    self, Begin, Capacities, EndStatus, ParamLimits, ProtocolError, ROLE_RESPONDER, Status, kind,
+};
+use crate::environment::Environment;
+use crate::error::BoxError;
+use crate::runner::Context;
+use crate::service::Service;
+
+/// Bytes read from a connection at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// Output kept before it is sent as records: a response that fits goes out in one write with
+/// the end of the request.
+const OUTPUT_CHUNK: usize = 64 * 1024;
+/// The most unread input discarded before closing a connection, and for how long.
+const DRAIN_BYTES: usize = 1 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// How many workers, connections and bytes a FastCGI process allows, and how long it waits.
+///
+/// ```
+/// let env = pso::Environment::from_pairs([("PSO_FCGI_WORKERS", "3"), ("PSO_FCGI_IDLE_TIMEOUT", "2m")]);
+/// let limits = pso::fastcgi::Limits::from_env(&env);
+/// assert_eq!(limits.workers, 3);
+/// assert_eq!(limits.idle_timeout, std::time::Duration::from_secs(120));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Worker threads: requests handled at once (`PSO_FCGI_WORKERS`; twice the cores).
+    pub workers: usize,
+    /// Open connections (`PSO_FCGI_MAX_CONNS`; 4096); past it, new ones wait in the backlog.
+    pub max_conns: usize,
+    /// How long a new connection may send nothing (`PSO_FCGI_FIRST_BYTE_TIMEOUT`; 5 s).
+    pub first_byte_timeout: Duration,
+    /// How long a kept connection may wait between requests (`PSO_FCGI_IDLE_TIMEOUT`; 60 s).
+    pub idle_timeout: Duration,
+    /// How long a request may take to send its parameters (`PSO_FCGI_HEADER_TIMEOUT`; 10 s):
+    /// a client that trickles them (slowloris) is cut off.
+    pub header_timeout: Duration,
+    /// How long a read of the body or a write of the response may stall (`PSO_FCGI_IO_TIMEOUT`;
+    /// 30 s).
+    pub io_timeout: Duration,
+    /// How long in-flight requests may take to finish after `SIGTERM` (10 s).
+    pub shutdown_timeout: Duration,
+    /// Caps on a request's parameters.
+    pub params: ParamLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Limits {
+            workers: (2 * cores).max(2),
+            max_conns: 4096,
+            first_byte_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+            params: ParamLimits::default(),
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, changed by `PSO_FCGI_*` variables of `env` (the process environment).
+    pub fn from_env(env: &Environment) -> Limits {
+        let mut limits = Limits::default();
+        let count = |name: &str, into: &mut usize| {
+            if let Some(text) = env.get(name) {
+                match text.trim().parse::<usize>() {
+                    Ok(n) if n > 0 => *into = n,
+                    _ => log::warn!("{name}: {text:?} is not a positive number; using {into}"),
+                }
+            }
+        };
+        count("PSO_FCGI_WORKERS", &mut limits.workers);
+        count("PSO_FCGI_MAX_CONNS", &mut limits.max_conns);
+        let time = |name: &str, into: &mut Duration| {
+            if let Some(text) = env.get(name) {
+                match crate::config::duration(text) {
+                    Some(d) if !d.is_zero() => *into = d,
+                    _ => log::warn!(
+                        "{name}: {text:?} is not a duration like 10 or 1m; using {into:?}"
+                    ),
+                }
+            }
+        };
+        time(
+            "PSO_FCGI_FIRST_BYTE_TIMEOUT",
+            &mut limits.first_byte_timeout,
+        );
+        time("PSO_FCGI_IDLE_TIMEOUT", &mut limits.idle_timeout);
+        time("PSO_FCGI_HEADER_TIMEOUT", &mut limits.header_timeout);
+        time("PSO_FCGI_IO_TIMEOUT", &mut limits.io_timeout);
+        limits
+    }
+}
+
+/// Where requests come from: a listening socket.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP (nginx `fastcgi_pass 127.0.0.1:9000`, Apache `mod_proxy_fcgi`).
+    Tcp(TcpListener),
+    /// A unix socket; `path` is set when pso created it, so it removes it at exit.
+    Unix {
+        /// The socket.
+        listener: UnixListener,
+        /// The socket file pso created.
+        path: Option<PathBuf>,
+    },
+}
+
+impl Listener {
+    /// The listening socket a web server handed this process on file descriptor 0 (Apache
+    /// `mod_fcgid`, lighttpd `bin-path`, `spawn-fcgi`), if there is one. Standard input then
+    /// reads `/dev/null`.
+    pub fn inherited() -> Option<Listener> {
+        let stdin = rustix::stdio::stdin();
+        if !matches!(rustix::net::sockopt::socket_acceptconn(stdin), Ok(true)) {
+            return None;
+        }
+        let family = rustix::net::getsockname(stdin).ok()?.address_family();
+        let socket: OwnedFd = rustix::io::fcntl_dupfd_cloexec(stdin, 3).ok()?;
+        if let Ok(null) = fs::File::open("/dev/null") {
+            let _ = rustix::stdio::dup2_stdin(&null);
+        }
+        if family == rustix::net::AddressFamily::UNIX {
+            Some(Listener::Unix {
+                listener: UnixListener::from(socket),
+                path: None,
+            })
+        } else if family == rustix::net::AddressFamily::INET
+            || family == rustix::net::AddressFamily::INET6
+        {
+            Some(Listener::Tcp(TcpListener::from(socket)))
+        } else {
+            None
+        }
+    }
+
+    /// Binds `spec`: `unix:/run/app.sock` (created `0660`), `127.0.0.1:9000`, `[::1]:9000`,
+    /// or `:9000` / `9000` for loopback. An address other than loopback is taken as asked,
+    /// with a warning: whoever reaches the socket configures pso.
+    ///
+    /// ```
+    /// let listener = pso::fastcgi::Listener::bind("127.0.0.1:0")?;
+    /// assert!(matches!(listener, pso::fastcgi::Listener::Tcp(_)));
+    /// assert!(pso::fastcgi::Listener::bind("nonsense").is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn bind(spec: &str) -> io::Result<Listener> {
+        let spec = spec.trim();
+        if let Some(path) = spec.strip_prefix("unix:") {
+            return bind_unix(PathBuf::from(path));
+        }
+        let port_only = spec.strip_prefix(':').unwrap_or(spec);
+        let address: SocketAddr = match port_only.parse::<u16>() {
+            Ok(port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            Err(_) => spec.parse().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{spec:?} is not unix:/path, host:port or a port"),
+                )
+            })?,
+        };
+        if !address.ip().is_loopback() {
+            log::warn!(
+                "FastCGI listens on {address}, beyond this machine: anyone who reaches it configures pso through its parameters (set FCGI_WEB_SERVER_ADDRS)"
+            );
+        }
+        TcpListener::bind(address).map(Listener::Tcp)
+    }
+
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(listener) => listener.as_fd(),
+            Listener::Unix { listener, .. } => listener.as_fd(),
+        }
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Listener::Tcp(listener) => listener.set_nonblocking(true),
+            Listener::Unix { listener, .. } => listener.set_nonblocking(true),
+        }
+    }
+
+    /// The next connection, `None` when there is none waiting.
+    fn accept(&self, allowed: &[IpAddr]) -> io::Result<Option<Stream>> {
+        loop {
+            let accepted = match self {
+                Listener::Tcp(listener) => listener.accept().map(|(stream, peer)| {
+                    if !allowed.is_empty() && !allowed.contains(&peer.ip()) {
+                        log::warn!(
+                            "refusing a FastCGI connection from {peer}: not in FCGI_WEB_SERVER_ADDRS"
+                        );
+                        return None;
+                    }
+                    // Each response goes out in one write; do not hold its last segment back.
+                    let _ = stream.set_nodelay(true);
+                    Some(Stream::Tcp(stream))
+                }),
+                Listener::Unix { listener, .. } => {
+                    listener.accept().map(|(stream, _)| Some(Stream::Unix(stream)))
+                }
+            };
+            match accepted {
+                Ok(Some(stream)) => return Ok(Some(stream)),
+                Ok(None) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix {
+            path: Some(path), ..
+        } = self
+        {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Creates a unix socket `0660` (whatever the umask), replacing a stale socket file left by a
+/// process that died, but nothing else.
+fn bind_unix(path: PathBuf) -> io::Result<Listener> {
+    if let Ok(meta) = fs::symlink_metadata(&path) {
+        let stale = meta.file_type().is_socket()
+            && UnixStream::connect(&path)
+                .err()
+                .is_some_and(|e| e.kind() == io::ErrorKind::ConnectionRefused);
+        if !stale {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{} exists and is not a stale socket; remove it or choose another",
+                    path.display()
+                ),
+            ));
+        }
+        fs::remove_file(&path)?;
+    }
+    // The umask is the process's; this runs at start-up, before any other thread.
+    let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o117));
+    let bound = UnixListener::bind(&path);
+    rustix::process::umask(previous);
+    let listener = bound?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o660))?;
+    Ok(Listener::Unix {
+        listener,
+        path: Some(path),
+    })
+}
+
+/// A connection from the web server.
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
+    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))
+            }
+            Stream::Unix(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))
+            }
+        }
+    }
+
+    fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+        };
+    }
+
+    /// Reads what is there without waiting, whatever the socket's mode.
+    fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        rustix::net::recv(self, buf, rustix::net::RecvFlags::DONTWAIT)
+            .map(|(read, _)| read)
+            .map_err(Into::into)
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).read(buf),
+            Stream::Unix(s) => (&*s).read(buf),
+        }
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write(buf),
+            Stream::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A connection and the bytes read from it but not yet parsed.
+#[derive(Debug)]
+struct Conn {
+    stream: Stream,
+    input: Vec<u8>,
+    /// Where the unparsed bytes of `input` start.
+    parsed: usize,
+}
+
+impl Conn {
+    fn new(stream: Stream) -> Conn {
+        Conn {
+            stream,
+            input: Vec::new(),
+            parsed: 0,
+        }
+    }
+
+    /// Whether bytes are held that no record has taken yet.
+    fn holds_input(&self) -> bool {
+        self.parsed < self.input.len()
+    }
+
+    /// Reads once into the input buffer; `Ok(0)` is the end of the stream.
+    fn fill(&mut self, wait: bool) -> io::Result<usize> {
+        self.input.drain(..self.parsed);
+        self.parsed = 0;
+        let start = self.input.len();
+        self.input.resize(start + READ_CHUNK, 0);
+        let read = if wait {
+            (&self.stream).read(&mut self.input[start..])
+        } else {
+            self.stream.read_now(&mut self.input[start..])
+        };
+        self.input.truncate(start + *read.as_ref().unwrap_or(&0));
+        read
+    }
+
+    /// The next complete record, as (kind, id, content).
+    fn next_record(&mut self) -> Result<Option<(u8, u16, Vec<u8>)>, ProtocolError> {
+        match record::parse(&self.input[self.parsed..])? {
+            Status::Partial => Ok(None),
+            Status::Complete(record, used) => {
+                let taken = (record.kind, record.request_id, record.content.to_vec());
+                self.parsed += used;
+                if self.parsed == self.input.len() {
+                    self.input.clear();
+                    self.parsed = 0;
+                }
+                Ok(Some(taken))
+            }
+        }
+    }
+
+    /// Writes `bytes` whole (a reply the reactor owes: small, so a peer that does not read it
+    /// is dropped).
+    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+        (&self.stream).write_all(bytes)
+    }
+}
+
+/// A request whose parameters are complete, with its connection: what a worker gets.
+struct Job {
+    conn: Conn,
+    id: u16,
+    keep_conn: bool,
+    params: Vec<u8>,
+}
+
+/// Where a connection not running a request stands.
+enum Phase {
+    /// Waiting for a request: new, or kept after one.
+    Waiting,
+    /// A request began and is sending its parameters.
+    Params {
+        id: u16,
+        keep_conn: bool,
+        params: Vec<u8>,
+    },
+    /// Done: reading and discarding what the peer still sends, so that closing does not reset
+    /// the connection and cut the response short.
+    Draining { left: usize },
+}
+
+struct Watched {
+    conn: Conn,
+    phase: Phase,
+    deadline: Instant,
+}
+
+/// What the reactor decided for a connection after reading from it.
+enum Next {
+    Keep,
+    /// The request's parameters are complete: (id, keep_conn, params).
+    Dispatch(u16, bool, Vec<u8>),
+    Close,
+}
+
+/// What both sides share.
+struct Shared<'s, F> {
+    service: &'s Service,
+    handler: &'s F,
+    limits: &'s Limits,
+    in_flight: AtomicUsize,
+}
+
+/// Serves FastCGI requests from `listener` with `handler` until `SIGTERM`, then finishes the
+/// requests in flight (within [`Limits::shutdown_timeout`]) and returns.
+pub fn serve<F>(
+    listener: Listener,
+    limits: &Limits,
+    service: &Service,
+    handler: &F,
+) -> io::Result<()>
+where
+    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+{
+    listener.set_nonblocking()?;
+    let allowed = allowed_peers(service.process_env());
+    let (wake_read, wake_write) = UnixStream::pair()?;
+    wake_read.set_nonblocking(true)?;
+    wake_write.set_nonblocking(true)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let signals = [
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?,
+        signal_hook::low_level::pipe::register(
+            signal_hook::consts::SIGTERM,
+            wake_write.try_clone()?,
+        )?,
+    ];
+    let shared = Shared {
+        service,
+        handler,
+        limits,
+        in_flight: AtomicUsize::new(0),
+    };
+    let (jobs, job_queue) = mpsc::channel::<Job>();
+    let job_queue = Mutex::new(job_queue);
+    let (returned, returns) = mpsc::channel::<Watched>();
+    log::info!(
+        "serving FastCGI with {} workers, at most {} connections",
+        limits.workers,
+        limits.max_conns
+    );
+    let result = std::thread::scope(|scope| {
+        for _ in 0..limits.workers {
+            let (shared, job_queue, returned, wake) =
+                (&shared, &job_queue, returned.clone(), &wake_write);
+            scope.spawn(move || work(shared, job_queue, returned, wake));
+        }
+        drop(returned);
+        let mut reactor = Reactor {
+            listener: &listener,
+            allowed: &allowed,
+            limits,
+            shared: &shared,
+            watched: Vec::new(),
+            jobs: Some(jobs),
+            returns,
+            wake: &wake_read,
+            stop: &stop,
+        };
+        reactor.run()
+    });
+    for id in signals {
+        signal_hook::low_level::unregister(id);
+    }
+    result
+}
+
+/// `FCGI_WEB_SERVER_ADDRS`: the addresses TCP peers may come from (libfcgi's variable).
+fn allowed_peers(env: &Environment) -> Vec<IpAddr> {
+    let Some(list) = env.get("FCGI_WEB_SERVER_ADDRS") else {
+        return Vec::new();
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| match s.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                log::warn!("FCGI_WEB_SERVER_ADDRS: {s:?} is not an IP address; ignored");
+                None
+            }
+        })
+        .collect()
+}
+
+struct Reactor<'r, 's, F> {
+    listener: &'r Listener,
+    allowed: &'r [IpAddr],
+    limits: &'r Limits,
+    shared: &'r Shared<'s, F>,
+    watched: Vec<Watched>,
+    jobs: Option<Sender<Job>>,
+    returns: Receiver<Watched>,
+    wake: &'r UnixStream,
+    stop: &'r AtomicBool,
+}
+
+impl<F> Reactor<'_, '_, F>
+where
+    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+{
+    fn run(&mut self) -> io::Result<()> {
+        let mut stopping_since: Option<Instant> = None;
+        loop {
+            if stopping_since.is_none() && self.stop.load(Ordering::SeqCst) {
+                log::info!("SIGTERM: no new connections; finishing the requests in flight");
+                stopping_since = Some(Instant::now());
+                // Connections not running a request have nothing in flight.
+                self.watched
+                    .retain(|w| matches!(w.phase, Phase::Draining { .. }));
+            }
+            let in_flight = self.shared.in_flight.load(Ordering::SeqCst);
+            if let Some(since) = stopping_since {
+                if in_flight == 0 {
+                    break;
+                }
+                if since.elapsed() >= self.limits.shutdown_timeout {
+                    log::error!(
+                        "{in_flight} requests still running after the shutdown timeout; leaving them"
+                    );
+                    std::process::exit(1);
+                }
+            }
+            let accepting =
+                stopping_since.is_none() && self.watched.len() + in_flight < self.limits.max_conns;
+            let now = Instant::now();
+            let next_deadline = self
+                .watched
+                .iter()
+                .map(|w| w.deadline)
+                .chain(stopping_since.map(|since| since + self.limits.shutdown_timeout))
+                .min();
+            let timeout = next_deadline
+                .map(|d| d.saturating_duration_since(now))
+                .and_then(|d| rustix::event::Timespec::try_from(d).ok());
+            let ready = {
+                let mut fds = Vec::with_capacity(self.watched.len() + 2);
+                fds.push(PollFd::new(self.wake, PollFlags::IN));
+                if accepting {
+                    fds.push(PollFd::from_borrowed_fd(
+                        self.listener.as_fd(),
+                        PollFlags::IN,
+                    ));
+                }
+                for watched in &self.watched {
+                    fds.push(PollFd::new(&watched.conn.stream, PollFlags::IN));
+                }
+                match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                fds.iter()
+                    .map(|fd| !fd.revents().is_empty())
+                    .collect::<Vec<bool>>()
+            };
+            let mut ready = ready.into_iter();
+            if ready.next() == Some(true) {
+                let mut sink = [0u8; 64];
+                while (&*self.wake).read(&mut sink).is_ok_and(|n| n > 0) {}
+            }
+            let listener_ready = accepting && ready.next() == Some(true);
+            let conn_ready: Vec<bool> = ready.collect();
+            self.serve_ready(&conn_ready);
+            self.take_returns(stopping_since.is_some());
+            if listener_ready {
+                self.accept();
+            }
+            self.expire(Instant::now());
+        }
+        self.jobs = None;
+        Ok(())
+    }
+
+    fn accept(&mut self) {
+        while self.watched.len() + self.shared.in_flight.load(Ordering::SeqCst)
+            < self.limits.max_conns
+        {
+            match self.listener.accept(self.allowed) {
+                Ok(Some(stream)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    self.watched.push(Watched {
+                        conn: Conn::new(stream),
+                        phase: Phase::Waiting,
+                        deadline: Instant::now() + self.limits.first_byte_timeout,
+                    });
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // Out of descriptors, for instance: try again on the next round.
+                    log::warn!("accepting a FastCGI connection failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Connections coming back from workers: kept ones wait for their next request.
+    fn take_returns(&mut self, stopping: bool) {
+        while let Ok(mut watched) = self.returns.try_recv() {
+            if stopping && matches!(watched.phase, Phase::Waiting) {
+                continue;
+            }
+            // A kept connection may already hold its next request.
+            if matches!(watched.phase, Phase::Waiting) && watched.conn.holds_input() {
+                match self.advance(&mut watched) {
+                    Next::Keep => {}
+                    Next::Dispatch(id, keep_conn, params) => {
+                        self.dispatch(watched.conn, id, keep_conn, params);
+                        continue;
+                    }
+                    Next::Close => continue,
+                }
+            }
+            self.watched.push(watched);
+        }
+    }
+
+    fn serve_ready(&mut self, ready: &[bool]) {
+        let mut kept = Vec::with_capacity(self.watched.len());
+        for (index, mut watched) in std::mem::take(&mut self.watched).into_iter().enumerate() {
+            let is_ready = ready.get(index).copied().unwrap_or(false);
+            if !is_ready {
+                kept.push(watched);
+                continue;
+            }
+            if let Phase::Draining { left } = &mut watched.phase {
+                let mut sink = [0u8; 16 * 1024];
+                match watched.conn.stream.read_now(&mut sink) {
+                    Ok(n) if n > 0 && n < *left => {
+                        *left -= n;
+                        kept.push(watched);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => kept.push(watched),
+                    _ => {}
+                }
+                continue;
+            }
+            match watched.conn.fill(false) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    kept.push(watched);
+                    continue;
+                }
+                Err(_) => continue,
+            }
+            match self.advance(&mut watched) {
+                Next::Keep => kept.push(watched),
+                Next::Dispatch(id, keep_conn, params) => {
+                    self.dispatch(watched.conn, id, keep_conn, params)
+                }
+                Next::Close => {}
+            }
+        }
+        kept.append(&mut self.watched);
+        self.watched = kept;
+    }
+
+    fn dispatch(&mut self, conn: Conn, id: u16, keep_conn: bool, params: Vec<u8>) {
+        let job = Job {
+            conn,
+            id,
+            keep_conn,
+            params,
+        };
+        self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        if let Some(jobs) = &self.jobs
+            && jobs.send(job).is_ok()
+        {
+            return;
+        }
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Closes connections past their deadline.
+    fn expire(&mut self, now: Instant) {
+        self.watched.retain(|w| {
+            let alive = w.deadline > now;
+            if !alive && let Phase::Params { .. } = w.phase {
+                log::warn!("a FastCGI request did not send its parameters in time; closing");
+            }
+            alive
+        });
+    }
+
+    /// Handles the complete records a waiting connection holds.
+    fn advance(&self, watched: &mut Watched) -> Next {
+        loop {
+            let (kind, id, content) = match watched.conn.next_record() {
+                Ok(Some(record)) => record,
+                Ok(None) => return Next::Keep,
+                Err(e) => {
+                    log::warn!("{e}; closing the connection");
+                    return Next::Close;
+                }
+            };
+            match step(&mut watched.phase, kind, id, content, self.limits) {
+                Step::Continue => {}
+                Step::Reply(bytes) => {
+                    if watched.conn.send(&bytes).is_err() {
+                        return Next::Close;
+                    }
+                }
+                Step::Begin => watched.deadline = Instant::now() + self.limits.header_timeout,
+                Step::Dispatch => {
+                    let Phase::Params {
+                        id,
+                        keep_conn,
+                        params,
+                    } = std::mem::replace(&mut watched.phase, Phase::Waiting)
+                    else {
+                        return Next::Close;
+                    };
+                    return Next::Dispatch(id, keep_conn, params);
+                }
+                Step::Abort(bytes, keep_conn) => {
+                    if watched.conn.send(&bytes).is_err() || !keep_conn {
+                        return Next::Close;
+                    }
+                    watched.deadline = Instant::now() + self.limits.idle_timeout;
+                }
+                Step::Close(why) => {
+                    log::warn!("{why}; closing the connection");
+                    return Next::Close;
+                }
+            }
+        }
+    }
+}
+
+/// What one record means for a connection that is not running a request.
+enum Step {
+    Continue,
+    Reply(Vec<u8>),
+    Begin,
+    Dispatch,
+    Abort(Vec<u8>, bool),
+    Close(String),
+}
+
+fn step(phase: &mut Phase, kind: u8, id: u16, content: Vec<u8>, limits: &Limits) -> Step {
+    if id == 0 {
+        return Step::Reply(management_reply(kind, &content, limits));
+    }
+    match kind {
+        kind::BEGIN_REQUEST => {
+            let begin: Begin = match record::parse_begin(&content) {
+                Ok(begin) => begin,
+                Err(e) => return Step::Close(e.to_string()),
+            };
+            match phase {
+                Phase::Params { id: active, .. } if *active != id => {
+                    let mut out = Vec::new();
+                    record::write_end(&mut out, id, 0, EndStatus::CantMultiplex);
+                    Step::Reply(out)
+                }
+                Phase::Params { .. } => {
+                    Step::Close("a second BEGIN_REQUEST for an active request".into())
+                }
+                _ if begin.role != ROLE_RESPONDER => {
+                    let mut out = Vec::new();
+                    record::write_end(&mut out, id, 0, EndStatus::UnknownRole);
+                    Step::Reply(out)
+                }
+                _ => {
+                    *phase = Phase::Params {
+                        id,
+                        keep_conn: begin.keep_conn,
+                        params: Vec::new(),
+                    };
+                    Step::Begin
+                }
+            }
+        }
+        kind::PARAMS => match phase {
+            Phase::Params {
+                id: active, params, ..
+            } if *active == id => {
+                if content.is_empty() {
+                    return Step::Dispatch;
+                }
+                if params.len() + content.len() > limits.params.total_bytes {
+                    return Step::Close(format!("PARAMS over {} bytes", limits.params.total_bytes));
+                }
+                params.extend_from_slice(&content);
+                Step::Continue
+            }
+            _ => Step::Continue,
+        },
+        kind::STDIN => match phase {
+            Phase::Params { id: active, .. } if *active == id => {
+                Step::Close("STDIN before the end of PARAMS".into())
+            }
+            // The end of a finished request's body, or a stray: ignored.
+            _ => Step::Continue,
+        },
+        kind::ABORT_REQUEST => match phase {
+            Phase::Params {
+                id: active,
+                keep_conn,
+                ..
+            } if *active == id => {
+                let keep = *keep_conn;
+                let mut out = Vec::new();
+                record::write_end(&mut out, id, 0, EndStatus::RequestComplete);
+                *phase = Phase::Waiting;
+                Step::Abort(out, keep)
+            }
+            _ => Step::Continue,
+        },
+        kind::STDOUT
+        | kind::STDERR
+        | kind::END_REQUEST
+        | kind::GET_VALUES_RESULT
+        | kind::UNKNOWN_TYPE => Step::Close(format!(
+            "a record of type {kind}, which only an application sends"
+        )),
+        // DATA (the FILTER role) and types from the future: not for a responder.
+        _ => Step::Continue,
+    }
+}
+
+/// The answer to a management record (request id 0).
+fn management_reply(kind: u8, content: &[u8], limits: &Limits) -> Vec<u8> {
+    let mut out = Vec::new();
+    if kind == kind::GET_VALUES {
+        record::write_values(
+            &mut out,
+            content,
+            Capacities {
+                max_conns: limits.max_conns,
+                max_reqs: limits.workers,
+            },
+        );
+    } else {
+        record::write_unknown_type(&mut out, kind);
+    }
+    out
+}
+
+/// A worker: takes requests until the queue closes.
+fn work<F>(
+    shared: &Shared<'_, F>,
+    queue: &Mutex<Receiver<Job>>,
+    returned: Sender<Watched>,
+    wake: &UnixStream,
+) where
+    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+{
+    loop {
+        let job = {
+            let queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        // A panic here would be pso's own bug, not the handler's (handlers are caught in the
+        // runner): it costs this connection, never the worker.
+        let back =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_request(shared, job)))
+                .unwrap_or_else(|_| {
+                    log::error!("serving a FastCGI request panicked; its connection is closed");
+                    None
+                });
+        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Some(watched) = back {
+            let _ = returned.send(watched);
+        }
+        let _ = (&*wake).write(&[1]);
+    }
+}
+
+/// The request a worker runs: its body read from the connection as the handler asks.
+struct Active<'a> {
+    conn: &'a mut Conn,
+    id: u16,
+    /// Body bytes received and not yet read by the handler.
+    body: Vec<u8>,
+    body_read: usize,
+    body_done: bool,
+    aborted: bool,
+    broken: bool,
+    /// The handler is done: what is left of the body is discarded.
+    finished: bool,
+    limits: &'a Limits,
+}
+
+impl Active<'_> {
+    /// Handles whatever has arrived by now, without waiting (a second BEGIN_REQUEST sent
+    /// while this request ran is refused before this request ends), up to a bound.
+    fn settle(&mut self) {
+        self.finished = true;
+        let mut budget = DRAIN_BYTES;
+        while !self.broken && !self.aborted {
+            if self.pump(false).is_err() {
+                return;
+            }
+            match self.conn.fill(false) {
+                Ok(n) if n > 0 && n < budget => budget -= n,
+                _ => return,
+            }
+        }
+    }
+
+    /// Handles the records already received; with `wait`, reads once first if there are none.
+    fn pump(&mut self, wait: bool) -> io::Result<()> {
+        loop {
+            let record = match self.conn.next_record() {
+                Ok(record) => record,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+            };
+            let Some((kind, id, content)) = record else {
+                if !wait {
+                    return Ok(());
+                }
+                return match self.conn.fill(true) {
+                    Ok(0) => {
+                        self.broken = true;
+                        Err(io::ErrorKind::UnexpectedEof.into())
+                    }
+                    Ok(_) => self.pump(false),
+                    Err(e) => {
+                        self.broken = true;
+                        Err(e)
+                    }
+                };
+            };
+            if id == 0 {
+                let reply = management_reply(kind, &content, self.limits);
+                self.conn.send(&reply)?;
+                continue;
+            }
+            match kind {
+                kind::STDIN if id == self.id => {
+                    if content.is_empty() {
+                        self.body_done = true;
+                    } else if !self.finished {
+                        self.body.extend_from_slice(&content);
+                    }
+                    return Ok(());
+                }
+                kind::ABORT_REQUEST if id == self.id => {
+                    self.aborted = true;
+                    return Ok(());
+                }
+                kind::BEGIN_REQUEST if id != self.id => {
+                    let mut out = Vec::new();
+                    record::write_end(&mut out, id, 0, EndStatus::CantMultiplex);
+                    self.conn.send(&out)?;
+                }
+                kind::BEGIN_REQUEST | kind::PARAMS if id == self.id => {
+                    self.broken = true;
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a BEGIN_REQUEST or PARAMS inside a running request",
+                    ));
+                }
+                kind::STDOUT
+                | kind::STDERR
+                | kind::END_REQUEST
+                | kind::GET_VALUES_RESULT
+                | kind::UNKNOWN_TYPE => {
+                    self.broken = true;
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("a record of type {kind}, which only an application sends"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The request body as the handler reads it: STDIN records, fetched when asked for.
+struct Body<'a, 'c>(&'a RefCell<Active<'c>>);
+
+impl Read for Body<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut active = self.0.borrow_mut();
+        loop {
+            if active.aborted {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the web server aborted the request",
+                ));
+            }
+            if active.body_read < active.body.len() {
+                let start = active.body_read;
+                let n = buf.len().min(active.body.len() - start);
+                buf[..n].copy_from_slice(&active.body[start..start + n]);
+                active.body_read += n;
+                if active.body_read == active.body.len() {
+                    active.body.clear();
+                    active.body_read = 0;
+                }
+                return Ok(n);
+            }
+            if active.body_done {
+                return Ok(0);
+            }
+            active.pump(true)?;
+        }
+    }
+}
+
+/// The response as the handler writes it: kept until it fills a record or the request ends.
+struct Output<'a, 'c> {
+    active: &'a RefCell<Active<'c>>,
+    pending: Vec<u8>,
+}
+
+impl Output<'_, '_> {
+    /// Sends what is pending as STDOUT records, unless the web server aborted the request.
+    fn send_pending(&mut self) -> io::Result<()> {
+        let mut active = self.active.borrow_mut();
+        // An abort waiting in the socket stops the handler at this write. (Only while little
+        // of the body is waiting unread: a handler that never reads it must not pile it up.)
+        if active.body.len() < READ_CHUNK && active.conn.fill(false).is_ok() {
+            active.pump(false)?;
+        }
+        if active.aborted {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the web server aborted the request",
+            ));
+        }
+        let mut out = Vec::with_capacity(self.pending.len() + 64);
+        record::write_stream(&mut out, kind::STDOUT, active.id, &self.pending);
+        self.pending.clear();
+        active.conn.send(&out)
+    }
+}
+
+impl Write for Output<'_, '_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= OUTPUT_CHUNK {
+            self.send_pending()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.send_pending()
+    }
+}
+
+/// Runs one request on this worker; the connection comes back when it is kept.
+fn run_request<F>(shared: &Shared<'_, F>, job: Job) -> Option<Watched>
+where
+    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+{
+    let limits = shared.limits;
+    let Job {
+        mut conn,
+        id,
+        keep_conn,
+        params,
+    } = job;
+    let env = match record::parse_params(&params, limits.params) {
+        Ok(pairs) => Environment::from_pairs(pairs.into_iter().map(|(name, value)| {
+            (
+                OsString::from_vec(name.to_vec()),
+                OsString::from_vec(value.to_vec()),
+            )
+        })),
+        Err(e) => {
+            log::warn!("{e}; closing the connection");
+            return None;
+        }
+    };
+    drop(params);
+    if conn.stream.set_nonblocking(false).is_err()
+        || conn.stream.set_timeouts(limits.io_timeout).is_err()
+    {
+        return None;
+    }
+    let active = RefCell::new(Active {
+        conn: &mut conn,
+        id,
+        body: Vec::new(),
+        body_read: 0,
+        body_done: false,
+        aborted: false,
+        broken: false,
+        finished: false,
+        limits,
+    });
+    let mut body = Body(&active);
+    let mut output = Output {
+        active: &active,
+        pending: Vec::new(),
+    };
+    let now = SystemTime::now();
+    let (handled, log_lines) = crate::logger::capture(|| {
+        shared
+            .service
+            .handle(&env, &mut body, &mut output, shared.handler, now)
+    });
+    let pending = std::mem::take(&mut output.pending);
+    drop(output);
+    let mut active = active.into_inner();
+    active.settle();
+    let (aborted, broken) = (active.aborted, active.broken);
+    drop(active);
+
+    let mut out = Vec::with_capacity(pending.len() + log_lines.len() + 64);
+    let failed = match &handled {
+        Ok(handled) => handled.failed,
+        Err(_) => true,
+    };
+    if !aborted {
+        record::write_stream(&mut out, kind::STDOUT, id, &pending);
+        record::write_record(&mut out, kind::STDOUT, id, &[]);
+        if !log_lines.is_empty() {
+            record::write_stream(&mut out, kind::STDERR, id, &log_lines);
+            record::write_record(&mut out, kind::STDERR, id, &[]);
+        }
+    }
+    record::write_end(&mut out, id, u32::from(failed), EndStatus::RequestComplete);
+    let sent = !broken && conn.send(&out).is_ok();
+    if let Ok(handled) = handled {
+        handled.collect_garbage();
+    }
+    if !sent {
+        return None;
+    }
+    if keep_conn && !aborted {
+        if conn.stream.set_nonblocking(true).is_err() {
+            return None;
+        }
+        // What is left of this request's body arrives as records of a finished request, which
+        // the reactor skips.
+        return Some(Watched {
+            conn,
+            phase: Phase::Waiting,
+            deadline: Instant::now() + limits.idle_timeout,
+        });
+    }
+    conn.stream.shutdown_write();
+    if conn.stream.set_nonblocking(true).is_err() {
+        return None;
+    }
+    Some(Watched {
+        conn,
+        phase: Phase::Draining { left: DRAIN_BYTES },
+        deadline: Instant::now() + DRAIN_TIME,
+    })
+}

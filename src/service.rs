@@ -1,0 +1,315 @@
+//! What lives for the process: the configuration from the process environment, the stores,
+//! the logger. Built once; every request borrows it, on any thread.
+//!
+//! Under CGI the process serves one request, and its environment is the request's. Under
+//! FastCGI one process serves many, each described by its own parameters: they configure pso
+//! exactly as the process environment does (`SetEnv`, `fastcgi_param`, lighttpd's `setenv`),
+//! layered over it. Two things a request cannot change: the log level (set once, from the
+//! process environment) and a session directory the process environment names.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use crate::config::Config;
+use crate::environment::Environment;
+use crate::error::{BoxError, ErrorChain};
+use crate::request::Request;
+use crate::response::Response;
+use crate::runner::{Context, respond};
+use crate::store::{FileStore, Store};
+
+/// The longest a request spends collecting expired sessions.
+const GC_BUDGET: Duration = Duration::from_millis(50);
+/// Distinct configurations remembered; past this the memory is cleared and starts again.
+const MAX_CONFIGS: usize = 64;
+/// Distinct session directories one process opens: requests that name more get a 500.
+pub const MAX_SESSION_DIRS: usize = 16;
+
+/// The process side of pso: built once, shared by every request.
+///
+/// ```
+/// use std::io::Write;
+/// let dir = tempfile::tempdir()?;
+/// let process = pso::Environment::from_pairs([
+///     ("PSOServiceId", "shop"),
+///     ("PSOSessionFileLoader_Path", dir.path().join("sessions").to_str().unwrap()),
+/// ]);
+/// let service = pso::Service::new(process);
+/// let handler = |cx: &mut pso::Context| {
+///     cx.session.set("seen", &true)?;
+///     write!(cx.response, "hi")?;
+///     Ok(())
+/// };
+/// // Each request brings its own parameters, as under FastCGI.
+/// let request = pso::Environment::from_pairs([("REQUEST_METHOD", "GET")]);
+/// let mut output = Vec::new();
+/// service.serve(&request, &mut std::io::empty(), &mut output, &handler, std::time::SystemTime::now())?;
+/// assert!(String::from_utf8(output)?.contains("Set-Cookie: shop="));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Service {
+    process: Environment,
+    /// The configuration of a request that brings no PSO parameters of its own.
+    base: Arc<Resolved>,
+    /// `PSOSessionFileLoader_Path` from the process environment: requests cannot move it.
+    fixed_dir: Option<PathBuf>,
+    /// Configurations requests brought, by the parameters that shaped them.
+    configs: Mutex<HashMap<ConfigKey, Arc<Resolved>>>,
+    /// File stores by directory: each directory is opened and checked once.
+    stores: Mutex<HashMap<PathBuf, FileStore>>,
+    /// A store given by the program, used for every request instead of files.
+    custom: Option<Arc<dyn Store>>,
+}
+
+/// A configuration and, once opened, its store.
+struct Resolved {
+    config: Config,
+    store: Mutex<Option<Arc<dyn Store>>>,
+}
+
+/// What a request left to do after its response: collection, if this request drew it.
+#[must_use]
+pub(crate) struct Handled {
+    /// Whether the handler failed or panicked (the client got an error page).
+    pub failed: bool,
+    collect: Option<Arc<dyn Store>>,
+    now: SystemTime,
+}
+
+impl Handled {
+    /// Whether this request should also collect expired sessions.
+    pub fn collection_due(&self) -> bool {
+        self.collect.is_some()
+    }
+
+    /// Collects expired sessions, if this request drew it, within the time budget.
+    pub fn collect_garbage(self) {
+        if let Some(store) = self.collect {
+            match store.collect_garbage(self.now, GC_BUDGET) {
+                Ok(report) => log::debug!("garbage collection: {report:?}"),
+                Err(e) => log::warn!("garbage collection failed: {}", ErrorChain(&e)),
+            }
+        }
+    }
+}
+
+impl Service {
+    /// A service configured by `process`, the environment the program started with.
+    ///
+    /// Nothing is opened yet: the session directory is opened by the first request that
+    /// needs it, and kept.
+    pub fn new(process: Environment) -> Service {
+        let base = Config::from_env(&process);
+        let fixed_dir = process
+            .get_os("PSOSessionFileLoader_Path")
+            .filter(|path| !path.is_empty())
+            .map(|_| base.session_dir.clone());
+        Service {
+            process,
+            base: Arc::new(Resolved::new(base)),
+            fixed_dir,
+            configs: Mutex::new(HashMap::new()),
+            stores: Mutex::new(HashMap::new()),
+            custom: None,
+        }
+    }
+
+    /// The service of this process: its environment, and pso's logger installed at the level
+    /// `PSOLogLevel` names there (unless the program installed a logger of its own).
+    pub fn from_process() -> Service {
+        let process = Environment::from_process();
+        crate::logger::install(&process);
+        Service::new(process)
+    }
+
+    /// Keeps sessions in `store` instead of the session directory.
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> Service {
+        self.custom = Some(store);
+        self
+    }
+
+    /// The process environment the service was built from.
+    pub fn process_env(&self) -> &Environment {
+        &self.process
+    }
+
+    /// Serves one request described by `env` (its CGI variables or FastCGI parameters): its
+    /// body comes from `input`, its response goes to `output`, which is flushed. Expired
+    /// sessions are collected afterwards on a share of requests.
+    ///
+    /// Only a failure to write the response is returned; everything else becomes a response.
+    pub fn serve<F>(
+        &self,
+        env: &Environment,
+        input: &mut dyn Read,
+        output: &mut dyn Write,
+        handler: &F,
+        now: SystemTime,
+    ) -> io::Result<()>
+    where
+        F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+    {
+        let handled = self.handle(env, input, output, handler, now)?;
+        output.flush()?;
+        handled.collect_garbage();
+        Ok(())
+    }
+
+    /// The request itself; collection is left to the caller, to run once the response is out.
+    pub(crate) fn handle<F>(
+        &self,
+        env: &Environment,
+        input: &mut dyn Read,
+        output: &mut dyn Write,
+        handler: &F,
+        now: SystemTime,
+    ) -> io::Result<Handled>
+    where
+        F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+    {
+        let resolved = self.resolve(env);
+        let Some(store) = self.store_for(&resolved) else {
+            let head = Request::new(env, input).is_head();
+            Response::new(output, head).send_error(500, &[])?;
+            return Ok(Handled {
+                failed: true,
+                collect: None,
+                now,
+            });
+        };
+        let served = respond(env, &resolved.config, &*store, input, output, handler, now)?;
+        let collect = resolved.config.gc_probability.draw().then_some(store);
+        Ok(Handled {
+            failed: served.failed,
+            collect,
+            now,
+        })
+    }
+
+    /// The configuration for a request: the process's, or one shaped by the request's own
+    /// PSO parameters (remembered, so it is read, checked and logged once, not per request).
+    fn resolve(&self, env: &Environment) -> Arc<Resolved> {
+        // The process environment itself (CGI): the configuration read at start.
+        if std::ptr::eq(env, &self.process) {
+            return self.base.clone();
+        }
+        let key = config_key(env);
+        if key.is_empty() {
+            return self.base.clone();
+        }
+        let mut configs = self.configs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(resolved) = configs.get(&key) {
+            return resolved.clone();
+        }
+        let mut merged = self.process.clone();
+        for (name, value) in env.iter() {
+            merged.set(OsStr::from_bytes(name), OsStr::from_bytes(value));
+        }
+        let mut config = Config::from_env(&merged);
+        if let Some(fixed) = &self.fixed_dir
+            && config.session_dir != *fixed
+        {
+            log::warn!(
+                "a request asked for the session directory {}, but the process environment fixes {}; ignoring the request's",
+                config.session_dir.display(),
+                fixed.display()
+            );
+            config.session_dir = fixed.clone();
+        }
+        if configs.len() >= MAX_CONFIGS {
+            configs.clear();
+        }
+        let resolved = Arc::new(Resolved::new(config));
+        configs.insert(key, resolved.clone());
+        resolved
+    }
+
+    /// The store of a configuration, opened on first use; `None` (logged) if it cannot be.
+    fn store_for(&self, resolved: &Resolved) -> Option<Arc<dyn Store>> {
+        if let Some(custom) = &self.custom {
+            return Some(custom.clone());
+        }
+        let mut slot = resolved
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(store) = &*slot {
+            return Some(store.clone());
+        }
+        let config = &resolved.config;
+        let directory = {
+            let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
+            match stores.get(&config.session_dir) {
+                Some(store) => store.clone(),
+                None => {
+                    if stores.len() >= MAX_SESSION_DIRS {
+                        log::error!(
+                            "requests named more than {MAX_SESSION_DIRS} session directories; refusing {}",
+                            config.session_dir.display()
+                        );
+                        return None;
+                    }
+                    match FileStore::open(&config.session_dir) {
+                        Ok(store) => {
+                            stores.insert(config.session_dir.clone(), store.clone());
+                            store
+                        }
+                        Err(e) => {
+                            log::error!("{}", ErrorChain(&e));
+                            return None;
+                        }
+                    }
+                }
+            }
+        };
+        let store: Arc<dyn Store> = Arc::new(
+            directory
+                .with_sync(config.sync)
+                .with_max_bytes(config.max_bytes),
+        );
+        *slot = Some(store.clone());
+        Some(store)
+    }
+}
+
+impl Resolved {
+    fn new(config: Config) -> Resolved {
+        Resolved {
+            config,
+            store: Mutex::new(None),
+        }
+    }
+}
+
+/// The parameters that shaped a configuration, as (name, value) bytes.
+type ConfigKey = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The parameters of a request that shape its configuration: every `PSO*` variable, the
+/// script's name (the default service id), and the variable named like the service id (a
+/// forced session id). Empty when the request brings none of them.
+fn config_key(env: &Environment) -> ConfigKey {
+    let mut key: ConfigKey = env
+        .iter()
+        .filter(|(name, _)| name.starts_with(b"PSO"))
+        .map(|(name, value)| (name.to_vec(), value.to_vec()))
+        .collect();
+    if key.is_empty() && env.get_os("SCRIPT_NAME").is_none() {
+        return key;
+    }
+    for name in ["SCRIPT_NAME"] {
+        if let Some(value) = env.get_os(name) {
+            key.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+        }
+    }
+    if let Some(service) = env.get("PSOServiceId")
+        && let Some(forced) = env.get_os(service)
+    {
+        key.push((service.as_bytes().to_vec(), forced.as_bytes().to_vec()));
+    }
+    key
+}
