@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 /// response.send(&[])?;
 /// assert_eq!(
 ///     String::from_utf8(out)?,
-///     "Status: 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-Robots-Tag: noindex\r\n\r\nno such page"
+///     "Status: 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 12\r\nX-Robots-Tag: noindex\r\n\r\nno such page"
 /// );
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -139,13 +139,19 @@ impl<'a> Response<'a> {
     }
 
     /// Writes the headers plus `extra` ones and the buffered body, then streams what follows.
-    pub(crate) fn send_head(&mut self, extra: &[(&str, &str)]) -> io::Result<()> {
+    ///
+    /// `whole`: the body is complete, so its length goes out as `Content-Length` (unless the
+    /// handler set one), and the web server need not chunk it or wait for the end.
+    pub(crate) fn send_head(&mut self, extra: &[(&str, &str)], whole: bool) -> io::Result<()> {
         let mut head = format!(
             "Status: {} {}\r\nContent-Type: {}\r\n",
             self.status,
             reason(self.status),
             self.content_type
         );
+        if whole && self.header("Content-Length").is_none() {
+            head.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        }
         let pairs = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
         for (name, value) in pairs.chain(extra.iter().copied()) {
             head.push_str(name);
@@ -168,7 +174,7 @@ impl<'a> Response<'a> {
     /// and the end of the request in one write).
     pub fn send(mut self, extra: &[(&str, &str)]) -> io::Result<()> {
         if !self.streaming {
-            self.send_head(extra)?;
+            self.send_head(extra, true)?;
         }
         Ok(())
     }
@@ -298,7 +304,7 @@ mod tests {
         let mut out = Vec::new();
         let mut response = Response::new(&mut out, false);
         write!(response, "a").unwrap();
-        response.send_head(&[]).unwrap();
+        response.send_head(&[], false).unwrap();
         write!(response, "b").unwrap();
         response.send(&[("X", "ignored once streaming")]).unwrap();
         let text = String::from_utf8(out).unwrap();

@@ -51,7 +51,7 @@ impl<'a> Context<'a> {
         let action = self.session.commit()?;
         let cookie = self.cookie_header(&action);
         let extra = cache_headers(&self.response, cookie.as_deref());
-        self.response.send_head(&extra)?;
+        self.response.send_head(&extra, false)?;
         Ok(())
     }
 

@@ -90,12 +90,12 @@ fn check_site(tools: &Tools, site: &Site, server: &Server) -> Result<(), String>
     for expected in 2..=3 {
         let reply = tools.get(&url, &first_jar)?;
         reply.expect_count(expected)?;
-        // pso may repeat the cookie. The lifetime counts from the session's creation, so
-        // Max-Age may have ticked down by now, but the id and Expires must not change.
+        // pso may repeat the cookie with the same id. PSOCookieSession_Max-Age gives each
+        // cookie 900 seconds from its own response, so Expires may move on by a second.
         if let Some(set_cookie) = reply.set_cookie() {
             let again = SessionCookie::parse(set_cookie)?;
             ensure(
-                again.id == cookie.id && again.expires == cookie.expires && again.max_age <= 900,
+                again.id == cookie.id && again.max_age <= 900,
                 format!("the cookie changed from\n  {cookie:?}\nto\n  {again:?}"),
             )?;
         }
@@ -146,7 +146,6 @@ fn check_site(tools: &Tools, site: &Site, server: &Server) -> Result<(), String>
 struct SessionCookie {
     id: String,
     max_age: u64,
-    expires: String,
 }
 
 impl SessionCookie {
@@ -168,12 +167,13 @@ impl SessionCookie {
         let max_age = value("Max-Age=")
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| format!("the cookie lacks Max-Age: {set_cookie}"))?;
-        let expires =
-            value("Expires=").ok_or_else(|| format!("the cookie lacks Expires: {set_cookie}"))?;
+        ensure(
+            value("Expires=").is_some(),
+            format!("the cookie lacks Expires: {set_cookie}"),
+        )?;
         Ok(SessionCookie {
             id: id.to_owned(),
             max_age,
-            expires: expires.to_owned(),
         })
     }
 }

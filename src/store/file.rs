@@ -169,7 +169,17 @@ impl FileStore {
             };
             if let Some(stat) = &seen {
                 let kind = FileType::from_raw_mode(stat.st_mode);
+                // Looked up just as another request's save replaced it (the lookup found the
+                // old file, whose last link then went): look again.
+                if stat.st_nlink == 0 {
+                    continue;
+                }
                 if kind != FileType::RegularFile || !self.is_our_file(stat) {
+                    // Remove the name only if it still is what we looked at: a save may have
+                    // renamed a good file into place meanwhile.
+                    if !self.names(name, stat) {
+                        continue;
+                    }
                     log::warn!(
                         "session {key:?}: a {} that is not ours alone is where the file should be; removing it",
                         describe(kind)
