@@ -313,12 +313,11 @@ impl<'a> Reader<'a> {
         });
     }
 
-    /// The first of several spellings that is set, with its name.
-    fn first_of(&self, names: &[&'static str]) -> Option<(&'static str, &'a str)> {
+    /// The first of several spellings that is set (as the server passed it on), with the name
+    /// it arrived under.
+    fn first_of(&self, names: &[&'static str]) -> Option<(&'a str, &'a str)> {
         let env: &'a Environment = self.env;
-        names
-            .iter()
-            .find_map(|&name| env.get(name).map(|value| (name, value)))
+        names.iter().find_map(|&name| env.lookup_str(name))
     }
 
     /// A variable parsed by `parse`; an unparsable value is a problem and reads as unset.
@@ -352,7 +351,11 @@ impl<'a> Reader<'a> {
     /// A relative path would depend on the program's working directory (under a web server,
     /// often the document tree), so only absolute paths are taken.
     fn session_dir(&mut self) -> PathBuf {
-        match self.env.get_os("PSOSessionFileLoader_Path") {
+        match self
+            .env
+            .lookup("PSOSessionFileLoader_Path")
+            .map(|(_, path)| path)
+        {
             Some(path) if !path.is_empty() => {
                 let path = PathBuf::from(path);
                 if path.is_absolute() {
@@ -372,7 +375,7 @@ impl<'a> Reader<'a> {
     }
 
     fn service(&mut self) -> ServiceId {
-        if let Some(text) = self.env.get("PSOServiceId") {
+        if let Some((_, text)) = self.env.lookup_str("PSOServiceId") {
             match text.parse() {
                 Ok(service) => return service,
                 Err(e) => self.problem(
@@ -399,14 +402,22 @@ impl<'a> Reader<'a> {
     /// from the script's name could be spelled like any variable of the environment.
     fn forced_id(&mut self, service: &ServiceId) -> Option<SessionId> {
         let name = service.as_str();
-        let text = self.env.get(name)?;
-        if self.env.get("PSOServiceId") != Some(name) {
+        if self.env.lookup_str("PSOServiceId").map(|(_, v)| v) != Some(name) {
             return None;
         }
-        let client_controlled = REQUEST_VARIABLES.contains(&name)
+        let (_, text) = self.env.lookup_str(name)?;
+        // Judged by the name as servers pass it on: `http-x` arrives as `HTTP_X`, a header.
+        let canonical: String = name
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => char::from(b.to_ascii_uppercase()),
+                _ => '_',
+            })
+            .collect();
+        let client_controlled = REQUEST_VARIABLES.contains(&canonical.as_str())
             || REQUEST_PREFIXES
                 .iter()
-                .any(|prefix| name.starts_with(prefix));
+                .any(|prefix| canonical.starts_with(prefix));
         if client_controlled {
             self.problem(
                 name,
@@ -524,7 +535,7 @@ impl<'a> Reader<'a> {
                 }
             });
         for obsolete in ["PSOCookieSession_Comment", "PSOCookieSession_Version"] {
-            if self.env.contains(obsolete) {
+            if self.env.lookup(obsolete).is_some() {
                 log::debug!("{obsolete} is obsolete since RFC 6265 and ignored");
             }
         }
@@ -537,10 +548,13 @@ impl<'a> Reader<'a> {
             .iter()
             .filter_map(|(name, _)| std::str::from_utf8(name).ok())
             .filter(|name| {
-                (name.starts_with("PSOSession")
-                    || name.starts_with("PSOCookieSession")
-                    || name.starts_with("PSOService"))
-                    && !KNOWN_VARIABLES.contains(name)
+                let upper = name.to_ascii_uppercase();
+                (upper.starts_with("PSOSESSION")
+                    || upper.starts_with("PSOCOOKIESESSION")
+                    || upper.starts_with("PSOSERVICE"))
+                    && !KNOWN_VARIABLES
+                        .iter()
+                        .any(|known| crate::environment::same_variable(known, name))
             })
             .map(str::to_owned)
             .collect();
@@ -650,6 +664,25 @@ mod tests {
     }
 
     #[test]
+    fn names_as_servers_pass_them_on_are_read() {
+        // lighttpd: upper case, everything but letters and digits as `_`.
+        let (c, p) = config(&[
+            ("PSOSERVICEID", "shop"),
+            ("PSOSESSIONEXPIRE", "15*60"),
+            ("PSOCOOKIESESSION_MAX_AGE", "60"),
+            ("SHOP", "007"),
+        ]);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(c.service.as_str(), "shop");
+        assert_eq!(c.lifetime, Expiry::In(Duration::from_secs(900)));
+        assert_eq!(c.cookie.max_age, Some(Expiry::In(Duration::from_secs(60))));
+        assert_eq!(c.forced_id.unwrap().as_str(), "007");
+        // A likely typo is still one, in any case.
+        let (_, p) = config(&[("PSOSESSIONEXPIRY", "15*60")]);
+        assert_eq!(p[0].variable, "PSOSESSIONEXPIRY");
+    }
+
+    #[test]
     fn forced_ids() {
         let (c, _) = config(&[("PSOServiceId", "MyService"), ("MyService", "007")]);
         assert_eq!(c.forced_id.unwrap().as_str(), "007");
@@ -662,6 +695,15 @@ mod tests {
         assert_eq!(c.forced_id, None);
         let (c, _) = config(&[("PSOServiceId", "SERVER_NAME"), ("SERVER_NAME", "007")]);
         assert_eq!(c.forced_id, None, "the Host header sets SERVER_NAME");
+        // Spelled differently, but the same variable once a server passes it on.
+        for service in ["http-x-sid", "Http_X_Sid", "query-string"] {
+            let (c, p) = config(&[
+                ("PSOServiceId", service),
+                ("HTTP_X_SID", "007"),
+                ("QUERY_STRING", "007"),
+            ]);
+            assert_eq!((c.forced_id, p.len()), (None, 1), "{service}");
+        }
         // A service id from the script's name never forces: /cgi-bin/HOME must not read $HOME.
         let (c, p) = config(&[("SCRIPT_NAME", "/cgi-bin/HOME"), ("HOME", "007")]);
         assert_eq!(

@@ -63,6 +63,42 @@ impl Environment {
         self.vars.get(OsStr::new(name)).map(OsString::as_os_str)
     }
 
+    /// A configuration variable as the web server passed it on: under its own name, or else
+    /// under the name servers make of it. lighttpd upper-cases names and turns everything but
+    /// letters and digits into `_` (`PSOServiceId` arrives as `PSOSERVICEID`); Apache turns
+    /// `-` into `_`. Returns the name found and the raw value.
+    ///
+    /// ```
+    /// let env = pso::Environment::from_pairs([("PSOSERVICEID", "shop"), ("PSOCookieSession_Max_Age", "60")]);
+    /// assert_eq!(env.lookup("PSOServiceId").map(|(n, v)| (n, v.to_str())), Some(("PSOSERVICEID", Some("shop"))));
+    /// assert!(env.lookup("PSOCookieSession_Max-Age").is_some());
+    /// assert!(env.lookup("PSOSession").is_none());
+    /// ```
+    pub fn lookup(&self, name: &str) -> Option<(&str, &OsStr)> {
+        if let Some((found, value)) = self.vars.get_key_value(OsStr::new(name))
+            && let Some(found) = found.to_str()
+        {
+            return Some((found, value.as_os_str()));
+        }
+        self.vars.iter().find_map(|(found, value)| {
+            let found = found.to_str()?;
+            same_variable(found, name).then_some((found, value.as_os_str()))
+        })
+    }
+
+    /// Like [`Environment::lookup`], the value as text; a value that is not UTF-8 is logged and
+    /// treated as unset.
+    pub fn lookup_str(&self, name: &str) -> Option<(&str, &str)> {
+        let (found, value) = self.lookup(name)?;
+        match value.to_str() {
+            Some(text) => Some((found, text)),
+            None => {
+                log::warn!("{found} is not valid UTF-8; ignoring it");
+                None
+            }
+        }
+    }
+
     /// Whether a variable is set at all, to any value.
     pub fn contains(&self, name: &str) -> bool {
         self.vars.contains_key(OsStr::new(name))
@@ -76,6 +112,23 @@ impl Environment {
     /// Every variable, in name order, as raw bytes.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.vars.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+    }
+}
+
+/// Whether two variable names are one name as a web server may have rewritten it: equal once
+/// letters are upper-cased and anything but letters and digits is `_`.
+pub(crate) fn same_variable(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| canonical_byte(x) == canonical_byte(y))
+}
+
+fn canonical_byte(b: u8) -> u8 {
+    if b.is_ascii_alphanumeric() {
+        b.to_ascii_uppercase()
+    } else {
+        b'_'
     }
 }
 

@@ -67,8 +67,8 @@ impl Log for StderrLogger {
 /// program installed a logger of its own.
 pub(crate) fn install(env: &Environment) {
     let level = match env
-        .get("PSOLogLevel")
-        .map(str::to_ascii_lowercase)
+        .lookup_str("PSOLogLevel")
+        .map(|(_, level)| level.to_ascii_lowercase())
         .as_deref()
     {
         Some("off") => LevelFilter::Off,

@@ -106,8 +106,8 @@ impl Service {
     pub fn new(process: Environment) -> Service {
         let base = Config::from_env(&process);
         let fixed_dir = process
-            .get_os("PSOSessionFileLoader_Path")
-            .filter(|path| !path.is_empty())
+            .lookup("PSOSessionFileLoader_Path")
+            .filter(|(_, path)| !path.is_empty())
             .map(|_| base.session_dir.clone());
         Service {
             process,

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a part
 
 pub mod fcgi;
+pub mod servers;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;

@@ -1,0 +1,354 @@
+//! Real web servers for tests: started from their Debian packages on free loopback ports, as an
+//! unprivileged user when the tests run as root, and stopped (with everything they started) when
+//! dropped. A browser (curl with a cookie jar) talks to them.
+
+use std::fs;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// The user and group servers run as when the tests run as root (Debian's nobody/nogroup).
+pub const NOBODY: u32 = 65534;
+
+/// A program in `PATH`, or in the sbin directories that a normal user's `PATH` often lacks.
+pub fn find_program(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .collect();
+    names.iter().find_map(|name| {
+        dirs.iter().map(|dir| dir.join(name)).find(|candidate| {
+            fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// Every program in `names` (as found by [`find_program`]), or a loud skip (a failure in CI).
+pub fn require(names: &[&str]) -> Option<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for name in names {
+        match find_program(&[name]) {
+            Some(path) => found.push(path),
+            None => {
+                super::skip_or_fail(&format!("{name} is not installed"));
+                return None;
+            }
+        }
+    }
+    Some(found)
+}
+
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The uid servers and programs run as: nobody under root, else ourselves.
+pub fn server_uid() -> u32 {
+    if running_as_root() {
+        NOBODY
+    } else {
+        // SAFETY: as above.
+        unsafe { libc::geteuid() }
+    }
+}
+
+/// A loopback port nobody listens on, as the kernel picks it.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A site: one temporary directory for configuration, logs, sockets, `cgi-bin/` and sessions,
+/// owned by the server user.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// A site whose `cgi-bin/` holds a copy of each program (a copy: the build directory may
+    /// be unreadable for nobody).
+    pub fn new(programs: &[&Path]) -> Site {
+        let dir = tempfile::Builder::new()
+            .prefix("pso-site-")
+            .tempdir()
+            .unwrap();
+        let cgi_bin = dir.path().join("cgi-bin");
+        fs::create_dir(&cgi_bin).unwrap();
+        set_mode(&cgi_bin, 0o755);
+        for program in programs {
+            let copy = cgi_bin.join(program.file_name().unwrap());
+            fs::copy(program, &copy).unwrap();
+            set_mode(&copy, 0o755);
+        }
+        fs::create_dir(dir.path().join("tmp")).unwrap();
+        if running_as_root() {
+            for path in [dir.path(), &dir.path().join("tmp")] {
+                std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+            }
+        }
+        Site { dir }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn sessions(&self) -> PathBuf {
+        self.path("sessions")
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path(name);
+        fs::write(&path, contents).unwrap();
+        set_mode(&path, 0o644);
+        path
+    }
+
+    /// Every log file of the site, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for entry in fs::read_dir(self.root()).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".log") || name.ends_with(".out") {
+                let body = fs::read_to_string(entry.path()).unwrap_or_default();
+                text.push_str(&format!("\n--- {name} ---\n{body}"));
+            }
+        }
+        text
+    }
+}
+
+/// A command run as the server user (through `setpriv` under root).
+pub fn as_server_user(program: &Path) -> Command {
+    if running_as_root() {
+        let mut command = Command::new(find_program(&["setpriv"]).expect("setpriv (util-linux)"));
+        command
+            .arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .arg("--clear-groups")
+            .arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A running server or application; dropping it stops it and everything it started.
+pub struct Daemon {
+    pub name: String,
+    child: Child,
+}
+
+/// What a daemon is ready for.
+pub enum Ready<'a> {
+    Port(u16),
+    Socket(&'a Path),
+}
+
+impl Daemon {
+    /// Spawns `command` in its own process group, output to `<site>/<name>.out`, and waits
+    /// until it listens.
+    pub fn start(name: &str, mut command: Command, site: &Site, ready: Ready<'_>) -> Daemon {
+        let out = fs::File::create(site.path(&format!("{name}.out"))).unwrap();
+        command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .process_group(0);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut daemon = Daemon {
+            name: name.to_owned(),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("{name} exited with {status}:{}", site.logs());
+            }
+            let up = match &ready {
+                Ready::Port(port) => TcpStream::connect((Ipv4Addr::LOCALHOST, *port)).is_ok(),
+                Ready::Socket(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+            };
+            if up {
+                return daemon;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not start:{}",
+                site.logs()
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our child and its process group.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above; the daemon leads its own process group.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// One answer: the header block and the body.
+#[derive(Debug)]
+pub struct Reply {
+    pub head: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn status(&self) -> &str {
+        self.head.lines().next().unwrap_or("")
+    }
+
+    pub fn header(&self, wanted: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case(wanted).then(|| value.trim())
+        })
+    }
+
+    /// The number in the reload counter's page.
+    pub fn count(&self) -> Option<u64> {
+        let rest = self.body.split("You reloaded: ").nth(1)?;
+        rest.split(' ').next()?.parse().ok()
+    }
+}
+
+/// A browser: curl with a cookie jar.
+pub struct Browser {
+    curl: PathBuf,
+    jar: PathBuf,
+}
+
+impl Browser {
+    pub fn new(site: &Site, name: &str) -> Browser {
+        Browser {
+            curl: find_program(&["curl"]).expect("curl"),
+            jar: site.path(&format!("{name}.jar")),
+        }
+    }
+
+    pub fn get(&self, url: &str) -> Result<Reply, String> {
+        let output = Command::new(&self.curl)
+            .args(["--silent", "--show-error", "--include", "--max-time", "30"])
+            .arg("--cookie-jar")
+            .arg(&self.jar)
+            .arg("--cookie")
+            .arg(&self.jar)
+            .arg(url)
+            .output()
+            .map_err(|e| format!("cannot run curl: {e}"))?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            return Err(format!(
+                "curl {url} failed ({}): {}{text}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        // Skip interim responses (100 Continue) if any.
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no header block in the answer to {url}:\n{text}"))?;
+        Ok(Reply {
+            head: head.to_owned(),
+            body: body.to_owned(),
+        })
+    }
+}
+
+/// What every server must show with the reload counter configured through its own way of
+/// setting variables: `PSOServiceId shop`, `PSOSessionExpire "15*60"` and the site's
+/// session directory. The counter goes 1, 2, 3 for one browser and starts again for another;
+/// the cookie is named `shop` with `Max-Age=900`; the session's file is in the directory.
+pub fn check_counter(site: &Site, url: &str) -> Result<(), String> {
+    let browser = Browser::new(site, "first");
+    let mut id = String::new();
+    for expected in 1..=3 {
+        let reply = browser.get(url)?;
+        if reply.count() != Some(expected) {
+            return Err(format!(
+                "expected count {expected}, got:\n{}\n\n{}",
+                reply.head, reply.body
+            ));
+        }
+        if expected == 1 {
+            let cookie = reply
+                .header("Set-Cookie")
+                .ok_or_else(|| format!("no Set-Cookie:\n{}", reply.head))?;
+            let value = cookie
+                .strip_prefix("shop=")
+                .ok_or_else(|| format!("the cookie is not named by PSOServiceId: {cookie}"))?;
+            id = value.split(';').next().unwrap_or("").to_owned();
+            if !cookie.contains("Max-Age=900") {
+                return Err(format!(
+                    "PSOSessionExpire \"15*60\" did not reach the cookie: {cookie}"
+                ));
+            }
+        }
+    }
+    let file = site.sessions().join(format!("shop.{id}.pso"));
+    let meta =
+        fs::metadata(&file).map_err(|e| format!("no session file {} ({e})", file.display()))?;
+    if meta.mode() & 0o777 != 0o600 || meta.uid() != server_uid() {
+        return Err(format!(
+            "{} has mode {:o}, owner {}",
+            file.display(),
+            meta.mode() & 0o777,
+            meta.uid()
+        ));
+    }
+    let dir = fs::metadata(site.sessions()).unwrap();
+    if dir.mode() & 0o777 != 0o700 {
+        return Err(format!(
+            "the session directory has mode {:o}",
+            dir.mode() & 0o777
+        ));
+    }
+    let other = Browser::new(site, "second").get(url)?;
+    if other.count() != Some(1) {
+        return Err(format!(
+            "a second browser should start at 1:\n{}",
+            other.body
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `checks`, then panics with every log of the site if they failed.
+pub fn expect_ok(site: &Site, outcome: Result<(), String>) {
+    if let Err(problem) = outcome {
+        panic!("{problem}\n{}", site.logs());
+    }
+}

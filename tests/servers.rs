@@ -1,0 +1,387 @@
+//! The reload counter under every common server, CGI and FastCGI, each configured its own way
+//! (`SetEnv`, `fastcgi_param`, lighttpd's `setenv.add-environment`), driven by curl with a
+//! cookie jar. Apache with mod_cgi and `htaccess.sample` is `tests/apache.rs`.
+//!
+//! Without a server's package installed its test is skipped loudly; in CI (`CI=true`) that is
+//! a failure: `.ci/run` installs them all.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::servers::*;
+
+const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
+
+/// The three settings every server passes, in its own syntax: `(name, value)`.
+fn settings(site: &Site) -> Vec<(&'static str, String)> {
+    vec![
+        ("PSOServiceId", "shop".to_owned()),
+        ("PSOSessionExpire", "15*60".to_owned()),
+        (
+            "PSOSessionFileLoader_Path",
+            site.sessions().display().to_string(),
+        ),
+    ]
+}
+
+/// The reload counter as a FastCGI application listening on `bind`, started by the test as
+/// the server user, with nothing of pso's in its environment: the server configures it.
+fn fastcgi_app(site: &Site, bind: &str, ready: Ready<'_>) -> Daemon {
+    let mut command = as_server_user(&site.path("cgi-bin/reload"));
+    command
+        .env_clear()
+        .env("PSO_FCGI_BIND", bind)
+        .env("PSOLogLevel", "info");
+    Daemon::start("pso", command, site, ready)
+}
+
+// ---------------------------------------------------------------------------------------
+// nginx
+
+fn nginx_conf(site: &Site, port: u16, location: &str) -> PathBuf {
+    let root = site.root().display();
+    site.write(
+        "nginx.conf",
+        &format!(
+            r#"# Written by tests/servers.rs
+daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/nginx-error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/tmp/body;
+    fastcgi_temp_path {root}/tmp/fastcgi;
+    proxy_temp_path {root}/tmp/proxy;
+    uwsgi_temp_path {root}/tmp/uwsgi;
+    scgi_temp_path {root}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        {location}
+    }}
+}}
+"#
+        ),
+    )
+}
+
+fn nginx_params(site: &Site) -> String {
+    settings(site)
+        .iter()
+        .map(|(name, value)| format!("fastcgi_param {name} \"{value}\";\n        "))
+        .collect()
+}
+
+fn start_nginx(site: &Site, nginx: &Path, conf: &Path, port: u16) -> Daemon {
+    let mut command = as_server_user(nginx);
+    command
+        .arg("-p")
+        .arg(site.root())
+        .arg("-c")
+        .arg(conf)
+        .arg("-e")
+        .arg(site.path("nginx-error.log"));
+    Daemon::start("nginx", command, site, Ready::Port(port))
+}
+
+/// nginx `fastcgi_pass` to pso over `transport` ("tcp" or "unix").
+fn nginx_fastcgi(transport: &str) {
+    let Some(found) = require(&["nginx", "curl"]) else {
+        return;
+    };
+    let site = Site::new(&[Path::new(RELOAD)]);
+    let (bind, pass, socket) = match transport {
+        "tcp" => {
+            let port = free_port();
+            (
+                format!("127.0.0.1:{port}"),
+                format!("127.0.0.1:{port}"),
+                None,
+            )
+        }
+        _ => {
+            let socket = site.path("pso.sock");
+            (
+                format!("unix:{}", socket.display()),
+                format!("unix:{}", socket.display()),
+                Some(socket),
+            )
+        }
+    };
+    let app_port = bind
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let ready = match &socket {
+        Some(socket) => Ready::Socket(socket),
+        None => Ready::Port(app_port),
+    };
+    let _app = fastcgi_app(&site, &bind, ready);
+    let port = free_port();
+    let location = format!(
+        r#"location = /cgi-bin/reload {{
+        include /etc/nginx/fastcgi_params;
+        {}fastcgi_pass {pass};
+    }}"#,
+        nginx_params(&site)
+    );
+    let conf = nginx_conf(&site, port, &location);
+    let _nginx = start_nginx(&site, &found[0], &conf, port);
+    expect_ok(
+        &site,
+        check_counter(&site, &format!("http://127.0.0.1:{port}/cgi-bin/reload")),
+    );
+}
+
+#[test]
+fn nginx_fastcgi_over_tcp() {
+    nginx_fastcgi("tcp");
+}
+
+#[test]
+fn nginx_fastcgi_over_a_unix_socket() {
+    nginx_fastcgi("unix");
+}
+
+#[test]
+fn nginx_with_fcgiwrap_runs_it_as_cgi() {
+    let Some(found) = require(&["nginx", "fcgiwrap", "curl"]) else {
+        return;
+    };
+    let site = Site::new(&[Path::new(RELOAD)]);
+    let socket = site.path("fcgiwrap.sock");
+    let mut wrap = as_server_user(&found[1]);
+    wrap.arg("-s").arg(format!("unix:{}", socket.display()));
+    let _fcgiwrap = Daemon::start("fcgiwrap", wrap, &site, Ready::Socket(&socket));
+    let port = free_port();
+    let location = format!(
+        r#"location /cgi-bin/ {{
+        include /etc/nginx/fastcgi_params;
+        fastcgi_param SCRIPT_FILENAME {}$fastcgi_script_name;
+        {}fastcgi_pass unix:{};
+    }}"#,
+        site.root().display(),
+        nginx_params(&site),
+        socket.display()
+    );
+    let conf = nginx_conf(&site, port, &location);
+    let _nginx = start_nginx(&site, &found[0], &conf, port);
+    expect_ok(
+        &site,
+        check_counter(&site, &format!("http://127.0.0.1:{port}/cgi-bin/reload")),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// lighttpd
+
+/// lighttpd with `module` and the `handler` configuration the site gives.
+fn lighttpd(module: &str, handler: impl Fn(&Site) -> String) {
+    let Some(found) = require(&["lighttpd", "curl"]) else {
+        return;
+    };
+    let site = Site::new(&[Path::new(RELOAD)]);
+    let port = free_port();
+    let root = site.root().display();
+    let environment: Vec<String> = settings(&site)
+        .iter()
+        .map(|(name, value)| format!("\"{name}\" => \"{value}\""))
+        .collect();
+    let conf = site.write(
+        "lighttpd.conf",
+        &format!(
+            r#"# Written by tests/servers.rs
+server.document-root = "{root}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.errorlog = "{root}/lighttpd-error.log"
+server.upload-dirs = ("{root}/tmp")
+server.modules = ("mod_setenv", "{module}")
+setenv.add-environment = ({})
+{}
+"#,
+            environment.join(", "),
+            handler(&site)
+        ),
+    );
+    let mut command = as_server_user(&found[0]);
+    command.arg("-D").arg("-f").arg(&conf);
+    let _lighttpd = Daemon::start("lighttpd", command, &site, Ready::Port(port));
+    expect_ok(
+        &site,
+        check_counter(&site, &format!("http://127.0.0.1:{port}/cgi-bin/reload")),
+    );
+}
+
+#[test]
+fn lighttpd_mod_cgi() {
+    lighttpd("mod_cgi", |_| {
+        r#"$HTTP["url"] =~ "^/cgi-bin/" { cgi.assign = ("" => "") }"#.to_owned()
+    });
+}
+
+/// lighttpd starts the program itself, with the listening socket on descriptor 0. It passes
+/// `setenv.add-environment` as FastCGI parameters, with names upper-cased (`PSOSERVICEID`).
+#[test]
+fn lighttpd_mod_fastcgi_starts_it_with_bin_path() {
+    lighttpd("mod_fastcgi", |site| {
+        format!(
+            r#"fastcgi.server = ("/cgi-bin/reload" => ((
+    "socket" => "{root}/lighttpd-fcgi.sock",
+    "bin-path" => "{root}/cgi-bin/reload",
+    "check-local" => "disable",
+    "max-procs" => 1
+)))"#,
+            root = site.root().display()
+        )
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Apache
+
+/// `LoadModule` lines for Debian's Apache (modules compiled in are skipped).
+fn apache_modules(apache: &Path, modules: &[(&str, &str)]) -> String {
+    let compiled_in =
+        String::from_utf8_lossy(&Command::new(apache).arg("-l").output().unwrap().stdout)
+            .into_owned();
+    let dir = Path::new("/usr/lib/apache2/modules");
+    let mut lines = String::new();
+    let has_mpm = ["prefork.c", "worker.c", "event.c"]
+        .iter()
+        .any(|m| compiled_in.contains(m));
+    let mpm = [("mpm_event_module", "mod_mpm_event.so")];
+    let always = [
+        ("unixd_module", "mod_unixd.so"),
+        ("authz_core_module", "mod_authz_core.so"),
+        ("env_module", "mod_env.so"),
+        ("mime_module", "mod_mime.so"),
+    ];
+    let chosen = mpm
+        .iter()
+        .filter(|_| !has_mpm)
+        .chain(always.iter())
+        .chain(modules.iter());
+    for (name, file) in chosen {
+        let source = file.replace(".so", ".c");
+        if compiled_in.contains(&source) {
+            continue;
+        }
+        lines.push_str(&format!(
+            "LoadModule {name} \"{}\"\n",
+            dir.join(file).display()
+        ));
+    }
+    lines
+}
+
+fn apache(modules: &[(&str, &str)], extra_conf: &str, site: &Site, port: u16) -> Daemon {
+    let Some(found) = find_program(&["apache2"]) else {
+        unreachable!("checked by the caller");
+    };
+    let root = site.root().display();
+    let conf = site.write(
+        "httpd.conf",
+        &format!(
+            r#"# Written by tests/servers.rs
+ServerRoot "{root}"
+ServerName 127.0.0.1
+Listen 127.0.0.1:{port}
+{modules}
+PidFile "{root}/httpd.pid"
+ErrorLog "{root}/apache-error.log"
+LogLevel warn
+DefaultRuntimeDir "{root}"
+TypesConfig /dev/null
+DocumentRoot "{root}"
+<Directory />
+    AllowOverride None
+    Require all denied
+</Directory>
+{extra_conf}
+"#,
+            modules = apache_modules(&found, modules)
+        ),
+    );
+    let mut command = as_server_user(&found);
+    command.arg("-f").arg(&conf).arg("-DFOREGROUND");
+    Daemon::start("apache", command, site, Ready::Port(port))
+}
+
+fn set_env_lines(site: &Site) -> String {
+    settings(site)
+        .iter()
+        .map(|(name, value)| format!("    SetEnv {name} \"{value}\"\n"))
+        .collect()
+}
+
+#[test]
+fn apache_mod_fcgid_starts_it_on_a_socket() {
+    let Some(_) = require(&["apache2", "curl"]) else {
+        return;
+    };
+    if !Path::new("/usr/lib/apache2/modules/mod_fcgid.so").exists() {
+        common::skip_or_fail("mod_fcgid is not installed (libapache2-mod-fcgid)");
+        return;
+    }
+    let site = Site::new(&[Path::new(RELOAD)]);
+    let ipc = site.path("fcgid");
+    fs::create_dir(&ipc).unwrap();
+    if running_as_root() {
+        std::os::unix::fs::chown(&ipc, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let port = free_port();
+    let root = site.root().display();
+    let extra = format!(
+        r#"FcgidIPCDir "{root}/fcgid"
+FcgidProcessTableFile "{root}/fcgid/table"
+<Directory "{root}/cgi-bin">
+    Options +ExecCGI
+    SetHandler fcgid-script
+{}    Require all granted
+</Directory>"#,
+        set_env_lines(&site)
+    );
+    let _apache = apache(&[("fcgid_module", "mod_fcgid.so")], &extra, &site, port);
+    expect_ok(
+        &site,
+        check_counter(&site, &format!("http://127.0.0.1:{port}/cgi-bin/reload")),
+    );
+}
+
+#[test]
+fn apache_mod_proxy_fcgi_to_its_address() {
+    let Some(_) = require(&["apache2", "curl"]) else {
+        return;
+    };
+    let site = Site::new(&[Path::new(RELOAD)]);
+    let app_port = free_port();
+    let _app = fastcgi_app(
+        &site,
+        &format!("127.0.0.1:{app_port}"),
+        Ready::Port(app_port),
+    );
+    let port = free_port();
+    let extra = format!(
+        r#"<Location "/cgi-bin/reload">
+{}    ProxyPass "fcgi://127.0.0.1:{app_port}/"
+    Require all granted
+</Location>"#,
+        set_env_lines(&site)
+    );
+    let modules = [
+        ("proxy_module", "mod_proxy.so"),
+        ("proxy_fcgi_module", "mod_proxy_fcgi.so"),
+    ];
+    let _apache = apache(&modules, &extra, &site, port);
+    expect_ok(
+        &site,
+        check_counter(&site, &format!("http://127.0.0.1:{port}/cgi-bin/reload")),
+    );
+}
