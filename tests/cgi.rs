@@ -880,6 +880,41 @@ fn collection_runs_after_the_response_is_complete() {
     }
 }
 
+/// Apache sends a finished CGI program SIGTERM as soon as its response is done; collection,
+/// which runs after the response, goes on to its end.
+#[test]
+fn collection_outlives_the_servers_sigterm() {
+    let mut site = Site::new(RELOAD);
+    site.set("PSOSessionGCProbability", "1");
+    let cookie = site.get(None).cookie();
+    // Enough expired sessions that collection is still running when the signal comes.
+    let mut meta = Meta::new(1_000_000_000);
+    meta.deadline = Some(1_000_000_900);
+    let bytes = Record::new(meta).encode().unwrap();
+    for _ in 0..20_000 {
+        let name = format!("reload.{}.pso", SessionId::generate().unwrap());
+        fs::write(site.sessions().join(name), &bytes).unwrap();
+    }
+    let mut command = site.command(Some(&cookie));
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut response).unwrap();
+    assert!(response.contains("You reloaded: 2 times"), "{response}");
+    // Standard output is closed: the response is complete, and collection runs now.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "collection was cut short: {status:?}");
+    assert!(
+        site.files().len() < 20_001,
+        "collection removed expired sessions"
+    );
+}
+
 #[test]
 fn sigkill_at_any_instant_never_tears_the_session() {
     let site = Site::new(RELOAD);

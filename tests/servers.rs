@@ -9,7 +9,6 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::servers::*;
 
@@ -246,74 +245,6 @@ fn lighttpd_mod_fastcgi_starts_it_with_bin_path() {
 // ---------------------------------------------------------------------------------------
 // Apache
 
-/// `LoadModule` lines for Debian's Apache (modules compiled in are skipped).
-fn apache_modules(apache: &Path, modules: &[(&str, &str)]) -> String {
-    let compiled_in =
-        String::from_utf8_lossy(&Command::new(apache).arg("-l").output().unwrap().stdout)
-            .into_owned();
-    let dir = Path::new("/usr/lib/apache2/modules");
-    let mut lines = String::new();
-    let has_mpm = ["prefork.c", "worker.c", "event.c"]
-        .iter()
-        .any(|m| compiled_in.contains(m));
-    let mpm = [("mpm_event_module", "mod_mpm_event.so")];
-    let always = [
-        ("unixd_module", "mod_unixd.so"),
-        ("authz_core_module", "mod_authz_core.so"),
-        ("env_module", "mod_env.so"),
-        ("mime_module", "mod_mime.so"),
-    ];
-    let chosen = mpm
-        .iter()
-        .filter(|_| !has_mpm)
-        .chain(always.iter())
-        .chain(modules.iter());
-    for (name, file) in chosen {
-        let source = file.replace(".so", ".c");
-        if compiled_in.contains(&source) {
-            continue;
-        }
-        lines.push_str(&format!(
-            "LoadModule {name} \"{}\"\n",
-            dir.join(file).display()
-        ));
-    }
-    lines
-}
-
-fn apache(modules: &[(&str, &str)], extra_conf: &str, site: &Site, port: u16) -> Daemon {
-    let Some(found) = find_program(&["apache2"]) else {
-        unreachable!("checked by the caller");
-    };
-    let root = site.root().display();
-    let conf = site.write(
-        "httpd.conf",
-        &format!(
-            r#"# Written by tests/servers.rs
-ServerRoot "{root}"
-ServerName 127.0.0.1
-Listen 127.0.0.1:{port}
-{modules}
-PidFile "{root}/httpd.pid"
-ErrorLog "{root}/apache-error.log"
-LogLevel warn
-DefaultRuntimeDir "{root}"
-TypesConfig /dev/null
-DocumentRoot "{root}"
-<Directory />
-    AllowOverride None
-    Require all denied
-</Directory>
-{extra_conf}
-"#,
-            modules = apache_modules(&found, modules)
-        ),
-    );
-    let mut command = as_server_user(&found);
-    command.arg("-f").arg(&conf).arg("-DFOREGROUND");
-    Daemon::start("apache", command, site, Ready::Port(port))
-}
-
 fn set_env_lines(site: &Site) -> String {
     settings(site)
         .iter()
@@ -348,7 +279,7 @@ FcgidProcessTableFile "{root}/fcgid/table"
 </Directory>"#,
         set_env_lines(&site)
     );
-    let _apache = apache(&[("fcgid_module", "mod_fcgid.so")], &extra, &site, port);
+    let _apache = start_apache(&site, port, &[("fcgid_module", "mod_fcgid.so")], &extra);
     expect_ok(
         &site,
         check_counter(&site, &format!("http://127.0.0.1:{port}/cgi-bin/reload")),
@@ -379,7 +310,7 @@ fn apache_mod_proxy_fcgi_to_its_address() {
         ("proxy_module", "mod_proxy.so"),
         ("proxy_fcgi_module", "mod_proxy_fcgi.so"),
     ];
-    let _apache = apache(&modules, &extra, &site, port);
+    let _apache = start_apache(&site, port, &modules, &extra);
     expect_ok(
         &site,
         check_counter(&site, &format!("http://127.0.0.1:{port}/cgi-bin/reload")),

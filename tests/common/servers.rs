@@ -288,6 +288,89 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// A GET without the jar, with `header` as the whole `Cookie` header, any bytes.
+    pub fn get_with_cookie(&self, url: &str, header: &[u8]) -> Result<Reply, String> {
+        use std::os::unix::ffi::OsStringExt;
+        let line = [&b"Cookie: "[..], header].concat();
+        let output = Command::new(&self.curl)
+            .args([
+                "--silent",
+                "--show-error",
+                "--include",
+                "--max-time",
+                "30",
+                "-H",
+            ])
+            .arg(std::ffi::OsString::from_vec(line))
+            .arg(url)
+            .output()
+            .map_err(|e| format!("cannot run curl: {e}"))?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("no header block in the answer to {url}:\n{text}"))?;
+        Ok(Reply {
+            head: head.to_owned(),
+            body: body.to_owned(),
+        })
+    }
+}
+
+/// Debian's Apache with `modules` loaded (besides the MPM and the basics, unless compiled
+/// in), configured by `extra`, on `port`, as the server user.
+pub fn start_apache(site: &Site, port: u16, modules: &[(&str, &str)], extra: &str) -> Daemon {
+    let apache = find_program(&["apache2", "httpd"]).expect("apache2");
+    let compiled_in =
+        String::from_utf8_lossy(&Command::new(&apache).arg("-l").output().unwrap().stdout)
+            .into_owned();
+    let has_mpm = ["prefork.c", "worker.c", "event.c"]
+        .iter()
+        .any(|m| compiled_in.contains(m));
+    let mpm = [("mpm_event_module", "mod_mpm_event.so")];
+    let basics = [
+        ("unixd_module", "mod_unixd.so"),
+        ("authz_core_module", "mod_authz_core.so"),
+        ("env_module", "mod_env.so"),
+        ("mime_module", "mod_mime.so"),
+    ];
+    let dir = Path::new("/usr/lib/apache2/modules");
+    let load: String = mpm
+        .iter()
+        .filter(|_| !has_mpm)
+        .chain(basics.iter())
+        .chain(modules.iter())
+        .filter(|(_, file)| !compiled_in.contains(&file.replace(".so", ".c")))
+        .map(|(name, file)| format!("LoadModule {name} \"{}\"\n", dir.join(file).display()))
+        .collect();
+    let root = site.root().display();
+    let conf = site.write(
+        "httpd.conf",
+        &format!(
+            r#"# Written by the tests
+ServerRoot "{root}"
+ServerName 127.0.0.1
+Listen 127.0.0.1:{port}
+{load}
+PidFile "{root}/httpd.pid"
+ErrorLog "{root}/apache-error.log"
+LogLevel warn
+DefaultRuntimeDir "{root}"
+TypesConfig /dev/null
+DocumentRoot "{root}"
+<Directory />
+    AllowOverride None
+    Require all denied
+</Directory>
+{extra}
+"#
+        ),
+    );
+    let mut command = as_server_user(&apache);
+    command.arg("-f").arg(&conf).arg("-DFOREGROUND");
+    Daemon::start("apache", command, site, Ready::Port(port))
+}
+
 /// What every server must show with the reload counter configured through its own way of
 /// setting variables: `PSOServiceId shop`, `PSOSessionExpire "15*60"` and the site's
 /// session directory. The counter goes 1, 2, 3 for one browser and starts again for another;

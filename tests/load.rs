@@ -1,0 +1,199 @@
+//! The FastCGI counter under load through nginx: 20,000 requests from 32 clients over 100
+//! sessions. Every session's count comes out exact (each value handed out once), and the pso
+//! process's resident memory stays flat after warm-up.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Instant;
+
+use common::servers::*;
+
+const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
+const CLIENTS: usize = 32;
+const SESSIONS: usize = 100;
+const REQUESTS: usize = 20_000;
+
+/// A keep-alive HTTP/1.1 client for the counter: one connection, requests one after another.
+struct Client {
+    port: u16,
+    stream: Option<BufReader<TcpStream>>,
+}
+
+impl Client {
+    fn new(port: u16) -> Client {
+        Client { port, stream: None }
+    }
+
+    /// GET the counter with `cookie` (if any): the count and the `Set-Cookie` pair.
+    fn get(&mut self, cookie: Option<&str>) -> (u64, Option<String>) {
+        let reader = self.stream.get_or_insert_with(|| {
+            BufReader::new(TcpStream::connect(("127.0.0.1", self.port)).unwrap())
+        });
+        let cookie_line = cookie
+            .map(|c| format!("Cookie: {c}\r\n"))
+            .unwrap_or_default();
+        let request =
+            format!("GET /cgi-bin/reload HTTP/1.1\r\nHost: localhost\r\n{cookie_line}\r\n");
+        reader.get_mut().write_all(request.as_bytes()).unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+        let (mut length, mut set_cookie, mut close) = (None, None, false);
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').unwrap();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = Some(value.trim().parse::<usize>().unwrap()),
+                "set-cookie" => {
+                    set_cookie = Some(value.trim().split(';').next().unwrap().to_owned())
+                }
+                "connection" => close = value.trim().eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+        let mut body = vec![0u8; length.expect("pso sends Content-Length")];
+        reader.read_exact(&mut body).unwrap();
+        if close {
+            self.stream = None;
+        }
+        let body = String::from_utf8(body).unwrap();
+        let count = body
+            .split("You reloaded: ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not the counter: {body}"));
+        (count, set_cookie)
+    }
+}
+
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn twenty_thousand_requests_over_a_hundred_sessions_through_nginx() {
+    let Some(found) = require(&["nginx"]) else {
+        return;
+    };
+    let site = Site::new(&[Path::new(RELOAD)]);
+    let app_port = free_port();
+    let mut app = as_server_user(&site.path("cgi-bin/reload"));
+    app.env_clear()
+        .env("PSO_FCGI_BIND", format!("127.0.0.1:{app_port}"))
+        .env("PSOSessionFileLoader_Path", site.sessions());
+    let pso = Daemon::start("pso", app, &site, Ready::Port(app_port));
+    let port = free_port();
+    let root = site.root().display();
+    let conf = site.write(
+        "nginx.conf",
+        &format!(
+            r#"daemon off;
+worker_processes 2;
+pid {root}/nginx.pid;
+error_log {root}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 100000;
+    client_body_temp_path {root}/tmp/body;
+    fastcgi_temp_path {root}/tmp/fastcgi;
+    proxy_temp_path {root}/tmp/proxy;
+    uwsgi_temp_path {root}/tmp/uwsgi;
+    scgi_temp_path {root}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /cgi-bin/reload {{
+            include /etc/nginx/fastcgi_params;
+            fastcgi_pass 127.0.0.1:{app_port};
+        }}
+    }}
+}}
+"#
+        ),
+    );
+    let mut command = as_server_user(&found[0]);
+    command
+        .arg("-p")
+        .arg(site.root())
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(site.path("nginx-error.log"));
+    let _nginx = Daemon::start("nginx", command, &site, Ready::Port(port));
+
+    // A hundred visitors, each with a session at 1.
+    let mut first = Client::new(port);
+    let cookies: Vec<String> = (0..SESSIONS)
+        .map(|_| {
+            let (count, cookie) = first.get(None);
+            assert_eq!(count, 1);
+            cookie.expect("a new session's cookie")
+        })
+        .collect();
+    let cookies = Arc::new(cookies);
+    let seen: Arc<Mutex<BTreeMap<usize, Vec<u64>>>> = Arc::default();
+    let warm = Arc::new(Barrier::new(CLIENTS + 1));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (cookies, seen, warm) = (cookies.clone(), seen.clone(), warm.clone());
+            std::thread::spawn(move || {
+                let mut http = Client::new(port);
+                let mut mine: Vec<(usize, u64)> = Vec::new();
+                for (n, i) in (client..REQUESTS).step_by(CLIENTS).enumerate() {
+                    if n == REQUESTS / CLIENTS / 10 {
+                        warm.wait();
+                    }
+                    let session = i % SESSIONS;
+                    let (count, _) = http.get(Some(&cookies[session]));
+                    mine.push((session, count));
+                }
+                let mut seen = seen.lock().unwrap();
+                for (session, count) in mine {
+                    seen.entry(session).or_default().push(count);
+                }
+            })
+        })
+        .collect();
+    warm.wait();
+    let warmed_up = resident_kib(pso.pid());
+    for client in clients {
+        client.join().unwrap();
+    }
+    let took = started.elapsed();
+    let after = resident_kib(pso.pid());
+    eprintln!(
+        "{REQUESTS} requests from {CLIENTS} clients in {took:?} ({:.0}/s); pso resident: {warmed_up} KiB after warm-up, {after} KiB at the end",
+        REQUESTS as f64 / took.as_secs_f64()
+    );
+
+    // Each session was raised by exactly its requests, and each count handed out once.
+    let seen = seen.lock().unwrap();
+    for session in 0..SESSIONS {
+        let mut counts = seen[&session].clone();
+        counts.sort_unstable();
+        let expected: Vec<u64> = (2..2 + (REQUESTS / SESSIONS) as u64).collect();
+        assert_eq!(counts, expected, "session {session}");
+    }
+    assert!(
+        after <= warmed_up + warmed_up / 4 + 1024,
+        "resident memory grew from {warmed_up} KiB to {after} KiB"
+    );
+    assert!(!site.logs().contains("panicked"), "{}", site.logs());
+}
