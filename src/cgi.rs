@@ -4,8 +4,7 @@
 use std::io::{self, BufWriter, Write};
 use std::time::SystemTime;
 
-use crate::error::BoxError;
-use crate::runner::Context;
+use crate::runner::Handler;
 use crate::service::Service;
 
 /// Serves the one request of this process.
@@ -18,7 +17,7 @@ use crate::service::Service;
 /// collection (at most 50 ms) outlives; its log lines are lost with standard error.
 pub(crate) fn serve_process<F>(service: &Service, handler: &F)
 where
-    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+    F: Handler,
 {
     let now = SystemTime::now();
     let mut input = io::stdin().lock();

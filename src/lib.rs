@@ -67,7 +67,7 @@ pub use mode::run;
 pub use record::{Meta, Record};
 pub use request::Request;
 pub use response::Response;
-pub use runner::{Context, serve, serve_with_store};
+pub use runner::{Context, Handler, serve, serve_with_store};
 pub use service::Service;
 pub use session::Session;
 

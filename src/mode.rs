@@ -2,9 +2,9 @@
 //! same `main` serves all of them.
 
 use crate::cgi;
-use crate::error::{BoxError, ErrorChain};
+use crate::error::ErrorChain;
 use crate::fastcgi::{self, Limits, Listener};
-use crate::runner::Context;
+use crate::runner::Handler;
 use crate::service::Service;
 
 /// Runs a program: serves its requests with `handler`, however the program was started.
@@ -35,7 +35,7 @@ use crate::service::Service;
 /// ```
 pub fn run<F>(handler: F)
 where
-    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+    F: Handler,
 {
     // A listening socket can never be a CGI request's standard input, so it is asked first.
     let inherited = Listener::inherited();

@@ -19,6 +19,14 @@ use crate::response::Response;
 use crate::session::{CookieAction, Session};
 use crate::store::Store;
 
+/// A request handler: a function or closure that serves one request from its [`Context`].
+///
+/// Any `Fn(&mut Context) -> Result<(), BoxError>` that may run on several threads at once is
+/// one; `?` works on any error type inside it.
+pub trait Handler: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync {}
+
+impl<F> Handler for F where F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync {}
+
 /// What a handler gets: the request, the session, and the response it builds.
 pub struct Context<'a> {
     /// The request.
@@ -169,7 +177,7 @@ pub fn serve<F>(
     now: SystemTime,
 ) -> io::Result<()>
 where
-    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+    F: Handler,
 {
     let service = crate::Service::new(env.clone());
     service.serve(service.process_env(), input, output, handler, now)
@@ -186,7 +194,7 @@ pub fn serve_with_store<F>(
     now: SystemTime,
 ) -> io::Result<()>
 where
-    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+    F: Handler,
 {
     respond(env, config, store, input, output, handler, now)?;
     output.flush()?;
@@ -217,7 +225,7 @@ pub(crate) fn respond<F>(
     now: SystemTime,
 ) -> io::Result<Served>
 where
-    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+    F: Handler,
 {
     let request = Request::new(env, input);
     let https = request.is_https();
@@ -325,7 +333,7 @@ mod tests {
     /// One request through `handler`, with a CGI environment plus `pairs`, at `secs`.
     fn serve_text<F>(store: &MemoryStore, pairs: &[(&str, &str)], handler: &F, secs: u64) -> String
     where
-        F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+        F: Handler,
     {
         let mut all = vec![
             ("GATEWAY_INTERFACE", "CGI/1.1"),

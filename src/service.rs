@@ -17,10 +17,10 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
 use crate::environment::Environment;
-use crate::error::{BoxError, ErrorChain};
+use crate::error::ErrorChain;
 use crate::request::Request;
 use crate::response::Response;
-use crate::runner::{Context, respond};
+use crate::runner::{Handler, respond};
 use crate::store::{FileStore, Store};
 
 /// The longest a request spends collecting expired sessions.
@@ -152,7 +152,7 @@ impl Service {
         now: SystemTime,
     ) -> io::Result<()>
     where
-        F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+        F: Handler,
     {
         let handled = self.handle(env, input, output, handler, now)?;
         output.flush()?;
@@ -170,7 +170,7 @@ impl Service {
         now: SystemTime,
     ) -> io::Result<Handled>
     where
-        F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+        F: Handler,
     {
         let resolved = self.resolve(env);
         let Some(store) = self.store_for(&resolved) else {

@@ -1238,20 +1238,6 @@ fn swapping_the_session_directory_never_redirects_a_file() {
     } else {
         (None, None)
     };
-    let as_user = |uid: Option<u32>, program: &std::ffi::OsStr| -> Command {
-        match uid {
-            Some(uid) => {
-                let mut command = Command::new("setpriv");
-                command
-                    .arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={uid}"))
-                    .arg("--clear-groups")
-                    .arg(program);
-                command
-            }
-            None => Command::new(program),
-        }
-    };
     let swapper = r#"
         chdir $ARGV[0] or die; my $n = 0;
         while (1) {
@@ -1263,7 +1249,7 @@ fn swapping_the_session_directory_never_redirects_a_file() {
             }
         }
     "#;
-    let mut attacker_process = as_user(attacker, std::ffi::OsStr::new("perl"))
+    let mut attacker_process = common::servers::as_user(attacker, Path::new("perl"))
         .args(["-e", swapper])
         .arg(&base)
         .stdout(Stdio::null())
@@ -1276,7 +1262,7 @@ fn swapping_the_session_directory_never_redirects_a_file() {
     let mut cookie: Option<String> = None;
     for _ in 0..300 {
         let template = site.command(cookie.as_deref());
-        let mut command = as_user(victim, template.get_program());
+        let mut command = common::servers::as_user(victim, Path::new(template.get_program()));
         command
             .env_clear()
             .envs(template.get_envs().filter_map(|(k, v)| Some((k, v?))))

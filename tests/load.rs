@@ -88,9 +88,9 @@ fn resident_kib(pid: u32) -> u64 {
 
 #[test]
 fn twenty_thousand_requests_over_a_hundred_sessions_through_nginx() {
-    let Some(found) = require(&["nginx"]) else {
+    if require(&["nginx"]).is_none() {
         return;
-    };
+    }
     let site = Site::new(&[Path::new(RELOAD)]);
     let app_port = free_port();
     let mut app = as_server_user(&site.path("cgi-bin/reload"));
@@ -99,43 +99,13 @@ fn twenty_thousand_requests_over_a_hundred_sessions_through_nginx() {
         .env("PSOSessionFileLoader_Path", site.sessions());
     let pso = Daemon::start("pso", app, &site, Ready::Port(app_port));
     let port = free_port();
-    let root = site.root().display();
-    let conf = site.write(
-        "nginx.conf",
-        &format!(
-            r#"daemon off;
-worker_processes 2;
-pid {root}/nginx.pid;
-error_log {root}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 100000;
-    client_body_temp_path {root}/tmp/body;
-    fastcgi_temp_path {root}/tmp/fastcgi;
-    proxy_temp_path {root}/tmp/proxy;
-    uwsgi_temp_path {root}/tmp/uwsgi;
-    scgi_temp_path {root}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location = /cgi-bin/reload {{
+    let location = format!(
+        r#"location = /cgi-bin/reload {{
             include /etc/nginx/fastcgi_params;
             fastcgi_pass 127.0.0.1:{app_port};
-        }}
-    }}
-}}
-"#
-        ),
+        }}"#
     );
-    let mut command = as_server_user(&found[0]);
-    command
-        .arg("-p")
-        .arg(site.root())
-        .arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg(site.path("nginx-error.log"));
-    let _nginx = Daemon::start("nginx", command, &site, Ready::Port(port));
+    let _nginx = start_nginx(&site, port, &location);
 
     // A hundred visitors, each with a session at 1.
     let mut first = Client::new(port);

@@ -8,7 +8,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::servers::*;
 
@@ -40,35 +40,6 @@ fn fastcgi_app(site: &Site, bind: &str, ready: Ready<'_>) -> Daemon {
 // ---------------------------------------------------------------------------------------
 // nginx
 
-fn nginx_conf(site: &Site, port: u16, location: &str) -> PathBuf {
-    let root = site.root().display();
-    site.write(
-        "nginx.conf",
-        &format!(
-            r#"# Written by tests/servers.rs
-daemon off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/nginx-error.log info;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/tmp/body;
-    fastcgi_temp_path {root}/tmp/fastcgi;
-    proxy_temp_path {root}/tmp/proxy;
-    uwsgi_temp_path {root}/tmp/uwsgi;
-    scgi_temp_path {root}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        {location}
-    }}
-}}
-"#
-        ),
-    )
-}
-
 fn nginx_params(site: &Site) -> String {
     settings(site)
         .iter()
@@ -76,23 +47,11 @@ fn nginx_params(site: &Site) -> String {
         .collect()
 }
 
-fn start_nginx(site: &Site, nginx: &Path, conf: &Path, port: u16) -> Daemon {
-    let mut command = as_server_user(nginx);
-    command
-        .arg("-p")
-        .arg(site.root())
-        .arg("-c")
-        .arg(conf)
-        .arg("-e")
-        .arg(site.path("nginx-error.log"));
-    Daemon::start("nginx", command, site, Ready::Port(port))
-}
-
 /// nginx `fastcgi_pass` to pso over `transport` ("tcp" or "unix").
 fn nginx_fastcgi(transport: &str) {
-    let Some(found) = require(&["nginx", "curl"]) else {
+    if require(&["nginx", "curl"]).is_none() {
         return;
-    };
+    }
     let site = Site::new(&[Path::new(RELOAD)]);
     let (bind, pass, socket) = match transport {
         "tcp" => {
@@ -130,8 +89,7 @@ fn nginx_fastcgi(transport: &str) {
     }}"#,
         nginx_params(&site)
     );
-    let conf = nginx_conf(&site, port, &location);
-    let _nginx = start_nginx(&site, &found[0], &conf, port);
+    let _nginx = start_nginx(&site, port, &location);
     expect_ok(
         &site,
         check_counter(&site, &format!("http://127.0.0.1:{port}/cgi-bin/reload")),
@@ -169,8 +127,7 @@ fn nginx_with_fcgiwrap_runs_it_as_cgi() {
         nginx_params(&site),
         socket.display()
     );
-    let conf = nginx_conf(&site, port, &location);
-    let _nginx = start_nginx(&site, &found[0], &conf, port);
+    let _nginx = start_nginx(&site, port, &location);
     expect_ok(
         &site,
         check_counter(&site, &format!("http://127.0.0.1:{port}/cgi-bin/reload")),

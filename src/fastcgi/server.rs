@@ -21,8 +21,7 @@ use super::record::{
     self, Begin, Capacities, EndStatus, ParamLimits, ProtocolError, ROLE_RESPONDER, Status, kind,
 };
 use crate::environment::Environment;
-use crate::error::BoxError;
-use crate::runner::Context;
+use crate::runner::Handler;
 use crate::service::Service;
 
 /// Bytes read from a connection at a time.
@@ -474,7 +473,7 @@ pub fn serve<F>(
     handler: &F,
 ) -> io::Result<()>
 where
-    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+    F: Handler,
 {
     listener.set_nonblocking()?;
     let allowed = allowed_peers(service.process_env());
@@ -561,7 +560,7 @@ struct Reactor<'r, 's, F> {
 
 impl<F> Reactor<'_, '_, F>
 where
-    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+    F: Handler,
 {
     fn run(&mut self) -> io::Result<()> {
         let mut stopping_since: Option<Instant> = None;
@@ -912,7 +911,7 @@ fn work<F>(
     returned: Sender<Watched>,
     wake: &UnixStream,
 ) where
-    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+    F: Handler,
 {
     loop {
         let job = {
@@ -1123,7 +1122,7 @@ impl Write for Output<'_, '_> {
 /// Runs one request on this worker; the connection comes back when it is kept.
 fn run_request<F>(shared: &Shared<'_, F>, job: Job) -> Option<Watched>
 where
-    F: Fn(&mut Context<'_>) -> Result<(), BoxError> + Send + Sync,
+    F: Handler,
 {
     let limits = shared.limits;
     let Job {

@@ -136,17 +136,71 @@ impl Site {
 
 /// A command run as the server user (through `setpriv` under root).
 pub fn as_server_user(program: &Path) -> Command {
-    if running_as_root() {
-        let mut command = Command::new(find_program(&["setpriv"]).expect("setpriv (util-linux)"));
-        command
-            .arg(format!("--reuid={NOBODY}"))
-            .arg(format!("--regid={NOBODY}"))
-            .arg("--clear-groups")
-            .arg(program);
-        command
-    } else {
-        Command::new(program)
+    as_user(running_as_root().then_some(NOBODY), program)
+}
+
+/// A command run as `uid` (through `setpriv`), or as ourselves for `None`.
+pub fn as_user(uid: Option<u32>, program: &Path) -> Command {
+    match uid {
+        Some(uid) => {
+            let mut command =
+                Command::new(find_program(&["setpriv"]).expect("setpriv (util-linux)"));
+            command
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg(program);
+            command
+        }
+        None => Command::new(program),
     }
+}
+
+/// nginx's configuration for a site: one server on `port` with `location`, every temporary
+/// path inside the site.
+pub fn nginx_conf(site: &Site, port: u16, location: &str) -> PathBuf {
+    let root = site.root().display();
+    site.write(
+        "nginx.conf",
+        &format!(
+            r#"# Written by the tests
+daemon off;
+worker_processes 2;
+pid {root}/nginx.pid;
+error_log {root}/nginx-error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 100000;
+    client_body_temp_path {root}/tmp/body;
+    fastcgi_temp_path {root}/tmp/fastcgi;
+    proxy_temp_path {root}/tmp/proxy;
+    uwsgi_temp_path {root}/tmp/uwsgi;
+    scgi_temp_path {root}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        {location}
+    }}
+}}
+"#
+        ),
+    )
+}
+
+/// nginx, as the server user, with the site's `nginx.conf`.
+pub fn start_nginx(site: &Site, port: u16, location: &str) -> Daemon {
+    let conf = nginx_conf(site, port, location);
+    let nginx = find_program(&["nginx"]).expect("nginx");
+    let mut command = as_server_user(&nginx);
+    command
+        .arg("-p")
+        .arg(site.root())
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(site.path("nginx-error.log"));
+    Daemon::start("nginx", command, site, Ready::Port(port))
 }
 
 /// A running server or application; dropping it stops it and everything it started.
@@ -260,12 +314,22 @@ impl Browser {
     }
 
     pub fn get(&self, url: &str) -> Result<Reply, String> {
+        let jar = self.jar.as_os_str();
+        let args = ["--cookie-jar".as_ref(), jar, "--cookie".as_ref(), jar];
+        self.fetch(url, &args)
+    }
+
+    /// A GET without the jar, with `header` as the whole `Cookie` header, any bytes.
+    pub fn get_with_cookie(&self, url: &str, header: &[u8]) -> Result<Reply, String> {
+        use std::os::unix::ffi::OsStringExt;
+        let line = std::ffi::OsString::from_vec([&b"Cookie: "[..], header].concat());
+        self.fetch(url, &["-H".as_ref(), line.as_os_str()])
+    }
+
+    fn fetch(&self, url: &str, args: &[&std::ffi::OsStr]) -> Result<Reply, String> {
         let output = Command::new(&self.curl)
             .args(["--silent", "--show-error", "--include", "--max-time", "30"])
-            .arg("--cookie-jar")
-            .arg(&self.jar)
-            .arg("--cookie")
-            .arg(&self.jar)
+            .args(args)
             .arg(url)
             .output()
             .map_err(|e| format!("cannot run curl: {e}"))?;
@@ -278,35 +342,6 @@ impl Browser {
             ));
         }
         // Skip interim responses (100 Continue) if any.
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("no header block in the answer to {url}:\n{text}"))?;
-        Ok(Reply {
-            head: head.to_owned(),
-            body: body.to_owned(),
-        })
-    }
-}
-
-impl Browser {
-    /// A GET without the jar, with `header` as the whole `Cookie` header, any bytes.
-    pub fn get_with_cookie(&self, url: &str, header: &[u8]) -> Result<Reply, String> {
-        use std::os::unix::ffi::OsStringExt;
-        let line = [&b"Cookie: "[..], header].concat();
-        let output = Command::new(&self.curl)
-            .args([
-                "--silent",
-                "--show-error",
-                "--include",
-                "--max-time",
-                "30",
-                "-H",
-            ])
-            .arg(std::ffi::OsString::from_vec(line))
-            .arg(url)
-            .output()
-            .map_err(|e| format!("cannot run curl: {e}"))?;
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
         let (head, body) = text
             .split_once("\r\n\r\n")
             .ok_or_else(|| format!("no header block in the answer to {url}:\n{text}"))?;
