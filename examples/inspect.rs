@@ -6,7 +6,10 @@
 //! - `?size=N`: answers with N bytes (a big response goes out as several FastCGI records);
 //! - `?sleep=N`: takes N milliseconds, holding the session's lock;
 //! - `?stream=1`: sends the headers at once and the body in pieces;
-//! - `?panic=1`: panics, to see what it costs (a 500 for this request only).
+//! - `?panic=1`: panics, to see what it costs (a 500 for this request only);
+//! - `?ballast=N`: counts visits and keeps N bytes that change with each visit, with a digest
+//!   of them, so a test can tell a whole session from a torn one;
+//! - `?grow=N`: counts visits and adds N bytes to the session at each one.
 //!
 //! Run it from a terminal: `QUERY_STRING='count=1' cargo run --example inspect`.
 
@@ -34,6 +37,32 @@ fn main() {
             .and_then(|v| v.parse::<usize>().ok())
         {
             cx.response.write_all(&vec![b'x'; size])?;
+            return Ok(());
+        }
+        if let Some(size) = cx
+            .request
+            .query("ballast")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            let n: u64 = cx.session.get("count")?.unwrap_or(0) + 1;
+            let ballast = ballast(n, size);
+            cx.session.set("count", &n)?;
+            cx.session.set("digest", &digest(n, &ballast))?;
+            cx.session.set("ballast", &ballast)?;
+            write!(cx.response, "count={n}")?;
+            return Ok(());
+        }
+        if let Some(size) = cx
+            .request
+            .query("grow")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            let n: u64 = cx.session.get("count")?.unwrap_or(0) + 1;
+            let mut grown: Vec<u8> = cx.session.get("grown")?.unwrap_or_default();
+            grown.resize(grown.len() + size, n as u8);
+            cx.session.set("count", &n)?;
+            cx.session.set("grown", &grown)?;
+            write!(cx.response, "count={n}")?;
             return Ok(());
         }
         if cx.request.query("count").is_some() {
@@ -66,4 +95,21 @@ fn main() {
         }
         Ok(())
     })
+}
+
+/// `size` bytes that depend on the visit `n`.
+fn ballast(n: u64, size: usize) -> Vec<u8> {
+    (0..size as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) ^ n.wrapping_mul(40_503)) as u8)
+        .collect()
+}
+
+/// FNV-1a over the visit number and the ballast.
+fn digest(n: u64, ballast: &[u8]) -> u64 {
+    n.to_le_bytes()
+        .iter()
+        .chain(ballast)
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }

@@ -1,8 +1,9 @@
 //! The file store: one file per session in a private directory, locked with `flock`.
 //!
-//! Layout: `<dir>/<service>.<id>.pso`, in the format of [`crate::Record::encode`]; while a save is
-//! under way, `<dir>/.<service>.<id>.<pid>-<n>.tmp`. The directory is `0700` and owned by the
-//! user pso runs as, files are `0600`, and no file is opened through a symbolic link.
+//! Names: `<dir>/<service>.<id>.pso`, laid out as [`layout`] says (two slots written in turn,
+//! in place); while a new file is written, `<dir>/.<service>.<id>.<pid>-<n>.tmp`. The
+//! directory is `0700` and owned by the user pso runs as, files are `0600`, and no file is
+//! opened through a symbolic link.
 //!
 //! The directory is opened once, as a handle (`O_DIRECTORY | O_NOFOLLOW`), checked with `fstat`,
 //! and every file operation after that is relative to the handle (`openat`, `renameat`,
@@ -11,15 +12,20 @@
 //! directory it checked.
 //!
 //! Locking: a request locks the session's file itself (`flock`, std's [`File::lock`]) from load
-//! to the end of the request. A save writes a new file and renames it over the old one, so a
-//! request waiting on the old file wakes up holding a lock on a file that is no longer the
-//! session; it therefore checks, after locking, that its descriptor is still the file at the name
-//! (same device and inode, still linked) and starts again if not. The saver locks the new file
-//! *before* renaming it into place, so it never leaves the session unlocked mid-request.
+//! to the end of the request. A save writes in place, so the file stays the one locked. Only a
+//! new file (a session's first save, a record that outgrew its slots, a version-1 file) is
+//! renamed over the name; a request waiting on the old file then wakes up holding a lock on a
+//! file that is no longer the session, so after locking it checks that its descriptor is still
+//! the file at the name (same device and inode, still linked) and starts again if not. The
+//! saver locks the new file *before* renaming it into place, so it never leaves the session
+//! unlocked mid-request.
+
+mod layout;
+
+use layout::Layout;
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{self, File, TryLockError};
-use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -263,10 +269,12 @@ impl FileStore {
             .is_ok_and(|current| current.st_dev == stat.st_dev && current.st_ino == stat.st_ino)
     }
 
-    /// Whether the locked descriptor is still the file at `name` (not replaced, not removed).
-    /// When in doubt (an error), it is not: the caller opens the name again.
-    fn still_current(&self, file: &File, name: &CStr) -> bool {
-        rustix::fs::fstat(file).is_ok_and(|held| held.st_nlink > 0 && self.names(name, &held))
+    /// The locked descriptor's size if it is still the file at `name` (not replaced, not
+    /// removed). When in doubt (an error), it is not: the caller opens the name again.
+    fn still_current(&self, file: &File, name: &CStr) -> Option<u64> {
+        let held = rustix::fs::fstat(file).ok()?;
+        (held.st_nlink > 0 && self.names(name, &held))
+            .then(|| u64::try_from(held.st_size).unwrap_or(0))
     }
 
     fn unlink(&self, name: &CStr) -> std::io::Result<()> {
@@ -336,7 +344,7 @@ impl FileStore {
                     }
                     Err(TryLockError::Error(_)) => return,
                 }
-                if !self.still_current(&file, name) {
+                if self.still_current(&file, name).is_none() {
                     return;
                 }
                 if self.is_dead(&key, &file, &stat, now, age) && self.unlink(name).is_ok() {
@@ -359,12 +367,26 @@ impl FileStore {
     /// judged by this program's size cap.
     fn is_dead(&self, key: &SessionKey, file: &File, stat: &Stat, now: u64, age: u64) -> bool {
         let size = u64::try_from(stat.st_size).unwrap_or(0);
-        if size == 0 {
-            // A reservation that never got its record.
-            return age > ABANDONED_AGE;
+        let mut start = [0u8; 8];
+        let start = match file.read_at(&mut start, 0) {
+            Ok(n) => &start[..n],
+            Err(_) => return false,
+        };
+        if layout::is_other_version(start) || Record::is_other_version(start) {
+            return false;
         }
-        let mut prefix = vec![0u8; usize::try_from(size).map_or(GC_READ, |n| n.min(GC_READ))];
-        if file.read_exact_at(&mut prefix, 0).is_err() {
+        let (offset, len) = match layout::locate_newest(file, size) {
+            Ok(Some(found)) => found,
+            // A reservation that never got its record.
+            Ok(None) => return age > ABANDONED_AGE,
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                log::warn!("removing unreadable session {key:?}: {e}");
+                return true;
+            }
+            Err(_) => return false,
+        };
+        let mut prefix = vec![0u8; usize::try_from(len).map_or(GC_READ, |n| n.min(GC_READ))];
+        if file.read_exact_at(&mut prefix, offset).is_err() {
             return false;
         }
         if Record::is_other_version(&prefix) {
@@ -373,7 +395,7 @@ impl FileStore {
         match Record::read_meta(&prefix) {
             Ok(Some(meta)) => meta.is_expired(now),
             // The metadata runs past what was read: not ours to judge cheaply.
-            Ok(None) if size > prefix.len() as u64 => false,
+            Ok(None) if len > prefix.len() as u64 => false,
             Ok(None) | Err(_) => {
                 log::warn!("removing unreadable session {key:?}");
                 true
@@ -501,18 +523,22 @@ impl Store for FileStore {
                         key: key.clone(),
                         name,
                         file: None,
+                        size: 0,
+                        layout: Layout::Empty,
                         blocked: matches!(found, Found::Blocked),
                         deleted: false,
                     }));
                 }
             };
             wait_for_lock(&file, deadline, key)?;
-            if self.still_current(&file, &name) {
+            if let Some(size) = self.still_current(&file, &name) {
                 return Ok(Box::new(FileLock {
                     store: self.clone(),
                     key: key.clone(),
                     name,
                     file: Some(file),
+                    size,
+                    layout: Layout::Empty,
                     blocked: false,
                     deleted: false,
                 }));
@@ -537,7 +563,10 @@ impl Store for FileStore {
 
     fn peek(&self, key: &SessionKey) -> Result<Option<Record>> {
         match self.open_for_reading(&c_name(file_name(key))) {
-            Some((file, _)) => read_record(&file, self.max_bytes),
+            Some((file, stat)) => {
+                let size = u64::try_from(stat.st_size).unwrap_or(0);
+                Ok(read_record(&file, size, self.max_bytes)?.0)
+            }
             None => Ok(None),
         }
     }
@@ -566,6 +595,10 @@ struct FileLock {
     name: CString,
     /// The locked file; `None` while the session has no file.
     file: Option<File>,
+    /// The locked file's size.
+    size: u64,
+    /// Where the file's newest record lies, once loaded or saved.
+    layout: Layout,
     /// Something that cannot be removed occupies the name: the session cannot be stored.
     blocked: bool,
     /// Whether `delete` was called: the file is gone and must not come back through this lock.
@@ -582,7 +615,11 @@ impl LockedSession for FileLock {
             return Err(blocked_error(&self.key));
         }
         match &self.file {
-            Some(file) => read_record(file, self.store.max_bytes),
+            Some(file) => {
+                let (record, layout) = read_record(file, self.size, self.store.max_bytes)?;
+                self.layout = layout;
+                Ok(record)
+            }
             None => Ok(None),
         }
     }
@@ -607,24 +644,62 @@ impl LockedSession for FileLock {
                 ),
             ));
         }
-        let (temp_name, mut temp) = self.store.create_temp(key)?;
+        if let Some(file) = &self.file {
+            match layout::save_in_place(file, self.layout, &bytes) {
+                // Written into a file that someone removed from under the lock: it would be
+                // lost, so the record goes into a new file at the name instead.
+                Ok(Some(_)) if rustix::fs::fstat(file).map_or(true, |s| s.st_nlink == 0) => {
+                    log::warn!("session {key:?}: its file was removed while held; writing it anew");
+                }
+                Ok(Some(layout)) => {
+                    self.layout = layout;
+                    if self.store.sync {
+                        file.sync_data()
+                            .map_err(|e| Error::io(format!("syncing session {key:?}"), e))?;
+                    }
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if self.layout == Layout::Empty {
+                        // Back to an empty reservation rather than a half-laid-out file.
+                        let _ = file.set_len(0);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // No file yet, a record larger than its slots, or a version-1 file: a new file,
+        // complete and locked before it takes the name.
+        let (temp_name, temp) = self.store.create_temp(key)?;
         let dir = &self.store.dir.handle;
         let written = (|| {
-            // Locked before it becomes the session, so no other request can take it meanwhile.
-            temp.try_lock()
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            temp.write_all(&bytes)?;
+            temp.try_lock().map_err(|e| {
+                Error::io(
+                    "locking a new session file",
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
+            let layout = layout::write_new(&temp, &bytes, layout::next_seq(self.layout))?;
             if self.store.sync {
-                temp.sync_data()?;
+                temp.sync_data()
+                    .map_err(|e| Error::io(format!("syncing session {key:?}"), e))?;
             }
-            rustix::fs::renameat(dir, &temp_name, dir, &self.name).map_err(std::io::Error::from)
+            rustix::fs::renameat(dir, &temp_name, dir, &self.name)
+                .map_err(|e| Error::io(format!("saving session {key:?}"), e.into()))?;
+            Ok(layout)
         })();
-        if let Err(e) = written {
-            let _ = self.store.unlink(&temp_name);
-            return Err(Error::io(format!("saving session {key:?}"), e));
-        }
+        let layout = match written {
+            Ok(layout) => layout,
+            Err(e) => {
+                let _ = self.store.unlink(&temp_name);
+                return Err(e);
+            }
+        };
         // The old file (and its lock) goes; waiters on it will find the new one.
+        self.size = temp.metadata().map_or(0, |m| m.len());
         self.file = Some(temp);
+        self.layout = layout;
         if self.store.sync {
             self.store
                 .sync_dir()
@@ -719,50 +794,18 @@ fn parse_key(service: &str, id: &str) -> Option<SessionKey> {
     ))
 }
 
-/// Reads and decodes a session file; an empty file is a reservation without a record yet.
-fn read_record(file: &File, max_bytes: u64) -> Result<Option<Record>> {
-    match read_bytes(file, max_bytes)? {
-        // The buffer becomes the record's: no second copy.
-        Some(bytes) => Record::decode_owned(bytes, max_bytes).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// A session file's bytes, `None` if it is empty; a file larger than a record of `max_bytes`
-/// is [`ErrorKind::Corrupt`] and is not read.
-fn read_bytes(file: &File, max_bytes: u64) -> Result<Option<Vec<u8>>> {
+/// Reads and decodes a session file of `size` bytes; an empty file is a reservation without a
+/// record yet. The buffer read becomes the record's: no second copy.
+fn read_record(file: &File, size: u64, max_bytes: u64) -> Result<(Option<Record>, Layout)> {
     let cap = max_bytes
         .min(MAX_RECORD_BYTES)
         .saturating_add(HEADER_LEN as u64);
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io("inspecting a session file", e))?
-        .len();
-    if len == 0 {
-        return Ok(None);
-    }
-    if len > cap {
-        return Err(Error::new(
-            ErrorKind::Corrupt,
-            format!("session file of {len} bytes is larger than PSOSessionMaxBytes"),
-        ));
-    }
-    // Positional, so the descriptor's offset (at the end after a save) does not matter. Files
-    // are never written in place, so the length read above is the length to read.
-    // A failed allocation (a memory limit such as Apache's RLimitMEM) is an error for this
-    // request, not an abort of the process.
-    let len = usize::try_from(len).unwrap_or(usize::MAX);
-    let mut bytes = Vec::new();
-    bytes.try_reserve_exact(len).map_err(|_| {
-        Error::new(
-            ErrorKind::Io,
-            format!("no memory to read a session file of {len} bytes"),
-        )
-    })?;
-    bytes.resize(len, 0);
-    file.read_exact_at(&mut bytes, 0)
-        .map_err(|e| Error::io("reading a session file", e))?;
-    Ok(Some(bytes))
+    let (bytes, layout) = layout::load(file, size, cap)?;
+    let record = match bytes {
+        Some(bytes) => Some(Record::decode_owned(bytes, max_bytes)?),
+        None => None,
+    };
+    Ok((record, layout))
 }
 
 /// Waits for the exclusive lock until `deadline`, polling with growing pauses.
