@@ -5,7 +5,7 @@
 //! - `?echo=1`: answers with the request body itself (at most `CONTENT_LENGTH` bytes);
 //! - `?size=N`: answers with N bytes (a big response goes out as several FastCGI records);
 //! - `?sleep=N`: takes N milliseconds, holding the session's lock;
-//! - `?stream=1`: sends the headers at once and the body in pieces;
+//! - `?stream=N`: sends the headers at once and the body in N pieces (at least 3);
 //! - `?panic=1`: panics, to see what it costs (a 500 for this request only);
 //! - `?ballast=N`: counts visits and keeps N bytes that change with each visit, with a digest
 //!   of them, so a test can tell a whole session from a torn one;
@@ -71,9 +71,10 @@ fn main() {
             write!(cx.response, "count={n}")?;
             return Ok(());
         }
-        if cx.request.query("stream").is_some() {
+        if let Some(pieces) = cx.request.query("stream") {
+            let pieces: usize = pieces.parse().unwrap_or(3).max(3);
             cx.stream()?;
-            for i in 0..3 {
+            for i in 0..pieces {
                 writeln!(cx.response, "piece {i}")?;
                 cx.response.flush()?;
             }

@@ -27,6 +27,7 @@ use crate::environment::Environment;
 pub struct Request<'a> {
     env: &'a Environment,
     body: Take<&'a mut dyn Read>,
+    length: u64,
 }
 
 impl<'a> Request<'a> {
@@ -36,13 +37,14 @@ impl<'a> Request<'a> {
         Request {
             env,
             body: input.take(length),
+            length,
         }
     }
 
     /// `CONTENT_LENGTH`: the body's announced size; 0 without one (or with one that is not a
     /// number, which is logged).
     pub fn content_length(&self) -> u64 {
-        content_length(self.env)
+        self.length
     }
 
     /// `REQUEST_METHOD`; `GET` when unset (a program run from a terminal).

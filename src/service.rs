@@ -7,7 +7,7 @@
 //! layered over it. Two things a request cannot change: the log level (set once, from the
 //! process environment) and a session directory the process environment names.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -61,9 +61,17 @@ pub struct Service {
     /// Configurations requests brought, by the parameters that shaped them.
     configs: Mutex<HashMap<ConfigKey, Arc<Resolved>>>,
     /// File stores by directory: each directory is opened and checked once.
-    stores: Mutex<HashMap<PathBuf, FileStore>>,
+    stores: Mutex<Stores>,
     /// A store given by the program, used for every request instead of files.
     custom: Option<Arc<dyn Store>>,
+}
+
+/// The session directories of the process.
+#[derive(Default)]
+struct Stores {
+    opened: HashMap<PathBuf, FileStore>,
+    /// Directories requests named, other than the process's own, opened or not.
+    tried: HashSet<PathBuf>,
 }
 
 /// A configuration and, once opened, its store.
@@ -114,7 +122,7 @@ impl Service {
             base: Arc::new(Resolved::new(base)),
             fixed_dir,
             configs: Mutex::new(HashMap::new()),
-            stores: Mutex::new(HashMap::new()),
+            stores: Mutex::new(Stores::default()),
             custom: None,
         }
     }
@@ -198,7 +206,7 @@ impl Service {
         if std::ptr::eq(env, &self.process) {
             return self.base.clone();
         }
-        let key = config_key(env);
+        let key = config_key(env, &self.process);
         if key.is_empty() {
             return self.base.clone();
         }
@@ -244,19 +252,27 @@ impl Service {
         let config = &resolved.config;
         let directory = {
             let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
-            match stores.get(&config.session_dir) {
+            match stores.opened.get(&config.session_dir) {
                 Some(store) => store.clone(),
                 None => {
-                    if stores.len() >= MAX_SESSION_DIRS {
-                        log::error!(
-                            "requests named more than {MAX_SESSION_DIRS} session directories; refusing {}",
-                            config.session_dir.display()
-                        );
-                        return None;
+                    // The process's own directory is always allowed; others count from their
+                    // first try, opened or not, so failures cannot be repeated at will.
+                    let own = config.session_dir == self.base.config.session_dir;
+                    if !own && !stores.tried.contains(&config.session_dir) {
+                        if stores.tried.len() >= MAX_SESSION_DIRS {
+                            log::error!(
+                                "requests named more than {MAX_SESSION_DIRS} session directories; refusing {}",
+                                config.session_dir.display()
+                            );
+                            return None;
+                        }
+                        stores.tried.insert(config.session_dir.clone());
                     }
                     match FileStore::open(&config.session_dir) {
                         Ok(store) => {
-                            stores.insert(config.session_dir.clone(), store.clone());
+                            stores
+                                .opened
+                                .insert(config.session_dir.clone(), store.clone());
                             store
                         }
                         Err(e) => {
@@ -289,27 +305,28 @@ impl Resolved {
 /// The parameters that shaped a configuration, as (name, value) bytes.
 type ConfigKey = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// The parameters of a request that shape its configuration: every `PSO*` variable, the
-/// script's name (the default service id), and the variable named like the service id (a
-/// forced session id). Empty when the request brings none of them.
-fn config_key(env: &Environment) -> ConfigKey {
+/// The parameters of a request that can shape its configuration, as [`Config`] reads them
+/// (every name found by [`Environment::lookup`]): every variable whose name is `PSO…` in any
+/// case, the script's name (the default service id), and the variable named like the service
+/// id in force (a forced session id), whether that service id came with the request or from
+/// the process. Empty when the request brings none of them.
+fn config_key(env: &Environment, process: &Environment) -> ConfigKey {
     let mut key: ConfigKey = env
         .iter()
-        .filter(|(name, _)| name.starts_with(b"PSO"))
+        .filter(|(name, _)| name.len() >= 3 && name[..3].eq_ignore_ascii_case(b"PSO"))
         .map(|(name, value)| (name.to_vec(), value.to_vec()))
         .collect();
-    if key.is_empty() && env.get_os("SCRIPT_NAME").is_none() {
-        return key;
+    if let Some(value) = env.get_os("SCRIPT_NAME") {
+        key.push((b"SCRIPT_NAME".to_vec(), value.as_bytes().to_vec()));
     }
-    for name in ["SCRIPT_NAME"] {
-        if let Some(value) = env.get_os(name) {
-            key.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
-        }
-    }
-    if let Some(service) = env.get("PSOServiceId")
-        && let Some(forced) = env.get_os(service)
+    let service = env
+        .lookup_str("PSOServiceId")
+        .or_else(|| process.lookup_str("PSOServiceId"))
+        .map(|(_, service)| service);
+    if let Some(service) = service
+        && let Some((name, forced)) = env.lookup(service)
     {
-        key.push((service.as_bytes().to_vec(), forced.as_bytes().to_vec()));
+        key.push((name.as_bytes().to_vec(), forced.as_bytes().to_vec()));
     }
     key
 }

@@ -264,11 +264,19 @@ fn a_browser_close_session_dies_after_gc_max_lifetime_unused() {
 #[test]
 fn session_directory_setting() {
     let mut site = Site::new(RELOAD);
+    // Only the directory itself is created, never a missing parent: a 500 and a log line.
     let custom = site.root.path().join("deep/custom");
     site.set(
         "PSOSessionFileLoader_Path",
         format!("{}/", custom.display()),
     );
+    let output = site.command(None).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("Status: 500 "));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("the parent of the session directory")
+    );
+    assert!(!site.root.path().join("deep").exists());
+    fs::create_dir(site.root.path().join("deep")).unwrap();
     site.get(None);
     assert_eq!(fs::read_dir(&custom).unwrap().count(), 1);
     assert!(!site.sessions().exists());

@@ -611,3 +611,250 @@ fn a_unix_socket_is_created_0660_and_removed_at_exit() {
     assert!(child.wait().unwrap().success());
     assert!(!socket.exists(), "the socket file is removed at exit");
 }
+
+/// Found by a hostile review: one request's parameters must never configure another.
+#[test]
+fn one_requests_parameters_never_configure_another() {
+    // The service id comes from the process, a forced id from one request only.
+    let f = Fixture::start(&[("PSOServiceId", "shop")]);
+    let forced = f.process.get("count=1", &[("shop", "007")]);
+    assert_eq!(forced.cookie().as_deref(), Some("shop=007"), "{forced:?}");
+    for _ in 0..2 {
+        let plain = f.process.get("count=1", &[]);
+        assert_eq!(plain.body(), "count=1", "{plain:?}");
+        assert_ne!(plain.cookie().as_deref(), Some("shop=007"));
+    }
+    // Settings spelled in another case are still the request's own.
+    let g = Fixture::start(&[]);
+    let odd = g.process.get(
+        "count=1",
+        &[
+            ("psoServiceId", "hijack"),
+            ("hijack", "007"),
+            ("psoCookieSession_Domain", "evil.example"),
+            ("psoSessionExpire", "10y"),
+        ],
+    );
+    assert!(odd.text().contains("Set-Cookie: hijack=007"), "{odd:?}");
+    let plain = g.process.get("count=1", &[]);
+    let text = plain.text();
+    assert!(text.contains("Set-Cookie: inspect="), "{text}");
+    assert!(
+        !text.contains("evil.example") && !text.contains("Max-Age"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_request_cannot_make_the_process_build_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let process = FcgiProcess::start(&inspect(), &[], &log);
+    let deep = dir.path().join("a/b/c/sessions");
+    let answer = process.get(
+        "count=1",
+        &[("PSOSessionFileLoader_Path", deep.to_str().unwrap())],
+    );
+    assert!(answer.status().starts_with("Status: 500"), "{answer:?}");
+    assert!(!dir.path().join("a").exists(), "no parents are created");
+    // Sixteen other directories tried (none can be opened) use up the allowance; the process's
+    // own directory still works.
+    for i in 0..20 {
+        let path = dir.path().join(format!("missing{i}/sessions"));
+        process.get(
+            "count=1",
+            &[("PSOSessionFileLoader_Path", path.to_str().unwrap())],
+        );
+    }
+    let own = process.get("count=1", &[]);
+    assert_eq!(own.body(), "count=1", "{own:?}\n{}", process.log());
+}
+
+#[test]
+fn an_address_list_that_does_not_parse_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(inspect())
+        .env_clear()
+        .env("PSO_FCGI_BIND", format!("127.0.0.1:{}", free_port()))
+        .env("FCGI_WEB_SERVER_ADDRS", "127.0.0.1, 10.0.0.0/8")
+        .env("PSOSessionFileLoader_Path", dir.path().join("s"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        !status.success(),
+        "a list that lost an entry would let in more than it says"
+    );
+}
+
+#[test]
+fn a_request_holds_its_worker_no_longer_than_the_request_timeout() {
+    let f = Fixture::start(&[("PSO_FCGI_WORKERS", "1"), ("PSO_FCGI_REQUEST_TIMEOUT", "1")]);
+    // One worker, taken by a body trickling in a byte at a time.
+    let mut slow = f.process.connect();
+    let pairs: Vec<(&[u8], &[u8])> = vec![
+        (b"REQUEST_METHOD", b"POST"),
+        (b"QUERY_STRING", b"echo=1"),
+        (b"CONTENT_LENGTH", b"1000"),
+    ];
+    let mut bytes = begin(1, false);
+    bytes.extend(params_records(1, &pairs, 65_535));
+    slow.write_all(&bytes).unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..30 {
+            if slow.write_all(&record(STDIN, 1, b"x")).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let answer = f.process.get("count=1", &[]);
+    eprintln!(
+        "answered after {:?} behind a trickling body",
+        started.elapsed()
+    );
+    assert_eq!(answer.body(), "count=1");
+    trickle.join().unwrap();
+}
+
+#[test]
+fn beginning_and_aborting_requests_cannot_keep_a_connection_open() {
+    let f = Fixture::start(&[
+        ("PSO_FCGI_FIRST_BYTE_TIMEOUT", "1"),
+        ("PSO_FCGI_IDLE_TIMEOUT", "1"),
+    ]);
+    let mut stream = f.process.connect();
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        let mut bytes = begin(1, true);
+        bytes.extend(record(ABORT, 1, &[]));
+        if stream.write_all(&bytes).is_err() {
+            closed = true;
+            break;
+        }
+        if closed_within(&mut stream, Duration::from_millis(300)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the connection outlived its deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_abort_on_a_kept_connection_keeps_it() {
+    let f = Fixture::start(&[]);
+    let mut stream = f.process.connect();
+    let pairs: Vec<(&[u8], &[u8])> = vec![
+        (b"REQUEST_METHOD", b"POST"),
+        (b"QUERY_STRING", b"echo=1"),
+        (b"CONTENT_LENGTH", b"100"),
+    ];
+    let mut bytes = begin(1, true);
+    bytes.extend(params_records(1, &pairs, 65_535));
+    bytes.extend(record(STDIN, 1, b"part"));
+    stream.write_all(&bytes).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(&record(ABORT, 1, &[])).unwrap();
+    let aborted = read_answer(&mut stream, 1, Duration::from_secs(10));
+    assert_eq!(aborted.end.map(|e| e.1), Some(0), "{aborted:?}");
+    stream
+        .write_all(&request(2, true, &get_params("count=1", &[]), b""))
+        .unwrap();
+    assert_eq!(
+        read_answer(&mut stream, 2, Duration::from_secs(10)).body(),
+        "count=1"
+    );
+}
+
+#[test]
+fn sigterm_closes_the_listener_at_once() {
+    let mut f = Fixture::start(&[]);
+    let mut stream = f.process.connect();
+    stream
+        .write_all(&request(1, false, &get_params("sleep=1500", &[]), b""))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(f.process.child.id() as libc::pid_t, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(f.process.alive(), "a request is still in flight");
+    assert!(
+        TcpStream::connect(("127.0.0.1", f.process.port)).is_err(),
+        "new connections are refused at once"
+    );
+    assert_eq!(
+        read_answer(&mut stream, 1, Duration::from_secs(10)).status(),
+        "Status: 200 OK"
+    );
+    assert!(f.process.child.wait().unwrap().success());
+}
+
+#[test]
+fn a_flood_of_management_records_is_cut_off() {
+    let f = Fixture::start(&[]);
+    let mut stream = f.process.connect();
+    let query = pair(b"FCGI_MAX_CONNS", b"");
+    let flood: Vec<u8> = (0..1000)
+        .flat_map(|_| record(GET_VALUES, 0, &query))
+        .collect();
+    let _ = stream.write_all(&flood);
+    assert!(closed_within(&mut stream, Duration::from_secs(5)));
+    f.still_serves("a management flood");
+}
+
+/// Found by a hostile review: a streaming handler and a flood of tiny body records made memory
+/// grow without bound. What the worker buffers is now capped.
+#[test]
+fn a_body_flood_beside_a_streaming_handler_stays_bounded() {
+    let f = Fixture::start(&[]);
+    let pid = f.process.child.id();
+    let peak = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let before = peak();
+    let mut stream = f.process.connect();
+    let pairs: Vec<(&[u8], &[u8])> = vec![
+        (b"REQUEST_METHOD", b"POST"),
+        (b"QUERY_STRING", b"stream=20000"),
+        (b"CONTENT_LENGTH", b"1"),
+    ];
+    let mut bytes = begin(1, false);
+    bytes.extend(params_records(1, &pairs, 65_535));
+    stream.write_all(&bytes).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        // 1-byte records without padding: 9 bytes each, 40 MB in all.
+        let chunk: Vec<u8> = (0..100_000)
+            .flat_map(|_| vec![1, STDIN, 0, 1, 0, 1, 0, 0, b'a'])
+            .collect();
+        for _ in 0..45 {
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let answer = read_answer(&mut stream, 1, Duration::from_secs(60));
+    drop(stream);
+    flood.join().unwrap();
+    assert!(
+        answer.body().contains("piece 19999"),
+        "{}",
+        answer.body().len()
+    );
+    let grown = peak().saturating_sub(before);
+    eprintln!("peak memory grew by {grown} KiB during a 40 MB body flood");
+    assert!(grown < 16 * 1024, "{grown} KiB");
+}

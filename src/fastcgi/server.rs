@@ -29,6 +29,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Output kept before it is sent as records: a response that fits goes out in one write with
 /// the end of the request.
 const OUTPUT_CHUNK: usize = 64 * 1024;
+/// How long the listener rests when accepting fails (out of descriptors).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// The least time between two warnings of one kind.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+/// Management records a connection may send before it starts a request.
+const MAX_MANAGEMENT: u32 = 64;
 /// The most unread input discarded before closing a connection, and for how long.
 const DRAIN_BYTES: usize = 1 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
@@ -58,6 +64,10 @@ pub struct Limits {
     /// How long a read of the body or a write of the response may stall (`PSO_FCGI_IO_TIMEOUT`;
     /// 30 s).
     pub io_timeout: Duration,
+    /// How long reading a request's body and writing its response may take in all
+    /// (`PSO_FCGI_REQUEST_TIMEOUT`; 60 s): a client that trickles either holds its worker no
+    /// longer.
+    pub request_timeout: Duration,
     /// How long in-flight requests may take to finish after `SIGTERM` (10 s).
     pub shutdown_timeout: Duration,
     /// Caps on a request's parameters.
@@ -74,6 +84,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             params: ParamLimits::default(),
         }
@@ -111,6 +122,7 @@ impl Limits {
         time("PSO_FCGI_IDLE_TIMEOUT", &mut limits.idle_timeout);
         time("PSO_FCGI_HEADER_TIMEOUT", &mut limits.header_timeout);
         time("PSO_FCGI_IO_TIMEOUT", &mut limits.io_timeout);
+        time("PSO_FCGI_REQUEST_TIMEOUT", &mut limits.request_timeout);
         limits
     }
 }
@@ -209,7 +221,7 @@ impl Listener {
         loop {
             let accepted = match self {
                 Listener::Tcp(listener) => listener.accept().map(|(stream, peer)| {
-                    if !allowed.is_empty() && !allowed.contains(&peer.ip()) {
+                    if !allowed.is_empty() && !allowed.contains(&peer.ip().to_canonical()) {
                         log::warn!(
                             "refusing a FastCGI connection from {peer}: not in FCGI_WEB_SERVER_ADDRS"
                         );
@@ -299,6 +311,13 @@ impl Stream {
         }
     }
 
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(Some(timeout)),
+            Stream::Unix(s) => s.set_read_timeout(Some(timeout)),
+        }
+    }
+
     fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => {
@@ -365,6 +384,10 @@ struct Conn {
     input: Vec<u8>,
     /// Where the unparsed bytes of `input` start.
     parsed: usize,
+    /// While a worker runs a request: when its reads and writes must be done.
+    deadline: Option<Instant>,
+    /// The longest a read or write may stall (the socket's timeouts).
+    stall: Duration,
 }
 
 impl Conn {
@@ -373,6 +396,8 @@ impl Conn {
             stream,
             input: Vec::new(),
             parsed: 0,
+            deadline: None,
+            stall: Duration::MAX,
         }
     }
 
@@ -381,8 +406,28 @@ impl Conn {
         self.parsed < self.input.len()
     }
 
-    /// Reads once into the input buffer; `Ok(0)` is the end of the stream.
+    /// Bytes read and not yet taken by a record.
+    fn unparsed(&self) -> usize {
+        self.input.len() - self.parsed
+    }
+
+    /// Reads once into the input buffer; `Ok(0)` is the end of the stream. What records took
+    /// is dropped first (the rest is at most a record: moving it costs that much).
     fn fill(&mut self, wait: bool) -> io::Result<usize> {
+        if let Some(deadline) = self.deadline
+            && wait
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the request took too long",
+                ));
+            }
+            if left < self.stall {
+                self.stream.set_read_timeout(left)?;
+            }
+        }
         self.input.drain(..self.parsed);
         self.parsed = 0;
         let start = self.input.len();
@@ -412,10 +457,27 @@ impl Conn {
         }
     }
 
-    /// Writes `bytes` whole (a reply the reactor owes: small, so a peer that does not read it
-    /// is dropped).
-    fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        (&self.stream).write_all(bytes)
+    /// Writes `bytes` whole: a reply the reactor owes (small: a peer that does not read it is
+    /// dropped), or a response, by the request's deadline.
+    fn send(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if self
+                .deadline
+                .is_some_and(|deadline| deadline <= Instant::now())
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the request took too long",
+                ));
+            }
+            match (&self.stream).write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -446,6 +508,8 @@ struct Watched {
     conn: Conn,
     phase: Phase,
     deadline: Instant,
+    /// Records answered since the last request (management records, refused ones).
+    replies: u32,
 }
 
 /// What the reactor decided for a connection after reading from it.
@@ -476,7 +540,8 @@ where
     F: Handler,
 {
     listener.set_nonblocking()?;
-    let allowed = allowed_peers(service.process_env());
+    let allowed = allowed_peers(service.process_env())?;
+    let limits = &fit_descriptor_limit(limits);
     let (wake_read, wake_write) = UnixStream::pair()?;
     wake_read.set_nonblocking(true)?;
     wake_write.set_nonblocking(true)?;
@@ -510,7 +575,9 @@ where
         }
         drop(returned);
         let mut reactor = Reactor {
-            listener: &listener,
+            listener: Some(listener),
+            accept_paused_until: None,
+            warned_at: None,
             allowed: &allowed,
             limits,
             shared: &shared,
@@ -528,26 +595,59 @@ where
     result
 }
 
-/// `FCGI_WEB_SERVER_ADDRS`: the addresses TCP peers may come from (libfcgi's variable).
-fn allowed_peers(env: &Environment) -> Vec<IpAddr> {
+/// `FCGI_WEB_SERVER_ADDRS`: the addresses TCP peers may come from (libfcgi's variable),
+/// compared in canonical form (`::ffff:127.0.0.1` is `127.0.0.1`). An entry that is not an
+/// address is an error: a list that silently lost an entry would let in more than it says.
+fn allowed_peers(env: &Environment) -> io::Result<Vec<IpAddr>> {
     let Some(list) = env.get("FCGI_WEB_SERVER_ADDRS") else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     list.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .filter_map(|s| match s.parse() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                log::warn!("FCGI_WEB_SERVER_ADDRS: {s:?} is not an IP address; ignored");
-                None
-            }
+        .map(|s| {
+            s.parse::<IpAddr>().map(|ip| ip.to_canonical()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("FCGI_WEB_SERVER_ADDRS: {s:?} is not an IP address (no names, no networks)"),
+                )
+            })
         })
         .collect()
 }
 
+/// The limits, with `max_conns` cut to what the process may open: its soft limit on
+/// descriptors is first raised to the hard one, and some are kept for session files.
+fn fit_descriptor_limit(limits: &Limits) -> Limits {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    const RESERVED: usize = 64;
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    let mut fitted = limits.clone();
+    let available = getrlimit(Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let room = available.saturating_sub(RESERVED + limits.workers).max(1);
+    if fitted.max_conns > room {
+        log::warn!(
+            "at most {room} connections, not {}: the process may open only {available} descriptors",
+            fitted.max_conns
+        );
+        fitted.max_conns = room;
+    }
+    fitted
+}
+
 struct Reactor<'r, 's, F> {
-    listener: &'r Listener,
+    /// Closed (dropped) at `SIGTERM`, so the web server sees refusals at once.
+    listener: Option<Listener>,
+    /// Out of descriptors: the listener rests until then.
+    accept_paused_until: Option<Instant>,
+    /// When the last warning about accepting was logged.
+    warned_at: Option<Instant>,
     allowed: &'r [IpAddr],
     limits: &'r Limits,
     shared: &'r Shared<'s, F>,
@@ -568,6 +668,7 @@ where
             if stopping_since.is_none() && self.stop.load(Ordering::SeqCst) {
                 log::info!("SIGTERM: no new connections; finishing the requests in flight");
                 stopping_since = Some(Instant::now());
+                self.listener = None;
                 // Connections not running a request have nothing in flight.
                 self.watched
                     .retain(|w| matches!(w.phase, Phase::Draining { .. }));
@@ -584,14 +685,19 @@ where
                     std::process::exit(1);
                 }
             }
-            let accepting =
-                stopping_since.is_none() && self.watched.len() + in_flight < self.limits.max_conns;
             let now = Instant::now();
+            if self.accept_paused_until.is_some_and(|until| until <= now) {
+                self.accept_paused_until = None;
+            }
+            let accepting = self.listener.is_some()
+                && self.accept_paused_until.is_none()
+                && self.watched.len() + in_flight < self.limits.max_conns;
             let next_deadline = self
                 .watched
                 .iter()
                 .map(|w| w.deadline)
                 .chain(stopping_since.map(|since| since + self.limits.shutdown_timeout))
+                .chain(self.accept_paused_until)
                 .min();
             let timeout = next_deadline
                 .map(|d| d.saturating_duration_since(now))
@@ -599,11 +705,8 @@ where
             let ready = {
                 let mut fds = Vec::with_capacity(self.watched.len() + 2);
                 fds.push(PollFd::new(self.wake, PollFlags::IN));
-                if accepting {
-                    fds.push(PollFd::from_borrowed_fd(
-                        self.listener.as_fd(),
-                        PollFlags::IN,
-                    ));
+                if let (true, Some(listener)) = (accepting, &self.listener) {
+                    fds.push(PollFd::from_borrowed_fd(listener.as_fd(), PollFlags::IN));
                 }
                 for watched in &self.watched {
                     fds.push(PollFd::new(&watched.conn.stream, PollFlags::IN));
@@ -636,10 +739,13 @@ where
     }
 
     fn accept(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
         while self.watched.len() + self.shared.in_flight.load(Ordering::SeqCst)
             < self.limits.max_conns
         {
-            match self.listener.accept(self.allowed) {
+            match listener.accept(self.allowed) {
                 Ok(Some(stream)) => {
                     if stream.set_nonblocking(true).is_err() {
                         continue;
@@ -648,12 +754,18 @@ where
                         conn: Conn::new(stream),
                         phase: Phase::Waiting,
                         deadline: Instant::now() + self.limits.first_byte_timeout,
+                        replies: 0,
                     });
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    // Out of descriptors, for instance: try again on the next round.
-                    log::warn!("accepting a FastCGI connection failed: {e}");
+                    // Out of descriptors, for instance: the listener rests a moment rather
+                    // than waking the loop at once, and the log hears of it now and then.
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    if self.warned_at.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                        log::warn!("accepting a FastCGI connection failed: {e}");
+                        self.warned_at = Some(Instant::now());
+                    }
                     return;
                 }
             }
@@ -763,11 +875,25 @@ where
             match step(&mut watched.phase, kind, id, content, self.limits) {
                 Step::Continue => {}
                 Step::Reply(bytes) => {
+                    watched.replies += 1;
+                    if watched.replies > MAX_MANAGEMENT {
+                        log::warn!(
+                            "a FastCGI peer sent {MAX_MANAGEMENT} records to answer and no request; closing"
+                        );
+                        return Next::Close;
+                    }
                     if watched.conn.send(&bytes).is_err() {
                         return Next::Close;
                     }
                 }
-                Step::Begin => watched.deadline = Instant::now() + self.limits.header_timeout,
+                // The parameters must come within the header timeout, and never later than the
+                // connection was due to close anyway: beginning (and aborting) requests over
+                // and over cannot keep a connection open.
+                Step::Begin => {
+                    watched.deadline = watched
+                        .deadline
+                        .min(Instant::now() + self.limits.header_timeout);
+                }
                 Step::Dispatch => {
                     let Phase::Params {
                         id,
@@ -783,7 +909,6 @@ where
                     if watched.conn.send(&bytes).is_err() || !keep_conn {
                         return Next::Close;
                     }
-                    watched.deadline = Instant::now() + self.limits.idle_timeout;
                 }
                 Step::Close(why) => {
                     log::warn!("{why}; closing the connection");
@@ -969,9 +1094,19 @@ impl Active<'_> {
         }
     }
 
-    /// Handles the records already received; with `wait`, reads once first if there are none.
+    /// Whether the body holds bytes the handler has not read.
+    fn body_waiting(&self) -> usize {
+        self.body.len() - self.body_read
+    }
+
+    /// Handles the records received, until the body buffer holds a chunk (the rest waits in
+    /// the connection, so memory stays bounded whatever the peer sends). With `wait`, reads
+    /// from the connection until there is body to give, its end, or an abort.
     fn pump(&mut self, wait: bool) -> io::Result<()> {
         loop {
+            if !self.finished && self.body_waiting() >= READ_CHUNK {
+                return Ok(());
+            }
             let record = match self.conn.next_record() {
                 Ok(record) => record,
                 Err(e) => {
@@ -980,20 +1115,20 @@ impl Active<'_> {
                 }
             };
             let Some((kind, id, content)) = record else {
-                if !wait {
+                if !wait || self.body_waiting() > 0 || self.body_done || self.aborted {
                     return Ok(());
                 }
-                return match self.conn.fill(true) {
+                match self.conn.fill(true) {
                     Ok(0) => {
                         self.broken = true;
-                        Err(io::ErrorKind::UnexpectedEof.into())
+                        return Err(io::ErrorKind::UnexpectedEof.into());
                     }
-                    Ok(_) => self.pump(false),
+                    Ok(_) => continue,
                     Err(e) => {
                         self.broken = true;
-                        Err(e)
+                        return Err(e);
                     }
-                };
+                }
             };
             if id == 0 {
                 let reply = management_reply(kind, &content, self.limits);
@@ -1004,10 +1139,13 @@ impl Active<'_> {
                 kind::STDIN if id == self.id => {
                     if content.is_empty() {
                         self.body_done = true;
-                    } else if !self.finished {
+                    } else if !self.finished && !self.body_done {
+                        if self.body_read == self.body.len() {
+                            self.body.clear();
+                            self.body_read = 0;
+                        }
                         self.body.extend_from_slice(&content);
                     }
-                    return Ok(());
                 }
                 kind::ABORT_REQUEST if id == self.id => {
                     self.aborted = true;
@@ -1055,15 +1193,11 @@ impl Read for Body<'_, '_> {
                     "the web server aborted the request",
                 ));
             }
-            if active.body_read < active.body.len() {
+            if active.body_waiting() > 0 {
                 let start = active.body_read;
-                let n = buf.len().min(active.body.len() - start);
+                let n = buf.len().min(active.body_waiting());
                 buf[..n].copy_from_slice(&active.body[start..start + n]);
                 active.body_read += n;
-                if active.body_read == active.body.len() {
-                    active.body.clear();
-                    active.body_read = 0;
-                }
                 return Ok(n);
             }
             if active.body_done {
@@ -1086,7 +1220,10 @@ impl Output<'_, '_> {
         let mut active = self.active.borrow_mut();
         // An abort waiting in the socket stops the handler at this write. (Only while little
         // of the body is waiting unread: a handler that never reads it must not pile it up.)
-        if active.body.len() < READ_CHUNK && active.conn.fill(false).is_ok() {
+        if active.body_waiting() < READ_CHUNK
+            && active.conn.unparsed() < READ_CHUNK
+            && active.conn.fill(false).is_ok()
+        {
             active.pump(false)?;
         }
         if active.aborted {
@@ -1144,6 +1281,8 @@ where
         }
     };
     drop(params);
+    conn.stall = limits.io_timeout;
+    conn.deadline = Instant::now().checked_add(limits.request_timeout);
     if conn.stream.set_nonblocking(false).is_err()
         || conn.stream.set_timeouts(limits.io_timeout).is_err()
     {
@@ -1199,7 +1338,10 @@ where
     if !sent {
         return None;
     }
-    if keep_conn && !aborted {
+    conn.deadline = None;
+    conn.stall = Duration::MAX;
+    // Kept after an abort too: the web server ends the request, not the connection.
+    if keep_conn {
         if conn.stream.set_nonblocking(true).is_err() {
             return None;
         }
@@ -1209,6 +1351,7 @@ where
             conn,
             phase: Phase::Waiting,
             deadline: Instant::now() + limits.idle_timeout,
+            replies: 0,
         });
     }
     conn.stream.shutdown_write();
@@ -1219,5 +1362,6 @@ where
         conn,
         phase: Phase::Draining { left: DRAIN_BYTES },
         deadline: Instant::now() + DRAIN_TIME,
+        replies: 0,
     })
 }

@@ -25,7 +25,7 @@ mod layout;
 use layout::Layout;
 
 use std::ffi::{CStr, CString, OsStr};
-use std::fs::{self, File, TryLockError};
+use std::fs::{File, TryLockError};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -108,7 +108,8 @@ enum Found {
 }
 
 impl FileStore {
-    /// Opens the store in `dir`, creating the directory `0700` if it does not exist.
+    /// Opens the store in `dir`, creating the directory `0700` if it does not exist (but not
+    /// its parent).
     ///
     /// The directory is opened once without following a symbolic link and checked through
     /// the open handle: it must be a real directory owned by the user pso runs as, of mode
@@ -851,16 +852,24 @@ fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
     } else {
         parent
     };
-    fs::create_dir_all(parent)
-        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
     // The parent is reached by its path (the administrator's choice, links and all); the
-    // session directory itself only by a handle from the parent's handle.
+    // session directory itself only by a handle from the parent's handle. Only the directory
+    // itself is ever created: a path naming parents that do not exist is a mistake to report,
+    // not a tree to build.
     let parent_handle = rustix::fs::open(
         parent,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| Error::io(format!("opening {}", parent.display()), e.into()))?;
+    .map_err(|e| {
+        Error::io(
+            format!(
+                "opening {}, the parent of the session directory (pso creates only the directory itself)",
+                parent.display()
+            ),
+            e.into(),
+        )
+    })?;
     let created = match rustix::fs::mkdirat(&parent_handle, name, Mode::from_raw_mode(0o700)) {
         Ok(()) => true,
         Err(Errno::EXIST) => false,
@@ -984,6 +993,7 @@ mod tests {
     use super::*;
     use crate::record::Meta;
     use crate::store::suite;
+    use std::fs;
     use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
     use std::os::unix::net::UnixListener;
     use std::sync::Arc;
