@@ -90,8 +90,15 @@ pub(crate) fn adopt(
     }
     let key = |id| SessionKey::new(config.service.clone(), id);
     let mut candidates: Vec<SessionKey> = Vec::new();
+    // One id (the usual visitor) is locked and loaded straight away: the existence check is
+    // for telling made-up ids from stored sessions among several.
+    let several = offered.ids.len() > 1;
     for id in offered.ids {
         let key = key(id);
+        if !several {
+            candidates.push(key);
+            continue;
+        }
         match store.exists(&key) {
             Ok(true) => candidates.push(key),
             Ok(false) => log::info!("session {key:?} is unknown (forged, or long gone)"),

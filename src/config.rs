@@ -10,7 +10,7 @@ use std::time::Duration;
 use cookie::SameSite;
 
 use crate::cookies::{CookieSettings, SecureMode};
-use crate::environment::Environment;
+use crate::environment::{Environment, PsoVariables};
 use crate::expiry::Expiry;
 use crate::id::{ServiceId, SessionId};
 use crate::record::MAX_RECORD_BYTES;
@@ -227,6 +227,7 @@ impl Config {
     pub fn from_env_checked(env: &Environment) -> (Config, Vec<ConfigProblem>) {
         let mut reader = Reader {
             env,
+            pso: env.pso_variables(),
             problems: Vec::new(),
         };
         let config = reader.config();
@@ -237,6 +238,8 @@ impl Config {
 
 struct Reader<'a> {
     env: &'a Environment,
+    /// pso's variables of `env`, gathered once: most of the names read are among them.
+    pso: PsoVariables<'a>,
     problems: Vec<ConfigProblem>,
 }
 
@@ -316,8 +319,7 @@ impl<'a> Reader<'a> {
     /// The first of several spellings that is set (as the server passed it on), with the name
     /// it arrived under.
     fn first_of(&self, names: &[&'static str]) -> Option<(&'a str, &'a str)> {
-        let env: &'a Environment = self.env;
-        names.iter().find_map(|&name| env.lookup_str(name))
+        names.iter().find_map(|&name| self.pso.lookup_str(name))
     }
 
     /// A variable parsed by `parse`; an unparsable value is a problem and reads as unset.
@@ -352,7 +354,7 @@ impl<'a> Reader<'a> {
     /// often the document tree), so only absolute paths are taken.
     fn session_dir(&mut self) -> PathBuf {
         match self
-            .env
+            .pso
             .lookup("PSOSessionFileLoader_Path")
             .map(|(_, path)| path)
         {
@@ -375,7 +377,7 @@ impl<'a> Reader<'a> {
     }
 
     fn service(&mut self) -> ServiceId {
-        if let Some((_, text)) = self.env.lookup_str("PSOServiceId") {
+        if let Some((_, text)) = self.pso.lookup_str("PSOServiceId") {
             match text.parse() {
                 Ok(service) => return service,
                 Err(e) => self.problem(
@@ -402,7 +404,7 @@ impl<'a> Reader<'a> {
     /// from the script's name could be spelled like any variable of the environment.
     fn forced_id(&mut self, service: &ServiceId) -> Option<SessionId> {
         let name = service.as_str();
-        if self.env.lookup_str("PSOServiceId").map(|(_, v)| v) != Some(name) {
+        if self.pso.lookup_str("PSOServiceId").map(|(_, v)| v) != Some(name) {
             return None;
         }
         let (_, text) = self.env.lookup_str(name)?;
@@ -535,7 +537,7 @@ impl<'a> Reader<'a> {
                 }
             });
         for obsolete in ["PSOCookieSession_Comment", "PSOCookieSession_Version"] {
-            if self.env.lookup(obsolete).is_some() {
+            if self.pso.lookup(obsolete).is_some() {
                 log::debug!("{obsolete} is obsolete since RFC 6265 and ignored");
             }
         }
@@ -543,23 +545,46 @@ impl<'a> Reader<'a> {
     }
 
     fn flag_unknown_variables(&mut self) {
-        let unknown: Vec<String> = self
-            .env
-            .iter()
-            .filter_map(|(name, _)| std::str::from_utf8(name).ok())
-            .filter(|name| {
-                let upper = name.to_ascii_uppercase();
-                (upper.starts_with("PSOSESSION")
-                    || upper.starts_with("PSOCOOKIESESSION")
-                    || upper.starts_with("PSOSERVICE"))
-                    && !KNOWN_VARIABLES
-                        .iter()
-                        .any(|known| crate::environment::same_variable(known, name))
-            })
-            .map(str::to_owned)
-            .collect();
-        for name in unknown {
-            self.problem(&name, "is not a pso variable (a typo?); ignored");
+        let mut problems = Vec::new();
+        let looks_like_ours = |name: &[u8]| {
+            ["PSOSESSION", "PSOCOOKIESESSION", "PSOSERVICE"]
+                .iter()
+                .any(|prefix| {
+                    name.get(..prefix.len())
+                        .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+                })
+        };
+        for (name, _) in self.env.iter() {
+            if !looks_like_ours(name) {
+                continue;
+            }
+            let Ok(name) = std::str::from_utf8(name) else {
+                continue;
+            };
+            let known = KNOWN_VARIABLES
+                .iter()
+                .find(|known| crate::environment::same_variable(known, name));
+            match known {
+                // Read under the name itself, or under a server's form of it.
+                Some(known)
+                    if self
+                        .pso
+                        .lookup(known)
+                        .is_some_and(|(found, _)| found == name) => {}
+                Some(known) => problems.push((
+                    name.to_owned(),
+                    format!(
+                        "is read only as {known} (or as Apache and lighttpd pass it on); ignored"
+                    ),
+                )),
+                None => problems.push((
+                    name.to_owned(),
+                    "is not a pso variable (a typo?); ignored".to_owned(),
+                )),
+            }
+        }
+        for (name, message) in problems {
+            self.problem(&name, message);
         }
     }
 }

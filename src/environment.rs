@@ -4,11 +4,14 @@
 //! Keeping it a value means no request ever writes the process environment (httpoxy) and one
 //! process can serve requests with different configurations.
 
-use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
 /// The meta-variables of one request (RFC 3875 §4.1) plus whatever the server `SetEnv`s.
+///
+/// Kept in the order given, unsorted: a CGI program builds one at every start, and a few dozen
+/// names are found faster by a scan than sorted. When a name comes twice, the last one counts
+/// (as for FastCGI parameters).
 ///
 /// ```
 /// let env = pso::Environment::from_pairs([("REQUEST_METHOD", "GET"), ("PSOServiceId", "shop")]);
@@ -17,7 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Environment {
-    vars: BTreeMap<OsString, OsString>,
+    vars: Vec<(OsString, OsString)>,
 }
 
 impl Environment {
@@ -43,12 +46,20 @@ impl Environment {
         }
     }
 
+    /// The last variable named exactly `name`.
+    fn find(&self, name: &[u8]) -> Option<&(OsString, OsString)> {
+        self.vars
+            .iter()
+            .rev()
+            .find(|(found, _)| found.as_bytes() == name)
+    }
+
     /// A variable's value, if it is set and is UTF-8.
     ///
     /// A value that is not UTF-8 is logged and treated as unset: every value pso reads is
     /// ASCII by its grammar, so such a value is a misconfiguration or an attack, never data.
     pub fn get(&self, name: &str) -> Option<&str> {
-        let value = self.vars.get(OsStr::new(name))?;
+        let (_, value) = self.find(name.as_bytes())?;
         match value.to_str() {
             Some(text) => Some(text),
             None => {
@@ -60,13 +71,15 @@ impl Environment {
 
     /// A variable's raw value, whatever its encoding (paths may be any bytes on Unix).
     pub fn get_os(&self, name: &str) -> Option<&OsStr> {
-        self.vars.get(OsStr::new(name)).map(OsString::as_os_str)
+        self.find(name.as_bytes())
+            .map(|(_, value)| value.as_os_str())
     }
 
-    /// A configuration variable as the web server passed it on: under its own name, or else
-    /// under the name servers make of it. lighttpd upper-cases names and turns everything but
-    /// letters and digits into `_` (`PSOServiceId` arrives as `PSOSERVICEID`); Apache turns
-    /// `-` into `_`. Returns the name found and the raw value.
+    /// A configuration variable as the web server passed it on: under its own name, or under
+    /// the names servers make of it. Apache turns `-` into `_` (`PSOCookieSession_Max-Age`
+    /// arrives as `PSOCookieSession_Max_Age`); lighttpd upper-cases names and turns everything
+    /// but letters and digits into `_` (`PSOServiceId` arrives as `PSOSERVICEID`). Returns the
+    /// name found and the raw value; the name itself wins over a server's form of it.
     ///
     /// ```
     /// let env = pso::Environment::from_pairs([("PSOSERVICEID", "shop"), ("PSOCookieSession_Max_Age", "60")]);
@@ -75,53 +88,136 @@ impl Environment {
     /// assert!(env.lookup("PSOSession").is_none());
     /// ```
     pub fn lookup(&self, name: &str) -> Option<(&str, &OsStr)> {
-        if let Some((found, value)) = self.vars.get_key_value(OsStr::new(name))
-            && let Some(found) = found.to_str()
-        {
-            return Some((found, value.as_os_str()));
+        best_form(
+            self.vars.iter().rev().filter_map(|(n, v)| entry(n, v)),
+            name,
+        )
+    }
+
+    /// pso's own variables (every name starting with `PSO`, where all forms of their names
+    /// start), gathered once for many lookups.
+    pub(crate) fn pso_variables(&self) -> PsoVariables<'_> {
+        PsoVariables {
+            vars: self
+                .vars
+                .iter()
+                .rev()
+                .filter(|(name, _)| name.as_bytes().starts_with(b"PSO"))
+                .filter_map(|(name, value)| entry(name, value))
+                .collect(),
         }
-        self.vars.iter().find_map(|(found, value)| {
-            let found = found.to_str()?;
-            same_variable(found, name).then_some((found, value.as_os_str()))
-        })
     }
 
     /// Like [`Environment::lookup`], the value as text; a value that is not UTF-8 is logged and
     /// treated as unset.
     pub fn lookup_str(&self, name: &str) -> Option<(&str, &str)> {
-        let (found, value) = self.lookup(name)?;
-        match value.to_str() {
-            Some(text) => Some((found, text)),
-            None => {
-                log::warn!("{found} is not valid UTF-8; ignoring it");
-                None
-            }
-        }
+        as_text(self.lookup(name)?)
     }
 
     /// Whether a variable is set at all, to any value.
     pub fn contains(&self, name: &str) -> bool {
-        self.vars.contains_key(OsStr::new(name))
+        self.find(name.as_bytes()).is_some()
     }
 
     /// Sets a variable in this map (never in the process environment).
     pub fn set(&mut self, name: impl Into<OsString>, value: impl Into<OsString>) {
-        self.vars.insert(name.into(), value.into());
+        let (name, value) = (name.into(), value.into());
+        self.vars.retain(|(found, _)| *found != name);
+        self.vars.push((name, value));
     }
 
-    /// Every variable, in name order, as raw bytes.
+    /// Every variable, as raw bytes, in the order given (a name given twice, twice).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.vars.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()))
     }
 }
 
+/// The best of `candidates` (latest first) for `name`: the name itself, else Apache's form,
+/// else lighttpd's.
+fn best_form<'a>(
+    candidates: impl Iterator<Item = (&'a str, &'a OsStr)>,
+    name: &str,
+) -> Option<(&'a str, &'a OsStr)> {
+    let mut best: Option<(u8, &'a str, &'a OsStr)> = None;
+    for (found, value) in candidates {
+        let rank = if found == name {
+            return Some((found, value));
+        } else {
+            match form(found.as_bytes(), name.as_bytes()) {
+                Some(rank) => rank,
+                None => continue,
+            }
+        };
+        if best.is_none_or(|(best, _, _)| rank < best) {
+            best = Some((rank, found, value));
+        }
+    }
+    best.map(|(_, found, value)| (found, value))
+}
+
+/// A found variable's value as text; one that is not UTF-8 is logged and treated as unset.
+fn as_text<'a>((found, value): (&'a str, &'a OsStr)) -> Option<(&'a str, &'a str)> {
+    match value.to_str() {
+        Some(text) => Some((found, text)),
+        None => {
+            log::warn!("{found} is not valid UTF-8; ignoring it");
+            None
+        }
+    }
+}
+
+/// pso's variables of an environment, looked up as [`Environment::lookup`] does.
+pub(crate) struct PsoVariables<'a> {
+    vars: Vec<(&'a str, &'a OsStr)>,
+}
+
+impl<'a> PsoVariables<'a> {
+    pub(crate) fn lookup(&self, name: &str) -> Option<(&'a str, &'a OsStr)> {
+        best_form(self.vars.iter().copied(), name)
+    }
+
+    /// Like [`PsoVariables::lookup`], the value as text (a value that is not is logged).
+    pub(crate) fn lookup_str(&self, name: &str) -> Option<(&'a str, &'a str)> {
+        as_text(self.lookup(name)?)
+    }
+}
+
+/// Which server's form of `name` `found` is: 1 Apache's (`-` as `_`), 2 lighttpd's (upper
+/// case, everything but letters and digits as `_`).
+fn form(found: &[u8], name: &[u8]) -> Option<u8> {
+    if found.len() != name.len() {
+        return None;
+    }
+    let apache = |n: u8| if n == b'-' { b'_' } else { n };
+    if found.iter().zip(name).all(|(f, n)| *f == apache(*n)) {
+        return Some(1);
+    }
+    if found
+        .iter()
+        .zip(name)
+        .all(|(f, n)| *f == canonical_byte(*n))
+    {
+        return Some(2);
+    }
+    None
+}
+
+/// A found variable as (name, value), if its name is text.
+fn entry<'a>(found: &'a OsString, value: &'a OsString) -> Option<(&'a str, &'a OsStr)> {
+    Some((found.to_str()?, value.as_os_str()))
+}
+
 /// Whether two variable names are one name as a web server may have rewritten it: equal once
 /// letters are upper-cased and anything but letters and digits is `_`.
 pub(crate) fn same_variable(a: &str, b: &str) -> bool {
+    same_variable_bytes(a.as_bytes(), b.as_bytes())
+}
+
+fn same_variable_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .all(|(x, y)| canonical_byte(x) == canonical_byte(y))
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| canonical_byte(*x) == canonical_byte(*y))
 }
 
 fn canonical_byte(b: u8) -> u8 {

@@ -63,7 +63,11 @@ where
                 std::process::exit(1);
             }
         }
-        None if env.contains("GATEWAY_INTERFACE") => cgi::serve_process(&service, &handler),
+        None if env.contains("GATEWAY_INTERFACE") => {
+            cgi::serve_process(&service, &handler);
+            // The process ends here: freeing what it built would only cost time.
+            std::mem::forget(service);
+        }
         None => {
             // From a terminal: name the service after the program, as a web server would
             // through SCRIPT_NAME.

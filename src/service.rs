@@ -7,7 +7,7 @@
 //! layered over it. Two things a request cannot change: the log level (set once, from the
 //! process environment) and a session directory the process environment names.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -59,7 +59,7 @@ pub struct Service {
     /// `PSOSessionFileLoader_Path` from the process environment: requests cannot move it.
     fixed_dir: Option<PathBuf>,
     /// Configurations requests brought, by the parameters that shaped them.
-    configs: Mutex<HashMap<ConfigKey, Arc<Resolved>>>,
+    configs: Mutex<BTreeMap<ConfigKey, Arc<Resolved>>>,
     /// File stores by directory: each directory is opened and checked once.
     stores: Mutex<Stores>,
     /// A store given by the program, used for every request instead of files.
@@ -69,9 +69,9 @@ pub struct Service {
 /// The session directories of the process.
 #[derive(Default)]
 struct Stores {
-    opened: HashMap<PathBuf, FileStore>,
+    opened: BTreeMap<PathBuf, FileStore>,
     /// Directories requests named, other than the process's own, opened or not.
-    tried: HashSet<PathBuf>,
+    tried: BTreeSet<PathBuf>,
 }
 
 /// A configuration and, once opened, its store.
@@ -121,7 +121,7 @@ impl Service {
             process,
             base: Arc::new(Resolved::new(base)),
             fixed_dir,
-            configs: Mutex::new(HashMap::new()),
+            configs: Mutex::new(BTreeMap::new()),
             stores: Mutex::new(Stores::default()),
             custom: None,
         }
@@ -328,5 +328,7 @@ fn config_key(env: &Environment, process: &Environment) -> ConfigKey {
     {
         key.push((name.as_bytes().to_vec(), forced.as_bytes().to_vec()));
     }
+    // In one order whatever order the parameters came in.
+    key.sort_unstable();
     key
 }

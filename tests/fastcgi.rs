@@ -624,18 +624,24 @@ fn one_requests_parameters_never_configure_another() {
         assert_eq!(plain.body(), "count=1", "{plain:?}");
         assert_ne!(plain.cookie().as_deref(), Some("shop=007"));
     }
-    // Settings spelled in another case are still the request's own.
+    // Settings as lighttpd passes them on (upper case) are still the request's own, and any
+    // other spelling changes nothing for anyone.
     let g = Fixture::start(&[]);
     let odd = g.process.get(
         "count=1",
         &[
-            ("psoServiceId", "hijack"),
-            ("hijack", "007"),
-            ("psoCookieSession_Domain", "evil.example"),
-            ("psoSessionExpire", "10y"),
+            ("PSOSERVICEID", "hijack"),
+            ("HIJACK", "007"),
+            ("PSOCOOKIESESSION_DOMAIN", "evil.example"),
+            ("PSOSESSIONEXPIRE", "10y"),
+            ("psoSessionFileLoader_Path", "/tmp/elsewhere"),
         ],
     );
     assert!(odd.text().contains("Set-Cookie: hijack=007"), "{odd:?}");
+    assert!(
+        String::from_utf8_lossy(&odd.stderr).contains("is read only as PSOSessionFileLoader_Path"),
+        "{odd:?}"
+    );
     let plain = g.process.get("count=1", &[]);
     let text = plain.text();
     assert!(text.contains("Set-Cookie: inspect="), "{text}");

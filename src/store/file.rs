@@ -216,18 +216,8 @@ impl FileStore {
                 }
                 Err(e) => return Err(Error::io(format!("opening session {key:?}"), e.into())),
             };
-            let held = rustix::fs::fstat(&file)
-                .map_err(|e| Error::io(format!("inspecting session {key:?}"), e.into()))?;
-            let same = seen
-                .as_ref()
-                .is_none_or(|seen| seen.st_dev == held.st_dev && seen.st_ino == held.st_ino);
-            // Replaced between the look and the open, or by another request's save since.
-            if !same || held.st_nlink == 0 || !self.is_our_file(&held) {
-                continue;
-            }
-            if held.st_mode & 0o777 != 0o600 {
-                set_private(&file, key)?;
-            }
+            // What was opened is checked once it is locked (`still_current`): the file at the
+            // name, regular, ours, with one link.
             return Ok(Found::File(file));
         }
         Err(Error::new(
@@ -271,11 +261,17 @@ impl FileStore {
     }
 
     /// The locked descriptor's size if it is still the file at `name` (not replaced, not
-    /// removed). When in doubt (an error), it is not: the caller opens the name again.
+    /// removed), a regular file of ours with one link, made `0600` if it was not. When in
+    /// doubt (an error), it is not: the caller opens the name again.
     fn still_current(&self, file: &File, name: &CStr) -> Option<u64> {
         let held = rustix::fs::fstat(file).ok()?;
-        (held.st_nlink > 0 && self.names(name, &held))
-            .then(|| u64::try_from(held.st_size).unwrap_or(0))
+        if !(self.is_our_file(&held) && self.names(name, &held)) {
+            return None;
+        }
+        if held.st_mode & 0o777 != 0o600 {
+            rustix::fs::fchmod(file, Mode::from_raw_mode(0o600)).ok()?;
+        }
+        Some(u64::try_from(held.st_size).unwrap_or(0))
     }
 
     fn unlink(&self, name: &CStr) -> std::io::Result<()> {
@@ -647,11 +643,6 @@ impl LockedSession for FileLock {
         }
         if let Some(file) = &self.file {
             match layout::save_in_place(file, self.layout, &bytes) {
-                // Written into a file that someone removed from under the lock: it would be
-                // lost, so the record goes into a new file at the name instead.
-                Ok(Some(_)) if rustix::fs::fstat(file).map_or(true, |s| s.st_nlink == 0) => {
-                    log::warn!("session {key:?}: its file was removed while held; writing it anew");
-                }
                 Ok(Some(layout)) => {
                     self.layout = layout;
                     if self.store.sync {
@@ -870,22 +861,27 @@ fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
             e.into(),
         )
     })?;
-    let created = match rustix::fs::mkdirat(&parent_handle, name, Mode::from_raw_mode(0o700)) {
-        Ok(()) => true,
-        Err(Errno::EXIST) => false,
-        Err(e) => {
-            return Err(Error::io(
-                format!("creating the session directory {shown}"),
-                e.into(),
-            ));
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let open = || rustix::fs::openat(&parent_handle, name, flags, Mode::empty());
+    // Opened first: it exists on every request but the very first.
+    let mut created = false;
+    let opened = match open() {
+        Err(Errno::NOENT) => {
+            match rustix::fs::mkdirat(&parent_handle, name, Mode::from_raw_mode(0o700)) {
+                Ok(()) => created = true,
+                Err(Errno::EXIST) => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("creating the session directory {shown}"),
+                        e.into(),
+                    ));
+                }
+            }
+            open()
         }
+        other => other,
     };
-    let handle = match rustix::fs::openat(
-        &parent_handle,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
+    let handle = match opened {
         Ok(handle) => handle,
         Err(Errno::LOOP | Errno::NOTDIR) => {
             let is_link = rustix::fs::statat(&parent_handle, name, AtFlags::SYMLINK_NOFOLLOW)
@@ -920,8 +916,6 @@ fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
             stat.st_uid
         )));
     }
-    let parent_stat = rustix::fs::fstat(&parent_handle)
-        .map_err(|e| Error::io(format!("inspecting {}", parent.display()), e.into()))?;
     if stat.st_mode & 0o777 != 0o700 {
         if !created {
             // Tightening is not enough: whoever opened the directory while it was loose keeps a
@@ -935,7 +929,10 @@ fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
         rustix::fs::fchmod(&handle, Mode::from_raw_mode(0o700))
             .map_err(|e| Error::io(format!("making {shown} private"), e.into()))?;
     }
-    if others_can_replace_entries(&parent_stat, uid) {
+    if log::log_enabled!(log::Level::Info)
+        && rustix::fs::fstat(&parent_handle)
+            .is_ok_and(|parent| others_can_replace_entries(&parent, uid))
+    {
         // Safe to use: every operation goes through this handle, so swapping the name cannot
         // redirect a file. But the other user can move the directory away or put something
         // in its place, and then requests fail until it is fixed.
@@ -1232,11 +1229,13 @@ mod tests {
         let mut record = Record::new(Meta::new(0));
         record.set("n", &1u64).unwrap();
         lock.save(&record).unwrap();
-        // Make the rename fail: a directory where the session file should be replaced.
+        // A record too big for its slot needs a new file renamed over the name; make the
+        // rename fail with a directory there.
         let path = store.path_of(&key);
         fs::remove_file(&path).unwrap();
         fs::create_dir(&path).unwrap();
         fs::write(path.join("x"), "").unwrap();
+        record.set("big", &vec![0u8; 10_000]).unwrap();
         assert!(lock.save(&record).is_err());
         let leftovers: Vec<_> = fs::read_dir(store.dir())
             .unwrap()

@@ -106,14 +106,22 @@ fn buffer(len: u64) -> Result<Vec<u8>> {
             format!("no memory to read {len} bytes of a session file"),
         )
     })?;
-    bytes.resize(len, 0);
     Ok(bytes)
 }
 
+/// `len` bytes at `offset`, read into fresh memory (not zeroed first: it is read over).
 fn read_at(file: &File, len: u64, offset: u64) -> Result<Vec<u8>> {
     let mut bytes = buffer(len)?;
-    file.read_exact_at(&mut bytes, offset)
-        .map_err(|e| Error::io("reading a session file", e))?;
+    let short = || corrupt("ends before its layout says");
+    while (bytes.len() as u64) < len {
+        let at = offset + bytes.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut bytes), at) {
+            Ok(0) => return Err(short()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::io("reading a session file", e.into())),
+        }
+    }
     Ok(bytes)
 }
 
