@@ -1,9 +1,11 @@
 //! The FastCGI server: the listener, the connections, the workers.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
@@ -12,10 +14,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustix::event::{PollFd, PollFlags};
+use rustix::net::{RecvFlags, SendFlags};
 
 use super::record::{
     self, Begin, Capacities, EndStatus, ParamLimits, ProtocolError, ROLE_RESPONDER, Status, kind,
@@ -303,34 +306,10 @@ enum Stream {
     Unix(UnixStream),
 }
 
+// Connections stay in blocking mode: every read and write asks not to wait, and waits, when it
+// must, in `poll` with its own timeout. No mode switches and no socket timeouts to set per
+// request, and the reactor and a worker can share a connection's life without handing modes on.
 impl Stream {
-    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_nonblocking(on),
-            Stream::Unix(s) => s.set_nonblocking(on),
-        }
-    }
-
-    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_read_timeout(Some(timeout)),
-            Stream::Unix(s) => s.set_read_timeout(Some(timeout)),
-        }
-    }
-
-    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => {
-                s.set_read_timeout(Some(timeout))?;
-                s.set_write_timeout(Some(timeout))
-            }
-            Stream::Unix(s) => {
-                s.set_read_timeout(Some(timeout))?;
-                s.set_write_timeout(Some(timeout))
-            }
-        }
-    }
-
     fn shutdown_write(&self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
@@ -338,11 +317,62 @@ impl Stream {
         };
     }
 
-    /// Reads what is there without waiting, whatever the socket's mode.
-    fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
-        rustix::net::recv(self, buf, rustix::net::RecvFlags::DONTWAIT)
-            .map(|(read, _)| read)
-            .map_err(Into::into)
+    /// Reads what is there without waiting.
+    fn recv_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match rustix::net::recv(self, &mut *buf, RecvFlags::DONTWAIT) {
+                Ok((read, _)) => return Ok(read),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Appends what is there to `input` without waiting: the buffer grows by what came, so an
+    /// idle connection holds no read buffer.
+    fn recv_now_into(&self, input: &mut Vec<u8>) -> io::Result<usize> {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        loop {
+            match rustix::net::recv(self, &mut chunk, RecvFlags::DONTWAIT) {
+                Ok(((read, _), _)) => {
+                    input.extend_from_slice(read);
+                    return Ok(read.len());
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Writes what fits without waiting (and without `SIGPIPE` when the peer is gone).
+    fn send_now(&self, bytes: &[u8]) -> io::Result<usize> {
+        loop {
+            match rustix::net::send(self, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                Ok(0) if !bytes.is_empty() => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(sent) => return Ok(sent),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until the connection is readable (or writable), at most `timeout`.
+    fn wait(&self, flags: PollFlags, timeout: Duration) -> io::Result<()> {
+        let timeout = rustix::event::Timespec::try_from(timeout).ok();
+        let mut fds = [PollFd::new(self, flags)];
+        loop {
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the web server stalled",
+                    ));
+                }
+                Ok(_) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
@@ -355,28 +385,6 @@ impl AsFd for Stream {
     }
 }
 
-impl Read for &Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => (&*s).read(buf),
-            Stream::Unix(s) => (&*s).read(buf),
-        }
-    }
-}
-
-impl Write for &Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => (&*s).write(buf),
-            Stream::Unix(s) => (&*s).write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A connection and the bytes read from it but not yet parsed.
 #[derive(Debug)]
 struct Conn {
@@ -386,7 +394,7 @@ struct Conn {
     parsed: usize,
     /// While a worker runs a request: when its reads and writes must be done.
     deadline: Option<Instant>,
-    /// The longest a read or write may stall (the socket's timeouts).
+    /// The longest one read or write may stall.
     stall: Duration,
 }
 
@@ -411,34 +419,40 @@ impl Conn {
         self.input.len() - self.parsed
     }
 
-    /// Reads once into the input buffer; `Ok(0)` is the end of the stream. What records took
-    /// is dropped first (the rest is at most a record: moving it costs that much).
-    fn fill(&mut self, wait: bool) -> io::Result<usize> {
-        if let Some(deadline) = self.deadline
-            && wait
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the request took too long",
-                ));
-            }
-            if left < self.stall {
-                self.stream.set_read_timeout(left)?;
-            }
+    /// How long the next wait may last: the stall limit, cut at the request's deadline.
+    fn patience(&self) -> io::Result<Duration> {
+        let Some(deadline) = self.deadline else {
+            return Ok(self.stall);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request took too long",
+            ));
         }
+        Ok(left.min(self.stall))
+    }
+
+    /// Reads once into the input buffer; `Ok(0)` is the end of the stream. With `wait`, waits
+    /// for input within the request's deadline; without, what is not there is `WouldBlock`.
+    /// What records took is dropped first (the rest is at most a record: moving it costs that
+    /// much).
+    fn fill(&mut self, wait: bool) -> io::Result<usize> {
+        let patience = if wait { Some(self.patience()?) } else { None };
         self.input.drain(..self.parsed);
         self.parsed = 0;
-        let start = self.input.len();
-        self.input.resize(start + READ_CHUNK, 0);
-        let read = if wait {
-            (&self.stream).read(&mut self.input[start..])
-        } else {
-            self.stream.read_now(&mut self.input[start..])
-        };
-        self.input.truncate(start + *read.as_ref().unwrap_or(&0));
-        read
+        loop {
+            match self.stream.recv_now_into(&mut self.input) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let Some(patience) = patience else {
+                        return Err(e);
+                    };
+                    self.stream.wait(PollFlags::IN, patience)?;
+                }
+                read => return read,
+            }
+        }
     }
 
     /// The next complete record, as (kind, id, content).
@@ -457,27 +471,72 @@ impl Conn {
         }
     }
 
-    /// Writes `bytes` whole: a reply the reactor owes (small: a peer that does not read it is
-    /// dropped), or a response, by the request's deadline.
+    /// Writes `bytes` whole: a reply the reactor owes (small: a peer that does not take it at
+    /// once is dropped), or a response, by the request's deadline.
     fn send(&self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            if self
-                .deadline
-                .is_some_and(|deadline| deadline <= Instant::now())
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the request took too long",
-                ));
-            }
-            match (&self.stream).write(bytes) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => bytes = &bytes[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            match self.stream.send_now(bytes) {
+                Ok(sent) => bytes = &bytes[sent..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.deadline.is_some() => {
+                    self.stream.wait(PollFlags::OUT, self.patience()?)?;
+                }
                 Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+}
+
+/// Requests waiting for a worker. One wake per request: a channel behind a mutex also woke a
+/// second worker at each request only to have it wait again.
+#[derive(Default)]
+struct JobQueue {
+    state: Mutex<Queued>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Queued {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+impl JobQueue {
+    /// Queues `job` for the next free worker; gives it back once the queue is closed.
+    fn push(&self, job: Job) -> Result<(), Job> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.closed {
+            return Err(job);
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next job, waiting for one; `None` once the queue is closed and empty.
+    fn pop(&self) -> Option<Job> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn close(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        self.ready.notify_all();
     }
 }
 
@@ -526,6 +585,9 @@ struct Shared<'s, F> {
     handler: &'s F,
     limits: &'s Limits,
     in_flight: AtomicUsize,
+    /// The reactor waits for a request to end (it is at the connection cap, or shutting down):
+    /// a worker that ends one wakes it. Otherwise only returned connections do.
+    reactor_waits: AtomicBool,
 }
 
 /// Serves FastCGI requests from `listener` with `handler` until `SIGTERM`, then finishes the
@@ -558,9 +620,9 @@ where
         handler,
         limits,
         in_flight: AtomicUsize::new(0),
+        reactor_waits: AtomicBool::new(false),
     };
-    let (jobs, job_queue) = mpsc::channel::<Job>();
-    let job_queue = Mutex::new(job_queue);
+    let jobs = JobQueue::default();
     let (returned, returns) = mpsc::channel::<Watched>();
     log::info!(
         "serving FastCGI with {} workers, at most {} connections",
@@ -569,9 +631,8 @@ where
     );
     let result = std::thread::scope(|scope| {
         for _ in 0..limits.workers {
-            let (shared, job_queue, returned, wake) =
-                (&shared, &job_queue, returned.clone(), &wake_write);
-            scope.spawn(move || work(shared, job_queue, returned, wake));
+            let (shared, jobs, returned, wake) = (&shared, &jobs, returned.clone(), &wake_write);
+            scope.spawn(move || work(shared, jobs, returned, wake));
         }
         drop(returned);
         let mut reactor = Reactor {
@@ -582,7 +643,7 @@ where
             limits,
             shared: &shared,
             watched: Vec::new(),
-            jobs: Some(jobs),
+            jobs: &jobs,
             returns,
             wake: &wake_read,
             stop: &stop,
@@ -652,10 +713,17 @@ struct Reactor<'r, 's, F> {
     limits: &'r Limits,
     shared: &'r Shared<'s, F>,
     watched: Vec<Watched>,
-    jobs: Option<Sender<Job>>,
+    jobs: &'r JobQueue,
     returns: Receiver<Watched>,
     wake: &'r UnixStream,
     stop: &'r AtomicBool,
+}
+
+/// However the reactor ends, the workers stop once the queue is empty.
+impl<F> Drop for Reactor<'_, '_, F> {
+    fn drop(&mut self) {
+        self.jobs.close();
+    }
 }
 
 impl<F> Reactor<'_, '_, F>
@@ -673,7 +741,13 @@ where
                 self.watched
                     .retain(|w| matches!(w.phase, Phase::Draining { .. }));
             }
+            // Raised before `in_flight` is read: a request ending after the read sees it.
+            self.shared.reactor_waits.store(true, Ordering::SeqCst);
             let in_flight = self.shared.in_flight.load(Ordering::SeqCst);
+            let at_capacity = self.watched.len() + in_flight >= self.limits.max_conns;
+            if stopping_since.is_none() && !at_capacity {
+                self.shared.reactor_waits.store(false, Ordering::SeqCst);
+            }
             if let Some(since) = stopping_since {
                 if in_flight == 0 {
                     break;
@@ -689,9 +763,8 @@ where
             if self.accept_paused_until.is_some_and(|until| until <= now) {
                 self.accept_paused_until = None;
             }
-            let accepting = self.listener.is_some()
-                && self.accept_paused_until.is_none()
-                && self.watched.len() + in_flight < self.limits.max_conns;
+            let accepting =
+                self.listener.is_some() && self.accept_paused_until.is_none() && !at_capacity;
             let next_deadline = self
                 .watched
                 .iter()
@@ -734,28 +807,29 @@ where
             }
             self.expire(Instant::now());
         }
-        self.jobs = None;
         Ok(())
     }
 
     fn accept(&mut self) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
         while self.watched.len() + self.shared.in_flight.load(Ordering::SeqCst)
             < self.limits.max_conns
         {
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept(self.allowed) {
                 Ok(Some(stream)) => {
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    self.watched.push(Watched {
+                    let watched = Watched {
                         conn: Conn::new(stream),
                         phase: Phase::Waiting,
                         deadline: Instant::now() + self.limits.first_byte_timeout,
                         replies: 0,
-                    });
+                    };
+                    // A web server writes its request as soon as it connects: it is often
+                    // there already, one wait saved.
+                    if let Some(watched) = self.on_readable(watched) {
+                        self.watched.push(watched);
+                    }
                 }
                 Ok(None) => return,
                 Err(e) => {
@@ -795,43 +869,45 @@ where
 
     fn serve_ready(&mut self, ready: &[bool]) {
         let mut kept = Vec::with_capacity(self.watched.len());
-        for (index, mut watched) in std::mem::take(&mut self.watched).into_iter().enumerate() {
-            let is_ready = ready.get(index).copied().unwrap_or(false);
-            if !is_ready {
+        for (index, watched) in std::mem::take(&mut self.watched).into_iter().enumerate() {
+            if !ready.get(index).copied().unwrap_or(false) {
                 kept.push(watched);
-                continue;
-            }
-            if let Phase::Draining { left } = &mut watched.phase {
-                let mut sink = [0u8; 16 * 1024];
-                match watched.conn.stream.read_now(&mut sink) {
-                    Ok(n) if n > 0 && n < *left => {
-                        *left -= n;
-                        kept.push(watched);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => kept.push(watched),
-                    _ => {}
-                }
-                continue;
-            }
-            match watched.conn.fill(false) {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    kept.push(watched);
-                    continue;
-                }
-                Err(_) => continue,
-            }
-            match self.advance(&mut watched) {
-                Next::Keep => kept.push(watched),
-                Next::Dispatch(id, keep_conn, params) => {
-                    self.dispatch(watched.conn, id, keep_conn, params)
-                }
-                Next::Close => {}
+            } else if let Some(watched) = self.on_readable(watched) {
+                kept.push(watched);
             }
         }
         kept.append(&mut self.watched);
         self.watched = kept;
+    }
+
+    /// Reads what a connection sent and acts on it; the connection comes back while it is
+    /// still to be watched.
+    fn on_readable(&mut self, mut watched: Watched) -> Option<Watched> {
+        if let Phase::Draining { left } = &mut watched.phase {
+            let mut sink = [0u8; 16 * 1024];
+            return match watched.conn.stream.recv_now(&mut sink) {
+                Ok(n) if n > 0 && n < *left => {
+                    *left -= n;
+                    Some(watched)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(watched),
+                _ => None,
+            };
+        }
+        match watched.conn.fill(false) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(watched),
+            Err(_) => return None,
+        }
+        match self.advance(&mut watched) {
+            Next::Keep => Some(watched),
+            Next::Dispatch(id, keep_conn, params) => {
+                self.dispatch(watched.conn, id, keep_conn, params);
+                None
+            }
+            Next::Close => None,
+        }
     }
 
     fn dispatch(&mut self, conn: Conn, id: u16, keep_conn: bool, params: Vec<u8>) {
@@ -842,12 +918,9 @@ where
             params,
         };
         self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        if let Some(jobs) = &self.jobs
-            && jobs.send(job).is_ok()
-        {
-            return;
+        if self.jobs.push(job).is_err() {
+            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
-        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Closes connections past their deadline.
@@ -1030,22 +1103,11 @@ fn management_reply(kind: u8, content: &[u8], limits: &Limits) -> Vec<u8> {
 }
 
 /// A worker: takes requests until the queue closes.
-fn work<F>(
-    shared: &Shared<'_, F>,
-    queue: &Mutex<Receiver<Job>>,
-    returned: Sender<Watched>,
-    wake: &UnixStream,
-) where
+fn work<F>(shared: &Shared<'_, F>, jobs: &JobQueue, returned: Sender<Watched>, wake: &UnixStream)
+where
     F: Handler,
 {
-    loop {
-        let job = {
-            let queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
-            match queue.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            }
-        };
+    while let Some(job) = jobs.pop() {
         // A panic here would be pso's own bug, not the handler's (handlers are caught in the
         // runner): it costs this connection, never the worker.
         let back =
@@ -1055,10 +1117,13 @@ fn work<F>(
                     None
                 });
         shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let returning = back.is_some();
         if let Some(watched) = back {
             let _ = returned.send(watched);
         }
-        let _ = (&*wake).write(&[1]);
+        if returning || shared.reactor_waits.load(Ordering::SeqCst) {
+            let _ = (&*wake).write(&[1]);
+        }
     }
 }
 
@@ -1283,11 +1348,6 @@ where
     drop(params);
     conn.stall = limits.io_timeout;
     conn.deadline = Instant::now().checked_add(limits.request_timeout);
-    if conn.stream.set_nonblocking(false).is_err()
-        || conn.stream.set_timeouts(limits.io_timeout).is_err()
-    {
-        return None;
-    }
     let active = RefCell::new(Active {
         conn: &mut conn,
         id,
@@ -1314,7 +1374,7 @@ where
     drop(output);
     let mut active = active.into_inner();
     active.settle();
-    let (aborted, broken) = (active.aborted, active.broken);
+    let (aborted, broken, body_done) = (active.aborted, active.broken, active.body_done);
     drop(active);
 
     let mut out = Vec::with_capacity(pending.len() + log_lines.len() + 64);
@@ -1342,9 +1402,6 @@ where
     conn.stall = Duration::MAX;
     // Kept after an abort too: the web server ends the request, not the connection.
     if keep_conn {
-        if conn.stream.set_nonblocking(true).is_err() {
-            return None;
-        }
         // What is left of this request's body arrives as records of a finished request, which
         // the reactor skips.
         return Some(Watched {
@@ -1354,10 +1411,13 @@ where
             replies: 0,
         });
     }
-    conn.stream.shutdown_write();
-    if conn.stream.set_nonblocking(true).is_err() {
+    // The web server sent the whole request and nothing since (`settle` looked): closing now
+    // ends the connection cleanly. Otherwise what it still sends is read and dropped first, so
+    // that closing does not reset the connection under the response.
+    if body_done && !conn.holds_input() {
         return None;
     }
+    conn.stream.shutdown_write();
     Some(Watched {
         conn,
         phase: Phase::Draining { left: DRAIN_BYTES },

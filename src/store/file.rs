@@ -260,12 +260,16 @@ impl FileStore {
             .is_ok_and(|current| current.st_dev == stat.st_dev && current.st_ino == stat.st_ino)
     }
 
-    /// The locked descriptor's size if it is still the file at `name` (not replaced, not
-    /// removed), a regular file of ours with one link, made `0600` if it was not. When in
-    /// doubt (an error), it is not: the caller opens the name again.
-    fn still_current(&self, file: &File, name: &CStr) -> Option<u64> {
+    /// The locked descriptor's size if it is still the session's file, a regular file of
+    /// ours, made `0600` if it was not. When in doubt (an error), it is not: the caller opens
+    /// the name again.
+    ///
+    /// Still one link means still at its name: pso never moves a session file away, it only
+    /// renames a new file over it or removes it, and either takes the held file's link.
+    /// (`fstat` alone, no second lookup of the name: this runs on every request.)
+    fn still_current(&self, file: &File) -> Option<u64> {
         let held = rustix::fs::fstat(file).ok()?;
-        if !(self.is_our_file(&held) && self.names(name, &held)) {
+        if !self.is_our_file(&held) {
             return None;
         }
         if held.st_mode & 0o777 != 0o600 {
@@ -341,7 +345,7 @@ impl FileStore {
                     }
                     Err(TryLockError::Error(_)) => return,
                 }
-                if self.still_current(&file, name).is_none() {
+                if self.still_current(&file).is_none() {
                     return;
                 }
                 if self.is_dead(&key, &file, &stat, now, age) && self.unlink(name).is_ok() {
@@ -528,7 +532,7 @@ impl Store for FileStore {
                 }
             };
             wait_for_lock(&file, deadline, key)?;
-            if let Some(size) = self.still_current(&file, &name) {
+            if let Some(size) = self.still_current(&file) {
                 return Ok(Box::new(FileLock {
                     store: self.clone(),
                     key: key.clone(),
