@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use common::servers::*;
 use pso::{Meta, Record, SessionId};
 
-const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/htaccess.sample");
 
 #[test]
@@ -25,7 +24,13 @@ fn reload_counts_per_visitor_behind_apache() {
     if require(&["apache2", "curl"]).is_none() {
         return;
     }
-    let site = Site::new(&[Path::new(RELOAD)]);
+    for reload in reload_builds() {
+        behind_apache(&reload);
+    }
+}
+
+fn behind_apache(reload: &Path) {
+    let site = Site::new(&[reload]);
     // The sample as shipped, plus the settings this test depends on. Apache hands the `-` of
     // Max-Age to CGI as `_`: pso must still recognise it, or it logs an unknown variable,
     // which the error-log check below catches (the value agrees with the lifetime's 900).

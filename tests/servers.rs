@@ -12,8 +12,6 @@ use std::path::Path;
 
 use common::servers::*;
 
-const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
-
 /// The three settings every server passes, in its own syntax: `(name, value)`.
 fn settings(site: &Site) -> Vec<(&'static str, String)> {
     vec![
@@ -47,12 +45,18 @@ fn nginx_params(site: &Site) -> String {
         .collect()
 }
 
-/// nginx `fastcgi_pass` to pso over `transport` ("tcp" or "unix").
+/// nginx `fastcgi_pass` to pso over `transport` ("tcp" or "unix"), for each build.
 fn nginx_fastcgi(transport: &str) {
     if require(&["nginx", "curl"]).is_none() {
         return;
     }
-    let site = Site::new(&[Path::new(RELOAD)]);
+    for reload in reload_builds() {
+        nginx_fastcgi_to(&reload, transport);
+    }
+}
+
+fn nginx_fastcgi_to(reload: &Path, transport: &str) {
+    let site = Site::new(&[reload]);
     let (bind, pass, socket) = match transport {
         "tcp" => {
             let port = free_port();
@@ -111,9 +115,15 @@ fn nginx_with_fcgiwrap_runs_it_as_cgi() {
     let Some(found) = require(&["nginx", "fcgiwrap", "curl"]) else {
         return;
     };
-    let site = Site::new(&[Path::new(RELOAD)]);
+    for reload in reload_builds() {
+        nginx_with_fcgiwrap(&reload, &found[1]);
+    }
+}
+
+fn nginx_with_fcgiwrap(reload: &Path, fcgiwrap: &Path) {
+    let site = Site::new(&[reload]);
     let socket = site.path("fcgiwrap.sock");
-    let mut wrap = as_server_user(&found[1]);
+    let mut wrap = as_server_user(fcgiwrap);
     wrap.arg("-s").arg(format!("unix:{}", socket.display()));
     let _fcgiwrap = Daemon::start("fcgiwrap", wrap, &site, Ready::Socket(&socket));
     let port = free_port();
@@ -137,12 +147,18 @@ fn nginx_with_fcgiwrap_runs_it_as_cgi() {
 // ---------------------------------------------------------------------------------------
 // lighttpd
 
-/// lighttpd with `module` and the `handler` configuration the site gives.
+/// lighttpd with `module` and the `handler` configuration the site gives, for each build.
 fn lighttpd(module: &str, handler: impl Fn(&Site) -> String) {
     let Some(found) = require(&["lighttpd", "curl"]) else {
         return;
     };
-    let site = Site::new(&[Path::new(RELOAD)]);
+    for reload in reload_builds() {
+        lighttpd_with(&found[0], &reload, module, &handler);
+    }
+}
+
+fn lighttpd_with(lighttpd: &Path, reload: &Path, module: &str, handler: &dyn Fn(&Site) -> String) {
+    let site = Site::new(&[reload]);
     let port = free_port();
     let root = site.root().display();
     let environment: Vec<String> = settings(&site)
@@ -166,7 +182,7 @@ setenv.add-environment = ({})
             handler(&site)
         ),
     );
-    let mut command = as_server_user(&found[0]);
+    let mut command = as_server_user(lighttpd);
     command.arg("-D").arg("-f").arg(&conf);
     let _lighttpd = Daemon::start("lighttpd", command, &site, Ready::Port(port));
     expect_ok(
@@ -218,7 +234,13 @@ fn apache_mod_fcgid_starts_it_on_a_socket() {
         common::skip_or_fail("mod_fcgid is not installed (libapache2-mod-fcgid)");
         return;
     }
-    let site = Site::new(&[Path::new(RELOAD)]);
+    for reload in reload_builds() {
+        apache_mod_fcgid(&reload);
+    }
+}
+
+fn apache_mod_fcgid(reload: &Path) {
+    let site = Site::new(&[reload]);
     let ipc = site.path("fcgid");
     fs::create_dir(&ipc).unwrap();
     if running_as_root() {
@@ -248,7 +270,13 @@ fn apache_mod_proxy_fcgi_to_its_address() {
     let Some(_) = require(&["apache2", "curl"]) else {
         return;
     };
-    let site = Site::new(&[Path::new(RELOAD)]);
+    for reload in reload_builds() {
+        apache_mod_proxy_fcgi(&reload);
+    }
+}
+
+fn apache_mod_proxy_fcgi(reload: &Path) {
+    let site = Site::new(&[reload]);
     let app_port = free_port();
     let _app = fastcgi_app(
         &site,

@@ -8,11 +8,58 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 /// The user and group servers run as when the tests run as root (Debian's nobody/nogroup).
 pub const NOBODY: u32 = 65534;
+
+/// The reload counter as each build deploys it: the default build this test run made, and
+/// the statically linked one of `cargo deploy` (the README's deploy command). Each server test
+/// runs both.
+pub fn reload_builds() -> Vec<PathBuf> {
+    let mut builds = vec![PathBuf::from(env!("CARGO_BIN_EXE_reload"))];
+    builds.extend(deployed_reload());
+    builds
+}
+
+/// The reload counter built by `cargo deploy`, once per test binary, into a target directory
+/// of its own (`target/deploy-tests`): the nested cargo neither waits on the lock of the build
+/// running these tests nor leaves a stale program to test. `None`, with a loud skip (a failure
+/// in CI), where it cannot be built.
+pub fn deployed_reload() -> Option<PathBuf> {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if !cfg!(all(
+                target_arch = "x86_64",
+                target_os = "linux",
+                target_env = "gnu"
+            )) {
+                super::skip_or_fail("`cargo deploy` is set up for x86_64 Linux (glibc) only");
+                return None;
+            }
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let target = root.join("target").join("deploy-tests");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let built = Command::new(cargo)
+                .current_dir(root)
+                .args(["deploy", "--quiet", "--target-dir"])
+                .arg(&target)
+                .stdin(Stdio::null())
+                .status();
+            let program = target.join("x86_64-unknown-linux-gnu/release/reload");
+            match built {
+                Ok(status) if status.success() && program.is_file() => Some(program),
+                outcome => {
+                    super::skip_or_fail(&format!("`cargo deploy` did not build: {outcome:?}"));
+                    None
+                }
+            }
+        })
+        .clone()
+}
 
 /// A program in `PATH`, or in the sbin directories that a normal user's `PATH` often lacks.
 pub fn find_program(names: &[&str]) -> Option<PathBuf> {
@@ -88,6 +135,8 @@ impl Site {
         fs::create_dir(&cgi_bin).unwrap();
         set_mode(&cgi_bin, 0o755);
         for program in programs {
+            // Which build a failure came from: the test's output says.
+            eprintln!("site {}: {}", dir.path().display(), program.display());
             let copy = cgi_bin.join(program.file_name().unwrap());
             fs::copy(program, &copy).unwrap();
             set_mode(&copy, 0o755);
