@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
 use crate::environment::Environment;
@@ -25,6 +25,10 @@ use crate::store::{FileStore, Store};
 
 /// The longest a request spends collecting expired sessions.
 const GC_BUDGET: Duration = Duration::from_millis(50);
+/// The least time between two collection passes over one store in one process. A pass reads
+/// the whole directory (within its budget); under FastCGI, a share of requests would be many
+/// passes a second, over the same files, for nothing.
+const GC_INTERVAL: Duration = Duration::from_secs(1);
 /// Distinct configurations remembered; past this the memory is cleared and starts again.
 const MAX_CONFIGS: usize = 64;
 /// Distinct session directories one process opens: requests that name more get a 500.
@@ -63,13 +67,13 @@ pub struct Service {
     /// File stores by directory: each directory is opened and checked once.
     stores: Mutex<Stores>,
     /// A store given by the program, used for every request instead of files.
-    custom: Option<Arc<dyn Store>>,
+    custom: Option<Opened>,
 }
 
 /// The session directories of the process.
 #[derive(Default)]
 struct Stores {
-    opened: BTreeMap<PathBuf, FileStore>,
+    opened: BTreeMap<PathBuf, (FileStore, Arc<Pacing>)>,
     /// Directories requests named, other than the process's own, opened or not.
     tried: BTreeSet<PathBuf>,
 }
@@ -77,7 +81,32 @@ struct Stores {
 /// A configuration and, once opened, its store.
 struct Resolved {
     config: Config,
-    store: Mutex<Option<Arc<dyn Store>>>,
+    store: Mutex<Option<Opened>>,
+}
+
+/// A store and the pacing of its collection.
+type Opened = (Arc<dyn Store>, Arc<Pacing>);
+
+/// When a store was last collected in this process: a pass starts at most once per
+/// [`GC_INTERVAL`] (so never two at once: a pass ends within its budget, well inside it).
+#[derive(Default)]
+struct Pacing {
+    last_pass: Mutex<Option<Instant>>,
+}
+
+impl Pacing {
+    /// Whether a pass may start now; if so, it counts as started.
+    fn begin_pass(&self) -> bool {
+        let mut last = self
+            .last_pass
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < GC_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
 }
 
 /// What a request left to do after its response: collection, if this request drew it.
@@ -137,7 +166,7 @@ impl Service {
 
     /// Keeps sessions in `store` instead of the session directory.
     pub fn with_store(mut self, store: Arc<dyn Store>) -> Service {
-        self.custom = Some(store);
+        self.custom = Some((store, Arc::default()));
         self
     }
 
@@ -181,7 +210,7 @@ impl Service {
         F: Handler,
     {
         let resolved = self.resolve(env);
-        let Some(store) = self.store_for(&resolved) else {
+        let Some((store, pacing)) = self.store_for(&resolved) else {
             let head = Request::new(env, input).is_head();
             Response::new(output, head).send_error(500, &[])?;
             return Ok(Handled {
@@ -191,7 +220,8 @@ impl Service {
             });
         };
         let served = respond(env, &resolved.config, &*store, input, output, handler, now)?;
-        let collect = resolved.config.gc_probability.draw().then_some(store);
+        let collect =
+            (resolved.config.gc_probability.draw() && pacing.begin_pass()).then_some(store);
         Ok(Handled {
             failed: served.failed,
             collect,
@@ -238,7 +268,7 @@ impl Service {
     }
 
     /// The store of a configuration, opened on first use; `None` (logged) if it cannot be.
-    fn store_for(&self, resolved: &Resolved) -> Option<Arc<dyn Store>> {
+    fn store_for(&self, resolved: &Resolved) -> Option<Opened> {
         if let Some(custom) = &self.custom {
             return Some(custom.clone());
         }
@@ -246,8 +276,8 @@ impl Service {
             .store
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(store) = &*slot {
-            return Some(store.clone());
+        if let Some(opened) = &*slot {
+            return Some(opened.clone());
         }
         let config = &resolved.config;
         let directory = {
@@ -270,10 +300,11 @@ impl Service {
                     }
                     match FileStore::open(&config.session_dir) {
                         Ok(store) => {
+                            let opened = (store, Arc::default());
                             stores
                                 .opened
-                                .insert(config.session_dir.clone(), store.clone());
-                            store
+                                .insert(config.session_dir.clone(), opened.clone());
+                            opened
                         }
                         Err(e) => {
                             log::error!("{}", ErrorChain(&e));
@@ -283,13 +314,14 @@ impl Service {
                 }
             }
         };
+        let (directory, pacing) = directory;
         let store: Arc<dyn Store> = Arc::new(
             directory
                 .with_sync(config.sync)
                 .with_max_bytes(config.max_bytes),
         );
-        *slot = Some(store.clone());
-        Some(store)
+        *slot = Some((store, pacing));
+        slot.clone()
     }
 }
 
@@ -331,4 +363,76 @@ fn config_key(env: &Environment, process: &Environment) -> ConfigKey {
     // In one order whatever order the parameters came in.
     key.sort_unstable();
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{GcReport, LockOptions, LockedSession, MemoryStore, SessionKey};
+    use crate::{Record, Result};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A memory store that counts collection passes.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryStore,
+        passes: AtomicUsize,
+    }
+
+    impl Store for Counting {
+        fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockedSession>> {
+            self.inner.lock(key, options)
+        }
+        fn exists(&self, key: &SessionKey) -> Result<bool> {
+            self.inner.exists(key)
+        }
+        fn peek(&self, key: &SessionKey) -> Result<Option<Record>> {
+            self.inner.peek(key)
+        }
+        fn keys(&self) -> Result<Box<dyn Iterator<Item = Result<SessionKey>> + '_>> {
+            self.inner.keys()
+        }
+        fn collect_garbage(&self, now: SystemTime, budget: Duration) -> Result<GcReport> {
+            self.passes.fetch_add(1, Ordering::SeqCst);
+            self.inner.collect_garbage(now, budget)
+        }
+    }
+
+    #[test]
+    fn a_long_lived_process_collects_a_store_at_most_once_per_interval() {
+        let store = Arc::new(Counting::default());
+        let process = Environment::from_pairs([("PSOSessionGCProbability", "1")]);
+        let service = Service::new(process).with_store(store.clone());
+        let handler = |cx: &mut crate::Context| -> std::result::Result<(), crate::BoxError> {
+            cx.session.set("n", &1u32)?;
+            Ok(())
+        };
+        let request = Environment::from_pairs([("REQUEST_METHOD", "GET")]);
+        let started = Instant::now();
+        for _ in 0..200 {
+            service
+                .serve(
+                    &request,
+                    &mut io::empty(),
+                    &mut io::sink(),
+                    &handler,
+                    SystemTime::now(),
+                )
+                .unwrap();
+        }
+        // Every request drew collection; the first pass ran, then one per interval at most.
+        let intervals = started.elapsed().as_secs_f64() / GC_INTERVAL.as_secs_f64();
+        let passes = store.passes.load(Ordering::SeqCst);
+        assert!(passes >= 1, "no pass at all");
+        assert!(passes as f64 <= 1.0 + intervals.floor(), "{passes} passes");
+    }
+
+    #[test]
+    fn pacing_lets_one_pass_start_per_interval() {
+        let pacing = Pacing::default();
+        assert!(pacing.begin_pass());
+        assert!(!pacing.begin_pass());
+        *pacing.last_pass.lock().unwrap() = Some(Instant::now() - GC_INTERVAL);
+        assert!(pacing.begin_pass());
+    }
 }
