@@ -49,7 +49,7 @@ pub fn deployed_reload() -> Option<PathBuf> {
                 .arg(&target)
                 .stdin(Stdio::null())
                 .status();
-            let program = target.join("x86_64-unknown-linux-gnu/release/reload");
+            let program = target.join("x86_64-unknown-linux-gnu/deploy/reload");
             match built {
                 Ok(status) if status.success() && program.is_file() => Some(program),
                 outcome => {
