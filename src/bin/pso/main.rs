@@ -1,0 +1,55 @@
+//! `pso`: the helper for people who write and run pso programs.
+//!
+//! One module per command: `serve` (the development server), `sessions` (see and clean a
+//! store), `config_check` (`pso config`), and `htaccess` (the `SetEnv` lines that `serve` and
+//! `config` read from an Apache `.htaccess`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod config_check;
+#[allow(dead_code)] // TEMPORARY until serve and config use it
+mod htaccess;
+mod serve;
+mod sessions;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the command failed, or `pso config` found an invalid setting
+  2  the command line is wrong";
+
+/// Sessions for CGI programs: the helper for development and administration.
+#[derive(Parser)]
+#[command(version, about, after_help = EXIT_CODES, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve cgi-bin/ over HTTP for development, each program run as CGI (or FastCGI)
+    Serve(serve::Args),
+    /// See and clean a session store
+    #[command(subcommand)]
+    Sessions(sessions::Command),
+    /// Check a deployment: the effective value of every PSO variable and the session directory
+    Config(config_check::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Sessions(command) => sessions::run(command),
+        Command::Config(args) => config_check::run(args),
+    }
+}
+
+/// Reports a failed command the one way every command does: one line on stderr, exit code 1.
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("pso: {message}");
+    ExitCode::FAILURE
+}
