@@ -293,6 +293,31 @@ pub fn write_unknown_type(out: &mut Vec<u8>, unknown: u8) {
     write_record(out, kind::UNKNOWN_TYPE, 0, &[unknown, 0, 0, 0, 0, 0, 0, 0]);
 }
 
+/// Appends one name-value pair as PARAMS and GET_VALUES carry them: each length in one byte
+/// below 128, else in four with the high bit set. A client (such as `pso serve --fastcgi`)
+/// builds its PARAMS stream with it.
+///
+/// ```
+/// use pso::fastcgi::record::{parse_params, write_pair, ParamLimits};
+/// let mut stream = Vec::new();
+/// write_pair(&mut stream, b"QUERY_STRING", b"a=1");
+/// write_pair(&mut stream, b"HTTP_COOKIE", &vec![b'x'; 300]);
+/// let pairs = parse_params(&stream, ParamLimits::default()).unwrap();
+/// assert_eq!(pairs[0], (&b"QUERY_STRING"[..], &b"a=1"[..]));
+/// assert_eq!(pairs[1].1.len(), 300);
+/// ```
+pub fn write_pair(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    for len in [name.len(), value.len()] {
+        match u8::try_from(len) {
+            Ok(short) if short < 128 => out.push(short),
+            // Lengths are at most 2^31 - 1; longer ones cannot be said, and nothing sends them.
+            _ => out.extend_from_slice(&(len.min(0x7fff_ffff) as u32 | 0x8000_0000).to_be_bytes()),
+        }
+    }
+    out.extend_from_slice(name);
+    out.extend_from_slice(value);
+}
+
 /// What a GET_VALUES query may learn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacities {
@@ -331,11 +356,7 @@ pub fn write_values(out: &mut Vec<u8>, query: &[u8], capacities: Capacities) {
     let mut content = Vec::new();
     for (name, value) in &known {
         if asked.iter().any(|(asked_name, _)| asked_name == name) {
-            // Names and values here are short: one-byte lengths.
-            content.push(name.len() as u8);
-            content.push(value.len() as u8);
-            content.extend_from_slice(name);
-            content.extend_from_slice(value.as_bytes());
+            write_pair(&mut content, name, value.as_bytes());
         }
     }
     write_record(out, kind::GET_VALUES_RESULT, 0, &content);
@@ -348,15 +369,7 @@ mod tests {
 
     fn pair(name: &[u8], value: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        for len in [name.len(), value.len()] {
-            if len < 128 {
-                out.push(len as u8);
-            } else {
-                out.extend_from_slice(&(len as u32 | 0x8000_0000).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(value);
+        write_pair(&mut out, name, value);
         out
     }
 

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod config_check;
-#[allow(dead_code)] // TEMPORARY until serve and config use it
 mod htaccess;
 mod serve;
 mod sessions;

@@ -1,0 +1,368 @@
+//! `/_pso/`: the sessions of the programs served, for the developer at this machine: each
+//! session's id prefix, times, deadlines, keys and value sizes, and a button that ends it.
+//!
+//! Only for a client on the loopback interface that calls the server by a loopback name
+//! (`Host: 127.0.0.1:…`, `localhost`, `[::1]`), so that a web page elsewhere cannot read it
+//! through DNS rebinding; the button's form carries a secret made at start-up, so that a page
+//! elsewhere cannot end sessions through the developer's browser. Ids are shown by a prefix
+//! of 12 characters (48 of their 192 bits): enough to tell them apart, not enough to take one
+//! over.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pso::store::{FileStore, LockOptions, SessionKey, Store};
+use pso::{Config, Environment, Record, ServiceId};
+
+use super::http::{self, Request};
+use super::{Site, site};
+
+/// Characters of an id shown and accepted back.
+const PREFIX_LEN: usize = 12;
+/// Sessions listed per store, the most recently used first.
+const MAX_LISTED: usize = 200;
+/// The largest form body accepted.
+const MAX_FORM: u64 = 4096;
+
+/// Answers a request under `/_pso/`; `rest` is the path after it.
+pub fn serve(
+    site: &Site,
+    conn: &mut TcpStream,
+    request: &Request,
+    method: &str,
+    rest: &str,
+    peer: SocketAddr,
+) -> (u16, u64) {
+    if !peer.ip().is_loopback() || !loopback_host(request.header("Host")) {
+        return error(conn, 403, "the sessions page is for this machine only");
+    }
+    match (method, rest) {
+        ("GET" | "HEAD", "") => {
+            let page = page(site);
+            let _ = http::respond(
+                conn,
+                200,
+                "text/html; charset=utf-8",
+                &[(
+                    "Content-Security-Policy",
+                    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+                )],
+                page.as_bytes(),
+                method == "HEAD",
+            );
+            (200, page.len() as u64)
+        }
+        ("POST", "end") => end(site, conn, request),
+        (_, "" | "end") => error(conn, 405, "not with this method"),
+        _ => error(conn, 404, "no such page"),
+    }
+}
+
+fn error(conn: &mut TcpStream, status: u16, why: &str) -> (u16, u64) {
+    let _ = http::respond_error(conn, status, why);
+    (status, 0)
+}
+
+/// Whether a Host header names this machine.
+fn loopback_host(host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name == "localhost"
+        || name == "[::1]"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Ends the session named by the form's `id` prefix, then sends the browser back to the page.
+fn end(site: &Site, conn: &mut TcpStream, request: &Request) -> (u16, u64) {
+    if request.content_length > MAX_FORM {
+        return error(conn, 413, "the form is too large");
+    }
+    let mut body = request.body_start.clone();
+    let rest = request.content_length.saturating_sub(body.len() as u64);
+    if let Ok(clone) = conn.try_clone() {
+        let _ = clone.take(rest).read_to_end(&mut body);
+    }
+    body.truncate(request.content_length as usize);
+    let form: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    if form.get("token") != Some(&site.token) {
+        return error(conn, 403, "the form's token is not this server's");
+    }
+    let (Some(prefix), Some(service)) = (form.get("id"), form.get("service")) else {
+        return error(conn, 400, "the form names no session");
+    };
+    let stores = stores(site);
+    let Some(store) = stores.iter().find(|s| s.service.as_str() == service) else {
+        return error(conn, 400, "no program uses that service");
+    };
+    match store.end(prefix) {
+        Ok(true) => {}
+        Ok(false) => return error(conn, 404, "no session with that prefix"),
+        Err(why) => return error(conn, 500, &why),
+    }
+    let _ = http::respond(
+        conn,
+        303,
+        "text/plain; charset=utf-8",
+        &[("Location", site::DASHBOARD)],
+        b"ended\n",
+        false,
+    );
+    (303, 6)
+}
+
+/// One program's sessions: its session directory and service.
+struct ProgramStore {
+    programs: Vec<String>,
+    dir: PathBuf,
+    service: ServiceId,
+    max_bytes: u64,
+    lock_timeout: Duration,
+}
+
+/// The stores of the programs served, one per directory and service.
+fn stores(site: &Site) -> Vec<ProgramStore> {
+    let mut stores: Vec<ProgramStore> = Vec::new();
+    for name in site.programs.names() {
+        // The configuration the program itself will read, as it gets it from the server.
+        let mut pairs: Vec<(String, String)> = site.set_env.clone();
+        pairs.push(("SCRIPT_NAME".into(), format!("{}{name}", site::PREFIX)));
+        let config = Config::from_env(&Environment::from_pairs(pairs));
+        match stores
+            .iter_mut()
+            .find(|s| s.dir == config.session_dir && s.service == config.service)
+        {
+            Some(store) => store.programs.push(name),
+            None => stores.push(ProgramStore {
+                programs: vec![name],
+                dir: config.session_dir,
+                service: config.service,
+                max_bytes: config.max_bytes,
+                lock_timeout: config.lock_timeout,
+            }),
+        }
+    }
+    stores
+}
+
+impl ProgramStore {
+    /// The store, if its directory exists: the page never creates one.
+    fn open(&self) -> Result<Option<FileStore>, String> {
+        if std::fs::symlink_metadata(&self.dir).is_err() {
+            return Ok(None);
+        }
+        FileStore::open(&self.dir)
+            .map(|store| Some(store.with_max_bytes(self.max_bytes)))
+            .map_err(|e| format!("{}: {e}", self.dir.display()))
+    }
+
+    /// The service's sessions, the most recently used first.
+    fn sessions(&self) -> Result<Vec<(SessionKey, Option<Record>)>, String> {
+        let Some(store) = self.open()? else {
+            return Ok(Vec::new());
+        };
+        let keys = store.keys().map_err(|e| e.to_string())?;
+        let mut sessions = Vec::new();
+        for key in keys.flatten() {
+            if key.service != self.service {
+                continue;
+            }
+            let record = store.peek(&key).ok().flatten();
+            sessions.push((key, record));
+        }
+        sessions.sort_by_key(|(_, record)| {
+            std::cmp::Reverse(record.as_ref().map_or(0, |r| r.meta.last_access))
+        });
+        sessions.truncate(MAX_LISTED);
+        Ok(sessions)
+    }
+
+    /// Deletes the one session whose id starts with `prefix`, under its lock.
+    fn end(&self, prefix: &str) -> Result<bool, String> {
+        if prefix.len() != PREFIX_LEN {
+            return Ok(false);
+        }
+        let Some(store) = self.open()? else {
+            return Ok(false);
+        };
+        let keys = store.keys().map_err(|e| e.to_string())?;
+        let matching: Vec<SessionKey> = keys
+            .flatten()
+            .filter(|key| key.service == self.service && key.id.as_str().starts_with(prefix))
+            .collect();
+        let [key] = matching.as_slice() else {
+            return Ok(false);
+        };
+        let options = LockOptions::new(self.lock_timeout).with_create(false);
+        let mut locked = store.lock(key, options).map_err(|e| e.to_string())?;
+        locked.delete().map_err(|e| e.to_string())?;
+        eprintln!("pso serve: ended session {}", key.id.short());
+        Ok(true)
+    }
+}
+
+fn page(site: &Site) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut body = String::new();
+    for store in &stores(site) {
+        body.push_str(&format!(
+            "<h2>{} <small>service <code>{}</code> in <code>{}</code></small></h2>\n",
+            escape(&store.programs.join(", ")),
+            escape(store.service.as_str()),
+            escape(&store.dir.display().to_string()),
+        ));
+        let sessions = match store.sessions() {
+            Ok(sessions) => sessions,
+            Err(why) => {
+                body.push_str(&format!("<p class=\"error\">{}</p>\n", escape(&why)));
+                continue;
+            }
+        };
+        if sessions.is_empty() {
+            body.push_str("<p>No sessions yet.</p>\n");
+            continue;
+        }
+        body.push_str(
+            "<table>\n<tr><th>id</th><th>created</th><th>last used</th><th>ends</th><th>data</th><th></th></tr>\n",
+        );
+        for (key, record) in &sessions {
+            let prefix: String = key.id.as_str().chars().take(PREFIX_LEN).collect();
+            let (created, used, ends, data) = match record {
+                Some(record) => describe(record, now),
+                None => (
+                    "?".to_string(),
+                    "?".to_string(),
+                    "?".to_string(),
+                    "<em>unreadable</em>".to_string(),
+                ),
+            };
+            body.push_str(&format!(
+                "<tr><td><code>{prefix}…</code></td><td>{created}</td><td>{used}</td><td>{ends}</td><td>{data}</td>\
+                 <td><form method=\"post\" action=\"{}end\"><input type=\"hidden\" name=\"token\" value=\"{}\">\
+                 <input type=\"hidden\" name=\"service\" value=\"{}\"><input type=\"hidden\" name=\"id\" value=\"{prefix}\">\
+                 <button>End</button></form></td></tr>\n",
+                site::DASHBOARD,
+                site.token,
+                escape(store.service.as_str()),
+            ));
+        }
+        body.push_str("</table>\n");
+    }
+    if body.is_empty() {
+        body.push_str("<p>No programs are served yet.</p>\n");
+    }
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>pso serve: sessions</title>\n\
+         <style>body{{font-family:sans-serif}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}} .error{{color:#b00}}</style>\n\
+         </head><body>\n<h1>Sessions</h1>\n<p><a href=\"/\">Programs</a> · reload this page to see sessions change.</p>\n{body}</body></html>\n"
+    )
+}
+
+/// A session's times, deadlines and data, as table cells (HTML-escaped).
+fn describe(record: &Record, now: u64) -> (String, String, String, String) {
+    let meta = &record.meta;
+    let mut ends = Vec::new();
+    if let Some(deadline) = meta.deadline {
+        ends.push(format!("{} (lifetime)", when(deadline, now)));
+    }
+    if let Some(idle) = meta.max_idle {
+        ends.push(format!(
+            "{} (idle)",
+            when(meta.last_access.saturating_add(idle), now)
+        ));
+    }
+    if ends.is_empty() {
+        ends.push("when the browser closes".into());
+    }
+    if record.is_expired(now) {
+        ends.push("<strong>expired</strong>".into());
+    }
+    let mut data = String::new();
+    for key in record.keys() {
+        let size = record.value_len(key).unwrap_or(0);
+        data.push_str(&format!("<code>{}</code>: {size} B<br>", escape(key)));
+    }
+    if data.is_empty() {
+        data.push_str("<em>empty</em>");
+    }
+    (
+        when(meta.created, now),
+        when(meta.last_access, now),
+        ends.join("<br>"),
+        data,
+    )
+}
+
+/// A Unix time as an HTTP date and how far from now.
+fn when(secs: u64, now: u64) -> String {
+    let date = UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .map(httpdate::fmt_http_date)
+        .unwrap_or_else(|| "far in the future".into());
+    let relative = if secs <= now {
+        format!("{} s ago", now - secs)
+    } else {
+        format!("in {} s", secs - now)
+    };
+    format!("{date}<br><small>{relative}</small>")
+}
+
+/// Text made safe inside HTML elements and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_pass() {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "localhost",
+            "[::1]:80",
+            "127.0.0.2",
+        ] {
+            assert!(loopback_host(Some(host)), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "10.0.0.1",
+            "",
+            "localhost.evil.example",
+        ] {
+            assert!(!loopback_host(Some(host)), "{host}");
+        }
+        assert!(!loopback_host(None));
+    }
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}

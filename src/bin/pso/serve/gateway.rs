@@ -1,0 +1,659 @@
+//! A request handed to a program per RFC 3875, and the program's answer relayed to the client.
+//!
+//! The meta-variables are what Apache's `mod_cgi` gives a program, with its safety rules:
+//! no `HTTP_PROXY` from a `Proxy:` header (httpoxy), no header whose name holds `_` (so that
+//! `X_Forwarded_For` cannot pose as `X-Forwarded-For`), no `Authorization`; the `SetEnv`
+//! variables first, so that a request cannot override them and they cannot override the
+//! request's own variables. The answer's head (`Status:`, `Location:`, other headers) is
+//! checked before anything reaches the client: a head that does not parse is a 502, one that
+//! does not come in time a 504.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+
+use super::http::{self, Request};
+
+/// The most bytes of a program's answer head.
+const MAX_ANSWER_HEAD: usize = 64 * 1024;
+/// What a program is given as `PATH`, as Apache does.
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One request for one program: what the meta-variables are made of.
+pub struct Call<'a> {
+    pub request: &'a Request,
+    /// Usually the request's; `GET` after a local redirect.
+    pub method: &'a str,
+    /// The target as the program should see it in `REQUEST_URI`.
+    pub target: &'a str,
+    pub query: &'a str,
+    pub name: &'a str,
+    pub executable: &'a Path,
+    pub path_info: &'a str,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// Whether a body goes with it (not after a local redirect).
+    pub with_body: bool,
+}
+
+/// A meta-variable: name and value, as bytes.
+pub type Variable = (Vec<u8>, Vec<u8>);
+
+/// The environment of `call`: the `SetEnv` variables, then RFC 3875's meta-variables and
+/// the request's headers as `HTTP_*`.
+pub fn meta_variables(
+    call: &Call,
+    set_env: &[(String, String)],
+    document_root: &Path,
+) -> Vec<Variable> {
+    let mut vars: Vec<Variable> = Vec::new();
+    let mut put = |name: &str, value: &[u8]| {
+        vars.retain(|(n, _)| n != name.as_bytes());
+        vars.push((name.as_bytes().to_vec(), value.to_vec()));
+    };
+    for (name, value) in set_env {
+        put(name, value.as_bytes());
+    }
+    let request = call.request;
+    put("PATH", PATH.as_bytes());
+    put("GATEWAY_INTERFACE", b"CGI/1.1");
+    put(
+        "SERVER_SOFTWARE",
+        format!("pso/{}", env!("CARGO_PKG_VERSION")).as_bytes(),
+    );
+    put("SERVER_PROTOCOL", request.version.as_bytes());
+    put("SERVER_NAME", server_name(request, call.local).as_bytes());
+    put("SERVER_ADDR", call.local.ip().to_string().as_bytes());
+    put("SERVER_PORT", call.local.port().to_string().as_bytes());
+    put("REMOTE_ADDR", call.peer.ip().to_string().as_bytes());
+    put("REMOTE_PORT", call.peer.port().to_string().as_bytes());
+    put("REQUEST_METHOD", call.method.as_bytes());
+    put("REQUEST_URI", call.target.as_bytes());
+    put("QUERY_STRING", call.query.as_bytes());
+    put(
+        "SCRIPT_NAME",
+        format!("{}{}", super::site::PREFIX, call.name).as_bytes(),
+    );
+    put(
+        "SCRIPT_FILENAME",
+        call.executable.as_os_str().as_encoded_bytes(),
+    );
+    put(
+        "DOCUMENT_ROOT",
+        document_root.as_os_str().as_encoded_bytes(),
+    );
+    if !call.path_info.is_empty() {
+        put("PATH_INFO", call.path_info.as_bytes());
+        let translated = format!("{}{}", document_root.display(), call.path_info);
+        put("PATH_TRANSLATED", translated.as_bytes());
+    }
+    if call.with_body {
+        if let Some(content_type) = request.header("Content-Type") {
+            put("CONTENT_TYPE", content_type.as_bytes());
+        }
+        if request.content_length > 0 || request.header("Content-Length").is_some() {
+            put(
+                "CONTENT_LENGTH",
+                request.content_length.to_string().as_bytes(),
+            );
+        }
+    }
+    for (name, value) in header_variables(request) {
+        put(&name, &value);
+    }
+    vars
+}
+
+/// The request's headers as `HTTP_*` variables, repeated headers joined (`Cookie` with `; `).
+fn header_variables(request: &Request) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for (name, value) in &request.headers {
+        let skipped = name.contains('_')
+            || ["Proxy", "Authorization", "Content-Type", "Content-Length"]
+                .iter()
+                .any(|s| name.eq_ignore_ascii_case(s));
+        if skipped {
+            continue;
+        }
+        let var = format!("HTTP_{}", name.to_ascii_uppercase().replace('-', "_"));
+        match out.iter_mut().find(|(n, _)| *n == var) {
+            Some((_, joined)) => {
+                let separator: &[u8] = if var == "HTTP_COOKIE" { b"; " } else { b", " };
+                joined.extend_from_slice(separator);
+                joined.extend_from_slice(value);
+            }
+            None => out.push((var, value.clone())),
+        }
+    }
+    out
+}
+
+/// `SERVER_NAME`: the Host header's name when it is a plain host name, else the address the
+/// connection came in on.
+fn server_name(request: &Request, local: SocketAddr) -> String {
+    let host = request.header("Host").unwrap_or("");
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
+    if plain {
+        name.to_string()
+    } else {
+        local.ip().to_string()
+    }
+}
+
+/// How a program's answer ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Relayed {
+    /// A response went to the client; `complete` is false when the program's output stopped
+    /// early (it hung past the deadline) or the client went away.
+    Sent {
+        status: u16,
+        bytes: u64,
+        complete: bool,
+    },
+    /// The program asked for another local resource to be served instead (RFC 3875 6.2.2).
+    LocalRedirect(String),
+    /// Nothing reached the client; it should get `status` (502 or 504).
+    Failed { status: u16, why: String },
+}
+
+/// Reads the answer's head from `output` and, unless it is a local redirect, sends the
+/// response to `client` (the body too, unless `head_only`).
+pub fn relay(output: &mut dyn Read, client: &mut dyn Write, head_only: bool) -> Relayed {
+    let (head, body_start) = match read_head(output) {
+        Ok(read) => read,
+        Err(failure) => return failure,
+    };
+    let answer = match parse_head(&head) {
+        Ok(answer) => answer,
+        Err(why) => {
+            return Relayed::Failed {
+                status: 502,
+                why: format!("the program's answer is malformed: {why}"),
+            };
+        }
+    };
+    let (status, reason, headers) = match answer {
+        Answer::LocalRedirect(target) => return Relayed::LocalRedirect(target),
+        Answer::Respond {
+            status,
+            reason,
+            headers,
+        } => (status, reason, headers),
+    };
+    let mut out = format!("HTTP/1.1 {status} {reason}\r\n");
+    for (name, value) in &headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    if client.write_all(out.as_bytes()).is_err() {
+        return Relayed::Sent {
+            status,
+            bytes: 0,
+            complete: false,
+        };
+    }
+    if head_only {
+        return Relayed::Sent {
+            status,
+            bytes: 0,
+            complete: true,
+        };
+    }
+    let mut bytes = body_start.len() as u64;
+    if client.write_all(&body_start).is_err() {
+        return Relayed::Sent {
+            status,
+            bytes,
+            complete: false,
+        };
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match output.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if client.write_all(&buf[..n]).is_err() {
+                    return Relayed::Sent {
+                        status,
+                        bytes,
+                        complete: false,
+                    };
+                }
+                bytes += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                return Relayed::Sent {
+                    status,
+                    bytes,
+                    complete: false,
+                };
+            }
+        }
+    }
+    Relayed::Sent {
+        status,
+        bytes,
+        complete: true,
+    }
+}
+
+/// Reads up to the blank line that ends the head: the head and the body bytes read with it.
+fn read_head(output: &mut dyn Read) -> Result<(Vec<u8>, Vec<u8>), Relayed> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some((end, separator)) = head_end(&buf) {
+            let body = buf[end + separator..].to_vec();
+            buf.truncate(end);
+            return Ok((buf, body));
+        }
+        if buf.len() > MAX_ANSWER_HEAD {
+            return Err(Relayed::Failed {
+                status: 502,
+                why: "the program's answer head is too large".into(),
+            });
+        }
+        match output.read(&mut chunk) {
+            Ok(0) => {
+                return Err(Relayed::Failed {
+                    status: 502,
+                    why: if buf.is_empty() {
+                        "the program wrote nothing".into()
+                    } else {
+                        "the program's answer has no blank line after its head".into()
+                    },
+                });
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(Relayed::Failed {
+                    status: 504,
+                    why: "the program did not answer in time".into(),
+                });
+            }
+            Err(e) => {
+                return Err(Relayed::Failed {
+                    status: 502,
+                    why: format!("reading the program's answer: {e}"),
+                });
+            }
+        }
+    }
+}
+
+/// Where the head ends (`\n\n`, `\r\n\r\n` or a mix) and the length of the separator.
+fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let newline = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf.windows(3).position(|w| w == b"\n\r\n").map(|i| (i, 3));
+    match (newline, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A parsed answer head.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Respond {
+        status: u16,
+        reason: String,
+        headers: Vec<(String, String)>,
+    },
+    LocalRedirect(String),
+}
+
+fn parse_head(head: &[u8]) -> Result<Answer, String> {
+    let text = std::str::from_utf8(head).map_err(|_| "the head is not UTF-8".to_string())?;
+    let mut status = None;
+    let mut location = None;
+    let mut headers = Vec::new();
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("a header line without a colon: {line:?}"))?;
+        let is_token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !is_token {
+            return Err(format!("a bad header name: {name:?}"));
+        }
+        let value = value.trim_matches([' ', '\t']);
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(format!("a control character in {name}"));
+        }
+        if name.eq_ignore_ascii_case("Status") {
+            status = Some(parse_status(value)?);
+        } else if name.eq_ignore_ascii_case("Location") {
+            location = Some(value.to_string());
+        } else if ["Connection", "Transfer-Encoding", "Keep-Alive"]
+            .iter()
+            .any(|hop| name.eq_ignore_ascii_case(hop))
+        {
+            // Hop-by-hop: the server decides how this connection carries the body.
+        } else {
+            headers.push((name.to_string(), value.to_string()));
+        }
+    }
+    if let Some(location) = location {
+        if status.is_none() && location.starts_with('/') {
+            return Ok(Answer::LocalRedirect(location));
+        }
+        headers.push(("Location".to_string(), location));
+        status.get_or_insert((302, http::reason(302).to_string()));
+    }
+    let (status, reason) = status.unwrap_or((200, "OK".to_string()));
+    Ok(Answer::Respond {
+        status,
+        reason,
+        headers,
+    })
+}
+
+fn parse_status(value: &str) -> Result<(u16, String), String> {
+    let (code, reason) = value.split_once(' ').unwrap_or((value, ""));
+    let status: u16 = code
+        .parse()
+        .ok()
+        .filter(|s| (100..=599).contains(s) && code.len() == 3)
+        .ok_or_else(|| format!("a bad Status: {value:?}"))?;
+    let reason = match reason.trim() {
+        "" => http::reason(status).to_string(),
+        given => given.to_string(),
+    };
+    Ok((status, reason))
+}
+
+/// A program's standard output, read with a deadline.
+pub struct DeadlineReader<R> {
+    pub inner: R,
+    pub deadline: Instant,
+}
+
+impl<R: Read + std::os::fd::AsFd> Read for DeadlineReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let timeout = rustix::event::Timespec::try_from(left).ok();
+            let mut fds = [PollFd::new(&self.inner, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                Ok(0) => return Err(io::ErrorKind::TimedOut.into()),
+                Ok(_) => return self.inner.read(buf),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Runs `executable` as a CGI program for `call`, relaying its answer to `client`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_cgi(
+    call: &Call,
+    vars: Vec<Variable>,
+    body: Option<Box<dyn Read + Send>>,
+    cwd: &Path,
+    timeout: Duration,
+    client: &mut dyn Write,
+) -> Relayed {
+    let mut command = Command::new(call.executable);
+    command
+        .env_clear()
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in vars {
+        command.env(OsString::from_vec(name), OsString::from_vec(value));
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Relayed::Failed {
+                status: 500,
+                why: format!("cannot start {}: {e}", call.executable.display()),
+            };
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A thread of its own, so that a program that answers before reading its whole body
+        // cannot deadlock with the server.
+        std::thread::spawn(move || {
+            if let Some(mut body) = body {
+                let _ = io::copy(&mut body, &mut stdin);
+            }
+        });
+    }
+    if let Some(stderr) = child.stderr.take() {
+        log_lines(call.name.to_string(), stderr);
+    }
+    let deadline = Instant::now() + timeout;
+    let Some(stdout) = child.stdout.take() else {
+        return Relayed::Failed {
+            status: 500,
+            why: "no standard output".into(),
+        };
+    };
+    let mut output = DeadlineReader {
+        inner: stdout,
+        deadline,
+    };
+    let relayed = relay(&mut output, client, call.method == "HEAD");
+    drop(output);
+    let finished = matches!(relayed, Relayed::Sent { complete: true, .. })
+        || matches!(relayed, Relayed::LocalRedirect(_));
+    reap(
+        &mut child,
+        call.name,
+        if finished { deadline } else { Instant::now() },
+    );
+    relayed
+}
+
+/// Waits for `child` until `deadline`, then kills it; logs how it ended if not well.
+fn reap(child: &mut Child, name: &str, deadline: Instant) {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                if let Some(signal) = status.signal() {
+                    eprintln!("{name}: killed by signal {signal}");
+                } else if !status.success() {
+                    eprintln!("{name}: exited with {status}");
+                }
+                return;
+            }
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(None) => {
+                eprintln!("{name}: still running at its deadline: killed");
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            Err(e) => {
+                eprintln!("{name}: cannot wait for it: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Copies a program's standard error to the server's, a line at a time, each with the
+/// program's name.
+pub fn log_lines(name: String, stream: impl Read + Send + 'static) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let reader = io::BufReader::new(stream.take(u64::MAX));
+        for line in reader.split(b'\n') {
+            let Ok(line) = line else { return };
+            let line = String::from_utf8_lossy(&line[..line.len().min(4096)]).into_owned();
+            eprintln!("{name}: {}", line.trim_end_matches('\r'));
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay_bytes(answer: &[u8], head_only: bool) -> (Relayed, String) {
+        let mut client = Vec::new();
+        let relayed = relay(&mut &answer[..], &mut client, head_only);
+        (relayed, String::from_utf8(client).unwrap())
+    }
+
+    #[test]
+    fn relays_an_answer_with_its_status_and_headers() {
+        let (relayed, sent) = relay_bytes(
+            b"Content-Type: text/plain\r\nStatus: 201 Made\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\n\r\nhello",
+            false,
+        );
+        assert_eq!(
+            relayed,
+            Relayed::Sent {
+                status: 201,
+                bytes: 5,
+                complete: true
+            }
+        );
+        assert_eq!(
+            sent,
+            "HTTP/1.1 201 Made\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nConnection: close\r\n\r\nhello"
+        );
+        let (_, sent) = relay_bytes(b"Content-Type: text/plain\n\nhello", true);
+        assert_eq!(
+            sent,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn redirects_locally_or_to_the_client() {
+        assert_eq!(
+            relay_bytes(b"Location: /cgi-bin/other?x=1\n\n", false).0,
+            Relayed::LocalRedirect("/cgi-bin/other?x=1".into())
+        );
+        let (relayed, sent) = relay_bytes(b"Location: https://example.org/\n\n", false);
+        assert!(matches!(relayed, Relayed::Sent { status: 302, .. }));
+        assert!(
+            sent.contains("Location: https://example.org/\r\n"),
+            "{sent}"
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_answers() {
+        for answer in [
+            &b""[..],
+            b"Content-Type: text/plain\r\n",
+            b"no colon here\n\n",
+            b"Bad Name: x\n\n",
+            b"Status: 42\n\n",
+            b"Status: abc\n\n",
+            b"X: a\x01b\n\n",
+        ] {
+            let (relayed, sent) = relay_bytes(answer, false);
+            assert!(
+                matches!(relayed, Relayed::Failed { status: 502, .. }),
+                "{answer:?}: {relayed:?}"
+            );
+            assert_eq!(sent, "");
+        }
+        let huge = vec![b'a'; MAX_ANSWER_HEAD + 10];
+        assert!(matches!(
+            relay_bytes(&huge, false).0,
+            Relayed::Failed { status: 502, .. }
+        ));
+    }
+
+    #[test]
+    fn a_silent_program_times_out() {
+        let (mut reader, _writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        reader.set_nonblocking(false).unwrap();
+        let mut output = DeadlineReader {
+            inner: &mut reader,
+            deadline: Instant::now() + Duration::from_millis(50),
+        };
+        let mut client = Vec::new();
+        assert_eq!(
+            relay(&mut output, &mut client, false),
+            Relayed::Failed {
+                status: 504,
+                why: "the program did not answer in time".into()
+            }
+        );
+    }
+
+    #[test]
+    fn builds_the_meta_variables_as_apache_does() {
+        let http::Incoming::Request(request) = http::read_request(
+            &mut &b"POST /cgi-bin/app/extra?q=1 HTTP/1.1\r\nHost: example.test:8080\r\nCookie: a=1\r\nCookie: b=2\r\nProxy: http://evil\r\nX_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 1.2.3.4\r\nAuthorization: Basic eA==\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nabc"[..],
+        ) else {
+            panic!()
+        };
+        let call = Call {
+            request: &request,
+            method: "POST",
+            target: &request.target,
+            query: &request.query,
+            name: "app",
+            executable: Path::new("/srv/cgi-bin/app"),
+            path_info: "/extra",
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            local: "127.0.0.1:8080".parse().unwrap(),
+            with_body: true,
+        };
+        let set_env = vec![
+            ("PSOServiceId".to_string(), "shop".to_string()),
+            ("REQUEST_METHOD".to_string(), "PUT".to_string()),
+        ];
+        let vars = meta_variables(&call, &set_env, Path::new("/srv"));
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| n == name.as_bytes())
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        };
+        assert_eq!(get("PSOServiceId").as_deref(), Some("shop"));
+        assert_eq!(get("REQUEST_METHOD").as_deref(), Some("POST"));
+        assert_eq!(get("SCRIPT_NAME").as_deref(), Some("/cgi-bin/app"));
+        assert_eq!(get("PATH_INFO").as_deref(), Some("/extra"));
+        assert_eq!(get("PATH_TRANSLATED").as_deref(), Some("/srv/extra"));
+        assert_eq!(get("QUERY_STRING").as_deref(), Some("q=1"));
+        assert_eq!(get("SERVER_NAME").as_deref(), Some("example.test"));
+        assert_eq!(get("SERVER_PORT").as_deref(), Some("8080"));
+        assert_eq!(get("HTTP_COOKIE").as_deref(), Some("a=1; b=2"));
+        assert_eq!(get("HTTP_X_FORWARDED_FOR").as_deref(), Some("1.2.3.4"));
+        assert_eq!(get("CONTENT_LENGTH").as_deref(), Some("3"));
+        assert_eq!(get("CONTENT_TYPE").as_deref(), Some("text/plain"));
+        assert_eq!(get("HTTP_PROXY"), None);
+        assert_eq!(get("HTTP_AUTHORIZATION"), None);
+        assert_eq!(get("HTTP_CONTENT_LENGTH"), None);
+        assert_eq!(get("GATEWAY_INTERFACE").as_deref(), Some("CGI/1.1"));
+        let names: Vec<_> = vars.iter().map(|(n, _)| n.clone()).collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(names.len(), unique.len());
+    }
+}

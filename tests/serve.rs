@@ -1,0 +1,572 @@
+//! `pso serve`, the development server, driven as its users drive it: curl with a cookie jar,
+//! raw sockets sending what a gateway must refuse, and headless Chromium.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PSO: &str = env!("CARGO_BIN_EXE_pso");
+const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
+
+fn inspect() -> PathBuf {
+    Path::new(RELOAD)
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("inspect")
+}
+
+/// A served directory: copies of the counter and the inspect example, small shell programs,
+/// and a `.htaccess` that puts sessions in a private directory.
+struct Fixture {
+    root: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cgi-bin");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(RELOAD, dir.join("reload")).unwrap();
+        std::fs::copy(inspect(), dir.join("inspect")).unwrap();
+        let scripts: &[(&str, &str)] = &[
+            ("env", "printf 'Content-Type: text/plain\\n\\n'; env | sort"),
+            ("echo", "printf 'Content-Type: text/plain\\n\\n'; cat"),
+            (
+                "teapot",
+                "printf 'Status: 418 Short and stout\\nContent-Type: text/plain\\n\\ntea'",
+            ),
+            (
+                "inside",
+                "printf 'Location: /cgi-bin/env/after?from=redirect\\n\\n'",
+            ),
+            ("away", "printf 'Location: https://example.org/\\n\\n'"),
+            ("loop", "printf 'Location: /cgi-bin/loop\\n\\n'"),
+            (
+                "noisy",
+                "echo 'something went wrong' >&2; printf 'Content-Type: text/plain\\n\\nok'",
+            ),
+            ("garbage", "printf 'this is not a header\\n\\nbody'"),
+            ("hang", "echo $$ > \"$PIDFILE\"; exec sleep 60"),
+        ];
+        for (name, body) in scripts {
+            let path = dir.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::write(dir.join("plain.txt"), "not a program").unwrap();
+        std::fs::write(root.path().join("secret"), "#!/bin/sh\necho secret\n").unwrap();
+        std::fs::set_permissions(
+            root.path().join("secret"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(root.path().join("secret"), dir.join("escape")).unwrap();
+        let sessions = root.path().join("sessions");
+        std::fs::write(
+            dir.join(".htaccess"),
+            format!(
+                "Options +ExecCGI\nSetEnv PSOSessionFileLoader_Path {}\nSetEnv PSOSessionExpire \"60*60\"\nSetEnv PIDFILE {}\n",
+                sessions.display(),
+                root.path().join("hang.pid").display()
+            ),
+        )
+        .unwrap();
+        Fixture { root }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.root.path().join("cgi-bin")
+    }
+
+    fn sessions(&self) -> Vec<String> {
+        match std::fs::read_dir(self.root.path().join("sessions")) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| !n.starts_with('.'))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The id of the one session stored (files are named `service.id.pso`).
+    fn only_session_id(&self) -> String {
+        let [file] = self.sessions().try_into().unwrap();
+        file.split('.').nth(1).unwrap().to_string()
+    }
+
+    fn serve(&self, extra: &[&str]) -> Server {
+        Server::start(
+            Command::new(PSO)
+                .arg("serve")
+                .arg("--dir")
+                .arg(self.dir())
+                .args(["--bind", "127.0.0.1:0", "--no-build", "--timeout", "2"])
+                .args(extra),
+        )
+    }
+}
+
+/// A running `pso serve`, stopped when dropped; its log collected.
+struct Server {
+    child: Child,
+    base: String,
+    urls: Vec<String>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(command: &mut Command) -> Server {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut urls = Vec::new();
+        loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                panic!("pso serve printed no URL: {}", log.lock().unwrap());
+            }
+            let url = line.trim().to_string();
+            let done = url.ends_with("/_pso/");
+            urls.push(url);
+            if done {
+                break;
+            }
+        }
+        let base = urls.last().unwrap().trim_end_matches("/_pso/").to_string();
+        Server {
+            child,
+            base,
+            urls,
+            log,
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends raw bytes; returns the whole response.
+    fn raw(&self, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(self.addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.write_all(request).unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    fn get(&self, path: &str) -> String {
+        self.raw(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+    }
+}
+
+impl Drop for Server {
+    /// SIGTERM, as a user's Ctrl-C or a service manager stops it, so that it stops its
+    /// FastCGI responders too; SIGKILL if it does not go.
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status(response: &str) -> &str {
+    response.get(9..12).unwrap_or("")
+}
+
+fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// curl with a cookie jar, as a browser keeps cookies.
+fn curl(jar: &Path, url: &str, extra: &[&str]) -> Option<String> {
+    let output = match Command::new("curl")
+        .args(["-s", "-i", "--max-time", "20", "-c"])
+        .arg(jar)
+        .arg("-b")
+        .arg(jar)
+        .args(extra)
+        .arg(url)
+        .output()
+    {
+        Ok(output) => output,
+        Err(_) => {
+            common::skip_or_fail("curl is not installed");
+            return None;
+        }
+    };
+    assert!(output.status.success(), "curl {url} failed");
+    Some(String::from_utf8(output.stdout).unwrap())
+}
+
+fn counts_with_a_cookie_jar(server: &Server, fixture: &Fixture) {
+    let jar = fixture.root.path().join("jar");
+    for n in 1..=3 {
+        let Some(response) = curl(&jar, &format!("{}/cgi-bin/reload", server.base), &[]) else {
+            return;
+        };
+        assert!(
+            response.contains(&format!("You reloaded: {n} times")),
+            "{response}\n{}",
+            server.log()
+        );
+        if n == 1 {
+            let cookie = response
+                .lines()
+                .find(|l| l.starts_with("Set-Cookie: reload="))
+                .unwrap_or_else(|| panic!("{response}"));
+            assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"));
+        }
+    }
+    assert_eq!(fixture.sessions().len(), 1, "{:?}", fixture.sessions());
+}
+
+#[test]
+fn serves_the_counter_as_cgi_to_a_client_with_a_cookie_jar() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    assert!(
+        server
+            .urls
+            .contains(&format!("{}/cgi-bin/reload", server.base)),
+        "{:?}",
+        server.urls
+    );
+    counts_with_a_cookie_jar(&server, &fixture);
+    let log = server.log();
+    assert!(
+        log.contains("\"GET /cgi-bin/reload HTTP/1.1\" 200"),
+        "{log}"
+    );
+}
+
+#[test]
+fn serves_the_counter_as_fastcgi_from_one_long_lived_responder() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&["--fastcgi"]);
+    counts_with_a_cookie_jar(&server, &fixture);
+    let response = server.raw(
+        b"POST /cgi-bin/inspect?echo=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 11\r\n\r\nhello world",
+    );
+    assert_eq!(body(&response), "hello world", "{response}");
+    let log = server.log();
+    assert_eq!(
+        log.matches("started reload as a FastCGI responder").count(),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
+fn a_fastcgi_responder_that_hangs_is_a_504_and_is_replaced() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&["--fastcgi"]);
+    let response = server.get("/cgi-bin/inspect?sleep=5000");
+    assert_eq!(status(&response), "504", "{response}");
+    let response = server.get("/cgi-bin/inspect?count=1");
+    assert_eq!(status(&response), "200", "{response}");
+    let log = server.log();
+    assert_eq!(
+        log.matches("started inspect as a FastCGI responder")
+            .count(),
+        2,
+        "{log}"
+    );
+}
+
+#[test]
+fn gives_programs_the_meta_variables_of_rfc_3875_and_no_more() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    let response = server.raw(
+        b"GET /cgi-bin/env/some/path?x=1&y=2 HTTP/1.1\r\nHost: localhost:1234\r\nProxy: http://evil:666\r\n\
+          X_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 1.2.3.4\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+    );
+    assert_eq!(status(&response), "200", "{response}");
+    let env = body(&response);
+    for line in [
+        "GATEWAY_INTERFACE=CGI/1.1",
+        "REQUEST_METHOD=GET",
+        "SCRIPT_NAME=/cgi-bin/env",
+        "PATH_INFO=/some/path",
+        "QUERY_STRING=x=1&y=2",
+        "REQUEST_URI=/cgi-bin/env/some/path?x=1&y=2",
+        "SERVER_NAME=localhost",
+        "SERVER_PROTOCOL=HTTP/1.1",
+        "REMOTE_ADDR=127.0.0.1",
+        "HTTP_X_FORWARDED_FOR=1.2.3.4",
+        "HTTP_COOKIE=a=1; b=2",
+        "PSOSessionExpire=60*60",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} missing:\n{env}");
+    }
+    assert!(!env.contains("HTTP_PROXY"), "{env}");
+    assert!(!env.contains("6.6.6.6"), "{env}");
+    assert!(!env.contains("CONTENT_LENGTH"), "{env}");
+}
+
+#[test]
+fn passes_the_body_on_standard_input() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    let body_sent = "a".repeat(200_000);
+    let response = server.raw(
+        format!(
+            "POST /cgi-bin/echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body_sent}",
+            body_sent.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(body(&response), body_sent);
+    let response = server
+        .raw(b"POST /cgi-bin/inspect?echo=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(body(&response), "hello", "{response}");
+}
+
+#[test]
+fn follows_status_and_location_as_rfc_3875_says() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    let teapot = server.get("/cgi-bin/teapot");
+    assert!(
+        teapot.starts_with("HTTP/1.1 418 Short and stout\r\n"),
+        "{teapot}"
+    );
+    assert_eq!(body(&teapot), "tea");
+
+    let inside =
+        server.raw(b"POST /cgi-bin/inside HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+    assert_eq!(status(&inside), "200", "{inside}");
+    let env = body(&inside);
+    for line in [
+        "QUERY_STRING=from=redirect",
+        "REQUEST_METHOD=GET",
+        "PATH_INFO=/after",
+        "SCRIPT_NAME=/cgi-bin/env",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} missing:\n{env}");
+    }
+
+    let away = server.get("/cgi-bin/away");
+    assert_eq!(status(&away), "302", "{away}");
+    assert!(
+        away.contains("Location: https://example.org/\r\n"),
+        "{away}"
+    );
+
+    let endless = server.get("/cgi-bin/loop");
+    assert_eq!(status(&endless), "500", "{endless}");
+    let garbage = server.get("/cgi-bin/garbage");
+    assert_eq!(status(&garbage), "502", "{garbage}");
+}
+
+#[test]
+fn logs_what_programs_write_on_standard_error() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    assert_eq!(body(&server.get("/cgi-bin/noisy")), "ok");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("noisy: something went wrong") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        server.log().contains("noisy: something went wrong"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn kills_a_program_that_hangs_and_answers_504() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    let started = Instant::now();
+    let response = server.get("/cgi-bin/hang");
+    assert_eq!(status(&response), "504", "{response}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let pid = std::fs::read_to_string(fixture.root.path().join("hang.pid")).unwrap();
+    let proc = PathBuf::from(format!("/proc/{}", pid.trim()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proc.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!proc.exists(), "the hung program still runs");
+}
+
+#[test]
+fn refuses_what_a_gateway_must_not_pass_on() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    let mut big_header = b"GET /cgi-bin/env HTTP/1.1\r\nX-Big: ".to_vec();
+    big_header.extend(std::iter::repeat_n(b'a', 20_000));
+    big_header.extend_from_slice(b"\r\n\r\n");
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            b"POST /cgi-bin/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+            "411",
+        ),
+        (
+            b"POST /cgi-bin/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+            "400",
+        ),
+        (
+            b"POST /cgi-bin/echo HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+            "400",
+        ),
+        (
+            b"POST /cgi-bin/echo HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            "400",
+        ),
+        (b"GET /cgi-bin/env HTTP/1.1\r\nX: a\0b\r\n\r\n".to_vec(), "400"),
+        (b"GET /cgi-bin/env HTTP/1.1\r\nX: a\rb\r\n\r\n".to_vec(), "400"),
+        (big_header, "431"),
+        (b"GET /cgi-bin/../../etc/passwd HTTP/1.1\r\n\r\n".to_vec(), "400"),
+        (b"GET /cgi-bin/%2e%2e/secret HTTP/1.1\r\n\r\n".to_vec(), "404"),
+        (b"GET /cgi-bin/escape HTTP/1.1\r\n\r\n".to_vec(), "404"),
+        (b"GET /cgi-bin/.htaccess HTTP/1.1\r\n\r\n".to_vec(), "404"),
+        (b"GET /cgi-bin/plain.txt HTTP/1.1\r\n\r\n".to_vec(), "404"),
+        (b"GET /secret HTTP/1.1\r\n\r\n".to_vec(), "404"),
+    ];
+    for (request, want) in cases {
+        let response = server.raw(&request);
+        assert_eq!(
+            status(&response),
+            want,
+            "{}\n{response}",
+            String::from_utf8_lossy(&request[..request.len().min(200)])
+        );
+    }
+}
+
+#[test]
+fn shows_the_sessions_and_ends_one_for_this_machine_only() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    let jar = fixture.root.path().join("jar");
+    let Some(response) = curl(&jar, &format!("{}/cgi-bin/reload", server.base), &[]) else {
+        return;
+    };
+    assert!(response.contains("You reloaded: 1 times"));
+    let id = fixture.only_session_id();
+    let prefix = &id[..12];
+
+    let page = server.get("/_pso/");
+    assert_eq!(status(&page), "200", "{page}");
+    assert!(page.contains(prefix), "{prefix} not in\n{page}");
+    assert!(page.contains("<code>reloads</code>"), "{page}");
+    assert!(!page.contains(&id[..20]), "the page gives whole ids away");
+
+    let foreign = server.raw(b"GET /_pso/ HTTP/1.1\r\nHost: evil.example:8080\r\n\r\n");
+    assert_eq!(status(&foreign), "403", "{foreign}");
+
+    let forged = format!("token=wrong&service=reload&id={prefix}");
+    let response = server.raw(
+        format!(
+            "POST /_pso/end HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{forged}",
+            forged.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status(&response), "403", "{response}");
+    assert_eq!(fixture.sessions().len(), 1);
+
+    let token = page
+        .split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
+    let form = format!("token={token}&service=reload&id={prefix}");
+    let response = server.raw(
+        format!(
+            "POST /_pso/end HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status(&response), "303", "{response}");
+    assert_eq!(fixture.sessions(), Vec::<String>::new());
+    let Some(response) = curl(&jar, &format!("{}/cgi-bin/reload", server.base), &[]) else {
+        return;
+    };
+    assert!(response.contains("You reloaded: 1 times"), "{response}");
+}
+
+/// Headless Chromium, one profile: three loads of the counter, then the sessions page.
+#[test]
+fn a_real_browser_counts_three_reloads_and_sees_its_session() {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|name| {
+            Command::new(name)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        common::skip_or_fail("chromium is not installed");
+        return;
+    };
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    let profile = fixture.root.path().join("profile");
+    let load = |url: &str| {
+        let output = Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("--dump-dom")
+            .arg(url)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let counter = format!("{}/cgi-bin/reload", server.base);
+    let mut last = String::new();
+    for _ in 0..3 {
+        last = load(&counter);
+    }
+    assert!(last.contains("You reloaded: 3 times"), "{last}");
+    let id = fixture.only_session_id();
+    let page = load(&format!("{}/_pso/", server.base));
+    assert!(page.contains(&id[..12]), "{}\n{page}", &id[..12]);
+    assert!(page.contains("reloads"), "{page}");
+}
