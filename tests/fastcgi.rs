@@ -79,6 +79,30 @@ fn the_counter_counts_over_fastcgi_on_fresh_and_kept_connections() {
 }
 
 #[test]
+fn a_pipelined_next_request_waits_for_the_answer_to_the_current_one() {
+    let f = Fixture::start(&[]);
+    let mut stream = f.process.connect();
+    let first = f.process.get("count=1", &[]);
+    let cookie = first.cookie().unwrap();
+    // Two requests with the same id in one write, as a client that does not wait may send.
+    let pairs = get_params("count=1", &[("HTTP_COOKIE", &cookie)]);
+    let mut both = request(1, true, &pairs, b"");
+    both.extend_from_slice(&request(1, true, &pairs, b""));
+    stream.write_all(&both).unwrap();
+    for n in 2..=3 {
+        let answer = read_answer(&mut stream, 1, Duration::from_secs(10));
+        assert_eq!(
+            answer.body(),
+            format!("count={n}"),
+            "{answer:?}\n{}",
+            f.process.log()
+        );
+        assert_eq!(answer.end, Some((0, 0)));
+    }
+    f.still_serves("a pipelined request");
+}
+
+#[test]
 fn malformed_streams_cost_their_connection_only() {
     let f = Fixture::start(&[]);
     let ok = |pairs: &[(&[u8], &[u8])]| request(1, false, pairs, b"");

@@ -168,7 +168,9 @@ pub struct ParamLimits {
 impl Default for ParamLimits {
     fn default() -> ParamLimits {
         ParamLimits {
-            total_bytes: 128 * 1024,
+            // What nginx and Apache send fits one record (65,535 bytes); this is some room
+            // more, and bounds what a connection holds before its request starts.
+            total_bytes: 64 * 1024,
             pairs: 1_000,
             name_bytes: 1024,
             value_bytes: 64 * 1024,

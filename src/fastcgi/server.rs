@@ -55,7 +55,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 pub struct Limits {
     /// Worker threads: requests handled at once (`PSO_FCGI_WORKERS`; twice the cores).
     pub workers: usize,
-    /// Open connections (`PSO_FCGI_MAX_CONNS`; 4096); past it, new ones wait in the backlog.
+    /// Open connections (`PSO_FCGI_MAX_CONNS`; 1024); past it, new ones wait in the backlog.
     pub max_conns: usize,
     /// How long a new connection may send nothing (`PSO_FCGI_FIRST_BYTE_TIMEOUT`; 5 s).
     pub first_byte_timeout: Duration,
@@ -82,7 +82,7 @@ impl Default for Limits {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Limits {
             workers: (2 * cores).max(2),
-            max_conns: 4096,
+            max_conns: 1024,
             first_byte_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
@@ -335,6 +335,8 @@ impl Stream {
         loop {
             match rustix::net::recv(self, &mut chunk, RecvFlags::DONTWAIT) {
                 Ok(((read, _), _)) => {
+                    // Exact, so a connection holds what it was sent, not up to twice that.
+                    input.reserve_exact(read.len());
                     input.extend_from_slice(read);
                     return Ok(read.len());
                 }
@@ -406,6 +408,19 @@ impl Conn {
             parsed: 0,
             deadline: None,
             stall: Duration::MAX,
+        }
+    }
+
+    /// Drops what records took, and the buffer itself when it is empty: a connection
+    /// waiting for its next request should cost its socket, not the largest record it was
+    /// ever sent.
+    fn release_input(&mut self) {
+        self.input.drain(..self.parsed);
+        self.parsed = 0;
+        if self.input.is_empty() {
+            self.input = Vec::new();
+        } else {
+            self.input.shrink_to_fit();
         }
     }
 
@@ -852,6 +867,8 @@ where
             if stopping && matches!(watched.phase, Phase::Waiting) {
                 continue;
             }
+            // An idle connection keeps no buffer from its last request.
+            watched.conn.release_input();
             // A kept connection may already hold its next request.
             if matches!(watched.phase, Phase::Waiting) && watched.conn.holds_input() {
                 match self.advance(&mut watched) {
@@ -1046,6 +1063,7 @@ fn step(phase: &mut Phase, kind: u8, id: u16, content: Vec<u8>, limits: &Limits)
                 if params.len() + content.len() > limits.params.total_bytes {
                     return Step::Close(format!("PARAMS over {} bytes", limits.params.total_bytes));
                 }
+                params.reserve_exact(content.len());
                 params.extend_from_slice(&content);
                 Step::Continue
             }
@@ -1148,7 +1166,7 @@ impl Active<'_> {
     fn settle(&mut self) {
         self.finished = true;
         let mut budget = DRAIN_BYTES;
-        while !self.broken && !self.aborted {
+        while !self.broken && !self.aborted && !self.body_done {
             if self.pump(false).is_err() {
                 return;
             }
@@ -1169,6 +1187,11 @@ impl Active<'_> {
     /// from the connection until there is body to give, its end, or an abort.
     fn pump(&mut self, wait: bool) -> io::Result<()> {
         loop {
+            // What follows the body's end belongs to the connection's next request: it waits
+            // in the input for the reactor.
+            if self.body_done {
+                return Ok(());
+            }
             if !self.finished && self.body_waiting() >= READ_CHUNK {
                 return Ok(());
             }

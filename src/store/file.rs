@@ -865,6 +865,26 @@ fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
             e.into(),
         )
     })?;
+    // A user who can rename entries of the parent could swap our directory for another of
+    // ours (another site's sessions) or move it away and let us create an empty one: the
+    // handle makes each request consistent, not the directory the right one.
+    let parent_stat = rustix::fs::fstat(&parent_handle).map_err(|e| {
+        Error::io(
+            format!(
+                "inspecting {}, the parent of the session directory",
+                parent.display()
+            ),
+            e.into(),
+        )
+    })?;
+    if others_can_replace_entries(&parent_stat, uid) {
+        return Err(directory_error(format!(
+            "the session directory {shown} lies in {}, which another user can change (owner uid {}, mode {:o}): they could move it away or put another directory in its place. Put it in a directory that only uid {uid} or root can change",
+            parent.display(),
+            parent_stat.st_uid,
+            parent_stat.st_mode & 0o7777
+        )));
+    }
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let open = || rustix::fs::openat(&parent_handle, name, flags, Mode::empty());
     // Opened first: it exists on every request but the very first.
@@ -932,18 +952,6 @@ fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
         // Ours, just made, and a umask took our own rights away.
         rustix::fs::fchmod(&handle, Mode::from_raw_mode(0o700))
             .map_err(|e| Error::io(format!("making {shown} private"), e.into()))?;
-    }
-    if log::log_enabled!(log::Level::Info)
-        && rustix::fs::fstat(&parent_handle)
-            .is_ok_and(|parent| others_can_replace_entries(&parent, uid))
-    {
-        // Safe to use: every operation goes through this handle, so swapping the name cannot
-        // redirect a file. But the other user can move the directory away or put something
-        // in its place, and then requests fail until it is fixed.
-        log::info!(
-            "the session directory {shown} lies in {}, which other users can write; it is used through a handle, but they can move it away",
-            parent.display()
-        );
     }
     Ok(handle)
 }
@@ -1078,20 +1086,27 @@ mod tests {
     }
 
     #[test]
-    fn under_a_parent_others_can_write_a_private_directory_is_used() {
+    fn a_parent_others_can_change_is_refused_unless_sticky() {
         let dir = tempfile::tempdir().unwrap();
         let shared = dir.path().join("shared");
         fs::create_dir(&shared).unwrap();
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
         let sessions = shared.join("sessions");
-        // Created by pso: 0700 from the start, and used through its handle.
-        FileStore::open(&sessions).unwrap();
-        FileStore::open(&sessions).unwrap();
-        fs::set_permissions(&sessions, fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(
-            FileStore::open(&sessions).unwrap_err().kind(),
-            ErrorKind::Directory
+        let refused = FileStore::open(&sessions).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Directory);
+        assert!(
+            refused.to_string().contains("another user can change"),
+            "{refused}"
         );
+        assert!(!sessions.exists(), "nothing is created under such a parent");
+        for mode in [0o775, 0o757] {
+            fs::set_permissions(&shared, fs::Permissions::from_mode(mode)).unwrap();
+            assert!(FileStore::open(&sessions).is_err(), "{mode:o}");
+        }
+        // The sticky bit limits renames to an entry's owner, as in /tmp.
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        FileStore::open(&sessions).unwrap();
+        FileStore::open(&sessions).unwrap();
     }
 
     #[test]
