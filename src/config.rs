@@ -31,31 +31,217 @@ const DEFAULT_GC_MAX_LIFETIME: Duration = Duration::from_secs(86_400);
 /// Longest `PSOCookieSession_Path` accepted, so the cookie stays far below 4096 bytes.
 const MAX_COOKIE_PATH: usize = 512;
 
-/// The name of every variable pso reads, for spotting typos.
-const KNOWN_VARIABLES: &[&str] = &[
-    "PSOServiceId",
-    "PSOSessionExpire",
-    "PSOSessionExpires",
-    "PSOSessionFileLoader_Path",
-    "PSOSessionLockTimeout",
-    "PSOSessionSync",
-    "PSOSessionMaxBytes",
-    "PSOSessionGCProbability",
-    "PSOSessionGCMaxLifetime",
-    "PSOMaxBodyBytes",
-    "PSOCookieSession_Domain",
-    "PSOCookieSession_Path",
-    "PSOCookieSession_Secure",
-    "PSOCookieSession_HttpOnly",
-    "PSOCookieSession_SameSite",
-    "PSOCookieSession_Max-Age",
-    "PSOCookieSession_Max_Age",
-    "PSOCookieSession_expires",
-    "PSOCookieSession_Expires",
-    "PSOCookieSession_Comment",
-    "PSOCookieSession_Version",
-    "PSOCookieSession_Prefix",
+/// One configuration variable pso reads: its name, what it does, its default and what it takes.
+///
+/// [`VARIABLES`] lists them all; tools such as `pso config` print it, and typo detection reads
+/// it, so the list lives in one place.
+///
+/// ```
+/// let expire = pso::VARIABLES.iter().find(|v| v.name == "PSOSessionExpire").unwrap();
+/// assert_eq!(expire.default, "browser close");
+/// assert!(expire.also.contains(&"PSOSessionExpires"));
+/// assert!(pso::Variable::find("PSOCookieSession_Max_Age").is_some_and(|v| v.name == "PSOCookieSession_Max-Age"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Variable {
+    /// The name, as documented.
+    pub name: &'static str,
+    /// Other spellings read too (pso's historical ones, Apache's form of a name with `-`).
+    pub also: &'static [&'static str],
+    /// What the variable does, in one line.
+    pub meaning: &'static str,
+    /// The value used when the variable is unset or invalid, as text.
+    pub default: &'static str,
+    /// What a valid value looks like, for messages about invalid ones.
+    pub expected: &'static str,
+}
+
+impl Variable {
+    /// The variable read under `name`: its documented name or one of its other spellings,
+    /// exactly (see [`Environment::lookup`] for the forms web servers make of them).
+    pub fn find(name: &str) -> Option<&'static Variable> {
+        VARIABLES
+            .iter()
+            .find(|variable| variable.name == name || variable.also.contains(&name))
+    }
+
+    /// The documented name, then the other spellings.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + use<> {
+        std::iter::once(self.name).chain(self.also.iter().copied())
+    }
+}
+
+const SERVICE_ID: Variable = Variable {
+    name: "PSOServiceId",
+    also: &[],
+    meaning: "the session cookie's name and the sessions' namespace",
+    default: "the script's name without extension, else pso",
+    expected: "1-64 of A-Z a-z 0-9 _ -",
+};
+const SESSION_EXPIRE: Variable = Variable {
+    name: "PSOSessionExpire",
+    also: &["PSOSessionExpires"],
+    meaning: "the lifetime of a new session, counted from its creation",
+    default: "browser close",
+    expected: "a duration (900, 15*60, +30m, 2h) or an HTTP date; 0 for browser close",
+};
+const SESSION_DIR: Variable = Variable {
+    name: "PSOSessionFileLoader_Path",
+    also: &[],
+    meaning: "the session directory",
+    default: "<temp dir>/pso-<uid>",
+    expected: "an absolute path",
+};
+const LOCK_TIMEOUT: Variable = Variable {
+    name: "PSOSessionLockTimeout",
+    also: &[],
+    meaning: "the longest wait for a session another request holds; then a 503",
+    default: "30 s",
+    expected: "a duration from 0 to 1 hour, like 30 or 1m",
+};
+const SYNC: Variable = Variable {
+    name: "PSOSessionSync",
+    also: &[],
+    meaning: "fsync the file and the directory on every save",
+    default: "off",
+    expected: "on or off",
+};
+const MAX_BYTES: Variable = Variable {
+    name: "PSOSessionMaxBytes",
+    also: &[],
+    meaning: "the largest session record stored or read",
+    default: "1048576 bytes (1 MiB)",
+    expected: "a size from 1024 to 67108864 bytes, like 1048576 or 1024*1024",
+};
+const GC_PROBABILITY: Variable = Variable {
+    name: "PSOSessionGCProbability",
+    also: &[],
+    meaning: "the share of requests that also delete expired sessions",
+    default: "1/100",
+    expected: "a probability like 1/100, 0.01 or 1%; 0 turns collection off",
+};
+const GC_MAX_LIFETIME: Variable = Variable {
+    name: "PSOSessionGCMaxLifetime",
+    also: &[],
+    meaning: "how long a browser-close session lives on the server unused",
+    default: "86400 s (1d)",
+    expected: "a duration like 86400 or 24h",
+};
+const COOKIE_DOMAIN: Variable = Variable {
+    name: "PSOCookieSession_Domain",
+    also: &[],
+    meaning: "the cookie's Domain",
+    default: "none (this host only)",
+    expected: "a host name like example.org",
+};
+const COOKIE_PATH: Variable = Variable {
+    name: "PSOCookieSession_Path",
+    also: &[],
+    meaning: "the cookie's Path",
+    default: "/",
+    expected: "a path starting with / without ; or control characters",
+};
+const COOKIE_SECURE: Variable = Variable {
+    name: "PSOCookieSession_Secure",
+    also: &[],
+    meaning: "the cookie's Secure; auto: when the request came over HTTPS",
+    default: "auto",
+    expected: "on, off or auto",
+};
+const COOKIE_HTTP_ONLY: Variable = Variable {
+    name: "PSOCookieSession_HttpOnly",
+    also: &[],
+    meaning: "the cookie's HttpOnly: page scripts cannot read it",
+    default: "on",
+    expected: "on or off",
+};
+const COOKIE_SAME_SITE: Variable = Variable {
+    name: "PSOCookieSession_SameSite",
+    also: &[],
+    meaning: "the cookie's SameSite (None forces Secure)",
+    default: "Lax",
+    expected: "Strict, Lax or None",
+};
+const COOKIE_MAX_AGE: Variable = Variable {
+    name: "PSOCookieSession_Max-Age",
+    also: &["PSOCookieSession_Max_Age"],
+    meaning: "a cookie lifetime that overrides the session's own, in the cookie only",
+    default: "none (follows PSOSessionExpire)",
+    expected: "a duration like 3600 or 1h; 0 for browser close",
+};
+const COOKIE_EXPIRES: Variable = Variable {
+    name: "PSOCookieSession_expires",
+    also: &["PSOCookieSession_Expires"],
+    meaning: "a cookie expiry that overrides the session's own, in the cookie only",
+    default: "none (follows PSOSessionExpire)",
+    expected: "a duration or an HTTP date; 0 for browser close",
+};
+const COOKIE_PREFIX: Variable = Variable {
+    name: "PSOCookieSession_Prefix",
+    also: &[],
+    meaning: "a prefix of the cookie's name that browsers enforce",
+    default: "none",
+    expected: "__Host- or __Secure-",
+};
+const COOKIE_COMMENT: Variable = Variable {
+    name: "PSOCookieSession_Comment",
+    also: &[],
+    meaning: "obsolete since RFC 6265: accepted and ignored",
+    default: "none",
+    expected: "anything (ignored)",
+};
+const COOKIE_VERSION: Variable = Variable {
+    name: "PSOCookieSession_Version",
+    also: &[],
+    meaning: "obsolete since RFC 6265: accepted and ignored",
+    default: "none",
+    expected: "anything (ignored)",
+};
+const MAX_BODY: Variable = Variable {
+    name: "PSOMaxBodyBytes",
+    also: &[],
+    meaning: "the largest request body a handler is given; more gets a 413",
+    default: "1048576 bytes (1 MiB)",
+    expected: "a size in bytes, like 1048576 or 8*1024*1024",
+};
+const LOG_LEVEL: Variable = Variable {
+    name: "PSOLogLevel",
+    also: &[],
+    meaning: "how much pso writes to the server's error log",
+    default: "warn",
+    expected: "off, error, warn, info, debug or trace",
+};
+
+/// Every variable pso reads from a request's environment, in the README's order. The session
+/// id forced by a variable named like the service id is not among them: its name is yours.
+pub const VARIABLES: &[Variable] = &[
+    SERVICE_ID,
+    SESSION_EXPIRE,
+    SESSION_DIR,
+    LOCK_TIMEOUT,
+    SYNC,
+    MAX_BYTES,
+    GC_PROBABILITY,
+    GC_MAX_LIFETIME,
+    COOKIE_DOMAIN,
+    COOKIE_PATH,
+    COOKIE_SECURE,
+    COOKIE_HTTP_ONLY,
+    COOKIE_SAME_SITE,
+    COOKIE_MAX_AGE,
+    COOKIE_EXPIRES,
+    COOKIE_PREFIX,
+    COOKIE_COMMENT,
+    COOKIE_VERSION,
+    MAX_BODY,
+    LOG_LEVEL,
 ];
+
+/// The name of every variable pso reads, in every spelling, for spotting typos.
+fn known_variables() -> impl Iterator<Item = &'static str> {
+    VARIABLES.iter().flat_map(Variable::names)
+}
 
 /// Names whose value the client controls or influences: a service id spelled like one must not
 /// force ids, or a request header (`HTTP_*`), the query string or the Host header could choose
@@ -132,6 +318,21 @@ impl GcProbability {
         })
     }
 
+    /// How many requests in [`GcProbability::denominator`] collect; 0 never.
+    ///
+    /// ```
+    /// let p = pso::GcProbability::parse("1%").unwrap();
+    /// assert_eq!((p.numerator(), p.denominator()), (1, 100));
+    /// ```
+    pub fn numerator(self) -> u32 {
+        self.numerator
+    }
+
+    /// Out of how many requests [`GcProbability::numerator`] collect; never 0.
+    pub fn denominator(self) -> u32 {
+        self.denominator
+    }
+
     /// Whether this request collects, given a uniformly random `roll`.
     pub fn hits(self, roll: u32) -> bool {
         self.numerator > 0 && roll % self.denominator < self.numerator
@@ -141,6 +342,24 @@ impl GcProbability {
     /// number is drawn.
     pub(crate) fn draw(self) -> bool {
         self != GcProbability::NEVER && getrandom::u32().is_ok_and(|roll| self.hits(roll))
+    }
+}
+
+/// Prints `numerator/denominator`, which [`GcProbability::parse`] reads back; `0` for never.
+///
+/// ```
+/// let p = pso::GcProbability::parse("0.25").unwrap();
+/// assert_eq!(p.to_string(), "25/100");
+/// assert_eq!(pso::GcProbability::parse(&p.to_string()), Some(p));
+/// assert_eq!(pso::GcProbability::NEVER.to_string(), "0");
+/// ```
+impl std::fmt::Display for GcProbability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.numerator == 0 {
+            f.write_str("0")
+        } else {
+            write!(f, "{}/{}", self.numerator, self.denominator)
+        }
     }
 }
 
@@ -248,50 +467,30 @@ impl<'a> Reader<'a> {
         let service = self.service();
         let forced_id = self.forced_id(&service);
         let lifetime = self
-            .first_of(&["PSOSessionExpire", "PSOSessionExpires"])
+            .first_of(&SESSION_EXPIRE)
             .and_then(|(name, text)| self.lifetime(name, text))
             .unwrap_or(Expiry::BrowserClose);
         let session_dir = self.session_dir();
         let lock_timeout = self
-            .parsed(
-                "PSOSessionLockTimeout",
-                "a duration from 0 to 1 hour, like 30 or 1m",
-                |text| duration(text).filter(|d| *d <= MAX_LOCK_TIMEOUT),
-            )
+            .parsed(&LOCK_TIMEOUT, |text| {
+                duration(text).filter(|d| *d <= MAX_LOCK_TIMEOUT)
+            })
             .unwrap_or(DEFAULT_LOCK_TIMEOUT);
-        let sync = self
-            .parsed("PSOSessionSync", "on or off", boolean)
-            .unwrap_or(false);
+        let sync = self.parsed(&SYNC, boolean).unwrap_or(false);
         let max_bytes = self
-            .parsed(
-                "PSOSessionMaxBytes",
-                "a size from 1024 to 67108864 bytes, like 1048576 or 1024*1024",
-                |text| byte_count(text, 1024..=MAX_RECORD_BYTES),
-            )
+            .parsed(&MAX_BYTES, |text| byte_count(text, 1024..=MAX_RECORD_BYTES))
             .unwrap_or(DEFAULT_MAX_BYTES);
         let gc_probability = self
-            .parsed(
-                "PSOSessionGCProbability",
-                "a probability like 1/100, 0.01 or 1%; 0 turns collection off",
-                GcProbability::parse,
-            )
+            .parsed(&GC_PROBABILITY, GcProbability::parse)
             .unwrap_or(GcProbability {
                 numerator: 1,
                 denominator: 100,
             });
         let gc_max_lifetime = self
-            .parsed(
-                "PSOSessionGCMaxLifetime",
-                "a duration like 86400 or 24h",
-                duration,
-            )
+            .parsed(&GC_MAX_LIFETIME, duration)
             .unwrap_or(DEFAULT_GC_MAX_LIFETIME);
         let max_body = self
-            .parsed(
-                "PSOMaxBodyBytes",
-                "a size in bytes, like 1048576 or 8*1024*1024",
-                |text| byte_count(text, 0..=MAX_BODY_BYTES),
-            )
+            .parsed(&MAX_BODY, |text| byte_count(text, 0..=MAX_BODY_BYTES))
             .unwrap_or(DEFAULT_MAX_BODY);
         let cookie = self.cookie(&service);
         Config {
@@ -316,35 +515,25 @@ impl<'a> Reader<'a> {
         });
     }
 
-    /// The first of several spellings that is set (as the server passed it on), with the name
-    /// it arrived under.
-    fn first_of(&self, names: &[&'static str]) -> Option<(&'a str, &'a str)> {
-        names.iter().find_map(|&name| self.pso.lookup_str(name))
+    /// The first of a variable's spellings that is set (as the server passed it on), with the
+    /// name it arrived under.
+    fn first_of(&self, variable: &Variable) -> Option<(&'a str, &'a str)> {
+        variable.names().find_map(|name| self.pso.lookup_str(name))
     }
 
-    /// A variable parsed by `parse`; an unparsable value is a problem and reads as unset.
+    /// A variable parsed by `parse`, from the first of its spellings that is set; an
+    /// unparsable value is a problem and reads as unset.
     fn parsed<T>(
         &mut self,
-        name: &'static str,
-        expected: &str,
+        variable: &Variable,
         parse: impl FnOnce(&str) -> Option<T>,
     ) -> Option<T> {
-        self.parsed_any(&[name], expected, parse)
-    }
-
-    /// Like `parsed`, from the first of several spellings that is set.
-    fn parsed_any<T>(
-        &mut self,
-        names: &[&'static str],
-        expected: &str,
-        parse: impl FnOnce(&str) -> Option<T>,
-    ) -> Option<T> {
-        let (name, text) = self.first_of(names)?;
+        let (name, text) = self.first_of(variable)?;
         let value = parse(text);
         if value.is_none() {
             self.problem(
                 name,
-                format!("{text:?} is not {expected}; using the default"),
+                format!("{text:?} is not {}; using the default", variable.expected),
             );
         }
         value
@@ -353,11 +542,7 @@ impl<'a> Reader<'a> {
     /// A relative path would depend on the program's working directory (under a web server,
     /// often the document tree), so only absolute paths are taken.
     fn session_dir(&mut self) -> PathBuf {
-        match self
-            .pso
-            .lookup("PSOSessionFileLoader_Path")
-            .map(|(_, path)| path)
-        {
+        match self.pso.lookup(SESSION_DIR.name).map(|(_, path)| path) {
             Some(path) if !path.is_empty() => {
                 let path = PathBuf::from(path);
                 if path.is_absolute() {
@@ -452,33 +637,21 @@ impl<'a> Reader<'a> {
 
     fn cookie(&mut self, service: &ServiceId) -> CookieSettings {
         let prefix = self
-            .parsed(
-                "PSOCookieSession_Prefix",
-                "__Host- or __Secure-",
-                |text| match text.trim() {
-                    "__Host-" | "__Secure-" | "" => Some(text.trim().to_owned()),
-                    _ => None,
-                },
-            )
+            .parsed(&COOKIE_PREFIX, |text| match text.trim() {
+                "__Host-" | "__Secure-" | "" => Some(text.trim().to_owned()),
+                _ => None,
+            })
             .unwrap_or_default();
         let mut cookie = CookieSettings::new(&format!("{prefix}{service}"));
         cookie.host_prefix = prefix == "__Host-";
         if prefix == "__Secure-" {
             cookie.secure = SecureMode::Always;
         }
-        if let Some(path) = self.parsed(
-            "PSOCookieSession_Path",
-            "a path starting with / without ; or control characters",
-            cookie_path,
-        ) {
+        if let Some(path) = self.parsed(&COOKIE_PATH, cookie_path) {
             cookie.path = path;
         }
-        cookie.domain = self.parsed(
-            "PSOCookieSession_Domain",
-            "a host name like example.org",
-            cookie_domain,
-        );
-        if let Some(mode) = self.parsed("PSOCookieSession_Secure", "on, off or auto", |text| {
+        cookie.domain = self.parsed(&COOKIE_DOMAIN, cookie_domain);
+        if let Some(mode) = self.parsed(&COOKIE_SECURE, |text| {
             if text.trim().eq_ignore_ascii_case("auto") {
                 Some(SecureMode::Auto)
             } else {
@@ -494,28 +667,22 @@ impl<'a> Reader<'a> {
         {
             cookie.secure = mode;
         }
-        if let Some(on) = self.parsed("PSOCookieSession_HttpOnly", "on or off", boolean) {
+        if let Some(on) = self.parsed(&COOKIE_HTTP_ONLY, boolean) {
             cookie.http_only = on;
         }
-        if let Some(same_site) = self.parsed(
-            "PSOCookieSession_SameSite",
-            "Strict, Lax or None",
-            |text| match text.trim().to_ascii_lowercase().as_str() {
+        if let Some(same_site) = self.parsed(&COOKIE_SAME_SITE, |text| {
+            match text.trim().to_ascii_lowercase().as_str() {
                 "strict" => Some(SameSite::Strict),
                 "lax" => Some(SameSite::Lax),
                 "none" => Some(SameSite::None),
                 _ => None,
-            },
-        ) {
+            }
+        }) {
             cookie.same_site = same_site;
         }
         // Apache passes `-` in a variable's name to CGI programs as `_`.
         cookie.max_age = self
-            .parsed_any(
-                &["PSOCookieSession_Max-Age", "PSOCookieSession_Max_Age"],
-                "a duration like 3600 or 1h",
-                duration,
-            )
+            .parsed(&COOKIE_MAX_AGE, duration)
             // 0 means a cookie for the browser session, as PSOSessionExpire=0 does, not one
             // that the browser drops at once.
             .map(|d| {
@@ -525,18 +692,18 @@ impl<'a> Reader<'a> {
                     Expiry::In(d)
                 }
             });
-        cookie.expires = self
-            .first_of(&["PSOCookieSession_expires", "PSOCookieSession_Expires"])
-            .and_then(|(name, text)| match Expiry::parse(text) {
-                // 0 reads as it does in the other two lifetime variables.
-                Ok(Expiry::In(d)) if d.is_zero() => Some(Expiry::BrowserClose),
-                Ok(expiry) => Some(expiry),
-                Err(e) => {
-                    self.problem(name, format!("{text:?}: {e}"));
-                    None
-                }
-            });
-        for obsolete in ["PSOCookieSession_Comment", "PSOCookieSession_Version"] {
+        cookie.expires =
+            self.first_of(&COOKIE_EXPIRES)
+                .and_then(|(name, text)| match Expiry::parse(text) {
+                    // 0 reads as it does in the other two lifetime variables.
+                    Ok(Expiry::In(d)) if d.is_zero() => Some(Expiry::BrowserClose),
+                    Ok(expiry) => Some(expiry),
+                    Err(e) => {
+                        self.problem(name, format!("{text:?}: {e}"));
+                        None
+                    }
+                });
+        for obsolete in [COOKIE_COMMENT.name, COOKIE_VERSION.name] {
             if self.pso.lookup(obsolete).is_some() {
                 log::debug!("{obsolete} is obsolete since RFC 6265 and ignored");
             }
@@ -561,9 +728,8 @@ impl<'a> Reader<'a> {
             let Ok(name) = std::str::from_utf8(name) else {
                 continue;
             };
-            let known = KNOWN_VARIABLES
-                .iter()
-                .find(|known| crate::environment::same_variable(known, name));
+            let known =
+                known_variables().find(|known| crate::environment::same_variable(known, name));
             match known {
                 // Read under the name itself, or under a server's form of it.
                 Some(known)
@@ -892,6 +1058,52 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_table_names_the_same_variables_in_the_same_order() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README.md has a Configuration section");
+        let documented: Vec<&str> = section
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .filter_map(|row| row.split('|').nth(1))
+            .flat_map(|first_cell| first_cell.split('`').skip(1).step_by(2))
+            .filter(|name| name.starts_with("PSO"))
+            .collect();
+        for name in &documented {
+            assert!(
+                Variable::find(name).is_some(),
+                "the README documents {name}"
+            );
+        }
+        let documented: Vec<&str> = documented
+            .into_iter()
+            .filter(|name| VARIABLES.iter().any(|v| v.name == *name))
+            .collect();
+        let table: Vec<&str> = VARIABLES.iter().map(|v| v.name).collect();
+        assert_eq!(documented, table);
+    }
+
+    #[test]
+    fn problems_say_what_the_table_expects() {
+        for variable in VARIABLES {
+            if variable.expected.contains("ignored") || variable.name == "PSOLogLevel" {
+                continue;
+            }
+            let (_, problems) = config(&[(variable.name, "\u{7f}nonsense")]);
+            let mine: Vec<_> = problems
+                .iter()
+                .filter(|p| p.variable == variable.name)
+                .collect();
+            assert_eq!(mine.len(), 1, "{}: {problems:?}", variable.name);
+        }
+        let (_, problems) = config(&[("PSOSessionSync", "maybe")]);
+        assert!(problems[0].message.contains(SYNC.expected), "{problems:?}");
+    }
+
+    #[test]
     fn gc_probability_rolls() {
         let p = GcProbability::parse("1/100").unwrap();
         assert_eq!((0..1000u32).filter(|&r| p.hits(r)).count(), 10);
@@ -916,7 +1128,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn no_value_panics_or_breaks_the_cookie(name in prop::sample::select(KNOWN_VARIABLES.to_vec()), value in ".{0,100}") {
+        fn no_value_panics_or_breaks_the_cookie(name in prop::sample::select(known_variables().collect::<Vec<_>>()), value in ".{0,100}") {
             let (c, _) = config(&[(name, &value)]);
             let header = c.cookie.set_cookie(&SessionId::generate().unwrap(), None, std::time::UNIX_EPOCH, true);
             prop_assert!(!header.contains('\r') && !header.contains('\n'));

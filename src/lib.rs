@@ -58,7 +58,7 @@ mod runner;
 mod service;
 mod session;
 
-pub use config::{Config, ConfigProblem, GcProbability};
+pub use config::{Config, ConfigProblem, GcProbability, VARIABLES, Variable};
 pub use environment::Environment;
 pub use error::{BoxError, Error, ErrorChain, ErrorKind, Result};
 pub use expiry::Expiry;

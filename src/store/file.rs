@@ -147,6 +147,27 @@ impl FileStore {
         self
     }
 
+    /// The network file system (`NFS`, `SMB`, `CIFS`, `SMB2`) that holds `path`, if it is on
+    /// one: `flock` is not reliable there, so [`FileStore::open`] warns about it. Follows
+    /// symbolic links; detected on Linux only (elsewhere always `None`).
+    ///
+    /// ```
+    /// let on = pso::store::FileStore::network_file_system(&std::env::temp_dir())?;
+    /// if let Some(name) = on {
+    ///     eprintln!("sessions under the temporary directory would be on {name}");
+    /// }
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn network_file_system(path: &Path) -> Result<Option<&'static str>> {
+        let stats = rustix::fs::statfs(path).map_err(|e| {
+            Error::io(
+                format!("finding the file system of {}", path.display()),
+                e.into(),
+            )
+        })?;
+        Ok(network_file_system_name(&stats))
+    }
+
     /// The path the session directory was opened by.
     pub fn dir(&self) -> &Path {
         &self.dir.path
@@ -970,22 +991,11 @@ pub(crate) fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
-#[cfg(target_os = "linux")]
+/// Logs a warning when the session directory is on a network file system.
 fn warn_if_network_file_system(handle: &OwnedFd, dir: &Path) {
-    const NETWORK_FILE_SYSTEMS: [(u32, &str); 4] = [
-        (0x6969, "NFS"),
-        (0x517b, "SMB"),
-        (0xff53_4d42, "CIFS"),
-        (0xfe53_4d42, "SMB2"),
-    ];
-    let Ok(stats) = rustix::fs::fstatfs(handle.as_fd()) else {
-        return;
-    };
-    // f_type is signed on some targets; the magic numbers are compared as 32-bit patterns.
-    let kind = stats.f_type as u32;
-    if let Some((_, name)) = NETWORK_FILE_SYSTEMS
-        .iter()
-        .find(|(magic, _)| *magic == kind)
+    if let Some(name) = rustix::fs::fstatfs(handle.as_fd())
+        .ok()
+        .and_then(|stats| network_file_system_name(&stats))
     {
         log::warn!(
             "the session directory {} is on {name}: file locks there are unreliable, so concurrent requests may lose updates",
@@ -994,8 +1004,27 @@ fn warn_if_network_file_system(handle: &OwnedFd, dir: &Path) {
     }
 }
 
+/// The network file system `stats` describe, by its magic number, if it is one.
+#[cfg(target_os = "linux")]
+fn network_file_system_name(stats: &rustix::fs::StatFs) -> Option<&'static str> {
+    const NETWORK_FILE_SYSTEMS: [(u32, &str); 4] = [
+        (0x6969, "NFS"),
+        (0x517b, "SMB"),
+        (0xff53_4d42, "CIFS"),
+        (0xfe53_4d42, "SMB2"),
+    ];
+    // f_type is signed on some targets; the magic numbers are compared as 32-bit patterns.
+    let kind = stats.f_type as u32;
+    NETWORK_FILE_SYSTEMS
+        .iter()
+        .find(|(magic, _)| *magic == kind)
+        .map(|(_, name)| *name)
+}
+
 #[cfg(not(target_os = "linux"))]
-fn warn_if_network_file_system(_handle: &OwnedFd, _dir: &Path) {}
+fn network_file_system_name(_stats: &rustix::fs::StatFs) -> Option<&'static str> {
+    None
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,723 @@
+//! `pso config`, run as the real binary with a cleared environment, real `.htaccess` files
+//! (the repository's `htaccess.sample` among them) and real session directories.
+
+#![cfg(feature = "cli")]
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const PSO: &str = env!("CARGO_BIN_EXE_pso");
+
+/// A private session directory, as pso wants it, in a fresh temporary directory.
+struct Deployment {
+    root: tempfile::TempDir,
+}
+
+impl Deployment {
+    fn new() -> Deployment {
+        let root = tempfile::tempdir().unwrap();
+        let sessions = root.path().join("sessions");
+        fs::create_dir(&sessions).unwrap();
+        fs::set_permissions(&sessions, fs::Permissions::from_mode(0o700)).unwrap();
+        Deployment { root }
+    }
+
+    fn sessions(&self) -> PathBuf {
+        self.root.path().join("sessions")
+    }
+
+    fn htaccess(&self, text: &str) -> PathBuf {
+        let path = self.root.path().join(".htaccess");
+        fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// `pso config ARGS` with only `env` in its environment.
+fn config(env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(PSO)
+        .arg("config")
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+/// The report's line for a variable.
+fn line_of(output: &Output, name: &str) -> String {
+    stdout(output)
+        .lines()
+        .find(|line| line.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no line for {name} in\n{}", stdout(output)))
+        .to_owned()
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(output)))
+}
+
+fn variable<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {report}"))
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Some user other than the one the tests run as.
+fn other_user() -> &'static str {
+    if is_root() { "65534" } else { "0" }
+}
+
+#[test]
+fn a_valid_configuration_exits_zero_with_evaluated_values() {
+    let deployment = Deployment::new();
+    let dir = deployment.sessions();
+    let output = config(
+        &[
+            ("PSOSessionFileLoader_Path", dir.to_str().unwrap()),
+            ("PSOSessionExpire", "15*60"),
+            ("PSOSessionGCProbability", "0.5%"),
+            ("PSOSessionMaxBytes", "64*1024"),
+            ("PSOCookieSession_SameSite", "strict"),
+            ("PSOLogLevel", "debug"),
+        ],
+        &[],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert_eq!(stderr(&output), "");
+    let expire = line_of(&output, "PSOSessionExpire");
+    assert!(expire.contains("15*60 → 900 s (15m)"), "{expire}");
+    assert!(
+        expire.contains("environment") && expire.contains("browser close"),
+        "{expire}"
+    );
+    assert!(line_of(&output, "PSOSessionGCProbability").contains("0.5% → 5/1000 (0.5%)"));
+    assert!(line_of(&output, "PSOSessionMaxBytes").contains("65536 bytes (64 KiB)"));
+    assert!(line_of(&output, "PSOCookieSession_SameSite").contains("strict → Strict"));
+    let lock = line_of(&output, "PSOSessionLockTimeout");
+    assert!(lock.contains("30 s") && lock.contains("default"), "{lock}");
+    assert!(line_of(&output, "PSOLogLevel").contains("debug"));
+    let text = stdout(&output);
+    for check in ["exists", "type", "owner", "mode", "writable", "file system"] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with("ok") && l.contains(check)),
+            "{check}: {text}"
+        );
+    }
+    assert!(text.ends_with("OK: 0 warnings\n"), "{text}");
+}
+
+#[test]
+fn http_dates_show_the_time_left_and_a_past_one_warns() {
+    let deployment = Deployment::new();
+    let dir = deployment.sessions();
+    let dir = dir.to_str().unwrap();
+    let future = "Mon, 15 Apr 2041 19:00:00 GMT";
+    let output = config(
+        &[
+            ("PSOSessionFileLoader_Path", dir),
+            ("PSOSessionExpire", future),
+        ],
+        &["--json"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let report = json(&output);
+    let effective = variable(&report, "PSOSessionExpire")["effective"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let left: u64 = effective
+        .strip_prefix(&format!("{future}, in "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{effective}"));
+    let expected = 2_249_665_200
+        - std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+    assert!(left.abs_diff(expected) < 600, "{left} against {expected}");
+
+    let output = config(
+        &[
+            ("PSOSessionFileLoader_Path", dir),
+            ("PSOSessionExpire", "Mon, 15 Apr 2013 19:00:00 GMT"),
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0), "a warning does not fail");
+    assert!(stdout(&output).contains("warning: PSOSessionExpire: the date has passed"));
+    assert!(stdout(&output).ends_with("OK: 1 warning\n"));
+}
+
+#[test]
+fn each_invalid_value_exits_one_naming_the_variable_and_what_was_expected() {
+    let deployment = Deployment::new();
+    let dir = deployment.sessions();
+    let cases = [
+        ("PSOServiceId", "a b", "service id"),
+        ("PSOSessionExpire", "1/0", "division by zero"),
+        ("PSOSessionExpire", "tomorrow", "an HTTP date"),
+        (
+            "PSOSessionFileLoader_Path",
+            "sessions",
+            "not an absolute path",
+        ),
+        ("PSOSessionLockTimeout", "2h", "a duration from 0 to 1 hour"),
+        ("PSOSessionSync", "maybe", "on or off"),
+        (
+            "PSOSessionMaxBytes",
+            "10",
+            "a size from 1024 to 67108864 bytes",
+        ),
+        (
+            "PSOSessionGCProbability",
+            "150%",
+            "a probability like 1/100",
+        ),
+        (
+            "PSOSessionGCMaxLifetime",
+            "-1",
+            "a duration like 86400 or 24h",
+        ),
+        ("PSOMaxBodyBytes", "1M", "a size in bytes"),
+        (
+            "PSOCookieSession_Domain",
+            "evil.org; HttpOnly",
+            "a host name",
+        ),
+        (
+            "PSOCookieSession_Path",
+            "relative",
+            "a path starting with /",
+        ),
+        ("PSOCookieSession_Secure", "sometimes", "on, off or auto"),
+        ("PSOCookieSession_HttpOnly", "maybe", "on or off"),
+        ("PSOCookieSession_SameSite", "Loose", "Strict, Lax or None"),
+        (
+            "PSOCookieSession_Max-Age",
+            "soon",
+            "a duration like 3600 or 1h",
+        ),
+        ("PSOCookieSession_expires", "soon", "an HTTP date"),
+        ("PSOCookieSession_Prefix", "__Evil-", "__Host- or __Secure-"),
+        (
+            "PSOLogLevel",
+            "loud",
+            "off, error, warn, info, debug or trace",
+        ),
+    ];
+    for (name, bad, expected) in cases {
+        let mut env = vec![(name, bad)];
+        if name != "PSOSessionFileLoader_Path" {
+            env.push(("PSOSessionFileLoader_Path", dir.to_str().unwrap()));
+        }
+        let output = config(&env, &[]);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{name}={bad}: {}",
+            stdout(&output)
+        );
+        let text = stdout(&output);
+        let problem = text
+            .lines()
+            .find(|line| line.starts_with(&format!("  error: {name}: ")))
+            .unwrap_or_else(|| panic!("{name}={bad}: no error line in\n{text}"));
+        assert!(problem.contains(expected), "{name}={bad}: {problem}");
+        assert!(
+            text.ends_with("INVALID: 1 error, 0 warnings\n") || name == "PSOSessionFileLoader_Path",
+            "{text}"
+        );
+        let stderr = stderr(&output);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("pso: the configuration is invalid"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn likely_typos_fail_and_suggest_the_name() {
+    let deployment = Deployment::new();
+    let dir = deployment.sessions();
+    for (typo, meant) in [
+        ("PSOSessionExpiry", "PSOSessionExpire"),
+        ("PSOCookieSession_Domian", "PSOCookieSession_Domain"),
+        ("PSOLogLvl", "PSOLogLevel"),
+        ("PSOMaxBodyByte", "PSOMaxBodyBytes"),
+    ] {
+        let output = config(
+            &[
+                (typo, "900"),
+                ("PSOSessionFileLoader_Path", dir.to_str().unwrap()),
+            ],
+            &[],
+        );
+        assert_eq!(output.status.code(), Some(1), "{typo}");
+        let text = stdout(&output);
+        assert!(
+            text.contains(&format!(
+                "error: {typo} (environment): is not a pso variable (a typo?); ignored (did you mean {meant}?)"
+            )),
+            "{text}"
+        );
+    }
+    // The FastCGI server's own variables are not typos.
+    let output = config(
+        &[
+            ("PSO_FCGI_WORKERS", "4"),
+            ("PSOSessionFileLoader_Path", dir.to_str().unwrap()),
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+}
+
+#[test]
+fn the_htaccess_wins_over_the_environment_and_names_its_line() {
+    let deployment = Deployment::new();
+    let dir = deployment.sessions();
+    let htaccess = deployment.htaccess(&format!(
+        "Options +ExecCGI\n# pso\nSetEnv PSOSessionExpire \"15*60\"\nSetEnv PSOSessionFileLoader_Path {}\nUnsetEnv PSOSessionSync\n",
+        dir.display()
+    ));
+    let output = config(
+        &[
+            ("PSOSESSIONEXPIRE", "60"),
+            ("PSOSessionSync", "on"),
+            ("PSOSessionLockTimeout", "10"),
+        ],
+        &["--htaccess", htaccess.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let expire = line_of(&output, "PSOSessionExpire");
+    assert!(expire.contains("15*60 → 900 s (15m)"), "{expire}");
+    assert!(
+        expire.contains(&format!("{}:3", htaccess.display())),
+        "{expire}"
+    );
+    assert!(
+        line_of(&output, "PSOSessionFileLoader_Path")
+            .contains(&format!("{}:4", htaccess.display()))
+    );
+    let sync = line_of(&output, "PSOSessionSync");
+    assert!(
+        sync.contains("off") && sync.contains("default"),
+        "UnsetEnv removes it: {sync}"
+    );
+    let lock = line_of(&output, "PSOSessionLockTimeout");
+    assert!(
+        lock.contains("10 s") && lock.contains("environment"),
+        "{lock}"
+    );
+    assert!(stdout(&output).starts_with(&format!(
+        "Configuration from: environment, then {}\n",
+        htaccess.display()
+    )));
+
+    // --no-env: only the file.
+    let output = config(
+        &[("PSOSessionLockTimeout", "10")],
+        &["--htaccess", htaccess.to_str().unwrap(), "--no-env"],
+    );
+    assert_eq!(output.status.code(), Some(0));
+    assert!(line_of(&output, "PSOSessionLockTimeout").contains("default"));
+}
+
+#[test]
+fn a_line_apache_would_refuse_fails() {
+    let deployment = Deployment::new();
+    let htaccess = deployment.htaccess("SetEnv PSOServiceId \"shop\nSetEnv A b c\n");
+    let output = config(
+        &[(
+            "PSOSessionFileLoader_Path",
+            deployment.sessions().to_str().unwrap(),
+        )],
+        &["--htaccess", htaccess.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(
+        text.contains("line 1: a quote is not closed (Apache refuses the whole file)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("line 2: SetEnv takes a name and a value"),
+        "{text}"
+    );
+}
+
+fn sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("htaccess.sample")
+}
+
+#[test]
+fn the_sample_htaccess_as_shipped_configures_nothing_and_passes() {
+    let deployment = Deployment::new();
+    let sample = sample();
+    let output = config(
+        &[(
+            "PSOSessionFileLoader_Path",
+            deployment.sessions().to_str().unwrap(),
+        )],
+        &[
+            "--htaccess",
+            sample.to_str().unwrap(),
+            "--script-name",
+            "/cgi-bin/reload",
+            "--json",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let report = json(&output);
+    assert_eq!(report["format"], 1);
+    assert_eq!(report["ok"], true);
+    assert_eq!(
+        variable(&report, "PSOServiceId")["effective"],
+        "reload (the cookie's name: reload)"
+    );
+    let from_file = report["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["source"].as_str().unwrap().contains("htaccess.sample"))
+        .count();
+    assert_eq!(
+        from_file, 0,
+        "every pso line of the sample is commented out"
+    );
+}
+
+#[test]
+fn the_sample_htaccess_with_every_setting_uncommented_is_valid() {
+    let deployment = Deployment::new();
+    let dir = deployment.sessions();
+    let text = fs::read_to_string(sample()).unwrap();
+    let uncommented: String = text
+        .lines()
+        .map(|line| {
+            line.strip_prefix("#SetEnv")
+                .map_or(line.to_owned(), |rest| format!("SetEnv{rest}"))
+        })
+        .map(|line| line + "\n")
+        .collect();
+    let set_lines = uncommented
+        .lines()
+        .filter(|l| l.starts_with("SetEnv "))
+        .count();
+    assert!(set_lines >= 20, "{set_lines}");
+    // The sample's directory would be /var/lib/pso/sessions/: the test's own comes last.
+    let htaccess = deployment.htaccess(&format!(
+        "{uncommented}SetEnv PSOSessionFileLoader_Path {}\n",
+        dir.display()
+    ));
+    let output = config(
+        &[],
+        &[
+            "--htaccess",
+            htaccess.to_str().unwrap(),
+            "--no-env",
+            "--json",
+        ],
+    );
+    let report = json(&output);
+    assert_eq!(output.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["errors"], 0);
+    let shown = htaccess.display().to_string();
+    let not_from_file: Vec<&str> = report["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| !v["source"].as_str().unwrap().starts_with(&shown))
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    // The sample has a line for every variable but PSOMaxBodyBytes (a gap in the sample).
+    assert_eq!(not_from_file, ["PSOMaxBodyBytes"], "{report:#}");
+    // `SetEnv reload 007` with `PSOServiceId reload`: the forced session id has its row.
+    assert_eq!(
+        variable(&report, "reload")["effective"],
+        "forces the session id 007: every visitor shares that session"
+    );
+    assert_eq!(variable(&report, "PSOSessionExpire")["value"], "15*60");
+    assert_eq!(
+        variable(&report, "PSOSessionExpire")["effective"],
+        "900 s (15m)"
+    );
+    assert_eq!(
+        variable(&report, "PSOCookieSession_Secure")["effective"],
+        "on (forced by the __Host- prefix)"
+    );
+    // Valid but surprising settings of the sample are warnings: the obsolete attributes, and
+    // the Domain the __Host- prefix drops.
+    let warned: Vec<&str> = report["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| !v["problems"].as_array().unwrap().is_empty())
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        warned,
+        [
+            "PSOCookieSession_Domain",
+            "PSOCookieSession_Comment",
+            "PSOCookieSession_Version"
+        ]
+    );
+}
+
+/// Runs `pso config` on session directory `dir` (for `user`, if given) and returns its output
+/// and the JSON check named `check`.
+fn directory_check(dir: &Path, user: Option<&str>, check: &str) -> (Output, serde_json::Value) {
+    let mut args = vec!["--json"];
+    if let Some(user) = user {
+        args.extend(["--user", user]);
+    }
+    let output = config(
+        &[("PSOSessionFileLoader_Path", dir.to_str().unwrap())],
+        &args,
+    );
+    let report = json(&output);
+    assert_eq!(report["session_directory"]["path"], dir.to_str().unwrap());
+    let found = report["session_directory"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == check)
+        .unwrap_or_else(|| panic!("no check {check} in {report:#}"))
+        .clone();
+    (output, found)
+}
+
+#[test]
+fn a_missing_directory_whose_parent_exists_is_a_warning_and_is_not_created() {
+    let deployment = Deployment::new();
+    let dir = deployment.root.path().join("not-yet");
+    let (output, exists) = directory_check(&dir, None, "exists");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(exists["level"], "warning");
+    assert!(
+        exists["message"]
+            .as_str()
+            .unwrap()
+            .contains("pso creates it (mode 0700)")
+    );
+    assert!(!dir.exists(), "pso config creates nothing");
+
+    let (output, exists) = directory_check(&dir.join("deeper"), None, "exists");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(exists["level"], "error");
+    assert!(
+        exists["message"]
+            .as_str()
+            .unwrap()
+            .contains("creates only the directory itself")
+    );
+}
+
+#[test]
+fn a_loose_mode_fails_and_is_left_alone() {
+    let deployment = Deployment::new();
+    let dir = deployment.sessions();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let (output, mode) = directory_check(&dir, None, "mode");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(mode["level"], "error");
+    assert!(
+        mode["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("0755, but pso accepts only 0700"),
+        "{mode}"
+    );
+    assert_eq!(
+        fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+}
+
+#[test]
+fn a_symbolic_link_fails() {
+    let deployment = Deployment::new();
+    let link = deployment.root.path().join("link");
+    symlink(deployment.sessions(), &link).unwrap();
+    let (output, kind) = directory_check(&link, None, "type");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(kind["level"], "error");
+    assert!(kind["message"].as_str().unwrap().contains("symbolic link"));
+}
+
+#[test]
+fn a_file_fails() {
+    let deployment = Deployment::new();
+    let file = deployment.root.path().join("file");
+    fs::write(&file, "").unwrap();
+    let (output, kind) = directory_check(&file, None, "type");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        kind["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a directory but a regular file")
+    );
+}
+
+#[test]
+fn another_users_directory_fails_for_the_owner_check() {
+    let deployment = Deployment::new();
+    let (output, owner) = directory_check(&deployment.sessions(), Some(other_user()), "owner");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(owner["level"], "error");
+    assert!(
+        owner["message"]
+            .as_str()
+            .unwrap()
+            .contains("but the programs run as"),
+        "{owner}"
+    );
+}
+
+#[test]
+fn a_directory_the_user_cannot_write_fails() {
+    let deployment = Deployment::new();
+    let dir = deployment.sessions();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o500)).unwrap();
+    // Root may write anything, so as root the directory goes to an unprivileged user.
+    let user = if is_root() {
+        rustix::fs::chown(&dir, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+        Some("65534")
+    } else {
+        None
+    };
+    let (output, writable) = directory_check(&dir, user, "writable");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(writable["level"], "error");
+    assert!(
+        writable["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot write"),
+        "{writable}"
+    );
+    assert!(
+        writable["message"].as_str().unwrap().contains("r-x"),
+        "{writable}"
+    );
+    let report = json(&output);
+    let owner = report["session_directory"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "owner")
+        .unwrap();
+    assert_eq!(owner["level"], "ok", "only the mode is wrong: {report:#}");
+}
+
+#[test]
+fn json_reports_every_variable_and_fails_like_text() {
+    let deployment = Deployment::new();
+    let output = config(
+        &[
+            (
+                "PSOSessionFileLoader_Path",
+                deployment.sessions().to_str().unwrap(),
+            ),
+            ("PSOSessionLockTimeout", "1/0"),
+            ("PSOSessionExpiry", "9"),
+        ],
+        &["--json"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let report = json(&output);
+    assert_eq!(report["format"], 1);
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["errors"], 2);
+    let variables = report["variables"].as_array().unwrap();
+    assert_eq!(variables.len(), pso::VARIABLES.len());
+    for v in variables {
+        for field in [
+            "name",
+            "value",
+            "effective",
+            "source",
+            "default",
+            "problems",
+        ] {
+            assert!(v.get(field).is_some(), "{field} in {v}");
+        }
+    }
+    let lock = variable(&report, "PSOSessionLockTimeout");
+    assert_eq!(lock["value"], "1/0");
+    assert_eq!(lock["effective"], "30 s");
+    assert_eq!(lock["source"], "environment");
+    assert_eq!(lock["problems"][0]["level"], "error");
+    assert!(
+        lock["problems"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a duration from 0 to 1 hour")
+    );
+    assert_eq!(
+        variable(&report, "PSOSessionSync")["value"],
+        serde_json::Value::Null
+    );
+    assert_eq!(variable(&report, "PSOSessionSync")["source"], "default");
+    assert_eq!(report["problems"][0]["subject"], "PSOSessionExpiry");
+}
+
+#[test]
+fn the_command_line_is_checked() {
+    let output = config(&[], &["--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    let help = stdout(&output);
+    assert!(
+        help.contains("Exit codes") && help.contains("--htaccess") && help.contains("--user"),
+        "{help}"
+    );
+
+    for args in [
+        &["--no-such-flag"][..],
+        &["--no-env"],
+        &["--user", "no-such-user-here"],
+    ] {
+        let output = config(&[], args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(!stderr(&output).is_empty());
+    }
+
+    let output = config(&[], &["--htaccess", "/nonexistent/.htaccess"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.stdout, b"");
+    let stderr = stderr(&output);
+    assert_eq!(stderr.lines().count(), 1);
+    assert!(
+        stderr.starts_with("pso: cannot read /nonexistent/.htaccess: "),
+        "{stderr}"
+    );
+}
