@@ -1,6 +1,6 @@
 //! The file store: one file per session in a private directory, locked with `flock`.
 //!
-//! Names: `<dir>/<service>.<id>.pso`, laid out as [`layout`] says (two slots written in turn,
+//! Names: `<dir>/<service>.<id>.pso`, laid out as the `layout` module says (two slots written in turn,
 //! in place); while a new file is written, `<dir>/.<service>.<id>.<pid>-<n>.tmp`. The
 //! directory is `0700` and owned by the user pso runs as, files are `0600`, and no file is
 //! opened through a symbolic link.

@@ -111,7 +111,9 @@ impl Htaccess {
     pub fn variables(&self) -> Vec<(&str, &str, usize)> {
         let mut set: Vec<(&str, &str, usize)> = Vec::new();
         for directive in &self.directives {
-            set.retain(|(name, _, _)| *name != directive.name);
+            // Apache's environment table ignores case: `UnsetEnv psoserviceid` removes
+            // `PSOServiceId`.
+            set.retain(|(name, _, _)| !name.eq_ignore_ascii_case(&directive.name));
             if let Some(value) = &directive.value {
                 set.push((&directive.name, value, directive.line));
             }
@@ -215,7 +217,7 @@ mod tests {
 
     #[test]
     fn later_lines_win_and_unset_env_removes() {
-        let file = parse("SetEnv A 1\nSetEnv B 2\nSetEnv A 3\nUnsetEnv B\n");
+        let file = parse("SetEnv A 1\nSetEnv B 2\nSetEnv A 3\nUnsetEnv b\n");
         assert_eq!(file.variables(), vec![("A", "3", 3)]);
     }
 
