@@ -542,6 +542,30 @@ fn a_missing_directory_whose_parent_exists_is_a_warning_and_is_not_created() {
 }
 
 #[test]
+fn a_parent_other_users_can_change_fails_unless_sticky() {
+    use std::os::unix::fs::PermissionsExt;
+    let deployment = Deployment::new();
+    let shared = deployment.root.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = shared.join("sessions");
+    let (output, parent) = directory_check(&dir, None, "parent");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(parent["level"], "error");
+    assert!(
+        parent["message"]
+            .as_str()
+            .unwrap()
+            .contains("pso refuses it")
+    );
+
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (output, parent) = directory_check(&dir, None, "parent");
+    assert_eq!(output.status.code(), Some(0), "{parent}");
+    assert_eq!(parent["level"], "ok");
+}
+
+#[test]
 fn a_loose_mode_fails_and_is_left_alone() {
     let deployment = Deployment::new();
     let dir = deployment.sessions();

@@ -147,6 +147,21 @@ impl FileStore {
         self
     }
 
+    /// Whether a user other than `uid` and root could rename or remove entries of the
+    /// directory `parent`: [`FileStore::open`] refuses a session directory in such a parent,
+    /// since that user could move it away or put another in its place. `/tmp` (sticky) is fine.
+    ///
+    /// ```
+    /// use pso::store::FileStore;
+    /// assert!(!FileStore::others_can_change(std::path::Path::new("/tmp"), 0)?);
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn others_can_change(parent: &Path, uid: u32) -> Result<bool> {
+        let stat = rustix::fs::stat(parent)
+            .map_err(|e| Error::io(format!("inspecting {}", parent.display()), e.into()))?;
+        Ok(others_can_replace_entries(&stat, uid))
+    }
+
     /// The network file system (`NFS`, `SMB`, `CIFS`, `SMB2`) that holds `path`, if it is on
     /// one: `flock` is not reliable there, so [`FileStore::open`] warns about it. Follows
     /// symbolic links; detected on Linux only (elsewhere always `None`).

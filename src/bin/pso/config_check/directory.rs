@@ -247,20 +247,24 @@ fn file_system(path: &Path) -> Check {
     }
 }
 
-/// A parent others can write is usable (pso works through a handle) but fragile: they can move
-/// the directory away, and then every request fails.
+/// pso refuses a directory whose parent another user can change: they could move it away or
+/// put another in its place.
 fn parent_check(parent: &Path, user: &User) -> Option<Check> {
-    let meta = std::fs::metadata(parent).ok()?;
-    let foreign_owner = meta.uid() != user.uid && meta.uid() != 0;
-    let shared_write = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
-    (foreign_owner || shared_write).then(|| {
-        Check::new(
+    let check = match FileStore::others_can_change(parent, user.uid) {
+        Ok(false) => Check::new(
             "parent",
-            Level::Warning,
+            Level::Ok,
+            format!("no other user can change {}", parent.display()),
+        ),
+        Ok(true) => Check::new(
+            "parent",
+            Level::Error,
             format!(
-                "{} can be written by other users: they cannot redirect a session file, but can move the directory away",
+                "{} can be changed by other users (another owner, or group or others may write it without the sticky bit): they could move the directory away or put another in its place, so pso refuses it",
                 parent.display()
             ),
-        )
-    })
+        ),
+        Err(e) => Check::new("parent", Level::Error, format!("{e}")),
+    };
+    Some(check)
 }
