@@ -570,3 +570,37 @@ fn a_real_browser_counts_three_reloads_and_sees_its_session() {
     assert!(page.contains(&id[..12]), "{}\n{page}", &id[..12]);
     assert!(page.contains("reloads"), "{page}");
 }
+
+/// The README's first command, as a newcomer runs it: `cargo run -- serve` in the repository
+/// builds the counter and serves it. Built in a target directory of its own, since the
+/// outer `cargo test` holds the usual one.
+#[test]
+fn the_readme_command_builds_the_counter_and_serves_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let server = Server::start(
+        Command::new(cargo)
+            .current_dir(root)
+            .env("CARGO_TARGET_DIR", root.join("target").join("serve-tests"))
+            .args(["run", "-q", "--", "serve", "--bind", "127.0.0.1:0"]),
+    );
+    assert_eq!(
+        server.urls,
+        vec![
+            format!("{}/cgi-bin/reload", server.base),
+            format!("{}/_pso/", server.base)
+        ]
+    );
+    let jar = tempfile::tempdir().unwrap();
+    let jar = jar.path().join("jar");
+    for n in 1..=2 {
+        let Some(response) = curl(&jar, &server.urls[0], &[]) else {
+            return;
+        };
+        assert!(
+            response.contains(&format!("You reloaded: {n} times")),
+            "{response}\n{}",
+            server.log()
+        );
+    }
+}
