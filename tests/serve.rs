@@ -180,6 +180,16 @@ impl Server {
         String::from_utf8_lossy(&response).into_owned()
     }
 
+    fn post_form(&self, path: &str, form: &str) -> String {
+        self.raw(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+                form.len()
+            )
+            .as_bytes(),
+        )
+    }
+
     fn get(&self, path: &str) -> String {
         self.raw(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
     }
@@ -493,13 +503,7 @@ fn shows_the_sessions_and_ends_one_for_this_machine_only() {
     assert_eq!(status(&foreign), "403", "{foreign}");
 
     let forged = format!("token=wrong&service=reload&id={prefix}");
-    let response = server.raw(
-        format!(
-            "POST /_pso/end HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{forged}",
-            forged.len()
-        )
-        .as_bytes(),
-    );
+    let response = server.post_form("/_pso/end", &forged);
     assert_eq!(status(&response), "403", "{response}");
     assert_eq!(fixture.sessions().len(), 1);
 
@@ -509,13 +513,7 @@ fn shows_the_sessions_and_ends_one_for_this_machine_only() {
         .and_then(|rest| rest.split('"').next())
         .unwrap();
     let form = format!("token={token}&service=reload&id={prefix}");
-    let response = server.raw(
-        format!(
-            "POST /_pso/end HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        )
-        .as_bytes(),
-    );
+    let response = server.post_form("/_pso/end", &form);
     assert_eq!(status(&response), "303", "{response}");
     assert_eq!(fixture.sessions(), Vec::<String>::new());
     let Some(response) = curl(&jar, &format!("{}/cgi-bin/reload", server.base), &[]) else {

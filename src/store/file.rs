@@ -147,6 +147,23 @@ impl FileStore {
         self
     }
 
+    /// Whether `path` has a `.` or `..` component, which a session directory's path may not
+    /// have (std's `Path` drops `.`: `/tmp/.` would be `/tmp`, so the bytes are read as given).
+    ///
+    /// ```
+    /// use pso::store::FileStore;
+    /// use std::path::Path;
+    /// assert!(FileStore::has_dot_components(Path::new("/var/lib/../tmp")));
+    /// assert!(FileStore::has_dot_components(Path::new("/tmp/.")));
+    /// assert!(!FileStore::has_dot_components(Path::new("/var/lib/pso")));
+    /// ```
+    pub fn has_dot_components(path: &Path) -> bool {
+        path.as_os_str()
+            .as_bytes()
+            .split(|&b| b == b'/')
+            .any(|part| part == b"." || part == b"..")
+    }
+
     /// Whether a user other than `uid` and root could rename or remove entries of the
     /// directory `parent`: [`FileStore::open`] refuses a session directory in such a parent,
     /// since that user could move it away or put another in its place. `/tmp` (sticky) is fine.
@@ -867,13 +884,11 @@ fn set_private(file: &File, key: &SessionKey) -> Result<()> {
 fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
     let shown = path.display();
     let directory_error = |message: String| Error::new(ErrorKind::Directory, message);
-    // Path drops "." components ("/tmp/." is "/tmp"): look at the bytes as given.
-    let dotted = path
-        .as_os_str()
-        .as_bytes()
-        .split(|&b| b == b'/')
-        .any(|part| part == b"." || part == b"..");
-    let (Some(parent), Some(name), false) = (path.parent(), path.file_name(), dotted) else {
+    let (Some(parent), Some(name), false) = (
+        path.parent(),
+        path.file_name(),
+        FileStore::has_dot_components(path),
+    ) else {
         return Err(directory_error(format!(
             "{shown} cannot be the session directory; name a directory of its own, without . or .."
         )));

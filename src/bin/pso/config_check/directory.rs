@@ -3,7 +3,6 @@
 //! directory that passes here is one pso accepts.
 
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
@@ -39,11 +38,7 @@ const WX: u32 = 0o3;
 pub fn check(dir: &Path, user: &User) -> Vec<Check> {
     let shown = dir.display();
     let mut checks = Vec::new();
-    let dotted = dir
-        .as_os_str()
-        .as_bytes()
-        .split(|&b| b == b'/')
-        .any(|part| part == b"." || part == b"..");
+    let dotted = FileStore::has_dot_components(dir);
     let (Some(parent), Some(_), false) = (dir.parent(), dir.file_name(), dotted) else {
         checks.push(Check::new(
             "path",
