@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod config_check;
 #[allow(dead_code)] // TEMPORARY until serve and config use it
 mod htaccess;
+mod inventory;
 mod serve;
 mod sessions;
 
