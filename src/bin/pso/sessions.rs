@@ -50,7 +50,7 @@ pub enum Command {
 
 const LIST_HELP: &str = "\
 Memory: without --sort, rows are printed as they are read, whatever the size of the store.
-With --sort every row is kept (about 150 bytes each: 150 MB for a million sessions) unless
+With --sort every row is kept (about 220 bytes each, measured: 220 MB for a million) unless
 --limit N is given too, which keeps only the N first (a bounded heap).";
 
 /// Which store, which sessions, which output.
