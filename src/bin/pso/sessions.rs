@@ -759,6 +759,7 @@ fn gc(args: &GcArgs, out: &mut impl Write) -> Result<(), Failure> {
         ) {
             bar.set_style(style);
         }
+        bar.set_message("0 removed");
         bar
     } else {
         indicatif::ProgressBar::hidden()
