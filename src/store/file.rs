@@ -21,8 +21,10 @@
 //! unlocked mid-request.
 
 mod layout;
+mod listing;
 
 use layout::Layout;
+pub use listing::{Contents, DirEntry, Entries, EntryKind, SessionFile};
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, TryLockError};
@@ -39,11 +41,11 @@ use rustix::io::Errno;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::unix_secs;
-use crate::id::SessionId;
-use crate::record::{HEADER_LEN, MAX_RECORD_BYTES, Record};
+use crate::id::{ServiceId, SessionId};
+use crate::record::{HEADER_LEN, MAX_RECORD_BYTES, Meta, Record};
 use crate::store::{
-    GcReport, LockOptions, LockedSession, SessionKey, Store, deleted_error, lock_deadline,
-    time_left,
+    GcOutcome, GcRemoval, GcReport, LockOptions, LockedSession, SessionKey, Store, deleted_error,
+    lock_deadline, time_left,
 };
 
 const EXTENSION: &str = ".pso";
@@ -117,9 +119,32 @@ impl FileStore {
     /// are session ids, and whoever opened it while it was loose can list it still. A
     /// directory on NFS or SMB is logged: `flock` is not reliable there.
     pub fn open(dir: impl Into<PathBuf>) -> Result<FileStore> {
-        let path = dir.into();
+        FileStore::open_with(dir.into(), true)
+    }
+
+    /// Opens the store in `dir` like [`FileStore::open`], but never creates the directory: a
+    /// missing one is an error of kind [`ErrorKind::Directory`]. For tools that only look, so
+    /// that a mistyped path is reported rather than made.
+    ///
+    /// ```
+    /// use pso::store::FileStore;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let missing = dir.path().join("sessions");
+    /// let err = FileStore::open_existing(&missing).unwrap_err();
+    /// assert_eq!(err.kind(), pso::ErrorKind::Directory);
+    /// assert!(!missing.exists());
+    /// FileStore::open(&missing)?;
+    /// FileStore::open_existing(&missing)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open_existing(dir: impl Into<PathBuf>) -> Result<FileStore> {
+        FileStore::open_with(dir.into(), false)
+    }
+
+    fn open_with(path: PathBuf, create: bool) -> Result<FileStore> {
         let uid = effective_uid();
-        let handle = open_directory(&path, uid)?;
+        let handle = open_directory(&path, uid, create)?;
         warn_if_network_file_system(&handle, &path);
         Ok(FileStore {
             dir: Arc::new(Directory { handle, path, uid }),
@@ -132,6 +157,47 @@ impl FileStore {
     /// to the user the web server runs CGI programs as.
     pub fn default_dir() -> PathBuf {
         std::env::temp_dir().join(format!("pso-{}", effective_uid()))
+    }
+
+    /// One pass of garbage collection over the whole directory, however long it takes, calling
+    /// `observe` with what became of each directory entry (for a progress bar and a summary).
+    /// With a `service`, only that service's sessions are looked at (every other entry is
+    /// [`GcOutcome::Ignored`], abandoned temporary files included).
+    ///
+    /// It removes what [`Store::collect_garbage`] removes and nothing else: only files of
+    /// pso's naming and ours, each locked without waiting (a session a request holds is
+    /// [`GcOutcome::Busy`] and stays) and judged under that lock, so a request cannot renew a
+    /// session between the judgement and the removal. Safe to run while programs use the store.
+    ///
+    /// ```
+    /// use pso::store::{FileStore, GcOutcome, LockOptions, SessionKey, Store};
+    /// use std::time::{Duration, UNIX_EPOCH};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = FileStore::open(dir.path().join("sessions"))?;
+    /// let key = SessionKey::new("shop".parse()?, pso::SessionId::generate()?);
+    /// let mut meta = pso::Meta::new(1_000);
+    /// meta.deadline = Some(2_000);
+    /// store.lock(&key, LockOptions::new(Duration::from_secs(5)))?.save(&pso::Record::new(meta))?;
+    ///
+    /// let mut removed = 0;
+    /// let now = UNIX_EPOCH + Duration::from_secs(3_000);
+    /// let report = store.collect_observed(now, None, &mut |outcome| {
+    ///     if let GcOutcome::Removed { .. } = outcome {
+    ///         removed += 1;
+    ///     }
+    /// })?;
+    /// assert_eq!((removed, report.removed), (1, 1));
+    /// assert!(!store.exists(&key)?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn collect_observed(
+        &self,
+        now: SystemTime,
+        service: Option<&ServiceId>,
+        observe: &mut dyn FnMut(GcOutcome),
+    ) -> Result<GcReport> {
+        self.collect(unix_secs(now), service, &mut || false, observe)
     }
 
     /// Whether saves fsync the file and the directory (`PSOSessionSync`), for durability across
@@ -379,81 +445,94 @@ impl FileStore {
     }
 
     /// Looks at one directory entry for garbage collection.
-    fn collect_entry(&self, name: &CStr, now: u64, report: &mut GcReport) {
+    fn collect_entry(
+        &self,
+        name: &CStr,
+        now: u64,
+        service: Option<&ServiceId>,
+        report: &mut GcReport,
+    ) -> GcOutcome {
         let Some(kind) = classify(OsStr::from_bytes(name.to_bytes())) else {
-            return;
+            return GcOutcome::Ignored;
         };
+        let of_service = match &kind {
+            Entry::Session(key) => service.is_none_or(|service| key.service == *service),
+            // Temporary names are not parsed for their service: only a pass over every
+            // service removes abandoned ones.
+            Entry::Temp => service.is_none(),
+        };
+        if !of_service {
+            return GcOutcome::Ignored;
+        }
         let Some((file, stat)) = self.open_for_reading(name) else {
-            return;
+            return GcOutcome::Skipped;
         };
         let age = now.saturating_sub(u64::try_from(stat.st_mtime).unwrap_or(0));
-        match kind {
+        let removal = match kind {
             Entry::Session(key) => {
                 report.examined += 1;
                 match file.try_lock() {
                     Ok(()) => {}
                     Err(TryLockError::WouldBlock) => {
                         report.busy += 1;
-                        return;
+                        return GcOutcome::Busy;
                     }
-                    Err(TryLockError::Error(_)) => return,
+                    Err(TryLockError::Error(_)) => return GcOutcome::Skipped,
                 }
                 if self.still_current(&file).is_none() {
-                    return;
+                    return GcOutcome::Skipped;
                 }
-                if self.is_dead(&key, &file, &stat, now, age) && self.unlink(name).is_ok() {
-                    report.removed += 1;
+                match self.is_dead(&key, &file, &stat, now, age) {
+                    Some(removal) => removal,
+                    None => return GcOutcome::Kept,
                 }
             }
             Entry::Temp => {
-                if age > ABANDONED_AGE && file.try_lock().is_ok() && self.unlink(name).is_ok() {
-                    report.removed += 1;
+                if age <= ABANDONED_AGE {
+                    return GcOutcome::Kept;
                 }
+                if file.try_lock().is_err() {
+                    return GcOutcome::Busy;
+                }
+                GcRemoval::Abandoned
             }
+        };
+        // The lock is held, so no request can have saved into this file; the name is checked
+        // to still be this file so that nothing else put there is removed in its place.
+        if !self.names(name, &stat) || self.unlink(name).is_err() {
+            return GcOutcome::Skipped;
+        }
+        report.removed += 1;
+        GcOutcome::Removed {
+            reason: removal,
+            bytes: disk_bytes(&stat),
         }
     }
 
-    /// Whether a locked session file may go: expired, or unreadable.
+    /// Why a locked session file may go: expired, or unreadable; `None` to keep it.
     ///
     /// Only the metadata at the front is read, so collection never holds a record in memory.
     /// The directory may be shared with other programs, other settings and other versions of
     /// pso: a record of a format version this pso does not know is left alone, and nothing is
     /// judged by this program's size cap.
-    fn is_dead(&self, key: &SessionKey, file: &File, stat: &Stat, now: u64, age: u64) -> bool {
-        let size = u64::try_from(stat.st_size).unwrap_or(0);
-        let mut start = [0u8; 8];
-        let start = match file.read_at(&mut start, 0) {
-            Ok(n) => &start[..n],
-            Err(_) => return false,
-        };
-        if layout::is_other_version(start) || Record::is_other_version(start) {
-            return false;
-        }
-        let (offset, len) = match layout::locate_newest(file, size) {
-            Ok(Some(found)) => found,
+    fn is_dead(
+        &self,
+        key: &SessionKey,
+        file: &File,
+        stat: &Stat,
+        now: u64,
+        age: u64,
+    ) -> Option<GcRemoval> {
+        match read_front(file, stat) {
+            Ok(Front::Record { meta, .. }) => meta.is_expired(now).then_some(GcRemoval::Expired),
             // A reservation that never got its record.
-            Ok(None) => return age > ABANDONED_AGE,
+            Ok(Front::Reservation) => (age > ABANDONED_AGE).then_some(GcRemoval::Abandoned),
+            Ok(Front::OtherVersion | Front::Unjudged) => None,
             Err(e) if e.kind() == ErrorKind::Corrupt => {
                 log::warn!("removing unreadable session {key:?}: {e}");
-                return true;
+                Some(GcRemoval::Unreadable)
             }
-            Err(_) => return false,
-        };
-        let mut prefix = vec![0u8; usize::try_from(len).map_or(GC_READ, |n| n.min(GC_READ))];
-        if file.read_exact_at(&mut prefix, offset).is_err() {
-            return false;
-        }
-        if Record::is_other_version(&prefix) {
-            return false;
-        }
-        match Record::read_meta(&prefix) {
-            Ok(Some(meta)) => meta.is_expired(now),
-            // The metadata runs past what was read: not ours to judge cheaply.
-            Ok(None) if len > prefix.len() as u64 => false,
-            Ok(None) | Err(_) => {
-                log::warn!("removing unreadable session {key:?}");
-                true
-            }
+            Err(_) => None,
         }
     }
 
@@ -474,8 +553,15 @@ impl FileStore {
             .map_err(|e| Error::io(format!("listing {}", self.dir.path.display()), e.into()))
     }
 
-    /// Collects garbage until `out_of_time` says so (asked before every entry).
-    fn collect(&self, now: u64, out_of_time: &mut dyn FnMut() -> bool) -> Result<GcReport> {
+    /// Collects garbage until `out_of_time` says so (asked before every entry), telling
+    /// `observe` what became of each entry.
+    fn collect(
+        &self,
+        now: u64,
+        service: Option<&ServiceId>,
+        out_of_time: &mut dyn FnMut() -> bool,
+        observe: &mut dyn FnMut(GcOutcome),
+    ) -> Result<GcReport> {
         let mut report = GcReport::default();
         let mut listing = self.listing()?;
         // Go on where the last pass stopped, so that passes too short for the whole directory
@@ -496,7 +582,7 @@ impl FileStore {
                 Some(Ok(entry)) => {
                     report.listed += 1;
                     position = entry.offset();
-                    self.collect_entry(entry.file_name(), now, &mut report);
+                    observe(self.collect_entry(entry.file_name(), now, service, &mut report));
                     if wrapped && position >= start && start != 0 {
                         break;
                     }
@@ -638,7 +724,12 @@ impl Store for FileStore {
 
     fn collect_garbage(&self, now: SystemTime, budget: Duration) -> Result<GcReport> {
         let started = Instant::now();
-        self.collect(unix_secs(now), &mut || started.elapsed() >= budget)
+        self.collect(
+            unix_secs(now),
+            None,
+            &mut || started.elapsed() >= budget,
+            &mut |_| {},
+        )
     }
 }
 
@@ -857,6 +948,55 @@ fn read_record(file: &File, size: u64, max_bytes: u64) -> Result<(Option<Record>
     Ok((record, layout))
 }
 
+/// What the front of a session file says, read without holding its record in memory.
+enum Front {
+    /// An empty file: a reservation that has no record yet.
+    Reservation,
+    /// A file or record of a format version this pso does not read.
+    OtherVersion,
+    /// A record of `len` bytes (checksum verified) and its metadata.
+    Record { meta: Meta, len: u64 },
+    /// The metadata runs past the first [`GC_READ`] bytes: not judged cheaply.
+    Unjudged,
+}
+
+/// Reads a session file's metadata: the newest slot that passes its checksum (computed in
+/// chunks), then at most [`GC_READ`] bytes of its record. A damaged file is an error of kind
+/// [`ErrorKind::Corrupt`]; one that cannot be read, of another kind.
+fn read_front(file: &File, stat: &Stat) -> Result<Front> {
+    let size = u64::try_from(stat.st_size).unwrap_or(0);
+    let reading = |e| Error::io("reading a session file", e);
+    let mut start = [0u8; 8];
+    let read = file.read_at(&mut start, 0).map_err(reading)?;
+    let start = &start[..read];
+    if layout::is_other_version(start) || Record::is_other_version(start) {
+        return Ok(Front::OtherVersion);
+    }
+    let Some((offset, len)) = layout::locate_newest(file, size)? else {
+        return Ok(Front::Reservation);
+    };
+    let mut prefix = vec![0u8; usize::try_from(len).map_or(GC_READ, |n| n.min(GC_READ))];
+    file.read_exact_at(&mut prefix, offset).map_err(reading)?;
+    if Record::is_other_version(&prefix) {
+        return Ok(Front::OtherVersion);
+    }
+    match Record::read_meta(&prefix)? {
+        Some(meta) => Ok(Front::Record { meta, len }),
+        None if len > prefix.len() as u64 => Ok(Front::Unjudged),
+        None => Err(Error::new(
+            ErrorKind::Corrupt,
+            "session record ends inside its metadata",
+        )),
+    }
+}
+
+/// The disk space a file takes (its allocated blocks: the second slot is a hole until used).
+fn disk_bytes(stat: &Stat) -> u64 {
+    u64::try_from(stat.st_blocks)
+        .unwrap_or(0)
+        .saturating_mul(512)
+}
+
 /// Waits for the exclusive lock until `deadline`, polling with growing pauses.
 fn wait_for_lock(file: &File, deadline: Option<Instant>, key: &SessionKey) -> Result<()> {
     let mut pause = Duration::from_micros(200);
@@ -881,7 +1021,7 @@ fn set_private(file: &File, key: &SessionKey) -> Result<()> {
 }
 
 /// Opens the session directory `path` as a handle and checks it through the handle.
-fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
+fn open_directory(path: &Path, uid: u32, create: bool) -> Result<OwnedFd> {
     let shown = path.display();
     let directory_error = |message: String| Error::new(ErrorKind::Directory, message);
     let (Some(parent), Some(name), false) = (
@@ -908,6 +1048,9 @@ fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(|e| {
+        if !create && e == Errno::NOENT {
+            return directory_error(format!("no session directory at {shown}"));
+        }
         Error::io(
             format!(
                 "opening {}, the parent of the session directory (pso creates only the directory itself)",
@@ -941,6 +1084,9 @@ fn open_directory(path: &Path, uid: u32) -> Result<OwnedFd> {
     // Opened first: it exists on every request but the very first.
     let mut created = false;
     let opened = match open() {
+        Err(Errno::NOENT) if !create => {
+            return Err(directory_error(format!("no session directory at {shown}")));
+        }
         Err(Errno::NOENT) => {
             match rustix::fs::mkdirat(&parent_handle, name, Mode::from_raw_mode(0o700)) {
                 Ok(()) => created = true,
@@ -1424,10 +1570,15 @@ mod tests {
         for pass in 0.. {
             let mut asked = 0;
             let report = store
-                .collect(now, &mut || {
-                    asked += 1;
-                    asked > 10
-                })
+                .collect(
+                    now,
+                    None,
+                    &mut || {
+                        asked += 1;
+                        asked > 10
+                    },
+                    &mut |_| {},
+                )
                 .unwrap();
             assert!(report.listed <= 10, "{report:?}");
             removed += report.removed;

@@ -14,7 +14,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::{ServiceId, SessionId};
 use crate::record::Record;
 
-pub use file::FileStore;
+/// The largest record any pso program reads or writes (64 MiB), the top of
+/// `PSOSessionMaxBytes`. Tools open stores with it ([`FileStore::with_max_bytes`]), so that a
+/// record another program wrote under a bigger cap is not taken for a corrupt one.
+pub use crate::record::MAX_RECORD_BYTES;
+pub use file::{Contents, DirEntry, Entries, EntryKind, FileStore, SessionFile};
 pub use memory::MemoryStore;
 
 /// A session's full name in a store: its service and its id.
@@ -120,6 +124,43 @@ pub struct GcReport {
     pub busy: u64,
     /// Whether the time budget ran out before every session was looked at.
     pub incomplete: bool,
+}
+
+/// What one pass of collection did with one directory entry (or slot), as
+/// [`FileStore::collect_observed`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GcOutcome {
+    /// Removed, freeing `bytes` of disk space.
+    Removed {
+        /// Why it went.
+        reason: GcRemoval,
+        /// The disk space it took.
+        bytes: u64,
+    },
+    /// Looked at and kept: live, of a format version this pso does not know, or a temporary
+    /// file that may belong to a save under way.
+    Kept,
+    /// Held by a request (its lock was taken): skipped, whatever its age.
+    Busy,
+    /// A file of pso's naming that could not be opened, locked, read or removed (not ours, an
+    /// I/O error, replaced meanwhile): left as it is.
+    Skipped,
+    /// Not named like anything of pso's (another program's file), or not of the service a
+    /// pass was asked for: never opened.
+    Ignored,
+}
+
+/// Why collection removed something.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GcRemoval {
+    /// A session past its deadline or idle limit.
+    Expired,
+    /// A session file that cannot be read (truncated, garbled).
+    Unreadable,
+    /// A temporary file or an empty reservation left by a process that died.
+    Abandoned,
 }
 
 /// A place that keeps session records.

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod config_check;
 mod htaccess;
+mod inventory;
 mod serve;
 mod sessions;
 

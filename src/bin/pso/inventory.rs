@@ -1,0 +1,452 @@
+//! The sessions of a file store as tools see them: `pso sessions` uses this module, and so can
+//! the development server's `/_pso/` page (to list sessions and to end one).
+//!
+//! The API, all over a [`FileStore`] opened with [`open`]:
+//! - [`open`]`(path)`: opens an existing session directory (never creates it) with the largest
+//!   record cap any pso program may use, so that a record another program wrote under a bigger
+//!   `PSOSessionMaxBytes` is read, not reported as corrupt.
+//! - [`for_each`]`(store, service, now, f)`: streams every session as a [`Summary`], and every
+//!   entry that is not a readable session as a [`Skipped`], in directory order, in bounded
+//!   memory; `f` returns [`ControlFlow::Break`] to stop early.
+//! - [`detail`]`(store, key, now)`: one session's [`Detail`]: its summary and each key with its
+//!   size and, where it reads as one, its value ([`Shown`]).
+//! - [`remove`]`(store, key, timeout)`: ends one session under its lock.
+//! - [`resolve`]`(store, service, text)`: the session a command-line id or unambiguous id
+//!   prefix names.
+//!
+//! Nothing here panics on what it finds in the directory: every file is input from outside.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pso::store::{
+    Contents, EntryKind, FileStore, LockOptions, MAX_RECORD_BYTES, SessionKey, Store,
+};
+use pso::{ErrorKind, Meta, ServiceId, SessionId};
+
+/// Shortest id prefix that `resolve` accepts when the text is not a whole id: a session id is
+/// a secret, so a short guess must not pick one out of many.
+pub const MIN_PREFIX: usize = 6;
+
+/// Opens the store in `path` for tools: never creates the directory, and reads records of any
+/// size a pso program may write.
+pub fn open(path: impl Into<PathBuf>) -> pso::Result<FileStore> {
+    Ok(FileStore::open_existing(path)?.with_max_bytes(MAX_RECORD_BYTES))
+}
+
+/// One session, from its metadata alone. Times are seconds since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// The service and the session's id.
+    pub key: SessionKey,
+    /// When the session was created.
+    pub created: u64,
+    /// When a request last saved it.
+    pub last_access: u64,
+    /// Its absolute deadline; `None` for a session that lasts until the browser closes.
+    pub deadline: Option<u64>,
+    /// The last second it may stay unused: past it, it has expired (last access + max idle).
+    pub idle_deadline: Option<u64>,
+    /// The record's encoded length (what `PSOSessionMaxBytes` caps).
+    pub bytes: u64,
+    /// The disk space its file takes.
+    pub disk_bytes: u64,
+    /// Whether it has expired at the `now` it was read with.
+    pub expired: bool,
+}
+
+impl Summary {
+    fn new(key: SessionKey, meta: &Meta, bytes: u64, disk_bytes: u64, now: u64) -> Summary {
+        Summary {
+            key,
+            created: meta.created,
+            last_access: meta.last_access,
+            deadline: meta.deadline,
+            idle_deadline: meta
+                .max_idle
+                .map(|idle| meta.last_access.saturating_add(idle)),
+            bytes,
+            disk_bytes,
+            expired: meta.is_expired(now),
+        }
+    }
+}
+
+/// A directory entry that is not a readable session of this pso.
+#[derive(Debug)]
+pub enum Skipped {
+    /// A file not named like a session: another program's, or put there by hand.
+    NotASession {
+        /// Its file name.
+        name: OsString,
+    },
+    /// A save's temporary file (removed by collection once abandoned).
+    Temporary,
+    /// A session file that cannot be read: damaged, or not a regular file of ours.
+    Unreadable {
+        /// The session it is named for.
+        key: SessionKey,
+        /// Why.
+        error: pso::Error,
+    },
+    /// A session file of a format version this pso does not read (another pso wrote it).
+    OtherVersion {
+        /// The session it is named for.
+        key: SessionKey,
+    },
+    /// An empty session file: reserved, no record saved yet.
+    Reservation,
+}
+
+/// What a stored value reads as: values carry no type tag, so this is a best guess.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shown {
+    /// The bytes decode exactly as an unsigned integer (bincode's variable-length encoding;
+    /// a signed one shows zigzag-encoded, `-1` as `1`).
+    Integer(u64),
+    /// The bytes decode exactly as a UTF-8 string (or bytes that happen to be UTF-8).
+    Text(String),
+}
+
+/// An integer as digits, a string quoted and escaped: control characters from a session
+/// value must not reach a terminal.
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shown::Integer(n) => write!(f, "{n}"),
+            Shown::Text(text) => write!(f, "{text:?}"),
+        }
+    }
+}
+
+/// One key of a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key.
+    pub name: String,
+    /// The size of its encoded value.
+    pub bytes: usize,
+    /// The value, where it reads as an integer or a string.
+    pub shown: Option<Shown>,
+}
+
+/// One session in full: its summary, the rest of its metadata and its keys, in key order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Detail {
+    /// What [`for_each`] shows of it.
+    pub summary: Summary,
+    /// The longest time it may stay unused, in seconds.
+    pub max_idle: Option<u64>,
+    /// The client's address when it was created.
+    pub client_addr: Option<String>,
+    /// Its keys.
+    pub keys: Vec<KeyInfo>,
+}
+
+/// Streams the sessions of `store` (of `service` only, if given) to `each`, with every entry
+/// that is not a readable session as a [`Skipped`]; the entries of other services are passed
+/// over unread. Only the first 4 KiB of each record are held, and only while it is read, so
+/// memory does not grow with the directory. No lock is taken and nothing is changed.
+///
+/// The error is a failure to list the directory; everything about one file is a [`Skipped`].
+pub fn for_each(
+    store: &FileStore,
+    service: Option<&ServiceId>,
+    now: u64,
+    mut each: impl FnMut(Result<Summary, Skipped>) -> ControlFlow<()>,
+) -> pso::Result<()> {
+    for entry in store.entries()? {
+        let entry = entry?;
+        let found = match entry.kind() {
+            EntryKind::Session(key) if service.is_none_or(|s| key.service == *s) => {
+                match store.inspect(key) {
+                    Ok(Some(file)) => match file.contents {
+                        Contents::Record { meta, bytes } => Ok(Summary::new(
+                            key.clone(),
+                            &meta,
+                            bytes,
+                            file.disk_bytes,
+                            now,
+                        )),
+                        Contents::Reservation => Err(Skipped::Reservation),
+                        Contents::OtherVersion => Err(Skipped::OtherVersion { key: key.clone() }),
+                        _ => Err(Skipped::OtherVersion { key: key.clone() }),
+                    },
+                    // Removed since it was listed.
+                    Ok(None) => continue,
+                    Err(error) => Err(Skipped::Unreadable {
+                        key: key.clone(),
+                        error,
+                    }),
+                }
+            }
+            EntryKind::Session(_) | EntryKind::GcCursor => continue,
+            EntryKind::Temporary if service.is_none() => Err(Skipped::Temporary),
+            EntryKind::Temporary => continue,
+            _ if service.is_none() => Err(Skipped::NotASession {
+                name: entry.name().to_owned(),
+            }),
+            _ => continue,
+        };
+        if each(found).is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// One session in full; `None` if the store has no record under `key`. The record is read
+/// whole (up to the largest cap) without its lock: a save under way is seen before or after,
+/// never half-done, as the file layout guarantees.
+pub fn detail(store: &FileStore, key: &SessionKey, now: u64) -> pso::Result<Option<Detail>> {
+    let Some(file) = store.inspect(key)? else {
+        return Ok(None);
+    };
+    let bytes = match file.contents {
+        Contents::Record { bytes, .. } => bytes,
+        Contents::Reservation => return Ok(None),
+        // Read anyway: the error says what is wrong with it.
+        _ => 0,
+    };
+    let Some(record) = store.peek(key)? else {
+        return Ok(None);
+    };
+    let keys = record
+        .keys()
+        .map(|name| KeyInfo {
+            name: name.to_owned(),
+            bytes: record.value_len(name).unwrap_or(0),
+            shown: shown(&record, name),
+        })
+        .collect();
+    Ok(Some(Detail {
+        summary: Summary::new(key.clone(), &record.meta, bytes, file.disk_bytes, now),
+        max_idle: record.meta.max_idle,
+        client_addr: record.meta.client_addr.clone(),
+        keys,
+    }))
+}
+
+/// The value under `name` if its bytes decode exactly as an integer, else as a string. An
+/// integer is tried first: a small one's single byte would also read as a short string.
+fn shown(record: &pso::Record, name: &str) -> Option<Shown> {
+    if let Ok(Some(n)) = record.get::<u64>(name) {
+        return Some(Shown::Integer(n));
+    }
+    record.get::<String>(name).ok().flatten().map(Shown::Text)
+}
+
+/// Ends `key`'s session: takes its lock (waiting at most `timeout` for a request that holds
+/// it), then removes its file. `false` if there was no such session.
+pub fn remove(store: &FileStore, key: &SessionKey, timeout: Duration) -> pso::Result<bool> {
+    let existed = store.exists(key)?;
+    let mut session = store.lock(key, LockOptions::new(timeout))?;
+    session.delete()?;
+    drop(session);
+    Ok(existed)
+}
+
+/// Why a command-line id names no single session.
+#[derive(Debug)]
+pub enum LookupError {
+    /// Not of a session id's alphabet and length: never used in a path.
+    Invalid(pso::Error),
+    /// No session has that id, or an id that starts with it.
+    NotFound,
+    /// A prefix shorter than [`MIN_PREFIX`] that is not a whole id.
+    TooShort,
+    /// Several sessions match: `services` names where (up to a few).
+    Ambiguous {
+        /// How many sessions match (counting stops at a few).
+        matches: usize,
+        /// The services of the matches seen.
+        services: Vec<ServiceId>,
+    },
+    /// The directory could not be listed.
+    Store(pso::Error),
+}
+
+impl fmt::Display for LookupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LookupError::Invalid(e) => write!(f, "not a session id: {e}"),
+            LookupError::NotFound => f.write_str("no such session"),
+            LookupError::TooShort => write!(
+                f,
+                "no session has that id, and a prefix must be at least {MIN_PREFIX} characters"
+            ),
+            LookupError::Ambiguous { matches, services } => {
+                let services: Vec<&str> = services.iter().map(ServiceId::as_str).collect();
+                let more = if *matches >= AMBIGUOUS_STOP {
+                    " or more"
+                } else {
+                    ""
+                };
+                write!(
+                    f,
+                    "{matches}{more} sessions match (services: {}); give more of the id or --service",
+                    services.join(", ")
+                )
+            }
+            LookupError::Store(e) => write!(f, "{}", pso::ErrorChain(e)),
+        }
+    }
+}
+
+/// Counting matches stops here: two already make a prefix ambiguous.
+const AMBIGUOUS_STOP: usize = 5;
+
+/// The session that `text` names: a whole id (in `service`, or in the one service that has it),
+/// or an unambiguous prefix of at least [`MIN_PREFIX`] characters. `text` is checked against
+/// the id alphabet before anything else, and only ever compared with names listed from the
+/// directory: it never becomes part of a path.
+pub fn resolve(
+    store: &FileStore,
+    service: Option<&ServiceId>,
+    text: &str,
+) -> Result<SessionKey, LookupError> {
+    let id = SessionId::forced(text).map_err(LookupError::Invalid)?;
+    if let Some(service) = service {
+        let key = SessionKey::new(service.clone(), id.clone());
+        if store.exists(&key).map_err(LookupError::Store)? {
+            return Ok(key);
+        }
+    }
+    let (mut exact, mut prefixed) = (Vec::new(), Vec::new());
+    for entry in store.entries().map_err(LookupError::Store)? {
+        let entry = entry.map_err(LookupError::Store)?;
+        let EntryKind::Session(key) = entry.kind() else {
+            continue;
+        };
+        if service.is_some_and(|s| key.service != *s) {
+            continue;
+        }
+        if key.id == id {
+            exact.push(key.clone());
+        } else if key.id.as_str().starts_with(text) && prefixed.len() < AMBIGUOUS_STOP {
+            prefixed.push(key.clone());
+        }
+        if exact.len() >= AMBIGUOUS_STOP {
+            break;
+        }
+    }
+    let matches = if !exact.is_empty() {
+        exact
+    } else if text.len() < MIN_PREFIX {
+        return Err(LookupError::TooShort);
+    } else {
+        prefixed
+    };
+    match matches.len() {
+        0 => Err(LookupError::NotFound),
+        1 => Ok(matches.into_iter().next().ok_or(LookupError::NotFound)?),
+        n => {
+            let mut services: Vec<ServiceId> = matches.into_iter().map(|k| k.service).collect();
+            services.sort();
+            services.dedup();
+            Err(LookupError::Ambiguous {
+                matches: n,
+                services,
+            })
+        }
+    }
+}
+
+/// Whether an error from [`remove`] means the session stayed locked past the timeout.
+pub fn is_lock_timeout(error: &pso::Error) -> bool {
+    error.kind() == ErrorKind::LockTimeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pso::{Record, SessionId};
+
+    fn store() -> (tempfile::TempDir, FileStore) {
+        let dir = tempfile::tempdir().unwrap();
+        FileStore::open(dir.path().join("s")).unwrap();
+        let store = open(dir.path().join("s")).unwrap();
+        (dir, store)
+    }
+
+    fn save(store: &FileStore, service: &str, id: &str, record: &Record) -> SessionKey {
+        let key = SessionKey::new(service.parse().unwrap(), SessionId::forced(id).unwrap());
+        store
+            .lock(&key, LockOptions::new(Duration::from_secs(5)))
+            .unwrap()
+            .save(record)
+            .unwrap();
+        key
+    }
+
+    #[test]
+    fn values_show_as_integers_or_strings_where_they_decode_exactly() {
+        let (_dir, store) = store();
+        let mut record = Record::new(Meta::new(1_000));
+        record.set("n", &7u64).unwrap();
+        record.set("zero", &0u64).unwrap();
+        record.set("big", &u64::MAX).unwrap();
+        record.set("name", "eggs\u{1b}[31m").unwrap();
+        record.set("list", &vec![300u32]).unwrap();
+        // Best effort: a list of small numbers has the bytes of a string of control characters.
+        record.set("small", &vec![1u8, 2]).unwrap();
+        record.set("pair", &(1u8, "x")).unwrap();
+        let key = save(&store, "svc", "007", &record);
+        let detail = detail(&store, &key, 1_000).unwrap().unwrap();
+        let shown: Vec<(&str, Option<String>)> = detail
+            .keys
+            .iter()
+            .map(|k| (k.name.as_str(), k.shown.as_ref().map(Shown::to_string)))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("big", Some(u64::MAX.to_string())),
+                ("list", None),
+                ("n", Some("7".into())),
+                ("name", Some(r#""eggs\u{1b}[31m""#.into())),
+                ("pair", None),
+                ("small", Some(r#""\u{1}\u{2}""#.into())),
+                ("zero", Some("0".into())),
+            ]
+        );
+        assert_eq!(detail.keys[0].bytes, record.value_len("big").unwrap());
+    }
+
+    #[test]
+    fn ids_resolve_whole_or_by_an_unambiguous_prefix() {
+        let (_dir, store) = store();
+        let record = Record::new(Meta::new(1_000));
+        let a = save(&store, "one", "abcdef111111", &record);
+        save(&store, "one", "abcdef222222", &record);
+        let shared_one = save(&store, "one", "007", &record);
+        save(&store, "two", "007", &record);
+        let one: ServiceId = "one".parse().unwrap();
+        assert_eq!(resolve(&store, None, "abcdef1").unwrap(), a);
+        assert_eq!(resolve(&store, None, "abcdef111111").unwrap(), a);
+        assert!(matches!(
+            resolve(&store, None, "abcdef"),
+            Err(LookupError::Ambiguous { matches: 2, .. })
+        ));
+        assert!(matches!(
+            resolve(&store, None, "abc"),
+            Err(LookupError::TooShort)
+        ));
+        assert!(matches!(
+            resolve(&store, None, "007"),
+            Err(LookupError::Ambiguous { matches: 2, .. })
+        ));
+        assert_eq!(resolve(&store, Some(&one), "007").unwrap(), shared_one);
+        assert!(matches!(
+            resolve(&store, None, "../etc"),
+            Err(LookupError::Invalid(_))
+        ));
+        assert!(matches!(
+            resolve(&store, None, "ffffff"),
+            Err(LookupError::NotFound)
+        ));
+    }
+}
