@@ -11,14 +11,16 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pso::store::{FileStore, LockOptions, SessionKey, Store};
-use pso::{Config, Environment, Record, ServiceId};
+use pso::store::FileStore;
+use pso::{Config, Environment, ServiceId};
 
 use super::http::{self, Request};
 use super::{Site, site};
+use crate::inventory::{self, Detail};
 
 /// Characters of an id shown and accepted back.
 const PREFIX_LEN: usize = 12;
@@ -123,7 +125,6 @@ struct ProgramStore {
     programs: Vec<String>,
     dir: PathBuf,
     service: ServiceId,
-    max_bytes: u64,
     lock_timeout: Duration,
 }
 
@@ -144,7 +145,6 @@ fn stores(site: &Site) -> Vec<ProgramStore> {
                 programs: vec![name],
                 dir: config.session_dir,
                 service: config.service,
-                max_bytes: config.max_bytes,
                 lock_timeout: config.lock_timeout,
             }),
         }
@@ -158,33 +158,33 @@ impl ProgramStore {
         if std::fs::symlink_metadata(&self.dir).is_err() {
             return Ok(None);
         }
-        FileStore::open(&self.dir)
-            .map(|store| Some(store.with_max_bytes(self.max_bytes)))
-            .map_err(|e| format!("{}: {e}", self.dir.display()))
+        inventory::open(&self.dir)
+            .map(Some)
+            .map_err(|e| format!("{}: {}", self.dir.display(), pso::ErrorChain(&e)))
     }
 
-    /// The service's sessions, the most recently used first.
-    fn sessions(&self) -> Result<Vec<(SessionKey, Option<Record>)>, String> {
+    /// The service's sessions in full, the most recently used first.
+    fn sessions(&self, now: u64) -> Result<Vec<Detail>, String> {
         let Some(store) = self.open()? else {
             return Ok(Vec::new());
         };
-        let keys = store.keys().map_err(|e| e.to_string())?;
-        let mut sessions = Vec::new();
-        for key in keys.flatten() {
-            if key.service != self.service {
-                continue;
+        let mut summaries = Vec::new();
+        inventory::for_each(&store, Some(&self.service), now, |found| {
+            if let Ok(summary) = found {
+                summaries.push(summary);
             }
-            let record = store.peek(&key).ok().flatten();
-            sessions.push((key, record));
-        }
-        sessions.sort_by_key(|(_, record)| {
-            std::cmp::Reverse(record.as_ref().map_or(0, |r| r.meta.last_access))
-        });
-        sessions.truncate(MAX_LISTED);
-        Ok(sessions)
+            ControlFlow::Continue(())
+        })
+        .map_err(|e| pso::ErrorChain(&e).to_string())?;
+        summaries.sort_by_key(|summary| std::cmp::Reverse(summary.last_access));
+        summaries.truncate(MAX_LISTED);
+        Ok(summaries
+            .iter()
+            .filter_map(|summary| inventory::detail(&store, &summary.key, now).ok().flatten())
+            .collect())
     }
 
-    /// Deletes the one session whose id starts with `prefix`, under its lock.
+    /// Ends the one session whose id starts with `prefix`, under its lock.
     fn end(&self, prefix: &str) -> Result<bool, String> {
         if prefix.len() != PREFIX_LEN {
             return Ok(false);
@@ -192,19 +192,13 @@ impl ProgramStore {
         let Some(store) = self.open()? else {
             return Ok(false);
         };
-        let keys = store.keys().map_err(|e| e.to_string())?;
-        let matching: Vec<SessionKey> = keys
-            .flatten()
-            .filter(|key| key.service == self.service && key.id.as_str().starts_with(prefix))
-            .collect();
-        let [key] = matching.as_slice() else {
+        let Ok(key) = inventory::resolve(&store, Some(&self.service), prefix) else {
             return Ok(false);
         };
-        let options = LockOptions::new(self.lock_timeout).with_create(false);
-        let mut locked = store.lock(key, options).map_err(|e| e.to_string())?;
-        locked.delete().map_err(|e| e.to_string())?;
+        let ended = inventory::remove(&store, &key, self.lock_timeout)
+            .map_err(|e| pso::ErrorChain(&e).to_string())?;
         eprintln!("pso serve: ended session {}", key.id.short());
-        Ok(true)
+        Ok(ended)
     }
 }
 
@@ -220,7 +214,7 @@ fn page(site: &Site) -> String {
             escape(store.service.as_str()),
             escape(&store.dir.display().to_string()),
         ));
-        let sessions = match store.sessions() {
+        let sessions = match store.sessions(now) {
             Ok(sessions) => sessions,
             Err(why) => {
                 body.push_str(&format!("<p class=\"error\">{}</p>\n", escape(&why)));
@@ -234,17 +228,16 @@ fn page(site: &Site) -> String {
         body.push_str(
             "<table>\n<tr><th>id</th><th>created</th><th>last used</th><th>ends</th><th>data</th><th></th></tr>\n",
         );
-        for (key, record) in &sessions {
-            let prefix: String = key.id.as_str().chars().take(PREFIX_LEN).collect();
-            let (created, used, ends, data) = match record {
-                Some(record) => describe(record, now),
-                None => (
-                    "?".to_string(),
-                    "?".to_string(),
-                    "?".to_string(),
-                    "<em>unreadable</em>".to_string(),
-                ),
-            };
+        for detail in &sessions {
+            let prefix: String = detail
+                .summary
+                .key
+                .id
+                .as_str()
+                .chars()
+                .take(PREFIX_LEN)
+                .collect();
+            let (created, used, ends, data) = describe(detail, now);
             body.push_str(&format!(
                 "<tr><td><code>{prefix}…</code></td><td>{created}</td><td>{used}</td><td>{ends}</td><td>{data}</td>\
                  <td><form method=\"post\" action=\"{}end\"><input type=\"hidden\" name=\"token\" value=\"{}\">\
@@ -268,35 +261,40 @@ fn page(site: &Site) -> String {
 }
 
 /// A session's times, deadlines and data, as table cells (HTML-escaped).
-fn describe(record: &Record, now: u64) -> (String, String, String, String) {
-    let meta = &record.meta;
+fn describe(detail: &Detail, now: u64) -> (String, String, String, String) {
+    let summary = &detail.summary;
     let mut ends = Vec::new();
-    if let Some(deadline) = meta.deadline {
+    if let Some(deadline) = summary.deadline {
         ends.push(format!("{} (lifetime)", when(deadline, now)));
     }
-    if let Some(idle) = meta.max_idle {
-        ends.push(format!(
-            "{} (idle)",
-            when(meta.last_access.saturating_add(idle), now)
-        ));
+    if let Some(idle) = summary.idle_deadline {
+        ends.push(format!("{} (unused)", when(idle, now)));
     }
     if ends.is_empty() {
         ends.push("when the browser closes".into());
     }
-    if record.is_expired(now) {
+    if summary.expired {
         ends.push("<strong>expired</strong>".into());
     }
     let mut data = String::new();
-    for key in record.keys() {
-        let size = record.value_len(key).unwrap_or(0);
-        data.push_str(&format!("<code>{}</code>: {size} B<br>", escape(key)));
+    for key in &detail.keys {
+        let value = key
+            .shown
+            .as_ref()
+            .map(|shown| format!(" = {}", escape(&shown.to_string())))
+            .unwrap_or_default();
+        data.push_str(&format!(
+            "<code>{}</code>{value} <small>({} B)</small><br>",
+            escape(&key.name),
+            key.bytes
+        ));
     }
     if data.is_empty() {
         data.push_str("<em>empty</em>");
     }
     (
-        when(meta.created, now),
-        when(meta.last_access, now),
+        when(summary.created, now),
+        when(summary.last_access, now),
         ends.join("<br>"),
         data,
     )
