@@ -351,6 +351,28 @@ fn the_htaccess_wins_over_the_environment_and_names_its_line() {
 }
 
 #[test]
+fn control_characters_from_a_file_never_reach_the_terminal() {
+    let deployment = Deployment::new();
+    let htaccess = deployment.htaccess(
+        "SetEnv PSOServiceId \"shop\x1b[2J\x1b]0;owned\x07\"\nSetEnv PSOSessionFileLoader_Path \"/tmp/x\ry\"\nSetEnv PSOSessionExpiry \"\x1b[1A\"\n",
+    );
+    let output = config(&[], &["--htaccess", htaccess.to_str().unwrap(), "--no-env"]);
+    let text = stdout(&output);
+    assert!(
+        !text.contains('\x1b') && !text.contains('\r') && !text.contains('\x07'),
+        "{text:?}"
+    );
+    assert!(text.contains("\\u{1b}"), "escaped, not dropped: {text}");
+    let htaccess = deployment.htaccess("SetEnv A 1\n");
+    std::fs::remove_file(&htaccess).unwrap();
+    let status = Command::new("mkfifo").arg(&htaccess).status().unwrap();
+    assert!(status.success());
+    // A FIFO is refused, not waited on.
+    let output = config(&[], &["--htaccess", htaccess.to_str().unwrap(), "--no-env"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+}
+
+#[test]
 fn a_line_apache_would_refuse_fails() {
     let deployment = Deployment::new();
     let htaccess = deployment.htaccess("SetEnv PSOServiceId \"shop\nSetEnv A b c\n");

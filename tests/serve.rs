@@ -53,7 +53,12 @@ impl Fixture {
                 "echo 'something went wrong' >&2; printf 'Content-Type: text/plain\\n\\nok'",
             ),
             ("garbage", "printf 'this is not a header\\n\\nbody'"),
-            ("hang", "echo $$ > \"$PIDFILE\"; exec sleep 60"),
+            // Not `exec`: the shell's own child must go too.
+            ("hang", "sleep 60 & echo $! > \"$PIDFILE\"; wait"),
+            (
+                "errflood",
+                "head -c 50000000 /dev/zero | tr '\\0' a >&2; printf 'Content-Type: text/plain\\n\\nok'",
+            ),
         ];
         for (name, body) in scripts {
             let path = dir.join(name);
@@ -145,13 +150,19 @@ impl Server {
                 panic!("pso serve printed no URL: {}", log.lock().unwrap());
             }
             let url = line.trim().to_string();
-            let done = url.ends_with("/_pso/");
+            let done = url.contains("/_pso/?key=");
             urls.push(url);
             if done {
                 break;
             }
         }
-        let base = urls.last().unwrap().trim_end_matches("/_pso/").to_string();
+        let base = urls
+            .last()
+            .unwrap()
+            .split("/_pso/")
+            .next()
+            .unwrap()
+            .to_string();
         Server {
             child,
             base,
@@ -180,10 +191,11 @@ impl Server {
         String::from_utf8_lossy(&response).into_owned()
     }
 
-    fn post_form(&self, path: &str, form: &str) -> String {
+    /// Posts a form, with `headers` (whole lines, each ending in CRLF) beside the usual ones.
+    fn post_form(&self, path: &str, headers: &str, form: &str) -> String {
         self.raw(
             format!(
-                "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+                "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
                 form.len()
             )
             .as_bytes(),
@@ -191,7 +203,22 @@ impl Server {
     }
 
     fn get(&self, path: &str) -> String {
-        self.raw(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        self.get_with(path, "")
+    }
+
+    fn get_with(&self, path: &str, headers: &str) -> String {
+        self.raw(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n").as_bytes())
+    }
+
+    /// The sessions page's key, from the URL printed at start-up.
+    fn key(&self) -> String {
+        self.urls
+            .last()
+            .unwrap()
+            .split("key=")
+            .nth(1)
+            .unwrap()
+            .to_string()
     }
 }
 
@@ -355,14 +382,14 @@ fn passes_the_body_on_standard_input() {
     let body_sent = "a".repeat(200_000);
     let response = server.raw(
         format!(
-            "POST /cgi-bin/echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body_sent}",
+            "POST /cgi-bin/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body_sent}",
             body_sent.len()
         )
         .as_bytes(),
     );
     assert_eq!(body(&response), body_sent);
     let response = server
-        .raw(b"POST /cgi-bin/inspect?echo=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+        .raw(b"POST /cgi-bin/inspect?echo=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello");
     assert_eq!(body(&response), "hello", "{response}");
 }
 
@@ -377,8 +404,8 @@ fn follows_status_and_location_as_rfc_3875_says() {
     );
     assert_eq!(body(&teapot), "tea");
 
-    let inside =
-        server.raw(b"POST /cgi-bin/inside HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+    let inside = server
+        .raw(b"POST /cgi-bin/inside HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\nabc");
     assert_eq!(status(&inside), "200", "{inside}");
     let env = body(&inside);
     for line in [
@@ -433,7 +460,60 @@ fn kills_a_program_that_hangs_and_answers_504() {
     while proc.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!proc.exists(), "the hung program still runs");
+    assert!(!proc.exists(), "what the hung program started still runs");
+}
+
+#[test]
+fn a_flood_on_standard_error_costs_the_server_no_memory() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    assert_eq!(body(&server.get("/cgi-bin/errflood")), "ok");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    // 50 MB of standard error without a newline: one line, cut at 4 KiB.
+    assert!(peak_kib < 32 * 1024, "peak {peak_kib} KiB");
+}
+
+#[test]
+fn clients_that_send_their_head_slowly_do_not_hold_the_workers() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    // As many slow clients as workers, each sending a byte a second, forever.
+    let slow: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.addr()).unwrap();
+            stream.write_all(b"G").unwrap();
+            stream
+        })
+        .collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dripping = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for mut stream in &slow {
+                    let _ = stream.write_all(b"E");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let response = server.get("/cgi-bin/teapot");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    dripping.join().unwrap();
+    assert_eq!(status(&response), "418", "{response}");
+    // The head's deadline (10 s) frees the workers, not the 30 s between reads.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -463,12 +543,15 @@ fn refuses_what_a_gateway_must_not_pass_on() {
         (b"GET /cgi-bin/env HTTP/1.1\r\nX: a\0b\r\n\r\n".to_vec(), "400"),
         (b"GET /cgi-bin/env HTTP/1.1\r\nX: a\rb\r\n\r\n".to_vec(), "400"),
         (big_header, "431"),
-        (b"GET /cgi-bin/../../etc/passwd HTTP/1.1\r\n\r\n".to_vec(), "400"),
-        (b"GET /cgi-bin/%2e%2e/secret HTTP/1.1\r\n\r\n".to_vec(), "404"),
-        (b"GET /cgi-bin/escape HTTP/1.1\r\n\r\n".to_vec(), "404"),
-        (b"GET /cgi-bin/.htaccess HTTP/1.1\r\n\r\n".to_vec(), "404"),
-        (b"GET /cgi-bin/plain.txt HTTP/1.1\r\n\r\n".to_vec(), "404"),
-        (b"GET /secret HTTP/1.1\r\n\r\n".to_vec(), "404"),
+        (b"GET /cgi-bin/../../etc/passwd HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec(), "400"),
+        (b"GET /cgi-bin/%2e%2e/secret HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec(), "404"),
+        (b"GET /cgi-bin/escape HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec(), "404"),
+        (b"GET /cgi-bin/.htaccess HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec(), "404"),
+        (b"GET /cgi-bin/plain.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec(), "404"),
+        (b"GET /secret HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec(), "404"),
+        (b"GET /cgi-bin/env HTTP/1.1\r\n\r\n".to_vec(), "400"),
+        // DNS rebinding: a name of another site's that resolves to 127.0.0.1.
+        (b"GET /cgi-bin/env HTTP/1.1\r\nHost: evil.example:8080\r\n\r\n".to_vec(), "403"),
     ];
     for (request, want) in cases {
         let response = server.raw(&request);
@@ -493,17 +576,36 @@ fn shows_the_sessions_and_ends_one_for_this_machine_only() {
     let id = fixture.only_session_id();
     let prefix = &id[..12];
 
-    let page = server.get("/_pso/");
+    // Without the key (another local user): nothing.
+    let keyless = server.get("/_pso/");
+    assert_eq!(status(&keyless), "403", "{keyless}");
+    let wrong = server.get("/_pso/?key=0123456789abcdef0123456789abcdef0123456789abcdef");
+    assert_eq!(status(&wrong), "403", "{wrong}");
+    // The printed URL trades its key for a cookie for /_pso/ only.
+    let key = server.key();
+    let traded = server.get(&format!("/_pso/?key={key}"));
+    assert_eq!(status(&traded), "303", "{traded}");
+    assert!(
+        traded.contains(&format!(
+            "Set-Cookie: pso-serve-key={key}; Path=/_pso/; HttpOnly; SameSite=Strict\r\n"
+        )),
+        "{traded}"
+    );
+    let cookie = format!("Cookie: pso-serve-key={key}\r\n");
+    let page = server.get_with("/_pso/", &cookie);
     assert_eq!(status(&page), "200", "{page}");
+    assert!(page.contains("X-Frame-Options: DENY\r\n"), "{page}");
+    assert!(page.contains("frame-ancestors 'none'"), "{page}");
     assert!(page.contains(prefix), "{prefix} not in\n{page}");
     assert!(page.contains("<code>reloads</code>"), "{page}");
     assert!(!page.contains(&id[..20]), "the page gives whole ids away");
 
-    let foreign = server.raw(b"GET /_pso/ HTTP/1.1\r\nHost: evil.example:8080\r\n\r\n");
+    let foreign = server
+        .raw(format!("GET /_pso/ HTTP/1.1\r\nHost: evil.example:8080\r\n{cookie}\r\n").as_bytes());
     assert_eq!(status(&foreign), "403", "{foreign}");
 
     let forged = format!("token=wrong&service=reload&id={prefix}");
-    let response = server.post_form("/_pso/end", &forged);
+    let response = server.post_form("/_pso/end", &cookie, &forged);
     assert_eq!(status(&response), "403", "{response}");
     assert_eq!(fixture.sessions().len(), 1);
 
@@ -513,7 +615,14 @@ fn shows_the_sessions_and_ends_one_for_this_machine_only() {
         .and_then(|rest| rest.split('"').next())
         .unwrap();
     let form = format!("token={token}&service=reload&id={prefix}");
-    let response = server.post_form("/_pso/end", &form);
+    let response = server.post_form("/_pso/end", "", &form);
+    assert_eq!(
+        status(&response),
+        "403",
+        "a form without the key cookie: {response}"
+    );
+    assert_eq!(fixture.sessions().len(), 1);
+    let response = server.post_form("/_pso/end", &cookie, &form);
     assert_eq!(status(&response), "303", "{response}");
     assert_eq!(fixture.sessions(), Vec::<String>::new());
     let Some(response) = curl(&jar, &format!("{}/cgi-bin/reload", server.base), &[]) else {
@@ -564,7 +673,7 @@ fn a_real_browser_counts_three_reloads_and_sees_its_session() {
     }
     assert!(last.contains("You reloaded: 3 times"), "{last}");
     let id = fixture.only_session_id();
-    let page = load(&format!("{}/_pso/", server.base));
+    let page = load(server.urls.last().unwrap());
     assert!(page.contains(&id[..12]), "{}\n{page}", &id[..12]);
     assert!(page.contains("reloads"), "{page}");
 }
@@ -586,7 +695,7 @@ fn the_readme_command_builds_the_counter_and_serves_it() {
         server.urls,
         vec![
             format!("{}/cgi-bin/reload", server.base),
-            format!("{}/_pso/", server.base)
+            format!("{}/_pso/?key={}", server.base, server.key())
         ]
     );
     let jar = tempfile::tempdir().unwrap();

@@ -40,6 +40,13 @@ impl Htaccess {
     /// Reads and parses `path`.
     pub fn read(path: &Path) -> io::Result<Htaccess> {
         use std::io::Read;
+        // Not a FIFO or a device: opening one could wait forever.
+        if !std::fs::metadata(path)?.is_file() {
+            return Err(io::Error::other(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
         let file = std::fs::File::open(path)?;
         let mut bytes = Vec::new();
         file.take(MAX_BYTES + 1).read_to_end(&mut bytes)?;

@@ -31,7 +31,9 @@ use site::{Programs, Route};
 /// Threads serving connections; more wait in a queue of [`QUEUED`].
 const WORKERS: usize = 8;
 const QUEUED: usize = 64;
-/// How long a client may take to send its request head, and to take the response.
+/// How long a client may take to send its whole request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may stall while sending its body or taking the response.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Local redirects followed for one request, as Apache's `LimitInternalRecursion`.
 const MAX_REDIRECTS: usize = 10;
@@ -68,8 +70,12 @@ pub struct Site {
     pub document_root: PathBuf,
     pub timeout: Duration,
     pub responders: Option<fastcgi::Responders>,
-    /// The sessions page's secret, for its forms.
+    /// The sessions page's key, in the URL printed at start-up and in its forms.
     pub token: String,
+    /// The CGI programs running now.
+    pub children: gateway::Children,
+    /// Whether the server listens on loopback only: then it answers only to loopback names.
+    pub loopback: bool,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -136,6 +142,8 @@ fn serve(args: Args) -> Result<(), String> {
         timeout: Duration::from_secs(args.timeout),
         responders,
         token,
+        children: gateway::Children::default(),
+        loopback: local.ip().is_loopback(),
     });
 
     announce(&site, local);
@@ -190,7 +198,7 @@ fn announce(site: &Site, local: SocketAddr) {
     for name in &names {
         let _ = writeln!(out, "http://{local}{}{name}", site::PREFIX);
     }
-    let _ = writeln!(out, "http://{local}{}", site::DASHBOARD);
+    let _ = writeln!(out, "http://{local}{}?key={}", site::DASHBOARD, site.token);
     let _ = out.flush();
     if names.is_empty() {
         eprintln!(
@@ -200,10 +208,12 @@ fn announce(site: &Site, local: SocketAddr) {
     }
 }
 
-/// On Ctrl-C or SIGTERM: stop the FastCGI responders, remove their sockets, exit.
+/// On Ctrl-C, SIGTERM or SIGHUP (the terminal closed): stop the programs running and the
+/// FastCGI responders, remove their sockets, exit.
 fn stop_on_signals(site: Arc<Site>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
         if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
             eprintln!("pso serve: cannot catch signal {signal}: {e}");
         }
@@ -212,6 +222,7 @@ fn stop_on_signals(site: Arc<Site>) {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
         }
+        site.children.kill_all();
         if let Some(responders) = &site.responders {
             responders.shutdown();
         }
@@ -228,7 +239,11 @@ fn handle(site: &Site, mut conn: TcpStream) {
         return;
     };
     let started = Instant::now();
-    let request = match http::read_request(&mut conn) {
+    let mut head = HeadReader {
+        conn: &conn,
+        deadline: started + HEAD_TIMEOUT,
+    };
+    let request = match http::read_request(&mut head) {
         Incoming::Request(request) => request,
         Incoming::Nothing => return,
         Incoming::Refused(refusal) => {
@@ -237,7 +252,12 @@ fn handle(site: &Site, mut conn: TcpStream) {
             return;
         }
     };
-    let (status, bytes) = answer(site, &mut conn, &request, peer, local);
+    let (status, bytes) = match admit(site, &request) {
+        Ok(()) => answer(site, &mut conn, &request, peer, local),
+        Err(refusal) => error(&mut conn, refusal.status, refusal.why),
+    };
+    // Wakes a thread still copying a body the program did not read.
+    let _ = conn.shutdown(std::net::Shutdown::Both);
     eprintln!(
         "{peer} \"{} {} {}\" {status} {bytes} {:.1}ms",
         request.method,
@@ -245,6 +265,46 @@ fn handle(site: &Site, mut conn: TcpStream) {
         request.version,
         started.elapsed().as_secs_f64() * 1000.0
     );
+}
+
+/// Checks the Host header: HTTP/1.1 requires one, and a server on loopback answers only to
+/// loopback names (no DNS rebinding: a page of another site cannot drive the programs).
+fn admit(site: &Site, request: &Request) -> Result<(), http::Refusal> {
+    let host = request.header("Host");
+    if host.is_none() && request.version == "HTTP/1.1" {
+        return Err(http::Refusal {
+            status: 400,
+            why: "HTTP/1.1 without Host",
+        });
+    }
+    if site.loopback && host.is_some() && !http::loopback_host(host) {
+        return Err(http::Refusal {
+            status: 403,
+            why: "a server on loopback answers only to localhost, 127.0.0.1 or [::1]",
+        });
+    }
+    Ok(())
+}
+
+/// Reads a request head by a deadline for the whole head, not only per read: a client that
+/// sends a byte now and then cannot hold a worker for long.
+struct HeadReader<'a> {
+    conn: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl Read for HeadReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.conn.set_read_timeout(Some(left))?;
+        let mut conn = self.conn;
+        let read = conn.read(buf);
+        self.conn.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+        read
+    }
 }
 
 /// Answers `request`, following local redirects; the status and body bytes sent, for the log.
@@ -269,7 +329,7 @@ fn answer(
             } => (name, executable, path_info),
             Route::Index => return own(conn, 200, &index_page(site), &method),
             Route::Dashboard(rest) => {
-                return dashboard::serve(site, conn, request, &method, &rest, peer);
+                return dashboard::serve(site, conn, request, (&method, &rest, &query), peer);
             }
             Route::NotFound => {
                 return error(conn, 404, "no program of that name here");
@@ -295,6 +355,7 @@ fn answer(
                 body.take(),
                 &site.programs.dir,
                 site.timeout,
+                &site.children,
                 conn,
             ),
             Some(responders) => run_fastcgi(site, responders, &call, vars, body.take(), conn),

@@ -29,11 +29,25 @@ impl Style {
     }
 }
 
+/// Text from a configuration file or the environment, with its control characters escaped: a
+/// hostile `.htaccess` must not drive the terminal (move the cursor, paint over the verdict).
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub fn text(report: &Report, style: Style, out: &mut impl Write) -> io::Result<()> {
     writeln!(
         out,
         "Configuration from: {}",
-        report.sources.join(", then ")
+        printable(&report.sources.join(", then "))
     )?;
     writeln!(out)?;
     let cells: Vec<[String; 4]> = report
@@ -52,7 +66,7 @@ pub fn text(report: &Report, style: Style, out: &mut impl Write) -> io::Result<(
                 }
                 _ => row.effective.clone(),
             };
-            [name, value, row.source.clone(), row.default.clone()]
+            [name, value, row.source.clone(), row.default.clone()].map(|cell| printable(&cell))
         })
         .collect();
     let header = ["variable", "value", "source", "default"].map(str::to_owned);
@@ -82,8 +96,8 @@ pub fn text(report: &Report, style: Style, out: &mut impl Write) -> io::Result<(
                 out,
                 "  {}: {}: {}",
                 style.level(finding.level),
-                row.found_as.as_deref().unwrap_or(&row.name),
-                finding.message
+                printable(row.found_as.as_deref().unwrap_or(&row.name)),
+                printable(&finding.message)
             )?;
         }
     }
@@ -94,14 +108,14 @@ pub fn text(report: &Report, style: Style, out: &mut impl Write) -> io::Result<(
             let source = problem
                 .source
                 .as_ref()
-                .map(|source| format!(" ({source})"))
+                .map(|source| format!(" ({})", printable(source)))
                 .unwrap_or_default();
             writeln!(
                 out,
                 "  {}: {}{source}: {}",
                 style.level(problem.finding.level),
-                problem.subject,
-                problem.finding.message
+                printable(&problem.subject),
+                printable(&problem.finding.message)
             )?;
         }
     }
@@ -109,7 +123,7 @@ pub fn text(report: &Report, style: Style, out: &mut impl Write) -> io::Result<(
     writeln!(
         out,
         "Session directory {}, for {}:",
-        report.evaluation.session_dir.display(),
+        printable(&report.evaluation.session_dir.display().to_string()),
         report.user
     )?;
     for check in &report.checks {
@@ -123,7 +137,7 @@ pub fn text(report: &Report, style: Style, out: &mut impl Write) -> io::Result<(
                 " ".repeat(8 - check.level.as_str().len())
             ),
             check.name,
-            check.message
+            printable(&check.message)
         )?;
     }
     writeln!(out)?;

@@ -29,17 +29,60 @@ const MAX_LISTED: usize = 200;
 /// The largest form body accepted.
 const MAX_FORM: u64 = 4096;
 
-/// Answers a request under `/_pso/`; `rest` is the path after it.
+/// The cookie that carries the page's key, for `/_pso/` only.
+const KEY_COOKIE: &str = "pso-serve-key";
+
+/// Answers a request under `/_pso/`: `rest` is the path after it, `query` the query string.
 pub fn serve(
     site: &Site,
     conn: &mut TcpStream,
     request: &Request,
-    method: &str,
-    rest: &str,
+    (method, rest, query): (&str, &str, &str),
     peer: SocketAddr,
 ) -> (u16, u64) {
-    if !peer.ip().is_loopback() || !loopback_host(request.header("Host")) {
+    if !peer.ip().is_loopback() || !http::loopback_host(request.header("Host")) {
         return error(conn, 403, "the sessions page is for this machine only");
+    }
+    // The key in the URL that pso serve printed: exchanged for a cookie, so that it leaves the
+    // address bar and no other page (SameSite=Strict) and no other local user has it.
+    let offered = form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "key")
+        .map(|(_, value)| value.into_owned());
+    if let Some(key) = offered {
+        if !same_secret(&key, &site.token) {
+            return error(
+                conn,
+                403,
+                "that is not this server's key: open the URL pso serve printed",
+            );
+        }
+        let cookie = format!(
+            "{KEY_COOKIE}={}; Path={}; HttpOnly; SameSite=Strict",
+            site.token,
+            site::DASHBOARD
+        );
+        let _ = http::respond(
+            conn,
+            303,
+            "text/plain; charset=utf-8",
+            &[("Location", site::DASHBOARD), ("Set-Cookie", &cookie)],
+            b"",
+            false,
+        );
+        return (303, 0);
+    }
+    let has_key = request
+        .header("Cookie")
+        .into_iter()
+        .flat_map(|header| header.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(name, value)| name == KEY_COOKIE && same_secret(value, &site.token));
+    if !has_key {
+        return error(
+            conn,
+            403,
+            "the sessions page needs its key: open the URL that pso serve printed (/_pso/?key=...)",
+        );
     }
     match (method, rest) {
         ("GET" | "HEAD", "") => {
@@ -48,10 +91,13 @@ pub fn serve(
                 conn,
                 200,
                 "text/html; charset=utf-8",
-                &[(
-                    "Content-Security-Policy",
-                    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-                )],
+                &[
+                    (
+                        "Content-Security-Policy",
+                        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+                    ),
+                    ("X-Frame-Options", "DENY"),
+                ],
                 page.as_bytes(),
                 method == "HEAD",
             );
@@ -63,23 +109,19 @@ pub fn serve(
     }
 }
 
+/// Compares secrets in time that does not depend on where they differ.
+fn same_secret(offered: &str, secret: &str) -> bool {
+    offered.len() == secret.len()
+        && offered
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 fn error(conn: &mut TcpStream, status: u16, why: &str) -> (u16, u64) {
     let _ = http::respond_error(conn, status, why);
     (status, 0)
-}
-
-/// Whether a Host header names this machine.
-fn loopback_host(host: Option<&str>) -> bool {
-    let Some(host) = host else { return false };
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    name == "localhost"
-        || name == "[::1]"
-        || name
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Ends the session named by the form's `id` prefix, then sends the browser back to the page.
@@ -94,7 +136,10 @@ fn end(site: &Site, conn: &mut TcpStream, request: &Request) -> (u16, u64) {
     }
     body.truncate(request.content_length as usize);
     let form: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
-    if form.get("token") != Some(&site.token) {
+    if !form
+        .get("token")
+        .is_some_and(|token| same_secret(token, &site.token))
+    {
         return error(conn, 403, "the form's token is not this server's");
     }
     let (Some(prefix), Some(service)) = (form.get("id"), form.get("service")) else {
@@ -335,25 +380,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_loopback_names_pass() {
-        for host in [
-            "127.0.0.1:8080",
-            "localhost:8080",
-            "localhost",
-            "[::1]:80",
-            "127.0.0.2",
-        ] {
-            assert!(loopback_host(Some(host)), "{host}");
-        }
-        for host in [
-            "evil.example:8080",
-            "10.0.0.1",
-            "",
-            "localhost.evil.example",
-        ] {
-            assert!(!loopback_host(Some(host)), "{host}");
-        }
-        assert!(!loopback_host(None));
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abd", "abc"));
+        assert!(!same_secret("ab", "abc"));
+        assert!(!same_secret("", "abc"));
     }
 
     #[test]

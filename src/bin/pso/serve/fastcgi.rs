@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -16,7 +17,7 @@ use std::time::{Instant, SystemTime};
 
 use pso::fastcgi::record::{self, Status, kind};
 
-use super::gateway::{Variable, log_lines};
+use super::gateway::{MAX_LOG_LINE, Variable, kill_group, log_line, log_lines};
 
 /// The responders of the programs served, by program name.
 pub struct Responders {
@@ -35,6 +36,7 @@ struct Responder {
 impl Responders {
     /// Makes the private directory (`0700`) that will hold the sockets.
     pub fn new() -> io::Result<Responders> {
+        sweep_stale(&std::env::temp_dir());
         let random = pso::SessionId::generate().map_err(io::Error::other)?;
         let dir = std::env::temp_dir().join(format!(
             "pso-serve-{}-{}",
@@ -75,6 +77,7 @@ impl Responders {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             )
             .current_dir(cwd)
+            .process_group(0)
             .stdin(OwnedFd::from(listener))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -119,12 +122,40 @@ impl Responders {
     }
 }
 
+/// Removes the socket directories of servers that no longer run (killed by SIGKILL, which
+/// leaves no chance to clean up); only this user's, only `pso-serve-<pid>-*` of a dead pid.
+fn sweep_stale(tmp: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let uid = rustix::process::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("pso-serve-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = entry
+            .path()
+            .symlink_metadata()
+            .is_ok_and(|meta| meta.is_dir() && meta.uid() == uid);
+        if ours && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn stop(mut responder: Responder) {
-    let _ = responder.child.kill();
+    kill_group(responder.child.id());
     let _ = responder.child.wait();
     let _ = std::fs::remove_file(&responder.socket);
 }
@@ -220,8 +251,8 @@ impl Read for Answer {
                             self.stdout_at = 0;
                         }
                         kind::STDERR => {
-                            for line in String::from_utf8_lossy(record.content).lines() {
-                                eprintln!("{}: {line}", self.name);
+                            for line in record.content.split(|&b| b == b'\n') {
+                                log_line(&self.name, &line[..line.len().min(MAX_LOG_LINE)]);
                             }
                         }
                         kind::END_REQUEST => self.ended = true,

@@ -8,13 +8,15 @@
 //! checked before anything reaches the client: a head that does not parse is a 502, one that
 //! does not come in time a 504.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -322,7 +324,7 @@ fn parse_head(head: &[u8]) -> Result<Answer, String> {
     let text = std::str::from_utf8(head).map_err(|_| "the head is not UTF-8".to_string())?;
     let mut status = None;
     let mut location = None;
-    let mut headers = Vec::new();
+    let mut headers: Vec<(String, String)> = Vec::new();
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         let (name, value) = line
@@ -349,6 +351,11 @@ fn parse_head(head: &[u8]) -> Result<Answer, String> {
         {
             // Hop-by-hop: the server decides how this connection carries the body.
         } else {
+            let repeated = name.eq_ignore_ascii_case("Content-Length")
+                && headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+            if repeated {
+                return Err("more than one Content-Length".into());
+            }
             headers.push((name.to_string(), value.to_string()));
         }
     }
@@ -414,12 +421,15 @@ pub fn run_cgi(
     body: Option<Box<dyn Read + Send>>,
     cwd: &Path,
     timeout: Duration,
+    children: &Children,
     client: &mut dyn Write,
 ) -> Relayed {
     let mut command = Command::new(call.executable);
     command
         .env_clear()
         .current_dir(cwd)
+        // A group of its own, so that a timeout ends whatever the program started too.
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -435,6 +445,7 @@ pub fn run_cgi(
             };
         }
     };
+    let _running = children.track(child.id());
     if let Some(mut stdin) = child.stdin.take() {
         // A thread of its own, so that a program that answers before reading its whole body
         // cannot deadlock with the server.
@@ -462,16 +473,18 @@ pub fn run_cgi(
     drop(output);
     let finished = matches!(relayed, Relayed::Sent { complete: true, .. })
         || matches!(relayed, Relayed::LocalRedirect(_));
-    reap(
-        &mut child,
-        call.name,
-        if finished { deadline } else { Instant::now() },
-    );
+    reap(&mut child, call.name, finished, deadline);
     relayed
 }
 
-/// Waits for `child` until `deadline`, then kills it; logs how it ended if not well.
-fn reap(child: &mut Child, name: &str, deadline: Instant) {
+/// Waits for `child` until `deadline` (at once if its answer did not finish), then kills its
+/// process group; logs how it ended if not well.
+fn reap(child: &mut Child, name: &str, finished: bool, deadline: Instant) {
+    if !finished {
+        // It answered badly or too late: it goes, with whatever it started (killed before it
+        // is reaped, so that its group's id cannot have been reused).
+        kill_group(child.id());
+    }
     loop {
         match child.try_wait() {
             Ok(Some(status)) => {
@@ -487,7 +500,7 @@ fn reap(child: &mut Child, name: &str, deadline: Instant) {
             }
             Ok(None) => {
                 eprintln!("{name}: still running at its deadline: killed");
-                let _ = child.kill();
+                kill_group(child.id());
                 let _ = child.wait();
                 return;
             }
@@ -499,18 +512,97 @@ fn reap(child: &mut Child, name: &str, deadline: Instant) {
     }
 }
 
+/// SIGKILL to the process group that `pid` leads (programs run in groups of their own).
+pub fn kill_group(pid: u32) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// The programs running now, so that stopping the server stops them too.
+#[derive(Default)]
+pub struct Children(Mutex<HashSet<u32>>);
+
+impl Children {
+    /// Records a running program until the returned guard is dropped.
+    pub fn track(&self, pid: u32) -> Tracked<'_> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+        Tracked(self, pid)
+    }
+
+    /// Kills every running program's process group.
+    pub fn kill_all(&self) {
+        for pid in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            kill_group(pid);
+        }
+    }
+}
+
+/// A running program, forgotten when dropped.
+pub struct Tracked<'a>(&'a Children, u32);
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        self.0
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
+/// The longest line of a program's standard error that is logged; the rest of a longer line
+/// is read and dropped, so a program cannot make the server hold more.
+pub const MAX_LOG_LINE: usize = 4096;
+
 /// Copies a program's standard error to the server's, a line at a time, each with the
 /// program's name.
 pub fn log_lines(name: String, stream: impl Read + Send + 'static) {
     std::thread::spawn(move || {
         use std::io::BufRead;
-        let reader = io::BufReader::new(stream.take(u64::MAX));
-        for line in reader.split(b'\n') {
-            let Ok(line) = line else { return };
-            let line = String::from_utf8_lossy(&line[..line.len().min(4096)]).into_owned();
-            eprintln!("{name}: {}", line.trim_end_matches('\r'));
+        let mut reader = io::BufReader::new(stream);
+        let mut line = Vec::with_capacity(256);
+        loop {
+            let (used, ended) = match reader.fill_buf() {
+                Ok([]) => {
+                    log_line(&name, &line);
+                    return;
+                }
+                Ok(buf) => {
+                    let end = buf.iter().position(|&b| b == b'\n');
+                    let take = end.unwrap_or(buf.len());
+                    let room = MAX_LOG_LINE.saturating_sub(line.len());
+                    line.extend_from_slice(&buf[..take.min(room)]);
+                    (end.map_or(take, |e| e + 1), end.is_some())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            reader.consume(used);
+            if ended {
+                log_line(&name, &line);
+                line.clear();
+            }
         }
     });
+}
+
+/// Logs one line of a program's, made printable: control characters from a program must not
+/// reach the developer's terminal.
+pub fn log_line(name: &str, line: &[u8]) {
+    if line.is_empty() {
+        return;
+    }
+    let text = String::from_utf8_lossy(line);
+    let text: String = text
+        .trim_end_matches('\r')
+        .chars()
+        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect();
+    eprintln!("{name}: {text}");
 }
 
 #[cfg(test)]
@@ -572,6 +664,7 @@ mod tests {
             b"Status: 42\n\n",
             b"Status: abc\n\n",
             b"X: a\x01b\n\n",
+            b"Content-Length: 1\nContent-Length: 2\n\nab",
         ] {
             let (relayed, sent) = relay_bytes(answer, false);
             assert!(

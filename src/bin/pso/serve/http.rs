@@ -258,6 +258,22 @@ fn percent_decode(raw: &str) -> Result<String, Refusal> {
     })
 }
 
+/// Whether a Host header names this machine (`localhost`, `127.x.y.z`, `[::1]`, any port):
+/// a server on loopback answers to nothing else, so that a web page cannot reach it through
+/// DNS rebinding (a name of the attacker's that resolves to 127.0.0.1).
+pub fn loopback_host(host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name == "[::1]"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The reason phrase of a status the server itself answers with.
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -417,6 +433,29 @@ mod tests {
     fn an_unfinished_head_is_refused_and_silence_is_nothing() {
         assert_eq!(status_of(b"GET / HTTP/1.1\r\nHost: a\r\n"), 400);
         assert_eq!(status_of(b""), 1);
+    }
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:80",
+            "127.0.0.2",
+        ] {
+            assert!(loopback_host(Some(host)), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "10.0.0.1",
+            "",
+            "localhost.evil.example",
+            "[::2]",
+        ] {
+            assert!(!loopback_host(Some(host)), "{host}");
+        }
+        assert!(!loopback_host(None));
     }
 
     #[test]
