@@ -19,21 +19,8 @@ use crate::error::{ErrorChain, ErrorKind, Result};
 use crate::expiry::{Expiry, unix_secs};
 use crate::id::SessionId;
 use crate::record::Record;
-use crate::session::Session;
+use crate::session::{Ended, IdleRules, Origin, Session};
 use crate::store::{LockOptions, LockedSession, SessionKey, Store};
-
-/// Why a request holds the session it holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reason {
-    /// The visitor's own session, from its cookie.
-    Returning,
-    /// The id the server's configuration forces.
-    Forced,
-    /// No usable cookie came: a new visitor, or one whose cookies named nothing live.
-    Fresh,
-    /// Cookies named several live sessions, or more ids than pso checks: none is adopted.
-    Ambiguous,
-}
 
 /// What the request brings that decides its session.
 pub(crate) struct Claim<'a> {
@@ -49,27 +36,20 @@ pub(crate) fn adopt(
     config: &Config,
     claim: &Claim<'_>,
     now: SystemTime,
-) -> Result<(Session, Reason)> {
+) -> Result<(Session, Origin)> {
     let now_secs = unix_secs(now);
-    let fresh = |lock| {
-        Session::fresh(
-            lock,
-            now,
-            config.lifetime,
-            claim.client_addr,
-            config.gc_max_lifetime,
-        )
-    };
+    let idle = IdleRules::of(config);
+    let fresh = |lock| Session::fresh(lock, now, config.lifetime, claim.client_addr, idle);
     let options = LockOptions::new(config.lock_timeout);
     if let Some(id) = &config.forced_id {
         // The server chose the id: adopt or (re)create it, never replace it.
         let key = SessionKey::new(config.service.clone(), id.clone());
         let mut lock = store.lock(&key, options.with_create(true))?;
-        let session = match load_live(&mut *lock, now_secs)? {
-            Some(record) => Session::existing(lock, record, now, config.gc_max_lifetime),
-            None => fresh(lock),
+        let session = match load_live(&mut *lock, idle, now_secs)? {
+            Loaded::Live(record) => Session::existing(lock, record, now, idle, Origin::Forced),
+            Loaded::Ended(..) => fresh(lock).replacing(Origin::Forced, None),
         };
-        return Ok((session, Reason::Forced));
+        return Ok((session, Origin::Forced));
     }
 
     let offered = offered_ids(claim.cookie_header, &config.cookie.name);
@@ -80,13 +60,15 @@ pub(crate) fn adopt(
             config.cookie.name
         );
     }
-    let mut reason = Reason::Fresh;
+    // Why a new session, if it comes to that: no cookie, or why the one named ended.
+    let mut ended: Option<(Ended, Option<Record>)> = None;
+    let offered_any = !offered.ids.is_empty() || offered.too_many;
     if offered.too_many {
         log::warn!(
             "more than {MAX_OFFERED} distinct session cookies named {} (cookie tossing?); adopting none",
             config.cookie.name
         );
-        reason = Reason::Ambiguous;
+        ended = Some((Ended::Ambiguous, None));
     }
     let key = |id| SessionKey::new(config.service.clone(), id);
     let mut candidates: Vec<SessionKey> = Vec::new();
@@ -101,7 +83,10 @@ pub(crate) fn adopt(
         }
         match store.exists(&key) {
             Ok(true) => candidates.push(key),
-            Ok(false) => log::info!("session {key:?} is unknown (forged, or long gone)"),
+            Ok(false) => {
+                log::warn!("suspicious: session {key:?} is unknown (forged, or long gone)");
+                ended.get_or_insert((Ended::Unknown, None));
+            }
             Err(e) => log::warn!("cannot look for session {key:?}: {}", ErrorChain(&e)),
         }
     }
@@ -114,7 +99,7 @@ pub(crate) fn adopt(
         );
         end_all(store, candidates);
         candidates = Vec::new();
-        reason = Reason::Ambiguous;
+        ended = Some((Ended::Ambiguous, None));
     }
     // One deadline for all candidates: several cookies must not multiply the wait.
     let started = Instant::now();
@@ -130,12 +115,15 @@ pub(crate) fn adopt(
                 continue;
             }
         };
-        match load_live(&mut *lock, now_secs)? {
-            Some(record) => live.push((lock, record)),
-            None => {
+        match load_live(&mut *lock, idle, now_secs)? {
+            Loaded::Live(record) => live.push((lock, record)),
+            Loaded::Ended(why, record) => {
                 // Strict mode: an id the store does not know is never adopted.
                 if let Err(e) = lock.delete() {
                     log::warn!("removing dead session {key:?} failed: {}", ErrorChain(&e));
+                }
+                if !matches!(ended, Some((Ended::Ambiguous, _))) {
+                    ended = Some((why, record));
                 }
             }
         }
@@ -153,19 +141,26 @@ pub(crate) fn adopt(
                 log::warn!("ending session {:?} failed: {}", lock.key(), ErrorChain(&e));
             }
         }
-        reason = Reason::Ambiguous;
+        ended = Some((Ended::Ambiguous, None));
     }
     if let Some((lock, record)) = live.pop() {
-        let session = Session::existing(lock, record, now, config.gc_max_lifetime);
-        return Ok((session, Reason::Returning));
+        let session = Session::existing(lock, record, now, idle, Origin::Returning);
+        return Ok((session, Origin::Returning));
     }
     if let Expiry::At(at) = config.lifetime
         && at <= now
     {
         log::warn!("PSOSessionExpire names a date in the past: every new session ends at once");
     }
+    let (origin, expired) = match ended {
+        Some((why, record)) => (Origin::Replaced(why), record),
+        // Every id named was dropped as unknown before any lock (several ids, none stored).
+        None if offered_any => (Origin::Replaced(Ended::Unknown), None),
+        None => (Origin::New, None),
+    };
     let key = SessionKey::new(config.service.clone(), SessionId::generate()?);
-    Ok((fresh(store.lock(&key, options)?), reason))
+    let session = fresh(store.lock(&key, options)?).replacing(origin, expired);
+    Ok((session, origin))
 }
 
 /// Ends every session named, skipping any a request holds right now.
@@ -182,25 +177,39 @@ fn end_all(store: &dyn Store, keys: Vec<SessionKey>) {
     }
 }
 
-/// The session's record if it is alive; `None` (logged) if it is unknown, expired or unreadable.
-fn load_live(lock: &mut dyn LockedSession, now: u64) -> Result<Option<Record>> {
+/// What a locked session holds.
+enum Loaded {
+    /// A live session.
+    Live(Record),
+    /// A session that is no more, and why; the record of one that expired, for the handler to
+    /// read once.
+    Ended(Ended, Option<Record>),
+}
+
+/// Loads a session and judges it: alive, or ended (logged) because it expired, is unknown or
+/// is unreadable.
+fn load_live(lock: &mut dyn LockedSession, idle: IdleRules, now: u64) -> Result<Loaded> {
     let key = lock.key().clone();
     match lock.load() {
-        Ok(Some(record)) if !record.is_expired(now) => Ok(Some(record)),
-        Ok(Some(_)) => {
-            log::info!("session {key:?} has expired; starting a new one");
-            Ok(None)
-        }
+        Ok(Some(record)) => match idle.ended(&record.meta, now) {
+            None => Ok(Loaded::Live(record)),
+            Some(why) => {
+                log::info!("session {key:?} has expired ({why:?}); starting a new one");
+                Ok(Loaded::Ended(why, Some(record)))
+            }
+        },
         Ok(None) => {
-            log::warn!("session {key:?} is unknown (forged, or long gone); starting a new one");
-            Ok(None)
+            log::warn!(
+                "suspicious: session {key:?} is unknown (forged, or long gone); starting a new one"
+            );
+            Ok(Loaded::Ended(Ended::Unknown, None))
         }
         Err(e) if e.kind() == ErrorKind::Corrupt => {
             log::warn!(
                 "session {key:?} is unreadable ({}); starting a new one",
                 ErrorChain(&e)
             );
-            Ok(None)
+            Ok(Loaded::Ended(Ended::Unreadable, None))
         }
         Err(e) => Err(e),
     }
@@ -234,7 +243,7 @@ mod tests {
         format!("app={}", SessionId::generate().unwrap())
     }
 
-    fn adopted(store: &MemoryStore, header: &[u8]) -> (Option<String>, Reason) {
+    fn adopted(store: &MemoryStore, header: &[u8]) -> (Option<String>, Origin) {
         let claim = Claim {
             cookie_header: header,
             client_addr: None,
@@ -256,7 +265,7 @@ mod tests {
                 let header = cookies.join("; ");
                 let (owner, reason) = adopted(&store, header.as_bytes());
                 assert_eq!(owner.as_deref(), Some(mine.as_str()), "{header}");
-                assert_eq!(reason, Reason::Returning);
+                assert_eq!(reason, Origin::Returning);
                 cookies.remove(position);
             }
         }
@@ -279,7 +288,11 @@ mod tests {
                 }
             }
             let (owner, reason) = adopted(&store, cookies.join("; ").as_bytes());
-            assert_eq!((owner, reason), (None, Reason::Ambiguous), "order {order}");
+            assert_eq!(
+                (owner, reason),
+                (None, Origin::Replaced(Ended::Ambiguous)),
+                "order {order}"
+            );
             assert_eq!(adopted(&store, mine.as_bytes()).0, None, "ended");
             assert_eq!(adopted(&store, theirs.as_bytes()).0, None, "ended");
         }
@@ -296,7 +309,7 @@ mod tests {
         ] {
             let (owner, reason) = adopted(&store, header.as_bytes());
             assert_eq!(owner.as_deref(), Some(mine.as_str()), "{header}");
-            assert_eq!(reason, Reason::Returning);
+            assert_eq!(reason, Origin::Returning);
         }
     }
 
@@ -312,10 +325,17 @@ mod tests {
                 format!("{}; {mine}", theirs.join("; "))
             };
             let (owner, reason) = adopted(&store, header.as_bytes());
-            assert_eq!((owner, reason), (None, Reason::Ambiguous), "{header}");
+            assert_eq!(
+                (owner, reason),
+                (None, Origin::Replaced(Ended::Ambiguous)),
+                "{header}"
+            );
             // All ended: the tossed cookies name nothing now, and cannot keep the visitor out.
             assert_eq!(store.keys().unwrap().count(), 0);
-            assert_eq!(adopted(&store, header.as_bytes()).1, Reason::Fresh);
+            assert_eq!(
+                adopted(&store, header.as_bytes()).1,
+                Origin::Replaced(Ended::Unknown)
+            );
         }
         let store = MemoryStore::new();
         // More distinct ids than are even read: none adopted, nothing ended.
@@ -324,7 +344,7 @@ mod tests {
         let header = format!("{}; {kept}", flood.join("; "));
         assert_eq!(
             adopted(&store, header.as_bytes()),
-            (None, Reason::Ambiguous)
+            (None, Origin::Replaced(Ended::Ambiguous))
         );
         assert_eq!(adopted(&store, kept.as_bytes()).0, Some(kept));
     }

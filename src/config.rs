@@ -121,6 +121,13 @@ const GC_PROBABILITY: Variable = Variable {
     default: "1/100",
     expected: "a probability like 1/100, 0.01 or 1%; 0 turns collection off",
 };
+const SESSION_IDLE: Variable = Variable {
+    name: "PSOSessionIdle",
+    also: &[],
+    meaning: "how long a session may go unused before it is dead on the server, however long its lifetime",
+    default: "none (only the lifetime)",
+    expected: "a duration like 900, 15*60 or 30m; 0 for none",
+};
 const GC_MAX_LIFETIME: Variable = Variable {
     name: "PSOSessionGCMaxLifetime",
     also: &[],
@@ -218,6 +225,7 @@ const LOG_LEVEL: Variable = Variable {
 pub const VARIABLES: &[Variable] = &[
     SERVICE_ID,
     SESSION_EXPIRE,
+    SESSION_IDLE,
     SESSION_DIR,
     LOCK_TIMEOUT,
     SYNC,
@@ -425,6 +433,9 @@ pub struct Config {
     pub gc_probability: GcProbability,
     /// `PSOSessionGCMaxLifetime`: how long a browser-close session lives on the server unused.
     pub gc_max_lifetime: Duration,
+    /// `PSOSessionIdle`: how long a session may go unused before it is dead on the server,
+    /// beside its lifetime; `None` when only the lifetime counts.
+    pub idle: Option<Duration>,
     /// `PSOMaxBodyBytes`: the largest request body a handler is given; a request that
     /// announces more gets a 413 and the handler does not run.
     pub max_body: u64,
@@ -489,6 +500,9 @@ impl<'a> Reader<'a> {
         let gc_max_lifetime = self
             .parsed(&GC_MAX_LIFETIME, duration)
             .unwrap_or(DEFAULT_GC_MAX_LIFETIME);
+        let idle = self
+            .parsed(&SESSION_IDLE, duration)
+            .filter(|idle| !idle.is_zero());
         let max_body = self
             .parsed(&MAX_BODY, |text| byte_count(text, 0..=MAX_BODY_BYTES))
             .unwrap_or(DEFAULT_MAX_BODY);
@@ -503,6 +517,7 @@ impl<'a> Reader<'a> {
             max_bytes,
             gc_probability,
             gc_max_lifetime,
+            idle,
             max_body,
             cookie,
         }

@@ -69,7 +69,7 @@ pub use request::Request;
 pub use response::Response;
 pub use runner::{Context, Handler, serve, serve_with_store};
 pub use service::Service;
-pub use session::Session;
+pub use session::{Ended, Origin, Session};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -246,8 +246,8 @@ where
         client_addr: request.remote_addr(),
     };
     let session = match adopt(store, config, &claim, now) {
-        Ok((session, reason)) => {
-            log::debug!("session {:?}: {reason:?}", session.id());
+        Ok((session, origin)) => {
+            log::debug!("session {:?}: {origin:?}", session.id());
             session
         }
         Err(e) => {
@@ -367,6 +367,125 @@ mod tests {
         let mut pairs = vec![("HTTP_COOKIE", cookie)];
         pairs.extend_from_slice(extra);
         request(store, &pairs, T0)
+    }
+
+    /// Counts, and says why it holds its session and what expired data it was handed.
+    fn auditor(cx: &mut Context<'_>) -> Result<(), BoxError> {
+        let n: u64 = cx.session.get("n")?.unwrap_or(0) + 1;
+        cx.session.set("n", &n)?;
+        cx.session.set("user", "eggs")?;
+        let old = cx.session.take_expired().map(|old| {
+            let user: Option<String> = old.get("user").ok().flatten();
+            (user, old.meta.last_access - T0)
+        });
+        let twice = cx.session.take_expired().is_some();
+        write!(
+            cx.response,
+            "{:?} n={n} old={old:?} twice={twice}",
+            cx.session.origin()
+        )?;
+        Ok(())
+    }
+
+    /// The auditor at `T0 + t`, with `cookie` and the configuration `pairs`; the body and
+    /// the cookie sent back (or the one given).
+    fn audit(
+        store: &MemoryStore,
+        cookie: &str,
+        pairs: &[(&str, &str)],
+        t: u64,
+    ) -> (String, String) {
+        let mut all = vec![("HTTP_COOKIE", cookie)];
+        all.extend_from_slice(pairs);
+        let reply = Reply {
+            text: serve_text(store, &all, &auditor, T0 + t),
+        };
+        let cookie = reply.cookie().unwrap_or(cookie).to_owned();
+        (reply.body().to_owned(), cookie)
+    }
+
+    #[test]
+    fn an_idle_session_ends_and_says_so_once() {
+        let store = MemoryStore::new();
+        let idle = [("PSOSessionIdle", "5*60")];
+        let (body, cookie) = audit(&store, "", &idle, 0);
+        assert_eq!(body, "New n=1 old=None twice=false");
+        let (body, same) = audit(&store, &cookie, &idle, 200);
+        assert_eq!(
+            (body.as_str(), &same),
+            ("Returning n=2 old=None twice=false", &cookie)
+        );
+        // Used 200 s ago: at +500 it has been unused exactly 300 s, the limit: still alive.
+        let (body, _) = audit(&store, &cookie, &idle, 500);
+        assert_eq!(body, "Returning n=3 old=None twice=false");
+        // Unused 301 s: dead, replaced, and its data offered once (the user, the last use).
+        let (body, fresh) = audit(&store, &cookie, &idle, 801);
+        assert_eq!(
+            body,
+            "Replaced(Idle) n=1 old=Some((Some(\"eggs\"), 500)) twice=false"
+        );
+        assert_ne!(fresh, cookie);
+        // Gone from the store: the old cookie now names nothing.
+        let (body, _) = audit(&store, &cookie, &idle, 802);
+        assert_eq!(body, "Replaced(Unknown) n=1 old=None twice=false");
+    }
+
+    #[test]
+    fn a_lifetime_ends_however_active_the_session() {
+        let store = MemoryStore::new();
+        let both = [("PSOSessionExpire", "100"), ("PSOSessionIdle", "60")];
+        let (_, cookie) = audit(&store, "", &both, 0);
+        for t in [50, 99] {
+            let (body, _) = audit(&store, &cookie, &both, t);
+            assert!(body.starts_with("Returning"), "{t}: {body}");
+        }
+        let (body, _) = audit(&store, &cookie, &both, 100);
+        assert_eq!(
+            body,
+            "Replaced(Lifetime) n=1 old=Some((Some(\"eggs\"), 99)) twice=false"
+        );
+    }
+
+    #[test]
+    fn a_lowered_idle_limit_applies_to_sessions_saved_under_the_old_one() {
+        let store = MemoryStore::new();
+        let (_, cookie) = audit(&store, "", &[("PSOSessionIdle", "1h")], 0);
+        let (body, _) = audit(&store, &cookie, &[("PSOSessionIdle", "1m")], 61);
+        assert!(body.starts_with("Replaced(Idle)"), "{body}");
+    }
+
+    #[test]
+    fn clocks_that_jump_and_extreme_limits_give_sane_outcomes() {
+        let store = MemoryStore::new();
+        let idle = [("PSOSessionIdle", "60")];
+        let (_, cookie) = audit(&store, "", &idle, 1_000);
+        // The clock went back 15 minutes: the last access is in the future, a use just now.
+        let (body, _) = audit(&store, &cookie, &idle, 100);
+        assert!(body.starts_with("Returning"), "{body}");
+        // The largest limits pso accepts, and a time far ahead: no overflow, no panic.
+        let huge = [("PSOSessionIdle", "100y"), ("PSOSessionExpire", "100y")];
+        let (_, cookie) = audit(&store, "", &huge, 0);
+        let (body, _) = audit(&store, &cookie, &huge, 99 * 365 * 86_400);
+        assert!(body.starts_with("Returning"), "{body}");
+        let (body, _) = audit(&store, &cookie, &huge, u64::MAX / 4);
+        assert!(body.starts_with("Replaced("), "{body}");
+        // An idle limit of 0 means none.
+        let none = [("PSOSessionIdle", "0"), ("PSOSessionExpire", "1y")];
+        let (_, cookie) = audit(&store, "", &none, 0);
+        let (body, _) = audit(&store, &cookie, &none, 300 * 86_400);
+        assert!(body.starts_with("Returning"), "{body}");
+    }
+
+    #[test]
+    fn forged_and_several_cookies_say_why_they_were_not_adopted() {
+        let store = MemoryStore::new();
+        let forged = "app=0123456789abcdef0123456789abcdef0123456789abcdef";
+        let (body, _) = audit(&store, forged, &[], 0);
+        assert_eq!(body, "Replaced(Unknown) n=1 old=None twice=false");
+        let (_, mine) = audit(&store, "", &[], 0);
+        let (_, theirs) = audit(&store, "", &[], 0);
+        let (body, _) = audit(&store, &format!("{mine}; {theirs}"), &[], 1);
+        assert_eq!(body, "Replaced(Ambiguous) n=1 old=None twice=false");
     }
 
     #[test]

@@ -40,7 +40,100 @@ pub struct Session {
     /// Deleted in this request: the id is dead and must not be saved again.
     ended: bool,
     now: u64,
-    browser_close_idle: u64,
+    idle: IdleRules,
+    origin: Origin,
+    /// The data of the expired session this one replaces, until the handler takes it.
+    expired: Option<Record>,
+}
+
+/// Why a request holds the session it holds: a handler can tell a first visit from a session
+/// that timed out, and write an audit line for the latter.
+///
+/// ```
+/// # let session = pso::Session::detached(std::time::SystemTime::now())?;
+/// use pso::{Ended, Origin};
+/// match session.origin() {
+///     Origin::Replaced(Ended::Idle) => println!("your session timed out: log in again"),
+///     Origin::Replaced(Ended::Lifetime) => println!("your session has ended: log in again"),
+///     Origin::Returning => println!("welcome back"),
+///     _ => println!("welcome"),
+/// }
+/// # Ok::<(), pso::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origin {
+    /// No session cookie came: a new visitor (or one that refuses cookies).
+    New,
+    /// The visitor's own session, from its cookie.
+    Returning,
+    /// The id the server's configuration forces (a variable named like the service id).
+    Forced,
+    /// A new session, because the one the cookie named has ended, for this reason.
+    Replaced(Ended),
+}
+
+/// Why the session a cookie named is no more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ended {
+    /// Unused for longer than its idle limit (`PSOSessionIdle`; for a session that lasts until
+    /// the browser closes, at most `PSOSessionGCMaxLifetime`).
+    Idle,
+    /// Past the end of its lifetime (`PSOSessionExpire`, or `expire()`).
+    Lifetime,
+    /// Unknown to the store: forged, collected long ago, or ended by a logout. Logged as
+    /// suspicious: strict mode never adopts an id the server did not issue.
+    Unknown,
+    /// Its file could not be read (damaged, or written by an incompatible version).
+    Unreadable,
+    /// The cookies named several live sessions, or more than pso checks (cookie tossing?):
+    /// none was adopted, and they all ended.
+    Ambiguous,
+}
+
+/// The idle limits a session is saved with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IdleRules {
+    /// `PSOSessionIdle`, in seconds.
+    pub limit: Option<u64>,
+    /// `PSOSessionGCMaxLifetime`, in seconds: the idle limit of a browser-close session.
+    pub browser_close: u64,
+}
+
+impl IdleRules {
+    /// The rules of a configuration.
+    pub fn of(config: &crate::config::Config) -> IdleRules {
+        IdleRules {
+            limit: config.idle.map(|idle| idle.as_secs()),
+            browser_close: config.gc_max_lifetime.as_secs(),
+        }
+    }
+
+    /// The idle limit stored with a session of this `deadline`.
+    fn max_idle(self, deadline: Option<u64>) -> Option<u64> {
+        match (self.limit, deadline) {
+            (Some(limit), None) => Some(limit.min(self.browser_close)),
+            (Some(limit), Some(_)) => Some(limit),
+            (None, None) => Some(self.browser_close),
+            (None, Some(_)) => None,
+        }
+    }
+
+    /// Why `meta` is no longer alive at `now`, if it is not: past its deadline, or unused for
+    /// longer than its stored idle limit or the configured one (a limit lowered since the
+    /// session was saved applies at once). A last access in the future counts as now.
+    pub fn ended(self, meta: &Meta, now: u64) -> Option<Ended> {
+        if meta.deadline.is_some_and(|deadline| now >= deadline) {
+            return Some(Ended::Lifetime);
+        }
+        let unused = now.saturating_sub(meta.last_access);
+        let limit = match (meta.max_idle, self.limit) {
+            (Some(stored), Some(configured)) => Some(stored.min(configured)),
+            (stored, configured) => stored.or(configured),
+        };
+        limit.filter(|&limit| unused > limit).map(|_| Ended::Idle)
+    }
 }
 
 /// What the response must tell the client about its session cookie.
@@ -60,7 +153,8 @@ impl Session {
         lock: Box<dyn LockedSession>,
         record: Record,
         now: SystemTime,
-        browser_close_idle: Duration,
+        idle: IdleRules,
+        origin: Origin,
     ) -> Session {
         Session {
             lock,
@@ -69,7 +163,9 @@ impl Session {
             new: false,
             ended: false,
             now: unix_secs(now),
-            browser_close_idle: browser_close_idle.as_secs(),
+            idle,
+            origin,
+            expired: None,
         }
     }
 
@@ -79,7 +175,7 @@ impl Session {
         now: SystemTime,
         lifetime: Expiry,
         client_addr: Option<&str>,
-        browser_close_idle: Duration,
+        idle: IdleRules,
     ) -> Session {
         let mut meta = Meta::new(unix_secs(now));
         meta.deadline = lifetime.deadline(now).map(unix_secs);
@@ -91,8 +187,39 @@ impl Session {
             new: true,
             ended: false,
             now: unix_secs(now),
-            browser_close_idle: browser_close_idle.as_secs(),
+            idle,
+            origin: Origin::New,
+            expired: None,
         }
+    }
+
+    /// Says why this new session exists, with the data of the expired one it replaces.
+    pub(crate) fn replacing(mut self, origin: Origin, expired: Option<Record>) -> Session {
+        self.origin = origin;
+        self.expired = expired;
+        self
+    }
+
+    /// Why the request holds this session: see [`Origin`].
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The data of the session that expired (by idleness or lifetime) and that this one
+    /// replaces, once: the first call takes it, and it is gone from the store already. For an
+    /// audit line ("user eggs timed out after 5 minutes"), never to carry on the old session.
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// if let Some(old) = session.take_expired() {
+    ///     let user: Option<String> = old.get("user")?;
+    ///     eprintln!("session of {user:?} expired; last used at {}", old.meta.last_access);
+    /// }
+    /// assert!(session.take_expired().is_none());
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn take_expired(&mut self) -> Option<Record> {
+        self.expired.take()
     }
 
     /// A new session in a private in-memory store: for examples and tests of handlers.
@@ -105,7 +232,10 @@ impl Session {
             now,
             Expiry::BrowserClose,
             None,
-            Duration::from_secs(86_400),
+            IdleRules {
+                limit: None,
+                browser_close: 86_400,
+            },
         ))
     }
 
@@ -234,10 +364,7 @@ impl Session {
             return self.delete();
         }
         self.record.meta.last_access = self.now;
-        self.record.meta.max_idle = match self.record.meta.deadline {
-            None => Some(self.browser_close_idle),
-            Some(_) => None,
-        };
+        self.record.meta.max_idle = self.idle.max_idle(self.record.meta.deadline);
         self.lock.save(&self.record)?;
         self.stored = Some(self.record.checkpoint());
         Ok(())
@@ -340,6 +467,14 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
+    /// A browser-close idle limit of `secs`, no configured one.
+    fn idle_of(secs: u64) -> IdleRules {
+        IdleRules {
+            limit: None,
+            browser_close: secs,
+        }
+    }
+
     fn fresh(store: &MemoryStore, now: u64) -> Session {
         let lock = store.lock(&suite::key("svc"), suite::options()).unwrap();
         Session::fresh(
@@ -347,7 +482,7 @@ mod tests {
             at(now),
             Expiry::BrowserClose,
             Some("192.0.2.1"),
-            Duration::from_secs(3600),
+            idle_of(3600),
         )
     }
 
@@ -355,7 +490,7 @@ mod tests {
         let key = crate::store::SessionKey::new("svc".parse().unwrap(), id.clone());
         let mut lock = store.lock(&key, suite::options()).unwrap();
         let record = lock.load().unwrap().expect("stored");
-        Session::existing(lock, record, at(now), Duration::from_secs(3600))
+        Session::existing(lock, record, at(now), idle_of(3600), Origin::Returning)
     }
 
     #[test]
@@ -469,13 +604,7 @@ mod tests {
     fn a_short_idle_limit_is_refreshed_often_enough() {
         let store = MemoryStore::new();
         let lock = store.lock(&suite::key("svc"), suite::options()).unwrap();
-        let mut session = Session::fresh(
-            lock,
-            at(T0),
-            Expiry::BrowserClose,
-            None,
-            Duration::from_secs(30),
-        );
+        let mut session = Session::fresh(lock, at(T0), Expiry::BrowserClose, None, idle_of(30));
         session.set("n", &1u64).unwrap();
         session.commit().unwrap();
         let id = session.id().clone();
@@ -486,7 +615,7 @@ mod tests {
             let mut lock = store.lock(&key, suite::options()).unwrap();
             let record = lock.load().unwrap().unwrap();
             assert!(!record.is_expired(T0 + t), "expired at +{t}s while in use");
-            Session::existing(lock, record, at(T0 + t), Duration::from_secs(30))
+            Session::existing(lock, record, at(T0 + t), idle_of(30), Origin::Returning)
                 .commit()
                 .unwrap();
         }

@@ -284,6 +284,12 @@ fn effective(
         "PSOSessionMaxBytes" => (bytes(config.max_bytes), None),
         "PSOSessionGCProbability" => (probability(config.gc_probability), None),
         "PSOSessionGCMaxLifetime" => (seconds(config.gc_max_lifetime), None),
+        "PSOSessionIdle" => (
+            config
+                .idle
+                .map_or_else(|| "none (only the lifetime)".to_owned(), seconds),
+            None,
+        ),
         "PSOMaxBodyBytes" => (bytes(config.max_body), None),
         "PSOCookieSession_Domain" => match (&cookie.domain, cookie.host_prefix) {
             (Some(domain), true) => (
