@@ -19,7 +19,7 @@ use crate::error::{ErrorChain, ErrorKind, Result};
 use crate::expiry::{Expiry, unix_secs};
 use crate::id::SessionId;
 use crate::record::Record;
-use crate::session::{Ended, IdleRules, Origin, Session};
+use crate::session::{Ended, Origin, Rules, Session};
 use crate::store::{LockOptions, LockedSession, SessionKey, Store};
 
 /// What the request brings that decides its session.
@@ -38,7 +38,7 @@ pub(crate) fn adopt(
     now: SystemTime,
 ) -> Result<(Session, Origin)> {
     let now_secs = unix_secs(now);
-    let idle = IdleRules::of(config);
+    let idle = Rules::of(config);
     let fresh = |lock| Session::fresh(lock, now, config.lifetime, claim.client_addr, idle);
     let options = LockOptions::new(config.lock_timeout);
     if let Some(id) = &config.forced_id {
@@ -188,7 +188,7 @@ enum Loaded {
 
 /// Loads a session and judges it: alive, or ended (logged) because it expired, is unknown or
 /// is unreadable.
-fn load_live(lock: &mut dyn LockedSession, idle: IdleRules, now: u64) -> Result<Loaded> {
+fn load_live(lock: &mut dyn LockedSession, idle: Rules, now: u64) -> Result<Loaded> {
     let key = lock.key().clone();
     match lock.load() {
         Ok(Some(record)) => match idle.ended(&record.meta, now) {

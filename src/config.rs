@@ -107,6 +107,13 @@ const SYNC: Variable = Variable {
     default: "off",
     expected: "on or off",
 };
+const LAZY: Variable = Variable {
+    name: "PSOSessionLazy",
+    also: &[],
+    meaning: "store a session only once it holds a value, and delete it (revoking its cookie) once it holds none",
+    default: "on",
+    expected: "on or off",
+};
 const MAX_BYTES: Variable = Variable {
     name: "PSOSessionMaxBytes",
     also: &[],
@@ -229,6 +236,7 @@ pub const VARIABLES: &[Variable] = &[
     SESSION_DIR,
     LOCK_TIMEOUT,
     SYNC,
+    LAZY,
     MAX_BYTES,
     GC_PROBABILITY,
     GC_MAX_LIFETIME,
@@ -436,6 +444,8 @@ pub struct Config {
     /// `PSOSessionIdle`: how long a session may go unused before it is dead on the server,
     /// beside its lifetime; `None` when only the lifetime counts.
     pub idle: Option<Duration>,
+    /// `PSOSessionLazy`: store a session only once it holds a value, and delete one emptied.
+    pub lazy: bool,
     /// `PSOMaxBodyBytes`: the largest request body a handler is given; a request that
     /// announces more gets a 413 and the handler does not run.
     pub max_body: u64,
@@ -488,6 +498,7 @@ impl<'a> Reader<'a> {
             })
             .unwrap_or(DEFAULT_LOCK_TIMEOUT);
         let sync = self.parsed(&SYNC, boolean).unwrap_or(false);
+        let lazy = self.parsed(&LAZY, boolean).unwrap_or(true);
         let max_bytes = self
             .parsed(&MAX_BYTES, |text| byte_count(text, 1024..=MAX_RECORD_BYTES))
             .unwrap_or(DEFAULT_MAX_BYTES);
@@ -518,6 +529,7 @@ impl<'a> Reader<'a> {
             gc_probability,
             gc_max_lifetime,
             idle,
+            lazy,
             max_body,
             cookie,
         }

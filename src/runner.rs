@@ -488,6 +488,63 @@ mod tests {
         assert_eq!(body, "Replaced(Ambiguous) n=1 old=None twice=false");
     }
 
+    /// Sets a value, clears the session (`?clear`), or only looks (`?look`).
+    fn tidy(cx: &mut Context<'_>) -> Result<(), BoxError> {
+        if cx.request.query("clear").is_some() {
+            cx.session.clear();
+        } else if cx.request.query("look").is_none() {
+            cx.session.set("v", &1u8)?;
+        }
+        Ok(())
+    }
+
+    fn tidy_request(store: &MemoryStore, query: &str, cookie: &str, lazy: &str) -> Reply {
+        let pairs = [
+            ("QUERY_STRING", query),
+            ("HTTP_COOKIE", cookie),
+            ("PSOSessionLazy", lazy),
+        ];
+        Reply {
+            text: serve_text(store, &pairs, &tidy, T0),
+        }
+    }
+
+    #[test]
+    fn lazily_an_empty_session_is_never_stored_and_an_emptied_one_is_deleted() {
+        let store = MemoryStore::new();
+        let looked = tidy_request(&store, "look", "", "on");
+        assert_eq!(looked.cookie(), None);
+        assert_eq!(store.keys().unwrap().count(), 0);
+        let set = tidy_request(&store, "", "", "on");
+        let cookie = set.cookie().unwrap().to_owned();
+        assert_eq!(store.keys().unwrap().count(), 1);
+        let cleared = tidy_request(&store, "clear", &cookie, "on");
+        assert!(
+            cleared.text.contains("Max-Age=0"),
+            "the cookie is revoked: {}",
+            cleared.text
+        );
+        assert_eq!(
+            store.keys().unwrap().count(),
+            0,
+            "the emptied session is gone"
+        );
+    }
+
+    #[test]
+    fn not_lazily_every_visitor_gets_a_stored_session_that_stays_when_emptied() {
+        let store = MemoryStore::new();
+        let looked = tidy_request(&store, "look", "", "off");
+        let cookie = looked
+            .cookie()
+            .expect("a cookie for a session without values")
+            .to_owned();
+        assert_eq!(store.keys().unwrap().count(), 1);
+        let cleared = tidy_request(&store, "clear", &cookie, "off");
+        assert_eq!(cleared.cookie(), Some(cookie.as_str()));
+        assert_eq!(store.keys().unwrap().count(), 1);
+    }
+
     #[test]
     fn the_cookie_chain_counts() {
         let store = MemoryStore::new();

@@ -40,7 +40,7 @@ pub struct Session {
     /// Deleted in this request: the id is dead and must not be saved again.
     ended: bool,
     now: u64,
-    idle: IdleRules,
+    idle: Rules,
     origin: Origin,
     /// The data of the expired session this one replaces, until the handler takes it.
     expired: Option<Record>,
@@ -92,21 +92,24 @@ pub enum Ended {
     Ambiguous,
 }
 
-/// The idle limits a session is saved with.
+/// The configuration a session lives by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct IdleRules {
+pub(crate) struct Rules {
     /// `PSOSessionIdle`, in seconds.
     pub limit: Option<u64>,
     /// `PSOSessionGCMaxLifetime`, in seconds: the idle limit of a browser-close session.
     pub browser_close: u64,
+    /// `PSOSessionLazy`: a session without values is not stored, and one emptied is deleted.
+    pub lazy: bool,
 }
 
-impl IdleRules {
+impl Rules {
     /// The rules of a configuration.
-    pub fn of(config: &crate::config::Config) -> IdleRules {
-        IdleRules {
+    pub fn of(config: &crate::config::Config) -> Rules {
+        Rules {
             limit: config.idle.map(|idle| idle.as_secs()),
             browser_close: config.gc_max_lifetime.as_secs(),
+            lazy: config.lazy,
         }
     }
 
@@ -153,7 +156,7 @@ impl Session {
         lock: Box<dyn LockedSession>,
         record: Record,
         now: SystemTime,
-        idle: IdleRules,
+        idle: Rules,
         origin: Origin,
     ) -> Session {
         Session {
@@ -175,7 +178,7 @@ impl Session {
         now: SystemTime,
         lifetime: Expiry,
         client_addr: Option<&str>,
-        idle: IdleRules,
+        idle: Rules,
     ) -> Session {
         let mut meta = Meta::new(unix_secs(now));
         meta.deadline = lifetime.deadline(now).map(unix_secs);
@@ -232,9 +235,10 @@ impl Session {
             now,
             Expiry::BrowserClose,
             None,
-            IdleRules {
+            Rules {
                 limit: None,
                 browser_close: 86_400,
+                lazy: true,
             },
         ))
     }
@@ -393,10 +397,11 @@ impl Session {
 
     /// Stores what needs storing and says which cookie the response carries.
     ///
-    /// A new session without values is not stored and gets no cookie, so a visitor (or a
-    /// crawler) that never gets session data leaves nothing in the store. An unchanged session
-    /// is rewritten at most once a minute (or half its idle limit, if shorter), to record its
-    /// last access.
+    /// Lazily (`PSOSessionLazy`, on by default): a new session without values is not stored and
+    /// gets no cookie, so a visitor (or a crawler) that never gets session data leaves nothing
+    /// in the store; a stored session whose values are all removed is deleted and its cookie
+    /// revoked. An unchanged session is rewritten at most once a minute (or half its idle
+    /// limit, if shorter), to record its last access.
     pub(crate) fn commit(&mut self) -> Result<CookieAction> {
         if self.ended {
             return Ok(CookieAction::Revoke);
@@ -405,8 +410,14 @@ impl Session {
             self.delete()?;
             return Ok(CookieAction::Revoke);
         }
+        if self.record.is_empty() && self.idle.lazy {
+            if self.stored.is_none() {
+                return Ok(CookieAction::Nothing);
+            }
+            self.delete()?;
+            return Ok(CookieAction::Revoke);
+        }
         match &self.stored {
-            None if self.record.is_empty() => return Ok(CookieAction::Nothing),
             None => self.save()?,
             Some(stored) => {
                 // Often enough that a short idle limit never expires a session in use.
@@ -468,10 +479,11 @@ mod tests {
     }
 
     /// A browser-close idle limit of `secs`, no configured one.
-    fn idle_of(secs: u64) -> IdleRules {
-        IdleRules {
+    fn idle_of(secs: u64) -> Rules {
+        Rules {
             limit: None,
             browser_close: secs,
+            lazy: true,
         }
     }
 

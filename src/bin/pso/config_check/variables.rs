@@ -281,6 +281,7 @@ fn effective(
         "PSOSessionFileLoader_Path" => (session_dir.display().to_string(), None),
         "PSOSessionLockTimeout" => (seconds(config.lock_timeout), None),
         "PSOSessionSync" => (on_off(config.sync), None),
+        "PSOSessionLazy" => (on_off(config.lazy), None),
         "PSOSessionMaxBytes" => (bytes(config.max_bytes), None),
         "PSOSessionGCProbability" => (probability(config.gc_probability), None),
         "PSOSessionGCMaxLifetime" => (seconds(config.gc_max_lifetime), None),
