@@ -28,6 +28,8 @@ pub struct Request<'a> {
     env: &'a Environment,
     body: Take<&'a mut dyn Read>,
     length: u64,
+    /// The form body, once read.
+    form: Option<Vec<(String, String)>>,
 }
 
 impl<'a> Request<'a> {
@@ -38,6 +40,7 @@ impl<'a> Request<'a> {
             env,
             body: input.take(length),
             length,
+            form: None,
         }
     }
 
@@ -124,6 +127,50 @@ impl<'a> Request<'a> {
     /// The request body: at most `CONTENT_LENGTH` bytes, none without it (RFC 3875 §4.2).
     pub fn body(&mut self) -> &mut impl Read {
         &mut self.body
+    }
+
+    /// The fields of an HTML form sent as `application/x-www-form-urlencoded` (a `POST`): the
+    /// body, read whole (at most `CONTENT_LENGTH` bytes, which `PSOMaxBodyBytes` caps: a
+    /// request announcing more gets a 413 before the handler runs), then kept. Empty for any
+    /// other content type; a form sent with `GET` is in [`Request::query`].
+    ///
+    /// ```
+    /// let env = pso::Environment::from_pairs([
+    ///     ("REQUEST_METHOD", "POST"),
+    ///     ("CONTENT_TYPE", "application/x-www-form-urlencoded; charset=UTF-8"),
+    ///     ("CONTENT_LENGTH", "26"),
+    /// ]);
+    /// let mut input: &[u8] = b"user=eggs&password=sp%26am";
+    /// let mut request = pso::Request::new(&env, &mut input);
+    /// assert_eq!(request.form_value("user")?.as_deref(), Some("eggs"));
+    /// assert_eq!(request.form_value("password")?.as_deref(), Some("sp&am"));
+    /// assert_eq!(request.form_value("missing")?, None);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn form(&mut self) -> std::io::Result<&[(String, String)]> {
+        if self.form.is_none() {
+            let is_form = self.env.get("CONTENT_TYPE").is_some_and(|kind| {
+                kind.split(';').next().is_some_and(|kind| {
+                    kind.trim()
+                        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                })
+            });
+            let mut bytes = Vec::new();
+            if is_form {
+                self.body.read_to_end(&mut bytes)?;
+            }
+            self.form = Some(form_urlencoded::parse(&bytes).into_owned().collect());
+        }
+        Ok(self.form.as_deref().unwrap_or_default())
+    }
+
+    /// The first value of the form field `name` (see [`Request::form`]).
+    pub fn form_value(&mut self, name: &str) -> std::io::Result<Option<String>> {
+        Ok(self
+            .form()?
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.clone()))
     }
 }
 

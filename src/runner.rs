@@ -545,6 +545,92 @@ mod tests {
         assert_eq!(store.keys().unwrap().count(), 1);
     }
 
+    /// `?new`: prints a new form token; a posted form: checks its `token` field.
+    fn guarded(cx: &mut Context<'_>) -> Result<(), BoxError> {
+        if cx.request.query("new").is_some() {
+            let token = cx.session.create_form_token()?;
+            write!(cx.response, "{token}")?;
+        } else {
+            let token = cx.request.form_value("token")?.unwrap_or_default();
+            let verdict = if cx.session.take_form_token(&token)? {
+                "accepted"
+            } else {
+                "refused"
+            };
+            write!(cx.response, "{verdict} {}", cx.request.form()?.len())?;
+        }
+        Ok(())
+    }
+
+    fn post(store: &MemoryStore, cookie: &str, body: &str, extra: &[(&str, &str)]) -> Reply {
+        let length = body.len().to_string();
+        let mut pairs = vec![
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("SCRIPT_NAME", "/cgi-bin/app"),
+            ("REQUEST_METHOD", "POST"),
+            ("CONTENT_TYPE", "application/x-www-form-urlencoded"),
+            ("CONTENT_LENGTH", &length),
+            ("HTTP_COOKIE", cookie),
+        ];
+        pairs.extend_from_slice(extra);
+        let env = Environment::from_pairs(pairs);
+        let config = Config::from_env(&env);
+        let mut output = Vec::new();
+        let now = UNIX_EPOCH + Duration::from_secs(T0);
+        serve_with_store(
+            &env,
+            &config,
+            store,
+            &mut body.as_bytes(),
+            &mut output,
+            &guarded,
+            now,
+        )
+        .unwrap();
+        Reply {
+            text: String::from_utf8(output).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_form_token_survives_to_the_post_and_works_once() {
+        let store = MemoryStore::new();
+        let issued = Reply {
+            text: serve_text(&store, &[("QUERY_STRING", "new")], &guarded, T0),
+        };
+        let (token, cookie) = (
+            issued.body().to_owned(),
+            issued.cookie().unwrap().to_owned(),
+        );
+        let form = format!("user=eggs&token={token}");
+        assert_eq!(post(&store, &cookie, &form, &[]).body(), "accepted 2");
+        assert_eq!(
+            post(&store, &cookie, &form, &[]).body(),
+            "refused 2",
+            "used up"
+        );
+        let other = Reply {
+            text: serve_text(&store, &[("QUERY_STRING", "new")], &guarded, T0),
+        };
+        let theirs = format!("token={}", other.body());
+        assert_eq!(
+            post(&store, &cookie, &theirs, &[]).body(),
+            "refused 1",
+            "another session's token"
+        );
+    }
+
+    #[test]
+    fn form_bodies_up_to_the_cap_are_read_and_larger_ones_get_413() {
+        let store = MemoryStore::new();
+        let cap = [("PSOMaxBodyBytes", "1024")];
+        let at_cap = format!("a={}", "x".repeat(1022));
+        assert_eq!(post(&store, "", &at_cap, &cap).body(), "refused 1");
+        let over = format!("a={}", "x".repeat(1023));
+        let reply = post(&store, "", &over, &cap);
+        assert!(reply.text.starts_with("Status: 413"), "{}", reply.text);
+    }
+
     #[test]
     fn the_cookie_chain_counts() {
         let store = MemoryStore::new();

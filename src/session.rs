@@ -14,6 +14,11 @@ use crate::store::LockedSession;
 
 /// An unchanged session is rewritten only to record its last access, and at most this often.
 const ACCESS_RESOLUTION: u64 = 60;
+/// Where a session keeps its form tokens; keys that start with `pso.` are pso's own.
+const FORM_TOKENS: &str = "pso.form_tokens";
+/// Form tokens kept per session: the newest, so that a user with many forms open still posts
+/// the recent ones, and a session cannot grow without bound.
+const MAX_FORM_TOKENS: usize = 16;
 
 /// One visitor's session, locked for the duration of the request.
 ///
@@ -201,6 +206,54 @@ impl Session {
         self.origin = origin;
         self.expired = expired;
         self
+    }
+
+    /// A new form token: a random value kept in the session (the newest 16), to put in a
+    /// hidden field of a form that changes something, so that a post forged by another site,
+    /// which cannot read the form, is refused (CSRF). Check it with
+    /// [`Session::take_form_token`].
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// let token = session.create_form_token()?;
+    /// let form = format!(r#"<input type="hidden" name="token" value="{token}">"#);
+    /// // ... and when the form comes back:
+    /// assert!(session.take_form_token(&token)?);
+    /// assert!(!session.take_form_token(&token)?, "a token works once");
+    /// assert!(!session.take_form_token("forged")?);
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn create_form_token(&mut self) -> Result<String> {
+        let token = SessionId::generate()?.as_str().to_owned();
+        let mut tokens: Vec<String> = self.record.get(FORM_TOKENS)?.unwrap_or_default();
+        tokens.push(token.clone());
+        let excess = tokens.len().saturating_sub(MAX_FORM_TOKENS);
+        tokens.drain(..excess);
+        self.record.set(FORM_TOKENS, &tokens)?;
+        Ok(token)
+    }
+
+    /// Whether `token` is one this session issued and has not taken yet; taking it uses it up.
+    /// Every kept token is compared in full, so the time taken tells nothing of how close a
+    /// guess came.
+    pub fn take_form_token(&mut self, token: &str) -> Result<bool> {
+        let mut tokens: Vec<String> = self.record.get(FORM_TOKENS)?.unwrap_or_default();
+        let mut found = None;
+        for (index, kept) in tokens.iter().enumerate() {
+            if same_secret(kept.as_bytes(), token.as_bytes()) {
+                found = Some(index);
+            }
+        }
+        let Some(index) = found else {
+            return Ok(false);
+        };
+        tokens.remove(index);
+        if tokens.is_empty() {
+            self.record.remove(FORM_TOKENS);
+        } else {
+            self.record.set(FORM_TOKENS, &tokens)?;
+        }
+        Ok(true)
     }
 
     /// Why the request holds this session: see [`Origin`].
@@ -465,6 +518,11 @@ impl fmt::Debug for Session {
     }
 }
 
+/// Compares two secrets in time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +561,24 @@ mod tests {
         let mut lock = store.lock(&key, suite::options()).unwrap();
         let record = lock.load().unwrap().expect("stored");
         Session::existing(lock, record, at(now), idle_of(3600), Origin::Returning)
+    }
+
+    #[test]
+    fn only_the_newest_form_tokens_are_kept() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        let tokens: Vec<String> = (0..=MAX_FORM_TOKENS)
+            .map(|_| session.create_form_token().unwrap())
+            .collect();
+        assert!(
+            !session.take_form_token(&tokens[0]).unwrap(),
+            "the oldest is gone"
+        );
+        for token in &tokens[1..] {
+            assert!(session.take_form_token(token).unwrap());
+        }
+        assert!(!session.contains(FORM_TOKENS), "no tokens, no key");
+        assert!(!session.take_form_token("").unwrap());
     }
 
     #[test]
