@@ -19,7 +19,7 @@ use crate::error::{ErrorChain, ErrorKind, Result};
 use crate::expiry::{Expiry, unix_secs};
 use crate::id::SessionId;
 use crate::record::Record;
-use crate::session::{Ended, Origin, Rules, Session};
+use crate::session::{Ended, MOVED_TO, Origin, Rules, Session};
 use crate::store::{LockOptions, LockedSession, SessionKey, Store};
 
 /// What the request brings that decides its session.
@@ -47,7 +47,7 @@ pub(crate) fn adopt(
         let mut lock = store.lock(&key, options.with_create(true))?;
         let session = match load_live(&mut *lock, idle, now_secs)? {
             Loaded::Live(record) => Session::existing(lock, record, now, idle, Origin::Forced),
-            Loaded::Ended(..) => fresh(lock).replacing(Origin::Forced, None),
+            Loaded::Ended(..) | Loaded::Moved(_) => fresh(lock).replacing(Origin::Forced, None),
         };
         return Ok((session, Origin::Forced));
     }
@@ -104,6 +104,7 @@ pub(crate) fn adopt(
     // One deadline for all candidates: several cookies must not multiply the wait.
     let started = Instant::now();
     let mut live: Vec<(Box<dyn LockedSession>, Record)> = Vec::new();
+    let named = candidates.clone();
     for key in candidates {
         let timeout = config.lock_timeout.saturating_sub(started.elapsed());
         let mut lock = match store.lock(&key, LockOptions::new(timeout)) {
@@ -117,6 +118,21 @@ pub(crate) fn adopt(
         };
         match load_live(&mut *lock, idle, now_secs)? {
             Loaded::Live(record) => live.push((lock, record)),
+            Loaded::Moved(target) => {
+                // The old id of a regenerated session leads to the new one (which a cookie
+                // may name too: then that cookie brings it). The old lock goes first, as
+                // `regenerate_id` takes them in the order old, then new.
+                drop(lock);
+                let target = SessionKey::new(key.service.clone(), target);
+                if named.contains(&target) {
+                    continue;
+                }
+                let timeout = config.lock_timeout.saturating_sub(started.elapsed());
+                let mut lock = store.lock(&target, LockOptions::new(timeout))?;
+                if let Loaded::Live(record) = load_live(&mut *lock, idle, now_secs)? {
+                    live.push((lock, record));
+                }
+            }
             Loaded::Ended(why, record) => {
                 // Strict mode: an id the store does not know is never adopted.
                 if let Err(e) = lock.delete() {
@@ -181,6 +197,9 @@ fn end_all(store: &dyn Store, keys: Vec<SessionKey>) {
 enum Loaded {
     /// A live session.
     Live(Record),
+    /// An id given up by `regenerate_id()`, still in its grace period: the session is now
+    /// under this id.
+    Moved(SessionId),
     /// A session that is no more, and why; the record of one that expired, for the handler to
     /// read once.
     Ended(Ended, Option<Record>),
@@ -191,6 +210,18 @@ enum Loaded {
 fn load_live(lock: &mut dyn LockedSession, idle: Rules, now: u64) -> Result<Loaded> {
     let key = lock.key().clone();
     match lock.load() {
+        Ok(Some(record)) if record.contains(MOVED_TO) => {
+            let target = record
+                .get::<String>(MOVED_TO)
+                .ok()
+                .flatten()
+                .and_then(|id| id.parse::<SessionId>().ok());
+            match (idle.ended(&record.meta, now), target) {
+                (None, Some(target)) => Ok(Loaded::Moved(target)),
+                // Past its grace the old id is dead, like one never issued.
+                _ => Ok(Loaded::Ended(Ended::Unknown, None)),
+            }
+        }
         Ok(Some(record)) => match idle.ended(&record.meta, now) {
             None => Ok(Loaded::Live(record)),
             Some(why) => {

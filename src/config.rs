@@ -26,6 +26,11 @@ const DEFAULT_MAX_BYTES: u64 = 1 << 20;
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
 /// Largest `PSOMaxBodyBytes` accepted.
 const MAX_BODY_BYTES: u64 = 1 << 40;
+/// Default `PSOSessionRegenerateGrace`: long enough for requests already on their way (PHP's
+/// manual warns that deleting the old id at once drops them on a flaky connection).
+const DEFAULT_REGENERATE_GRACE: Duration = Duration::from_secs(5);
+/// Longest `PSOSessionRegenerateGrace` accepted: the old id is a credential while it lasts.
+const MAX_REGENERATE_GRACE: Duration = Duration::from_secs(300);
 /// Default `PSOSessionGCMaxLifetime`: one day.
 const DEFAULT_GC_MAX_LIFETIME: Duration = Duration::from_secs(86_400);
 /// Longest `PSOCookieSession_Path` accepted, so the cookie stays far below 4096 bytes.
@@ -106,6 +111,13 @@ const SYNC: Variable = Variable {
     meaning: "fsync the file and the directory on every save",
     default: "off",
     expected: "on or off",
+};
+const REGENERATE_GRACE: Variable = Variable {
+    name: "PSOSessionRegenerateGrace",
+    also: &[],
+    meaning: "how long the old id still leads to the session after regenerate_id(), for requests already under way",
+    default: "5 s",
+    expected: "a duration from 0 to 5 minutes, like 5 or 30s",
 };
 const LAZY: Variable = Variable {
     name: "PSOSessionLazy",
@@ -237,6 +249,7 @@ pub const VARIABLES: &[Variable] = &[
     LOCK_TIMEOUT,
     SYNC,
     LAZY,
+    REGENERATE_GRACE,
     MAX_BYTES,
     GC_PROBABILITY,
     GC_MAX_LIFETIME,
@@ -446,6 +459,9 @@ pub struct Config {
     pub idle: Option<Duration>,
     /// `PSOSessionLazy`: store a session only once it holds a value, and delete one emptied.
     pub lazy: bool,
+    /// `PSOSessionRegenerateGrace`: how long an id given up by `regenerate_id()` still leads
+    /// to the session.
+    pub regenerate_grace: Duration,
     /// `PSOMaxBodyBytes`: the largest request body a handler is given; a request that
     /// announces more gets a 413 and the handler does not run.
     pub max_body: u64,
@@ -499,6 +515,11 @@ impl<'a> Reader<'a> {
             .unwrap_or(DEFAULT_LOCK_TIMEOUT);
         let sync = self.parsed(&SYNC, boolean).unwrap_or(false);
         let lazy = self.parsed(&LAZY, boolean).unwrap_or(true);
+        let regenerate_grace = self
+            .parsed(&REGENERATE_GRACE, |text| {
+                duration(text).filter(|grace| *grace <= MAX_REGENERATE_GRACE)
+            })
+            .unwrap_or(DEFAULT_REGENERATE_GRACE);
         let max_bytes = self
             .parsed(&MAX_BYTES, |text| byte_count(text, 1024..=MAX_RECORD_BYTES))
             .unwrap_or(DEFAULT_MAX_BYTES);
@@ -530,6 +551,7 @@ impl<'a> Reader<'a> {
             gc_max_lifetime,
             idle,
             lazy,
+            regenerate_grace,
             max_body,
             cookie,
         }

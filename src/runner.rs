@@ -631,6 +631,78 @@ mod tests {
         assert!(reply.text.starts_with("Status: 413"), "{}", reply.text);
     }
 
+    /// Counts; `?login` regenerates the id; prints the origin and the count.
+    fn login(cx: &mut Context<'_>) -> Result<(), BoxError> {
+        let n: u64 = cx.session.get("n")?.unwrap_or(0) + 1;
+        cx.session.set("n", &n)?;
+        if cx.request.query("login").is_some() {
+            cx.session.set("user", "eggs")?;
+            cx.session.regenerate_id()?;
+        }
+        let user: Option<String> = cx.session.get("user")?;
+        write!(cx.response, "{:?} n={n} user={user:?}", cx.session.origin())?;
+        Ok(())
+    }
+
+    fn login_request(
+        store: &MemoryStore,
+        query: &str,
+        cookie: &str,
+        t: u64,
+        grace: &str,
+    ) -> (String, Option<String>) {
+        let pairs = [
+            ("QUERY_STRING", query),
+            ("HTTP_COOKIE", cookie),
+            ("PSOSessionRegenerateGrace", grace),
+        ];
+        let reply = Reply {
+            text: serve_text(store, &pairs, &login, T0 + t),
+        };
+        (reply.body().to_owned(), reply.cookie().map(str::to_owned))
+    }
+
+    #[test]
+    fn regenerate_moves_the_data_and_the_old_id_leads_there_only_during_its_grace() {
+        let store = MemoryStore::new();
+        let (_, old) = login_request(&store, "", "", 0, "5");
+        let old = old.unwrap();
+        let (body, new) = login_request(&store, "login", &old, 1, "5");
+        let new = new.unwrap();
+        assert_ne!(new, old, "a new id at login");
+        assert_eq!(body, "Returning n=2 user=Some(\"eggs\")");
+        // A request already under way with the old id, within the grace: the same session,
+        // and the new cookie.
+        let (body, sent) = login_request(&store, "", &old, 4, "5");
+        assert_eq!(body, "Returning n=3 user=Some(\"eggs\")");
+        assert_eq!(sent.as_deref(), Some(new.as_str()));
+        // Both cookies at once (an old one left on another path): one session, not two.
+        let (body, _) = login_request(&store, "", &format!("{old}; {new}"), 5, "5");
+        assert_eq!(body, "Returning n=4 user=Some(\"eggs\")");
+        // After the grace the old id is dead; the new one goes on.
+        let (body, sent) = login_request(&store, "", &old, 7, "5");
+        assert_eq!(body, "Replaced(Unknown) n=1 user=None");
+        assert_ne!(sent.as_deref(), Some(new.as_str()));
+        let (body, _) = login_request(&store, "", &new, 8, "5");
+        assert_eq!(body, "Returning n=5 user=Some(\"eggs\")");
+    }
+
+    #[test]
+    fn without_a_grace_the_old_id_dies_at_once() {
+        let store = MemoryStore::new();
+        let (_, old) = login_request(&store, "", "", 0, "0");
+        let old = old.unwrap();
+        let (_, new) = login_request(&store, "login", &old, 1, "0");
+        assert_ne!(new.as_deref(), Some(old.as_str()));
+        let (body, _) = login_request(&store, "", &old, 1, "0");
+        assert_eq!(body, "Replaced(Unknown) n=1 user=None");
+        assert_eq!(
+            store.keys().unwrap().count(),
+            2,
+            "the new session and the one just made"
+        );
+    }
+
     #[test]
     fn the_cookie_chain_counts() {
         let store = MemoryStore::new();

@@ -10,12 +10,14 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::{Expiry, from_unix_secs, unix_secs};
 use crate::id::{ServiceId, SessionId};
 use crate::record::{Checkpoint, Meta, Record};
-use crate::store::LockedSession;
+use crate::store::{LockOptions, LockedSession};
 
 /// An unchanged session is rewritten only to record its last access, and at most this often.
 const ACCESS_RESOLUTION: u64 = 60;
 /// Where a session keeps its form tokens; keys that start with `pso.` are pso's own.
 const FORM_TOKENS: &str = "pso.form_tokens";
+/// In the record an old id keeps after `regenerate_id()`: the id the session moved to.
+pub(crate) const MOVED_TO: &str = "pso.moved_to";
 /// Form tokens kept per session: the newest, so that a user with many forms open still posts
 /// the recent ones, and a session cannot grow without bound.
 const MAX_FORM_TOKENS: usize = 16;
@@ -106,6 +108,8 @@ pub(crate) struct Rules {
     pub browser_close: u64,
     /// `PSOSessionLazy`: a session without values is not stored, and one emptied is deleted.
     pub lazy: bool,
+    /// `PSOSessionRegenerateGrace`, in seconds.
+    pub grace: u64,
 }
 
 impl Rules {
@@ -115,6 +119,7 @@ impl Rules {
             limit: config.idle.map(|idle| idle.as_secs()),
             browser_close: config.gc_max_lifetime.as_secs(),
             lazy: config.lazy,
+            grace: config.regenerate_grace.as_secs(),
         }
     }
 
@@ -208,6 +213,51 @@ impl Session {
         self
     }
 
+    /// Moves the session to a new id, keeping its data, and sends the new id's cookie: call it
+    /// at login and at every change of privilege (PHP's `session_regenerate_id(true)`,
+    /// Django's `cycle_key`), so that an id someone learnt before (fixation) is worth nothing
+    /// after. The old id is not deleted at once: for `PSOSessionRegenerateGrace` (5 seconds by
+    /// default) it still leads to this session, and only to it, so that requests already
+    /// under way on a slow connection are not dropped; then it is dead.
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// session.set("user", "eggs")?;
+    /// let before = session.id().clone();
+    /// session.regenerate_id()?;
+    /// assert_ne!(session.id(), &before);
+    /// assert_eq!(session.get::<String>("user")?.as_deref(), Some("eggs"));
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn regenerate_id(&mut self) -> Result<()> {
+        if self.ended {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "a session that ended in this request cannot get a new id",
+            ));
+        }
+        let options = LockOptions::new(Duration::from_secs(1)).with_create(true);
+        let new_lock = self.lock.lock_sibling(SessionId::generate()?, options)?;
+        let mut old_lock = std::mem::replace(&mut self.lock, new_lock);
+        let Some(stored) = self.stored.take() else {
+            // Never stored: nobody knows the old id; the new one is all there is.
+            return Ok(());
+        };
+        // The data goes under the new id first: a failure here leaves the old id as it was.
+        if let Err(e) = self.save() {
+            self.lock = old_lock;
+            self.stored = Some(stored);
+            return Err(e);
+        }
+        if self.idle.grace == 0 {
+            return old_lock.delete();
+        }
+        let mut forward = Record::new(Meta::new(self.now));
+        forward.meta.deadline = Some(self.now.saturating_add(self.idle.grace));
+        forward.set(MOVED_TO, self.id().as_str())?;
+        old_lock.save(&forward)
+    }
+
     /// A new form token: a random value kept in the session (the newest 16), to put in a
     /// hidden field of a form that changes something, so that a post forged by another site,
     /// which cannot read the form, is refused (CSRF). Check it with
@@ -292,6 +342,7 @@ impl Session {
                 limit: None,
                 browser_close: 86_400,
                 lazy: true,
+                grace: 5,
             },
         ))
     }
@@ -542,6 +593,7 @@ mod tests {
             limit: None,
             browser_close: secs,
             lazy: true,
+            grace: 5,
         }
     }
 

@@ -755,6 +755,15 @@ impl LockedSession for FileLock {
         &self.key
     }
 
+    fn lock_sibling(
+        &self,
+        id: crate::SessionId,
+        options: LockOptions,
+    ) -> Result<Box<dyn LockedSession>> {
+        self.store
+            .lock(&SessionKey::new(self.key.service.clone(), id), options)
+    }
+
     fn load(&mut self) -> Result<Option<Record>> {
         if self.blocked {
             return Err(blocked_error(&self.key));

@@ -159,6 +159,17 @@ impl LockedSession for MemoryLock {
         &self.key
     }
 
+    fn lock_sibling(
+        &self,
+        id: crate::SessionId,
+        options: LockOptions,
+    ) -> Result<Box<dyn LockedSession>> {
+        let store = MemoryStore {
+            shared: Arc::clone(&self.shared),
+        };
+        store.lock(&SessionKey::new(self.key.service.clone(), id), options)
+    }
+
     fn load(&mut self) -> Result<Option<Record>> {
         self.with_slot(|slot| slot.bytes.as_deref().map(decode).transpose())
     }

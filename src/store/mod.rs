@@ -202,6 +202,11 @@ pub trait LockedSession: Send {
     /// Removes the record. The key stays reserved until drop, but this lock can no longer
     /// save: a deleted session's id must not come back in the same request.
     fn delete(&mut self) -> Result<()>;
+
+    /// Locks session `id` of the same service in the same store, for a session that moves to
+    /// a new id ([`crate::Session::regenerate_id`]). Locks are taken in the order old, then
+    /// new, so two requests never wait on each other's.
+    fn lock_sibling(&self, id: SessionId, options: LockOptions) -> Result<Box<dyn LockedSession>>;
 }
 
 #[cfg(test)]
@@ -377,7 +382,23 @@ pub(crate) mod suite {
         assert_eq!(store.peek(&k).unwrap(), None);
     }
 
+    pub fn a_sibling_lock_reaches_the_same_store(store: &dyn Store) {
+        let first = key("svc");
+        let lock = store.lock(&first, options()).unwrap();
+        let id = SessionId::generate().unwrap();
+        let mut sibling = lock
+            .lock_sibling(id.clone(), options().with_create(true))
+            .unwrap();
+        assert_eq!(sibling.key(), &SessionKey::new(first.service.clone(), id));
+        sibling.save(&record(7)).unwrap();
+        let moved = sibling.key().clone();
+        drop((sibling, lock));
+        let stored = store.peek(&moved).unwrap().expect("saved under the new id");
+        assert_eq!(stored.get::<u64>("n").unwrap(), Some(7));
+    }
+
     pub fn all(store: Arc<dyn Store>) {
+        a_sibling_lock_reaches_the_same_store(&*store);
         huge_timeouts_do_not_overflow(&*store);
         a_deleted_session_cannot_be_saved_again(&*store);
         round_trip(&*store);

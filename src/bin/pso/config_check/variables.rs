@@ -282,6 +282,7 @@ fn effective(
         "PSOSessionLockTimeout" => (seconds(config.lock_timeout), None),
         "PSOSessionSync" => (on_off(config.sync), None),
         "PSOSessionLazy" => (on_off(config.lazy), None),
+        "PSOSessionRegenerateGrace" => (seconds(config.regenerate_grace), None),
         "PSOSessionMaxBytes" => (bytes(config.max_bytes), None),
         "PSOSessionGCProbability" => (probability(config.gc_probability), None),
         "PSOSessionGCMaxLifetime" => (seconds(config.gc_max_lifetime), None),
