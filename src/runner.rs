@@ -704,6 +704,76 @@ mod tests {
     }
 
     #[test]
+    fn a_released_session_lets_its_next_request_run_meanwhile() {
+        use std::sync::mpsc;
+        let store = MemoryStore::new();
+        let cookie = request(&store, &[], T0).cookie().unwrap().to_owned();
+        let (done, finished) = mpsc::channel::<String>();
+        let finished = std::sync::Mutex::new(finished);
+        // The slow request releases its session, then waits (boundedly) for a second request
+        // of the same session to finish: with the lock still held, that one would wait for
+        // the lock instead, and the first would give up.
+        let slow = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            let n: u64 = cx.session.get("n")?.unwrap_or(0);
+            cx.session.release()?;
+            let other = finished
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10))?;
+            write!(
+                cx.response,
+                "read {n} while the other request answered {other}"
+            )?;
+            Ok(())
+        };
+        let pairs = [
+            ("HTTP_COOKIE", cookie.as_str()),
+            ("PSOSessionLockTimeout", "20"),
+        ];
+        std::thread::scope(|scope| {
+            let first = scope.spawn(|| serve_text(&store, &pairs, &slow, T0));
+            std::thread::sleep(Duration::from_millis(50));
+            let second = with_cookie(&store, &cookie, &[]);
+            done.send(second.body().to_owned()).unwrap();
+            let first = first.join().unwrap();
+            assert!(
+                first.ends_with("read 1 while the other request answered 2"),
+                "{first}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_change_after_release_fails_the_request_and_is_not_saved() {
+        let store = MemoryStore::new();
+        let cookie = request(&store, &[], T0).cookie().unwrap().to_owned();
+        let late_remove = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.release()?;
+            cx.session.remove("n");
+            Ok(())
+        };
+        let late_set = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.release()?;
+            cx.session.set("n", &100u64)?;
+            Ok(())
+        };
+        let removed = serve_text(
+            &store,
+            &[("HTTP_COOKIE", cookie.as_str())],
+            &late_remove,
+            T0,
+        );
+        assert!(removed.starts_with("Status: 500"), "{removed}");
+        let set = serve_text(&store, &[("HTTP_COOKIE", cookie.as_str())], &late_set, T0);
+        assert!(set.starts_with("Status: 500"), "{set}");
+        assert_eq!(
+            with_cookie(&store, &cookie, &[]).body(),
+            "2",
+            "nothing was lost or changed"
+        );
+    }
+
+    #[test]
     fn the_cookie_chain_counts() {
         let store = MemoryStore::new();
         let first = request(&store, &[], T0);

@@ -51,6 +51,8 @@ pub struct Session {
     origin: Origin,
     /// The data of the expired session this one replaces, until the handler takes it.
     expired: Option<Record>,
+    /// Set by `release()`: the cookie decided then, and the session as it was then.
+    released: Option<(CookieAction, Checkpoint)>,
 }
 
 /// Why a request holds the session it holds: a handler can tell a first visit from a session
@@ -150,7 +152,7 @@ impl Rules {
 }
 
 /// What the response must tell the client about its session cookie.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum CookieAction {
     /// Hand out (or refresh) the cookie for this id, valid until the deadline.
     Set(SessionId, Option<SystemTime>),
@@ -179,6 +181,7 @@ impl Session {
             idle,
             origin,
             expired: None,
+            released: None,
         }
     }
 
@@ -203,6 +206,7 @@ impl Session {
             idle,
             origin: Origin::New,
             expired: None,
+            released: None,
         }
     }
 
@@ -230,6 +234,7 @@ impl Session {
     /// # Ok::<(), pso::Error>(())
     /// ```
     pub fn regenerate_id(&mut self) -> Result<()> {
+        self.check_held()?;
         if self.ended {
             return Err(Error::new(
                 ErrorKind::Invalid,
@@ -274,6 +279,7 @@ impl Session {
     /// # Ok::<(), pso::Error>(())
     /// ```
     pub fn create_form_token(&mut self) -> Result<String> {
+        self.check_held()?;
         let token = SessionId::generate()?.as_str().to_owned();
         let mut tokens: Vec<String> = self.record.get(FORM_TOKENS)?.unwrap_or_default();
         tokens.push(token.clone());
@@ -287,6 +293,7 @@ impl Session {
     /// Every kept token is compared in full, so the time taken tells nothing of how close a
     /// guess came.
     pub fn take_form_token(&mut self, token: &str) -> Result<bool> {
+        self.check_held()?;
         let mut tokens: Vec<String> = self.record.get(FORM_TOKENS)?.unwrap_or_default();
         let mut found = None;
         for (index, kept) in tokens.iter().enumerate() {
@@ -387,6 +394,7 @@ impl Session {
 
     /// Stores `value` under `key`.
     pub fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
+        self.check_held()?;
         self.record.set(key, value)
     }
 
@@ -459,6 +467,7 @@ impl Session {
     /// Once the session has been deleted (by [`Expiry::Now`] and a save), saving it again is an
     /// error: a logged-out id must stay dead.
     pub fn save(&mut self) -> Result<()> {
+        self.check_held()?;
         if self.ended {
             return Err(Error::new(
                 ErrorKind::Invalid,
@@ -507,6 +516,15 @@ impl Session {
     /// revoked. An unchanged session is rewritten at most once a minute (or half its idle
     /// limit, if shorter), to record its last access.
     pub(crate) fn commit(&mut self) -> Result<CookieAction> {
+        if let Some((action, then)) = &self.released {
+            if !self.record.matches(then) {
+                return Err(Error::new(
+                    ErrorKind::Invalid,
+                    "the session changed after release(): the change cannot be saved",
+                ));
+            }
+            return Ok(action.clone());
+        }
         if self.ended {
             return Ok(CookieAction::Revoke);
         }
@@ -541,6 +559,44 @@ impl Session {
         ))
     }
 
+    /// Saves the session now and lets go of its lock (PHP's `session_write_close`), so that the
+    /// rest of a slow request does not hold up the session's other requests. Called first
+    /// thing, it makes a read-only request (PHP's `read_and_close`): the lock is held only
+    /// while the session loads, so a page's many AJAX calls run side by side. Reading goes on
+    /// working; a change afterwards is an error (`set` fails at once; `remove`, `clear` and
+    /// `expire` fail the request with a 500), never silently lost. The cookie is decided here.
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// session.set("n", &1u64)?;
+    /// session.release()?;
+    /// assert_eq!(session.get::<u64>("n")?, Some(1));
+    /// assert!(session.set("n", &2u64).is_err());
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn release(&mut self) -> Result<()> {
+        if self.released.is_some() {
+            return Ok(());
+        }
+        let action = self.commit()?;
+        let key = self.lock.key().clone();
+        // Dropping the lock lets the next request of this session in.
+        self.lock = Box::new(Released(key));
+        self.released = Some((action, self.record.checkpoint()));
+        Ok(())
+    }
+
+    /// An error once the session was released.
+    fn check_held(&self) -> Result<()> {
+        if self.released.is_some() {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "the session was released (release()): it can no longer change",
+            ));
+        }
+        Ok(())
+    }
+
     fn ends_now(&self) -> bool {
         self.record
             .meta
@@ -567,6 +623,35 @@ impl fmt::Debug for Session {
             .field("values", &self.record.len())
             .finish()
     }
+}
+
+/// Where a released session's lock was: nothing can be loaded or saved through it.
+struct Released(crate::store::SessionKey);
+
+impl LockedSession for Released {
+    fn key(&self) -> &crate::store::SessionKey {
+        &self.0
+    }
+
+    fn load(&mut self) -> Result<Option<Record>> {
+        Err(released_error())
+    }
+
+    fn save(&mut self, _: &Record) -> Result<()> {
+        Err(released_error())
+    }
+
+    fn delete(&mut self) -> Result<()> {
+        Err(released_error())
+    }
+
+    fn lock_sibling(&self, _: SessionId, _: LockOptions) -> Result<Box<dyn LockedSession>> {
+        Err(released_error())
+    }
+}
+
+fn released_error() -> Error {
+    Error::new(ErrorKind::Invalid, "the session's lock was released")
 }
 
 /// Compares two secrets in time that depends only on their lengths.
