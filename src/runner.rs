@@ -774,6 +774,31 @@ mod tests {
     }
 
     #[test]
+    fn a_session_with_its_own_idle_limit_times_out_by_it() {
+        let short = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if cx.request.query("short").is_some() {
+                cx.session.set_idle_limit(Some(Duration::from_secs(60)))?;
+            }
+            cx.session.set("v", &1u8)?;
+            write!(cx.response, "{:?}", cx.session.origin())?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let first = Reply {
+            text: serve_text(&store, &[("QUERY_STRING", "short")], &short, T0),
+        };
+        let cookie = first.cookie().unwrap().to_owned();
+        let at = |t| {
+            let reply = Reply {
+                text: serve_text(&store, &[("HTTP_COOKIE", cookie.as_str())], &short, T0 + t),
+            };
+            reply.body().to_owned()
+        };
+        assert_eq!(at(60), "Returning");
+        assert_eq!(at(121), "Replaced(Idle)");
+    }
+
+    #[test]
     fn the_cookie_chain_counts() {
         let store = MemoryStore::new();
         let first = request(&store, &[], T0);

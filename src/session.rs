@@ -16,6 +16,8 @@ use crate::store::{LockOptions, LockedSession};
 const ACCESS_RESOLUTION: u64 = 60;
 /// Where a session keeps its form tokens; keys that start with `pso.` are pso's own.
 const FORM_TOKENS: &str = "pso.form_tokens";
+/// A session's own idle limit, in seconds, set by `set_idle_limit`.
+const IDLE_LIMIT: &str = "pso.idle";
 /// In the record an old id keeps after `regenerate_id()`: the id the session moved to.
 pub(crate) const MOVED_TO: &str = "pso.moved_to";
 /// Form tokens kept per session: the newest, so that a user with many forms open still posts
@@ -125,9 +127,14 @@ impl Rules {
         }
     }
 
-    /// The idle limit stored with a session of this `deadline`.
-    fn max_idle(self, deadline: Option<u64>) -> Option<u64> {
-        match (self.limit, deadline) {
+    /// The idle limit stored with a session of this `deadline`, and of its own limit if it
+    /// has one (never longer than the configured one).
+    fn max_idle(self, deadline: Option<u64>, own: Option<u64>) -> Option<u64> {
+        let limit = match (self.limit, own) {
+            (Some(configured), Some(own)) => Some(configured.min(own)),
+            (configured, own) => configured.or(own),
+        };
+        match (limit, deadline) {
             (Some(limit), None) => Some(limit.min(self.browser_close)),
             (Some(limit), Some(_)) => Some(limit),
             (None, None) => Some(self.browser_close),
@@ -261,6 +268,26 @@ impl Session {
         forward.meta.deadline = Some(self.now.saturating_add(self.idle.grace));
         forward.set(MOVED_TO, self.id().as_str())?;
         old_lock.save(&forward)
+    }
+
+    /// Gives this session an idle limit of its own, shorter than `PSOSessionIdle` (which still
+    /// caps it): a signed-in user's session that should time out sooner than a visitor's, say.
+    /// `None` goes back to the configured limit. Kept with the session.
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// session.set_idle_limit(Some(std::time::Duration::from_secs(5 * 60)))?;
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn set_idle_limit(&mut self, limit: Option<Duration>) -> Result<()> {
+        self.check_held()?;
+        match limit {
+            Some(limit) => self.record.set(IDLE_LIMIT, &limit.as_secs()),
+            None => {
+                self.record.remove(IDLE_LIMIT);
+                Ok(())
+            }
+        }
     }
 
     /// A new form token: a random value kept in the session (the newest 16), to put in a
@@ -481,7 +508,8 @@ impl Session {
             return self.delete();
         }
         self.record.meta.last_access = self.now;
-        self.record.meta.max_idle = self.idle.max_idle(self.record.meta.deadline);
+        let own = self.record.get::<u64>(IDLE_LIMIT).ok().flatten();
+        self.record.meta.max_idle = self.idle.max_idle(self.record.meta.deadline, own);
         self.lock.save(&self.record)?;
         self.stored = Some(self.record.checkpoint());
         Ok(())

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 const PSO: &str = env!("CARGO_BIN_EXE_pso");
 const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
+const LOGIN: &str = env!("CARGO_BIN_EXE_login");
 
 fn inspect() -> PathBuf {
     Path::new(RELOAD)
@@ -34,6 +35,7 @@ impl Fixture {
         let dir = root.path().join("cgi-bin");
         std::fs::create_dir(&dir).unwrap();
         std::fs::copy(RELOAD, dir.join("reload")).unwrap();
+        std::fs::copy(LOGIN, dir.join("login")).unwrap();
         std::fs::copy(inspect(), dir.join("inspect")).unwrap();
         let scripts: &[(&str, &str)] = &[
             ("env", "printf 'Content-Type: text/plain\\n\\n'; env | sort"),
@@ -77,9 +79,11 @@ impl Fixture {
         std::fs::write(
             dir.join(".htaccess"),
             format!(
-                "Options +ExecCGI\nSetEnv PSOSessionFileLoader_Path {}\nSetEnv PSOSessionExpire \"60*60\"\nSetEnv PIDFILE {}\n",
+                "Options +ExecCGI\nSetEnv PSOSessionFileLoader_Path {}\nSetEnv PSOSessionExpire \"60*60\"\nSetEnv PIDFILE {}\n\
+                 SetEnv LoginIdle 1\nSetEnv LoginAuditLog {}\n",
                 sessions.display(),
-                root.path().join("hang.pid").display()
+                root.path().join("hang.pid").display(),
+                root.path().join("audit.log").display()
             ),
         )
         .unwrap();
@@ -694,6 +698,7 @@ fn the_readme_command_builds_the_counter_and_serves_it() {
     assert_eq!(
         server.urls,
         vec![
+            format!("{}/cgi-bin/login", server.base),
             format!("{}/cgi-bin/reload", server.base),
             format!("{}/_pso/?key={}", server.base, server.key())
         ]
@@ -701,7 +706,7 @@ fn the_readme_command_builds_the_counter_and_serves_it() {
     let jar = tempfile::tempdir().unwrap();
     let jar = jar.path().join("jar");
     for n in 1..=2 {
-        let Some(response) = curl(&jar, &server.urls[0], &[]) else {
+        let Some(response) = curl(&jar, &server.urls[1], &[]) else {
             return;
         };
         assert!(
@@ -710,4 +715,138 @@ fn the_readme_command_builds_the_counter_and_serves_it() {
             server.log()
         );
     }
+}
+
+/// The login program, end to end through a cookie jar: a token on every form, a new id at
+/// sign-in, the old id leading to the new session for its grace, a forced sign-in after
+/// inactivity with one audit line, and a sign-out that ends the session everywhere.
+fn signs_in_times_out_and_signs_out(extra: &[&str]) {
+    let fixture = Fixture::new();
+    let server = fixture.serve(extra);
+    let url = format!("{}/cgi-bin/login", server.base);
+    let jar = fixture.root.path().join("jar");
+    let token_of = |page: &str| {
+        page.split("name=\"token\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no token in {page}"))
+            .to_owned()
+    };
+    let cookie_of = |response: &str| {
+        response
+            .lines()
+            .find_map(|l| l.strip_prefix("Set-Cookie: "))
+            .map(|c| c.split(';').next().unwrap().to_owned())
+    };
+    let Some(page) = curl(&jar, &url, &[]) else {
+        return;
+    };
+    let before = cookie_of(&page).expect("the form's token needs a session");
+    let token = token_of(&page);
+
+    let forged = curl(
+        &jar,
+        &url,
+        &["-d", "token=forged&action=login&user=eggs&password=spam"],
+    )
+    .unwrap();
+    assert_eq!(status(&forged), "403", "{forged}");
+    let token2 = token_of(&forged);
+    let wrong = curl(
+        &jar,
+        &url,
+        &[
+            "-d",
+            &format!("token={token2}&action=login&user=eggs&password=ham"),
+        ],
+    )
+    .unwrap();
+    assert!(wrong.contains("Wrong user name or password"), "{wrong}");
+    // A used token is refused: the one from the first page still works once.
+    let signed = curl(
+        &jar,
+        &url,
+        &[
+            "-d",
+            &format!("token={token}&action=login&user=eggs&password=spam"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(status(&signed), "302", "{signed}");
+    let after = cookie_of(&signed).expect("a new id at sign-in");
+    assert_ne!(after, before, "a new id at sign-in");
+    let replay = curl(
+        &jar,
+        &url,
+        &[
+            "-d",
+            &format!("token={token}&action=login&user=eggs&password=spam"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(status(&replay), "403", "a token works once: {replay}");
+
+    let home = curl(&jar, &url, &[]).unwrap();
+    assert!(
+        home.contains("Signed in as <strong>eggs</strong>"),
+        "{home}"
+    );
+    // A request still carrying the old id, within the grace: the same signed-in session.
+    let late = curl(
+        &fixture.root.path().join("other-jar"),
+        &url,
+        &["-b", &before],
+    )
+    .unwrap();
+    assert!(
+        late.contains("Signed in as <strong>eggs</strong>"),
+        "{late}"
+    );
+
+    // Idle past LoginIdle (1 s): signed out, told why, one cookie, one audit line.
+    std::thread::sleep(Duration::from_millis(2_200));
+    let away = curl(&jar, &url, &[]).unwrap();
+    assert!(away.contains("You were away too long"), "{away}");
+    assert_eq!(away.matches("Set-Cookie:").count(), 1, "{away}");
+    let log = std::fs::read_to_string(fixture.root.path().join("audit.log")).unwrap();
+    assert_eq!(log.matches("session of eggs timed out").count(), 1, "{log}");
+    assert_eq!(log.matches("failed sign-in").count(), 1, "{log}");
+
+    // Sign in again, then out: the file is gone and the cookie revoked.
+    let token = token_of(&away);
+    let signed = curl(
+        &jar,
+        &url,
+        &[
+            "-d",
+            &format!("token={token}&action=login&user=eggs&password=spam"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(status(&signed), "302", "{signed}");
+    let current = cookie_of(&signed).expect("a new id at the second sign-in");
+    let file = format!("login.{}.pso", current.split_once('=').unwrap().1);
+    assert!(fixture.sessions().contains(&file));
+    let home = curl(&jar, &url, &[]).unwrap();
+    let token = token_of(&home);
+    let out = curl(&jar, &url, &["-d", &format!("token={token}&action=logout")]).unwrap();
+    assert!(out.contains("You have signed out"), "{out}");
+    assert!(
+        out.contains("Set-Cookie: login=; ") && out.contains("Max-Age=0"),
+        "{out}"
+    );
+    assert!(
+        !fixture.sessions().contains(&file),
+        "the session file is gone"
+    );
+}
+
+#[test]
+fn the_login_program_as_cgi() {
+    signs_in_times_out_and_signs_out(&[]);
+}
+
+#[test]
+fn the_login_program_as_fastcgi() {
+    signs_in_times_out_and_signs_out(&["--fastcgi"]);
 }

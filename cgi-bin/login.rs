@@ -1,0 +1,164 @@
+//! A login done right, as a CGI (or FastCGI) program: a form with a token against CSRF, a new
+//! session id at login, an inactivity timeout that forces a new login, an audit line when a
+//! session timed out, and a logout that ends the session on the server and in the browser.
+//!
+//! Configured, like pso, by the web server's environment (`SetEnv` in `.htaccess`):
+//! - `LoginUser`, `LoginPassword`: the one account (default `eggs` / `spam`, as in the
+//!   mod_python recipe this follows);
+//! - `LoginIdle`: seconds a signed-in session may go unused (default 5);
+//! - `LoginAuditLog`: a file to append audit lines to (default: standard error, which the web
+//!   server writes to its error log).
+
+use std::io::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+use pso::{BoxError, Context, Ended, Expiry, Origin};
+
+fn main() {
+    pso::run(login);
+}
+
+fn login(cx: &mut Context) -> Result<(), BoxError> {
+    cx.response.set_header("Cache-Control", "no-store")?;
+    let mut notice = String::new();
+    if let Origin::Replaced(Ended::Idle) = cx.session.origin()
+        && let Some(old) = cx.session.take_expired()
+        && let Some(user) = old.get::<String>("user")?
+    {
+        audit(
+            cx,
+            &format!(
+                "session of {user} timed out: started at {}, last used at {}",
+                old.meta.created, old.meta.last_access
+            ),
+        );
+        notice = "You were away too long: please sign in again.".into();
+    }
+    if cx.request.method() == "POST" {
+        return post(cx);
+    }
+    match cx.session.get::<String>("user")? {
+        Some(user) => signed_in(cx, &user),
+        None => form(cx, &notice),
+    }
+}
+
+/// A posted form: sign in or out, if its token is one this session issued.
+fn post(cx: &mut Context) -> Result<(), BoxError> {
+    let token = cx.request.form_value("token")?.unwrap_or_default();
+    if !cx.session.take_form_token(&token)? {
+        cx.response.set_status(403)?;
+        return form(
+            cx,
+            "That form has expired or was not ours: please try again.",
+        );
+    }
+    match cx.request.form_value("action")?.as_deref() {
+        Some("login") => {
+            let user = cx.request.form_value("user")?.unwrap_or_default();
+            let password = cx.request.form_value("password")?.unwrap_or_default();
+            let expected_user = cx.request.var("LoginUser").unwrap_or("eggs").to_owned();
+            let expected_password = cx.request.var("LoginPassword").unwrap_or("spam").to_owned();
+            // Both compared whole, so the time taken does not say which one was wrong.
+            let right = same(&user, &expected_user) & same(&password, &expected_password);
+            if !right {
+                audit(cx, &format!("failed sign-in as {user:?}"));
+                return form(cx, "Wrong user name or password.");
+            }
+            // A new id at the change of privilege: an id planted before is worth nothing now.
+            cx.session.regenerate_id()?;
+            cx.session.set("user", &user)?;
+            cx.session
+                .set_idle_limit(Some(Duration::from_secs(idle(cx))))?;
+            audit(cx, &format!("{user} signed in"));
+            cx.response.redirect(cx.request.script_name())?;
+            Ok(())
+        }
+        Some("logout") => {
+            if let Some(user) = cx.session.get::<String>("user")? {
+                audit(cx, &format!("{user} signed out"));
+            }
+            cx.session.expire(Expiry::Now);
+            form(cx, "You have signed out.")
+        }
+        _ => {
+            cx.response.set_status(400)?;
+            form(cx, "Unknown action.")
+        }
+    }
+}
+
+fn signed_in(cx: &mut Context, user: &str) -> Result<(), BoxError> {
+    let token = cx.session.create_form_token()?;
+    let idle = idle(cx);
+    write!(
+        cx.response,
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Signed in</title></head><body>\n\
+         <p>Signed in as <strong>{}</strong>. Idle for {idle} s and you will have to sign in again.</p>\n\
+         <form method=\"post\"><input type=\"hidden\" name=\"token\" value=\"{token}\">\
+         <input type=\"hidden\" name=\"action\" value=\"logout\"><button>Sign out</button></form>\n\
+         </body></html>\n",
+        escape(user)
+    )?;
+    Ok(())
+}
+
+fn form(cx: &mut Context, notice: &str) -> Result<(), BoxError> {
+    let token = cx.session.create_form_token()?;
+    write!(
+        cx.response,
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sign in</title></head><body>\n\
+         <p>{}</p>\n<form method=\"post\"><input type=\"hidden\" name=\"token\" value=\"{token}\">\
+         <input type=\"hidden\" name=\"action\" value=\"login\">\
+         <label>User <input name=\"user\"></label> <label>Password <input name=\"password\" type=\"password\"></label> \
+         <button>Sign in</button></form>\n</body></html>\n",
+        escape(notice)
+    )?;
+    Ok(())
+}
+
+/// `LoginIdle`, in seconds (default 5).
+fn idle(cx: &Context) -> u64 {
+    cx.request
+        .var("LoginIdle")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(5)
+}
+
+/// Appends one audit line (the time, the client, what happened) to `LoginAuditLog`, or to
+/// standard error.
+fn audit(cx: &Context, what: &str) {
+    let when = cx
+        .now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let client = cx.request.remote_addr().unwrap_or("-");
+    let line = format!("{when} {client} {}\n", what.escape_debug());
+    let written = cx.request.var("LoginAuditLog").is_some_and(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut file| file.write_all(line.as_bytes()))
+            .is_ok()
+    });
+    if !written {
+        eprint!("login audit: {line}");
+    }
+}
+
+/// Whether two strings are equal, in time that depends only on their lengths.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
