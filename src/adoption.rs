@@ -45,9 +45,11 @@ pub(crate) fn adopt(
         // The server chose the id: adopt or (re)create it, never replace it.
         let key = SessionKey::new(config.service.clone(), id.clone());
         let mut lock = store.lock(&key, options.with_create(true))?;
-        let session = match load_live(&mut *lock, idle, now_secs)? {
+        let session = match load_live(&mut *lock, idle, claim.client_addr, now_secs)? {
             Loaded::Live(record) => Session::existing(lock, record, now, idle, Origin::Forced),
-            Loaded::Ended(..) | Loaded::Moved(_) => fresh(lock).replacing(Origin::Forced, None),
+            Loaded::Ended(..) | Loaded::Moved(_) | Loaded::Foreign => {
+                fresh(lock).replacing(Origin::Forced, None)
+            }
         };
         return Ok((session, Origin::Forced));
     }
@@ -116,8 +118,11 @@ pub(crate) fn adopt(
                 continue;
             }
         };
-        match load_live(&mut *lock, idle, now_secs)? {
+        match load_live(&mut *lock, idle, claim.client_addr, now_secs)? {
             Loaded::Live(record) => live.push((lock, record)),
+            Loaded::Foreign => {
+                ended.get_or_insert((Ended::OtherAddress, None));
+            }
             Loaded::Moved(target) => {
                 // The old id of a regenerated session leads to the new one (which a cookie
                 // may name too: then that cookie brings it). The old lock goes first, as
@@ -129,7 +134,9 @@ pub(crate) fn adopt(
                 }
                 let timeout = config.lock_timeout.saturating_sub(started.elapsed());
                 let mut lock = store.lock(&target, LockOptions::new(timeout))?;
-                if let Loaded::Live(record) = load_live(&mut *lock, idle, now_secs)? {
+                if let Loaded::Live(record) =
+                    load_live(&mut *lock, idle, claim.client_addr, now_secs)?
+                {
                     live.push((lock, record));
                 }
             }
@@ -200,6 +207,8 @@ enum Loaded {
     /// An id given up by `regenerate_id()`, still in its grace period: the session is now
     /// under this id.
     Moved(SessionId),
+    /// A live session of another client address (`PSOSessionCheckIP`): left alone.
+    Foreign,
     /// A session that is no more, and why; the record of one that expired, for the handler to
     /// read once.
     Ended(Ended, Option<Record>),
@@ -207,9 +216,24 @@ enum Loaded {
 
 /// Loads a session and judges it: alive, or ended (logged) because it expired, is unknown or
 /// is unreadable.
-fn load_live(lock: &mut dyn LockedSession, idle: Rules, now: u64) -> Result<Loaded> {
+fn load_live(
+    lock: &mut dyn LockedSession,
+    idle: Rules,
+    client: Option<&str>,
+    now: u64,
+) -> Result<Loaded> {
     let key = lock.key().clone();
     match lock.load() {
+        Ok(Some(record))
+            if idle.check_ip
+                && record.meta.client_addr.is_some()
+                && record.meta.client_addr.as_deref() != client =>
+        {
+            log::warn!(
+                "suspicious: session {key:?} belongs to another client address; not adopted"
+            );
+            Ok(Loaded::Foreign)
+        }
         Ok(Some(record)) if record.contains(MOVED_TO) => {
             let target = record
                 .get::<String>(MOVED_TO)

@@ -119,6 +119,13 @@ const REGENERATE_GRACE: Variable = Variable {
     default: "5 s",
     expected: "a duration from 0 to 5 minutes, like 5 or 30s",
 };
+const CHECK_IP: Variable = Variable {
+    name: "PSOSessionCheckIP",
+    also: &[],
+    meaning: "adopt a session only from the client address it was created from",
+    default: "off",
+    expected: "on or off",
+};
 const LAZY: Variable = Variable {
     name: "PSOSessionLazy",
     also: &[],
@@ -250,6 +257,7 @@ pub const VARIABLES: &[Variable] = &[
     SYNC,
     LAZY,
     REGENERATE_GRACE,
+    CHECK_IP,
     MAX_BYTES,
     GC_PROBABILITY,
     GC_MAX_LIFETIME,
@@ -462,6 +470,8 @@ pub struct Config {
     /// `PSOSessionRegenerateGrace`: how long an id given up by `regenerate_id()` still leads
     /// to the session.
     pub regenerate_grace: Duration,
+    /// `PSOSessionCheckIP`: adopt a session only from the address it was created from.
+    pub check_ip: bool,
     /// `PSOMaxBodyBytes`: the largest request body a handler is given; a request that
     /// announces more gets a 413 and the handler does not run.
     pub max_body: u64,
@@ -515,6 +525,7 @@ impl<'a> Reader<'a> {
             .unwrap_or(DEFAULT_LOCK_TIMEOUT);
         let sync = self.parsed(&SYNC, boolean).unwrap_or(false);
         let lazy = self.parsed(&LAZY, boolean).unwrap_or(true);
+        let check_ip = self.parsed(&CHECK_IP, boolean).unwrap_or(false);
         let regenerate_grace = self
             .parsed(&REGENERATE_GRACE, |text| {
                 duration(text).filter(|grace| *grace <= MAX_REGENERATE_GRACE)
@@ -552,6 +563,7 @@ impl<'a> Reader<'a> {
             idle,
             lazy,
             regenerate_grace,
+            check_ip,
             max_body,
             cookie,
         }

@@ -799,6 +799,67 @@ mod tests {
     }
 
     #[test]
+    fn a_value_set_for_a_while_is_gone_after_it() {
+        let code = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if cx.request.query("new").is_some() {
+                cx.session.set("user", "eggs")?;
+                cx.session
+                    .set_for("code", "493817", Duration::from_secs(60))?;
+            }
+            let code: Option<String> = cx.session.get("code")?;
+            let user: Option<String> = cx.session.get("user")?;
+            write!(cx.response, "{code:?} {user:?}")?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let first = Reply {
+            text: serve_text(&store, &[("QUERY_STRING", "new")], &code, T0),
+        };
+        let cookie = first.cookie().unwrap().to_owned();
+        let at = |t| {
+            let reply = Reply {
+                text: serve_text(&store, &[("HTTP_COOKIE", cookie.as_str())], &code, T0 + t),
+            };
+            reply.body().to_owned()
+        };
+        assert_eq!(at(59), "Some(\"493817\") Some(\"eggs\")");
+        assert_eq!(at(60), "None Some(\"eggs\")");
+        assert_eq!(
+            at(61),
+            "None Some(\"eggs\")",
+            "gone from the store, not only hidden"
+        );
+    }
+
+    #[test]
+    fn with_check_ip_a_session_answers_only_its_own_address() {
+        let store = MemoryStore::new();
+        let from = |addr: &str, cookie: &str, check: &str| {
+            let pairs = [
+                ("REMOTE_ADDR", addr),
+                ("HTTP_COOKIE", cookie),
+                ("PSOSessionCheckIP", check),
+            ];
+            let text = serve_text(&store, &pairs, &auditor, T0);
+            let reply = Reply { text };
+            (
+                reply.body().to_owned(),
+                reply.cookie().unwrap_or(cookie).to_owned(),
+            )
+        };
+        let (_, cookie) = from("192.0.2.1", "", "on");
+        let (body, _) = from("198.51.100.7", &cookie, "on");
+        assert!(body.starts_with("Replaced(OtherAddress) n=1"), "{body}");
+        let (body, _) = from("192.0.2.1", &cookie, "on");
+        assert!(
+            body.starts_with("Returning n=2"),
+            "left alone for its owner: {body}"
+        );
+        let (body, _) = from("198.51.100.7", &cookie, "off");
+        assert!(body.starts_with("Returning n=3"), "off by default: {body}");
+    }
+
+    #[test]
     fn the_cookie_chain_counts() {
         let store = MemoryStore::new();
         let first = request(&store, &[], T0);

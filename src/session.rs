@@ -1,5 +1,6 @@
 //! The session a handler sees: typed values, expiry control, explicit save and revert.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +17,8 @@ use crate::store::{LockOptions, LockedSession};
 const ACCESS_RESOLUTION: u64 = 60;
 /// Where a session keeps its form tokens; keys that start with `pso.` are pso's own.
 const FORM_TOKENS: &str = "pso.form_tokens";
+/// The deadlines of values set with `set_for`: key to Unix seconds.
+const KEY_DEADLINES: &str = "pso.key_deadlines";
 /// A session's own idle limit, in seconds, set by `set_idle_limit`.
 const IDLE_LIMIT: &str = "pso.idle";
 /// In the record an old id keeps after `regenerate_id()`: the id the session moved to.
@@ -98,6 +101,9 @@ pub enum Ended {
     Unknown,
     /// Its file could not be read (damaged, or written by an incompatible version).
     Unreadable,
+    /// It belongs to another client address (`PSOSessionCheckIP`): not adopted, and left
+    /// alone for its owner. Logged as suspicious.
+    OtherAddress,
     /// The cookies named several live sessions, or more than pso checks (cookie tossing?):
     /// none was adopted, and they all ended.
     Ambiguous,
@@ -114,6 +120,8 @@ pub(crate) struct Rules {
     pub lazy: bool,
     /// `PSOSessionRegenerateGrace`, in seconds.
     pub grace: u64,
+    /// `PSOSessionCheckIP`.
+    pub check_ip: bool,
 }
 
 impl Rules {
@@ -124,6 +132,7 @@ impl Rules {
             browser_close: config.gc_max_lifetime.as_secs(),
             lazy: config.lazy,
             grace: config.regenerate_grace.as_secs(),
+            check_ip: config.check_ip,
         }
     }
 
@@ -178,7 +187,7 @@ impl Session {
         idle: Rules,
         origin: Origin,
     ) -> Session {
-        Session {
+        let mut session = Session {
             lock,
             stored: Some(record.checkpoint()),
             record,
@@ -189,7 +198,73 @@ impl Session {
             origin,
             expired: None,
             released: None,
+        };
+        session.drop_expired_values();
+        session
+    }
+
+    /// Removes the values set with [`Session::set_for`] whose time is up.
+    fn drop_expired_values(&mut self) {
+        let Ok(Some(mut deadlines)) = self.record.get::<BTreeMap<String, u64>>(KEY_DEADLINES)
+        else {
+            return;
+        };
+        let now = self.now;
+        let before = deadlines.len();
+        deadlines.retain(|key, deadline| {
+            let alive = *deadline > now;
+            if !alive {
+                self.record.remove(key);
+            }
+            alive
+        });
+        if deadlines.len() == before {
+            return;
         }
+        if deadlines.is_empty() || self.record.set(KEY_DEADLINES, &deadlines).is_err() {
+            self.record.remove(KEY_DEADLINES);
+        }
+    }
+
+    /// Forgets the deadline of `key`, if it had one.
+    fn forget_deadline(&mut self, key: &str) -> Result<()> {
+        if !self.record.contains(KEY_DEADLINES) {
+            return Ok(());
+        }
+        let mut deadlines: BTreeMap<String, u64> =
+            self.record.get(KEY_DEADLINES)?.unwrap_or_default();
+        if deadlines.remove(key).is_some() {
+            if deadlines.is_empty() {
+                self.record.remove(KEY_DEADLINES);
+            } else {
+                self.record.set(KEY_DEADLINES, &deadlines)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores `value` under `key` for `lifetime` only (CGI::Session's `expire(param, time)`):
+    /// from the first request after that, the key is gone. A one-time code, a notice shown
+    /// until it is read or stale.
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// use std::time::Duration;
+    /// session.set_for("code", "493817", Duration::from_secs(10 * 60))?;
+    /// assert_eq!(session.get::<String>("code")?.as_deref(), Some("493817"));
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn set_for<T: Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        value: &T,
+        lifetime: Duration,
+    ) -> Result<()> {
+        self.set(key, value)?;
+        let mut deadlines: BTreeMap<String, u64> =
+            self.record.get(KEY_DEADLINES)?.unwrap_or_default();
+        deadlines.insert(key.to_owned(), self.now.saturating_add(lifetime.as_secs()));
+        self.record.set(KEY_DEADLINES, &deadlines)
     }
 
     /// A new, empty session expiring per `lifetime`.
@@ -377,6 +452,7 @@ impl Session {
                 browser_close: 86_400,
                 lazy: true,
                 grace: 5,
+                check_ip: false,
             },
         ))
     }
@@ -422,11 +498,16 @@ impl Session {
     /// Stores `value` under `key`.
     pub fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
         self.check_held()?;
+        self.forget_deadline(key)?;
         self.record.set(key, value)
     }
 
     /// Removes `key`; returns whether it was there.
     pub fn remove(&mut self, key: &str) -> bool {
+        // A deadline that cannot be read goes with its key.
+        if self.forget_deadline(key).is_err() {
+            self.record.remove(KEY_DEADLINES);
+        }
         self.record.remove(key)
     }
 
@@ -707,6 +788,7 @@ mod tests {
             browser_close: secs,
             lazy: true,
             grace: 5,
+            check_ip: false,
         }
     }
 

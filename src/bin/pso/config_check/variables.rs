@@ -283,6 +283,7 @@ fn effective(
         "PSOSessionSync" => (on_off(config.sync), None),
         "PSOSessionLazy" => (on_off(config.lazy), None),
         "PSOSessionRegenerateGrace" => (seconds(config.regenerate_grace), None),
+        "PSOSessionCheckIP" => (on_off(config.check_ip), None),
         "PSOSessionMaxBytes" => (bytes(config.max_bytes), None),
         "PSOSessionGCProbability" => (probability(config.gc_probability), None),
         "PSOSessionGCMaxLifetime" => (seconds(config.gc_max_lifetime), None),
