@@ -28,6 +28,8 @@ pub(crate) struct Claim<'a> {
     pub cookie_header: &'a [u8],
     /// `REMOTE_ADDR`, recorded in a new session.
     pub client_addr: Option<&'a str>,
+    /// The query string, where the id may be with `PSOSessionUrl=on`.
+    pub query: &'a str,
 }
 
 /// Finds the request's session, or starts a new one, and says why.
@@ -54,7 +56,16 @@ pub(crate) fn adopt(
         return Ok((session, Origin::Forced));
     }
 
-    let offered = offered_ids(claim.cookie_header, &config.cookie.name);
+    let mut offered = offered_ids(claim.cookie_header, &config.cookie.name);
+    if config.url_ids && offered.ids.is_empty() && !offered.too_many {
+        // No cookie came back: the id may be in the URL (one value, checked like a cookie's).
+        let from_url = form_urlencoded::parse(claim.query.as_bytes())
+            .filter(|(name, _)| *name == config.cookie.name.as_str())
+            .map(|(_, value)| format!("{}={value}", config.cookie.name))
+            .collect::<Vec<_>>()
+            .join("; ");
+        offered = offered_ids(from_url.as_bytes(), &config.cookie.name);
+    }
     if offered.malformed > 0 {
         log::warn!(
             "ignoring {} malformed value(s) of the session cookie {}",
@@ -302,6 +313,7 @@ mod tests {
         let claim = Claim {
             cookie_header: header,
             client_addr: None,
+            query: "",
         };
         let now = UNIX_EPOCH + Duration::from_secs(T0 + 1);
         let (session, reason) = adopt(store, &config(), &claim, now).unwrap();

@@ -126,6 +126,13 @@ const CHECK_IP: Variable = Variable {
     default: "off",
     expected: "on or off",
 };
+const URL_IDS: Variable = Variable {
+    name: "PSOSessionUrl",
+    also: &[],
+    meaning: "read the session id from the query string when no cookie came back (weaker: ids leak through links, Referer and logs)",
+    default: "off",
+    expected: "on or off",
+};
 const LAZY: Variable = Variable {
     name: "PSOSessionLazy",
     also: &[],
@@ -258,6 +265,7 @@ pub const VARIABLES: &[Variable] = &[
     LAZY,
     REGENERATE_GRACE,
     CHECK_IP,
+    URL_IDS,
     MAX_BYTES,
     GC_PROBABILITY,
     GC_MAX_LIFETIME,
@@ -472,6 +480,8 @@ pub struct Config {
     pub regenerate_grace: Duration,
     /// `PSOSessionCheckIP`: adopt a session only from the address it was created from.
     pub check_ip: bool,
+    /// `PSOSessionUrl`: without a cookie, the id may come in the query string.
+    pub url_ids: bool,
     /// `PSOMaxBodyBytes`: the largest request body a handler is given; a request that
     /// announces more gets a 413 and the handler does not run.
     pub max_body: u64,
@@ -526,6 +536,7 @@ impl<'a> Reader<'a> {
         let sync = self.parsed(&SYNC, boolean).unwrap_or(false);
         let lazy = self.parsed(&LAZY, boolean).unwrap_or(true);
         let check_ip = self.parsed(&CHECK_IP, boolean).unwrap_or(false);
+        let url_ids = self.parsed(&URL_IDS, boolean).unwrap_or(false);
         let regenerate_grace = self
             .parsed(&REGENERATE_GRACE, |text| {
                 duration(text).filter(|grace| *grace <= MAX_REGENERATE_GRACE)
@@ -564,6 +575,7 @@ impl<'a> Reader<'a> {
             lazy,
             regenerate_grace,
             check_ip,
+            url_ids,
             max_body,
             cookie,
         }

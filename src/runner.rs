@@ -38,12 +38,37 @@ pub struct Context<'a> {
     cookie: &'a CookieSettings,
     https: bool,
     now: SystemTime,
+    /// Whether links carry the id (`PSOSessionUrl=on` and no session cookie came back).
+    ids_in_urls: bool,
 }
 
 impl<'a> Context<'a> {
     /// When this request started: the time every expiry decision of the request uses.
     pub fn now(&self) -> SystemTime {
         self.now
+    }
+
+    /// A link to `url` (a path, with or without a query) for this visitor: with
+    /// `PSOSessionUrl=on` and no session cookie in the request, it carries the session id
+    /// (pso's `mkurl`), so a client without cookies keeps its session; otherwise `url` as is.
+    pub fn url(&self, url: &str) -> String {
+        if !self.ids_in_urls {
+            return url.to_owned();
+        }
+        let (path, fragment) = url
+            .split_once('#')
+            .map_or((url, None), |(p, f)| (p, Some(f)));
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let mut link = format!(
+            "{path}{separator}{}={}",
+            self.cookie.name,
+            self.session.id().as_str()
+        );
+        if let Some(fragment) = fragment {
+            link.push('#');
+            link.push_str(fragment);
+        }
+        link
     }
 
     /// Saves the session and sends the headers now, so that what the handler writes next goes
@@ -244,6 +269,7 @@ where
             .get_os("HTTP_COOKIE")
             .map_or(&[][..], |header| header.as_bytes()),
         client_addr: request.remote_addr(),
+        query: request.query_string(),
     };
     let session = match adopt(store, config, &claim, now) {
         Ok((session, origin)) => {
@@ -269,6 +295,14 @@ where
         cookie: &config.cookie,
         https,
         now,
+        ids_in_urls: config.url_ids
+            && crate::cookies::offered_ids(
+                env.get_os("HTTP_COOKIE")
+                    .map_or(&[][..], |header| header.as_bytes()),
+                &config.cookie.name,
+            )
+            .ids
+            .is_empty(),
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| handler(&mut cx)));
     match outcome {
@@ -857,6 +891,59 @@ mod tests {
         );
         let (body, _) = from("198.51.100.7", &cookie, "off");
         assert!(body.starts_with("Returning n=3"), "off by default: {body}");
+    }
+
+    #[test]
+    fn without_cookies_the_id_may_travel_in_links_when_allowed() {
+        let linker = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            let n: u64 = cx.session.get("n")?.unwrap_or(0) + 1;
+            cx.session.set("n", &n)?;
+            write!(cx.response, "{n} {}", cx.url("/cgi-bin/app?page=2#top"))?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let visit = |query: &str, cookie: &str, on: &str| {
+            let pairs = [
+                ("QUERY_STRING", query),
+                ("HTTP_COOKIE", cookie),
+                ("PSOSessionUrl", on),
+            ];
+            Reply {
+                text: serve_text(&store, &pairs, &linker, T0),
+            }
+        };
+        let first = visit("", "", "on");
+        let (count, link) = first.body().split_once(' ').unwrap();
+        assert_eq!(count, "1");
+        let id = first
+            .cookie()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned();
+        assert_eq!(link, format!("/cgi-bin/app?page=2&app={id}#top"));
+        let query = link.split_once('?').unwrap().1.split('#').next().unwrap();
+        assert!(
+            visit(query, "", "on").body().starts_with("2 "),
+            "adopted from the link"
+        );
+        let forged = "page=2&app=0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert!(
+            visit(forged, "", "on").body().starts_with("1 "),
+            "strict mode still"
+        );
+        assert_eq!(
+            visit(query, "", "off").body(),
+            "1 /cgi-bin/app?page=2#top",
+            "off by default"
+        );
+        let with_cookie = visit("", &format!("app={id}"), "on");
+        assert_eq!(
+            with_cookie.body(),
+            "3 /cgi-bin/app?page=2#top",
+            "a cookie needs no link"
+        );
     }
 
     #[test]

@@ -284,6 +284,7 @@ fn effective(
         "PSOSessionLazy" => (on_off(config.lazy), None),
         "PSOSessionRegenerateGrace" => (seconds(config.regenerate_grace), None),
         "PSOSessionCheckIP" => (on_off(config.check_ip), None),
+        "PSOSessionUrl" => (on_off(config.url_ids), None),
         "PSOSessionMaxBytes" => (bytes(config.max_bytes), None),
         "PSOSessionGCProbability" => (probability(config.gc_probability), None),
         "PSOSessionGCMaxLifetime" => (seconds(config.gc_max_lifetime), None),
