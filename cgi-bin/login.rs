@@ -1,6 +1,7 @@
 //! A login done right, as a CGI (or FastCGI) program: a form with a token against CSRF, a new
 //! session id at login, an inactivity timeout that forces a new login, an audit line when a
-//! session timed out, and a logout that ends the session on the server and in the browser.
+//! session timed out, a logout that ends the session on the server and in the browser, and a
+//! "sign out everywhere" that ends every session of the user.
 //!
 //! Configured, like pso, by the web server's environment (`SetEnv` in `.htaccess`):
 //! - `LoginUser`, `LoginPassword`: the one account (default `eggs` / `spam`, as in the
@@ -68,11 +69,20 @@ fn post(cx: &mut Context) -> Result<(), BoxError> {
             // A new id at the change of privilege: an id planted before is worth nothing now.
             cx.session.regenerate_id()?;
             cx.session.set("user", &user)?;
+            // Named for "sign out everywhere".
+            cx.session.set_user(&user)?;
             cx.session
                 .set_idle_limit(Some(Duration::from_secs(idle(cx))))?;
             audit(cx, &format!("{user} signed in"));
             cx.response.redirect(cx.request.script_name())?;
             Ok(())
+        }
+        Some("logout_everywhere") => {
+            if let Some(user) = cx.session.get::<String>("user")? {
+                audit(cx, &format!("{user} signed out everywhere"));
+                cx.session.log_out_everywhere()?;
+            }
+            form(cx, "You have signed out everywhere.")
         }
         Some("logout") => {
             if let Some(user) = cx.session.get::<String>("user")? {
@@ -97,6 +107,8 @@ fn signed_in(cx: &mut Context, user: &str) -> Result<(), BoxError> {
          <p>Signed in as <strong>{}</strong>. Idle for {idle} s and you will have to sign in again.</p>\n\
          <form method=\"post\"><input type=\"hidden\" name=\"token\" value=\"{token}\">\
          <input type=\"hidden\" name=\"action\" value=\"logout\"><button>Sign out</button></form>\n\
+         <form method=\"post\"><input type=\"hidden\" name=\"token\" value=\"{token}\">\
+         <input type=\"hidden\" name=\"action\" value=\"logout_everywhere\"><button>Sign out everywhere</button></form>\n\
          </body></html>\n",
         escape(user)
     )?;

@@ -19,7 +19,10 @@ use crate::error::{ErrorChain, ErrorKind, Result};
 use crate::expiry::{Expiry, unix_secs};
 use crate::id::SessionId;
 use crate::record::Record;
-use crate::session::{Ended, MOVED_TO, Origin, Rules, Session};
+use crate::session::{
+    Ended, MOVED_TO, Origin, REVOKED_BEFORE, Rules, Session, USER, USER_RECORD, USER_SINCE,
+    user_record_id,
+};
 use crate::store::{LockOptions, LockedSession, SessionKey, Store};
 
 /// What the request brings that decides its session.
@@ -177,9 +180,17 @@ pub(crate) fn adopt(
         }
         ended = Some((Ended::Ambiguous, None));
     }
-    if let Some((lock, record)) = live.pop() {
-        let session = Session::existing(lock, record, now, idle, Origin::Returning);
-        return Ok((session, Origin::Returning));
+    if let Some((mut lock, record)) = live.pop() {
+        if logged_out(store, lock.key(), &record) {
+            log::info!("session {:?}: its user logged out everywhere", lock.key());
+            if let Err(e) = lock.delete() {
+                log::warn!("ending session {:?} failed: {}", lock.key(), ErrorChain(&e));
+            }
+            ended = Some((Ended::LoggedOut, None));
+        } else {
+            let session = Session::existing(lock, record, now, idle, Origin::Returning);
+            return Ok((session, Origin::Returning));
+        }
     }
     if let Expiry::At(at) = config.lifetime
         && at <= now
@@ -195,6 +206,36 @@ pub(crate) fn adopt(
     let key = SessionKey::new(config.service.clone(), SessionId::generate()?);
     let session = fresh(store.lock(&key, options)?).replacing(origin, expired);
     Ok((session, origin))
+}
+
+/// Whether `record` is signed in as a user who logged out everywhere since: the user's record
+/// says "logged out before" a time (in milliseconds) not before the session signed in. Read without a lock (the store
+/// gives a whole record or none); a user record that cannot be read revokes nothing.
+fn logged_out(store: &dyn Store, key: &SessionKey, record: &Record) -> bool {
+    let Ok(Some(user)) = record.get::<String>(USER) else {
+        return false;
+    };
+    let since: u64 = record.get(USER_SINCE).ok().flatten().unwrap_or(0);
+    let Ok(id) = user_record_id(&user) else {
+        return false;
+    };
+    let user_key = SessionKey::new(key.service.clone(), id);
+    match store.peek(&user_key) {
+        Ok(Some(user_record)) => {
+            user_record
+                .get::<String>(USER_RECORD)
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some(&user)
+                && user_record
+                    .get::<u64>(REVOKED_BEFORE)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|before| since <= before)
+        }
+        _ => false,
+    }
 }
 
 /// Ends every session named, skipping any a request holds right now.
@@ -244,6 +285,11 @@ fn load_live(
                 "suspicious: session {key:?} belongs to another client address; not adopted"
             );
             Ok(Loaded::Foreign)
+        }
+        // A user's record is never anyone's session, whatever id a cookie names.
+        Ok(Some(record)) if record.contains(USER_RECORD) => {
+            log::warn!("suspicious: a cookie names the user record {key:?}");
+            Ok(Loaded::Ended(Ended::Unknown, None))
         }
         Ok(Some(record)) if record.contains(MOVED_TO) => {
             let target = record

@@ -947,6 +947,58 @@ mod tests {
     }
 
     #[test]
+    fn log_out_everywhere_ends_every_session_of_that_user_and_no_other() {
+        let app = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if let Some(user) = cx.request.query("login") {
+                cx.session.regenerate_id()?;
+                cx.session.set_user(&user)?;
+            }
+            if cx.request.query("everywhere").is_some() {
+                cx.session.log_out_everywhere()?;
+            }
+            write!(
+                cx.response,
+                "{:?} {:?}",
+                cx.session.origin(),
+                cx.session.user()
+            )?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let visit = |query: &str, cookie: &str, t: u64| {
+            let pairs = [("QUERY_STRING", query), ("HTTP_COOKIE", cookie)];
+            let reply = Reply {
+                text: serve_text(&store, &pairs, &app, T0 + t),
+            };
+            (
+                reply.body().to_owned(),
+                reply.cookie().unwrap_or(cookie).to_owned(),
+            )
+        };
+        let eggs: Vec<String> = (0..50).map(|_| visit("login=eggs", "", 0).1).collect();
+        let ham: Vec<String> = (0..5).map(|_| visit("login=ham", "", 0).1).collect();
+        let (body, _) = visit("everywhere", &eggs[0], 10);
+        assert_eq!(body, "Returning Some(\"eggs\")");
+        // The session that asked ended at once; the 49 others at their next request.
+        assert_eq!(visit("", &eggs[0], 20).0, "Replaced(Unknown) None");
+        for cookie in &eggs[1..] {
+            let (body, _) = visit("", cookie, 20);
+            assert_eq!(body, "Replaced(LoggedOut) None", "{cookie}");
+        }
+        for cookie in &ham {
+            let (body, _) = visit("", cookie, 20);
+            assert_eq!(body, "Returning Some(\"ham\")");
+        }
+        // Signing in again afterwards works; and a cookie naming the user record is not even
+        // read as a session id (cookies carry generated ids only).
+        let (_, again) = visit("login=eggs", "", 30);
+        assert_eq!(visit("", &again, 31).0, "Returning Some(\"eggs\")");
+        let record = crate::session::user_record_id("eggs").unwrap();
+        let (body, _) = visit("", &format!("app={}", record.as_str()), 32);
+        assert_eq!(body, "New None");
+    }
+
+    #[test]
     fn the_cookie_chain_counts() {
         let store = MemoryStore::new();
         let first = request(&store, &[], T0);

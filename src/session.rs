@@ -17,6 +17,13 @@ use crate::store::{LockOptions, LockedSession};
 const ACCESS_RESOLUTION: u64 = 60;
 /// Where a session keeps its form tokens; keys that start with `pso.` are pso's own.
 const FORM_TOKENS: &str = "pso.form_tokens";
+/// The user a session is signed in as, and since when (Unix seconds).
+pub(crate) const USER: &str = "pso.user";
+pub(crate) const USER_SINCE: &str = "pso.user_since";
+/// In a user's own record: the user's name, and the time before which every session signed
+/// in as that user is logged out.
+pub(crate) const USER_RECORD: &str = "pso.user_record";
+pub(crate) const REVOKED_BEFORE: &str = "pso.revoked_before";
 /// The deadlines of values set with `set_for`: key to Unix seconds.
 const KEY_DEADLINES: &str = "pso.key_deadlines";
 /// A session's own idle limit, in seconds, set by `set_idle_limit`.
@@ -52,6 +59,9 @@ pub struct Session {
     /// Deleted in this request: the id is dead and must not be saved again.
     ended: bool,
     now: u64,
+    /// The same instant in milliseconds: sign-in and "log out everywhere" times, which
+    /// must order events of the same second.
+    now_millis: u64,
     idle: Rules,
     origin: Origin,
     /// The data of the expired session this one replaces, until the handler takes it.
@@ -101,6 +111,9 @@ pub enum Ended {
     Unknown,
     /// Its file could not be read (damaged, or written by an incompatible version).
     Unreadable,
+    /// Its user logged out everywhere ([`Session::log_out_everywhere`]) after it was signed
+    /// in.
+    LoggedOut,
     /// It belongs to another client address (`PSOSessionCheckIP`): not adopted, and left
     /// alone for its owner. Logged as suspicious.
     OtherAddress,
@@ -194,6 +207,7 @@ impl Session {
             new: false,
             ended: false,
             now: unix_secs(now),
+            now_millis: unix_millis(now),
             idle,
             origin,
             expired: None,
@@ -285,6 +299,7 @@ impl Session {
             new: true,
             ended: false,
             now: unix_secs(now),
+            now_millis: unix_millis(now),
             idle,
             origin: Origin::New,
             expired: None,
@@ -343,6 +358,56 @@ impl Session {
         forward.meta.deadline = Some(self.now.saturating_add(self.idle.grace));
         forward.set(MOVED_TO, self.id().as_str())?;
         old_lock.save(&forward)
+    }
+
+    /// Names the user this session is signed in as (at login, after
+    /// [`Session::regenerate_id`]), so that [`Session::log_out_everywhere`] can end every
+    /// session of that user at once.
+    pub fn set_user(&mut self, user: &str) -> Result<()> {
+        let now = self.now_millis;
+        self.set(USER, user)?;
+        self.set(USER_SINCE, &now)
+    }
+
+    /// The user this session is signed in as, if [`Session::set_user`] named one.
+    pub fn user(&self) -> Option<String> {
+        self.record.get(USER).ok().flatten()
+    }
+
+    /// Logs the signed-in user out everywhere ("log out everywhere", after a password change):
+    /// every session signed in as this user before now ends at its next request
+    /// ([`Ended::LoggedOut`]), this one at the end of this request. The store keeps one small
+    /// record per user for it, so nothing is scanned, and nothing needs cleaning when
+    /// sessions expire or are collected. Times are in milliseconds: a session signed in in the
+    /// same millisecond as the call ends too.
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// session.set_user("eggs")?;
+    /// session.log_out_everywhere()?;
+    /// assert_eq!(session.expiry(), pso::Expiry::Now);
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn log_out_everywhere(&mut self) -> Result<()> {
+        self.check_held()?;
+        let Some(user) = self.user() else {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "log_out_everywhere() needs a session signed in with set_user()",
+            ));
+        };
+        let options = LockOptions::new(Duration::from_secs(5)).with_create(true);
+        let mut lock = self.lock.lock_sibling(user_record_id(&user)?, options)?;
+        let mut record = match lock.load() {
+            Ok(Some(record)) => record,
+            Ok(None) | Err(_) => Record::new(Meta::new(self.now)),
+        };
+        record.set(USER_RECORD, &user)?;
+        record.set(REVOKED_BEFORE, &self.now_millis)?;
+        lock.save(&record)?;
+        drop(lock);
+        self.expire(Expiry::Now);
+        Ok(())
     }
 
     /// Gives this session an idle limit of its own, shorter than `PSOSessionIdle` (which still
@@ -732,6 +797,24 @@ impl fmt::Debug for Session {
             .field("values", &self.record.len())
             .finish()
     }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The id of the record that keeps a user's "logged out before" time: derived from the name
+/// (FNV-1a, 64 bits), in a form no generated session id takes (a `-`); the record names its
+/// user, and adoption never takes such a record for a session.
+pub(crate) fn user_record_id(user: &str) -> Result<SessionId> {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in user.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    SessionId::forced(&format!("user-{hash:016x}"))
 }
 
 /// Where a released session's lock was: nothing can be loaded or saved through it.

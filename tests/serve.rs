@@ -839,6 +839,24 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
         !fixture.sessions().contains(&file),
         "the session file is gone"
     );
+
+    // Signed in from two browsers; "sign out everywhere" in one ends the other too.
+    let jars = [fixture.root.path().join("a"), fixture.root.path().join("b")];
+    for jar in &jars {
+        let token = token_of(&curl(jar, &url, &[]).unwrap());
+        let form = format!("token={token}&action=login&user=eggs&password=spam");
+        let signed = curl(jar, &url, &["-d", &form]).unwrap();
+        assert_eq!(status(&signed), "302", "{signed}");
+    }
+    let home = curl(&jars[0], &url, &[]).unwrap();
+    let form = format!("token={}&action=logout_everywhere", token_of(&home));
+    let out = curl(&jars[0], &url, &["-d", &form]).unwrap();
+    assert!(out.contains("You have signed out everywhere"), "{out}");
+    let other = curl(&jars[1], &url, &[]).unwrap();
+    assert!(
+        other.contains("Sign in</button>"),
+        "the other browser is signed out: {other}"
+    );
 }
 
 #[test]
