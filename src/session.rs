@@ -365,8 +365,9 @@ impl Session {
     /// session of that user at once.
     pub fn set_user(&mut self, user: &str) -> Result<()> {
         let now = self.now_millis;
-        self.set(USER, user)?;
-        self.set(USER_SINCE, &now)
+        self.check_held()?;
+        self.record.set(USER, user)?;
+        self.record.set(USER_SINCE, &now)
     }
 
     /// The user this session is signed in as, if [`Session::set_user`] named one.
@@ -563,12 +564,21 @@ impl Session {
     /// Stores `value` under `key`.
     pub fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
         self.check_held()?;
+        if is_reserved(key) {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("the key {key:?} is pso's own (keys that start with pso. are reserved)"),
+            ));
+        }
         self.forget_deadline(key)?;
         self.record.set(key, value)
     }
 
     /// Removes `key`; returns whether it was there.
     pub fn remove(&mut self, key: &str) -> bool {
+        if is_reserved(key) {
+            return false;
+        }
         // A deadline that cannot be read goes with its key.
         if self.forget_deadline(key).is_err() {
             self.record.remove(KEY_DEADLINES);
@@ -799,6 +809,12 @@ impl fmt::Debug for Session {
     }
 }
 
+/// Whether `key` is one of pso's own (form tokens, the user, deadlines, forwarding): a handler
+/// cannot set or remove them, so a key chosen by a visitor cannot pose as one.
+fn is_reserved(key: &str) -> bool {
+    key.starts_with("pso.")
+}
+
 /// Milliseconds since the Unix epoch (0 before it).
 fn unix_millis(time: SystemTime) -> u64 {
     time.duration_since(std::time::UNIX_EPOCH)
@@ -891,6 +907,29 @@ mod tests {
         let mut lock = store.lock(&key, suite::options()).unwrap();
         let record = lock.load().unwrap().expect("stored");
         Session::existing(lock, record, at(now), idle_of(3600), Origin::Returning)
+    }
+
+    #[test]
+    fn a_handler_cannot_set_or_remove_psos_own_keys() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        let token = session.create_form_token().unwrap();
+        for key in [
+            MOVED_TO,
+            USER,
+            USER_SINCE,
+            FORM_TOKENS,
+            KEY_DEADLINES,
+            IDLE_LIMIT,
+            "pso.x",
+        ] {
+            assert!(session.set(key, "forged").is_err(), "{key}");
+            assert!(!session.remove(key), "{key}");
+        }
+        assert!(
+            session.take_form_token(&token).unwrap(),
+            "the tokens are untouched"
+        );
     }
 
     #[test]
