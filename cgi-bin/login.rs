@@ -38,6 +38,11 @@ fn login(cx: &mut Context) -> Result<(), BoxError> {
     if cx.request.method() == "POST" {
         return post(cx);
     }
+    match cx.request.query("bye").as_deref() {
+        Some("everywhere") => notice = "You have signed out everywhere.".into(),
+        Some(_) => notice = "You have signed out.".into(),
+        None => {}
+    }
     match cx.session.get::<String>("user")? {
         Some(user) => signed_in(cx, &user),
         None => form(cx, &notice),
@@ -82,14 +87,19 @@ fn post(cx: &mut Context) -> Result<(), BoxError> {
                 audit(cx, &format!("{user} signed out everywhere"));
                 cx.session.log_out_everywhere()?;
             }
-            form(cx, "You have signed out everywhere.")
+            // A new page, with a session of its own for the next form's token.
+            let back = format!("{}?bye=everywhere", cx.request.script_name());
+            cx.response.redirect(&back)?;
+            Ok(())
         }
         Some("logout") => {
             if let Some(user) = cx.session.get::<String>("user")? {
                 audit(cx, &format!("{user} signed out"));
             }
             cx.session.expire(Expiry::Now);
-            form(cx, "You have signed out.")
+            let back = format!("{}?bye=1", cx.request.script_name());
+            cx.response.redirect(&back)?;
+            Ok(())
         }
         _ => {
             cx.response.set_status(400)?;
@@ -145,13 +155,27 @@ fn audit(cx: &Context, what: &str) {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let client = cx.request.remote_addr().unwrap_or("-");
+    // Bounded, one line: a user name of a megabyte must not become a megabyte of log.
+    let what: String = what.chars().take(200).collect();
     let line = format!("{when} {client} {}\n", what.escape_debug());
     let written = cx.request.var("LoginAuditLog").is_some_and(|path| {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        // Private, never through a symbolic link, and only a file of our own.
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
-            .and_then(|mut file| file.write_all(line.as_bytes()))
+            .and_then(|file| {
+                let ours = file.metadata()?.uid() == rustix::process::geteuid().as_raw();
+                if !ours {
+                    return Err(std::io::Error::other(
+                        "the audit log belongs to another user",
+                    ));
+                }
+                (&file).write_all(line.as_bytes())
+            })
             .is_ok()
     });
     if !written {

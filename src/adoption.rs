@@ -51,7 +51,8 @@ pub(crate) fn adopt(
         let key = SessionKey::new(config.service.clone(), id.clone());
         let mut lock = store.lock(&key, options.with_create(true))?;
         let session = match load_live(&mut *lock, idle, claim.client_addr, now_secs)? {
-            Loaded::Live(record) => Session::existing(lock, record, now, idle, Origin::Forced),
+            Loaded::Live(record) => Session::existing(lock, record, now, idle, Origin::Forced)
+                .requested_from(claim.client_addr),
             Loaded::Ended(..) | Loaded::Moved(_) | Loaded::Foreign => {
                 fresh(lock).replacing(Origin::Forced, None)
             }
@@ -119,7 +120,8 @@ pub(crate) fn adopt(
     }
     // One deadline for all candidates: several cookies must not multiply the wait.
     let started = Instant::now();
-    let mut live: Vec<(Box<dyn LockedSession>, Record)> = Vec::new();
+    // Each live session, and whether it was reached through a regenerated session's old id.
+    let mut live: Vec<(Box<dyn LockedSession>, Record, bool)> = Vec::new();
     let named = candidates.clone();
     for key in candidates {
         let timeout = config.lock_timeout.saturating_sub(started.elapsed());
@@ -133,7 +135,7 @@ pub(crate) fn adopt(
             }
         };
         match load_live(&mut *lock, idle, claim.client_addr, now_secs)? {
-            Loaded::Live(record) => live.push((lock, record)),
+            Loaded::Live(record) => live.push((lock, record, false)),
             Loaded::Foreign => {
                 ended.get_or_insert((Ended::OtherAddress, None));
             }
@@ -151,7 +153,7 @@ pub(crate) fn adopt(
                 if let Loaded::Live(record) =
                     load_live(&mut *lock, idle, claim.client_addr, now_secs)?
                 {
-                    live.push((lock, record));
+                    live.push((lock, record, true));
                 }
             }
             Loaded::Ended(why, record) => {
@@ -173,14 +175,14 @@ pub(crate) fn adopt(
             "{} session cookies name live sessions (cookie tossing?); ending them all",
             live.len()
         );
-        for (mut lock, _) in live.drain(..) {
+        for (mut lock, _, _) in live.drain(..) {
             if let Err(e) = lock.delete() {
                 log::warn!("ending session {:?} failed: {}", lock.key(), ErrorChain(&e));
             }
         }
         ended = Some((Ended::Ambiguous, None));
     }
-    if let Some((mut lock, record)) = live.pop() {
+    if let Some((mut lock, record, forwarded)) = live.pop() {
         if logged_out(store, lock.key(), &record) {
             log::info!("session {:?}: its user logged out everywhere", lock.key());
             if let Err(e) = lock.delete() {
@@ -188,7 +190,11 @@ pub(crate) fn adopt(
             }
             ended = Some((Ended::LoggedOut, None));
         } else {
-            let session = Session::existing(lock, record, now, idle, Origin::Returning);
+            let mut session = Session::existing(lock, record, now, idle, Origin::Returning)
+                .requested_from(claim.client_addr);
+            if forwarded {
+                session = session.forwarded();
+            }
             return Ok((session, Origin::Returning));
         }
     }
@@ -204,7 +210,9 @@ pub(crate) fn adopt(
         None => (Origin::New, None),
     };
     let key = SessionKey::new(config.service.clone(), SessionId::generate()?);
-    let session = fresh(store.lock(&key, options)?).replacing(origin, expired);
+    let session = fresh(store.lock(&key, options)?)
+        .replacing(origin, expired)
+        .requested_from(claim.client_addr);
     Ok((session, origin))
 }
 
@@ -297,8 +305,15 @@ fn load_live(
                 .ok()
                 .flatten()
                 .and_then(|id| id.parse::<SessionId>().ok());
+            // Only for the address that signed in; a clock set back does not stretch it.
+            if record.meta.client_addr.as_deref() != client {
+                log::warn!(
+                    "suspicious: the old id {key:?} of a regenerated session came from another address"
+                );
+                return Ok(Loaded::Foreign);
+            }
             match (idle.ended(&record.meta, now), target) {
-                (None, Some(target)) => Ok(Loaded::Moved(target)),
+                (None, Some(target)) if now >= record.meta.created => Ok(Loaded::Moved(target)),
                 // Past its grace the old id is dead, like one never issued.
                 _ => Ok(Loaded::Ended(Ended::Unknown, None)),
             }

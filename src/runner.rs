@@ -685,15 +685,111 @@ mod tests {
         t: u64,
         grace: &str,
     ) -> (String, Option<String>) {
+        login_from(store, query, cookie, t, grace, "192.0.2.1")
+    }
+
+    fn login_from(
+        store: &MemoryStore,
+        query: &str,
+        cookie: &str,
+        t: u64,
+        grace: &str,
+        addr: &str,
+    ) -> (String, Option<String>) {
         let pairs = [
             ("QUERY_STRING", query),
             ("HTTP_COOKIE", cookie),
             ("PSOSessionRegenerateGrace", grace),
+            ("REMOTE_ADDR", addr),
         ];
         let reply = Reply {
             text: serve_text(store, &pairs, &login, T0 + t),
         };
         (reply.body().to_owned(), reply.cookie().map(str::to_owned))
+    }
+
+    #[test]
+    fn a_planted_id_is_worth_nothing_after_sign_in_even_in_the_grace() {
+        let store = MemoryStore::new();
+        // The attacker gets an id and plants it in the victim's browser; the victim signs in.
+        let (_, planted) = login_from(&store, "", "", 0, "5", "203.0.113.66");
+        let planted = planted.unwrap();
+        let (_, victims) = login_from(&store, "login", &planted, 1, "5", "192.0.2.1");
+        let victims = victims.unwrap();
+        // Within the grace, from the attacker's address: not the victim's session.
+        let (body, sent) = login_from(&store, "", &planted, 2, "5", "203.0.113.66");
+        assert_eq!(body, "Replaced(OtherAddress) n=1 user=None");
+        assert_ne!(sent.as_deref(), Some(victims.as_str()));
+        let (body, _) = login_from(&store, "", &victims, 3, "5", "192.0.2.1");
+        assert_eq!(
+            body, "Returning n=3 user=Some(\"eggs\")",
+            "the victim goes on"
+        );
+    }
+
+    #[test]
+    fn a_request_that_fails_after_regenerate_leaves_the_old_id_as_it_was() {
+        let failing = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.set("cart", "spam")?;
+            if cx.request.query("login").is_some() {
+                cx.session.regenerate_id()?;
+                return Err("the page failed after the new id".into());
+            }
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let first = Reply {
+            text: serve_text(&store, &[], &failing, T0),
+        };
+        let cookie = first.cookie().unwrap().to_owned();
+        let failed = Reply {
+            text: serve_text(
+                &store,
+                &[("HTTP_COOKIE", cookie.as_str()), ("QUERY_STRING", "login")],
+                &failing,
+                T0 + 1,
+            ),
+        };
+        assert!(failed.text.starts_with("Status: 500"), "{}", failed.text);
+        assert_eq!(failed.cookie(), None);
+        let later = Reply {
+            text: serve_text(
+                &store,
+                &[("HTTP_COOKIE", cookie.as_str())],
+                &failing,
+                T0 + 60,
+            ),
+        };
+        assert_eq!(
+            later.cookie(),
+            Some(cookie.as_str()),
+            "the old id still holds the cart"
+        );
+    }
+
+    #[test]
+    fn form_tokens_issued_before_regenerate_are_void() {
+        let store = MemoryStore::new();
+        let lock = store
+            .lock(
+                &SessionKey::new("app".parse().unwrap(), SessionId::generate().unwrap()),
+                LockOptions::new(Duration::from_secs(1)),
+            )
+            .unwrap();
+        let rules = crate::session::Rules::of(&Config::from_env(&Environment::from_pairs([(
+            "PSOServiceId",
+            "app",
+        )])));
+        let mut session = Session::fresh(
+            lock,
+            UNIX_EPOCH + Duration::from_secs(T0),
+            crate::Expiry::BrowserClose,
+            None,
+            rules,
+        );
+        let token = session.create_form_token().unwrap();
+        session.regenerate_id().unwrap();
+        assert!(!session.take_form_token(&token).unwrap());
     }
 
     #[test]
@@ -706,10 +802,10 @@ mod tests {
         assert_ne!(new, old, "a new id at login");
         assert_eq!(body, "Returning n=2 user=Some(\"eggs\")");
         // A request already under way with the old id, within the grace: the same session,
-        // and the new cookie.
+        // but never the new id (whoever holds the old id must not learn it).
         let (body, sent) = login_request(&store, "", &old, 4, "5");
         assert_eq!(body, "Returning n=3 user=Some(\"eggs\")");
-        assert_eq!(sent.as_deref(), Some(new.as_str()));
+        assert_eq!(sent, None);
         // Both cookies at once (an old one left on another path): one session, not two.
         let (body, _) = login_request(&store, "", &format!("{old}; {new}"), 5, "5");
         assert_eq!(body, "Returning n=4 user=Some(\"eggs\")");

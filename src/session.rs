@@ -68,6 +68,15 @@ pub struct Session {
     expired: Option<Record>,
     /// Set by `release()`: the cookie decided then, and the session as it was then.
     released: Option<(CookieAction, Checkpoint)>,
+    /// After `regenerate_id()`: the old id's lock, until the session is saved under the new
+    /// id; only then does the old id become a forward (or go). A request that fails before
+    /// leaves the old id as it was.
+    old_lock: Option<Box<dyn LockedSession>>,
+    /// The client address of this request (`REMOTE_ADDR`).
+    request_addr: Option<String>,
+    /// Reached through the old id of a regenerated session, in its grace: served, but never
+    /// handed the new id (whoever holds an old id must not learn the new one).
+    forwarded: bool,
 }
 
 /// Why a request holds the session it holds: a handler can tell a first visit from a session
@@ -212,6 +221,9 @@ impl Session {
             origin,
             expired: None,
             released: None,
+            old_lock: None,
+            request_addr: None,
+            forwarded: false,
         };
         session.drop_expired_values();
         session
@@ -304,7 +316,22 @@ impl Session {
             origin: Origin::New,
             expired: None,
             released: None,
+            old_lock: None,
+            request_addr: None,
+            forwarded: false,
         }
+    }
+
+    /// Records the request's client address (kept in the forward a regenerated id leaves).
+    pub(crate) fn requested_from(mut self, addr: Option<&str>) -> Session {
+        self.request_addr = addr.map(str::to_owned);
+        self
+    }
+
+    /// Marks a session reached through the old id of a regenerated session.
+    pub(crate) fn forwarded(mut self) -> Session {
+        self.forwarded = true;
+        self
     }
 
     /// Says why this new session exists, with the data of the expired one it replaces.
@@ -330,6 +357,11 @@ impl Session {
     /// assert_eq!(session.get::<String>("user")?.as_deref(), Some("eggs"));
     /// # Ok::<(), pso::Error>(())
     /// ```
+    ///
+    /// The move is made when the session is saved (at the end of a successful request, or by
+    /// [`Session::save`]): a request that fails leaves the old id as it was. Form tokens
+    /// issued before are void. A request still carrying the old id during the grace, from the
+    /// address that signed in, is served this session but never handed the new id.
     pub fn regenerate_id(&mut self) -> Result<()> {
         self.check_held()?;
         if self.ended {
@@ -338,26 +370,36 @@ impl Session {
                 "a session that ended in this request cannot get a new id",
             ));
         }
+        if self.old_lock.is_some() {
+            // The first new id is not stored yet: it simply gives way to another one.
+            self.lock.delete().ok();
+        }
         let options = LockOptions::new(Duration::from_secs(1)).with_create(true);
         let new_lock = self.lock.lock_sibling(SessionId::generate()?, options)?;
-        let mut old_lock = std::mem::replace(&mut self.lock, new_lock);
-        let Some(stored) = self.stored.take() else {
-            // Never stored: nobody knows the old id; the new one is all there is.
+        let old_lock = std::mem::replace(&mut self.lock, new_lock);
+        // Tokens issued to the old id (perhaps to whoever planted it) are void.
+        self.record.remove(FORM_TOKENS);
+        self.forwarded = false;
+        if self.stored.take().is_some() && self.old_lock.is_none() {
+            self.old_lock = Some(old_lock);
+        }
+        Ok(())
+    }
+
+    /// After a regenerated session is saved under its new id: the old id becomes a forward
+    /// for the grace period, from this request's address only, or goes at once.
+    fn finish_move(&mut self) -> Result<()> {
+        let Some(mut old) = self.old_lock.take() else {
             return Ok(());
         };
-        // The data goes under the new id first: a failure here leaves the old id as it was.
-        if let Err(e) = self.save() {
-            self.lock = old_lock;
-            self.stored = Some(stored);
-            return Err(e);
-        }
         if self.idle.grace == 0 {
-            return old_lock.delete();
+            return old.delete();
         }
         let mut forward = Record::new(Meta::new(self.now));
         forward.meta.deadline = Some(self.now.saturating_add(self.idle.grace));
+        forward.meta.client_addr = self.request_addr.clone();
         forward.set(MOVED_TO, self.id().as_str())?;
-        old_lock.save(&forward)
+        old.save(&forward)
     }
 
     /// Names the user this session is signed in as (at login, after
@@ -448,6 +490,12 @@ impl Session {
     /// ```
     pub fn create_form_token(&mut self) -> Result<String> {
         self.check_held()?;
+        if self.ended || self.ends_now() {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "the session ends in this request: a token in it would never come back",
+            ));
+        }
         let token = SessionId::generate()?.as_str().to_owned();
         let mut tokens: Vec<String> = self.record.get(FORM_TOKENS)?.unwrap_or_default();
         tokens.push(token.clone());
@@ -668,7 +716,7 @@ impl Session {
         self.record.meta.max_idle = self.idle.max_idle(self.record.meta.deadline, own);
         self.lock.save(&self.record)?;
         self.stored = Some(self.record.checkpoint());
-        Ok(())
+        self.finish_move()
     }
 
     /// Goes back to the state the store holds: as loaded, or as last saved in this request.
@@ -728,14 +776,21 @@ impl Session {
             Some(stored) => {
                 // Often enough that a short idle limit never expires a session in use.
                 let meta = stored.meta();
-                let resolution = meta
-                    .max_idle
-                    .map_or(ACCESS_RESOLUTION, |idle| ACCESS_RESOLUTION.min(idle / 2));
+                // The limit the next load will apply: the stored one, or a lower configured one.
+                let limit = match (meta.max_idle, self.idle.limit) {
+                    (Some(stored), Some(configured)) => Some(stored.min(configured)),
+                    (stored, configured) => stored.or(configured),
+                };
+                let resolution =
+                    limit.map_or(ACCESS_RESOLUTION, |idle| ACCESS_RESOLUTION.min(idle / 2));
                 let stale = self.now.saturating_sub(meta.last_access) >= resolution;
                 if !self.record.matches(stored) || stale {
                     self.save()?;
                 }
             }
+        }
+        if self.forwarded {
+            return Ok(CookieAction::Nothing);
         }
         Ok(CookieAction::Set(
             self.id().clone(),
@@ -789,6 +844,11 @@ impl Session {
     }
 
     fn delete(&mut self) -> Result<()> {
+        if let Some(mut old) = self.old_lock.take() {
+            // Regenerated, then ended: the old id ends too.
+            old.delete()?;
+            self.ended = true;
+        }
         if self.stored.is_some() {
             self.lock.delete()?;
             self.stored = None;

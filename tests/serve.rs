@@ -830,7 +830,8 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
     let home = curl(&jar, &url, &[]).unwrap();
     let token = token_of(&home);
     let out = curl(&jar, &url, &["-d", &format!("token={token}&action=logout")]).unwrap();
-    assert!(out.contains("You have signed out"), "{out}");
+    assert_eq!(status(&out), "302", "{out}");
+    assert!(out.contains("Location: /cgi-bin/login?bye=1\r\n"), "{out}");
     assert!(
         out.contains("Set-Cookie: login=; ") && out.contains("Max-Age=0"),
         "{out}"
@@ -851,7 +852,21 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
     let home = curl(&jars[0], &url, &[]).unwrap();
     let form = format!("token={}&action=logout_everywhere", token_of(&home));
     let out = curl(&jars[0], &url, &["-d", &form]).unwrap();
-    assert!(out.contains("You have signed out everywhere"), "{out}");
+    assert!(
+        out.contains("Location: /cgi-bin/login?bye=everywhere\r\n"),
+        "{out}"
+    );
+    let bye = curl(&jars[0], &format!("{url}?bye=everywhere"), &[]).unwrap();
+    assert!(bye.contains("You have signed out everywhere"), "{bye}");
+    // The sign-in form on that page works (its token is in a live session).
+    let form = format!(
+        "token={}&action=login&user=eggs&password=spam",
+        token_of(&bye)
+    );
+    assert_eq!(
+        status(&curl(&jars[0], &url, &["-d", &form]).unwrap()),
+        "302"
+    );
     let other = curl(&jars[1], &url, &[]).unwrap();
     assert!(
         other.contains("Sign in</button>"),
