@@ -66,7 +66,8 @@ fn post(cx: &mut Context) -> Result<(), BoxError> {
             let expected_user = cx.request.var("LoginUser").unwrap_or("eggs").to_owned();
             let expected_password = cx.request.var("LoginPassword").unwrap_or("spam").to_owned();
             // Both compared whole, so the time taken does not say which one was wrong.
-            let right = same(&user, &expected_user) & same(&password, &expected_password);
+            let right = pso::same_secret(user.as_bytes(), expected_user.as_bytes())
+                & pso::same_secret(password.as_bytes(), expected_password.as_bytes());
             if !right {
                 audit(cx, &format!("failed sign-in as {user:?}"));
                 return form(cx, "Wrong user name or password.");
@@ -181,15 +182,6 @@ fn audit(cx: &Context, what: &str) {
     if !written {
         eprint!("login audit: {line}");
     }
-}
-
-/// Whether two strings are equal, in time that depends only on their lengths.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 fn escape(text: &str) -> String {

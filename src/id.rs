@@ -177,6 +177,18 @@ fn hex_digit(nibble: u8) -> char {
     char::from(b"0123456789abcdef"[usize::from(nibble & 0xf)])
 }
 
+/// Whether two secrets (tokens, passwords) are equal, in time that depends only on their
+/// lengths, so that how long a comparison takes tells nothing of how close a guess came.
+///
+/// ```
+/// assert!(pso::same_secret(b"493817", b"493817"));
+/// assert!(!pso::same_secret(b"493817", b"493818"));
+/// assert!(!pso::same_secret(b"4938", b"493817"));
+/// ```
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

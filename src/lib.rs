@@ -62,7 +62,7 @@ pub use config::{Config, ConfigProblem, GcProbability, VARIABLES, Variable};
 pub use environment::Environment;
 pub use error::{BoxError, Error, ErrorChain, ErrorKind, Result};
 pub use expiry::Expiry;
-pub use id::{ServiceId, SessionId};
+pub use id::{ServiceId, SessionId, same_secret};
 pub use mode::run;
 pub use record::{Meta, Record};
 pub use request::Request;

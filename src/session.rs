@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::{Expiry, from_unix_secs, unix_secs};
-use crate::id::{ServiceId, SessionId};
+use crate::id::{ServiceId, SessionId, same_secret};
 use crate::record::{Checkpoint, Meta, Record};
 use crate::store::{LockOptions, LockedSession};
 
@@ -920,11 +920,6 @@ impl LockedSession for Released {
 
 fn released_error() -> Error {
     Error::new(ErrorKind::Invalid, "the session's lock was released")
-}
-
-/// Compares two secrets in time that depends only on their lengths.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -111,12 +111,7 @@ pub fn serve(
 
 /// Compares secrets in time that does not depend on where they differ.
 fn same_secret(offered: &str, secret: &str) -> bool {
-    offered.len() == secret.len()
-        && offered
-            .bytes()
-            .zip(secret.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    pso::same_secret(offered.as_bytes(), secret.as_bytes())
 }
 
 fn error(conn: &mut TcpStream, status: u16, why: &str) -> (u16, u64) {
