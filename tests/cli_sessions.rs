@@ -3,6 +3,10 @@
 //! files among them; a store of 100,000 sessions whose listing stays in the same memory as
 //! one of 10,000; and `gc` run again and again while 8 processes at a time update sessions.
 
+mod common;
+
+use common::{stderr, stdout};
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -88,14 +92,6 @@ fn run_pso(dir: &Path, args: &[&str]) -> Output {
         .env_remove("PSOServiceId")
         .output()
         .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8(output.stderr.clone()).unwrap()
 }
 
 fn succeeded(output: &Output) -> String {

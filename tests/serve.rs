@@ -732,6 +732,10 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
             .unwrap_or_else(|| panic!("no token in {page}"))
             .to_owned()
     };
+    let sign_in = |jar: &Path, token: &str| {
+        let form = format!("token={token}&action=login&user=eggs&password=spam");
+        curl(jar, &url, &["-d", &form]).unwrap()
+    };
     let cookie_of = |response: &str| {
         response
             .lines()
@@ -763,27 +767,11 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
     .unwrap();
     assert!(wrong.contains("Wrong user name or password"), "{wrong}");
     // A used token is refused: the one from the first page still works once.
-    let signed = curl(
-        &jar,
-        &url,
-        &[
-            "-d",
-            &format!("token={token}&action=login&user=eggs&password=spam"),
-        ],
-    )
-    .unwrap();
+    let signed = sign_in(&jar, &token);
     assert_eq!(status(&signed), "302", "{signed}");
     let after = cookie_of(&signed).expect("a new id at sign-in");
     assert_ne!(after, before, "a new id at sign-in");
-    let replay = curl(
-        &jar,
-        &url,
-        &[
-            "-d",
-            &format!("token={token}&action=login&user=eggs&password=spam"),
-        ],
-    )
-    .unwrap();
+    let replay = sign_in(&jar, &token);
     assert_eq!(status(&replay), "403", "a token works once: {replay}");
 
     let home = curl(&jar, &url, &[]).unwrap();
@@ -814,15 +802,7 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
 
     // Sign in again, then out: the file is gone and the cookie revoked.
     let token = token_of(&away);
-    let signed = curl(
-        &jar,
-        &url,
-        &[
-            "-d",
-            &format!("token={token}&action=login&user=eggs&password=spam"),
-        ],
-    )
-    .unwrap();
+    let signed = sign_in(&jar, &token);
     assert_eq!(status(&signed), "302", "{signed}");
     let current = cookie_of(&signed).expect("a new id at the second sign-in");
     let file = format!("login.{}.pso", current.split_once('=').unwrap().1);

@@ -163,3 +163,13 @@ pub fn skip_or_fail(why: &str) {
     }
     eprintln!("\n*** SKIPPED: {why} ***\n");
 }
+
+/// A command's standard output, as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
