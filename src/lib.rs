@@ -65,7 +65,7 @@ pub use expiry::Expiry;
 pub use id::{ServiceId, SessionId, same_secret};
 pub use mode::run;
 pub use record::{Meta, Record};
-pub use request::Request;
+pub use request::{MAX_FORM_FIELDS, Request};
 pub use response::Response;
 pub use runner::{Context, Handler, serve, serve_with_store};
 pub use service::Service;

@@ -5,6 +5,10 @@ use std::io::{Read, Take};
 
 use crate::environment::Environment;
 
+/// The most fields a form body may have: far more than any form a person fills in, and a
+/// bound on what parsing a body can cost.
+pub const MAX_FORM_FIELDS: usize = 1_000;
+
 /// One request, as the web server describes it in meta-variables, with its body.
 ///
 /// ```
@@ -132,7 +136,8 @@ impl<'a> Request<'a> {
     /// The fields of an HTML form sent as `application/x-www-form-urlencoded` (a `POST`): the
     /// body, read whole (at most `CONTENT_LENGTH` bytes, which `PSOMaxBodyBytes` caps: a
     /// request announcing more gets a 413 before the handler runs), then kept. Empty for any
-    /// other content type; a form sent with `GET` is in [`Request::query`].
+    /// other content type; a form sent with `GET` is in [`Request::query`]. More than
+    /// [`MAX_FORM_FIELDS`] fields is an error (`InvalidData`).
     ///
     /// ```
     /// let env = pso::Environment::from_pairs([
@@ -159,7 +164,19 @@ impl<'a> Request<'a> {
             if is_form {
                 self.body.read_to_end(&mut bytes)?;
             }
-            self.form = Some(form_urlencoded::parse(&bytes).into_owned().collect());
+            let mut fields = Vec::new();
+            for field in form_urlencoded::parse(&bytes) {
+                if fields.len() == MAX_FORM_FIELDS {
+                    // A megabyte of `&a&a` would be half a million strings.
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("the form has more than {MAX_FORM_FIELDS} fields"),
+                    ));
+                }
+                let (name, value) = field;
+                fields.push((name.into_owned(), value.into_owned()));
+            }
+            self.form = Some(fields);
         }
         Ok(self.form.as_deref().unwrap_or_default())
     }

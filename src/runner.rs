@@ -660,6 +660,13 @@ mod tests {
         let cap = [("PSOMaxBodyBytes", "1024")];
         let at_cap = format!("a={}", "x".repeat(1022));
         assert_eq!(post(&store, "", &at_cap, &cap).body(), "refused 1");
+        let many = "a&".repeat(crate::request::MAX_FORM_FIELDS + 1);
+        let reply = post(&store, "", &many, &[("PSOMaxBodyBytes", "1M")]);
+        assert!(
+            reply.text.starts_with("Status: 500"),
+            "too many fields: {}",
+            reply.text
+        );
         let over = format!("a={}", "x".repeat(1023));
         let reply = post(&store, "", &over, &cap);
         assert!(reply.text.starts_with("Status: 413"), "{}", reply.text);
