@@ -60,16 +60,7 @@ pub(crate) fn adopt(
         return Ok((session, Origin::Forced));
     }
 
-    let mut offered = offered_ids(claim.cookie_header, &config.cookie.name);
-    if config.url_ids && offered.ids.is_empty() && !offered.too_many {
-        // No cookie came back: the id may be in the URL (one value, checked like a cookie's).
-        let from_url = form_urlencoded::parse(claim.query.as_bytes())
-            .filter(|(name, _)| *name == config.cookie.name.as_str())
-            .map(|(_, value)| format!("{}={value}", config.cookie.name))
-            .collect::<Vec<_>>()
-            .join("; ");
-        offered = offered_ids(from_url.as_bytes(), &config.cookie.name);
-    }
+    let offered = offered(config, claim);
     if offered.malformed > 0 {
         log::warn!(
             "ignoring {} malformed value(s) of the session cookie {}",
@@ -246,6 +237,94 @@ fn logged_out(store: &dyn Store, key: &SessionKey, record: &Record) -> bool {
     }
 }
 
+/// The ids the request offers: its cookies', or with `PSOSessionUrl=on` and no cookie, the
+/// query string's (checked like a cookie's).
+fn offered(config: &Config, claim: &Claim<'_>) -> crate::cookies::OfferedIds {
+    let offered = offered_ids(claim.cookie_header, &config.cookie.name);
+    if !config.url_ids || !offered.ids.is_empty() || offered.too_many {
+        return offered;
+    }
+    let from_url = form_urlencoded::parse(claim.query.as_bytes())
+        .filter(|(name, _)| *name == config.cookie.name.as_str())
+        .map(|(_, value)| format!("{}={value}", config.cookie.name))
+        .collect::<Vec<_>>()
+        .join("; ");
+    offered_ids(from_url.as_bytes(), &config.cookie.name)
+}
+
+/// The session of a read-only request (`run_read_only`): read without its lock (the store
+/// gives a whole record or none, never a torn one), so it runs even while another request
+/// writes that session; nothing is deleted, renewed or saved. As many ids are looked at as
+/// a read-write request would lock, and two live ones adopt neither.
+pub(crate) fn adopt_read_only(
+    store: &dyn Store,
+    config: &Config,
+    claim: &Claim<'_>,
+    now: SystemTime,
+) -> Result<(Session, Origin)> {
+    let now_secs = unix_secs(now);
+    let idle = Rules::of(config);
+    let offered = offered(config, claim);
+    let mut ended: Option<(Ended, Option<Record>)> = None;
+    let mut live: Vec<(SessionKey, Record, bool)> = Vec::new();
+    if offered.too_many {
+        ended = Some((Ended::Ambiguous, None));
+    }
+    let named: Vec<SessionKey> = offered
+        .ids
+        .iter()
+        .take(MAX_CANDIDATES)
+        .map(|id| SessionKey::new(config.service.clone(), id.clone()))
+        .collect();
+    for key in &named {
+        match judge(store.peek(key), key, idle, claim.client_addr, now_secs)? {
+            Loaded::Live(record) => live.push((key.clone(), record, false)),
+            Loaded::Moved(target) => {
+                let target = SessionKey::new(key.service.clone(), target);
+                if named.contains(&target) {
+                    continue;
+                }
+                if let Loaded::Live(record) = judge(
+                    store.peek(&target),
+                    &target,
+                    idle,
+                    claim.client_addr,
+                    now_secs,
+                )? {
+                    live.push((target, record, true));
+                }
+            }
+            Loaded::Foreign => {
+                ended.get_or_insert((Ended::OtherAddress, None));
+            }
+            Loaded::Ended(why, record) => ended = Some((why, record)),
+        }
+    }
+    if live.len() > 1 || offered.ids.len() > MAX_CANDIDATES {
+        live.clear();
+        ended = Some((Ended::Ambiguous, None));
+    }
+    if let Some((key, record, forwarded)) = live.pop() {
+        if logged_out(store, &key, &record) {
+            ended = Some((Ended::LoggedOut, None));
+        } else {
+            let session =
+                Session::read_only(key, Some(record), now, idle, Origin::Returning, forwarded);
+            return Ok((session, Origin::Returning));
+        }
+    }
+    let origin = match ended {
+        Some((why, _)) => Origin::Replaced(why),
+        None if !offered.ids.is_empty() => Origin::Replaced(Ended::Unknown),
+        None => Origin::New,
+    };
+    let key = SessionKey::new(config.service.clone(), SessionId::generate()?);
+    let expired = ended.and_then(|(_, record)| record);
+    let session =
+        Session::read_only(key, None, now, idle, origin, false).replacing(origin, expired);
+    Ok((session, origin))
+}
+
 /// Ends every session named, skipping any a request holds right now.
 fn end_all(store: &dyn Store, keys: Vec<SessionKey>) {
     for key in keys {
@@ -283,7 +362,19 @@ fn load_live(
     now: u64,
 ) -> Result<Loaded> {
     let key = lock.key().clone();
-    match lock.load() {
+    judge(lock.load(), &key, idle, client, now)
+}
+
+/// Judges what the store gave for `key`: alive, or ended (logged) because it expired, is
+/// unknown or is unreadable; a forward; another address's.
+fn judge(
+    loaded: Result<Option<Record>>,
+    key: &SessionKey,
+    idle: Rules,
+    client: Option<&str>,
+    now: u64,
+) -> Result<Loaded> {
+    match loaded {
         Ok(Some(record))
             if idle.check_ip
                 && record.meta.client_addr.is_some()

@@ -63,7 +63,7 @@ pub use environment::Environment;
 pub use error::{BoxError, Error, ErrorChain, ErrorKind, Result};
 pub use expiry::Expiry;
 pub use id::{ServiceId, SessionId, same_secret};
-pub use mode::run;
+pub use mode::{run, run_read_only};
 pub use record::{Meta, Record};
 pub use request::{MAX_FORM_FIELDS, Request};
 pub use response::Response;

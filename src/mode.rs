@@ -37,9 +37,49 @@ pub fn run<F>(handler: F)
 where
     F: Handler,
 {
+    run_as(handler, false);
+}
+
+/// Like [`run`], for a handler that only reads its session (PHP's `read_and_close`, taken
+/// further): each request reads its session without taking the lock, so it runs at once even
+/// while a slow request of the same session holds the lock and writes. A change to the
+/// session is an error (`set` fails; `remove`, `clear`, `expire` fail the request with a
+/// 500), and nothing is saved or renewed: the session's idle clock does not restart. The
+/// cookie is sent again as it was. For pages that fire many AJAX calls, status polls,
+/// downloads.
+///
+/// ```no_run
+/// use std::io::Write;
+///
+/// fn main() {
+///     pso::run_read_only(|cx: &mut pso::Context| {
+///         let n: u64 = cx.session.get("reloads")?.unwrap_or(0);
+///         write!(cx.response, "{n}")?;
+///         Ok(())
+///     })
+/// }
+/// ```
+pub fn run_read_only<F>(handler: F)
+where
+    F: Handler,
+{
+    run_as(handler, true);
+}
+
+fn run_as<F>(handler: F, read_only: bool)
+where
+    F: Handler,
+{
+    let access = |service: Service| {
+        if read_only {
+            service.read_only()
+        } else {
+            service
+        }
+    };
     // A listening socket can never be a CGI request's standard input, so it is asked first.
     let inherited = Listener::inherited();
-    let service = Service::from_process();
+    let service = access(Service::from_process());
     let env = service.process_env();
     let listener = match inherited {
         Some(listener) => Some(listener),
@@ -77,7 +117,7 @@ where
             {
                 env.set("SCRIPT_NAME", program);
             }
-            cgi::serve_process(&Service::new(env), &handler);
+            cgi::serve_process(&access(Service::new(env)), &handler);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, SystemTime};
 
-use crate::adoption::{Claim, adopt};
+use crate::adoption::{Claim, adopt, adopt_read_only};
 use crate::config::Config;
 use crate::cookies::CookieSettings;
 use crate::environment::Environment;
@@ -221,7 +221,15 @@ pub fn serve_with_store<F>(
 where
     F: Handler,
 {
-    respond(env, config, store, input, output, handler, now)?;
+    respond(
+        env,
+        config,
+        store,
+        (input, output),
+        handler,
+        now,
+        Access::ReadWrite,
+    )?;
     output.flush()?;
     if config.gc_probability.draw() {
         match store.collect_garbage(now, Duration::from_millis(50)) {
@@ -240,14 +248,23 @@ pub(crate) struct Served {
 
 /// One request: its session, the handler, the response. Nothing after the response, and the
 /// output is not flushed: that is the front end's.
+/// How a request may use its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Locked for the request, saved at its end.
+    ReadWrite,
+    /// Read without the lock, never saved (`run_read_only`).
+    ReadOnly,
+}
+
 pub(crate) fn respond<F>(
     env: &Environment,
     config: &Config,
     store: &dyn Store,
-    input: &mut dyn Read,
-    output: &mut dyn Write,
+    (input, output): (&mut dyn Read, &mut dyn Write),
     handler: &F,
     now: SystemTime,
+    access: Access,
 ) -> io::Result<Served>
 where
     F: Handler,
@@ -271,7 +288,11 @@ where
         client_addr: request.remote_addr(),
         query: request.query_string(),
     };
-    let session = match adopt(store, config, &claim, now) {
+    let adopted = match access {
+        Access::ReadWrite => adopt(store, config, &claim, now),
+        Access::ReadOnly => adopt_read_only(store, config, &claim, now),
+    };
+    let session = match adopted {
         Ok((session, origin)) => {
             log::debug!("session {:?}: {origin:?}", session.id());
             session
@@ -1099,6 +1120,89 @@ mod tests {
         let record = crate::session::user_record_id("eggs").unwrap();
         let (body, _) = visit("", &format!("app={}", record.as_str()), 32);
         assert_eq!(body, "New None");
+    }
+
+    /// One read-only request (`run_read_only`) through `handler`, at `T0`.
+    fn read_only_text<F: Handler>(store: &MemoryStore, cookie: &str, handler: &F) -> String {
+        let env = Environment::from_pairs([
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("SCRIPT_NAME", "/cgi-bin/app"),
+            ("HTTP_COOKIE", cookie),
+        ]);
+        let config = Config::from_env(&env);
+        let mut output = Vec::new();
+        let now = UNIX_EPOCH + Duration::from_secs(T0);
+        let input: &mut dyn io::Read = &mut io::empty();
+        respond(
+            &env,
+            &config,
+            store,
+            (input, &mut output),
+            handler,
+            now,
+            Access::ReadOnly,
+        )
+        .unwrap();
+        String::from_utf8(output).unwrap()
+    }
+
+    #[test]
+    fn a_read_only_request_runs_while_a_writer_holds_the_lock() {
+        use std::sync::mpsc;
+        let store = MemoryStore::new();
+        let cookie = request(&store, &[], T0).cookie().unwrap().to_owned();
+        let (done, finished) = mpsc::channel::<String>();
+        let finished = std::sync::Mutex::new(finished);
+        // The writer holds the session's lock until the reader has answered (or 10 s pass).
+        let slow_writer = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            let n: u64 = cx.session.get("n")?.unwrap_or(0) + 1;
+            cx.session.set("n", &n)?;
+            let seen = finished
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10))?;
+            write!(cx.response, "wrote {n} while a reader saw {seen}")?;
+            Ok(())
+        };
+        let reader = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            let n: u64 = cx.session.get("n")?.unwrap_or(0);
+            write!(cx.response, "{n}")?;
+            Ok(())
+        };
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                serve_text(
+                    &store,
+                    &[("HTTP_COOKIE", cookie.as_str())],
+                    &slow_writer,
+                    T0,
+                )
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let read = Reply {
+                text: read_only_text(&store, &cookie, &reader),
+            };
+            assert_eq!(read.cookie(), Some(cookie.as_str()), "the cookie as it was");
+            done.send(read.body().to_owned()).unwrap();
+            let written = writer.join().unwrap();
+            assert!(
+                written.ends_with("wrote 2 while a reader saw 1"),
+                "{written}"
+            );
+        });
+        // A read-only request cannot change the session, and a new visitor gets nothing stored.
+        let writes = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.set("n", &100u64)?;
+            Ok(())
+        };
+        assert!(read_only_text(&store, &cookie, &writes).starts_with("Status: 500"));
+        let keys = store.keys().unwrap().count();
+        let fresh = Reply {
+            text: read_only_text(&store, "", &reader),
+        };
+        assert_eq!((fresh.body(), fresh.cookie()), ("0", None));
+        assert_eq!(store.keys().unwrap().count(), keys);
+        assert_eq!(with_cookie(&store, &cookie, &[]).body(), "3");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::environment::Environment;
 use crate::error::ErrorChain;
 use crate::request::Request;
 use crate::response::Response;
-use crate::runner::{Handler, respond};
+use crate::runner::{Access, Handler, respond};
 use crate::store::{FileStore, Store};
 
 /// The longest a request spends collecting expired sessions.
@@ -68,6 +68,8 @@ pub struct Service {
     stores: Mutex<Stores>,
     /// A store given by the program, used for every request instead of files.
     custom: Option<Opened>,
+    /// Whether requests read their session without its lock and cannot change it.
+    access: Access,
 }
 
 /// The session directories of the process.
@@ -153,7 +155,16 @@ impl Service {
             configs: Mutex::new(BTreeMap::new()),
             stores: Mutex::new(Stores::default()),
             custom: None,
+            access: Access::ReadWrite,
         }
+    }
+
+    /// Serves read-only requests (see [`crate::run_read_only`]): each reads its session
+    /// without taking its lock, so it runs even while a slow request writes that session,
+    /// and cannot change it.
+    pub fn read_only(mut self) -> Service {
+        self.access = Access::ReadOnly;
+        self
     }
 
     /// The service of this process: its environment, and pso's logger installed at the level
@@ -219,7 +230,15 @@ impl Service {
                 now,
             });
         };
-        let served = respond(env, &resolved.config, &*store, input, output, handler, now)?;
+        let served = respond(
+            env,
+            &resolved.config,
+            &*store,
+            (input, output),
+            handler,
+            now,
+            self.access,
+        )?;
         let collect =
             (resolved.config.gc_probability.draw() && pacing.begin_pass()).then_some(store);
         Ok(Handled {

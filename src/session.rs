@@ -322,6 +322,44 @@ impl Session {
         }
     }
 
+    /// The session of a read-only request: `record` as read without the lock (none for a new
+    /// visitor), released from the start, so that reading works and any change is an error.
+    pub(crate) fn read_only(
+        key: crate::store::SessionKey,
+        record: Option<Record>,
+        now: SystemTime,
+        idle: Rules,
+        origin: Origin,
+        forwarded: bool,
+    ) -> Session {
+        let known = record.is_some();
+        let record = record.unwrap_or_else(|| Record::new(Meta::new(unix_secs(now))));
+        // The cookie is sent again as it was (never the new id through a forward): a reading
+        // request renews nothing.
+        let action = if known && !forwarded {
+            CookieAction::Set(key.id.clone(), record.meta.deadline.map(from_unix_secs))
+        } else {
+            CookieAction::Nothing
+        };
+        let checkpoint = record.checkpoint();
+        Session {
+            lock: Box::new(Released(key)),
+            stored: known.then(|| record.checkpoint()),
+            record,
+            new: !known,
+            ended: false,
+            now: unix_secs(now),
+            now_millis: unix_millis(now),
+            idle,
+            origin,
+            expired: None,
+            released: Some((action, checkpoint)),
+            old_lock: None,
+            request_addr: None,
+            forwarded,
+        }
+    }
+
     /// Records the request's client address (kept in the forward a regenerated id leaves).
     pub(crate) fn requested_from(mut self, addr: Option<&str>) -> Session {
         self.request_addr = addr.map(str::to_owned);
