@@ -677,24 +677,24 @@ impl Session {
         self.record.clear();
     }
 
-    /// Whether there is a value under `key`.
+    /// Whether there is a value under `key` (pso's own `pso.` keys are not the handler's).
     pub fn contains(&self, key: &str) -> bool {
-        self.record.contains(key)
+        !is_reserved(key) && self.record.contains(key)
     }
 
-    /// The keys, sorted.
+    /// The keys, sorted; pso's own (`pso.`) are left out.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.record.keys()
+        self.record.keys().filter(|key| !is_reserved(key))
     }
 
-    /// The number of values.
+    /// The number of values, pso's own left out.
     pub fn len(&self) -> usize {
-        self.record.len()
+        self.keys().count()
     }
 
-    /// Whether the session holds no values.
+    /// Whether the session holds no values of the handler's.
     pub fn is_empty(&self) -> bool {
-        self.record.is_empty()
+        self.keys().next().is_none()
     }
 
     /// Sets when the session expires, on the server and in the cookie.
@@ -1039,7 +1039,7 @@ mod tests {
         for token in &tokens[1..] {
             assert!(session.take_form_token(token).unwrap());
         }
-        assert!(!session.contains(FORM_TOKENS), "no tokens, no key");
+        assert!(!session.record.contains(FORM_TOKENS), "no tokens, no key");
         assert!(!session.take_form_token("").unwrap());
     }
 
