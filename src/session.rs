@@ -1019,6 +1019,12 @@ mod tests {
             assert!(session.set(key, "forged").is_err(), "{key}");
             assert!(!session.remove(key), "{key}");
         }
+        assert_eq!(
+            (session.len(), session.is_empty()),
+            (0, true),
+            "pso's own keys are not listed"
+        );
+        assert_eq!(session.keys().count(), 0);
         assert!(
             session.take_form_token(&token).unwrap(),
             "the tokens are untouched"
