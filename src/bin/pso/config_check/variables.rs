@@ -128,19 +128,15 @@ pub fn evaluate(layered: &Layered, user: &User, now: SystemTime) -> Evaluation {
         }
     }
 
-    let dir_is_default = {
-        let row = row(&rows, "PSOSessionFileLoader_Path");
-        row.value.is_none() || !row.findings.is_empty()
-    };
+    let dir_is_default = row(&rows, "PSOSessionFileLoader_Path")
+        .is_none_or(|row| row.value.is_none() || !row.findings.is_empty());
     let session_dir = if dir_is_default && !user.is_current() {
-        FileStore::default_dir().with_file_name(format!("pso-{}", user.uid))
+        default_dir(user)
     } else {
         config.session_dir.clone()
     };
-    let service_explicit = {
-        let row = row(&rows, "PSOServiceId");
-        row.value.is_some() && row.findings.is_empty()
-    };
+    let service_explicit = row(&rows, "PSOServiceId")
+        .is_some_and(|row| row.value.is_some() && row.findings.is_empty());
     for row in &mut rows {
         let (effective, finding) =
             effective(&row.name, row.value.as_deref(), &config, &session_dir, now);
@@ -150,7 +146,7 @@ pub fn evaluate(layered: &Layered, user: &User, now: SystemTime) -> Evaluation {
             row.default = format!("{} ({})", row.default, default_dir(user).display());
         }
     }
-    if let Some(row) = forced.as_mut() {
+    if let Some(mut row) = forced {
         row.effective = match &config.forced_id {
             Some(id) => format!("forces the session id {id}: every visitor shares that session"),
             None if !service_explicit => {
@@ -164,7 +160,7 @@ pub fn evaluate(layered: &Layered, user: &User, now: SystemTime) -> Evaluation {
             }
             None => "ignored".to_owned(),
         };
-        rows.insert(1, forced.take().expect("just matched"));
+        rows.insert(1, row);
     }
     Evaluation {
         rows,
@@ -173,10 +169,8 @@ pub fn evaluate(layered: &Layered, user: &User, now: SystemTime) -> Evaluation {
     }
 }
 
-fn row<'a>(rows: &'a [Row], name: &str) -> &'a Row {
-    rows.iter()
-        .find(|row| row.name == name)
-        .expect("every variable of the table has a row")
+fn row<'a>(rows: &'a [Row], name: &str) -> Option<&'a Row> {
+    rows.iter().find(|row| row.name == name)
 }
 
 fn default_dir(user: &User) -> PathBuf {
