@@ -194,12 +194,7 @@ pub(crate) fn adopt(
     {
         log::warn!("PSOSessionExpire names a date in the past: every new session ends at once");
     }
-    let (origin, expired) = match ended {
-        Some((why, record)) => (Origin::Replaced(why), record),
-        // Every id named was dropped as unknown before any lock (several ids, none stored).
-        None if offered_any => (Origin::Replaced(Ended::Unknown), None),
-        None => (Origin::New, None),
-    };
+    let (origin, expired) = replacement(ended, offered_any);
     let key = SessionKey::new(config.service.clone(), SessionId::generate()?);
     let session = fresh(store.lock(&key, options)?)
         .replacing(origin, expired)
@@ -313,16 +308,25 @@ pub(crate) fn adopt_read_only(
             return Ok((session, Origin::Returning));
         }
     }
-    let origin = match ended {
-        Some((why, _)) => Origin::Replaced(why),
-        None if !offered.ids.is_empty() => Origin::Replaced(Ended::Unknown),
-        None => Origin::New,
-    };
+    let (origin, expired) = replacement(ended, !offered.ids.is_empty());
     let key = SessionKey::new(config.service.clone(), SessionId::generate()?);
-    let expired = ended.and_then(|(_, record)| record);
     let session =
         Session::read_only(key, None, now, idle, origin, false).replacing(origin, expired);
     Ok((session, origin))
+}
+
+/// Why a request gets a new session, and the expired record it may read once: the reason the
+/// session it named ended, or, when it named ids that were all dropped as unknown before any
+/// lock, `Unknown`; `New` when it named none.
+fn replacement(
+    ended: Option<(Ended, Option<Record>)>,
+    offered_any: bool,
+) -> (Origin, Option<Record>) {
+    match ended {
+        Some((why, record)) => (Origin::Replaced(why), record),
+        None if offered_any => (Origin::Replaced(Ended::Unknown), None),
+        None => (Origin::New, None),
+    }
 }
 
 /// Ends every session named, skipping any a request holds right now.

@@ -209,11 +209,25 @@ impl Session {
         idle: Rules,
         origin: Origin,
     ) -> Session {
-        let mut session = Session {
+        let mut session = Session::assemble(lock, record, true, now, idle, origin);
+        session.drop_expired_values();
+        session
+    }
+
+    /// A session of `record` under `lock`, as the store holds it (`stored`) or new.
+    fn assemble(
+        lock: Box<dyn LockedSession>,
+        record: Record,
+        stored: bool,
+        now: SystemTime,
+        idle: Rules,
+        origin: Origin,
+    ) -> Session {
+        Session {
             lock,
-            stored: Some(record.checkpoint()),
+            stored: stored.then(|| record.checkpoint()),
             record,
-            new: false,
+            new: !stored,
             ended: false,
             now: unix_secs(now),
             now_millis: unix_millis(now),
@@ -224,9 +238,7 @@ impl Session {
             old_lock: None,
             request_addr: None,
             forwarded: false,
-        };
-        session.drop_expired_values();
-        session
+        }
     }
 
     /// Removes the values set with [`Session::set_for`] whose time is up.
@@ -304,22 +316,7 @@ impl Session {
         let mut meta = Meta::new(unix_secs(now));
         meta.deadline = lifetime.deadline(now).map(unix_secs);
         meta.client_addr = client_addr.map(str::to_owned);
-        Session {
-            lock,
-            record: Record::new(meta),
-            stored: None,
-            new: true,
-            ended: false,
-            now: unix_secs(now),
-            now_millis: unix_millis(now),
-            idle,
-            origin: Origin::New,
-            expired: None,
-            released: None,
-            old_lock: None,
-            request_addr: None,
-            forwarded: false,
-        }
+        Session::assemble(lock, Record::new(meta), false, now, idle, Origin::New)
     }
 
     /// The session of a read-only request: `record` as read without the lock (none for a new
@@ -342,22 +339,11 @@ impl Session {
             CookieAction::Nothing
         };
         let checkpoint = record.checkpoint();
-        Session {
-            lock: Box::new(Released(key)),
-            stored: known.then(|| record.checkpoint()),
-            record,
-            new: !known,
-            ended: false,
-            now: unix_secs(now),
-            now_millis: unix_millis(now),
-            idle,
-            origin,
-            expired: None,
-            released: Some((action, checkpoint)),
-            old_lock: None,
-            request_addr: None,
-            forwarded,
-        }
+        let mut session =
+            Session::assemble(Box::new(Released(key)), record, known, now, idle, origin);
+        session.released = Some((action, checkpoint));
+        session.forwarded = forwarded;
+        session
     }
 
     /// Records the request's client address (kept in the forward a regenerated id leaves).
