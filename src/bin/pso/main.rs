@@ -53,3 +53,39 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("pso: {message}");
     ExitCode::FAILURE
 }
+
+/// A time as an HTTP date, for people. `httpdate` panics past the year 9999, and times come
+/// from session files and configuration: those are shown as such instead.
+fn http_date(at: std::time::SystemTime) -> String {
+    /// 9999-12-31 23:59:59 UTC, the last second an HTTP date can name.
+    const LAST: u64 = 253_402_300_799;
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if secs > LAST {
+        "after the year 9999".to_owned()
+    } else {
+        httpdate::fmt_http_date(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn http_dates_past_the_year_9999_do_not_panic() {
+        assert_eq!(
+            super::http_date(UNIX_EPOCH + Duration::from_secs(253_402_300_799)),
+            "Fri, 31 Dec 9999 23:59:59 GMT"
+        );
+        assert_eq!(
+            super::http_date(UNIX_EPOCH + Duration::from_secs(253_402_300_800)),
+            "after the year 9999"
+        );
+        assert_eq!(
+            super::http_date(UNIX_EPOCH + Duration::from_secs(1 << 40)),
+            "after the year 9999"
+        );
+    }
+}

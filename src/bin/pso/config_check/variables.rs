@@ -391,7 +391,7 @@ fn expiry(lifetime: Expiry, now: SystemTime) -> (String, Option<Finding>) {
         Expiry::Now => ("now".to_owned(), None),
         Expiry::In(duration) => (seconds(duration), None),
         Expiry::At(at) => {
-            let date = httpdate::fmt_http_date(at);
+            let date = crate::http_date(at);
             match at.duration_since(now) {
                 Ok(left) => (format!("{date}, in {}", seconds(left)), None),
                 Err(past) => (

@@ -344,7 +344,7 @@ fn describe(detail: &Detail, now: u64) -> (String, String, String, String) {
 fn when(secs: u64, now: u64) -> String {
     let date = UNIX_EPOCH
         .checked_add(Duration::from_secs(secs))
-        .map(httpdate::fmt_http_date)
+        .map(crate::http_date)
         .unwrap_or_else(|| "far in the future".into());
     let relative = if secs <= now {
         format!("{} s ago", now - secs)
