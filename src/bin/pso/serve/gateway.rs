@@ -414,7 +414,6 @@ impl<R: Read + std::os::fd::AsFd> Read for DeadlineReader<R> {
 }
 
 /// Runs `executable` as a CGI program for `call`, relaying its answer to `client`.
-#[allow(clippy::too_many_arguments)]
 pub fn run_cgi(
     call: &Call,
     vars: Vec<Variable>,
