@@ -97,7 +97,7 @@ fn post(cx: &mut Context) -> Result<(), BoxError> {
             if let Some(user) = cx.session.get::<String>("user")? {
                 audit(cx, &format!("{user} signed out"));
             }
-            cx.session.expire(Expiry::Now);
+            cx.session.expire(Expiry::Now)?;
             let back = format!("{}?bye=1", cx.request.script_name());
             cx.response.redirect(&back)?;
             Ok(())

@@ -22,12 +22,12 @@ fn main() {
         let format = cx.request.query("format");
         match (expire.as_deref(), format.as_deref()) {
             (None, _) => {}
-            (Some("browser"), _) => cx.session.expire(Expiry::BrowserClose),
-            (Some("now"), _) => cx.session.expire(Expiry::Now),
-            (Some(date), Some(format)) => {
-                cx.session.expire(Expiry::parse_with_format(date, format)?)
-            }
-            (Some(text), None) => cx.session.expire(Expiry::parse(text)?),
+            (Some("browser"), _) => cx.session.expire(Expiry::BrowserClose)?,
+            (Some("now"), _) => cx.session.expire(Expiry::Now)?,
+            (Some(date), Some(format)) => cx
+                .session
+                .expire(Expiry::parse_with_format(date, format)?)?,
+            (Some(text), None) => cx.session.expire(Expiry::parse(text)?)?,
         }
 
         let until = match cx.session.expiry() {

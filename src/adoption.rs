@@ -20,10 +20,14 @@ use crate::expiry::{Expiry, unix_secs};
 use crate::id::SessionId;
 use crate::record::Record;
 use crate::session::{
-    Ended, MOVED_TO, Origin, REVOKED_BEFORE, Rules, Session, USER, USER_RECORD, USER_SINCE,
+    Ended, MOVED_TO, Origin, Rules, Session, USER, USER_RECORD, USER_SINCE, logged_out_before,
     user_record_id,
 };
 use crate::store::{LockOptions, LockedSession, SessionKey, Store};
+
+/// Forwards followed from an old id: as many regenerations of one session within its grace
+/// as a login flow makes (sign-in, a change of privilege), and no loop.
+pub(crate) const MAX_FORWARDS: usize = 4;
 
 /// What the request brings that decides its session.
 pub(crate) struct Claim<'a> {
@@ -131,19 +135,15 @@ pub(crate) fn adopt(
                 ended.get_or_insert((Ended::OtherAddress, None));
             }
             Loaded::Moved(target) => {
-                // The old id of a regenerated session leads to the new one (which a cookie
-                // may name too: then that cookie brings it). The old lock goes first, as
-                // `regenerate_id` takes them in the order old, then new.
+                // The old lock goes first, as `regenerate_id` takes them old, then new.
                 drop(lock);
-                let target = SessionKey::new(key.service.clone(), target);
-                if named.contains(&target) {
-                    continue;
-                }
-                let timeout = config.lock_timeout.saturating_sub(started.elapsed());
-                let mut lock = store.lock(&target, LockOptions::new(timeout))?;
-                if let Loaded::Live(record) =
-                    load_live(&mut *lock, idle, claim.client_addr, now_secs)?
-                {
+                let reached = follow(&key, target, &named, |key| {
+                    let timeout = config.lock_timeout.saturating_sub(started.elapsed());
+                    let mut lock = store.lock(key, LockOptions::new(timeout))?;
+                    let loaded = load_live(&mut *lock, idle, claim.client_addr, now_secs)?;
+                    Ok((loaded, lock))
+                })?;
+                if let Some((_, record, lock)) = reached {
                     live.push((lock, record, true));
                 }
             }
@@ -203,8 +203,9 @@ pub(crate) fn adopt(
 }
 
 /// Whether `record` is signed in as a user who logged out everywhere since: the user's record
-/// says "logged out before" a time (in milliseconds) not before the session signed in. Read without a lock (the store
-/// gives a whole record or none); a user record that cannot be read revokes nothing.
+/// says "logged out before" a time (in milliseconds) not before the session signed in. Read
+/// without a lock (the store gives a whole record or none). A user record that cannot be read
+/// ends the session: a logout must not be undone by a damaged file or a failing disk.
 fn logged_out(store: &dyn Store, key: &SessionKey, record: &Record) -> bool {
     let Ok(Some(user)) = record.get::<String>(USER) else {
         return false;
@@ -216,19 +217,16 @@ fn logged_out(store: &dyn Store, key: &SessionKey, record: &Record) -> bool {
     let user_key = SessionKey::new(key.service.clone(), id);
     match store.peek(&user_key) {
         Ok(Some(user_record)) => {
-            user_record
-                .get::<String>(USER_RECORD)
-                .ok()
-                .flatten()
-                .as_deref()
-                == Some(&user)
-                && user_record
-                    .get::<u64>(REVOKED_BEFORE)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|before| since <= before)
+            logged_out_before(&user_record, &user).is_some_and(|before| since <= before)
         }
-        _ => false,
+        Ok(None) => false,
+        Err(e) => {
+            log::error!(
+                "cannot read the user record {user_key:?} ({}); ending session {key:?} to be safe",
+                ErrorChain(&e)
+            );
+            true
+        }
     }
 }
 
@@ -275,17 +273,11 @@ pub(crate) fn adopt_read_only(
         match judge(store.peek(key), key, idle, claim.client_addr, now_secs)? {
             Loaded::Live(record) => live.push((key.clone(), record, false)),
             Loaded::Moved(target) => {
-                let target = SessionKey::new(key.service.clone(), target);
-                if named.contains(&target) {
-                    continue;
-                }
-                if let Loaded::Live(record) = judge(
-                    store.peek(&target),
-                    &target,
-                    idle,
-                    claim.client_addr,
-                    now_secs,
-                )? {
+                let reached = follow(key, target, &named, |key| {
+                    let loaded = judge(store.peek(key), key, idle, claim.client_addr, now_secs)?;
+                    Ok((loaded, ()))
+                })?;
+                if let Some((target, record, ())) = reached {
                     live.push((target, record, true));
                 }
             }
@@ -327,6 +319,33 @@ fn replacement(
         None if offered_any => (Origin::Replaced(Ended::Unknown), None),
         None => (Origin::New, None),
     }
+}
+
+/// Follows the old ids of a regenerated session, from the forward at `from` to `target`, to
+/// the live session at the end: a session regenerated twice within the grace (sign-in, then a
+/// change of privilege) still serves the requests under way with its first id. `visit` locks
+/// or reads one id and judges it. Nothing is reached when the chain is longer than
+/// [`MAX_FORWARDS`], leads elsewhere than to a live session, or reaches an id a cookie names
+/// itself (that cookie brings it).
+fn follow<T>(
+    from: &SessionKey,
+    target: SessionId,
+    named: &[SessionKey],
+    mut visit: impl FnMut(&SessionKey) -> Result<(Loaded, T)>,
+) -> Result<Option<(SessionKey, Record, T)>> {
+    let mut target = SessionKey::new(from.service.clone(), target);
+    for _ in 0..MAX_FORWARDS {
+        if named.contains(&target) {
+            return Ok(None);
+        }
+        match visit(&target)? {
+            (Loaded::Live(record), handle) => return Ok(Some((target, record, handle))),
+            (Loaded::Moved(next), _) => target = SessionKey::new(from.service.clone(), next),
+            _ => return Ok(None),
+        }
+    }
+    log::warn!("suspicious: the old id {from:?} leads through more than {MAX_FORWARDS} forwards");
+    Ok(None)
 }
 
 /// Ends every session named, skipping any a request holds right now.

@@ -379,7 +379,7 @@ mod tests {
             panic!("asked to panic");
         }
         if cx.request.query("logout").is_some() {
-            cx.session.expire(crate::Expiry::Now);
+            cx.session.expire(crate::Expiry::Now)?;
         }
         write!(cx.response, "{n}")?;
         Ok(())
@@ -546,7 +546,7 @@ mod tests {
     /// Sets a value, clears the session (`?clear`), or only looks (`?look`).
     fn tidy(cx: &mut Context<'_>) -> Result<(), BoxError> {
         if cx.request.query("clear").is_some() {
-            cx.session.clear();
+            cx.session.clear()?;
         } else if cx.request.query("look").is_none() {
             cx.session.set("v", &1u8)?;
         }
@@ -846,6 +846,42 @@ mod tests {
     }
 
     #[test]
+    fn a_session_regenerated_twice_within_its_grace_still_serves_its_first_id() {
+        // Sign-in, then at once a change of privilege: a request under way with the first id
+        // goes through both forwards to the session, and learns neither new id.
+        let store = MemoryStore::new();
+        let (_, first) = login_request(&store, "", "", 0, "5");
+        let first = first.unwrap();
+        let (_, second) = login_request(&store, "login", &first, 1, "5");
+        let second = second.unwrap();
+        let (_, third) = login_request(&store, "login", &second, 2, "5");
+        let third = third.unwrap();
+        assert!(first != second && second != third && first != third);
+        for (old, t) in [(&first, 3), (&second, 4)] {
+            let (body, sent) = login_request(&store, "", old, t, "5");
+            assert_eq!(body, format!("Returning n={} user=Some(\"eggs\")", t + 1));
+            assert_eq!(sent, None, "an old id never learns a new one");
+        }
+        // The grace of the first forward ends first; the newest id goes on.
+        let (body, _) = login_request(&store, "", &first, 7, "5");
+        assert_eq!(body, "Replaced(Unknown) n=1 user=None");
+        let (body, _) = login_request(&store, "", &third, 8, "5");
+        assert_eq!(body, "Returning n=6 user=Some(\"eggs\")");
+    }
+
+    #[test]
+    fn forwards_are_followed_a_bounded_number_of_times() {
+        let store = MemoryStore::new();
+        let (_, mut id) = login_request(&store, "", "", 0, "60");
+        let first = id.clone().unwrap();
+        for t in 1..=u64::try_from(crate::adoption::MAX_FORWARDS).unwrap() + 1 {
+            id = login_request(&store, "login", &id.unwrap(), t, "60").1;
+        }
+        let (body, _) = login_request(&store, "", &first, 20, "60");
+        assert_eq!(body, "Replaced(Unknown) n=1 user=None", "too long a chain");
+    }
+
+    #[test]
     fn without_a_grace_the_old_id_dies_at_once() {
         let store = MemoryStore::new();
         let (_, old) = login_request(&store, "", "", 0, "0");
@@ -907,9 +943,32 @@ mod tests {
         let cookie = request(&store, &[], T0).cookie().unwrap().to_owned();
         let late_remove = |cx: &mut Context<'_>| -> Result<(), BoxError> {
             cx.session.release()?;
-            cx.session.remove("n");
+            cx.session.remove("n")?;
             Ok(())
         };
+        // Once the response streams, the status cannot change: the handler hears of a logout
+        // that cannot happen from the call itself, and can say so.
+        let late_logout = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.release()?;
+            cx.stream()?;
+            match cx.session.expire(crate::Expiry::Now) {
+                Ok(()) => write!(cx.response, "signed out")?,
+                Err(e) => write!(cx.response, "not signed out: {e}")?,
+            }
+            Ok(())
+        };
+        let streamed = serve_text(
+            &store,
+            &[("HTTP_COOKIE", cookie.as_str())],
+            &late_logout,
+            T0,
+        );
+        assert!(
+            streamed.ends_with(
+                "not signed out: the session was released (release()): it can no longer change"
+            ),
+            "{streamed}"
+        );
         let late_set = |cx: &mut Context<'_>| -> Result<(), BoxError> {
             cx.session.release()?;
             cx.session.set("n", &100u64)?;
@@ -1120,6 +1179,12 @@ mod tests {
         let record = crate::session::user_record_id("eggs").unwrap();
         let (body, _) = visit("", &format!("app={}", record.as_str()), 32);
         assert_eq!(body, "New None");
+        // A user record that cannot be read ends the user's sessions: a damaged file must not
+        // undo a logout.
+        let key = crate::store::SessionKey::new("app".parse().unwrap(), record);
+        store.plant(&key, b"not a record");
+        assert_eq!(visit("", &again, 33).0, "Replaced(LoggedOut) None");
+        assert_eq!(visit("", &ham[0], 33).0, "Returning Some(\"ham\")");
     }
 
     /// One read-only request (`run_read_only`) through `handler`, at `T0`.

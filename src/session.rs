@@ -20,10 +20,10 @@ const FORM_TOKENS: &str = "pso.form_tokens";
 /// The user a session is signed in as, and since when (Unix seconds).
 pub(crate) const USER: &str = "pso.user";
 pub(crate) const USER_SINCE: &str = "pso.user_since";
-/// In a user's own record: the user's name, and the time before which every session signed
+/// In a user's own record: for each user whose name leads to that record (names can share
+/// one, the id is a 64-bit hash), the time in milliseconds before which every session signed
 /// in as that user is logged out.
-pub(crate) const USER_RECORD: &str = "pso.user_record";
-pub(crate) const REVOKED_BEFORE: &str = "pso.revoked_before";
+pub(crate) const USER_RECORD: &str = "pso.logged_out_before";
 /// The deadlines of values set with `set_for`: key to Unix seconds.
 const KEY_DEADLINES: &str = "pso.key_deadlines";
 /// A session's own idle limit, in seconds, set by `set_idle_limit`.
@@ -465,16 +465,9 @@ impl Session {
         };
         let options = LockOptions::new(Duration::from_secs(5)).with_create(true);
         let mut lock = self.lock.lock_sibling(user_record_id(&user)?, options)?;
-        let mut record = match lock.load() {
-            Ok(Some(record)) => record,
-            Ok(None) | Err(_) => Record::new(Meta::new(self.now)),
-        };
-        record.set(USER_RECORD, &user)?;
-        record.set(REVOKED_BEFORE, &self.now_millis)?;
-        lock.save(&record)?;
+        note_logged_out(&mut *lock, &user, self.now, self.now_millis)?;
         drop(lock);
-        self.expire(Expiry::Now);
-        Ok(())
+        self.expire(Expiry::Now)
     }
 
     /// Gives this session an idle limit of its own, shorter than `PSOSessionIdle` (which still
@@ -646,21 +639,33 @@ impl Session {
         self.record.set(key, value)
     }
 
-    /// Removes `key`; returns whether it was there.
-    pub fn remove(&mut self, key: &str) -> bool {
+    /// Removes `key`; returns whether it was there. An error once the session was released.
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// session.set("flash", "saved")?;
+    /// assert!(session.remove("flash")?);
+    /// assert!(!session.remove("flash")?);
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn remove(&mut self, key: &str) -> Result<bool> {
+        self.check_held()?;
         if is_reserved(key) {
-            return false;
+            return Ok(false);
         }
         // A deadline that cannot be read goes with its key.
         if self.forget_deadline(key).is_err() {
             self.record.remove(KEY_DEADLINES);
         }
-        self.record.remove(key)
+        Ok(self.record.remove(key))
     }
 
-    /// Removes every value (the session itself lives on).
-    pub fn clear(&mut self) {
+    /// Removes every value (the session itself lives on). An error once the session was
+    /// released.
+    pub fn clear(&mut self) -> Result<()> {
+        self.check_held()?;
         self.record.clear();
+        Ok(())
     }
 
     /// Whether there is a value under `key` (pso's own `pso.` keys are not the handler's).
@@ -693,18 +698,24 @@ impl Session {
     /// use std::time::Duration;
     /// use pso::Expiry;
     /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
-    /// session.expire(Expiry::In(Duration::from_secs(15 * 60)));
-    /// session.expire(Expiry::parse("Mon, 15 Apr 2041 19:00:00 GMT")?);
-    /// session.expire(Expiry::parse_with_format("Mon, 15 APR 2041 19:00:00", "%a, %d %b %Y %H:%M:%S")?);
+    /// session.expire(Expiry::In(Duration::from_secs(15 * 60)))?;
+    /// session.expire(Expiry::parse("Mon, 15 Apr 2041 19:00:00 GMT")?)?;
+    /// session.expire(Expiry::parse_with_format("Mon, 15 APR 2041 19:00:00", "%a, %d %b %Y %H:%M:%S")?)?;
     /// assert!(matches!(session.expiry(), Expiry::At(_)));
-    /// session.expire(Expiry::BrowserClose);
+    /// session.expire(Expiry::BrowserClose)?;
     /// assert_eq!(session.expiry(), Expiry::BrowserClose);
-    /// session.expire(Expiry::Now);
+    /// session.expire(Expiry::Now)?;
     /// assert_eq!(session.expiry(), Expiry::Now);
     /// # Ok::<(), pso::Error>(())
     /// ```
-    pub fn expire(&mut self, expiry: Expiry) {
+    ///
+    /// Once the session was released ([`Session::release`]) this is an error, returned here
+    /// and not at the end of the request: a logout after the response has started streaming
+    /// must not be lost with only a log line to show for it.
+    pub fn expire(&mut self, expiry: Expiry) -> Result<()> {
+        self.check_held()?;
         self.record.meta.deadline = expiry.deadline(from_unix_secs(self.now)).map(unix_secs);
+        Ok(())
     }
 
     /// When the session expires, as last set.
@@ -826,8 +837,8 @@ impl Session {
     /// rest of a slow request does not hold up the session's other requests. Called first
     /// thing, it makes a read-only request (PHP's `read_and_close`): the lock is held only
     /// while the session loads, so a page's many AJAX calls run side by side. Reading goes on
-    /// working; a change afterwards is an error (`set` fails at once; `remove`, `clear` and
-    /// `expire` fail the request with a 500), never silently lost. The cookie is decided here.
+    /// working; a change afterwards (`set`, `remove`, `clear`, `expire`, ...) is an error
+    /// returned by that call, never silently lost. The cookie is decided here.
     ///
     /// ```
     /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
@@ -917,6 +928,28 @@ pub(crate) fn user_record_id(user: &str) -> Result<SessionId> {
     SessionId::forced(&format!("user-{hash:016x}"))
 }
 
+/// Notes in the user record under `lock` that `user` logged out everywhere at `millis`. Every
+/// other name the record keeps stays as it was: two names that lead to one record (a hash
+/// collision, which someone choosing user names can make on purpose) never undo each other's
+/// logout. A record that cannot be read is replaced: it revoked nothing anyway.
+fn note_logged_out(lock: &mut dyn LockedSession, user: &str, now: u64, millis: u64) -> Result<()> {
+    let mut record = match lock.load() {
+        Ok(Some(record)) => record,
+        Ok(None) | Err(_) => Record::new(Meta::new(now)),
+    };
+    let mut before: BTreeMap<String, u64> =
+        record.get(USER_RECORD).ok().flatten().unwrap_or_default();
+    before.insert(user.to_owned(), millis);
+    record.set(USER_RECORD, &before)?;
+    lock.save(&record)
+}
+
+/// When `user` last logged out everywhere, as the user record says (milliseconds).
+pub(crate) fn logged_out_before(user_record: &Record, user: &str) -> Option<u64> {
+    let before: BTreeMap<String, u64> = user_record.get(USER_RECORD).ok().flatten()?;
+    before.get(user).copied()
+}
+
 /// Where a released session's lock was: nothing can be loaded or saved through it.
 struct Released(crate::store::SessionKey);
 
@@ -989,6 +1022,24 @@ mod tests {
     }
 
     #[test]
+    fn names_that_share_a_user_record_keep_their_own_logout() {
+        // Two names whose hashes collide lead to one record; a logout of the second must not
+        // undo the first's (a user name chosen to collide with a victim's would otherwise revive
+        // the victim's stolen sessions).
+        let store = MemoryStore::new();
+        let key =
+            crate::store::SessionKey::new("svc".parse().unwrap(), user_record_id("eggs").unwrap());
+        let mut lock = store.lock(&key, suite::options()).unwrap();
+        note_logged_out(&mut *lock, "eggs", T0, 1_000).unwrap();
+        note_logged_out(&mut *lock, "mallory", T0, 2_000).unwrap();
+        note_logged_out(&mut *lock, "mallory", T0, 3_000).unwrap();
+        let record = lock.load().unwrap().unwrap();
+        assert_eq!(logged_out_before(&record, "eggs"), Some(1_000));
+        assert_eq!(logged_out_before(&record, "mallory"), Some(3_000));
+        assert_eq!(logged_out_before(&record, "ham"), None);
+    }
+
+    #[test]
     fn a_handler_cannot_set_or_remove_psos_own_keys() {
         let store = MemoryStore::new();
         let mut session = fresh(&store, T0);
@@ -1003,7 +1054,7 @@ mod tests {
             "pso.x",
         ] {
             assert!(session.set(key, "forged").is_err(), "{key}");
-            assert!(!session.remove(key), "{key}");
+            assert!(!session.remove(key).unwrap(), "{key}");
         }
         assert_eq!(
             (session.len(), session.is_empty()),
@@ -1089,7 +1140,7 @@ mod tests {
         let id = session.id().clone();
         drop(session);
         let mut session = reopen(&store, &id, T0 + 1);
-        session.expire(Expiry::Now);
+        session.expire(Expiry::Now).unwrap();
         session.set("late", &true).unwrap();
         assert_eq!(session.commit().unwrap(), CookieAction::Revoke);
         drop(session);
@@ -1100,12 +1151,16 @@ mod tests {
     fn a_past_date_expires_now_and_a_later_expiry_undoes_it() {
         let store = MemoryStore::new();
         let mut session = fresh(&store, T0);
-        session.expire(
-            Expiry::parse_with_format("Mon, 15 APR 2001 19:00:00", "%a, %d %b %Y %H:%M:%S")
-                .unwrap(),
-        );
+        session
+            .expire(
+                Expiry::parse_with_format("Mon, 15 APR 2001 19:00:00", "%a, %d %b %Y %H:%M:%S")
+                    .unwrap(),
+            )
+            .unwrap();
         assert_eq!(session.expiry(), Expiry::Now);
-        session.expire(Expiry::In(Duration::from_secs(900)));
+        session
+            .expire(Expiry::In(Duration::from_secs(900)))
+            .unwrap();
         assert_eq!(session.expiry(), Expiry::At(at(T0 + 900)));
         session.set("n", &1u64).unwrap();
         assert_eq!(
@@ -1132,9 +1187,9 @@ mod tests {
         let mut session = fresh(&store, T0);
         session.set("n", &1u64).unwrap();
         session.save().unwrap();
-        session.expire(Expiry::Now);
+        session.expire(Expiry::Now).unwrap();
         session.save().unwrap();
-        session.expire(Expiry::In(Duration::from_secs(60)));
+        session.expire(Expiry::In(Duration::from_secs(60))).unwrap();
         session.set("n", &2u64).unwrap();
         assert_eq!(session.save().unwrap_err().kind(), ErrorKind::Invalid);
         assert_eq!(session.commit().unwrap(), CookieAction::Revoke);
@@ -1173,8 +1228,8 @@ mod tests {
         session.set("a", &2u64).unwrap();
         session.save().unwrap();
         session.set("a", &3u64).unwrap();
-        session.remove("a");
-        session.expire(Expiry::Now);
+        session.remove("a").unwrap();
+        session.expire(Expiry::Now).unwrap();
         session.revert();
         assert_eq!(session.get::<u64>("a").unwrap(), Some(2));
         assert_eq!(session.expiry(), Expiry::BrowserClose);

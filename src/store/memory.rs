@@ -45,6 +45,12 @@ impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
+
+    /// Puts `bytes` under `key` as they are, as a damaged file would hold them.
+    #[cfg(test)]
+    pub(crate) fn plant(&self, key: &SessionKey, bytes: &[u8]) {
+        self.shared.slots().entry(key.clone()).or_default().bytes = Some(bytes.to_vec());
+    }
 }
 
 impl Shared {
