@@ -88,7 +88,7 @@ fn post(cx: &mut Context) -> Result<(), BoxError> {
                 audit(cx, &format!("{user} signed out everywhere"));
                 cx.session.log_out_everywhere()?;
             }
-            // A new page, with a session of its own for the next form's token.
+            // A new page (a GET), so that reloading it posts nothing again.
             let back = format!("{}?bye=everywhere", cx.request.script_name());
             cx.response.redirect(&back)?;
             Ok(())

@@ -189,14 +189,70 @@ impl CookieSettings {
         cookie.to_string()
     }
 
-    fn base(&self, value: &str, https: bool) -> Cookie<'static> {
-        let secure = self.host_prefix
+    /// The name of the cookie that ties form tokens to a browser that has no stored session
+    /// yet: the session cookie's, then `.form` (a service id cannot contain a dot, so no
+    /// service's session cookie has this name). When the cookie is `Secure` it is a `__Host-`
+    /// cookie, which no other host, and nothing over plain HTTP, can set.
+    ///
+    /// ```
+    /// let settings = pso::cookies::CookieSettings::new("app");
+    /// assert_eq!(settings.form_cookie_name(false), "app.form");
+    /// assert_eq!(settings.form_cookie_name(true), "__Host-app.form");
+    /// ```
+    pub fn form_cookie_name(&self, https: bool) -> String {
+        let base = self
+            .name
+            .strip_prefix("__Host-")
+            .or_else(|| self.name.strip_prefix("__Secure-"))
+            .unwrap_or(&self.name);
+        if self.is_secure(https) {
+            format!("__Host-{base}.form")
+        } else {
+            format!("{base}.form")
+        }
+    }
+
+    /// The `Set-Cookie` value that hands the browser its form secret (`None`: drops it):
+    /// until the browser closes, for this host only, `Path=/`, `HttpOnly`, `SameSite=Strict`.
+    ///
+    /// ```
+    /// let settings = pso::cookies::CookieSettings::new("app");
+    /// let secret = pso::SessionId::generate()?;
+    /// assert_eq!(
+    ///     settings.form_cookie(Some(&secret), true),
+    ///     format!("__Host-app.form={secret}; HttpOnly; SameSite=Strict; Secure; Path=/"),
+    /// );
+    /// assert!(settings.form_cookie(None, false).starts_with("app.form=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"));
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn form_cookie(&self, secret: Option<&SessionId>, https: bool) -> String {
+        let value = secret.map_or(String::new(), |secret| secret.as_str().to_owned());
+        let mut cookie = Cookie::build((self.form_cookie_name(https), value))
+            .http_only(true)
+            .same_site(SameSite::Strict)
+            .secure(self.is_secure(https))
+            .path("/")
+            .build();
+        if secret.is_none() {
+            cookie.set_max_age(CookieDuration::ZERO);
+            cookie.set_expires(OffsetDateTime::UNIX_EPOCH);
+        }
+        cookie.to_string()
+    }
+
+    /// Whether the session cookie goes out `Secure` on a request that is (or is not) HTTPS.
+    fn is_secure(&self, https: bool) -> bool {
+        self.host_prefix
             || self.same_site == SameSite::None
             || match self.secure {
                 SecureMode::Auto => https,
                 SecureMode::Always => true,
                 SecureMode::Never => false,
-            };
+            }
+    }
+
+    fn base(&self, value: &str, https: bool) -> Cookie<'static> {
+        let secure = self.is_secure(https);
         let mut cookie = Cookie::build((self.name.clone(), value.to_owned()))
             .http_only(self.http_only)
             .same_site(self.same_site)

@@ -27,7 +27,8 @@
 //!
 //! The file tree is the design: `environment` (the CGI variables as a map), `config` (the PSO
 //! variables), `expiry` (lifetimes and dates), `id` (session and service ids), `cookies`,
-//! `adoption` (which session a request gets, and why), `record` (the stored format), `store/`
+//! `adoption` (which session a request gets, and why), `form_token` (form tokens for visitors
+//! without a stored session), `record` (the stored format), `store/`
 //! (the [`store::Store`] trait, the file and memory stores), `session`, `request`, `response`,
 //! `runner` (ties them together), `logger`, `error`.
 //!
@@ -48,6 +49,7 @@ mod config;
 mod environment;
 mod error;
 mod expiry;
+mod form_token;
 mod id;
 mod logger;
 mod mode;

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::cookies::CookieSettings;
 use crate::environment::Environment;
 use crate::error::{BoxError, ErrorChain, ErrorKind, Result};
+use crate::form_token::{FormCookie, FormCookieChange};
 use crate::request::Request;
 use crate::response::Response;
 use crate::session::{CookieAction, Session};
@@ -82,13 +83,15 @@ impl<'a> Context<'a> {
             return Ok(());
         }
         let action = self.session.commit()?;
-        let cookie = self.cookie_header(&action);
-        let extra = cache_headers(&self.response, cookie.as_deref());
+        let cookies = self.cookie_headers(&action);
+        self.session.head_sent();
+        let extra = cache_headers(&self.response, &cookies);
         self.response.send_head(&extra, false)?;
         Ok(())
     }
 
-    fn cookie_header(&mut self, action: &CookieAction) -> Option<String> {
+    /// The `Set-Cookie` values of the response: the session cookie's, then the form cookie's.
+    fn cookie_headers(&mut self, action: &CookieAction) -> Vec<String> {
         // One Set-Cookie per name and response: the session's own is pso's to send.
         if *action != CookieAction::Nothing && self.response.remove_cookie(&self.cookie.name) > 0 {
             log::warn!(
@@ -96,13 +99,22 @@ impl<'a> Context<'a> {
                 self.cookie.name
             );
         }
+        let mut cookies = Vec::with_capacity(2);
         match action {
             CookieAction::Set(id, deadline) => {
-                Some(self.cookie.set_cookie(id, *deadline, self.now, self.https))
+                cookies.push(self.cookie.set_cookie(id, *deadline, self.now, self.https));
             }
-            CookieAction::Revoke => Some(self.cookie.revoke_cookie(self.https)),
-            CookieAction::Nothing => None,
+            CookieAction::Revoke => cookies.push(self.cookie.revoke_cookie(self.https)),
+            CookieAction::Nothing => {}
         }
+        if let Some(change) = self.session.form_cookie_change() {
+            let secret = match &change {
+                FormCookieChange::Set(secret) => Some(secret),
+                FormCookieChange::Revoke => None,
+            };
+            cookies.push(self.cookie.form_cookie(secret, self.https));
+        }
+        cookies
     }
 
     /// Saves the session and sends the response; on failure sends an error page instead.
@@ -129,10 +141,10 @@ impl<'a> Context<'a> {
                 return Ok(Served { failed: true });
             }
         };
-        let cookie = self.cookie_header(&action);
+        let cookies = self.cookie_headers(&action);
         // The session is stored: let the next request of this session in before we write.
         let response = self.into_response();
-        let extra = cache_headers(&response, cookie.as_deref());
+        let extra = cache_headers(&response, &cookies);
         response.send(&extra)?;
         Ok(Served { failed: false })
     }
@@ -144,18 +156,18 @@ impl<'a> Context<'a> {
     }
 }
 
-/// `Set-Cookie`, plus `Cache-Control: no-store` when a session cookie goes out and the handler
-/// set no caching policy: a shared cache must never store and replay a session id.
+/// `Set-Cookie`s, plus `Cache-Control: no-store` when a cookie goes out and the handler set no
+/// caching policy: a shared cache must never store and replay a session id or a form secret.
 fn cache_headers<'c>(
     response: &Response<'_>,
-    cookie: Option<&'c str>,
+    cookies: &'c [String],
 ) -> Vec<(&'static str, &'c str)> {
-    let mut extra = Vec::with_capacity(2);
-    if let Some(cookie) = cookie {
-        extra.push(("Set-Cookie", cookie));
-        if response.header("Cache-Control").is_none() {
-            extra.push(("Cache-Control", "no-store"));
-        }
+    let mut extra: Vec<(&'static str, &'c str)> = cookies
+        .iter()
+        .map(|cookie| ("Set-Cookie", cookie.as_str()))
+        .collect();
+    if !cookies.is_empty() && response.header("Cache-Control").is_none() {
+        extra.push(("Cache-Control", "no-store"));
     }
     extra
 }
@@ -246,8 +258,6 @@ pub(crate) struct Served {
     pub failed: bool,
 }
 
-/// One request: its session, the handler, the response. Nothing after the response, and the
-/// output is not flushed: that is the front end's.
 /// How a request may use its session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Access {
@@ -257,6 +267,8 @@ pub(crate) enum Access {
     ReadOnly,
 }
 
+/// One request: its session, the handler, the response. Nothing after the response, and the
+/// output is not flushed: that is the front end's.
 pub(crate) fn respond<F>(
     env: &Environment,
     config: &Config,
@@ -295,7 +307,12 @@ where
     let session = match adopted {
         Ok((session, origin)) => {
             log::debug!("session {:?}: {origin:?}", session.id());
-            session
+            let form_cookie = config.cookie.form_cookie_name(https);
+            session.with_form_cookie(FormCookie::of_request(
+                claim.cookie_header,
+                &form_cookie,
+                &request,
+            ))
         }
         Err(e) => {
             log::error!("{}", ErrorChain(&e));
@@ -358,11 +375,25 @@ mod tests {
     }
 
     impl Reply {
+        /// The session cookie sent, as `name=value`.
         fn cookie(&self) -> Option<&str> {
+            self.set_cookies()
+                .into_iter()
+                .map(|c| c.split(';').next().unwrap_or(""))
+                .find(|c| !c.contains(".form="))
+        }
+        fn set_cookies(&self) -> Vec<&str> {
             self.text
                 .lines()
-                .find_map(|l| l.strip_prefix("Set-Cookie: "))
+                .filter_map(|l| l.strip_prefix("Set-Cookie: "))
+                .collect()
+        }
+        /// The form cookie sent, as `name=value`.
+        fn form_cookie(&self) -> Option<&str> {
+            self.set_cookies()
+                .into_iter()
                 .map(|c| c.split(';').next().unwrap_or(""))
+                .find(|c| c.contains(".form="))
         }
         fn body(&self) -> &str {
             self.text.split("\r\n\r\n").nth(1).unwrap_or("")
@@ -600,8 +631,12 @@ mod tests {
         assert_eq!(store.keys().unwrap().count(), 1);
     }
 
-    /// `?new`: prints a new form token; a posted form: checks its `token` field.
+    /// `?new`: prints a new form token (`&keep`: in a stored session); a posted form: checks
+    /// its `token` field.
     fn guarded(cx: &mut Context<'_>) -> Result<(), BoxError> {
+        if cx.request.query("keep").is_some() {
+            cx.session.set("kept", &true)?;
+        }
         if cx.request.query("new").is_some() {
             let token = cx.session.create_form_token()?;
             write!(cx.response, "{token}")?;
@@ -651,8 +686,13 @@ mod tests {
     fn a_form_token_survives_to_the_post_and_works_once() {
         let store = MemoryStore::new();
         let issued = Reply {
-            text: serve_text(&store, &[("QUERY_STRING", "new")], &guarded, T0),
+            text: serve_text(&store, &[("QUERY_STRING", "keep&new")], &guarded, T0),
         };
+        assert_eq!(
+            issued.form_cookie(),
+            None,
+            "a stored session keeps its tokens"
+        );
         let (token, cookie) = (
             issued.body().to_owned(),
             issued.cookie().unwrap().to_owned(),
@@ -665,13 +705,110 @@ mod tests {
             "used up"
         );
         let other = Reply {
-            text: serve_text(&store, &[("QUERY_STRING", "new")], &guarded, T0),
+            text: serve_text(&store, &[("QUERY_STRING", "keep&new")], &guarded, T0),
         };
         let theirs = format!("token={}", other.body());
         assert_eq!(
             post(&store, &cookie, &theirs, &[]).body(),
             "refused 1",
             "another session's token"
+        );
+    }
+
+    #[test]
+    fn a_visitor_without_a_stored_session_gets_a_token_bound_to_a_cookie_and_nothing_stored() {
+        let store = MemoryStore::new();
+        // A sign-in page fetched many times leaves nothing in the store.
+        for _ in 0..500 {
+            serve_text(&store, &[("QUERY_STRING", "new")], &guarded, T0);
+        }
+        assert_eq!(store.keys().unwrap().count(), 0);
+        let issued = Reply {
+            text: serve_text(&store, &[("QUERY_STRING", "new")], &guarded, T0),
+        };
+        assert_eq!(issued.cookie(), None, "no session");
+        let set = issued.set_cookies();
+        assert_eq!(set.len(), 1, "{set:?}");
+        assert!(
+            set[0].ends_with("; HttpOnly; SameSite=Strict; Path=/")
+                && set[0].starts_with("app.form="),
+            "{set:?}"
+        );
+        assert!(issued.text.contains("Cache-Control: no-store"));
+        let (token, browser) = (
+            issued.body().to_owned(),
+            issued.form_cookie().unwrap().to_owned(),
+        );
+        assert_ne!(
+            token,
+            browser.split_once('=').unwrap().1,
+            "the secret is masked"
+        );
+        let form = format!("token={token}");
+        let same_origin = [("HTTP_SEC_FETCH_SITE", "same-origin")];
+
+        // Not from another site, not without the cookie, not with another browser's cookie.
+        let cross = [("HTTP_SEC_FETCH_SITE", "cross-site")];
+        assert_eq!(post(&store, &browser, &form, &cross).body(), "refused 1");
+        let forged_origin = [
+            ("HTTP_ORIGIN", "https://evil.example"),
+            ("HTTP_HOST", "shop.example"),
+        ];
+        assert_eq!(
+            post(&store, &browser, &form, &forged_origin).body(),
+            "refused 1"
+        );
+        assert_eq!(post(&store, "", &form, &same_origin).body(), "refused 1");
+        let someone_else = Reply {
+            text: serve_text(&store, &[("QUERY_STRING", "new")], &guarded, T0),
+        };
+        let theirs = someone_else.form_cookie().unwrap();
+        assert_eq!(
+            post(&store, theirs, &form, &same_origin).body(),
+            "refused 1"
+        );
+
+        // From the site itself, with the browser's cookie: once.
+        let accepted = post(&store, &browser, &form, &same_origin);
+        assert_eq!(accepted.body(), "accepted 1");
+        assert_eq!(
+            accepted.set_cookies(),
+            [
+                "app.form=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
+            ],
+            "the secret is spent"
+        );
+        let after = post(&store, "", &form, &same_origin);
+        assert_eq!(after.body(), "refused 1", "the browser dropped the cookie");
+        // Without Sec-Fetch-Site (an old browser), Origin decides; with neither, the token.
+        let same_host = [
+            ("HTTP_ORIGIN", "https://shop.example"),
+            ("HTTP_HOST", "shop.example"),
+        ];
+        for headers in [&same_host[..], &[]] {
+            let issued = Reply {
+                text: serve_text(&store, &[("QUERY_STRING", "new")], &guarded, T0),
+            };
+            let form = format!("token={}", issued.body());
+            let browser = issued.form_cookie().unwrap();
+            assert_eq!(post(&store, browser, &form, headers).body(), "accepted 1");
+        }
+        assert_eq!(store.keys().unwrap().count(), 0, "still nothing stored");
+
+        // Under HTTPS the cookie is a __Host- cookie.
+        let secure = Reply {
+            text: serve_text(
+                &store,
+                &[("QUERY_STRING", "new"), ("HTTPS", "on")],
+                &guarded,
+                T0,
+            ),
+        };
+        assert!(
+            secure.set_cookies()[0].starts_with("__Host-app.form=")
+                && secure.set_cookies()[0].contains("; Secure; Path=/"),
+            "{:?}",
+            secure.set_cookies()
         );
     }
 

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::{Expiry, from_unix_secs, unix_secs};
+use crate::form_token::{COOKIE_TOKEN_LEN, FormCookie, FormCookieChange};
 use crate::id::{ServiceId, SessionId, same_secret};
 use crate::record::{Checkpoint, Meta, Record};
 use crate::store::{LockOptions, LockedSession};
@@ -77,6 +78,8 @@ pub struct Session {
     /// Reached through the old id of a regenerated session, in its grace: served, but never
     /// handed the new id (whoever holds an old id must not learn the new one).
     forwarded: bool,
+    /// The form cookie: tokens for a visitor the store holds nothing for.
+    form: FormCookie,
 }
 
 /// Why a request holds the session it holds: a handler can tell a first visit from a session
@@ -238,6 +241,7 @@ impl Session {
             old_lock: None,
             request_addr: None,
             forwarded: false,
+            form: FormCookie::default(),
         }
     }
 
@@ -352,6 +356,22 @@ impl Session {
         self
     }
 
+    /// Gives the session the request's form cookie.
+    pub(crate) fn with_form_cookie(mut self, form: FormCookie) -> Session {
+        self.form = form;
+        self
+    }
+
+    /// What the response must say about the form cookie, if anything.
+    pub(crate) fn form_cookie_change(&self) -> Option<FormCookieChange> {
+        self.form.change()
+    }
+
+    /// The response head goes out now: the cookies it carries are final.
+    pub(crate) fn head_sent(&mut self) {
+        self.form.freeze();
+    }
+
     /// Marks a session reached through the old id of a regenerated session.
     pub(crate) fn forwarded(mut self) -> Session {
         self.forwarded = true;
@@ -401,8 +421,10 @@ impl Session {
         let options = LockOptions::new(Duration::from_secs(1)).with_create(true);
         let new_lock = self.lock.lock_sibling(SessionId::generate()?, options)?;
         let old_lock = std::mem::replace(&mut self.lock, new_lock);
-        // Tokens issued to the old id (perhaps to whoever planted it) are void.
+        // Tokens issued to the old id (perhaps to whoever planted it) are void, and so are
+        // those of the form cookie (perhaps tossed in by someone who can set cookies).
         self.record.remove(FORM_TOKENS);
+        self.form.void();
         self.forwarded = false;
         if self.stored.take().is_some() && self.old_lock.is_none() {
             self.old_lock = Some(old_lock);
@@ -495,6 +517,14 @@ impl Session {
     /// which cannot read the form, is refused (CSRF). Check it with
     /// [`Session::take_form_token`].
     ///
+    /// A visitor the store holds nothing for, and whose session has no values yet (a sign-in
+    /// page's visitor, with `PSOSessionLazy` on), is not given a stored session for it: the token is tied to a random secret in a
+    /// cookie of its own (`<cookie name>.form`, `__Host-` under HTTPS, `SameSite=Strict`), so
+    /// that a page fetched a million times leaves nothing in the store. Such a token is
+    /// accepted only from a request the browser says comes from the site itself
+    /// (`Sec-Fetch-Site`, or `Origin` against `Host`); taking one spends the secret, so every
+    /// token of that browser works once, and `regenerate_id()` voids them too.
+    ///
     /// ```
     /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
     /// let token = session.create_form_token()?;
@@ -513,6 +543,11 @@ impl Session {
                 "the session ends in this request: a token in it would never come back",
             ));
         }
+        // Nothing stored, nothing to store: a stored session only for a token is what the
+        // form cookie avoids.
+        if self.stored.is_none() && self.idle.lazy && self.record.is_empty() {
+            return self.form.token();
+        }
         let token = SessionId::generate()?.as_str().to_owned();
         let mut tokens: Vec<String> = self.record.get(FORM_TOKENS)?.unwrap_or_default();
         tokens.push(token.clone());
@@ -527,6 +562,9 @@ impl Session {
     /// guess came.
     pub fn take_form_token(&mut self, token: &str) -> Result<bool> {
         self.check_held()?;
+        if token.len() == COOKIE_TOKEN_LEN {
+            return Ok(self.form.take(token));
+        }
         let mut tokens: Vec<String> = self.record.get(FORM_TOKENS)?.unwrap_or_default();
         let mut found = None;
         for (index, kept) in tokens.iter().enumerate() {
@@ -1014,6 +1052,14 @@ mod tests {
         )
     }
 
+    /// A session the store holds (it keeps its form tokens itself).
+    fn stored(store: &MemoryStore, now: u64) -> Session {
+        let mut session = fresh(store, now);
+        session.set("v", &1u8).unwrap();
+        session.save().unwrap();
+        session
+    }
+
     fn reopen(store: &MemoryStore, id: &SessionId, now: u64) -> Session {
         let key = crate::store::SessionKey::new("svc".parse().unwrap(), id.clone());
         let mut lock = store.lock(&key, suite::options()).unwrap();
@@ -1042,7 +1088,8 @@ mod tests {
     #[test]
     fn a_handler_cannot_set_or_remove_psos_own_keys() {
         let store = MemoryStore::new();
-        let mut session = fresh(&store, T0);
+        let mut session = stored(&store, T0);
+        session.remove("v").unwrap();
         let token = session.create_form_token().unwrap();
         for key in [
             MOVED_TO,
@@ -1071,7 +1118,7 @@ mod tests {
     #[test]
     fn only_the_newest_form_tokens_are_kept() {
         let store = MemoryStore::new();
-        let mut session = fresh(&store, T0);
+        let mut session = stored(&store, T0);
         let tokens: Vec<String> = (0..=MAX_FORM_TOKENS)
             .map(|_| session.create_form_token().unwrap())
             .collect();

@@ -717,9 +717,10 @@ fn the_readme_command_builds_the_counter_and_serves_it() {
     }
 }
 
-/// The login program, end to end through a cookie jar: a token on every form, a new id at
-/// sign-in, the old id leading to the new session for its grace, a forced sign-in after
-/// inactivity with one audit line, and a sign-out that ends the session everywhere.
+/// The login program, end to end through a cookie jar: a token on every form (tied to the
+/// form cookie while nothing is stored), a new id at sign-in, the old id leading to the new
+/// session for its grace, a forced sign-in after inactivity with one audit line, and a
+/// sign-out that ends the session everywhere.
 fn signs_in_times_out_and_signs_out(extra: &[&str]) {
     let fixture = Fixture::new();
     let server = fixture.serve(extra);
@@ -736,16 +737,27 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
         let form = format!("token={token}&action=login&user=eggs&password=spam");
         curl(jar, &url, &["-d", &form]).unwrap()
     };
+    // The session cookie a response sets, as `login=<id>`.
     let cookie_of = |response: &str| {
         response
             .lines()
-            .find_map(|l| l.strip_prefix("Set-Cookie: "))
+            .filter_map(|l| l.strip_prefix("Set-Cookie: "))
+            .find(|c| c.starts_with("login="))
             .map(|c| c.split(';').next().unwrap().to_owned())
+    };
+    let form_cookies = |response: &str| {
+        response
+            .lines()
+            .filter(|l| l.starts_with("Set-Cookie: login.form="))
+            .count()
     };
     let Some(page) = curl(&jar, &url, &[]) else {
         return;
     };
-    let before = cookie_of(&page).expect("the form's token needs a session");
+    // Seeing the form stores nothing: its token is tied to the form cookie.
+    assert_eq!(cookie_of(&page), None, "{page}");
+    assert_eq!(form_cookies(&page), 1, "{page}");
+    assert!(fixture.sessions().is_empty(), "{:?}", fixture.sessions());
     let token = token_of(&page);
 
     let forged = curl(
@@ -766,11 +778,13 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
     )
     .unwrap();
     assert!(wrong.contains("Wrong user name or password"), "{wrong}");
-    // A used token is refused: the one from the first page still works once.
+    // Using a token spent the browser's secret: the first page's token is void now.
+    let stale = sign_in(&jar, &token);
+    assert_eq!(status(&stale), "403", "{stale}");
+    let token = token_of(&stale);
     let signed = sign_in(&jar, &token);
     assert_eq!(status(&signed), "302", "{signed}");
-    let after = cookie_of(&signed).expect("a new id at sign-in");
-    assert_ne!(after, before, "a new id at sign-in");
+    let before = cookie_of(&signed).expect("a session at sign-in");
     let replay = sign_in(&jar, &token);
     assert_eq!(status(&replay), "403", "a token works once: {replay}");
 
@@ -779,6 +793,11 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
         home.contains("Signed in as <strong>eggs</strong>"),
         "{home}"
     );
+    // Signing in again (a change of privilege) moves the session to a new id.
+    let again = sign_in(&jar, &token_of(&home));
+    assert_eq!(status(&again), "302", "{again}");
+    let after = cookie_of(&again).expect("a new id");
+    assert_ne!(after, before, "a new id at sign-in");
     // A request still carrying the old id, within the grace: the same signed-in session.
     let late = curl(
         &fixture.root.path().join("other-jar"),
@@ -795,7 +814,12 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
     std::thread::sleep(Duration::from_millis(2_200));
     let away = curl(&jar, &url, &[]).unwrap();
     assert!(away.contains("You were away too long"), "{away}");
-    assert_eq!(away.matches("Set-Cookie:").count(), 1, "{away}");
+    assert_eq!(
+        cookie_of(&away),
+        None,
+        "no new session for the form: {away}"
+    );
+    assert_eq!(form_cookies(&away), 1, "{away}");
     let log = std::fs::read_to_string(fixture.root.path().join("audit.log")).unwrap();
     assert_eq!(log.matches("session of eggs timed out").count(), 1, "{log}");
     assert_eq!(log.matches("failed sign-in").count(), 1, "{log}");
@@ -838,7 +862,7 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
     );
     let bye = curl(&jars[0], &format!("{url}?bye=everywhere"), &[]).unwrap();
     assert!(bye.contains("You have signed out everywhere"), "{bye}");
-    // The sign-in form on that page works (its token is in a live session).
+    // The sign-in form on that page works.
     let form = format!(
         "token={}&action=login&user=eggs&password=spam",
         token_of(&bye)
