@@ -3,8 +3,9 @@
 mod common;
 
 use std::path::PathBuf;
+use std::process::Stdio;
 
-use common::Site;
+use common::{Reply, Site};
 
 /// Examples are built next to the binaries, in `target/<profile>/examples/`.
 fn example(name: &str) -> PathBuf {
@@ -131,4 +132,143 @@ fn save_keeps_work_and_revert_undoes_a_failed_step() {
         small.get(Some(&cookie)).body,
         "Cart: 1 item(s): spam. Paid: true."
     );
+}
+
+/// A posted form to `site`'s program, as a browser on the same site sends it.
+fn post(site: &Site, cookie: &str, form: &str) -> Reply {
+    use std::io::Write;
+    let mut command = site.command(Some(cookie));
+    command
+        .env("REQUEST_METHOD", "POST")
+        .env("CONTENT_TYPE", "application/x-www-form-urlencoded")
+        .env("CONTENT_LENGTH", form.len().to_string())
+        .env("HTTP_SEC_FETCH_SITE", "same-origin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(form.as_bytes())
+        .unwrap();
+    Reply::from_output(child.wait_with_output().unwrap())
+}
+
+fn set_cookies(reply: &Reply) -> Vec<&str> {
+    reply
+        .head
+        .lines()
+        .filter_map(|l| l.strip_prefix("Set-Cookie: "))
+        .collect()
+}
+
+fn session_files(site: &Site) -> usize {
+    site.files().iter().filter(|f| f.ends_with(".pso")).count()
+}
+
+fn token_in(page: &str) -> String {
+    page.split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no token in {page}"))
+        .to_owned()
+}
+
+#[test]
+fn the_notes_page_keeps_notes_shows_a_notice_once_and_exports_them() {
+    let mut site = Site::new(example("notes"));
+    site.set("PSOServiceId", "notes")
+        .set("SCRIPT_NAME", "/cgi-bin/notes");
+    let page = site.get(None);
+    // Looking stores nothing: the form's token is tied to the form cookie.
+    assert_eq!(session_files(&site), 0);
+    let set = set_cookies(&page);
+    assert!(
+        set.len() == 1 && set[0].starts_with("notes.form="),
+        "{set:?}"
+    );
+    let browser = page.cookie();
+    let token = token_in(&page.body);
+
+    let forged = post(&site, &browser, "token=forged&note=spam");
+    assert!(forged.status().starts_with("Status: 403"), "{forged:?}");
+    let added = post(
+        &site,
+        &browser,
+        &format!("token={token}&note=%3Cb%3Espam+%26+eggs%3C%2Fb%3E"),
+    );
+    assert!(added.status().starts_with("Status: 302"), "{added:?}");
+    assert!(
+        added.head.contains("Location: /cgi-bin/notes\r\n"),
+        "{added:?}"
+    );
+    let session = added.cookie();
+    assert!(session.starts_with("notes="), "{added:?}");
+    assert!(
+        set_cookies(&added)[1].starts_with("notes.form=; "),
+        "the form secret is spent: {added:?}"
+    );
+    assert_eq!(session_files(&site), 1);
+    // The browser dropped the form cookie as told: the token is worth nothing now.
+    let replay = post(&site, &session, &format!("token={token}&note=again"));
+    assert!(replay.status().starts_with("Status: 403"), "{replay:?}");
+
+    // The notice once, then not; the note escaped.
+    let shown = site.get(Some(&session));
+    assert!(
+        shown.body.contains("<p class=\"notice\">Note saved.</p>"),
+        "{shown:?}"
+    );
+    assert!(
+        shown
+            .body
+            .contains("<li>&lt;b&gt;spam &amp; eggs&lt;/b&gt;</li>"),
+        "{shown:?}"
+    );
+    let again = site.get(Some(&session));
+    assert!(!again.body.contains("Note saved."), "{again:?}");
+
+    // A second note through a token kept in the session now.
+    let token = token_in(&again.body);
+    let added = post(&site, &session, &format!("token={token}&note=ham"));
+    assert!(added.status().starts_with("Status: 302"), "{added:?}");
+
+    site.set("QUERY_STRING", "export");
+    let export = site.get(Some(&session));
+    assert!(
+        export
+            .head
+            .contains("Content-Type: text/plain; charset=utf-8"),
+        "{export:?}"
+    );
+    assert_eq!(export.body, "<b>spam & eggs</b>\nham\n");
+
+    // The read-only companion, on the same service.
+    let mut count = Site::new(example("note_count"));
+    count
+        .set("PSOServiceId", "notes")
+        .set("PSOSessionFileLoader_Path", site.sessions());
+    let reply = count.get(Some(&session));
+    assert_eq!(reply.body, "{\"notes\":2}");
+    assert!(
+        reply.head.contains("Content-Type: application/json"),
+        "{reply:?}"
+    );
+    assert_eq!(count.get(None).body, "{\"notes\":0}");
+    assert_eq!(session_files(&site), 1, "a reader stores nothing");
+
+    // Without cookies (PSOSessionUrl=on), the links carry the session.
+    site.set("PSOSessionUrl", "on")
+        .set("QUERY_STRING", session.as_str());
+    let cookieless = site.get(None);
+    let id = session.split_once('=').unwrap().1;
+    assert!(
+        cookieless
+            .body
+            .contains(&format!("href=\"/cgi-bin/notes?export&amp;notes={id}\"")),
+        "{cookieless:?}"
+    );
+    assert!(cookieless.body.contains("<li>ham</li>"), "{cookieless:?}");
 }
