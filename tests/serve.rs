@@ -635,10 +635,9 @@ fn shows_the_sessions_and_ends_one_for_this_machine_only() {
     assert!(response.contains("You reloaded: 1 times"), "{response}");
 }
 
-/// Headless Chromium, one profile: three loads of the counter, then the sessions page.
-#[test]
-fn a_real_browser_counts_three_reloads_and_sees_its_session() {
-    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+/// The Chromium on this machine, if any.
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|name| {
             Command::new(name)
@@ -646,7 +645,12 @@ fn a_real_browser_counts_three_reloads_and_sees_its_session() {
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
-    else {
+}
+
+/// Headless Chromium, one profile: three loads of the counter, then the sessions page.
+#[test]
+fn a_real_browser_counts_three_reloads_and_sees_its_session() {
+    let Some(chromium) = chromium() else {
         common::skip_or_fail("chromium is not installed");
         return;
     };
@@ -680,6 +684,36 @@ fn a_real_browser_counts_three_reloads_and_sees_its_session() {
     let page = load(server.urls.last().unwrap());
     assert!(page.contains(&id[..12]), "{}\n{page}", &id[..12]);
     assert!(page.contains("reloads"), "{page}");
+}
+
+/// Headless Chromium signs in to the login program and out again, by filling and submitting
+/// its forms (driven over the DevTools protocol by tests/browser/login.py), and a page of
+/// another site that posts a sign-in is refused: the form cookie and the browser's
+/// `Sec-Fetch-Site` work as a real browser sends them.
+#[test]
+fn a_real_browser_signs_in_and_out_and_another_site_cannot_post() {
+    let Some(chromium) = chromium() else {
+        common::skip_or_fail("chromium is not installed");
+        return;
+    };
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/login.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(chromium)
+        .arg(format!("{}/cgi-bin/login", server.base))
+        .arg(fixture.root.path().join("profile"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.log()
+    );
+    assert_eq!(said.matches("ok: ").count(), 5, "{said}");
 }
 
 /// The README's first command, as a newcomer runs it: `cargo run -- serve` in the repository
