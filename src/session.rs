@@ -559,7 +559,9 @@ impl Session {
 
     /// Whether `token` is one this session issued and has not taken yet; taking it uses it up.
     /// Every kept token is compared in full, so the time taken tells nothing of how close a
-    /// guess came.
+    /// guess came. A token tied to the form cookie (see [`Session::create_form_token`]) is
+    /// good if it masks the secret the request's form cookie holds and the browser says the
+    /// request comes from the site itself; taking it spends that secret.
     pub fn take_form_token(&mut self, token: &str) -> Result<bool> {
         self.check_held()?;
         if token.len() == COOKIE_TOKEN_LEN {
