@@ -55,13 +55,19 @@ pub(crate) fn adopt(
         let key = SessionKey::new(config.service.clone(), id.clone());
         let mut lock = store.lock(&key, options.with_create(true))?;
         let session = match load_live(&mut *lock, idle, claim.client_addr, now_secs)? {
+            Loaded::Live(record) if logged_out(store, &key, &record) => {
+                log::info!("session {key:?}: its user logged out everywhere");
+                lock.delete()?;
+                fresh(lock).replacing(Origin::Replaced(Ended::LoggedOut), None)
+            }
             Loaded::Live(record) => Session::existing(lock, record, now, idle, Origin::Forced)
                 .requested_from(claim.client_addr),
             Loaded::Ended(..) | Loaded::Moved(_) | Loaded::Foreign => {
                 fresh(lock).replacing(Origin::Forced, None)
             }
         };
-        return Ok((session, Origin::Forced));
+        let origin = session.origin();
+        return Ok((session, origin));
     }
 
     let offered = offered(config, claim);
@@ -257,6 +263,20 @@ pub(crate) fn adopt_read_only(
 ) -> Result<(Session, Origin)> {
     let now_secs = unix_secs(now);
     let idle = Rules::of(config);
+    if let Some(id) = &config.forced_id {
+        // The server chose the id: read it, whatever the cookies say.
+        let key = SessionKey::new(config.service.clone(), id.clone());
+        let (record, origin) =
+            match judge(store.peek(&key), &key, idle, claim.client_addr, now_secs)? {
+                Loaded::Live(record) if logged_out(store, &key, &record) => {
+                    (None, Origin::Replaced(Ended::LoggedOut))
+                }
+                Loaded::Live(record) => (Some(record), Origin::Forced),
+                Loaded::Ended(..) | Loaded::Moved(_) | Loaded::Foreign => (None, Origin::Forced),
+            };
+        let session = Session::read_only(key, record, now, idle, origin, false);
+        return Ok((session, origin));
+    }
     let offered = offered(config, claim);
     let mut ended: Option<(Ended, Option<Record>)> = None;
     let mut live: Vec<(SessionKey, Record, bool)> = Vec::new();

@@ -5,7 +5,9 @@
 //! CVE-2015-5143 was this pattern). So until a visitor has a stored session, a token is tied
 //! to a random secret in a cookie of its own instead (Django's CSRF cookie): the token is the
 //! secret under a fresh random mask, so every form gets a different token and the secret never
-//! appears in a page (BREACH), and checking one needs nothing stored.
+//! appears in a page (BREACH), and checking one needs nothing stored. Nothing stored also means
+//! nothing remembers a token once used: such a token is good until the secret changes (at
+//! `regenerate_id()`, or when the browser closes), like Django's.
 //!
 //! Someone who can set cookies for the site (a sibling subdomain, or a network attacker on
 //! plain HTTP) could plant a secret of their own and forge a matching token. Two things stop
@@ -40,7 +42,7 @@ pub(crate) struct FormCookie {
 pub(crate) enum FormCookieChange {
     /// Keep this secret (until the browser closes).
     Set(SessionId),
-    /// Drop the cookie: its secret was used.
+    /// Drop the cookie: its secret is void.
     Revoke,
 }
 
@@ -86,9 +88,10 @@ impl FormCookie {
         Ok(format!("{}{masked}", pad.as_str()))
     }
 
-    /// Whether `token` masks this browser's secret, from a request of the site's own; the
-    /// secret is then spent (the response revokes the cookie), so a token works once.
-    pub fn take(&mut self, token: &str) -> bool {
+    /// Whether `token` masks this browser's secret, from a request of the site's own. The
+    /// secret stays (as Django's CSRF cookie does): spending it on every post would refuse the
+    /// other tabs' forms after a mistyped password. It changes at `regenerate_id()`.
+    pub fn take(&self, token: &str) -> bool {
         let Some(secret) = &self.secret else {
             return false;
         };
@@ -108,11 +111,11 @@ impl FormCookie {
             );
             return false;
         }
-        self.void();
         true
     }
 
-    /// Forgets the secret (a token used, a new id at sign-in): earlier tokens are void.
+    /// Forgets the secret (a new id at sign-in): earlier tokens are void, and the response
+    /// drops the cookie.
     pub fn void(&mut self) {
         if self.secret.take().is_some() {
             self.changed = true;
@@ -250,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn a_token_masks_the_secret_differently_every_time_and_works_once() {
+    fn a_token_masks_the_secret_differently_every_time_and_is_good_until_voided() {
         let mut form = FormCookie::default();
         let first = form.token().unwrap();
         let second = form.token().unwrap();
@@ -261,7 +264,12 @@ mod tests {
         };
         assert!(!first.contains(secret.as_str()), "the secret never shows");
         assert!(form.take(&second));
-        assert!(!form.take(&first), "the secret is spent");
+        assert!(form.take(&first), "another tab's form still posts");
+        form.void();
+        assert!(
+            !form.take(&first) && !form.take(&second),
+            "void after regenerate_id"
+        );
         assert_eq!(form.change(), Some(FormCookieChange::Revoke));
     }
 
@@ -276,7 +284,7 @@ mod tests {
         let env = Environment::from_pairs([("HTTP_SEC_FETCH_SITE", "same-origin")]);
         let mut input = std::io::empty();
         let request = request_with(&env, &mut input);
-        let mut back = FormCookie::of_request(header.as_bytes(), "app.form", &request);
+        let back = FormCookie::of_request(header.as_bytes(), "app.form", &request);
         assert_eq!(back.change(), None, "nothing to send until used");
         let mut forged = token.clone().into_bytes();
         forged[COOKIE_TOKEN_LEN - 1] ^= 1;
@@ -296,14 +304,14 @@ mod tests {
         // Two different secrets tossed in: none counts.
         let other = SessionId::generate().unwrap();
         let tossed = format!("app.form={secret}; app.form={other}");
-        let mut two = FormCookie::of_request(tossed.as_bytes(), "app.form", &request);
+        let two = FormCookie::of_request(tossed.as_bytes(), "app.form", &request);
         assert!(!two.take(&token));
 
         // The right token from another site is refused.
         let env = Environment::from_pairs([("HTTP_SEC_FETCH_SITE", "cross-site")]);
         let mut input = std::io::empty();
         let request = request_with(&env, &mut input);
-        let mut cross = FormCookie::of_request(header.as_bytes(), "app.form", &request);
+        let cross = FormCookie::of_request(header.as_bytes(), "app.form", &request);
         assert!(!cross.take(&token));
     }
 

@@ -768,18 +768,29 @@ mod tests {
             "refused 1"
         );
 
-        // From the site itself, with the browser's cookie: once.
+        // From the site itself, with the browser's cookie: accepted, and the secret stays, so
+        // the forms of the browser's other tabs still post.
         let accepted = post(&store, &browser, &form, &same_origin);
         assert_eq!(accepted.body(), "accepted 1");
+        assert_eq!(accepted.set_cookies(), Vec::<&str>::new());
+        let other_tab = Reply {
+            text: serve_text(
+                &store,
+                &[("QUERY_STRING", "new"), ("HTTP_COOKIE", &browser)],
+                &guarded,
+                T0,
+            ),
+        };
         assert_eq!(
-            accepted.set_cookies(),
-            [
-                "app.form=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
-            ],
-            "the secret is spent"
+            other_tab.set_cookies(),
+            Vec::<&str>::new(),
+            "the same secret"
         );
-        let after = post(&store, "", &form, &same_origin);
-        assert_eq!(after.body(), "refused 1", "the browser dropped the cookie");
+        let other_form = format!("token={}", other_tab.body());
+        assert_eq!(
+            post(&store, &browser, &other_form, &same_origin).body(),
+            "accepted 1"
+        );
         // Without Sec-Fetch-Site (an old browser), Origin decides; with neither, the token.
         let same_host = [
             ("HTTP_ORIGIN", "https://shop.example"),
@@ -1004,6 +1015,25 @@ mod tests {
         assert_eq!(body, "Replaced(Unknown) n=1 user=None");
         let (body, _) = login_request(&store, "", &third, 8, "5");
         assert_eq!(body, "Returning n=6 user=Some(\"eggs\")");
+    }
+
+    #[test]
+    fn an_old_id_cannot_regenerate_the_session_it_leads_to() {
+        // A request with the old id, in the grace and from the same address, that asks for a
+        // new id would hand its holder the newest id and sign the owner out: refused.
+        let store = MemoryStore::new();
+        let (_, old) = login_request(&store, "", "", 0, "5");
+        let old = old.unwrap();
+        let (_, new) = login_request(&store, "login", &old, 1, "5");
+        let new = new.unwrap();
+        let (body, sent) = login_request(&store, "login", &old, 2, "5");
+        assert!(body.contains("500 Internal Server Error"), "{body}");
+        assert_eq!(sent, None);
+        let (body, _) = login_request(&store, "", &new, 9, "5");
+        assert_eq!(
+            body, "Returning n=3 user=Some(\"eggs\")",
+            "the owner keeps it"
+        );
     }
 
     #[test]
@@ -1324,13 +1354,126 @@ mod tests {
         assert_eq!(visit("", &ham[0], 33).0, "Returning Some(\"ham\")");
     }
 
-    /// One read-only request (`run_read_only`) through `handler`, at `T0`.
-    fn read_only_text<F: Handler>(store: &MemoryStore, cookie: &str, handler: &F) -> String {
-        let env = Environment::from_pairs([
+    #[test]
+    fn log_out_everywhere_ends_a_session_whose_id_the_server_forces_too() {
+        let app = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if cx.request.query("login").is_some() {
+                cx.session.set_user("eggs")?;
+            }
+            if cx.request.query("everywhere").is_some() {
+                cx.session.log_out_everywhere()?;
+            }
+            write!(
+                cx.response,
+                "{:?} {:?}",
+                cx.session.origin(),
+                cx.session.user()
+            )?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let forced_id = SessionId::generate().unwrap();
+        let forced = |query: &str, t: u64| {
+            let pairs = [
+                ("PSOServiceId", "app"),
+                ("app", forced_id.as_str()),
+                ("QUERY_STRING", query),
+            ];
+            Reply {
+                text: serve_text(&store, &pairs, &app, T0 + t),
+            }
+            .body()
+            .to_owned()
+        };
+        assert_eq!(forced("login", 0), "Forced Some(\"eggs\")");
+        let elsewhere = Reply {
+            text: serve_text(&store, &[("QUERY_STRING", "login")], &app, T0 + 1),
+        };
+        let cookie = elsewhere.cookie().unwrap().to_owned();
+        let pairs = [
+            ("HTTP_COOKIE", cookie.as_str()),
+            ("QUERY_STRING", "everywhere"),
+        ];
+        serve_text(&store, &pairs, &app, T0 + 2);
+        assert_eq!(forced("", 3), "Replaced(LoggedOut) None");
+        assert_eq!(forced("", 4), "Forced None", "the forced id starts afresh");
+        // A read-only request reads the forced session, not a cookie's.
+        assert_eq!(forced("login", 5), "Forced Some(\"eggs\")");
+        let reader = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            write!(
+                cx.response,
+                "{:?} {:?}",
+                cx.session.origin(),
+                cx.session.user()
+            )?;
+            Ok(())
+        };
+        let env = [
+            ("PSOServiceId", "app"),
+            ("app", forced_id.as_str()),
+            ("HTTP_COOKIE", cookie.as_str()),
+        ];
+        let text = read_only_with(&store, &env, &reader);
+        assert!(text.ends_with("Forced Some(\"eggs\")"), "{text}");
+    }
+
+    #[test]
+    fn a_form_for_a_visitor_without_a_session_needs_no_lock_and_survives_a_sign_out() {
+        let store = MemoryStore::new();
+        // A read-only page shows a sign-in form.
+        let show = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            let token = cx.session.create_form_token()?;
+            write!(cx.response, "{token}")?;
+            Ok(())
+        };
+        let page = Reply {
+            text: read_only_with(&store, &[], &show),
+        };
+        assert_eq!(
+            page.body().len(),
+            crate::form_token::COOKIE_TOKEN_LEN,
+            "{}",
+            page.text
+        );
+        let browser = page.form_cookie().unwrap().to_owned();
+        let form = format!("token={}", page.body());
+        let same_origin = [("HTTP_SEC_FETCH_SITE", "same-origin")];
+        assert_eq!(
+            post(&store, &browser, &form, &same_origin).body(),
+            "accepted 1"
+        );
+        // A sign-out page that shows the sign-in form at once.
+        let cookie = request(&store, &[], T0).cookie().unwrap().to_owned();
+        let sign_out = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.expire(crate::Expiry::Now)?;
+            let token = cx.session.create_form_token()?;
+            write!(cx.response, "{token}")?;
+            Ok(())
+        };
+        let out = Reply {
+            text: serve_text(&store, &[("HTTP_COOKIE", cookie.as_str())], &sign_out, T0),
+        };
+        assert!(out.set_cookies()[0].starts_with("app=; "), "{}", out.text);
+        let browser = out.form_cookie().unwrap().to_owned();
+        let form = format!("token={}", out.body());
+        assert_eq!(
+            post(&store, &browser, &form, &same_origin).body(),
+            "accepted 1"
+        );
+    }
+
+    /// One read-only request through `handler`, at `T0`, with a CGI environment plus `pairs`.
+    fn read_only_with<F: Handler>(
+        store: &MemoryStore,
+        pairs: &[(&str, &str)],
+        handler: &F,
+    ) -> String {
+        let mut all = vec![
             ("GATEWAY_INTERFACE", "CGI/1.1"),
             ("SCRIPT_NAME", "/cgi-bin/app"),
-            ("HTTP_COOKIE", cookie),
-        ]);
+        ];
+        all.extend_from_slice(pairs);
+        let env = Environment::from_pairs(all);
         let config = Config::from_env(&env);
         let mut output = Vec::new();
         let now = UNIX_EPOCH + Duration::from_secs(T0);
@@ -1346,6 +1489,11 @@ mod tests {
         )
         .unwrap();
         String::from_utf8(output).unwrap()
+    }
+
+    /// One read-only request (`run_read_only`) through `handler`, at `T0`.
+    fn read_only_text<F: Handler>(store: &MemoryStore, cookie: &str, handler: &F) -> String {
+        read_only_with(store, &[("HTTP_COOKIE", cookie)], handler)
     }
 
     #[test]

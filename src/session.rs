@@ -25,6 +25,9 @@ pub(crate) const USER_SINCE: &str = "pso.user_since";
 /// one, the id is a 64-bit hash), the time in milliseconds before which every session signed
 /// in as that user is logged out.
 pub(crate) const USER_RECORD: &str = "pso.logged_out_before";
+/// In a user record rebuilt after it could not be read: a time before which every user whose
+/// name leads to it is logged out.
+const EVERY_USER_LOGGED_OUT_BEFORE: &str = "pso.every_user_logged_out_before";
 /// The deadlines of values set with `set_for`: key to Unix seconds.
 const KEY_DEADLINES: &str = "pso.key_deadlines";
 /// A session's own idle limit, in seconds, set by `set_idle_limit`.
@@ -408,6 +411,14 @@ impl Session {
     /// address that signed in, is served this session but never handed the new id.
     pub fn regenerate_id(&mut self) -> Result<()> {
         self.check_held()?;
+        if self.forwarded {
+            // Whoever holds an old id must never learn a new one, nor move the session away
+            // from its owner.
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "this request came with the old id of a regenerated session: it cannot move the session again",
+            ));
+        }
         if self.ended {
             return Err(Error::new(
                 ErrorKind::Invalid,
@@ -518,15 +529,18 @@ impl Session {
     /// [`Session::take_form_token`].
     ///
     /// A visitor the store holds nothing for, and whose session has no values yet (a sign-in
-    /// page's visitor, with `PSOSessionLazy` on), is not given a stored session for it: the token is tied to a random secret in a
-    /// cookie of its own (`<cookie name>.form`, `__Host-` under HTTPS, `SameSite=Strict`), so
-    /// that a page fetched a million times leaves nothing in the store. Such a token is
-    /// accepted only from a request the browser says comes from the site itself
-    /// (`Sec-Fetch-Site`, or `Origin` against `Host`); taking one spends the secret, so every
-    /// token of that browser works once, and `regenerate_id()` voids them too.
+    /// page's visitor, with `PSOSessionLazy` on), is not given a stored session for it: the
+    /// token is tied to a random secret in a cookie of its own (`<cookie name>.form`,
+    /// `__Host-` under HTTPS, `SameSite=Strict`), so that a page fetched a million times
+    /// leaves nothing in the store. The same goes for a session that ends in this request (a
+    /// sign-out page that shows the sign-in form). Such a token is accepted only from a
+    /// request the browser says comes from the site itself (`Sec-Fetch-Site`, or `Origin`
+    /// against `Host`). Nothing stored remembers it, so it is not used up: it is good until
+    /// `regenerate_id()` (sign-in) voids the secret, or the browser closes.
     ///
     /// ```
     /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// session.set("cart", &["spam"])?; // a session with values keeps its tokens itself
     /// let token = session.create_form_token()?;
     /// let form = format!(r#"<input type="hidden" name="token" value="{token}">"#);
     /// // ... and when the form comes back:
@@ -536,18 +550,15 @@ impl Session {
     /// # Ok::<(), pso::Error>(())
     /// ```
     pub fn create_form_token(&mut self) -> Result<String> {
-        self.check_held()?;
-        if self.ended || self.ends_now() {
-            return Err(Error::new(
-                ErrorKind::Invalid,
-                "the session ends in this request: a token in it would never come back",
-            ));
-        }
-        // Nothing stored, nothing to store: a stored session only for a token is what the
-        // form cookie avoids.
-        if self.stored.is_none() && self.idle.lazy && self.record.is_empty() {
+        // Nothing stored, nothing to store (a stored session only for a token is what the form
+        // cookie avoids), or a session that ends in this request (a sign-out page with a
+        // sign-in form): the form cookie keeps the secret. That needs no lock, so it works
+        // after release() and in read-only requests too.
+        let nothing_to_store = self.stored.is_none() && self.idle.lazy && self.record.is_empty();
+        if nothing_to_store || self.ended || self.ends_now() {
             return self.form.token();
         }
+        self.check_held()?;
         let token = SessionId::generate()?.as_str().to_owned();
         let mut tokens: Vec<String> = self.record.get(FORM_TOKENS)?.unwrap_or_default();
         tokens.push(token.clone());
@@ -561,12 +572,12 @@ impl Session {
     /// Every kept token is compared in full, so the time taken tells nothing of how close a
     /// guess came. A token tied to the form cookie (see [`Session::create_form_token`]) is
     /// good if it masks the secret the request's form cookie holds and the browser says the
-    /// request comes from the site itself; taking it spends that secret.
+    /// request comes from the site itself.
     pub fn take_form_token(&mut self, token: &str) -> Result<bool> {
-        self.check_held()?;
         if token.len() == COOKIE_TOKEN_LEN {
             return Ok(self.form.take(token));
         }
+        self.check_held()?;
         let mut tokens: Vec<String> = self.record.get(FORM_TOKENS)?.unwrap_or_default();
         let mut found = None;
         for (index, kept) in tokens.iter().enumerate() {
@@ -971,11 +982,22 @@ pub(crate) fn user_record_id(user: &str) -> Result<SessionId> {
 /// Notes in the user record under `lock` that `user` logged out everywhere at `millis`. Every
 /// other name the record keeps stays as it was: two names that lead to one record (a hash
 /// collision, which someone choosing user names can make on purpose) never undo each other's
-/// logout. A record that cannot be read is replaced: it revoked nothing anyway.
+/// logout. A record that cannot be read is replaced by one that logs out every name leading
+/// to it: the names it kept are unknown, and forgetting one would revive its sessions.
 fn note_logged_out(lock: &mut dyn LockedSession, user: &str, now: u64, millis: u64) -> Result<()> {
     let mut record = match lock.load() {
         Ok(Some(record)) => record,
-        Ok(None) | Err(_) => Record::new(Meta::new(now)),
+        Ok(None) => Record::new(Meta::new(now)),
+        Err(e) => {
+            log::error!(
+                "the user record {:?} is unreadable ({}); logging out every user it served",
+                lock.key(),
+                crate::error::ErrorChain(&e)
+            );
+            let mut record = Record::new(Meta::new(now));
+            record.set(EVERY_USER_LOGGED_OUT_BEFORE, &millis)?;
+            record
+        }
     };
     let mut before: BTreeMap<String, u64> =
         record.get(USER_RECORD).ok().flatten().unwrap_or_default();
@@ -986,8 +1008,10 @@ fn note_logged_out(lock: &mut dyn LockedSession, user: &str, now: u64, millis: u
 
 /// When `user` last logged out everywhere, as the user record says (milliseconds).
 pub(crate) fn logged_out_before(user_record: &Record, user: &str) -> Option<u64> {
-    let before: BTreeMap<String, u64> = user_record.get(USER_RECORD).ok().flatten()?;
-    before.get(user).copied()
+    let before: Option<BTreeMap<String, u64>> = user_record.get(USER_RECORD).ok().flatten();
+    let own = before.and_then(|before| before.get(user).copied());
+    let every: Option<u64> = user_record.get(EVERY_USER_LOGGED_OUT_BEFORE).ok().flatten();
+    own.max(every)
 }
 
 /// Where a released session's lock was: nothing can be loaded or saved through it.
@@ -1085,6 +1109,16 @@ mod tests {
         assert_eq!(logged_out_before(&record, "eggs"), Some(1_000));
         assert_eq!(logged_out_before(&record, "mallory"), Some(3_000));
         assert_eq!(logged_out_before(&record, "ham"), None);
+
+        // A damaged record rebuilt by one name's logout logs out every name that led to it.
+        drop(lock);
+        store.plant(&key, b"damaged");
+        let mut lock = store.lock(&key, suite::options()).unwrap();
+        note_logged_out(&mut *lock, "mallory", T0, 4_000).unwrap();
+        let record = lock.load().unwrap().unwrap();
+        for name in ["eggs", "mallory", "ham"] {
+            assert_eq!(logged_out_before(&record, name), Some(4_000), "{name}");
+        }
     }
 
     #[test]
