@@ -55,17 +55,23 @@ pub(crate) fn adopt(
         let key = SessionKey::new(config.service.clone(), id.clone());
         let mut lock = store.lock(&key, options.with_create(true))?;
         let session = match load_live(&mut *lock, idle, claim.client_addr, now_secs)? {
-            Loaded::Live(record) if logged_out(store, &key, &record) => {
+            Loaded::Live(record) if logged_out(store, &key, &record)? => {
                 log::info!("session {key:?}: its user logged out everywhere");
-                lock.delete()?;
-                fresh(lock).replacing(Origin::Replaced(Ended::LoggedOut), None)
+                fresh(lock)
+                    .over_stored()
+                    .replacing(Origin::Replaced(Ended::LoggedOut), None)
             }
-            Loaded::Live(record) => Session::existing(lock, record, now, idle, Origin::Forced)
-                .requested_from(claim.client_addr),
+            Loaded::Live(record) => Session::existing(lock, record, now, idle, Origin::Forced),
+            // What it holds goes when this request saves, or ends without values.
+            Loaded::Ended(Ended::Idle | Ended::Lifetime | Ended::Unreadable, _) => {
+                fresh(lock).over_stored().replacing(Origin::Forced, None)
+            }
             Loaded::Ended(..) | Loaded::Moved(_) | Loaded::Foreign => {
                 fresh(lock).replacing(Origin::Forced, None)
             }
-        };
+        }
+        .forced()
+        .requested_from(claim.client_addr);
         let origin = session.origin();
         return Ok((session, origin));
     }
@@ -121,8 +127,8 @@ pub(crate) fn adopt(
     }
     // One deadline for all candidates: several cookies must not multiply the wait.
     let started = Instant::now();
-    // Each live session, and whether it was reached through a regenerated session's old id.
-    let mut live: Vec<(Box<dyn LockedSession>, Record, bool)> = Vec::new();
+    // Each live session, and the old id of a regenerated session it was reached through.
+    let mut live: Vec<(Box<dyn LockedSession>, Record, Option<SessionId>)> = Vec::new();
     let named = candidates.clone();
     for key in candidates {
         let timeout = config.lock_timeout.saturating_sub(started.elapsed());
@@ -136,7 +142,7 @@ pub(crate) fn adopt(
             }
         };
         match load_live(&mut *lock, idle, claim.client_addr, now_secs)? {
-            Loaded::Live(record) => live.push((lock, record, false)),
+            Loaded::Live(record) => live.push((lock, record, None)),
             Loaded::Foreign => {
                 ended.get_or_insert((Ended::OtherAddress, None));
             }
@@ -150,7 +156,7 @@ pub(crate) fn adopt(
                     Ok((loaded, lock))
                 })?;
                 if let Some((_, record, lock)) = reached {
-                    live.push((lock, record, true));
+                    live.push((lock, record, Some(key.id.clone())));
                 }
             }
             Loaded::Ended(why, record) => {
@@ -180,7 +186,7 @@ pub(crate) fn adopt(
         ended = Some((Ended::Ambiguous, None));
     }
     if let Some((mut lock, record, forwarded)) = live.pop() {
-        if logged_out(store, lock.key(), &record) {
+        if logged_out(store, lock.key(), &record)? {
             log::info!("session {:?}: its user logged out everywhere", lock.key());
             if let Err(e) = lock.delete() {
                 log::warn!("ending session {:?} failed: {}", lock.key(), ErrorChain(&e));
@@ -189,8 +195,8 @@ pub(crate) fn adopt(
         } else {
             let mut session = Session::existing(lock, record, now, idle, Origin::Returning)
                 .requested_from(claim.client_addr);
-            if forwarded {
-                session = session.forwarded();
+            if let Some(old) = forwarded {
+                session = session.forwarded(old);
             }
             return Ok((session, Origin::Returning));
         }
@@ -210,28 +216,32 @@ pub(crate) fn adopt(
 
 /// Whether `record` is signed in as a user who logged out everywhere since: the user's record
 /// says "logged out before" a time (in milliseconds) not before the session signed in. Read
-/// without a lock (the store gives a whole record or none). A user record that cannot be read
-/// ends the session: a logout must not be undone by a damaged file or a failing disk.
-fn logged_out(store: &dyn Store, key: &SessionKey, record: &Record) -> bool {
+/// without a lock (the store gives a whole record or none). A user record that is damaged, or
+/// holds what this pso cannot read, counts as a logout (a damaged file must not undo one); one
+/// that cannot be read now (a failing disk) fails the request and ends nothing.
+fn logged_out(store: &dyn Store, key: &SessionKey, record: &Record) -> Result<bool> {
     let Ok(Some(user)) = record.get::<String>(USER) else {
-        return false;
+        return Ok(false);
     };
     let since: u64 = record.get(USER_SINCE).ok().flatten().unwrap_or(0);
     let Ok(id) = user_record_id(&user) else {
-        return false;
+        return Ok(false);
     };
     let user_key = SessionKey::new(key.service.clone(), id);
-    match store.peek(&user_key) {
-        Ok(Some(user_record)) => {
-            logged_out_before(&user_record, &user).is_some_and(|before| since <= before)
-        }
-        Ok(None) => false,
+    let revoked = match store.peek(&user_key) {
+        Ok(Some(user_record)) => logged_out_before(&user_record, &user),
+        Ok(None) => return Ok(false),
+        Err(e) if e.kind() == ErrorKind::Corrupt => Err(e),
+        Err(e) => return Err(e),
+    };
+    match revoked {
+        Ok(before) => Ok(before.is_some_and(|before| since <= before)),
         Err(e) => {
             log::error!(
-                "cannot read the user record {user_key:?} ({}); ending session {key:?} to be safe",
+                "the user record {user_key:?} is unreadable ({}); ending session {key:?} to be safe",
                 ErrorChain(&e)
             );
-            true
+            Ok(true)
         }
     }
 }
@@ -268,18 +278,18 @@ pub(crate) fn adopt_read_only(
         let key = SessionKey::new(config.service.clone(), id.clone());
         let (record, origin) =
             match judge(store.peek(&key), &key, idle, claim.client_addr, now_secs)? {
-                Loaded::Live(record) if logged_out(store, &key, &record) => {
+                Loaded::Live(record) if logged_out(store, &key, &record)? => {
                     (None, Origin::Replaced(Ended::LoggedOut))
                 }
                 Loaded::Live(record) => (Some(record), Origin::Forced),
                 Loaded::Ended(..) | Loaded::Moved(_) | Loaded::Foreign => (None, Origin::Forced),
             };
-        let session = Session::read_only(key, record, now, idle, origin, false);
+        let session = Session::read_only(key, record, now, idle, origin, None).forced();
         return Ok((session, origin));
     }
     let offered = offered(config, claim);
     let mut ended: Option<(Ended, Option<Record>)> = None;
-    let mut live: Vec<(SessionKey, Record, bool)> = Vec::new();
+    let mut live: Vec<(SessionKey, Record, Option<SessionId>)> = Vec::new();
     if offered.too_many {
         ended = Some((Ended::Ambiguous, None));
     }
@@ -291,14 +301,14 @@ pub(crate) fn adopt_read_only(
         .collect();
     for key in &named {
         match judge(store.peek(key), key, idle, claim.client_addr, now_secs)? {
-            Loaded::Live(record) => live.push((key.clone(), record, false)),
+            Loaded::Live(record) => live.push((key.clone(), record, None)),
             Loaded::Moved(target) => {
                 let reached = follow(key, target, &named, |key| {
                     let loaded = judge(store.peek(key), key, idle, claim.client_addr, now_secs)?;
                     Ok((loaded, ()))
                 })?;
                 if let Some((target, record, ())) = reached {
-                    live.push((target, record, true));
+                    live.push((target, record, Some(key.id.clone())));
                 }
             }
             Loaded::Foreign => {
@@ -312,7 +322,7 @@ pub(crate) fn adopt_read_only(
         ended = Some((Ended::Ambiguous, None));
     }
     if let Some((key, record, forwarded)) = live.pop() {
-        if logged_out(store, &key, &record) {
+        if logged_out(store, &key, &record)? {
             ended = Some((Ended::LoggedOut, None));
         } else {
             let session =
@@ -322,8 +332,7 @@ pub(crate) fn adopt_read_only(
     }
     let (origin, expired) = replacement(ended, !offered.ids.is_empty());
     let key = SessionKey::new(config.service.clone(), SessionId::generate()?);
-    let session =
-        Session::read_only(key, None, now, idle, origin, false).replacing(origin, expired);
+    let session = Session::read_only(key, None, now, idle, origin, None).replacing(origin, expired);
     Ok((session, origin))
 }
 

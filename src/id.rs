@@ -54,6 +54,19 @@ impl SessionId {
         Ok(SessionId(text))
     }
 
+    /// Whether this id has the form pso generates (48 lowercase hex digits): a visitor's
+    /// session, disposable when damaged. Ids of other forms are records kept on purpose (an id
+    /// the server forces, a user's "log out everywhere" record).
+    ///
+    /// ```
+    /// assert!(pso::SessionId::generate()?.is_generated());
+    /// assert!(!pso::SessionId::forced("007")?.is_generated());
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn is_generated(&self) -> bool {
+        self.0.parse::<SessionId>().is_ok()
+    }
+
     /// An id chosen by the server's configuration: 1 to 64 characters of `[A-Za-z0-9_-]`.
     pub fn forced(text: &str) -> Result<SessionId> {
         if is_safe_name(text) {

@@ -1397,8 +1397,21 @@ mod tests {
         serve_text(&store, &pairs, &app, T0 + 2);
         assert_eq!(forced("", 3), "Replaced(LoggedOut) None");
         assert_eq!(forced("", 4), "Forced None", "the forced id starts afresh");
-        // A read-only request reads the forced session, not a cookie's.
         assert_eq!(forced("login", 5), "Forced Some(\"eggs\")");
+        // Logged out everywhere again; the first request after it may sign in at once.
+        let pairs = [("HTTP_COOKIE", cookie.as_str()), ("QUERY_STRING", "login")];
+        let again = Reply {
+            text: serve_text(&store, &pairs, &app, T0 + 6),
+        };
+        assert_eq!(again.body(), "Replaced(Unknown) Some(\"eggs\")");
+        let cookie = again.cookie().unwrap().to_owned();
+        let pairs = [
+            ("HTTP_COOKIE", cookie.as_str()),
+            ("QUERY_STRING", "everywhere"),
+        ];
+        serve_text(&store, &pairs, &app, T0 + 7);
+        assert_eq!(forced("login", 8), "Replaced(LoggedOut) Some(\"eggs\")");
+        // A read-only request reads the forced session, not a cookie's.
         let reader = |cx: &mut Context<'_>| -> Result<(), BoxError> {
             write!(
                 cx.response,
@@ -1415,6 +1428,244 @@ mod tests {
         ];
         let text = read_only_with(&store, &env, &reader);
         assert!(text.ends_with("Forced Some(\"eggs\")"), "{text}");
+    }
+
+    #[test]
+    fn an_old_id_never_learns_the_new_one_through_links_or_id() {
+        // Ids in URLs (PSOSessionUrl=on): links are built from cx.url, which uses the id.
+        let linker = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.set("seen", &true)?;
+            if cx.request.query("login").is_some() {
+                cx.session.regenerate_id()?;
+            }
+            write!(cx.response, "{} {}", cx.url("/next"), cx.session.id())?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let visit = |query: &str, t: u64| {
+            let pairs = [("QUERY_STRING", query), ("PSOSessionUrl", "on")];
+            Reply {
+                text: serve_text(&store, &pairs, &linker, T0 + t),
+            }
+        };
+        let first = visit("", 0);
+        let old = first
+            .cookie()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned();
+        let signed_in = visit(&format!("app={old}&login"), 1);
+        let new = signed_in
+            .cookie()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned();
+        assert_ne!(old, new);
+        let late = visit(&format!("app={old}"), 3);
+        assert_eq!(late.body(), format!("/next?app={old} {old}"));
+        assert_eq!(late.set_cookies(), Vec::<&str>::new());
+        let read = read_only_with(
+            &store,
+            &[
+                ("QUERY_STRING", &format!("app={old}")),
+                ("PSOSessionUrl", "on"),
+            ],
+            &linker,
+        );
+        assert!(!read.contains(&new), "{read}");
+    }
+
+    #[test]
+    fn collection_keeps_a_damaged_user_record_so_its_logout_holds() {
+        let app = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if cx.request.query("login").is_some() {
+                cx.session.set_user("eggs")?;
+            }
+            write!(
+                cx.response,
+                "{:?} {:?}",
+                cx.session.origin(),
+                cx.session.user()
+            )?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let sessions: Vec<String> = (0..2)
+            .map(|_| {
+                let reply = Reply {
+                    text: serve_text(&store, &[("QUERY_STRING", "login")], &app, T0),
+                };
+                reply.cookie().unwrap().to_owned()
+            })
+            .collect();
+        let user = SessionKey::new(
+            "app".parse().unwrap(),
+            crate::session::user_record_id("eggs").unwrap(),
+        );
+        store.plant(&user, b"damaged");
+        let visit = |cookie: &str, t: u64| {
+            let reply = Reply {
+                text: serve_text(&store, &[("HTTP_COOKIE", cookie)], &app, T0 + t),
+            };
+            reply.body().to_owned()
+        };
+        assert_eq!(visit(&sessions[0], 1), "Replaced(LoggedOut) None");
+        store
+            .collect_garbage(
+                UNIX_EPOCH + Duration::from_secs(T0 + 2),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        assert!(
+            store.exists(&user).unwrap(),
+            "a user record is never collected"
+        );
+        assert_eq!(visit(&sessions[1], 3), "Replaced(LoggedOut) None");
+    }
+
+    #[test]
+    fn regenerate_after_the_head_is_out_is_refused_and_the_session_kept() {
+        let late = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            let n: u64 = cx.session.get("n")?.unwrap_or(0) + 1;
+            cx.session.set("n", &n)?;
+            cx.stream()?;
+            let outcome = cx.session.regenerate_id();
+            write!(cx.response, "{n} {}", outcome.is_err())?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let cookie = request(&store, &[], T0).cookie().unwrap().to_owned();
+        let text = serve_text(&store, &[("HTTP_COOKIE", cookie.as_str())], &late, T0);
+        assert!(text.ends_with("2 true"), "{text}");
+        assert_eq!(
+            with_cookie(&store, &cookie, &[]).body(),
+            "3",
+            "nothing lost"
+        );
+    }
+
+    #[test]
+    fn a_forced_id_cannot_be_regenerated() {
+        let store = MemoryStore::new();
+        let forced_id = SessionId::generate().unwrap();
+        let pairs = [("PSOServiceId", "app"), ("app", forced_id.as_str())];
+        let first = Reply {
+            text: serve_text(&store, &pairs, &login, T0),
+        };
+        assert_eq!(first.body(), "Forced n=1 user=None");
+        let mut with_login = pairs.to_vec();
+        with_login.push(("QUERY_STRING", "login"));
+        let refused = serve_text(&store, &with_login, &login, T0 + 1);
+        assert!(refused.contains("500 Internal Server Error"), "{refused}");
+        let after = Reply {
+            text: serve_text(&store, &pairs, &login, T0 + 2),
+        };
+        assert_eq!(after.body(), "Forced n=2 user=None", "the data is intact");
+    }
+
+    #[test]
+    fn a_released_session_refuses_malformed_tokens_without_an_error() {
+        let store = MemoryStore::new();
+        let cookie = request(&store, &[], T0).cookie().unwrap().to_owned();
+        let taker = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.release()?;
+            let empty = cx.session.take_form_token("")?;
+            let odd = cx.session.take_form_token("x")?;
+            let session_kind = cx.session.take_form_token(&"a".repeat(48)).is_err();
+            write!(cx.response, "{empty} {odd} {session_kind}")?;
+            Ok(())
+        };
+        let text = serve_text(&store, &[("HTTP_COOKIE", cookie.as_str())], &taker, T0);
+        assert!(text.ends_with("false false true"), "{text}");
+    }
+
+    /// A store whose user records cannot be read right now (a failing disk).
+    struct FailingUserRecords(MemoryStore);
+
+    impl Store for FailingUserRecords {
+        fn lock(
+            &self,
+            key: &SessionKey,
+            options: LockOptions,
+        ) -> crate::Result<Box<dyn crate::store::LockedSession>> {
+            self.0.lock(key, options)
+        }
+        fn exists(&self, key: &SessionKey) -> crate::Result<bool> {
+            self.0.exists(key)
+        }
+        fn peek(&self, key: &SessionKey) -> crate::Result<Option<crate::Record>> {
+            if key.id.as_str().starts_with("user-") {
+                return Err(crate::Error::new(ErrorKind::Io, "input/output error"));
+            }
+            self.0.peek(key)
+        }
+        fn keys(&self) -> crate::Result<Box<dyn Iterator<Item = crate::Result<SessionKey>> + '_>> {
+            self.0.keys()
+        }
+        fn collect_garbage(
+            &self,
+            now: SystemTime,
+            budget: Duration,
+        ) -> crate::Result<crate::store::GcReport> {
+            self.0.collect_garbage(now, budget)
+        }
+    }
+
+    #[test]
+    fn a_user_record_that_cannot_be_read_now_fails_the_request_and_ends_nothing() {
+        let app = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if cx.request.query("login").is_some() {
+                cx.session.set_user("eggs")?;
+            }
+            write!(
+                cx.response,
+                "{:?} {:?}",
+                cx.session.origin(),
+                cx.session.user()
+            )?;
+            Ok(())
+        };
+        let memory = MemoryStore::new();
+        let cookie = Reply {
+            text: serve_text(&memory, &[("QUERY_STRING", "login")], &app, T0),
+        }
+        .cookie()
+        .unwrap()
+        .to_owned();
+        let failing = FailingUserRecords(memory.clone());
+        let env = Environment::from_pairs([
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("SCRIPT_NAME", "/cgi-bin/app"),
+            ("HTTP_COOKIE", cookie.as_str()),
+        ]);
+        let config = Config::from_env(&env);
+        let mut output = Vec::new();
+        let now = UNIX_EPOCH + Duration::from_secs(T0 + 1);
+        serve_with_store(
+            &env,
+            &config,
+            &failing,
+            &mut io::empty(),
+            &mut output,
+            &app,
+            now,
+        )
+        .unwrap();
+        let text = String::from_utf8(output).unwrap();
+        assert!(text.starts_with("Status: 500"), "{text}");
+        let pairs = [("HTTP_COOKIE", cookie.as_str())];
+        let back = Reply {
+            text: serve_text(&memory, &pairs, &app, T0 + 2),
+        };
+        assert_eq!(
+            back.body(),
+            "Returning Some(\"eggs\")",
+            "the session was kept"
+        );
     }
 
     #[test]

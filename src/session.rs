@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::{Expiry, from_unix_secs, unix_secs};
 use crate::form_token::{COOKIE_TOKEN_LEN, FormCookie, FormCookieChange};
-use crate::id::{ServiceId, SessionId, same_secret};
+use crate::id::{GENERATED_ID_LEN, ServiceId, SessionId, same_secret};
 use crate::record::{Checkpoint, Meta, Record};
 use crate::store::{LockOptions, LockedSession};
 
@@ -28,6 +28,8 @@ pub(crate) const USER_RECORD: &str = "pso.logged_out_before";
 /// In a user record rebuilt after it could not be read: a time before which every user whose
 /// name leads to it is logged out.
 const EVERY_USER_LOGGED_OUT_BEFORE: &str = "pso.every_user_logged_out_before";
+/// Where the first format of a user record kept its one user's time.
+const EARLIER_REVOKED_BEFORE: &str = "pso.revoked_before";
 /// The deadlines of values set with `set_for`: key to Unix seconds.
 const KEY_DEADLINES: &str = "pso.key_deadlines";
 /// A session's own idle limit, in seconds, set by `set_idle_limit`.
@@ -78,9 +80,14 @@ pub struct Session {
     old_lock: Option<Box<dyn LockedSession>>,
     /// The client address of this request (`REMOTE_ADDR`).
     request_addr: Option<String>,
-    /// Reached through the old id of a regenerated session, in its grace: served, but never
-    /// handed the new id (whoever holds an old id must not learn the new one).
-    forwarded: bool,
+    /// Reached through this old id of a regenerated session, in its grace: served, but never
+    /// handed the new id (whoever holds an old id must not learn the new one), which is also
+    /// why `id()` answers this one.
+    arrived_as: Option<SessionId>,
+    /// The server's configuration forces this session's id: it cannot get another.
+    forced: bool,
+    /// The response head is out: no cookie can change any more.
+    head_sent: bool,
     /// The form cookie: tokens for a visitor the store holds nothing for.
     form: FormCookie,
 }
@@ -243,7 +250,9 @@ impl Session {
             released: None,
             old_lock: None,
             request_addr: None,
-            forwarded: false,
+            arrived_as: None,
+            forced: false,
+            head_sent: false,
             form: FormCookie::default(),
         }
     }
@@ -334,9 +343,10 @@ impl Session {
         now: SystemTime,
         idle: Rules,
         origin: Origin,
-        forwarded: bool,
+        arrived_as: Option<SessionId>,
     ) -> Session {
         let known = record.is_some();
+        let forwarded = arrived_as.is_some();
         let record = record.unwrap_or_else(|| Record::new(Meta::new(unix_secs(now))));
         // The cookie is sent again as it was (never the new id through a forward): a reading
         // request renews nothing.
@@ -349,7 +359,7 @@ impl Session {
         let mut session =
             Session::assemble(Box::new(Released(key)), record, known, now, idle, origin);
         session.released = Some((action, checkpoint));
-        session.forwarded = forwarded;
+        session.arrived_as = arrived_as;
         session
     }
 
@@ -372,12 +382,27 @@ impl Session {
 
     /// The response head goes out now: the cookies it carries are final.
     pub(crate) fn head_sent(&mut self) {
+        self.head_sent = true;
         self.form.freeze();
     }
 
-    /// Marks a session reached through the old id of a regenerated session.
-    pub(crate) fn forwarded(mut self) -> Session {
-        self.forwarded = true;
+    /// Marks a session reached through `old`, the old id of a regenerated session.
+    pub(crate) fn forwarded(mut self, old: SessionId) -> Session {
+        self.arrived_as = Some(old);
+        self
+    }
+
+    /// Marks a session whose id the server's configuration forces.
+    pub(crate) fn forced(mut self) -> Session {
+        self.forced = true;
+        self
+    }
+
+    /// Marks a new session that takes the place of a record the store holds under the same
+    /// (forced) id, expired or logged out: saving it overwrites that record, and if it ends
+    /// up without values, that record is deleted.
+    pub(crate) fn over_stored(mut self) -> Session {
+        self.stored = Some(self.record.checkpoint());
         self
     }
 
@@ -411,12 +436,26 @@ impl Session {
     /// address that signed in, is served this session but never handed the new id.
     pub fn regenerate_id(&mut self) -> Result<()> {
         self.check_held()?;
-        if self.forwarded {
+        if self.arrived_as.is_some() {
             // Whoever holds an old id must never learn a new one, nor move the session away
             // from its owner.
             return Err(Error::new(
                 ErrorKind::Invalid,
                 "this request came with the old id of a regenerated session: it cannot move the session again",
+            ));
+        }
+        if self.forced {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "the server's configuration forces this session's id: it cannot get another",
+            ));
+        }
+        if self.head_sent {
+            // The new id's cookie could not reach the client, and the session would be lost
+            // with the old id's grace.
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "the response head is out (stream()): a new id could no longer reach the client",
             ));
         }
         if self.ended {
@@ -436,7 +475,6 @@ impl Session {
         // those of the form cookie (perhaps tossed in by someone who can set cookies).
         self.record.remove(FORM_TOKENS);
         self.form.void();
-        self.forwarded = false;
         if self.stored.take().is_some() && self.old_lock.is_none() {
             self.old_lock = Some(old_lock);
         }
@@ -455,7 +493,7 @@ impl Session {
         let mut forward = Record::new(Meta::new(self.now));
         forward.meta.deadline = Some(self.now.saturating_add(self.idle.grace));
         forward.meta.client_addr = self.request_addr.clone();
-        forward.set(MOVED_TO, self.id().as_str())?;
+        forward.set(MOVED_TO, self.lock.key().id.as_str())?;
         old.save(&forward)
     }
 
@@ -577,6 +615,10 @@ impl Session {
         if token.len() == COOKIE_TOKEN_LEN {
             return Ok(self.form.take(token));
         }
+        if token.len() != GENERATED_ID_LEN {
+            // Neither kind: refused, whatever state the session is in.
+            return Ok(false);
+        }
         self.check_held()?;
         let mut tokens: Vec<String> = self.record.get(FORM_TOKENS)?.unwrap_or_default();
         let mut found = None;
@@ -639,9 +681,11 @@ impl Session {
         ))
     }
 
-    /// The session id (a secret: do not log it whole, see [`SessionId::short`]).
+    /// The session id (a secret: do not log it whole, see [`SessionId::short`]). For a request
+    /// that came with the old id of a regenerated session, within its grace, the old id: its
+    /// holder must never learn the new one.
     pub fn id(&self) -> &SessionId {
-        &self.lock.key().id
+        self.arrived_as.as_ref().unwrap_or(&self.lock.key().id)
     }
 
     /// The service this session belongs to.
@@ -875,11 +919,11 @@ impl Session {
                 }
             }
         }
-        if self.forwarded {
+        if self.arrived_as.is_some() {
             return Ok(CookieAction::Nothing);
         }
         Ok(CookieAction::Set(
-            self.id().clone(),
+            self.lock.key().id.clone(),
             self.record.meta.deadline.map(from_unix_secs),
         ))
     }
@@ -985,33 +1029,48 @@ pub(crate) fn user_record_id(user: &str) -> Result<SessionId> {
 /// logout. A record that cannot be read is replaced by one that logs out every name leading
 /// to it: the names it kept are unknown, and forgetting one would revive its sessions.
 fn note_logged_out(lock: &mut dyn LockedSession, user: &str, now: u64, millis: u64) -> Result<()> {
-    let mut record = match lock.load() {
-        Ok(Some(record)) => record,
-        Ok(None) => Record::new(Meta::new(now)),
-        Err(e) => {
-            log::error!(
-                "the user record {:?} is unreadable ({}); logging out every user it served",
-                lock.key(),
-                crate::error::ErrorChain(&e)
-            );
-            let mut record = Record::new(Meta::new(now));
+    let key = lock.key().clone();
+    let unreadable = |e: &Error| {
+        log::error!(
+            "the user record {key:?} is unreadable ({e}); logging out every user it served"
+        );
+        (Record::new(Meta::new(now)), None)
+    };
+    let (mut record, kept) = match lock.load() {
+        Ok(Some(record)) => match revocations(&record) {
+            Ok((names, _)) => (record, Some(names)),
+            Err(e) => unreadable(&e),
+        },
+        Ok(None) => (Record::new(Meta::new(now)), Some(BTreeMap::new())),
+        Err(e) if e.kind() == ErrorKind::Corrupt => unreadable(&e),
+        Err(e) => return Err(e),
+    };
+    let mut names = match kept {
+        Some(names) => names,
+        None => {
             record.set(EVERY_USER_LOGGED_OUT_BEFORE, &millis)?;
-            record
+            BTreeMap::new()
         }
     };
-    let mut before: BTreeMap<String, u64> =
-        record.get(USER_RECORD).ok().flatten().unwrap_or_default();
-    before.insert(user.to_owned(), millis);
-    record.set(USER_RECORD, &before)?;
+    names.insert(user.to_owned(), millis);
+    record.set(USER_RECORD, &names)?;
     lock.save(&record)
 }
 
-/// When `user` last logged out everywhere, as the user record says (milliseconds).
-pub(crate) fn logged_out_before(user_record: &Record, user: &str) -> Option<u64> {
-    let before: Option<BTreeMap<String, u64>> = user_record.get(USER_RECORD).ok().flatten();
-    let own = before.and_then(|before| before.get(user).copied());
-    let every: Option<u64> = user_record.get(EVERY_USER_LOGGED_OUT_BEFORE).ok().flatten();
-    own.max(every)
+/// When `user` last logged out everywhere, as the user record says (milliseconds); an error
+/// when the record holds what cannot be read, which the caller counts as a logout.
+pub(crate) fn logged_out_before(user_record: &Record, user: &str) -> Result<Option<u64>> {
+    let (names, every) = revocations(user_record)?;
+    Ok(names.get(user).copied().max(every))
+}
+
+/// A user record's times: per name, and for every name that leads to it. The format written
+/// before names were kept apart (one user, `pso.revoked_before`) counts for every name.
+fn revocations(user_record: &Record) -> Result<(BTreeMap<String, u64>, Option<u64>)> {
+    let names: BTreeMap<String, u64> = user_record.get(USER_RECORD)?.unwrap_or_default();
+    let every: Option<u64> = user_record.get(EVERY_USER_LOGGED_OUT_BEFORE)?;
+    let earlier: Option<u64> = user_record.get(EARLIER_REVOKED_BEFORE)?;
+    Ok((names, every.max(earlier)))
 }
 
 /// Where a released session's lock was: nothing can be loaded or saved through it.
@@ -1106,9 +1165,9 @@ mod tests {
         note_logged_out(&mut *lock, "mallory", T0, 2_000).unwrap();
         note_logged_out(&mut *lock, "mallory", T0, 3_000).unwrap();
         let record = lock.load().unwrap().unwrap();
-        assert_eq!(logged_out_before(&record, "eggs"), Some(1_000));
-        assert_eq!(logged_out_before(&record, "mallory"), Some(3_000));
-        assert_eq!(logged_out_before(&record, "ham"), None);
+        assert_eq!(logged_out_before(&record, "eggs").unwrap(), Some(1_000));
+        assert_eq!(logged_out_before(&record, "mallory").unwrap(), Some(3_000));
+        assert_eq!(logged_out_before(&record, "ham").unwrap(), None);
 
         // A damaged record rebuilt by one name's logout logs out every name that led to it.
         drop(lock);
@@ -1117,8 +1176,42 @@ mod tests {
         note_logged_out(&mut *lock, "mallory", T0, 4_000).unwrap();
         let record = lock.load().unwrap().unwrap();
         for name in ["eggs", "mallory", "ham"] {
-            assert_eq!(logged_out_before(&record, name), Some(4_000), "{name}");
+            assert_eq!(
+                logged_out_before(&record, name).unwrap(),
+                Some(4_000),
+                "{name}"
+            );
         }
+    }
+
+    #[test]
+    fn a_user_record_this_pso_cannot_read_counts_as_a_logout() {
+        // A field of the wrong type (another version, a damaged value): an error, which
+        // adoption counts as "logged out".
+        let mut odd = Record::new(Meta::new(T0));
+        odd.set(USER_RECORD, "eggs").unwrap();
+        assert!(logged_out_before(&odd, "eggs").is_err());
+        // The first format (one user, `pso.revoked_before`) counts for every name.
+        let mut first = Record::new(Meta::new(T0));
+        first.set("pso.user_record", "eggs").unwrap();
+        first.set(EARLIER_REVOKED_BEFORE, &5_000u64).unwrap();
+        assert_eq!(logged_out_before(&first, "eggs").unwrap(), Some(5_000));
+        assert_eq!(logged_out_before(&first, "ham").unwrap(), Some(5_000));
+        // Rewriting such a record keeps its time.
+        let store = MemoryStore::new();
+        let key =
+            crate::store::SessionKey::new("svc".parse().unwrap(), user_record_id("eggs").unwrap());
+        let mut lock = store.lock(&key, suite::options()).unwrap();
+        lock.save(&first).unwrap();
+        note_logged_out(&mut *lock, "ham", T0, 6_000).unwrap();
+        let record = lock.load().unwrap().unwrap();
+        assert_eq!(logged_out_before(&record, "eggs").unwrap(), Some(5_000));
+        assert_eq!(logged_out_before(&record, "ham").unwrap(), Some(6_000));
+        // And a wrongly typed one is rebuilt logging out every name.
+        lock.save(&odd).unwrap();
+        note_logged_out(&mut *lock, "ham", T0, 7_000).unwrap();
+        let record = lock.load().unwrap().unwrap();
+        assert_eq!(logged_out_before(&record, "eggs").unwrap(), Some(7_000));
     }
 
     #[test]

@@ -528,9 +528,15 @@ impl FileStore {
             // A reservation that never got its record.
             Ok(Front::Reservation) => (age > ABANDONED_AGE).then_some(GcRemoval::Abandoned),
             Ok(Front::OtherVersion | Front::Unjudged) => None,
-            Err(e) if e.kind() == ErrorKind::Corrupt => {
+            Err(e) if e.kind() == ErrorKind::Corrupt && key.id.is_generated() => {
                 log::warn!("removing unreadable session {key:?}: {e}");
                 Some(GcRemoval::Unreadable)
+            }
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                // A record kept on purpose (a user's logout record, a forced id): pso reads a
+                // damaged one as "logged out", which removing it would undo.
+                log::warn!("leaving unreadable record {key:?} for a person to look at: {e}");
+                None
             }
             Err(_) => None,
         }
@@ -1512,6 +1518,13 @@ mod tests {
         let (_dir, store) = store();
         let corrupt = suite::key("svc");
         fs::write(store.path_of(&corrupt), b"junk").unwrap();
+        // A damaged record kept on purpose (a user record, a forced id) is read as "logged
+        // out"; removing it would undo that.
+        let kept = SessionKey::new(
+            "svc".parse().unwrap(),
+            SessionId::forced("user-0123").unwrap(),
+        );
+        fs::write(store.path_of(&kept), b"junk").unwrap();
         let temp = store
             .dir()
             .join(format!(".svc.{}.1-0.tmp", SessionId::generate().unwrap()));
@@ -1521,6 +1534,7 @@ mod tests {
         let now = SystemTime::now();
         store.collect_garbage(now, Duration::from_secs(5)).unwrap();
         assert!(!store.path_of(&corrupt).exists());
+        assert!(store.path_of(&kept).exists());
         assert!(
             temp.exists(),
             "a fresh temporary may belong to a save under way"

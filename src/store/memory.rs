@@ -128,16 +128,18 @@ impl Store for MemoryStore {
         let now = unix_secs(now);
         let mut report = GcReport::default();
         let mut slots = self.shared.slots();
-        for slot in slots.values_mut() {
+        for (key, slot) in slots.iter_mut() {
             if started.elapsed() >= budget {
                 report.incomplete = true;
                 break;
             }
             let Some(bytes) = &slot.bytes else { continue };
             report.examined += 1;
+            // Like the file store: a damaged record goes only if it is a visitor's session.
+            let dead = decode(bytes).map_or(key.id.is_generated(), |record| record.is_expired(now));
             if slot.locked {
                 report.busy += 1;
-            } else if decode(bytes).map_or(true, |record| record.is_expired(now)) {
+            } else if dead {
                 slot.bytes = None;
                 report.removed += 1;
             }
