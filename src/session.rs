@@ -433,16 +433,20 @@ impl Session {
     /// The move is made when the session is saved (at the end of a successful request, or by
     /// [`Session::save`]): a request that fails leaves the old id as it was. Form tokens
     /// issued before are void. A request still carrying the old id during the grace, from the
-    /// address that signed in, is served this session but never handed the new id.
+    /// address that signed in, is served this session but never handed the new id; for it,
+    /// this call does nothing (the session has its new id already). It is an error once the
+    /// response head is out ([`crate::Context::stream`]), and for an id the server forces.
     pub fn regenerate_id(&mut self) -> Result<()> {
         self.check_held()?;
         if self.arrived_as.is_some() {
-            // Whoever holds an old id must never learn a new one, nor move the session away
-            // from its owner.
-            return Err(Error::new(
-                ErrorKind::Invalid,
-                "this request came with the old id of a regenerated session: it cannot move the session again",
-            ));
+            // Came with the old id of a session regenerated moments ago (a sign-in form
+            // posted twice): it has its new id already. Moving it again would hand whoever
+            // holds the old id the newest one, and an error would show the second post a 500.
+            log::info!(
+                "session {:?}: regenerate_id() through its old id, within the grace; it keeps the id it has",
+                self.lock.key()
+            );
+            return Ok(());
         }
         if self.forced {
             return Err(Error::new(
