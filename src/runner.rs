@@ -854,6 +854,14 @@ mod tests {
         Ok(())
     }
 
+    /// A visit at T0, then a sign-in at T0 + 1 (grace 5 s): the id before and the id after.
+    fn signed_in(store: &MemoryStore) -> (String, String) {
+        let (_, old) = login_request(store, "", "", 0, "5");
+        let old = old.unwrap();
+        let (_, new) = login_request(store, "login", &old, 1, "5");
+        (old, new.unwrap())
+    }
+
     fn login_request(
         store: &MemoryStore,
         query: &str,
@@ -998,10 +1006,7 @@ mod tests {
         // Sign-in, then at once a change of privilege: a request under way with the first id
         // goes through both forwards to the session, and learns neither new id.
         let store = MemoryStore::new();
-        let (_, first) = login_request(&store, "", "", 0, "5");
-        let first = first.unwrap();
-        let (_, second) = login_request(&store, "login", &first, 1, "5");
-        let second = second.unwrap();
+        let (first, second) = signed_in(&store);
         let (_, third) = login_request(&store, "login", &second, 2, "5");
         let third = third.unwrap();
         assert!(first != second && second != third && first != third);
@@ -1023,10 +1028,7 @@ mod tests {
         // new id (a sign-in posted twice) is served, but the session keeps the id it has:
         // moving it would hand the old id's holder the newest id and sign the owner out.
         let store = MemoryStore::new();
-        let (_, old) = login_request(&store, "", "", 0, "5");
-        let old = old.unwrap();
-        let (_, new) = login_request(&store, "login", &old, 1, "5");
-        let new = new.unwrap();
+        let (old, new) = signed_in(&store);
         let (body, sent) = login_request(&store, "login", &old, 2, "5");
         assert_eq!(body, "Returning n=3 user=Some(\"eggs\")");
         assert_eq!(sent, None);
@@ -1355,23 +1357,27 @@ mod tests {
         assert_eq!(visit("", &ham[0], 33).0, "Returning Some(\"ham\")");
     }
 
+    /// `?login`: signs in as eggs; `?everywhere`: logs eggs out everywhere; prints why this
+    /// session and its user.
+    fn eggs(cx: &mut Context<'_>) -> Result<(), BoxError> {
+        if cx.request.query("login").is_some() {
+            cx.session.set_user("eggs")?;
+        }
+        if cx.request.query("everywhere").is_some() {
+            cx.session.log_out_everywhere()?;
+        }
+        write!(
+            cx.response,
+            "{:?} {:?}",
+            cx.session.origin(),
+            cx.session.user()
+        )?;
+        Ok(())
+    }
+
     #[test]
     fn log_out_everywhere_ends_a_session_whose_id_the_server_forces_too() {
-        let app = |cx: &mut Context<'_>| -> Result<(), BoxError> {
-            if cx.request.query("login").is_some() {
-                cx.session.set_user("eggs")?;
-            }
-            if cx.request.query("everywhere").is_some() {
-                cx.session.log_out_everywhere()?;
-            }
-            write!(
-                cx.response,
-                "{:?} {:?}",
-                cx.session.origin(),
-                cx.session.user()
-            )?;
-            Ok(())
-        };
+        let app = eggs;
         let store = MemoryStore::new();
         let forced_id = SessionId::generate().unwrap();
         let forced = |query: &str, t: u64| {
@@ -1482,18 +1488,7 @@ mod tests {
 
     #[test]
     fn collection_keeps_a_damaged_user_record_so_its_logout_holds() {
-        let app = |cx: &mut Context<'_>| -> Result<(), BoxError> {
-            if cx.request.query("login").is_some() {
-                cx.session.set_user("eggs")?;
-            }
-            write!(
-                cx.response,
-                "{:?} {:?}",
-                cx.session.origin(),
-                cx.session.user()
-            )?;
-            Ok(())
-        };
+        let app = eggs;
         let store = MemoryStore::new();
         let sessions: Vec<String> = (0..2)
             .map(|_| {
@@ -1618,18 +1613,7 @@ mod tests {
 
     #[test]
     fn a_user_record_that_cannot_be_read_now_fails_the_request_and_ends_nothing() {
-        let app = |cx: &mut Context<'_>| -> Result<(), BoxError> {
-            if cx.request.query("login").is_some() {
-                cx.session.set_user("eggs")?;
-            }
-            write!(
-                cx.response,
-                "{:?} {:?}",
-                cx.session.origin(),
-                cx.session.user()
-            )?;
-            Ok(())
-        };
+        let app = eggs;
         let memory = MemoryStore::new();
         let cookie = Reply {
             text: serve_text(&memory, &[("QUERY_STRING", "login")], &app, T0),
