@@ -112,6 +112,10 @@ impl<'a> Context<'a> {
                 FormCookieChange::Set(secret) => Some(secret),
                 FormCookieChange::Revoke => None,
             };
+            let name = self.cookie.form_cookie_name(self.https);
+            if self.response.remove_cookie(&name) > 0 {
+                log::warn!("dropped a Set-Cookie for {name} that the handler added: pso sends it");
+            }
             cookies.push(self.cookie.form_cookie(secret, self.https));
         }
         cookies
@@ -1651,6 +1655,24 @@ mod tests {
             "Returning Some(\"eggs\")",
             "the session was kept"
         );
+    }
+
+    #[test]
+    fn one_set_cookie_per_name_even_when_the_handler_adds_the_form_cookie() {
+        let store = MemoryStore::new();
+        let meddler = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.response
+                .add_header("Set-Cookie", "app.form=chosen; Path=/")?;
+            let token = cx.session.create_form_token()?;
+            write!(cx.response, "{token}")?;
+            Ok(())
+        };
+        let reply = Reply {
+            text: serve_text(&store, &[], &meddler, T0),
+        };
+        let set = reply.set_cookies();
+        assert_eq!(set.len(), 1, "{set:?}");
+        assert!(!set[0].contains("chosen"), "{set:?}");
     }
 
     #[test]
