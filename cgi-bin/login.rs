@@ -13,7 +13,7 @@
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
-use pso::{BoxError, Context, Ended, Expiry, Origin};
+use pso::{BoxError, Context, Ended, ErrorKind, Expiry, Origin};
 
 fn main() {
     pso::run(login);
@@ -73,7 +73,16 @@ fn post(cx: &mut Context) -> Result<(), BoxError> {
                 return form(cx, "Wrong user name or password.");
             }
             // A new id at the change of privilege: an id planted before is worth nothing now.
-            cx.session.regenerate_id()?;
+            if let Err(e) = cx.session.regenerate_id() {
+                if e.kind() != ErrorKind::OldId {
+                    return Err(e.into());
+                }
+                // The old id of a session that has just signed in: this form posted twice (or
+                // by whoever planted that id). Nothing changes; the page shows where things
+                // stand.
+                cx.response.redirect(cx.request.script_name())?;
+                return Ok(());
+            }
             cx.session.set("user", &user)?;
             // Named for "sign out everywhere".
             cx.session.set_user(&user)?;

@@ -21,7 +21,7 @@ use crate::id::SessionId;
 use crate::record::Record;
 use crate::session::{
     Ended, MOVED_TO, Origin, Rules, Session, USER, USER_RECORD, USER_SINCE, logged_out_before,
-    user_record_id,
+    repair_user_record, user_record_id,
 };
 use crate::store::{LockOptions, LockedSession, SessionKey, Store};
 
@@ -55,7 +55,7 @@ pub(crate) fn adopt(
         let key = SessionKey::new(config.service.clone(), id.clone());
         let mut lock = store.lock(&key, options.with_create(true))?;
         let session = match load_live(&mut *lock, idle, claim.client_addr, now_secs)? {
-            Loaded::Live(record) if logged_out(store, &key, &record)? => {
+            Loaded::Live(record) if logged_out(store, &key, &record, Some(now))? => {
                 log::info!("session {key:?}: its user logged out everywhere");
                 fresh(lock)
                     .over_stored()
@@ -63,12 +63,22 @@ pub(crate) fn adopt(
             }
             Loaded::Live(record) => Session::existing(lock, record, now, idle, Origin::Forced),
             // What it holds goes when this request saves, or ends without values.
-            Loaded::Ended(Ended::Idle | Ended::Lifetime | Ended::Unreadable, _) => {
-                fresh(lock).over_stored().replacing(Origin::Forced, None)
+            Loaded::Ended(why @ (Ended::Idle | Ended::Lifetime | Ended::Unreadable), expired) => {
+                fresh(lock)
+                    .over_stored()
+                    .replacing(Origin::Replaced(why), expired)
             }
-            Loaded::Ended(..) | Loaded::Moved(_) | Loaded::Foreign => {
-                fresh(lock).replacing(Origin::Forced, None)
-            }
+            // Another address's (PSOSessionCheckIP): left alone, so this request gets an
+            // empty session it cannot store.
+            Loaded::Foreign => Session::read_only(
+                key.clone(),
+                None,
+                now,
+                idle,
+                Origin::Replaced(Ended::OtherAddress),
+                None,
+            ),
+            Loaded::Ended(..) | Loaded::Moved(_) => fresh(lock).replacing(Origin::Forced, None),
         }
         .forced()
         .requested_from(claim.client_addr);
@@ -186,7 +196,7 @@ pub(crate) fn adopt(
         ended = Some((Ended::Ambiguous, None));
     }
     if let Some((mut lock, record, forwarded)) = live.pop() {
-        if logged_out(store, lock.key(), &record)? {
+        if logged_out(store, lock.key(), &record, Some(now))? {
             log::info!("session {:?}: its user logged out everywhere", lock.key());
             if let Err(e) = lock.delete() {
                 log::warn!("ending session {:?} failed: {}", lock.key(), ErrorChain(&e));
@@ -217,33 +227,46 @@ pub(crate) fn adopt(
 /// Whether `record` is signed in as a user who logged out everywhere since: the user's record
 /// says "logged out before" a time (in milliseconds) not before the session signed in. Read
 /// without a lock (the store gives a whole record or none). A user record that is damaged, or
-/// holds what this pso cannot read, counts as a logout (a damaged file must not undo one); one
-/// that cannot be read now (a failing disk) fails the request and ends nothing.
-fn logged_out(store: &dyn Store, key: &SessionKey, record: &Record) -> Result<bool> {
+/// holds what this pso cannot read, counts as a logout (a damaged file must not undo one) and,
+/// given `repair_at`, is rebuilt so that later sign-ins work; one that cannot be read now (a
+/// failing disk) fails the request and ends nothing.
+fn logged_out(
+    store: &dyn Store,
+    key: &SessionKey,
+    record: &Record,
+    repair_at: Option<SystemTime>,
+) -> Result<bool> {
     let Ok(Some(user)) = record.get::<String>(USER) else {
         return Ok(false);
     };
     let since: u64 = record.get(USER_SINCE).ok().flatten().unwrap_or(0);
-    let Ok(id) = user_record_id(&user) else {
-        return Ok(false);
-    };
-    let user_key = SessionKey::new(key.service.clone(), id);
+    let user_key = SessionKey::new(key.service.clone(), user_record_id(&user));
     let revoked = match store.peek(&user_key) {
         Ok(Some(user_record)) => logged_out_before(&user_record, &user),
         Ok(None) => return Ok(false),
         Err(e) if e.kind() == ErrorKind::Corrupt => Err(e),
         Err(e) => return Err(e),
     };
-    match revoked {
-        Ok(before) => Ok(before.is_some_and(|before| since <= before)),
-        Err(e) => {
-            log::error!(
-                "the user record {user_key:?} is unreadable ({}); ending session {key:?} to be safe",
+    let e = match revoked {
+        Ok(before) => return Ok(before.is_some_and(|before| since <= before)),
+        Err(e) => e,
+    };
+    log::error!(
+        "the user record {user_key:?} is unreadable ({}); ending session {key:?} to be safe",
+        ErrorChain(&e)
+    );
+    if let Some(now) = repair_at {
+        let repaired = store
+            .lock(&user_key, LockOptions::new(Duration::from_secs(1)))
+            .and_then(|mut lock| repair_user_record(&mut *lock, now));
+        if let Err(e) = repaired {
+            log::warn!(
+                "cannot rebuild the user record {user_key:?}: {}",
                 ErrorChain(&e)
             );
-            Ok(true)
         }
     }
+    Ok(true)
 }
 
 /// The ids the request offers: its cookies', or with `PSOSessionUrl=on` and no cookie, the
@@ -278,7 +301,7 @@ pub(crate) fn adopt_read_only(
         let key = SessionKey::new(config.service.clone(), id.clone());
         let (record, origin) =
             match judge(store.peek(&key), &key, idle, claim.client_addr, now_secs)? {
-                Loaded::Live(record) if logged_out(store, &key, &record)? => {
+                Loaded::Live(record) if logged_out(store, &key, &record, None)? => {
                     (None, Origin::Replaced(Ended::LoggedOut))
                 }
                 Loaded::Live(record) => (Some(record), Origin::Forced),
@@ -322,7 +345,7 @@ pub(crate) fn adopt_read_only(
         ended = Some((Ended::Ambiguous, None));
     }
     if let Some((key, record, forwarded)) = live.pop() {
-        if logged_out(store, &key, &record)? {
+        if logged_out(store, &key, &record, None)? {
             ended = Some((Ended::LoggedOut, None));
         } else {
             let session =

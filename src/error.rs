@@ -34,6 +34,11 @@ pub enum ErrorKind {
     Expiry,
     /// The session directory is unusable (not ours, a symlink, not a directory).
     Directory,
+    /// The request came with the old id of a regenerated session (within its grace) and asked
+    /// for what only the session's current id may do: a new id, another signed-in user. A
+    /// sign-in form posted twice gets this on its second post (a 409 unless the handler
+    /// answers otherwise); the first post did sign in.
+    OldId,
 }
 
 /// pso's error: a kind, a message saying what was being done, and the underlying cause.

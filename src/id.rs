@@ -14,6 +14,8 @@ use crate::error::{Error, ErrorKind, Result};
 const ID_RANDOM_BYTES: usize = 24;
 /// Length of a generated id: the random bytes in lowercase hex.
 pub(crate) const GENERATED_ID_LEN: usize = ID_RANDOM_BYTES * 2;
+/// How the ids of pso's per-user records start; no other id may.
+const USER_RECORD_PREFIX: &str = "user-";
 /// Longest id or service id accepted from configuration.
 const MAX_NAME_LEN: usize = 64;
 
@@ -67,16 +69,41 @@ impl SessionId {
         self.0.parse::<SessionId>().is_ok()
     }
 
-    /// An id chosen by the server's configuration: 1 to 64 characters of `[A-Za-z0-9_-]`.
+    /// An id chosen by the server's configuration: 1 to 64 characters of `[A-Za-z0-9_-]`, not
+    /// starting with `user-` (the ids of pso's per-user "log out everywhere" records).
+    ///
+    /// ```
+    /// assert!(pso::SessionId::forced("007").is_ok());
+    /// assert!(pso::SessionId::forced("user-539195603a6bed0f").is_err());
+    /// assert!(pso::SessionId::forced("../etc").is_err());
+    /// ```
     pub fn forced(text: &str) -> Result<SessionId> {
+        if text.starts_with(USER_RECORD_PREFIX) {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "a forced session id cannot start with user- (pso's own records use those ids)",
+            ));
+        }
+        SessionId::named(text)
+    }
+
+    /// Any id a store may hold under a name: 1 to 64 characters of `[A-Za-z0-9_-]` (a
+    /// generated id, a forced one, a user record's). For tools that read a store's names.
+    pub fn named(text: &str) -> Result<SessionId> {
         if is_safe_name(text) {
             Ok(SessionId(text.to_owned()))
         } else {
             Err(Error::new(
                 ErrorKind::Invalid,
-                "a forced session id must be 1 to 64 characters of A-Z a-z 0-9 _ -",
+                "a session id must be 1 to 64 characters of A-Z a-z 0-9 _ -",
             ))
         }
+    }
+
+    /// The id of the record that keeps "log out everywhere" times for the user names whose
+    /// hash is `hash`.
+    pub(crate) fn user_record(hash: u64) -> SessionId {
+        SessionId(format!("{USER_RECORD_PREFIX}{hash:016x}"))
     }
 
     /// The id as text.

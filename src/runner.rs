@@ -179,6 +179,7 @@ fn cache_headers<'c>(
 fn error_status(kind: ErrorKind) -> u16 {
     match kind {
         ErrorKind::LockTimeout => 503,
+        ErrorKind::OldId => 409,
         _ => 500,
     }
 }
@@ -1029,16 +1030,16 @@ mod tests {
     #[test]
     fn an_old_id_cannot_regenerate_the_session_it_leads_to() {
         // A request with the old id, in the grace and from the same address, that asks for a
-        // new id (a sign-in posted twice) is served, but the session keeps the id it has:
-        // moving it would hand the old id's holder the newest id and sign the owner out.
+        // new id (a sign-in posted twice, or someone who planted the old id) gets a 409:
+        // moving the session would hand the old id's holder the newest id.
         let store = MemoryStore::new();
         let (old, new) = signed_in(&store);
         let (body, sent) = login_request(&store, "login", &old, 2, "5");
-        assert_eq!(body, "Returning n=3 user=Some(\"eggs\")");
+        assert!(body.contains("409 Conflict"), "{body}");
         assert_eq!(sent, None);
         let (body, _) = login_request(&store, "", &new, 9, "5");
         assert_eq!(
-            body, "Returning n=4 user=Some(\"eggs\")",
+            body, "Returning n=3 user=Some(\"eggs\")",
             "the owner keeps it"
         );
     }
@@ -1350,7 +1351,7 @@ mod tests {
         // read as a session id (cookies carry generated ids only).
         let (_, again) = visit("login=eggs", "", 30);
         assert_eq!(visit("", &again, 31).0, "Returning Some(\"eggs\")");
-        let record = crate::session::user_record_id("eggs").unwrap();
+        let record = crate::session::user_record_id("eggs");
         let (body, _) = visit("", &format!("app={}", record.as_str()), 32);
         assert_eq!(body, "New None");
         // A user record that cannot be read ends the user's sessions: a damaged file must not
@@ -1491,7 +1492,7 @@ mod tests {
     }
 
     #[test]
-    fn collection_keeps_a_damaged_user_record_so_its_logout_holds() {
+    fn a_damaged_user_record_is_kept_by_collection_ends_its_sessions_and_is_rebuilt() {
         let app = eggs;
         let store = MemoryStore::new();
         let sessions: Vec<String> = (0..2)
@@ -1504,27 +1505,133 @@ mod tests {
             .collect();
         let user = SessionKey::new(
             "app".parse().unwrap(),
-            crate::session::user_record_id("eggs").unwrap(),
+            crate::session::user_record_id("eggs"),
         );
         store.plant(&user, b"damaged");
-        let visit = |cookie: &str, t: u64| {
-            let reply = Reply {
-                text: serve_text(&store, &[("HTTP_COOKIE", cookie)], &app, T0 + t),
-            };
-            reply.body().to_owned()
-        };
-        assert_eq!(visit(&sessions[0], 1), "Replaced(LoggedOut) None");
+        let later = UNIX_EPOCH + Duration::from_secs(T0 + 1);
         store
-            .collect_garbage(
-                UNIX_EPOCH + Duration::from_secs(T0 + 2),
-                Duration::from_secs(5),
-            )
+            .collect_garbage(later, Duration::from_secs(5))
             .unwrap();
         assert!(
-            store.exists(&user).unwrap(),
-            "a user record is never collected"
+            store.peek(&user).is_err(),
+            "a damaged user record is never collected"
         );
-        assert_eq!(visit(&sessions[1], 3), "Replaced(LoggedOut) None");
+        let visit = |query: &str, cookie: &str, t: u64| {
+            let pairs = [("HTTP_COOKIE", cookie), ("QUERY_STRING", query)];
+            Reply {
+                text: serve_text(&store, &pairs, &app, T0 + t),
+            }
+        };
+        // Its sessions end; the record is rebuilt saying "everyone before now"...
+        assert_eq!(
+            visit("", &sessions[0], 2).body(),
+            "Replaced(LoggedOut) None"
+        );
+        assert!(store.peek(&user).unwrap().is_some(), "rebuilt");
+        assert_eq!(
+            visit("", &sessions[1], 3).body(),
+            "Replaced(LoggedOut) None"
+        );
+        // ... so a new sign-in lasts.
+        let again = visit("login", "", 4);
+        let cookie = again.cookie().unwrap().to_owned();
+        assert_eq!(visit("", &cookie, 5).body(), "Returning Some(\"eggs\")");
+    }
+
+    #[test]
+    fn an_old_id_cannot_sign_the_session_in_as_someone_else() {
+        let sign_in = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if let Some(user) = cx.request.query("as") {
+                cx.session.set_user(&user)?;
+            }
+            write!(cx.response, "{:?}", cx.session.user())?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let (old, new) = signed_in(&store);
+        let pairs = [
+            ("HTTP_COOKIE", old.as_str()),
+            ("QUERY_STRING", "as=mallory"),
+            ("REMOTE_ADDR", "192.0.2.1"),
+        ];
+        let text = serve_text(&store, &pairs, &sign_in, T0 + 2);
+        assert!(text.starts_with("Status: 409"), "{text}");
+        let pairs = [("HTTP_COOKIE", new.as_str()), ("REMOTE_ADDR", "192.0.2.1")];
+        let owner = serve_text(&store, &pairs, &sign_in, T0 + 3);
+        assert!(owner.ends_with("None"), "unchanged: {owner}");
+    }
+
+    #[test]
+    fn a_forced_id_under_check_ip_is_left_alone_for_another_address() {
+        let cart = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if let Some(item) = cx.request.query("add") {
+                cx.session.set("cart", &item)?;
+            }
+            let item: Option<String> = cx.session.get("cart")?;
+            write!(cx.response, "{:?} {item:?}", cx.session.origin())?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let forced_id = SessionId::generate().unwrap();
+        let visit = |addr: &str, query: &str, t: u64| {
+            let pairs = [
+                ("PSOServiceId", "app"),
+                ("app", forced_id.as_str()),
+                ("PSOSessionCheckIP", "on"),
+                ("REMOTE_ADDR", addr),
+                ("QUERY_STRING", query),
+            ];
+            Reply {
+                text: serve_text(&store, &pairs, &cart, T0 + t),
+            }
+        };
+        assert_eq!(
+            visit("192.0.2.1", "add=spam", 0).body(),
+            "Forced Some(\"spam\")"
+        );
+        assert_eq!(
+            visit("198.51.100.7", "", 1).body(),
+            "Replaced(OtherAddress) None"
+        );
+        let refused = visit("198.51.100.7", "add=ham", 2);
+        assert!(refused.text.starts_with("Status: 500"), "{}", refused.text);
+        assert_eq!(
+            visit("192.0.2.1", "", 3).body(),
+            "Forced Some(\"spam\")",
+            "left alone"
+        );
+    }
+
+    #[test]
+    fn a_forced_session_that_expired_says_why_and_hands_over_its_data() {
+        let audit = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            let old: Option<u64> = match cx.session.take_expired() {
+                Some(record) => record.get("n")?,
+                None => None,
+            };
+            let n: u64 = cx.session.get("n")?.unwrap_or(0) + 1;
+            cx.session.set("n", &n)?;
+            write!(cx.response, "{:?} {n} {old:?}", cx.session.origin())?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let forced_id = SessionId::generate().unwrap();
+        let visit = |t: u64| {
+            let pairs = [
+                ("PSOServiceId", "app"),
+                ("app", forced_id.as_str()),
+                ("PSOSessionIdle", "60"),
+            ];
+            Reply {
+                text: serve_text(&store, &pairs, &audit, T0 + t),
+            }
+            .body()
+            .to_owned()
+        };
+        assert_eq!(visit(0), "Forced 1 None");
+        assert_eq!(visit(10), "Forced 2 None");
+        assert_eq!(visit(200), "Replaced(Idle) 1 Some(2)");
+        assert_eq!(visit(210), "Forced 2 None");
     }
 
     #[test]

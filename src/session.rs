@@ -434,20 +434,14 @@ impl Session {
     /// [`Session::save`]): a request that fails leaves the old id as it was. Form tokens
     /// issued before are void. A request still carrying the old id during the grace, from the
     /// address that signed in, is served this session but never handed the new id; for it,
-    /// this call does nothing (the session has its new id already). It is an error once the
+    /// this call (and [`Session::set_user`]) is an error of kind [`ErrorKind::OldId`], a 409
+    /// (a sign-in form posted twice: the first post signed in). It is an error too once the
     /// response head is out ([`crate::Context::stream`]), and for an id the server forces.
     pub fn regenerate_id(&mut self) -> Result<()> {
         self.check_held()?;
-        if self.arrived_as.is_some() {
-            // Came with the old id of a session regenerated moments ago (a sign-in form
-            // posted twice): it has its new id already. Moving it again would hand whoever
-            // holds the old id the newest one, and an error would show the second post a 500.
-            log::info!(
-                "session {:?}: regenerate_id() through its old id, within the grace; it keeps the id it has",
-                self.lock.key()
-            );
-            return Ok(());
-        }
+        // Moving the session again would hand whoever holds the old id the newest one; going
+        // on as if it had moved would let them sign the owner's session in as someone else.
+        self.check_current_id("regenerate_id()")?;
         if self.forced {
             return Err(Error::new(
                 ErrorKind::Invalid,
@@ -507,6 +501,7 @@ impl Session {
     pub fn set_user(&mut self, user: &str) -> Result<()> {
         let now = self.now_millis;
         self.check_held()?;
+        self.check_current_id("set_user()")?;
         self.record.set(USER, user)?;
         self.record.set(USER_SINCE, &now)
     }
@@ -539,7 +534,7 @@ impl Session {
             ));
         };
         let options = LockOptions::new(Duration::from_secs(5)).with_create(true);
-        let mut lock = self.lock.lock_sibling(user_record_id(&user)?, options)?;
+        let mut lock = self.lock.lock_sibling(user_record_id(&user), options)?;
         note_logged_out(&mut *lock, &user, self.now, self.now_millis)?;
         drop(lock);
         self.expire(Expiry::Now)
@@ -959,6 +954,21 @@ impl Session {
         Ok(())
     }
 
+    /// An error ([`ErrorKind::OldId`]) for a request that came with the old id of a regenerated
+    /// session: it is served the session, but may not change who the session belongs to.
+    fn check_current_id(&self, what: &str) -> Result<()> {
+        match &self.arrived_as {
+            Some(old) => Err(Error::new(
+                ErrorKind::OldId,
+                format!(
+                    "{what} through {}, the old id of a regenerated session: only its current id may do that",
+                    old.short()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// An error once the session was released.
     fn check_held(&self) -> Result<()> {
         if self.released.is_some() {
@@ -1016,49 +1026,60 @@ fn unix_millis(time: SystemTime) -> u64 {
 }
 
 /// The id of the record that keeps a user's "logged out before" time: derived from the name
-/// (FNV-1a, 64 bits), in a form no generated session id takes (a `-`); the record names its
-/// user, and adoption never takes such a record for a session.
-pub(crate) fn user_record_id(user: &str) -> Result<SessionId> {
+/// (FNV-1a, 64 bits), in a form no generated or forced id takes (`user-`); the record keeps a
+/// time per name, and adoption never takes such a record for a session.
+pub(crate) fn user_record_id(user: &str) -> SessionId {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in user.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    SessionId::forced(&format!("user-{hash:016x}"))
+    SessionId::user_record(hash)
 }
 
 /// Notes in the user record under `lock` that `user` logged out everywhere at `millis`. Every
 /// other name the record keeps stays as it was: two names that lead to one record (a hash
 /// collision, which someone choosing user names can make on purpose) never undo each other's
-/// logout. A record that cannot be read is replaced by one that logs out every name leading
-/// to it: the names it kept are unknown, and forgetting one would revive its sessions.
+/// logout.
 fn note_logged_out(lock: &mut dyn LockedSession, user: &str, now: u64, millis: u64) -> Result<()> {
-    let key = lock.key().clone();
-    let unreadable = |e: &Error| {
-        log::error!(
-            "the user record {key:?} is unreadable ({e}); logging out every user it served"
-        );
-        (Record::new(Meta::new(now)), None)
-    };
-    let (mut record, kept) = match lock.load() {
-        Ok(Some(record)) => match revocations(&record) {
-            Ok((names, _)) => (record, Some(names)),
-            Err(e) => unreadable(&e),
-        },
-        Ok(None) => (Record::new(Meta::new(now)), Some(BTreeMap::new())),
-        Err(e) if e.kind() == ErrorKind::Corrupt => unreadable(&e),
-        Err(e) => return Err(e),
-    };
-    let mut names = match kept {
-        Some(names) => names,
-        None => {
-            record.set(EVERY_USER_LOGGED_OUT_BEFORE, &millis)?;
-            BTreeMap::new()
-        }
-    };
+    let (mut record, mut names, _) = user_record_for_update(lock, now, millis)?;
     names.insert(user.to_owned(), millis);
     record.set(USER_RECORD, &names)?;
     lock.save(&record)
+}
+
+/// Rebuilds the user record under `lock` if it cannot be read, logging out at `millis` every
+/// name that leads to it: the sessions it served stay ended, and new sign-ins work again.
+pub(crate) fn repair_user_record(lock: &mut dyn LockedSession, now: SystemTime) -> Result<()> {
+    let (record, _, rebuilt) = user_record_for_update(lock, unix_secs(now), unix_millis(now))?;
+    if rebuilt { lock.save(&record) } else { Ok(()) }
+}
+
+/// The user record under `lock` and the names it keeps. One that cannot be read comes back
+/// rebuilt (and `true`): it logs out at `millis` every name that leads to it, since the names
+/// it kept are unknown and forgetting one would revive its sessions.
+fn user_record_for_update(
+    lock: &mut dyn LockedSession,
+    now: u64,
+    millis: u64,
+) -> Result<(Record, BTreeMap<String, u64>, bool)> {
+    let damaged = match lock.load() {
+        Ok(Some(record)) => match revocations(&record) {
+            Ok((names, _)) => return Ok((record, names, false)),
+            Err(e) => e,
+        },
+        Ok(None) => return Ok((Record::new(Meta::new(now)), BTreeMap::new(), false)),
+        Err(e) if e.kind() == ErrorKind::Corrupt => e,
+        Err(e) => return Err(e),
+    };
+    log::error!(
+        "the user record {:?} is unreadable ({damaged}); rebuilt, logging out every user it served",
+        lock.key()
+    );
+    let mut record = Record::new(Meta::new(now));
+    record.set(EVERY_USER_LOGGED_OUT_BEFORE, &millis)?;
+    record.set(USER_RECORD, &BTreeMap::<String, u64>::new())?;
+    Ok((record, BTreeMap::new(), true))
 }
 
 /// When `user` last logged out everywhere, as the user record says (milliseconds); an error
@@ -1162,8 +1183,7 @@ mod tests {
         // undo the first's (a user name chosen to collide with a victim's would otherwise revive
         // the victim's stolen sessions).
         let store = MemoryStore::new();
-        let key =
-            crate::store::SessionKey::new("svc".parse().unwrap(), user_record_id("eggs").unwrap());
+        let key = crate::store::SessionKey::new("svc".parse().unwrap(), user_record_id("eggs"));
         let mut lock = store.lock(&key, suite::options()).unwrap();
         note_logged_out(&mut *lock, "eggs", T0, 1_000).unwrap();
         note_logged_out(&mut *lock, "mallory", T0, 2_000).unwrap();
@@ -1203,8 +1223,7 @@ mod tests {
         assert_eq!(logged_out_before(&first, "ham").unwrap(), Some(5_000));
         // Rewriting such a record keeps its time.
         let store = MemoryStore::new();
-        let key =
-            crate::store::SessionKey::new("svc".parse().unwrap(), user_record_id("eggs").unwrap());
+        let key = crate::store::SessionKey::new("svc".parse().unwrap(), user_record_id("eggs"));
         let mut lock = store.lock(&key, suite::options()).unwrap();
         lock.save(&first).unwrap();
         note_logged_out(&mut *lock, "ham", T0, 6_000).unwrap();

@@ -464,6 +464,34 @@ fn gc_removes_expired_and_damaged_sessions_only() {
 }
 
 #[test]
+fn gc_keeps_a_damaged_user_record_and_says_so_even_quietly() {
+    let sessions = Sessions::new();
+    let damaged_session = SessionKey::new("shop".parse().unwrap(), SessionId::generate().unwrap());
+    fs::write(sessions.store.path_of(&damaged_session), b"junk").unwrap();
+    let user_record = SessionKey::new(
+        "shop".parse().unwrap(),
+        SessionId::named("user-539195603a6bed0f").unwrap(),
+    );
+    fs::write(sessions.store.path_of(&user_record), b"junk").unwrap();
+    let output = sessions.run(&["gc", "--json"]);
+    let summary = json(&succeeded(&output));
+    assert_eq!(summary["unreadable"], 1, "{summary}");
+    assert_eq!(summary["kept_damaged"], 1, "{summary}");
+    assert!(!sessions.store.exists(&damaged_session).unwrap());
+    assert!(
+        sessions.store.exists(&user_record).unwrap(),
+        "kept for a person to look at"
+    );
+    let warned = |output: &Output| stderr(output).contains("kept 1 unreadable record(s)");
+    assert!(warned(&output), "{}", stderr(&output));
+    let quiet = sessions.run(&["gc", "--quiet"]);
+    assert_eq!(succeeded(&quiet), "");
+    assert!(warned(&quiet), "{}", stderr(&quiet));
+    let text = succeeded(&sessions.run(&["gc"]));
+    assert!(text.contains("kept 1 (1 damaged)"), "{text}");
+}
+
+#[test]
 fn gc_skips_a_session_a_request_holds() {
     let sessions = Sessions::new();
     let now = now();

@@ -844,6 +844,26 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
         late.contains("Signed in as <strong>eggs</strong>"),
         "{late}"
     );
+    // A sign-in posted through the old id (twice, or by whoever planted it) changes nothing
+    // and hands out no id: the program sends it back to the page.
+    let form = format!(
+        "token={}&action=login&user=eggs&password=spam",
+        token_of(&late)
+    );
+    let twice = curl(
+        &fixture.root.path().join("other-jar"),
+        &url,
+        &["-b", &before, "-d", &form],
+    )
+    .unwrap();
+    assert_eq!(status(&twice), "302", "{twice}");
+    assert_eq!(cookie_of(&twice), None, "{twice}");
+    let log = std::fs::read_to_string(fixture.root.path().join("audit.log")).unwrap();
+    assert_eq!(
+        log.matches("eggs signed in").count(),
+        2,
+        "not a third sign-in: {log}"
+    );
 
     // Idle past LoginIdle (1 s): signed out, told why, one cookie, one audit line.
     std::thread::sleep(Duration::from_millis(2_200));

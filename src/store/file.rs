@@ -483,8 +483,8 @@ impl FileStore {
                     return GcOutcome::Skipped;
                 }
                 match self.is_dead(&key, &file, &stat, now, age) {
-                    Some(removal) => removal,
-                    None => return GcOutcome::Kept,
+                    Ok(removal) => removal,
+                    Err(kept) => return kept,
                 }
             }
             Entry::Temp => {
@@ -509,7 +509,7 @@ impl FileStore {
         }
     }
 
-    /// Why a locked session file may go: expired, or unreadable; `None` to keep it.
+    /// Why a locked session file may go: expired, or unreadable; otherwise how it is kept.
     ///
     /// Only the metadata at the front is read, so collection never holds a record in memory.
     /// The directory may be shared with other programs, other settings and other versions of
@@ -522,23 +522,23 @@ impl FileStore {
         stat: &Stat,
         now: u64,
         age: u64,
-    ) -> Option<GcRemoval> {
+    ) -> std::result::Result<GcRemoval, GcOutcome> {
         match read_front(file, stat) {
-            Ok(Front::Record { meta, .. }) => meta.is_expired(now).then_some(GcRemoval::Expired),
+            Ok(Front::Record { meta, .. }) if meta.is_expired(now) => Ok(GcRemoval::Expired),
             // A reservation that never got its record.
-            Ok(Front::Reservation) => (age > ABANDONED_AGE).then_some(GcRemoval::Abandoned),
-            Ok(Front::OtherVersion | Front::Unjudged) => None,
+            Ok(Front::Reservation) if age > ABANDONED_AGE => Ok(GcRemoval::Abandoned),
+            Ok(_) => Err(GcOutcome::Kept),
             Err(e) if e.kind() == ErrorKind::Corrupt && key.id.is_generated() => {
                 log::warn!("removing unreadable session {key:?}: {e}");
-                Some(GcRemoval::Unreadable)
+                Ok(GcRemoval::Unreadable)
             }
             Err(e) if e.kind() == ErrorKind::Corrupt => {
                 // A record kept on purpose (a user's logout record, a forced id): pso reads a
                 // damaged one as "logged out", which removing it would undo.
                 log::warn!("leaving unreadable record {key:?} for a person to look at: {e}");
-                None
+                Err(GcOutcome::KeptDamaged)
             }
-            Err(_) => None,
+            Err(_) => Err(GcOutcome::Kept),
         }
     }
 
@@ -945,7 +945,7 @@ fn classify(name: &OsStr) -> Option<Entry> {
 fn parse_key(service: &str, id: &str) -> Option<SessionKey> {
     Some(SessionKey::new(
         service.parse().ok()?,
-        SessionId::forced(id).ok()?,
+        SessionId::named(id).ok()?,
     ))
 }
 
@@ -1522,7 +1522,7 @@ mod tests {
         // out"; removing it would undo that.
         let kept = SessionKey::new(
             "svc".parse().unwrap(),
-            SessionId::forced("user-0123").unwrap(),
+            SessionId::named("user-0123").unwrap(),
         );
         fs::write(store.path_of(&kept), b"junk").unwrap();
         let temp = store

@@ -141,6 +141,10 @@ pub enum GcOutcome {
     /// Looked at and kept: live, of a format version this pso does not know, or a temporary
     /// file that may belong to a save under way.
     Kept,
+    /// Unreadable, but kept for a person to look at: a record pso keeps on purpose (a user's
+    /// "log out everywhere" record, a forced id), not a visitor's disposable session. pso
+    /// reads a damaged user record as "logged out"; removing it would undo that.
+    KeptDamaged,
     /// Held by a request (its lock was taken): skipped, whatever its age.
     Busy,
     /// A file of pso's naming that could not be opened, locked, read or removed (not ours, an

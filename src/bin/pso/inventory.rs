@@ -308,7 +308,7 @@ pub fn resolve(
     service: Option<&ServiceId>,
     text: &str,
 ) -> Result<SessionKey, LookupError> {
-    let id = SessionId::forced(text).map_err(LookupError::Invalid)?;
+    let id = SessionId::named(text).map_err(LookupError::Invalid)?;
     if let Some(service) = service {
         let key = SessionKey::new(service.clone(), id.clone());
         if store.exists(&key).map_err(LookupError::Store)? {

@@ -42,7 +42,8 @@ pub enum Command {
     /// Remove one session, under its lock
     Rm(RmArgs),
     /// Remove expired and unreadable sessions, never one that a request holds; safe from cron
-    /// while the site is live
+    /// while the site is live. Damaged user records and forced-id sessions are kept and
+    /// reported, for a person to look at
     Gc(GcArgs),
     /// Count the sessions: how many, how big, how many expired, the oldest and newest
     Stats(StoreArgs),
@@ -716,6 +717,7 @@ struct GcTally {
     unreadable: u64,
     abandoned: u64,
     kept: u64,
+    kept_damaged: u64,
     held: u64,
     skipped: u64,
     bytes_freed: u64,
@@ -733,6 +735,10 @@ impl GcTally {
                 }
             }
             GcOutcome::Kept => self.kept += 1,
+            GcOutcome::KeptDamaged => {
+                self.kept += 1;
+                self.kept_damaged += 1;
+            }
             GcOutcome::Busy => self.held += 1,
             GcOutcome::Skipped => self.skipped += 1,
             _ => {}
@@ -778,6 +784,13 @@ fn gc(args: &GcArgs, out: &mut impl Write) -> Result<(), Failure> {
     );
     bar.finish_and_clear();
     collected?;
+    if tally.kept_damaged > 0 {
+        // Said even with --quiet: a person must look (`pso sessions show`, then `rm`).
+        eprintln!(
+            "warning: kept {} unreadable record(s) that are not visitors' sessions (user records of \"log out everywhere\", forced ids): pso reads a damaged user record as \"logged out\"; look at them with `pso sessions list`",
+            tally.kept_damaged
+        );
+    }
     if args.quiet {
         return Ok(());
     }
@@ -789,6 +802,7 @@ fn gc(args: &GcArgs, out: &mut impl Write) -> Result<(), Failure> {
             "unreadable": tally.unreadable,
             "abandoned": tally.abandoned,
             "kept": tally.kept,
+            "kept_damaged": tally.kept_damaged,
             "held": tally.held,
             "skipped": tally.skipped,
             "bytes_freed": tally.bytes_freed,
@@ -797,12 +811,13 @@ fn gc(args: &GcArgs, out: &mut impl Write) -> Result<(), Failure> {
     } else {
         writeln!(
             out,
-            "removed {} ({} expired, {} unreadable, {} abandoned), kept {}, held by requests {}, skipped {}, freed {} bytes",
+            "removed {} ({} expired, {} unreadable, {} abandoned), kept {} ({} damaged), held by requests {}, skipped {}, freed {} bytes",
             tally.removed(),
             tally.expired,
             tally.unreadable,
             tally.abandoned,
             tally.kept,
+            tally.kept_damaged,
             tally.held,
             tally.skipped,
             tally.bytes_freed
