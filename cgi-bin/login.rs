@@ -77,9 +77,9 @@ fn post(cx: &mut Context) -> Result<(), BoxError> {
                 if e.kind() != ErrorKind::OldId {
                     return Err(e.into());
                 }
-                // The old id of a session that has just signed in: this form posted twice (or
-                // by whoever planted that id). Nothing changes; the page shows where things
-                // stand.
+                // A form loaded through the old id of a session that has just signed in (a
+                // tab opened before, or whoever planted that id): pso changes nothing, and
+                // the page shows where things stand.
                 cx.response.redirect(cx.request.script_name())?;
                 return Ok(());
             }

@@ -299,15 +299,22 @@ pub(crate) fn adopt_read_only(
     if let Some(id) = &config.forced_id {
         // The server chose the id: read it, whatever the cookies say.
         let key = SessionKey::new(config.service.clone(), id.clone());
-        let (record, origin) =
+        let (record, origin, expired) =
             match judge(store.peek(&key), &key, idle, claim.client_addr, now_secs)? {
                 Loaded::Live(record) if logged_out(store, &key, &record, None)? => {
-                    (None, Origin::Replaced(Ended::LoggedOut))
+                    (None, Origin::Replaced(Ended::LoggedOut), None)
                 }
-                Loaded::Live(record) => (Some(record), Origin::Forced),
-                Loaded::Ended(..) | Loaded::Moved(_) | Loaded::Foreign => (None, Origin::Forced),
+                Loaded::Live(record) => (Some(record), Origin::Forced, None),
+                Loaded::Ended(
+                    why @ (Ended::Idle | Ended::Lifetime | Ended::Unreadable),
+                    expired,
+                ) => (None, Origin::Replaced(why), expired),
+                Loaded::Foreign => (None, Origin::Replaced(Ended::OtherAddress), None),
+                Loaded::Ended(..) | Loaded::Moved(_) => (None, Origin::Forced, None),
             };
-        let session = Session::read_only(key, record, now, idle, origin, None).forced();
+        let session = Session::read_only(key, record, now, idle, origin, None)
+            .forced()
+            .replacing(origin, expired);
         return Ok((session, origin));
     }
     let offered = offered(config, claim);
@@ -450,16 +457,6 @@ fn judge(
     now: u64,
 ) -> Result<Loaded> {
     match loaded {
-        Ok(Some(record))
-            if idle.check_ip
-                && record.meta.client_addr.is_some()
-                && record.meta.client_addr.as_deref() != client =>
-        {
-            log::warn!(
-                "suspicious: session {key:?} belongs to another client address; not adopted"
-            );
-            Ok(Loaded::Foreign)
-        }
         // A user's record is never anyone's session, whatever id a cookie names.
         Ok(Some(record)) if record.contains(USER_RECORD) => {
             log::warn!("suspicious: a cookie names the user record {key:?}");
@@ -484,13 +481,25 @@ fn judge(
                 _ => Ok(Loaded::Ended(Ended::Unknown, None)),
             }
         }
-        Ok(Some(record)) => match idle.ended(&record.meta, now) {
-            None => Ok(Loaded::Live(record)),
-            Some(why) => {
-                log::info!("session {key:?} has expired ({why:?}); starting a new one");
-                Ok(Loaded::Ended(why, Some(record)))
+        Ok(Some(record)) => {
+            let foreign = idle.check_ip
+                && record.meta.client_addr.is_some()
+                && record.meta.client_addr.as_deref() != client;
+            match idle.ended(&record.meta, now) {
+                None if foreign => {
+                    log::warn!(
+                        "suspicious: session {key:?} belongs to another client address; not adopted"
+                    );
+                    Ok(Loaded::Foreign)
+                }
+                None => Ok(Loaded::Live(record)),
+                // Dead whoever asks; its data only for the address it belonged to.
+                Some(why) => {
+                    log::info!("session {key:?} has expired ({why:?}); starting a new one");
+                    Ok(Loaded::Ended(why, (!foreign).then_some(record)))
+                }
             }
-        },
+        }
         Ok(None) => {
             log::warn!(
                 "suspicious: session {key:?} is unknown (forged, or long gone); starting a new one"

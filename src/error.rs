@@ -35,9 +35,9 @@ pub enum ErrorKind {
     /// The session directory is unusable (not ours, a symlink, not a directory).
     Directory,
     /// The request came with the old id of a regenerated session (within its grace) and asked
-    /// for what only the session's current id may do: a new id, another signed-in user. A
-    /// sign-in form posted twice gets this on its second post (a 409 unless the handler
-    /// answers otherwise); the first post did sign in.
+    /// for what only the session's current id may do: a new id, another signed-in user, its
+    /// own idle limit. A 409 unless the handler answers otherwise; the request changes nothing
+    /// either way.
     OldId,
 }
 

@@ -70,18 +70,32 @@ impl SessionId {
     }
 
     /// An id chosen by the server's configuration: 1 to 64 characters of `[A-Za-z0-9_-]`, not
-    /// starting with `user-` (the ids of pso's per-user "log out everywhere" records).
+    /// starting with `user-` in any case (the ids of pso's per-user "log out everywhere"
+    /// records), and not of the form of a generated id.
     ///
     /// ```
     /// assert!(pso::SessionId::forced("007").is_ok());
     /// assert!(pso::SessionId::forced("user-539195603a6bed0f").is_err());
+    /// assert!(pso::SessionId::forced("USER-539195603a6bed0f").is_err());
+    /// let generated = pso::SessionId::generate()?;
+    /// assert!(pso::SessionId::forced(generated.as_str()).is_err());
     /// assert!(pso::SessionId::forced("../etc").is_err());
+    /// # Ok::<(), pso::Error>(())
     /// ```
     pub fn forced(text: &str) -> Result<SessionId> {
-        if text.starts_with(USER_RECORD_PREFIX) {
+        let prefix = text.get(..USER_RECORD_PREFIX.len());
+        if prefix.is_some_and(|prefix| prefix.eq_ignore_ascii_case(USER_RECORD_PREFIX)) {
             return Err(Error::new(
                 ErrorKind::Invalid,
                 "a forced session id cannot start with user- (pso's own records use those ids)",
+            ));
+        }
+        if text.parse::<SessionId>().is_ok() {
+            // A cookie could name it from any script of the service, and collection would take
+            // a damaged one for a visitor's.
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "a forced session id cannot look like a generated one (48 lowercase hex digits)",
             ));
         }
         SessionId::named(text)

@@ -1030,7 +1030,7 @@ mod tests {
     #[test]
     fn an_old_id_cannot_regenerate_the_session_it_leads_to() {
         // A request with the old id, in the grace and from the same address, that asks for a
-        // new id (a sign-in posted twice, or someone who planted the old id) gets a 409:
+        // new id (a form loaded through it, or someone who planted it) gets a 409:
         // moving the session would hand the old id's holder the newest id.
         let store = MemoryStore::new();
         let (old, new) = signed_in(&store);
@@ -1384,7 +1384,7 @@ mod tests {
     fn log_out_everywhere_ends_a_session_whose_id_the_server_forces_too() {
         let app = eggs;
         let store = MemoryStore::new();
-        let forced_id = SessionId::generate().unwrap();
+        let forced_id = SessionId::forced("shared-007").unwrap();
         let forced = |query: &str, t: u64| {
             let pairs = [
                 ("PSOServiceId", "app"),
@@ -1495,7 +1495,7 @@ mod tests {
     fn a_damaged_user_record_is_kept_by_collection_ends_its_sessions_and_is_rebuilt() {
         let app = eggs;
         let store = MemoryStore::new();
-        let sessions: Vec<String> = (0..2)
+        let sessions: Vec<String> = (0..3)
             .map(|_| {
                 let reply = Reply {
                     text: serve_text(&store, &[("QUERY_STRING", "login")], &app, T0),
@@ -1532,7 +1532,12 @@ mod tests {
             visit("", &sessions[1], 3).body(),
             "Replaced(LoggedOut) None"
         );
-        // ... so a new sign-in lasts.
+        // ... so a new sign-in lasts, even one made by the request that rebuilt it.
+        store.plant(&user, b"damaged");
+        let same = visit("login", &sessions[2], 4);
+        assert_eq!(same.body(), "Replaced(LoggedOut) Some(\"eggs\")");
+        let cookie = same.cookie().unwrap().to_owned();
+        assert_eq!(visit("", &cookie, 5).body(), "Returning Some(\"eggs\")");
         let again = visit("login", "", 4);
         let cookie = again.cookie().unwrap().to_owned();
         assert_eq!(visit("", &cookie, 5).body(), "Returning Some(\"eggs\")");
@@ -1572,7 +1577,7 @@ mod tests {
             Ok(())
         };
         let store = MemoryStore::new();
-        let forced_id = SessionId::generate().unwrap();
+        let forced_id = SessionId::forced("shared-007").unwrap();
         let visit = |addr: &str, query: &str, t: u64| {
             let pairs = [
                 ("PSOServiceId", "app"),
@@ -1603,6 +1608,112 @@ mod tests {
     }
 
     #[test]
+    fn a_request_refused_for_its_old_id_changes_nothing_even_if_the_handler_carries_on() {
+        // A sign-in that writes before regenerate_id() and answers the refusal with a redirect.
+        let careless = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if let Some(user) = cx.request.query("as") {
+                cx.session.set("user", &user)?;
+                cx.session.set("admin", &true)?;
+                if let Err(e) = cx.session.regenerate_id() {
+                    assert_eq!(e.kind(), ErrorKind::OldId);
+                    assert!(
+                        cx.session.set("user", &user).is_err(),
+                        "nothing more changes"
+                    );
+                    cx.response.redirect("/")?;
+                    return Ok(());
+                }
+            }
+            let user: Option<String> = cx.session.get("user")?;
+            let admin: Option<bool> = cx.session.get("admin")?;
+            write!(cx.response, "{user:?} {admin:?}")?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let (old, new) = signed_in(&store);
+        let pairs = [
+            ("HTTP_COOKIE", old.as_str()),
+            ("QUERY_STRING", "as=mallory"),
+            ("REMOTE_ADDR", "192.0.2.1"),
+        ];
+        let refused = Reply {
+            text: serve_text(&store, &pairs, &careless, T0 + 2),
+        };
+        assert!(refused.text.starts_with("Status: 302"), "{}", refused.text);
+        assert_eq!(refused.set_cookies(), Vec::<&str>::new());
+        let pairs = [("HTTP_COOKIE", new.as_str())];
+        let owner = Reply {
+            text: serve_text(&store, &pairs, &careless, T0 + 100),
+        };
+        assert_eq!(
+            owner.body(),
+            "Some(\"eggs\") None",
+            "the owner's session is untouched"
+        );
+        // Nor can the old id lift the session's own idle limit.
+        let lift = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.set_idle_limit(None)?;
+            Ok(())
+        };
+        let pairs = [("HTTP_COOKIE", old.as_str()), ("REMOTE_ADDR", "192.0.2.1")];
+        assert!(serve_text(&store, &pairs, &lift, T0 + 3).starts_with("Status: 409"));
+    }
+
+    #[test]
+    fn an_expired_forced_session_of_another_address_gives_way_without_its_data() {
+        let cart = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            let old: Option<String> = match cx.session.take_expired() {
+                Some(record) => record.get("cart")?,
+                None => None,
+            };
+            if let Some(item) = cx.request.query("add") {
+                cx.session.set("cart", &item)?;
+            }
+            let item: Option<String> = cx.session.get("cart")?;
+            write!(cx.response, "{:?} {item:?} {old:?}", cx.session.origin())?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let visit = |addr: &str, query: &str, t: u64| {
+            let pairs = [
+                ("PSOServiceId", "app"),
+                ("app", "shared-007"),
+                ("PSOSessionCheckIP", "on"),
+                ("PSOSessionIdle", "60"),
+                ("REMOTE_ADDR", addr),
+                ("QUERY_STRING", query),
+            ];
+            Reply {
+                text: serve_text(&store, &pairs, &cart, T0 + t),
+            }
+            .body()
+            .to_owned()
+        };
+        assert_eq!(
+            visit("192.0.2.1", "add=spam", 0),
+            "Forced Some(\"spam\") None"
+        );
+        // Expired: another address takes the id over, without A's data.
+        assert_eq!(
+            visit("198.51.100.7", "add=ham", 200),
+            "Replaced(Idle) Some(\"ham\") None"
+        );
+        assert_eq!(visit("198.51.100.7", "", 201), "Forced Some(\"ham\") None");
+        // A read-only request says the same as a read-write one would.
+        let reader = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            write!(cx.response, "{:?}", cx.session.origin())?;
+            Ok(())
+        };
+        let pairs = [
+            ("PSOServiceId", "app"),
+            ("app", "shared-007"),
+            ("PSOSessionCheckIP", "on"),
+            ("REMOTE_ADDR", "192.0.2.1"),
+        ];
+        assert!(read_only_with(&store, &pairs, &reader).ends_with("Replaced(OtherAddress)"));
+    }
+
+    #[test]
     fn a_forced_session_that_expired_says_why_and_hands_over_its_data() {
         let audit = |cx: &mut Context<'_>| -> Result<(), BoxError> {
             let old: Option<u64> = match cx.session.take_expired() {
@@ -1615,7 +1726,7 @@ mod tests {
             Ok(())
         };
         let store = MemoryStore::new();
-        let forced_id = SessionId::generate().unwrap();
+        let forced_id = SessionId::forced("shared-007").unwrap();
         let visit = |t: u64| {
             let pairs = [
                 ("PSOServiceId", "app"),
@@ -1658,7 +1769,7 @@ mod tests {
     #[test]
     fn a_forced_id_cannot_be_regenerated() {
         let store = MemoryStore::new();
-        let forced_id = SessionId::generate().unwrap();
+        let forced_id = SessionId::forced("shared-007").unwrap();
         let pairs = [("PSOServiceId", "app"), ("app", forced_id.as_str())];
         let first = Reply {
             text: serve_text(&store, &pairs, &login, T0),

@@ -434,9 +434,10 @@ impl Session {
     /// [`Session::save`]): a request that fails leaves the old id as it was. Form tokens
     /// issued before are void. A request still carrying the old id during the grace, from the
     /// address that signed in, is served this session but never handed the new id; for it,
-    /// this call (and [`Session::set_user`]) is an error of kind [`ErrorKind::OldId`], a 409
-    /// (a sign-in form posted twice: the first post signed in). It is an error too once the
-    /// response head is out ([`crate::Context::stream`]), and for an id the server forces.
+    /// this call (and [`Session::set_user`], [`Session::set_idle_limit`]) is an error of kind
+    /// [`ErrorKind::OldId`], a 409, after which the request changes nothing. It is an error
+    /// too once the response head is out ([`crate::Context::stream`]), and for an id the
+    /// server forces.
     pub fn regenerate_id(&mut self) -> Result<()> {
         self.check_held()?;
         // Moving the session again would hand whoever holds the old id the newest one; going
@@ -551,6 +552,7 @@ impl Session {
     /// ```
     pub fn set_idle_limit(&mut self, limit: Option<Duration>) -> Result<()> {
         self.check_held()?;
+        self.check_current_id("set_idle_limit()")?;
         match limit {
             Some(limit) => self.record.set(IDLE_LIMIT, &limit.as_secs()),
             None => {
@@ -591,7 +593,7 @@ impl Session {
         // cookie avoids), or a session that ends in this request (a sign-out page with a
         // sign-in form): the form cookie keeps the secret. That needs no lock, so it works
         // after release() and in read-only requests too.
-        let nothing_to_store = self.stored.is_none() && self.idle.lazy && self.record.is_empty();
+        let nothing_to_store = self.stored.is_none() && self.idle.lazy && self.holds_nothing();
         if nothing_to_store || self.ended || self.ends_now() {
             return self.form.token();
         }
@@ -754,11 +756,26 @@ impl Session {
         Ok(self.record.remove(key))
     }
 
-    /// Removes every value (the session itself lives on). An error once the session was
-    /// released.
+    /// Removes every value of the handler's (the session itself lives on; pso's own `pso.`
+    /// keys, such as the signed-in user, stay: to end the session, `expire(Expiry::Now)`). An
+    /// error once the session was released.
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// session.set("cart", &["spam"])?;
+    /// session.set_user("eggs")?;
+    /// session.clear()?;
+    /// assert!(session.is_empty());
+    /// assert_eq!(session.user().as_deref(), Some("eggs"));
+    /// # Ok::<(), pso::Error>(())
+    /// ```
     pub fn clear(&mut self) -> Result<()> {
         self.check_held()?;
-        self.record.clear();
+        let own: Vec<String> = self.keys().map(str::to_owned).collect();
+        for key in own {
+            self.record.remove(&key);
+        }
+        self.record.remove(KEY_DEADLINES);
         Ok(())
     }
 
@@ -893,7 +910,7 @@ impl Session {
             self.delete()?;
             return Ok(CookieAction::Revoke);
         }
-        if self.record.is_empty() && self.idle.lazy {
+        if self.holds_nothing() && self.idle.lazy {
             if self.stored.is_none() {
                 return Ok(CookieAction::Nothing);
             }
@@ -956,17 +973,26 @@ impl Session {
 
     /// An error ([`ErrorKind::OldId`]) for a request that came with the old id of a regenerated
     /// session: it is served the session, but may not change who the session belongs to.
-    fn check_current_id(&self, what: &str) -> Result<()> {
-        match &self.arrived_as {
-            Some(old) => Err(Error::new(
-                ErrorKind::OldId,
-                format!(
-                    "{what} through {}, the old id of a regenerated session: only its current id may do that",
-                    old.short()
-                ),
-            )),
-            None => Ok(()),
-        }
+    ///
+    /// The request then changes nothing at all: what it changed before is dropped and the
+    /// session is released, so a handler that answers the error with `Ok` (a redirect) cannot
+    /// leave half a sign-in in the owner's session.
+    fn check_current_id(&mut self, what: &str) -> Result<()> {
+        let Some(old) = &self.arrived_as else {
+            return Ok(());
+        };
+        let error = Error::new(
+            ErrorKind::OldId,
+            format!(
+                "{what} through {}, the old id of a regenerated session: only its current id may do that",
+                old.short()
+            ),
+        );
+        self.revert();
+        let key = self.lock.key().clone();
+        self.lock = Box::new(Released(key));
+        self.released = Some((CookieAction::Nothing, self.record.checkpoint()));
+        Err(error)
     }
 
     /// An error once the session was released.
@@ -978,6 +1004,12 @@ impl Session {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the session holds nothing worth keeping: no value of the handler's and no
+    /// signed-in user (form tokens and deadlines go with the values they serve).
+    fn holds_nothing(&self) -> bool {
+        self.is_empty() && !self.record.contains(USER)
     }
 
     fn ends_now(&self) -> bool {
@@ -1051,7 +1083,9 @@ fn note_logged_out(lock: &mut dyn LockedSession, user: &str, now: u64, millis: u
 /// Rebuilds the user record under `lock` if it cannot be read, logging out at `millis` every
 /// name that leads to it: the sessions it served stay ended, and new sign-ins work again.
 pub(crate) fn repair_user_record(lock: &mut dyn LockedSession, now: SystemTime) -> Result<()> {
-    let (record, _, rebuilt) = user_record_for_update(lock, unix_secs(now), unix_millis(now))?;
+    // Sessions signed in before this millisecond: a sign-in made by this very request stays.
+    let before = unix_millis(now).saturating_sub(1);
+    let (record, _, rebuilt) = user_record_for_update(lock, unix_secs(now), before)?;
     if rebuilt { lock.save(&record) } else { Ok(()) }
 }
 
