@@ -287,7 +287,7 @@ fn the_reload_counters_sessions_are_listed_shown_and_removed() {
 }
 
 fn key_of(service: &str, id: &str) -> SessionKey {
-    SessionKey::new(service.parse().unwrap(), SessionId::forced(id).unwrap())
+    SessionKey::new(service.parse().unwrap(), SessionId::named(id).unwrap())
 }
 
 #[test]

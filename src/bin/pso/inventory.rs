@@ -373,7 +373,7 @@ mod tests {
     }
 
     fn save(store: &FileStore, service: &str, id: &str, record: &Record) -> SessionKey {
-        let key = SessionKey::new(service.parse().unwrap(), SessionId::forced(id).unwrap());
+        let key = SessionKey::new(service.parse().unwrap(), SessionId::named(id).unwrap());
         store
             .lock(&key, LockOptions::new(Duration::from_secs(5)))
             .unwrap()
