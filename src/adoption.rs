@@ -299,22 +299,21 @@ pub(crate) fn adopt_read_only(
     if let Some(id) = &config.forced_id {
         // The server chose the id: read it, whatever the cookies say.
         let key = SessionKey::new(config.service.clone(), id.clone());
-        let (record, origin, expired) =
+        let (record, origin) =
             match judge(store.peek(&key), &key, idle, claim.client_addr, now_secs)? {
                 Loaded::Live(record) if logged_out(store, &key, &record, None)? => {
-                    (None, Origin::Replaced(Ended::LoggedOut), None)
+                    (None, Origin::Replaced(Ended::LoggedOut))
                 }
-                Loaded::Live(record) => (Some(record), Origin::Forced, None),
-                Loaded::Ended(
-                    why @ (Ended::Idle | Ended::Lifetime | Ended::Unreadable),
-                    expired,
-                ) => (None, Origin::Replaced(why), expired),
-                Loaded::Foreign => (None, Origin::Replaced(Ended::OtherAddress), None),
-                Loaded::Ended(..) | Loaded::Moved(_) => (None, Origin::Forced, None),
+                Loaded::Live(record) => (Some(record), Origin::Forced),
+                // Said, but its data not handed over: a reader deletes nothing, so every
+                // reader would get it again.
+                Loaded::Ended(why @ (Ended::Idle | Ended::Lifetime | Ended::Unreadable), _) => {
+                    (None, Origin::Replaced(why))
+                }
+                Loaded::Foreign => (None, Origin::Replaced(Ended::OtherAddress)),
+                Loaded::Ended(..) | Loaded::Moved(_) => (None, Origin::Forced),
             };
-        let session = Session::read_only(key, record, now, idle, origin, None)
-            .forced()
-            .replacing(origin, expired);
+        let session = Session::read_only(key, record, now, idle, origin, None).forced();
         return Ok((session, origin));
     }
     let offered = offered(config, claim);
@@ -481,25 +480,38 @@ fn judge(
                 _ => Ok(Loaded::Ended(Ended::Unknown, None)),
             }
         }
-        Ok(Some(record)) => {
-            let foreign = idle.check_ip
+        Ok(Some(record))
+            if idle.check_ip
                 && record.meta.client_addr.is_some()
-                && record.meta.client_addr.as_deref() != client;
-            match idle.ended(&record.meta, now) {
-                None if foreign => {
+                && record.meta.client_addr.as_deref() != client =>
+        {
+            // Another address's: judged by its own stored limits only (a script of the same
+            // service with a shorter PSOSessionIdle must not let a stolen cookie end it). Dead
+            // by those, it is dead for everyone, and its data goes to nobody.
+            let own_rules = Rules {
+                limit: None,
+                ..idle
+            };
+            match own_rules.ended(&record.meta, now) {
+                Some(why) => {
+                    log::info!("session {key:?} of another address has expired ({why:?})");
+                    Ok(Loaded::Ended(why, None))
+                }
+                None => {
                     log::warn!(
                         "suspicious: session {key:?} belongs to another client address; not adopted"
                     );
                     Ok(Loaded::Foreign)
                 }
-                None => Ok(Loaded::Live(record)),
-                // Dead whoever asks; its data only for the address it belonged to.
-                Some(why) => {
-                    log::info!("session {key:?} has expired ({why:?}); starting a new one");
-                    Ok(Loaded::Ended(why, (!foreign).then_some(record)))
-                }
             }
         }
+        Ok(Some(record)) => match idle.ended(&record.meta, now) {
+            None => Ok(Loaded::Live(record)),
+            Some(why) => {
+                log::info!("session {key:?} has expired ({why:?}); starting a new one");
+                Ok(Loaded::Ended(why, Some(record)))
+            }
+        },
         Ok(None) => {
             log::warn!(
                 "suspicious: session {key:?} is unknown (forged, or long gone); starting a new one"

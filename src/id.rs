@@ -79,6 +79,7 @@ impl SessionId {
     /// assert!(pso::SessionId::forced("USER-539195603a6bed0f").is_err());
     /// let generated = pso::SessionId::generate()?;
     /// assert!(pso::SessionId::forced(generated.as_str()).is_err());
+    /// assert!(pso::SessionId::forced(&generated.as_str().to_uppercase()).is_err());
     /// assert!(pso::SessionId::forced("../etc").is_err());
     /// # Ok::<(), pso::Error>(())
     /// ```
@@ -90,7 +91,7 @@ impl SessionId {
                 "a forced session id cannot start with user- (pso's own records use those ids)",
             ));
         }
-        if text.parse::<SessionId>().is_ok() {
+        if text.len() == GENERATED_ID_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()) {
             // A cookie could name it from any script of the service, and collection would take
             // a damaged one for a visitor's.
             return Err(Error::new(

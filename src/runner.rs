@@ -1650,13 +1650,29 @@ mod tests {
             "Some(\"eggs\") None",
             "the owner's session is untouched"
         );
-        // Nor can the old id lift the session's own idle limit.
-        let lift = |cx: &mut Context<'_>| -> Result<(), BoxError> {
-            cx.session.set_idle_limit(None)?;
+        // Nor can the old id lift the session's own idle limit; setting the same one again (a
+        // page that sets it on every request) is fine.
+        let limit = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            let secs = cx.request.query("limit").and_then(|s| s.parse().ok());
+            cx.session.set_idle_limit(secs.map(Duration::from_secs))?;
             Ok(())
         };
-        let pairs = [("HTTP_COOKIE", old.as_str()), ("REMOTE_ADDR", "192.0.2.1")];
-        assert!(serve_text(&store, &pairs, &lift, T0 + 3).starts_with("Status: 409"));
+        let visit = |cookie: &str, query: &str, t: u64| {
+            let pairs = [
+                ("HTTP_COOKIE", cookie),
+                ("QUERY_STRING", query),
+                ("REMOTE_ADDR", "192.0.2.1"),
+            ];
+            serve_text(&store, &pairs, &limit, T0 + t)
+        };
+        assert!(visit(&new, "limit=600", 2).starts_with("Status: 200"));
+        assert!(visit(&old, "limit=600", 3).starts_with("Status: 200"));
+        assert!(
+            visit(&old, "limit=60", 3).starts_with("Status: 200"),
+            "stricter"
+        );
+        assert!(visit(&old, "limit=6000", 4).starts_with("Status: 409"));
+        assert!(visit(&old, "", 4).starts_with("Status: 409"));
     }
 
     #[test]
@@ -1714,6 +1730,105 @@ mod tests {
     }
 
     #[test]
+    fn a_form_on_a_page_that_empties_a_stored_session_still_posts() {
+        let store = MemoryStore::new();
+        let kept = Reply {
+            text: serve_text(&store, &[("QUERY_STRING", "keep")], &guarded, T0),
+        };
+        let cookie = kept.cookie().unwrap().to_owned();
+        let emptying = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.remove("kept")?;
+            let token = cx.session.create_form_token()?;
+            write!(cx.response, "{token}")?;
+            Ok(())
+        };
+        let page = Reply {
+            text: serve_text(
+                &store,
+                &[("HTTP_COOKIE", cookie.as_str())],
+                &emptying,
+                T0 + 1,
+            ),
+        };
+        assert!(page.set_cookies()[0].starts_with("app=; "), "{}", page.text);
+        assert_eq!(
+            store.keys().unwrap().count(),
+            0,
+            "the emptied session is gone"
+        );
+        let browser = page.form_cookie().unwrap().to_owned();
+        let form = format!("token={}", page.body());
+        let same_origin = [("HTTP_SEC_FETCH_SITE", "same-origin")];
+        assert_eq!(
+            post(&store, &browser, &form, &same_origin).body(),
+            "accepted 1"
+        );
+    }
+
+    #[test]
+    fn a_refusal_for_an_old_id_undoes_a_save_made_before_it() {
+        let saver = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if cx.request.query("as").is_some() {
+                cx.session.set("user", "mallory")?;
+                cx.session.save()?;
+                cx.session.regenerate_id()?;
+            }
+            let user: Option<String> = cx.session.get("user")?;
+            write!(cx.response, "{user:?}")?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let (old, new) = signed_in(&store);
+        let visit = |cookie: &str, query: &str, t: u64| {
+            let pairs = [
+                ("HTTP_COOKIE", cookie),
+                ("QUERY_STRING", query),
+                ("REMOTE_ADDR", "192.0.2.1"),
+            ];
+            serve_text(&store, &pairs, &saver, T0 + t)
+        };
+        assert!(visit(&old, "as", 2).starts_with("Status: 409"));
+        assert!(
+            visit(&new, "", 100).ends_with("Some(\"eggs\")"),
+            "the save was undone"
+        );
+    }
+
+    #[test]
+    fn a_stolen_cookie_from_another_address_ends_nothing_through_a_stricter_script() {
+        let store = MemoryStore::new();
+        let visit = |cookie: &str, addr: &str, idle: &str, t: u64| {
+            let pairs = [
+                ("HTTP_COOKIE", cookie),
+                ("REMOTE_ADDR", addr),
+                ("PSOSessionCheckIP", "on"),
+                ("PSOSessionIdle", idle),
+            ];
+            Reply {
+                text: serve_text(&store, &pairs, &counter_with_origin, T0 + t),
+            }
+        };
+        let first = visit("", "192.0.2.1", "3600", 0);
+        let cookie = first.cookie().unwrap().to_owned();
+        assert_eq!(
+            visit(&cookie, "198.51.100.7", "60", 120).body(),
+            "Replaced(OtherAddress) 1"
+        );
+        assert_eq!(
+            visit(&cookie, "192.0.2.1", "3600", 121).body(),
+            "Returning 2"
+        );
+    }
+
+    /// Counts, and says why this session.
+    fn counter_with_origin(cx: &mut Context<'_>) -> Result<(), BoxError> {
+        let n: u64 = cx.session.get("n")?.unwrap_or(0) + 1;
+        cx.session.set("n", &n)?;
+        write!(cx.response, "{:?} {n}", cx.session.origin())?;
+        Ok(())
+    }
+
+    #[test]
     fn a_forced_session_that_expired_says_why_and_hands_over_its_data() {
         let audit = |cx: &mut Context<'_>| -> Result<(), BoxError> {
             let old: Option<u64> = match cx.session.take_expired() {
@@ -1741,6 +1856,23 @@ mod tests {
         };
         assert_eq!(visit(0), "Forced 1 None");
         assert_eq!(visit(10), "Forced 2 None");
+        // A reader is told why, but gets no data: it deletes nothing, so every reader would.
+        let reader = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            write!(
+                cx.response,
+                "{:?} {}",
+                cx.session.origin(),
+                cx.session.take_expired().is_some()
+            )?;
+            Ok(())
+        };
+        let pairs = [
+            ("PSOServiceId", "app"),
+            ("app", forced_id.as_str()),
+            ("PSOSessionIdle", "60"),
+        ];
+        let read = read_only_at(&store, &pairs, &reader, T0 + 200);
+        assert!(read.ends_with("Replaced(Idle) false"), "{read}");
         assert_eq!(visit(200), "Replaced(Idle) 1 Some(2)");
         assert_eq!(visit(210), "Forced 2 None");
     }
@@ -1944,6 +2076,16 @@ mod tests {
         pairs: &[(&str, &str)],
         handler: &F,
     ) -> String {
+        read_only_at(store, pairs, handler, T0)
+    }
+
+    /// One read-only request through `handler`, at `secs`, with a CGI environment plus `pairs`.
+    fn read_only_at<F: Handler>(
+        store: &MemoryStore,
+        pairs: &[(&str, &str)],
+        handler: &F,
+        secs: u64,
+    ) -> String {
         let mut all = vec![
             ("GATEWAY_INTERFACE", "CGI/1.1"),
             ("SCRIPT_NAME", "/cgi-bin/app"),
@@ -1952,7 +2094,7 @@ mod tests {
         let env = Environment::from_pairs(all);
         let config = Config::from_env(&env);
         let mut output = Vec::new();
-        let now = UNIX_EPOCH + Duration::from_secs(T0);
+        let now = UNIX_EPOCH + Duration::from_secs(secs);
         let input: &mut dyn io::Read = &mut io::empty();
         respond(
             &env,

@@ -61,6 +61,10 @@ pub struct Session {
     /// What the store holds for this session (as loaded, or as last saved), as a checkpoint of
     /// `record`: the values themselves are not copied. `None` while the store holds nothing.
     stored: Option<Checkpoint>,
+    /// The session as loaded, and whether this request has saved it since: a request refused
+    /// for coming with an old id puts it back as it was.
+    loaded: Option<Checkpoint>,
+    saved: bool,
     new: bool,
     /// Deleted in this request: the id is dead and must not be saved again.
     ended: bool,
@@ -239,6 +243,8 @@ impl Session {
         Session {
             lock,
             stored: stored.then(|| record.checkpoint()),
+            loaded: stored.then(|| record.checkpoint()),
+            saved: false,
             record,
             new: !stored,
             ended: false,
@@ -552,7 +558,16 @@ impl Session {
     /// ```
     pub fn set_idle_limit(&mut self, limit: Option<Duration>) -> Result<()> {
         self.check_held()?;
-        self.check_current_id("set_idle_limit()")?;
+        let current: Option<u64> = self.record.get(IDLE_LIMIT).ok().flatten();
+        let looser = match (limit, current) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(limit), Some(current)) => limit.as_secs() > current,
+        };
+        if looser {
+            // Whoever holds an old id may not let the owner's session live longer.
+            self.check_current_id("set_idle_limit() to a longer limit")?;
+        }
         match limit {
             Some(limit) => self.record.set(IDLE_LIMIT, &limit.as_secs()),
             None => {
@@ -593,7 +608,7 @@ impl Session {
         // cookie avoids), or a session that ends in this request (a sign-out page with a
         // sign-in form): the form cookie keeps the secret. That needs no lock, so it works
         // after release() and in read-only requests too.
-        let nothing_to_store = self.stored.is_none() && self.idle.lazy && self.holds_nothing();
+        let nothing_to_store = self.idle.lazy && self.holds_nothing();
         if nothing_to_store || self.ended || self.ends_now() {
             return self.form.token();
         }
@@ -756,9 +771,10 @@ impl Session {
         Ok(self.record.remove(key))
     }
 
-    /// Removes every value of the handler's (the session itself lives on; pso's own `pso.`
-    /// keys, such as the signed-in user, stay: to end the session, `expire(Expiry::Now)`). An
-    /// error once the session was released.
+    /// Removes every value, pso's own with them (the signed-in user, form tokens): as with
+    /// PHP's `$_SESSION = []`, a session emptied this way is deleted at the end of the request
+    /// and its cookie revoked (`PSOSessionLazy`), which signs the visitor out. An error once
+    /// the session was released.
     ///
     /// ```
     /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
@@ -766,16 +782,12 @@ impl Session {
     /// session.set_user("eggs")?;
     /// session.clear()?;
     /// assert!(session.is_empty());
-    /// assert_eq!(session.user().as_deref(), Some("eggs"));
+    /// assert_eq!(session.user(), None);
     /// # Ok::<(), pso::Error>(())
     /// ```
     pub fn clear(&mut self) -> Result<()> {
         self.check_held()?;
-        let own: Vec<String> = self.keys().map(str::to_owned).collect();
-        for key in own {
-            self.record.remove(&key);
-        }
-        self.record.remove(KEY_DEADLINES);
+        self.record.clear();
         Ok(())
     }
 
@@ -862,6 +874,7 @@ impl Session {
         self.record.meta.max_idle = self.idle.max_idle(self.record.meta.deadline, own);
         self.lock.save(&self.record)?;
         self.stored = Some(self.record.checkpoint());
+        self.saved = true;
         self.finish_move()
     }
 
@@ -884,6 +897,8 @@ impl Session {
                 self.record.meta.deadline = None;
             }
         }
+        // What the store holds may include values whose time ran out since: still gone.
+        self.drop_expired_values();
     }
 
     /// Stores what needs storing and says which cookie the response carries.
@@ -988,7 +1003,14 @@ impl Session {
                 old.short()
             ),
         );
-        self.revert();
+        if let Some(loaded) = &self.loaded {
+            self.record.restore(loaded);
+            self.drop_expired_values();
+            if self.saved {
+                // A save earlier in this request is undone too: the lock is still ours.
+                self.lock.save(&self.record)?;
+            }
+        }
         let key = self.lock.key().clone();
         self.lock = Box::new(Released(key));
         self.released = Some((CookieAction::Nothing, self.record.checkpoint()));
@@ -1269,6 +1291,24 @@ mod tests {
         note_logged_out(&mut *lock, "ham", T0, 7_000).unwrap();
         let record = lock.load().unwrap().unwrap();
         assert_eq!(logged_out_before(&record, "eggs").unwrap(), Some(7_000));
+    }
+
+    #[test]
+    fn revert_never_brings_back_a_value_whose_time_ran_out() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        session.set("v", &1u8).unwrap();
+        session
+            .set_for("code", "493817", Duration::from_secs(10))
+            .unwrap();
+        session.save().unwrap();
+        let id = session.id().clone();
+        drop(session);
+        let mut later = reopen(&store, &id, T0 + 20);
+        assert_eq!(later.get::<String>("code").unwrap(), None);
+        later.revert();
+        assert_eq!(later.get::<String>("code").unwrap(), None, "still gone");
+        assert_eq!(later.get::<u8>("v").unwrap(), Some(1));
     }
 
     #[test]
