@@ -1829,6 +1829,57 @@ mod tests {
     }
 
     #[test]
+    fn an_old_id_that_clears_the_session_leaves_its_user_and_limits() {
+        let app = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if cx.request.query("login").is_some() {
+                cx.session.set("cart", "spam")?;
+                cx.session.regenerate_id()?;
+                cx.session.set_user("eggs")?;
+                cx.session.set_idle_limit(Some(Duration::from_secs(60)))?;
+            }
+            if cx.request.query("clear").is_some() {
+                cx.session.clear()?;
+                cx.session.set("prefs", "dark")?;
+            }
+            if cx.request.query("lift").is_some() {
+                cx.session
+                    .set_idle_limit(Some(Duration::from_secs(100_000)))?;
+            }
+            write!(
+                cx.response,
+                "{:?} {:?}",
+                cx.session.origin(),
+                cx.session.user()
+            )?;
+            Ok(())
+        };
+        let store = MemoryStore::new();
+        let visit = |cookie: &str, query: &str, t: u64| {
+            let pairs = [
+                ("HTTP_COOKIE", cookie),
+                ("QUERY_STRING", query),
+                ("REMOTE_ADDR", "192.0.2.1"),
+            ];
+            Reply {
+                text: serve_text(&store, &pairs, &app, T0 + t),
+            }
+        };
+        let started = visit("", "login", 0);
+        let new = started.cookie().unwrap().to_owned();
+        // Sign in again from the current id, so that an old id exists.
+        let again = visit(&new, "login", 1);
+        let newest = again.cookie().unwrap().to_owned();
+        // Through the old id: clearing leaves the user; lifting the limit, even after
+        // clearing, is refused.
+        assert!(visit(&new, "clear", 2).text.starts_with("Status: 200"));
+        assert_eq!(visit(&newest, "", 3).body(), "Returning Some(\"eggs\")");
+        let lifted = visit(&new, "clear&lift", 4);
+        assert!(lifted.text.starts_with("Status: 409"), "{}", lifted.text);
+        // The 60 s limit still holds.
+        assert_eq!(visit(&newest, "", 200).body(), "Replaced(Idle) None");
+    }
+
+    #[test]
     fn a_forced_session_that_expired_says_why_and_hands_over_its_data() {
         let audit = |cx: &mut Context<'_>| -> Result<(), BoxError> {
             let old: Option<u64> = match cx.session.take_expired() {

@@ -65,6 +65,8 @@ pub struct Session {
     /// for coming with an old id puts it back as it was.
     loaded: Option<Checkpoint>,
     saved: bool,
+    /// The session's own idle limit as loaded: an old id's request may not end up looser.
+    loaded_idle: Option<u64>,
     new: bool,
     /// Deleted in this request: the id is dead and must not be saved again.
     ended: bool,
@@ -245,6 +247,7 @@ impl Session {
             stored: stored.then(|| record.checkpoint()),
             loaded: stored.then(|| record.checkpoint()),
             saved: false,
+            loaded_idle: record.get(IDLE_LIMIT).ok().flatten(),
             record,
             new: !stored,
             ended: false,
@@ -559,7 +562,8 @@ impl Session {
     pub fn set_idle_limit(&mut self, limit: Option<Duration>) -> Result<()> {
         self.check_held()?;
         let current: Option<u64> = self.record.get(IDLE_LIMIT).ok().flatten();
-        let looser = match (limit, current) {
+        let strictest = current.into_iter().chain(self.loaded_idle).min();
+        let looser = match (limit, strictest) {
             (_, None) => false,
             (None, Some(_)) => true,
             (Some(limit), Some(current)) => limit.as_secs() > current,
@@ -785,9 +789,20 @@ impl Session {
     /// assert_eq!(session.user(), None);
     /// # Ok::<(), pso::Error>(())
     /// ```
+    ///
+    /// A request that came with the old id of a regenerated session (within its grace) clears
+    /// only the handler's values: it may not sign the owner out or lift the session's limits.
     pub fn clear(&mut self) -> Result<()> {
         self.check_held()?;
-        self.record.clear();
+        if self.arrived_as.is_none() {
+            self.record.clear();
+            return Ok(());
+        }
+        let values: Vec<String> = self.keys().map(str::to_owned).collect();
+        for key in values {
+            self.record.remove(&key);
+        }
+        self.record.remove(KEY_DEADLINES);
         Ok(())
     }
 
