@@ -421,6 +421,18 @@ mod tests {
         Ok(())
     }
 
+    /// [`serve_text`], as a [`Reply`].
+    fn reply<F: Handler>(
+        store: &MemoryStore,
+        pairs: &[(&str, &str)],
+        handler: &F,
+        secs: u64,
+    ) -> Reply {
+        Reply {
+            text: serve_text(store, pairs, handler, secs),
+        }
+    }
+
     /// One request through `handler`, with a CGI environment plus `pairs`, at `secs`.
     fn serve_text<F>(store: &MemoryStore, pairs: &[(&str, &str)], handler: &F, secs: u64) -> String
     where
@@ -449,9 +461,7 @@ mod tests {
     }
 
     fn request(store: &MemoryStore, pairs: &[(&str, &str)], secs: u64) -> Reply {
-        Reply {
-            text: serve_text(store, pairs, &counter, secs),
-        }
+        reply(store, pairs, &counter, secs)
     }
 
     fn with_cookie(store: &MemoryStore, cookie: &str, extra: &[(&str, &str)]) -> Reply {
@@ -488,9 +498,7 @@ mod tests {
     ) -> (String, String) {
         let mut all = vec![("HTTP_COOKIE", cookie)];
         all.extend_from_slice(pairs);
-        let reply = Reply {
-            text: serve_text(store, &all, &auditor, T0 + t),
-        };
+        let reply = reply(store, &all, &auditor, T0 + t);
         let cookie = reply.cookie().unwrap_or(cookie).to_owned();
         (reply.body().to_owned(), cookie)
     }
@@ -595,9 +603,7 @@ mod tests {
             ("HTTP_COOKIE", cookie),
             ("PSOSessionLazy", lazy),
         ];
-        Reply {
-            text: serve_text(store, &pairs, &tidy, T0),
-        }
+        reply(store, &pairs, &tidy, T0)
     }
 
     #[test]
@@ -690,9 +696,7 @@ mod tests {
     #[test]
     fn a_form_token_survives_to_the_post_and_works_once() {
         let store = MemoryStore::new();
-        let issued = Reply {
-            text: serve_text(&store, &[("QUERY_STRING", "keep&new")], &guarded, T0),
-        };
+        let issued = reply(&store, &[("QUERY_STRING", "keep&new")], &guarded, T0);
         assert_eq!(
             issued.form_cookie(),
             None,
@@ -709,9 +713,7 @@ mod tests {
             "refused 2",
             "used up"
         );
-        let other = Reply {
-            text: serve_text(&store, &[("QUERY_STRING", "keep&new")], &guarded, T0),
-        };
+        let other = reply(&store, &[("QUERY_STRING", "keep&new")], &guarded, T0);
         let theirs = format!("token={}", other.body());
         assert_eq!(
             post(&store, &cookie, &theirs, &[]).body(),
@@ -728,9 +730,7 @@ mod tests {
             serve_text(&store, &[("QUERY_STRING", "new")], &guarded, T0);
         }
         assert_eq!(store.keys().unwrap().count(), 0);
-        let issued = Reply {
-            text: serve_text(&store, &[("QUERY_STRING", "new")], &guarded, T0),
-        };
+        let issued = reply(&store, &[("QUERY_STRING", "new")], &guarded, T0);
         assert_eq!(issued.cookie(), None, "no session");
         let set = issued.set_cookies();
         assert_eq!(set.len(), 1, "{set:?}");
@@ -764,9 +764,7 @@ mod tests {
             "refused 1"
         );
         assert_eq!(post(&store, "", &form, &same_origin).body(), "refused 1");
-        let someone_else = Reply {
-            text: serve_text(&store, &[("QUERY_STRING", "new")], &guarded, T0),
-        };
+        let someone_else = reply(&store, &[("QUERY_STRING", "new")], &guarded, T0);
         let theirs = someone_else.form_cookie().unwrap();
         assert_eq!(
             post(&store, theirs, &form, &same_origin).body(),
@@ -778,14 +776,12 @@ mod tests {
         let accepted = post(&store, &browser, &form, &same_origin);
         assert_eq!(accepted.body(), "accepted 1");
         assert_eq!(accepted.set_cookies(), Vec::<&str>::new());
-        let other_tab = Reply {
-            text: serve_text(
-                &store,
-                &[("QUERY_STRING", "new"), ("HTTP_COOKIE", &browser)],
-                &guarded,
-                T0,
-            ),
-        };
+        let other_tab = reply(
+            &store,
+            &[("QUERY_STRING", "new"), ("HTTP_COOKIE", &browser)],
+            &guarded,
+            T0,
+        );
         assert_eq!(
             other_tab.set_cookies(),
             Vec::<&str>::new(),
@@ -802,9 +798,7 @@ mod tests {
             ("HTTP_HOST", "shop.example"),
         ];
         for headers in [&same_host[..], &[]] {
-            let issued = Reply {
-                text: serve_text(&store, &[("QUERY_STRING", "new")], &guarded, T0),
-            };
+            let issued = reply(&store, &[("QUERY_STRING", "new")], &guarded, T0);
             let form = format!("token={}", issued.body());
             let browser = issued.form_cookie().unwrap();
             assert_eq!(post(&store, browser, &form, headers).body(), "accepted 1");
@@ -812,14 +806,12 @@ mod tests {
         assert_eq!(store.keys().unwrap().count(), 0, "still nothing stored");
 
         // Under HTTPS the cookie is a __Host- cookie.
-        let secure = Reply {
-            text: serve_text(
-                &store,
-                &[("QUERY_STRING", "new"), ("HTTPS", "on")],
-                &guarded,
-                T0,
-            ),
-        };
+        let secure = reply(
+            &store,
+            &[("QUERY_STRING", "new"), ("HTTPS", "on")],
+            &guarded,
+            T0,
+        );
         assert!(
             secure.set_cookies()[0].starts_with("__Host-app.form=")
                 && secure.set_cookies()[0].contains("; Secure; Path=/"),
@@ -891,9 +883,7 @@ mod tests {
             ("PSOSessionRegenerateGrace", grace),
             ("REMOTE_ADDR", addr),
         ];
-        let reply = Reply {
-            text: serve_text(store, &pairs, &login, T0 + t),
-        };
+        let reply = reply(store, &pairs, &login, T0 + t);
         (reply.body().to_owned(), reply.cookie().map(str::to_owned))
     }
 
@@ -927,28 +917,22 @@ mod tests {
             Ok(())
         };
         let store = MemoryStore::new();
-        let first = Reply {
-            text: serve_text(&store, &[], &failing, T0),
-        };
+        let first = reply(&store, &[], &failing, T0);
         let cookie = first.cookie().unwrap().to_owned();
-        let failed = Reply {
-            text: serve_text(
-                &store,
-                &[("HTTP_COOKIE", cookie.as_str()), ("QUERY_STRING", "login")],
-                &failing,
-                T0 + 1,
-            ),
-        };
+        let failed = reply(
+            &store,
+            &[("HTTP_COOKIE", cookie.as_str()), ("QUERY_STRING", "login")],
+            &failing,
+            T0 + 1,
+        );
         assert!(failed.text.starts_with("Status: 500"), "{}", failed.text);
         assert_eq!(failed.cookie(), None);
-        let later = Reply {
-            text: serve_text(
-                &store,
-                &[("HTTP_COOKIE", cookie.as_str())],
-                &failing,
-                T0 + 60,
-            ),
-        };
+        let later = reply(
+            &store,
+            &[("HTTP_COOKIE", cookie.as_str())],
+            &failing,
+            T0 + 60,
+        );
         assert_eq!(
             later.cookie(),
             Some(cookie.as_str()),
@@ -1176,14 +1160,10 @@ mod tests {
             Ok(())
         };
         let store = MemoryStore::new();
-        let first = Reply {
-            text: serve_text(&store, &[("QUERY_STRING", "short")], &short, T0),
-        };
+        let first = reply(&store, &[("QUERY_STRING", "short")], &short, T0);
         let cookie = first.cookie().unwrap().to_owned();
         let at = |t| {
-            let reply = Reply {
-                text: serve_text(&store, &[("HTTP_COOKIE", cookie.as_str())], &short, T0 + t),
-            };
+            let reply = reply(&store, &[("HTTP_COOKIE", cookie.as_str())], &short, T0 + t);
             reply.body().to_owned()
         };
         assert_eq!(at(60), "Returning");
@@ -1204,14 +1184,10 @@ mod tests {
             Ok(())
         };
         let store = MemoryStore::new();
-        let first = Reply {
-            text: serve_text(&store, &[("QUERY_STRING", "new")], &code, T0),
-        };
+        let first = reply(&store, &[("QUERY_STRING", "new")], &code, T0);
         let cookie = first.cookie().unwrap().to_owned();
         let at = |t| {
-            let reply = Reply {
-                text: serve_text(&store, &[("HTTP_COOKIE", cookie.as_str())], &code, T0 + t),
-            };
+            let reply = reply(&store, &[("HTTP_COOKIE", cookie.as_str())], &code, T0 + t);
             reply.body().to_owned()
         };
         assert_eq!(at(59), "Some(\"493817\") Some(\"eggs\")");
@@ -1266,9 +1242,7 @@ mod tests {
                 ("HTTP_COOKIE", cookie),
                 ("PSOSessionUrl", on),
             ];
-            Reply {
-                text: serve_text(&store, &pairs, &linker, T0),
-            }
+            reply(&store, &pairs, &linker, T0)
         };
         let first = visit("", "", "on");
         let (count, link) = first.body().split_once(' ').unwrap();
@@ -1325,9 +1299,7 @@ mod tests {
         let store = MemoryStore::new();
         let visit = |query: &str, cookie: &str, t: u64| {
             let pairs = [("QUERY_STRING", query), ("HTTP_COOKIE", cookie)];
-            let reply = Reply {
-                text: serve_text(&store, &pairs, &app, T0 + t),
-            };
+            let reply = reply(&store, &pairs, &app, T0 + t);
             (
                 reply.body().to_owned(),
                 reply.cookie().unwrap_or(cookie).to_owned(),
@@ -1391,16 +1363,10 @@ mod tests {
                 ("app", forced_id.as_str()),
                 ("QUERY_STRING", query),
             ];
-            Reply {
-                text: serve_text(&store, &pairs, &app, T0 + t),
-            }
-            .body()
-            .to_owned()
+            reply(&store, &pairs, &app, T0 + t).body().to_owned()
         };
         assert_eq!(forced("login", 0), "Forced Some(\"eggs\")");
-        let elsewhere = Reply {
-            text: serve_text(&store, &[("QUERY_STRING", "login")], &app, T0 + 1),
-        };
+        let elsewhere = reply(&store, &[("QUERY_STRING", "login")], &app, T0 + 1);
         let cookie = elsewhere.cookie().unwrap().to_owned();
         let pairs = [
             ("HTTP_COOKIE", cookie.as_str()),
@@ -1412,9 +1378,7 @@ mod tests {
         assert_eq!(forced("login", 5), "Forced Some(\"eggs\")");
         // Logged out everywhere again; the first request after it may sign in at once.
         let pairs = [("HTTP_COOKIE", cookie.as_str()), ("QUERY_STRING", "login")];
-        let again = Reply {
-            text: serve_text(&store, &pairs, &app, T0 + 6),
-        };
+        let again = reply(&store, &pairs, &app, T0 + 6);
         assert_eq!(again.body(), "Replaced(Unknown) Some(\"eggs\")");
         let cookie = again.cookie().unwrap().to_owned();
         let pairs = [
@@ -1456,9 +1420,7 @@ mod tests {
         let store = MemoryStore::new();
         let visit = |query: &str, t: u64| {
             let pairs = [("QUERY_STRING", query), ("PSOSessionUrl", "on")];
-            Reply {
-                text: serve_text(&store, &pairs, &linker, T0 + t),
-            }
+            reply(&store, &pairs, &linker, T0 + t)
         };
         let first = visit("", 0);
         let old = first
@@ -1497,9 +1459,7 @@ mod tests {
         let store = MemoryStore::new();
         let sessions: Vec<String> = (0..3)
             .map(|_| {
-                let reply = Reply {
-                    text: serve_text(&store, &[("QUERY_STRING", "login")], &app, T0),
-                };
+                let reply = reply(&store, &[("QUERY_STRING", "login")], &app, T0);
                 reply.cookie().unwrap().to_owned()
             })
             .collect();
@@ -1518,9 +1478,7 @@ mod tests {
         );
         let visit = |query: &str, cookie: &str, t: u64| {
             let pairs = [("HTTP_COOKIE", cookie), ("QUERY_STRING", query)];
-            Reply {
-                text: serve_text(&store, &pairs, &app, T0 + t),
-            }
+            reply(&store, &pairs, &app, T0 + t)
         };
         // Its sessions end; the record is rebuilt saying "everyone before now"...
         assert_eq!(
@@ -1586,9 +1544,7 @@ mod tests {
                 ("REMOTE_ADDR", addr),
                 ("QUERY_STRING", query),
             ];
-            Reply {
-                text: serve_text(&store, &pairs, &cart, T0 + t),
-            }
+            reply(&store, &pairs, &cart, T0 + t)
         };
         assert_eq!(
             visit("192.0.2.1", "add=spam", 0).body(),
@@ -1636,15 +1592,11 @@ mod tests {
             ("QUERY_STRING", "as=mallory"),
             ("REMOTE_ADDR", "192.0.2.1"),
         ];
-        let refused = Reply {
-            text: serve_text(&store, &pairs, &careless, T0 + 2),
-        };
+        let refused = reply(&store, &pairs, &careless, T0 + 2);
         assert!(refused.text.starts_with("Status: 302"), "{}", refused.text);
         assert_eq!(refused.set_cookies(), Vec::<&str>::new());
         let pairs = [("HTTP_COOKIE", new.as_str())];
-        let owner = Reply {
-            text: serve_text(&store, &pairs, &careless, T0 + 100),
-        };
+        let owner = reply(&store, &pairs, &careless, T0 + 100);
         assert_eq!(
             owner.body(),
             "Some(\"eggs\") None",
@@ -1699,11 +1651,7 @@ mod tests {
                 ("REMOTE_ADDR", addr),
                 ("QUERY_STRING", query),
             ];
-            Reply {
-                text: serve_text(&store, &pairs, &cart, T0 + t),
-            }
-            .body()
-            .to_owned()
+            reply(&store, &pairs, &cart, T0 + t).body().to_owned()
         };
         assert_eq!(
             visit("192.0.2.1", "add=spam", 0),
@@ -1732,9 +1680,7 @@ mod tests {
     #[test]
     fn a_form_on_a_page_that_empties_a_stored_session_still_posts() {
         let store = MemoryStore::new();
-        let kept = Reply {
-            text: serve_text(&store, &[("QUERY_STRING", "keep")], &guarded, T0),
-        };
+        let kept = reply(&store, &[("QUERY_STRING", "keep")], &guarded, T0);
         let cookie = kept.cookie().unwrap().to_owned();
         let emptying = |cx: &mut Context<'_>| -> Result<(), BoxError> {
             cx.session.remove("kept")?;
@@ -1742,14 +1688,12 @@ mod tests {
             write!(cx.response, "{token}")?;
             Ok(())
         };
-        let page = Reply {
-            text: serve_text(
-                &store,
-                &[("HTTP_COOKIE", cookie.as_str())],
-                &emptying,
-                T0 + 1,
-            ),
-        };
+        let page = reply(
+            &store,
+            &[("HTTP_COOKIE", cookie.as_str())],
+            &emptying,
+            T0 + 1,
+        );
         assert!(page.set_cookies()[0].starts_with("app=; "), "{}", page.text);
         assert_eq!(
             store.keys().unwrap().count(),
@@ -1804,9 +1748,7 @@ mod tests {
                 ("PSOSessionCheckIP", "on"),
                 ("PSOSessionIdle", idle),
             ];
-            Reply {
-                text: serve_text(&store, &pairs, &counter_with_origin, T0 + t),
-            }
+            reply(&store, &pairs, &counter_with_origin, T0 + t)
         };
         let first = visit("", "192.0.2.1", "3600", 0);
         let cookie = first.cookie().unwrap().to_owned();
@@ -1860,9 +1802,7 @@ mod tests {
                 ("QUERY_STRING", query),
                 ("REMOTE_ADDR", "192.0.2.1"),
             ];
-            Reply {
-                text: serve_text(&store, &pairs, &app, T0 + t),
-            }
+            reply(&store, &pairs, &app, T0 + t)
         };
         let started = visit("", "login", 0);
         let new = started.cookie().unwrap().to_owned();
@@ -1899,11 +1839,7 @@ mod tests {
                 ("app", forced_id.as_str()),
                 ("PSOSessionIdle", "60"),
             ];
-            Reply {
-                text: serve_text(&store, &pairs, &audit, T0 + t),
-            }
-            .body()
-            .to_owned()
+            reply(&store, &pairs, &audit, T0 + t).body().to_owned()
         };
         assert_eq!(visit(0), "Forced 1 None");
         assert_eq!(visit(10), "Forced 2 None");
@@ -1954,17 +1890,13 @@ mod tests {
         let store = MemoryStore::new();
         let forced_id = SessionId::forced("shared-007").unwrap();
         let pairs = [("PSOServiceId", "app"), ("app", forced_id.as_str())];
-        let first = Reply {
-            text: serve_text(&store, &pairs, &login, T0),
-        };
+        let first = reply(&store, &pairs, &login, T0);
         assert_eq!(first.body(), "Forced n=1 user=None");
         let mut with_login = pairs.to_vec();
         with_login.push(("QUERY_STRING", "login"));
         let refused = serve_text(&store, &with_login, &login, T0 + 1);
         assert!(refused.contains("500 Internal Server Error"), "{refused}");
-        let after = Reply {
-            text: serve_text(&store, &pairs, &login, T0 + 2),
-        };
+        let after = reply(&store, &pairs, &login, T0 + 2);
         assert_eq!(after.body(), "Forced n=2 user=None", "the data is intact");
     }
 
@@ -2020,12 +1952,10 @@ mod tests {
     fn a_user_record_that_cannot_be_read_now_fails_the_request_and_ends_nothing() {
         let app = eggs;
         let memory = MemoryStore::new();
-        let cookie = Reply {
-            text: serve_text(&memory, &[("QUERY_STRING", "login")], &app, T0),
-        }
-        .cookie()
-        .unwrap()
-        .to_owned();
+        let cookie = reply(&memory, &[("QUERY_STRING", "login")], &app, T0)
+            .cookie()
+            .unwrap()
+            .to_owned();
         let failing = FailingUserRecords(memory.clone());
         let env = Environment::from_pairs([
             ("GATEWAY_INTERFACE", "CGI/1.1"),
@@ -2048,9 +1978,7 @@ mod tests {
         let text = String::from_utf8(output).unwrap();
         assert!(text.starts_with("Status: 500"), "{text}");
         let pairs = [("HTTP_COOKIE", cookie.as_str())];
-        let back = Reply {
-            text: serve_text(&memory, &pairs, &app, T0 + 2),
-        };
+        let back = reply(&memory, &pairs, &app, T0 + 2);
         assert_eq!(
             back.body(),
             "Returning Some(\"eggs\")",
@@ -2068,9 +1996,7 @@ mod tests {
             write!(cx.response, "{token}")?;
             Ok(())
         };
-        let reply = Reply {
-            text: serve_text(&store, &[], &meddler, T0),
-        };
+        let reply = reply(&store, &[], &meddler, T0);
         let set = reply.set_cookies();
         assert_eq!(set.len(), 1, "{set:?}");
         assert!(!set[0].contains("chosen"), "{set:?}");
@@ -2109,9 +2035,7 @@ mod tests {
             write!(cx.response, "{token}")?;
             Ok(())
         };
-        let out = Reply {
-            text: serve_text(&store, &[("HTTP_COOKIE", cookie.as_str())], &sign_out, T0),
-        };
+        let out = reply(&store, &[("HTTP_COOKIE", cookie.as_str())], &sign_out, T0);
         assert!(out.set_cookies()[0].starts_with("app=; "), "{}", out.text);
         let browser = out.form_cookie().unwrap().to_owned();
         let form = format!("token={}", out.body());
