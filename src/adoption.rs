@@ -54,31 +54,21 @@ pub(crate) fn adopt(
         // The server chose the id: adopt or (re)create it, never replace it.
         let key = SessionKey::new(config.service.clone(), id.clone());
         let mut lock = store.lock(&key, options.with_create(true))?;
-        let session = match load_live(&mut *lock, idle, claim.client_addr, now_secs)? {
-            Loaded::Live(record) if logged_out(store, &key, &record, Some(now))? => {
-                log::info!("session {key:?}: its user logged out everywhere");
-                fresh(lock)
-                    .over_stored()
-                    .replacing(Origin::Replaced(Ended::LoggedOut), None)
-            }
-            Loaded::Live(record) => Session::existing(lock, record, now, idle, Origin::Forced),
-            // What it holds goes when this request saves, or ends without values.
-            Loaded::Ended(why @ (Ended::Idle | Ended::Lifetime | Ended::Unreadable), expired) => {
-                fresh(lock)
-                    .over_stored()
-                    .replacing(Origin::Replaced(why), expired)
-            }
+        let loaded = load_live(&mut *lock, idle, claim.client_addr, now_secs)?;
+        let session = match forced(store, &key, loaded, Some(now))? {
+            Forced::Live(record) => Session::existing(lock, record, now, idle, Origin::Forced),
+            // What the store holds goes when this request saves, or ends without values.
+            Forced::Gone {
+                origin,
+                expired,
+                replaces: true,
+            } => fresh(lock).over_stored().replacing(origin, expired),
+            Forced::Gone { origin, .. } => fresh(lock).replacing(origin, None),
             // Another address's (PSOSessionCheckIP): left alone, so this request gets an
             // empty session it cannot store.
-            Loaded::Foreign => Session::read_only(
-                key.clone(),
-                None,
-                now,
-                idle,
-                Origin::Replaced(Ended::OtherAddress),
-                None,
-            ),
-            Loaded::Ended(..) | Loaded::Moved(_) => fresh(lock).replacing(Origin::Forced, None),
+            Forced::Foreign(origin) => {
+                Session::read_only(key.clone(), None, now, idle, origin, None)
+            }
         }
         .forced()
         .requested_from(claim.client_addr);
@@ -269,6 +259,55 @@ fn logged_out(
     Ok(true)
 }
 
+/// What the record under a forced id means for a request.
+enum Forced {
+    /// A live session: this one.
+    Live(Record),
+    /// No live session, and why (`Origin::Forced` when there was nothing to speak of); the
+    /// data of one that expired; whether the store holds a record a new session takes over.
+    Gone {
+        origin: Origin,
+        expired: Option<Record>,
+        replaces: bool,
+    },
+    /// Another address's live session (`PSOSessionCheckIP`): to be left alone.
+    Foreign(Origin),
+}
+
+/// Judges what a forced id holds, the same for read-write and read-only requests; a damaged
+/// user record is rebuilt given `repair_at` (see [`logged_out`]).
+fn forced(
+    store: &dyn Store,
+    key: &SessionKey,
+    loaded: Loaded,
+    repair_at: Option<SystemTime>,
+) -> Result<Forced> {
+    Ok(match loaded {
+        Loaded::Live(record) if logged_out(store, key, &record, repair_at)? => {
+            log::info!("session {key:?}: its user logged out everywhere");
+            Forced::Gone {
+                origin: Origin::Replaced(Ended::LoggedOut),
+                expired: None,
+                replaces: true,
+            }
+        }
+        Loaded::Live(record) => Forced::Live(record),
+        Loaded::Ended(why @ (Ended::Idle | Ended::Lifetime | Ended::Unreadable), expired) => {
+            Forced::Gone {
+                origin: Origin::Replaced(why),
+                expired,
+                replaces: true,
+            }
+        }
+        Loaded::Foreign => Forced::Foreign(Origin::Replaced(Ended::OtherAddress)),
+        Loaded::Ended(..) | Loaded::Moved(_) => Forced::Gone {
+            origin: Origin::Forced,
+            expired: None,
+            replaces: false,
+        },
+    })
+}
+
 /// The ids the request offers: its cookies', or with `PSOSessionUrl=on` and no cookie, the
 /// query string's (checked like a cookie's).
 fn offered(config: &Config, claim: &Claim<'_>) -> crate::cookies::OfferedIds {
@@ -299,20 +338,13 @@ pub(crate) fn adopt_read_only(
     if let Some(id) = &config.forced_id {
         // The server chose the id: read it, whatever the cookies say.
         let key = SessionKey::new(config.service.clone(), id.clone());
-        let (record, origin) =
-            match judge(store.peek(&key), &key, idle, claim.client_addr, now_secs)? {
-                Loaded::Live(record) if logged_out(store, &key, &record, None)? => {
-                    (None, Origin::Replaced(Ended::LoggedOut))
-                }
-                Loaded::Live(record) => (Some(record), Origin::Forced),
-                // Said, but its data not handed over: a reader deletes nothing, so every
-                // reader would get it again.
-                Loaded::Ended(why @ (Ended::Idle | Ended::Lifetime | Ended::Unreadable), _) => {
-                    (None, Origin::Replaced(why))
-                }
-                Loaded::Foreign => (None, Origin::Replaced(Ended::OtherAddress)),
-                Loaded::Ended(..) | Loaded::Moved(_) => (None, Origin::Forced),
-            };
+        let loaded = judge(store.peek(&key), &key, idle, claim.client_addr, now_secs)?;
+        // An expired one's data is not handed over: a reader deletes nothing, so every reader
+        // would get it again.
+        let (record, origin) = match forced(store, &key, loaded, None)? {
+            Forced::Live(record) => (Some(record), Origin::Forced),
+            Forced::Gone { origin, .. } | Forced::Foreign(origin) => (None, origin),
+        };
         let session = Session::read_only(key, record, now, idle, origin, None).forced();
         return Ok((session, origin));
     }

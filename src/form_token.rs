@@ -33,8 +33,6 @@ pub(crate) struct FormCookie {
     changed: bool,
     /// The request does not come from the site itself: no token of this kind is accepted.
     cross_site: bool,
-    /// The response head is out: a new secret could not reach the browser.
-    frozen: bool,
 }
 
 /// What the response tells the browser about its form cookie.
@@ -66,11 +64,12 @@ impl FormCookie {
         }
     }
 
-    /// A new token for a form: the secret (issued now if there is none) under a fresh mask.
-    pub fn token(&mut self) -> Result<String> {
+    /// A new token for a form: the secret (issued now if there is none, unless the response
+    /// head is out and a new cookie could no longer reach the browser) under a fresh mask.
+    pub fn token(&mut self, head_sent: bool) -> Result<String> {
         let secret = match &self.secret {
             Some(secret) => secret.clone(),
-            None if self.frozen => {
+            None if head_sent => {
                 return Err(crate::Error::new(
                     crate::ErrorKind::Invalid,
                     "the response is streaming: a form token for a visitor without a stored session needs a cookie, and it is too late to send one",
@@ -120,11 +119,6 @@ impl FormCookie {
         if self.secret.take().is_some() {
             self.changed = true;
         }
-    }
-
-    /// The response head is being sent: no new secret can reach the browser after this.
-    pub fn freeze(&mut self) {
-        self.frozen = true;
     }
 
     /// What the response must say about the cookie, if anything.
@@ -255,8 +249,8 @@ mod tests {
     #[test]
     fn a_token_masks_the_secret_differently_every_time_and_is_good_until_voided() {
         let mut form = FormCookie::default();
-        let first = form.token().unwrap();
-        let second = form.token().unwrap();
+        let first = form.token(false).unwrap();
+        let second = form.token(false).unwrap();
         assert_ne!(first, second, "a fresh mask per form");
         assert_eq!(first.len(), COOKIE_TOKEN_LEN);
         let Some(FormCookieChange::Set(secret)) = form.change() else {
@@ -276,7 +270,7 @@ mod tests {
     #[test]
     fn a_secret_brought_back_checks_the_tokens_made_from_it() {
         let mut first = FormCookie::default();
-        let token = first.token().unwrap();
+        let token = first.token(false).unwrap();
         let Some(FormCookieChange::Set(secret)) = first.change() else {
             panic!("a new secret is sent");
         };
@@ -318,7 +312,6 @@ mod tests {
     #[test]
     fn no_new_secret_once_the_head_is_out() {
         let mut form = FormCookie::default();
-        form.freeze();
-        assert!(form.token().is_err());
+        assert!(form.token(true).is_err());
     }
 }

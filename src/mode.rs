@@ -43,8 +43,8 @@ where
 /// Like [`run`], for a handler that only reads its session (PHP's `read_and_close`, taken
 /// further): each request reads its session without taking the lock, so it runs at once even
 /// while a slow request of the same session holds the lock and writes. A change to the
-/// session is an error (`set` fails; `remove`, `clear`, `expire` fail the request with a
-/// 500), and nothing is saved or renewed: the session's idle clock does not restart. The
+/// session is an error returned by the call that tries it (`set`, `remove`, `clear`,
+/// `expire`, ...), and nothing is saved or renewed: the session's idle clock does not restart. The
 /// cookie is sent again as it was. For pages that fire many AJAX calls, status polls,
 /// downloads.
 ///

@@ -392,7 +392,6 @@ impl Session {
     /// The response head goes out now: the cookies it carries are final.
     pub(crate) fn head_sent(&mut self) {
         self.head_sent = true;
-        self.form.freeze();
     }
 
     /// Marks a session reached through `old`, the old id of a regenerated session.
@@ -614,7 +613,7 @@ impl Session {
         // after release() and in read-only requests too.
         let nothing_to_store = self.idle.lazy && self.holds_nothing();
         if nothing_to_store || self.ended || self.ends_now() {
-            return self.form.token();
+            return self.form.token(self.head_sent);
         }
         self.check_held()?;
         let token = SessionId::generate()?.as_str().to_owned();

@@ -135,11 +135,10 @@ impl Store for MemoryStore {
             }
             let Some(bytes) = &slot.bytes else { continue };
             report.examined += 1;
-            // Like the file store: a damaged record goes only if it is a visitor's session.
-            let dead = decode(bytes).map_or(key.id.is_generated(), |record| record.is_expired(now));
             if slot.locked {
                 report.busy += 1;
-            } else if dead {
+            // Like the file store: a damaged record goes only if it is a visitor's session.
+            } else if decode(bytes).map_or(key.id.is_generated(), |record| record.is_expired(now)) {
                 slot.bytes = None;
                 report.removed += 1;
             }
