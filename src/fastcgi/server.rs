@@ -41,6 +41,10 @@ const MAX_MANAGEMENT: u32 = 64;
 /// The most unread input discarded before closing a connection, and for how long.
 const DRAIN_BYTES: usize = 1 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// Most worker threads, connections and the longest timeout `PSO_FCGI_*` may ask for.
+const MAX_WORKERS: usize = 1024;
+const MAX_CONNS: usize = 1 << 20;
+const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// How many workers, connections and bytes a FastCGI process allows, and how long it waits.
 ///
@@ -49,6 +53,16 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// let limits = pso::fastcgi::Limits::from_env(&env);
 /// assert_eq!(limits.workers, 3);
 /// assert_eq!(limits.idle_timeout, std::time::Duration::from_secs(120));
+///
+/// // Out of bounds: logged, and the default kept (a deadline that far away would overflow).
+/// let env = pso::Environment::from_pairs([
+///     ("PSO_FCGI_WORKERS", "10000000"),
+///     ("PSO_FCGI_FIRST_BYTE_TIMEOUT", "9223372036854775807"),
+/// ]);
+/// let limits = pso::fastcgi::Limits::from_env(&env);
+/// let defaults = pso::fastcgi::Limits::default();
+/// assert_eq!(limits.workers, defaults.workers);
+/// assert_eq!(limits.first_byte_timeout, defaults.first_byte_timeout);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -98,22 +112,26 @@ impl Limits {
     /// The defaults, changed by `PSO_FCGI_*` variables of `env` (the process environment).
     pub fn from_env(env: &Environment) -> Limits {
         let mut limits = Limits::default();
-        let count = |name: &str, into: &mut usize| {
+        // Bounded, so that no value can overflow a deadline or ask for more threads and
+        // descriptors than a system gives.
+        let count = |name: &str, most: usize, into: &mut usize| {
             if let Some(text) = env.get(name) {
                 match text.trim().parse::<usize>() {
-                    Ok(n) if n > 0 => *into = n,
-                    _ => log::warn!("{name}: {text:?} is not a positive number; using {into}"),
+                    Ok(n) if (1..=most).contains(&n) => *into = n,
+                    _ => log::warn!(
+                        "{name}: {text:?} is not a number from 1 to {most}; using {into}"
+                    ),
                 }
             }
         };
-        count("PSO_FCGI_WORKERS", &mut limits.workers);
-        count("PSO_FCGI_MAX_CONNS", &mut limits.max_conns);
+        count("PSO_FCGI_WORKERS", MAX_WORKERS, &mut limits.workers);
+        count("PSO_FCGI_MAX_CONNS", MAX_CONNS, &mut limits.max_conns);
         let time = |name: &str, into: &mut Duration| {
             if let Some(text) = env.get(name) {
                 match crate::config::duration(text) {
-                    Some(d) if !d.is_zero() => *into = d,
+                    Some(d) if !d.is_zero() && d <= MAX_TIMEOUT => *into = d,
                     _ => log::warn!(
-                        "{name}: {text:?} is not a duration like 10 or 1m; using {into:?}"
+                        "{name}: {text:?} is not a duration like 10 or 1m, of at most a day; using {into:?}"
                     ),
                 }
             }

@@ -727,7 +727,7 @@ impl GcTally {
     fn add(&mut self, outcome: GcOutcome) {
         match outcome {
             GcOutcome::Removed { reason, bytes } => {
-                self.bytes_freed += bytes;
+                self.bytes_freed = self.bytes_freed.saturating_add(bytes);
                 match reason {
                     GcRemoval::Expired => self.expired += 1,
                     GcRemoval::Unreadable => self.unreadable += 1,
@@ -841,8 +841,8 @@ impl Totals {
     fn add(&mut self, summary: &Summary) {
         self.sessions += 1;
         self.expired += u64::from(summary.expired);
-        self.bytes += summary.bytes;
-        self.disk_bytes += summary.disk_bytes;
+        self.bytes = self.bytes.saturating_add(summary.bytes);
+        self.disk_bytes = self.disk_bytes.saturating_add(summary.disk_bytes);
         self.oldest = Some(
             self.oldest
                 .map_or(summary.created, |t| t.min(summary.created)),
