@@ -664,7 +664,7 @@ fn peak_kib(dir: &Path, args: &[&str]) -> u64 {
 #[test]
 fn memory_stays_bounded_from_10_000_to_100_000_sessions() {
     if !Path::new("/usr/bin/time").exists() {
-        eprintln!("skipped: no /usr/bin/time");
+        common::skip_or_fail("/usr/bin/time is not installed (Debian package time)");
         return;
     }
     let sessions = Sessions::in_memory();

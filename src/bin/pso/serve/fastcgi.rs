@@ -72,10 +72,7 @@ impl Responders {
         let listener = UnixListener::bind(&socket)?;
         let mut child = Command::new(executable)
             .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
+            .env("PATH", super::gateway::PATH)
             .current_dir(cwd)
             .process_group(0)
             .stdin(OwnedFd::from(listener))
@@ -144,10 +141,25 @@ fn sweep_stale(tmp: &Path) {
             .path()
             .symlink_metadata()
             .is_ok_and(|meta| meta.is_dir() && meta.uid() == uid);
-        if ours && !Path::new(&format!("/proc/{pid}")).exists() {
+        if ours && !is_running(pid) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// Whether process `pid` exists (signal 0; a process of another user answers EPERM, and
+/// counts as running). Unlike a look in `/proc`, this works on every Unix.
+fn is_running(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

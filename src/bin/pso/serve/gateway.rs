@@ -26,7 +26,7 @@ use super::http::{self, Request};
 /// The most bytes of a program's answer head.
 const MAX_ANSWER_HEAD: usize = 64 * 1024;
 /// What a program is given as `PATH`, as Apache does.
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(super) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// One request for one program: what the meta-variables are made of.
 pub struct Call<'a> {
