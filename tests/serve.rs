@@ -665,6 +665,14 @@ fn shows_the_sessions_and_ends_one_for_this_machine_only() {
     assert!(page.contains(prefix), "{prefix} not in\n{page}");
     assert!(page.contains("<code>reloads</code>"), "{page}");
     assert!(!page.contains(&id[..20]), "the page gives whole ids away");
+    // Another local program's cookies (localhost cookies ignore ports), not UTF-8, in a
+    // header of their own before the key's: the key still counts.
+    let mut crowded =
+        b"GET /_pso/ HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: theme=\xff\xfe\r\n".to_vec();
+    crowded.extend_from_slice(cookie.as_bytes());
+    crowded.extend_from_slice(b"\r\n");
+    let page = server.raw(&crowded);
+    assert_eq!(status(&page), "200", "{page}");
 
     let foreign = server
         .raw(format!("GET /_pso/ HTTP/1.1\r\nHost: evil.example:8080\r\n{cookie}\r\n").as_bytes());

@@ -71,12 +71,20 @@ pub fn serve(
         );
         return (303, 0);
     }
-    let has_key = request
-        .header("Cookie")
-        .into_iter()
-        .flat_map(|header| header.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .any(|(name, value)| name == KEY_COOKIE && same_secret(value, &site.token));
+    // Every Cookie header, read as bytes as the library reads a session cookie: another local
+    // program's odd cookie on localhost (cookies ignore ports) must not hide the key.
+    let cookies: Vec<u8> = request
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("Cookie"))
+        .flat_map(|(_, value)| [value.as_slice(), b"; "])
+        .flatten()
+        .copied()
+        .collect();
+    let has_key = pso::cookies::offered_ids(&cookies, KEY_COOKIE)
+        .ids
+        .iter()
+        .any(|id| same_secret(id.as_str(), &site.token));
     if !has_key {
         return error(
             conn,

@@ -3,8 +3,8 @@
 //! The meta-variables are what Apache's `mod_cgi` gives a program, with its safety rules:
 //! no `HTTP_PROXY` from a `Proxy:` header (httpoxy), no header whose name holds `_` (so that
 //! `X_Forwarded_For` cannot pose as `X-Forwarded-For`), no `Authorization`; the `SetEnv`
-//! variables first, so that a request cannot override them and they cannot override the
-//! request's own variables. The answer's head (`Status:`, `Location:`, other headers) is
+//! variables first, so that they cannot override the request's own variables (a request
+//! header may in turn override a `SetEnv HTTP_*`). The answer's head (`Status:`, `Location:`, other headers) is
 //! checked before anything reaches the client: a head that does not parse is a 502, one that
 //! does not come in time a 504.
 
