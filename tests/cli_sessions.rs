@@ -429,6 +429,33 @@ fn damaged_and_foreign_files_are_counted_warnings_and_list_exits_0() {
 }
 
 #[test]
+fn the_directory_comes_from_the_environment_as_programs_read_it() {
+    let sessions = Sessions::new();
+    sessions.save("shop", live(now()), &[("n", 1)]);
+    let stats = |name: &str, value: &Path| {
+        Command::new(PSO)
+            .args(["sessions", "stats", "--json"])
+            .env_remove("PSOSessionFileLoader_Path")
+            .env(name, value)
+            .output()
+            .unwrap()
+    };
+    // A server may pass the name on upper-cased and with `_` for `-`: programs read it so.
+    for name in ["PSOSessionFileLoader_Path", "PSOSESSIONFILELOADER_PATH"] {
+        let output = stats(name, sessions.dir());
+        assert_eq!(json(&succeeded(&output))["sessions"], 1, "{name}");
+    }
+    // A relative path is one programs do not use: refused, not guessed.
+    let output = stats("PSOSessionFileLoader_Path", Path::new("sessions"));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("give --path"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn gc_removes_expired_and_damaged_sessions_only() {
     let m = mixed();
     let output = m.sessions.run(&["gc", "--json"]);

@@ -177,26 +177,25 @@ pub fn run(command: Command) -> ExitCode {
     }
 }
 
-/// The session directory: `--path`, else `PSOSessionFileLoader_Path`, else the default.
+/// The session directory: `--path`, else what programs read from this environment
+/// (`PSOSessionFileLoader_Path`, in any of the spellings the library accepts), else the
+/// default.
 fn store_path(args: &StoreArgs) -> Result<PathBuf, Failure> {
     if let Some(path) = &args.path {
         return Ok(path.clone());
     }
-    match std::env::var_os("PSOSessionFileLoader_Path") {
-        Some(path) if !path.is_empty() => {
-            let path = PathBuf::from(path);
-            if path.is_absolute() {
-                Ok(path)
-            } else {
-                // Programs ignore it (they use the default): guessing either way misleads.
-                Err(failure(format_args!(
-                    "PSOSessionFileLoader_Path ({}) is not an absolute path, so programs do not use it; give --path",
-                    path.display()
-                )))
-            }
-        }
-        _ => Ok(FileStore::default_dir()),
+    let (config, problems) = pso::Config::from_env_checked(&pso::Environment::from_process());
+    if let Some(problem) = problems
+        .iter()
+        .find(|problem| problem.variable == "PSOSessionFileLoader_Path")
+    {
+        // Programs fall back to the default: guessing either way misleads.
+        return Err(failure(format_args!(
+            "PSOSessionFileLoader_Path: {}; programs do not use it, so give --path",
+            problem.message
+        )));
     }
+    Ok(config.session_dir)
 }
 
 fn open(args: &StoreArgs) -> Result<FileStore, Failure> {
