@@ -242,10 +242,11 @@ fn shown(record: &pso::Record, name: &str) -> Option<Shown> {
 /// Ends `key`'s session: takes its lock (waiting at most `timeout` for a request that holds
 /// it), then removes its file. `false` if there was no such session.
 pub fn remove(store: &FileStore, key: &SessionKey, timeout: Duration) -> pso::Result<bool> {
-    let existed = store.exists(key)?;
     let mut session = store.lock(key, LockOptions::new(timeout))?;
+    // Judged under the lock, so that a file gone meanwhile is not reported as removed; a
+    // damaged one is there, and goes.
+    let existed = !matches!(session.load(), Ok(None));
     session.delete()?;
-    drop(session);
     Ok(existed)
 }
 
