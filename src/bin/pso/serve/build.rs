@@ -119,7 +119,15 @@ fn binary_targets(manifest: &Path, dir: &Path) -> Result<BTreeMap<String, String
                 && in_dir
                 && let Some(stem) = source.file_stem().and_then(|s| s.to_str())
             {
-                targets.insert(name.to_string(), stem.to_string());
+                // Served only under a plain name: listing another would link to a 404.
+                if super::site::is_plain_name(stem) {
+                    targets.insert(name.to_string(), stem.to_string());
+                } else {
+                    eprintln!(
+                        "pso serve: not serving {}: a program's name is A-Z a-z 0-9 . _ - only",
+                        source.display()
+                    );
+                }
             }
         }
     }

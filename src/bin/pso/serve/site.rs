@@ -110,7 +110,7 @@ impl Programs {
 
 /// A name a program may have: `A-Z a-z 0-9 . _ -`, not starting with a dot (`.htaccess`,
 /// `..`).
-fn is_plain_name(name: &str) -> bool {
+pub(super) fn is_plain_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
         && name
