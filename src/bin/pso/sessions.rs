@@ -471,10 +471,9 @@ fn list(args: &ListArgs, out: &mut impl Write) -> Result<(), Failure> {
                 if printed >= limit {
                     return ControlFlow::Break(());
                 }
-                written = written.as_ref().map_err(clone_error).and_then(|()| {
-                    printed += 1;
-                    printer.row(out, &row)
-                });
+                // A failed write stops the walk, so `written` is Ok whenever it gets here.
+                printed += 1;
+                written = printer.row(out, &row);
                 if written.is_err() {
                     return ControlFlow::Break(());
                 }
@@ -517,10 +516,6 @@ fn list(args: &ListArgs, out: &mut impl Write) -> Result<(), Failure> {
 fn write_json(out: &mut impl Write, value: &serde_json::Value) -> io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     writeln!(out)
-}
-
-fn clone_error(e: &io::Error) -> io::Error {
-    io::Error::new(e.kind(), e.to_string())
 }
 
 /// The key a command-line id names.
