@@ -140,11 +140,7 @@ fn header_variables(request: &Request) -> Vec<(String, Vec<u8>)> {
 /// `SERVER_NAME`: the Host header's name when it is a plain host name, else the address the
 /// connection came in on.
 fn server_name(request: &Request, local: SocketAddr) -> String {
-    let host = request.header("Host").unwrap_or("");
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
+    let name = super::http::host_name(request.header("Host").unwrap_or(""));
     let plain = !name.is_empty()
         && name
             .bytes()

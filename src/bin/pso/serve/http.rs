@@ -260,15 +260,20 @@ fn percent_decode(raw: &str) -> Result<String, Refusal> {
     })
 }
 
+/// A Host header's name, without its port (`[::1]:8080` is `[::1]`).
+pub fn host_name(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
 /// Whether a Host header names this machine (`localhost`, `127.x.y.z`, `[::1]`, any port):
 /// a server on loopback answers to nothing else, so that a web page cannot reach it through
 /// DNS rebinding (a name of the attacker's that resolves to 127.0.0.1).
 pub fn loopback_host(host: Option<&str>) -> bool {
     let Some(host) = host else { return false };
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
+    let name = host_name(host);
     name.eq_ignore_ascii_case("localhost")
         || name == "[::1]"
         || name
