@@ -20,8 +20,13 @@ pub enum ErrorKind {
     Io,
     /// The store is full or read-only (`ENOSPC`, `EDQUOT`, `EROFS`): nothing was written.
     StorageFull,
-    /// The session lock was not free within `PSOSessionLockTimeout`.
+    /// The session lock was not free within `PSOSessionLockTimeout`, or a session kept
+    /// changing while it was read without its lock.
     LockTimeout,
+    /// The session ended while this request held it: another request ended it without
+    /// waiting for the lock (the cookies of that request named several live sessions, so all
+    /// of them had to end). Nothing this request saved after that counts; a 503.
+    LockLost,
     /// A session file or record is truncated, garbled, of an unknown version or too large.
     Corrupt,
     /// A session value does not decode as the type asked for.

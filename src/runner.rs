@@ -1936,6 +1936,9 @@ mod tests {
             }
             self.0.peek(key)
         }
+        fn delete(&self, key: &SessionKey) -> crate::Result<()> {
+            self.0.delete(key)
+        }
         fn keys(&self) -> crate::Result<Box<dyn Iterator<Item = crate::Result<SessionKey>> + '_>> {
             self.0.keys()
         }

@@ -408,6 +408,9 @@ mod tests {
         fn peek(&self, key: &SessionKey) -> Result<Option<Record>> {
             self.inner.peek(key)
         }
+        fn delete(&self, key: &SessionKey) -> Result<()> {
+            self.inner.delete(key)
+        }
         fn keys(&self) -> Result<Box<dyn Iterator<Item = Result<SessionKey>> + '_>> {
             self.inner.keys()
         }

@@ -826,6 +826,32 @@ fn fifty_concurrent_requests_on_one_session_lose_nothing() {
     assert_eq!(site.get(Some(&cookie)).count(), 52);
 }
 
+/// The fsync calls of one run of `site`'s program, with each descriptor's path (`strace -y`).
+fn synced(site: &Site, cookie: Option<&str>) -> Vec<String> {
+    let trace = site.root.path().join("trace");
+    let command = site.command(cookie);
+    let status = Command::new("strace")
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(command.get_program())
+        .env_clear()
+        .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        // `strace -f` starts each line with the process id.
+        .map(|line| {
+            line.split_once(' ')
+                .map_or(line, |(_, call)| call)
+                .to_owned()
+        })
+        .collect()
+}
+
 #[test]
 fn sync_mode_fsyncs_file_and_directory() {
     let mut site = Site::new(RELOAD);
@@ -835,22 +861,25 @@ fn sync_mode_fsyncs_file_and_directory() {
         skip_or_fail("strace is not installed (apt-get install strace)");
         return;
     }
-    let trace = site.root.path().join("trace");
-    let command = site.command(None);
-    let status = Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
-        .arg(&trace)
-        .arg(command.get_program())
-        .env_clear()
-        .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let log = fs::read_to_string(&trace).unwrap();
+    let sessions = site.sessions().display().to_string();
+    let directory =
+        |line: &String| line.starts_with("fsync(") && line.contains(&format!("<{sessions}>)"));
+    let file =
+        |line: &String| line.starts_with("fdatasync(") && line.contains(&format!("<{sessions}/"));
+    // A new session: its file is renamed into place.
+    let log = synced(&site, None);
+    assert!(log.iter().any(file) && log.iter().any(directory), "{log:?}");
+    // A forced id's first save goes into the file its lock created at its name: that name
+    // must reach the disk too.
+    site.set("PSOServiceId", "reload")
+        .set("reload", "shared-007");
+    let log = synced(&site, None);
+    assert!(log.iter().any(file) && log.iter().any(directory), "{log:?}");
+    // Its next save is in place: the file only.
+    let log = synced(&site, None);
     assert!(
-        log.contains("fdatasync(") && log.contains("fsync("),
-        "{log}"
+        log.iter().any(file) && !log.iter().any(directory),
+        "{log:?}"
     );
 }
 

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -100,8 +100,8 @@ struct Directory {
 
 /// What is at a session's name.
 enum Found {
-    /// A regular file of ours with one link, opened.
-    File(File),
+    /// A regular file of ours with one link, opened; `created` if this open made it.
+    File { file: File, created: bool },
     /// Nothing.
     Missing,
     /// Something that is not a session file and cannot be removed (a directory with entries):
@@ -337,7 +337,10 @@ impl FileStore {
             };
             // What was opened is checked once it is locked (`still_current`): the file at the
             // name, regular, ours, with one link.
-            return Ok(Found::File(file));
+            return Ok(Found::File {
+                file,
+                created: seen.is_none(),
+            });
         }
         Err(Error::new(
             ErrorKind::Io,
@@ -383,8 +386,9 @@ impl FileStore {
     /// ours, made `0600` if it was not. When in doubt (an error), it is not: the caller opens
     /// the name again.
     ///
-    /// Still one link means still at its name: pso never moves a session file away, it only
-    /// renames a new file over it or removes it, and either takes the held file's link.
+    /// Still one link means still at its name: pso never leaves a session file linked
+    /// elsewhere, it only renames a new file over it (or exchanges the two, and removes the old
+    /// one before letting go of its lock) or removes it, and each takes the held file's link.
     /// (`fstat` alone, no second lookup of the name: this runs on every request.)
     fn still_current(&self, file: &File) -> Option<u64> {
         let held = rustix::fs::fstat(file).ok()?;
@@ -659,8 +663,8 @@ impl Store for FileStore {
         let name = c_name(file_name(key));
         let deadline = lock_deadline(options.timeout);
         loop {
-            let file = match self.open_file(key, &name, options.create)? {
-                Found::File(file) => file,
+            let (file, created) = match self.open_file(key, &name, options.create)? {
+                Found::File { file, created } => (file, created),
                 found => {
                     // No file: nothing to lock, and nobody else can reach a session that does
                     // not exist yet. The first save creates the file already locked.
@@ -670,9 +674,10 @@ impl Store for FileStore {
                         name,
                         file: None,
                         size: 0,
-                        layout: Layout::Empty,
+                        layout: Some(Layout::Empty),
                         blocked: matches!(found, Found::Blocked),
                         deleted: false,
+                        unsynced_entry: false,
                     }));
                 }
             };
@@ -684,9 +689,11 @@ impl Store for FileStore {
                     name,
                     file: Some(file),
                     size,
-                    layout: Layout::Empty,
+                    // What a file holds is known once it is loaded; an empty one holds nothing.
+                    layout: (size == 0).then_some(Layout::Empty),
                     blocked: false,
                     deleted: false,
+                    unsynced_entry: created,
                 }));
             }
             // Replaced or removed while we waited: lock whatever is there now, within the
@@ -709,12 +716,30 @@ impl Store for FileStore {
 
     fn peek(&self, key: &SessionKey) -> Result<Option<Record>> {
         match self.open_for_reading(&c_name(file_name(key))) {
-            Some((file, stat)) => {
-                let size = u64::try_from(stat.st_size).unwrap_or(0);
-                Ok(read_record(&file, size, self.max_bytes)?.0)
+            Some((file, _)) => {
+                let (bytes, _) = layout::load_settled(&file, record_cap(self.max_bytes))?;
+                decode_record(bytes, self.max_bytes)
             }
             None => Ok(None),
         }
+    }
+
+    fn delete(&self, key: &SessionKey) -> Result<()> {
+        let name = c_name(file_name(key));
+        let dir = &self.dir.handle;
+        match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            // Only a session file of ours; anything else at the name is the lock's to judge.
+            Ok(stat) if self.is_our_file(&stat) && self.names(&name, &stat) => {}
+            Ok(_) | Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(Error::io(format!("inspecting session {key:?}"), e.into())),
+        }
+        self.unlink(&name)
+            .map_err(|e| Error::io(format!("removing session {key:?}"), e))?;
+        if self.sync {
+            self.sync_dir()
+                .map_err(|e| Error::io(format!("syncing the directory of session {key:?}"), e))?;
+        }
+        Ok(())
     }
 
     fn keys(&self) -> Result<Box<dyn Iterator<Item = Result<SessionKey>> + '_>> {
@@ -748,12 +773,79 @@ struct FileLock {
     file: Option<File>,
     /// The locked file's size.
     size: u64,
-    /// Where the file's newest record lies, once loaded or saved.
-    layout: Layout,
+    /// Where the file's newest record lies, once loaded or saved; `None` while that is not
+    /// known (not loaded yet, or unreadable): the next save then writes a whole new file, since
+    /// a slot it cannot read may still hold a higher sequence number than a save in place
+    /// would write, and would win every later load.
+    layout: Option<Layout>,
     /// Something that cannot be removed occupies the name: the session cannot be stored.
     blocked: bool,
     /// Whether `delete` was called: the file is gone and must not come back through this lock.
     deleted: bool,
+    /// The file was created at its name by this lock (`LockOptions::create`), and the
+    /// directory not synced since: the first synced save syncs it too.
+    unsynced_entry: bool,
+}
+
+impl FileLock {
+    /// Puts the new file `temp_name` at the session's name. A file this lock holds is
+    /// exchanged with it (`RENAME_EXCHANGE`), so that a name removed meanwhile by
+    /// [`Store::delete`] is noticed ([`ErrorKind::LockLost`]) instead of brought back; the old
+    /// file, now at `temp_name`, is removed before its lock is let go, so that a request
+    /// waiting on it never finds it linked.
+    fn take_name(&self, temp_name: &CStr) -> Result<()> {
+        let key = &self.key;
+        let dir = &self.store.dir.handle;
+        let saving = |e: Errno| Error::io(format!("saving session {key:?}"), e.into());
+        let Some(old) = &self.file else {
+            return rustix::fs::renameat(dir, temp_name, dir, &self.name).map_err(saving);
+        };
+        if ended_meanwhile(old) {
+            return Err(lock_lost(key));
+        }
+        match rustix::fs::renameat_with(dir, temp_name, dir, &self.name, RenameFlags::EXCHANGE) {
+            Ok(()) => {}
+            Err(Errno::NOENT) => return Err(lock_lost(key)),
+            // A file system without atomic exchange: looked at above, then renamed over (a
+            // removal between the two is missed there).
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                return rustix::fs::renameat(dir, temp_name, dir, &self.name).map_err(saving);
+            }
+            Err(e) => return Err(saving(e)),
+        }
+        // What came out must be the file this lock holds. Anything else means the session was
+        // removed and something else put at its name meanwhile: that goes back.
+        let held = rustix::fs::fstat(old).map_err(saving)?;
+        if !self.store.names(temp_name, &held) {
+            if let Err(e) =
+                rustix::fs::renameat_with(dir, temp_name, dir, &self.name, RenameFlags::EXCHANGE)
+            {
+                log::error!("session {key:?}: cannot put back what was at its name ({e})");
+            }
+            return Err(lock_lost(key));
+        }
+        if let Err(e) = self.store.unlink(temp_name) {
+            log::error!(
+                "session {key:?}: the file it replaced cannot be removed ({e}); a request waiting on it may read it"
+            );
+        }
+        Ok(())
+    }
+
+    /// Syncs the directory after the first save into a file this lock created at its name,
+    /// when saves are synced: the file's data is on disk, and so must its name be.
+    fn sync_created_entry(&mut self) -> Result<()> {
+        if self.store.sync && self.unsynced_entry {
+            self.store.sync_dir().map_err(|e| {
+                Error::io(
+                    format!("syncing the directory of session {:?}", self.key),
+                    e,
+                )
+            })?;
+            self.unsynced_entry = false;
+        }
+        Ok(())
+    }
 }
 
 impl LockedSession for FileLock {
@@ -776,8 +868,11 @@ impl LockedSession for FileLock {
         }
         match &self.file {
             Some(file) => {
-                let (record, layout) = read_record(file, self.size, self.store.max_bytes)?;
-                self.layout = layout;
+                self.layout = None;
+                let cap = record_cap(self.store.max_bytes);
+                let (bytes, layout) = layout::load(file, self.size, cap)?;
+                let record = decode_record(bytes, self.store.max_bytes)?;
+                self.layout = Some(layout);
                 Ok(record)
             }
             None => Ok(None),
@@ -804,19 +899,22 @@ impl LockedSession for FileLock {
                 ),
             ));
         }
-        if let Some(file) = &self.file {
-            match layout::save_in_place(file, self.layout, &bytes) {
+        if let (Some(file), Some(known)) = (&self.file, self.layout) {
+            match layout::save_in_place(file, known, &bytes) {
                 Ok(Some(layout)) => {
-                    self.layout = layout;
+                    self.layout = Some(layout);
                     if self.store.sync {
                         file.sync_data()
                             .map_err(|e| Error::io(format!("syncing session {key:?}"), e))?;
                     }
-                    return Ok(());
+                    if ended_meanwhile(file) {
+                        return Err(lock_lost(key));
+                    }
+                    return self.sync_created_entry();
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    if self.layout == Layout::Empty {
+                    if known == Layout::Empty {
                         // Back to an empty reservation rather than a half-laid-out file.
                         let _ = file.set_len(0);
                     }
@@ -824,10 +922,9 @@ impl LockedSession for FileLock {
                 }
             }
         }
-        // No file yet, a record larger than its slots, or a version-1 file: a new file,
-        // complete and locked before it takes the name.
+        // No file yet, a record larger than its slots, a version-1 file, or a file whose
+        // slots could not be read: a new file, complete and locked before it takes the name.
         let (temp_name, temp) = self.store.create_temp(key)?;
-        let dir = &self.store.dir.handle;
         let written = (|| {
             temp.try_lock().map_err(|e| {
                 Error::io(
@@ -835,13 +932,13 @@ impl LockedSession for FileLock {
                     std::io::Error::other(e.to_string()),
                 )
             })?;
-            let layout = layout::write_new(&temp, &bytes, layout::next_seq(self.layout))?;
+            let seq = self.layout.map_or(1, layout::next_seq);
+            let layout = layout::write_new(&temp, &bytes, seq)?;
             if self.store.sync {
                 temp.sync_data()
                     .map_err(|e| Error::io(format!("syncing session {key:?}"), e))?;
             }
-            rustix::fs::renameat(dir, &temp_name, dir, &self.name)
-                .map_err(|e| Error::io(format!("saving session {key:?}"), e.into()))?;
+            self.take_name(&temp_name)?;
             Ok(layout)
         })();
         let layout = match written {
@@ -854,11 +951,12 @@ impl LockedSession for FileLock {
         // The old file (and its lock) goes; waiters on it will find the new one.
         self.size = temp.metadata().map_or(0, |m| m.len());
         self.file = Some(temp);
-        self.layout = layout;
+        self.layout = Some(layout);
         if self.store.sync {
             self.store
                 .sync_dir()
                 .map_err(|e| Error::io(format!("syncing the directory of session {key:?}"), e))?;
+            self.unsynced_entry = false;
         }
         Ok(())
     }
@@ -880,6 +978,19 @@ impl LockedSession for FileLock {
         }
         Ok(())
     }
+}
+
+/// Whether the file a lock holds was removed from its name since (by [`Store::delete`]): what
+/// is written into it now reaches no one.
+fn ended_meanwhile(file: &File) -> bool {
+    rustix::fs::fstat(file).is_ok_and(|stat| stat.st_nlink == 0)
+}
+
+fn lock_lost(key: &SessionKey) -> Error {
+    Error::new(
+        ErrorKind::LockLost,
+        format!("session {key:?} was ended by another request while this one held it"),
+    )
 }
 
 fn blocked_error(key: &SessionKey) -> Error {
@@ -949,18 +1060,20 @@ fn parse_key(service: &str, id: &str) -> Option<SessionKey> {
     ))
 }
 
-/// Reads and decodes a session file of `size` bytes; an empty file is a reservation without a
-/// record yet. The buffer read becomes the record's: no second copy.
-fn read_record(file: &File, size: u64, max_bytes: u64) -> Result<(Option<Record>, Layout)> {
-    let cap = max_bytes
+/// The largest record bytes (header included) a store that reads records up to `max_bytes`
+/// takes from a file.
+fn record_cap(max_bytes: u64) -> u64 {
+    max_bytes
         .min(MAX_RECORD_BYTES)
-        .saturating_add(HEADER_LEN as u64);
-    let (bytes, layout) = layout::load(file, size, cap)?;
-    let record = match bytes {
-        Some(bytes) => Some(Record::decode_owned(bytes, max_bytes)?),
-        None => None,
-    };
-    Ok((record, layout))
+        .saturating_add(HEADER_LEN as u64)
+}
+
+/// Decodes what a file's newest slot holds; the buffer read becomes the record's: no second
+/// copy.
+fn decode_record(bytes: Option<Vec<u8>>, max_bytes: u64) -> Result<Option<Record>> {
+    bytes
+        .map(|bytes| Record::decode_owned(bytes, max_bytes))
+        .transpose()
 }
 
 /// What the front of a session file says, read without holding its record in memory.
@@ -1411,6 +1524,50 @@ mod tests {
         assert_eq!(lock.load().unwrap_err().kind(), ErrorKind::Corrupt);
         assert!(lock.save(&Record::default()).is_err());
         lock.delete().unwrap();
+    }
+
+    /// What replaces a session that could not be loaded is what the next load returns: a save
+    /// in place would go into the slot with the lower sequence number, beside the one that
+    /// could not be read, and every later load would pick that one again.
+    #[test]
+    fn a_save_after_a_failed_load_is_what_the_next_load_returns() {
+        let (_dir, store) = store();
+        let key = SessionKey::new("svc".parse().unwrap(), SessionId::forced("007").unwrap());
+        let record = |n: u64, pad: usize| {
+            let mut record = Record::new(Meta::new(0));
+            record.set("n", &n).unwrap();
+            record.set("pad", &vec![1u8; pad]).unwrap();
+            record
+        };
+        let mut lock = store
+            .lock(&key, suite::options().with_create(true))
+            .unwrap();
+        lock.load().unwrap();
+        lock.save(&record(1, 10)).unwrap();
+        lock.save(&record(2, 1500)).unwrap();
+        drop(lock);
+        // Another program, or a lowered PSOSessionMaxBytes: the newest slot is too large.
+        let small = store.clone().with_max_bytes(1024);
+        for n in 3..7 {
+            let mut lock = small
+                .lock(&key, suite::options().with_create(true))
+                .unwrap();
+            match lock.load() {
+                Ok(Some(loaded)) => assert_eq!(loaded.get::<u64>("n").unwrap(), Some(n - 1)),
+                Ok(None) => panic!("the session is gone"),
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Corrupt);
+                    assert_eq!(n, 3, "only the first load fails");
+                }
+            }
+            lock.save(&record(n, 10)).unwrap();
+        }
+        // And a save through a lock that never loaded does not trust the file's slots either.
+        let mut lock = store.lock(&key, suite::options()).unwrap();
+        lock.save(&record(7, 10)).unwrap();
+        drop(lock);
+        let loaded = small.peek(&key).unwrap().unwrap();
+        assert_eq!(loaded.get::<u64>("n").unwrap(), Some(7));
     }
 
     #[test]

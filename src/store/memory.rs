@@ -38,6 +38,8 @@ struct Shared {
 struct Slot {
     bytes: Option<Vec<u8>>,
     locked: bool,
+    /// Raised by [`Store::delete`]: a lock taken before it can no longer save.
+    generation: u64,
 }
 
 impl MemoryStore {
@@ -76,6 +78,7 @@ impl Store for MemoryStore {
                     shared: self.shared.clone(),
                     key: key.clone(),
                     deleted: false,
+                    generation: slot.generation,
                 }));
             }
             slots = match time_left(deadline, key)? {
@@ -110,6 +113,18 @@ impl Store for MemoryStore {
             .and_then(|slot| slot.bytes.as_deref())
             .map(decode)
             .transpose()
+    }
+
+    fn delete(&self, key: &SessionKey) -> Result<()> {
+        let mut slots = self.shared.slots();
+        if let Some(slot) = slots.get_mut(key) {
+            slot.bytes = None;
+            slot.generation += 1;
+            if !slot.locked {
+                slots.remove(key);
+            }
+        }
+        Ok(())
     }
 
     fn keys(&self) -> Result<Box<dyn Iterator<Item = Result<SessionKey>> + '_>> {
@@ -152,6 +167,8 @@ struct MemoryLock {
     shared: Arc<Shared>,
     key: SessionKey,
     deleted: bool,
+    /// The slot's generation when locked: another, and the session was deleted meanwhile.
+    generation: u64,
 }
 
 impl MemoryLock {
@@ -186,8 +203,17 @@ impl LockedSession for MemoryLock {
             return Err(deleted_error(&self.key));
         }
         let bytes = record.encode()?;
-        self.with_slot(|slot| slot.bytes = Some(bytes));
-        Ok(())
+        let generation = self.generation;
+        self.with_slot(|slot| {
+            if slot.generation != generation {
+                return Err(crate::Error::new(
+                    crate::ErrorKind::LockLost,
+                    "the session was ended by another request while this one held it",
+                ));
+            }
+            slot.bytes = Some(bytes);
+            Ok(())
+        })
     }
 
     fn delete(&mut self) -> Result<()> {

@@ -179,8 +179,22 @@ pub trait Store: Send + Sync {
     /// still turn out to be no live session once locked and loaded.
     fn exists(&self, key: &SessionKey) -> Result<bool>;
 
-    /// Reads the record of `key` without locking or adopting it (for tools and audits).
+    /// Reads the record of `key` without its lock, while a request holding the lock may be
+    /// saving it: what comes back is a state the store held during the call, whole (never
+    /// part of one save and part of another) and never older than a save that finished
+    /// before the call began. A record that is damaged is [`crate::ErrorKind::Corrupt`]; one
+    /// that keeps changing too fast to be read is [`crate::ErrorKind::LockTimeout`], never
+    /// `Corrupt`.
     fn peek(&self, key: &SessionKey) -> Result<Option<Record>>;
+
+    /// Ends the session under `key` now, without waiting for a request that holds its lock:
+    /// that request can save nothing more into it (its next save fails with
+    /// [`crate::ErrorKind::LockLost`], or, if it landed already, it is gone with the session).
+    /// For a session that must end whoever holds it: when a request's cookies name several
+    /// live sessions, none can be told to be the visitor's, and a busy one must neither hold
+    /// the request up nor survive to be adopted alone later (cookie tossing). Nothing under
+    /// `key` is no error.
+    fn delete(&self, key: &SessionKey) -> Result<()>;
 
     /// Every session key in the store, streamed.
     fn keys(&self) -> Result<Box<dyn Iterator<Item = Result<SessionKey>> + '_>>;
@@ -401,7 +415,35 @@ pub(crate) mod suite {
         assert_eq!(stored.get::<u64>("n").unwrap(), Some(7));
     }
 
+    /// A session deleted without its lock while a request holds it stays deleted: the
+    /// holder's saves fail, whether they fit in place or need more room.
+    pub fn a_session_deleted_while_held_stays_deleted(store: &dyn Store) {
+        for grown in [false, true] {
+            let k = key("svc");
+            store.lock(&k, options()).unwrap().save(&record(1)).unwrap();
+            let mut held = store.lock(&k, options()).unwrap();
+            assert!(held.load().unwrap().is_some());
+            store.delete(&k).unwrap();
+            assert_eq!(store.peek(&k).unwrap(), None);
+            let mut next = record(2);
+            if grown {
+                next.set("big", &vec![7u8; 20_000]).unwrap();
+            }
+            assert_eq!(
+                held.save(&next).unwrap_err().kind(),
+                ErrorKind::LockLost,
+                "grown: {grown}"
+            );
+            drop(held);
+            assert_eq!(store.peek(&k).unwrap(), None, "grown: {grown}");
+            assert!(!store.exists(&k).unwrap());
+        }
+        // Nothing there: no error.
+        store.delete(&key("svc")).unwrap();
+    }
+
     pub fn all(store: Arc<dyn Store>) {
+        a_session_deleted_while_held_stays_deleted(&*store);
         a_sibling_lock_reaches_the_same_store(&*store);
         huge_timeouts_do_not_overflow(&*store);
         a_deleted_session_cannot_be_saved_again(&*store);

@@ -24,6 +24,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -37,6 +38,9 @@ const ALIGN: u64 = 4096;
 const READ_WHOLE: u64 = 16 * 1024;
 /// The record format's magic: a version-1 file is a record alone.
 const RECORD_MAGIC: &[u8; 4] = b"PSOS";
+
+/// A file's newest record (`None`: no record yet) and where it lies.
+pub(crate) type Newest = (Option<Vec<u8>>, Layout);
 
 /// Where a file's newest record lies, and where its next save goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,9 +129,129 @@ fn read_at(file: &File, len: u64, offset: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Reads the newest valid record of a file of `size` bytes; records over `max_record` bytes
-/// are corrupt (and never read into memory).
-pub(crate) fn load(file: &File, size: u64, max_record: u64) -> Result<(Option<Vec<u8>>, Layout)> {
+/// Reads the newest valid record of a file of `size` bytes, for a reader that holds the file's
+/// lock; records over `max_record` bytes are corrupt (and never read into memory). A file of
+/// zeros is an empty reservation whose first save was cut off before its slot was written.
+pub(crate) fn load(file: &File, size: u64, max_record: u64) -> Result<Newest> {
+    read_state(file, size, max_record, &mut || {}).0
+}
+
+/// How often a read without the lock is done again because a save changed the file meanwhile,
+/// or because the file looked damaged (a first save may be half laid out).
+const SETTLE_TRIES: u32 = 40;
+const DAMAGED_TRIES: u32 = 3;
+const MAX_SETTLE_PAUSE: Duration = Duration::from_millis(5);
+
+/// Reads the newest record of a file that a request holding its lock may be saving into at
+/// this very moment (a read without the lock). One `pread` is not atomic against a `pwrite`:
+/// it can see part of a save, or the slots of two different moments. So the slot headers are
+/// read again afterwards, and a read during which they changed is done again (a seqlock: every
+/// save raises the sequence number in the header it writes). What comes back is a state the
+/// file held while the read ran: never a mix of two saves, never older than a save finished
+/// before the read began. A file that reads as damaged is read again after a pause before it
+/// is called so (a first save may be laying the file out). A file that never stops changing
+/// is an error of kind [`ErrorKind::LockTimeout`], never `Corrupt`.
+pub(crate) fn load_settled(file: &File, max_record: u64) -> Result<Newest> {
+    load_settled_with(file, max_record, &mut || {})
+}
+
+/// [`load_settled`], calling `meanwhile` between reading the headers and reading a record,
+/// where a test lands saves.
+fn load_settled_with(file: &File, max_record: u64, meanwhile: &mut dyn FnMut()) -> Result<Newest> {
+    let mut pause = Duration::from_micros(20);
+    let mut damaged = 0;
+    for _ in 0..SETTLE_TRIES {
+        let size = file_size(file)?;
+        let (loaded, seen) = read_state(file, size, max_record, meanwhile);
+        if seen.size == 0 || heads(file, seen.region)? == seen {
+            match loaded {
+                Err(e) if e.kind() == ErrorKind::Corrupt && damaged + 1 < DAMAGED_TRIES => {
+                    damaged += 1;
+                }
+                loaded => return loaded,
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(MAX_SETTLE_PAUSE);
+    }
+    Err(Error::new(
+        ErrorKind::LockTimeout,
+        "a session file kept changing while it was read without its lock",
+    ))
+}
+
+/// What a read saw of the parts that every save changes: the file's size and its slot headers
+/// (for a version-1 file, its first bytes).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Seen {
+    size: u64,
+    /// The region size the read went by (`None`: one header only, at 0).
+    region: Option<u64>,
+    heads: [[u8; SLOT_HEADER]; 2],
+}
+
+fn file_size(file: &File) -> Result<u64> {
+    let stat =
+        rustix::fs::fstat(file).map_err(|e| Error::io("inspecting a session file", e.into()))?;
+    Ok(u64::try_from(stat.st_size).unwrap_or(0))
+}
+
+/// The size and slot headers of `file` now, read as `read_state` reads them.
+fn heads(file: &File, region: Option<u64>) -> Result<Seen> {
+    let size = file_size(file)?;
+    let mut seen = Seen {
+        size,
+        region,
+        ..Seen::default()
+    };
+    let offsets = [Some(0), region];
+    for (head, at) in seen.heads.iter_mut().zip(offsets) {
+        if let Some(at) = at {
+            let n = read_some_at(file, head, at)?;
+            head[n..].fill(0);
+        }
+    }
+    Ok(seen)
+}
+
+/// Reads into `buf` at `offset` until it is full or the file ends; the number of bytes read.
+fn read_some_at(file: &File, buf: &mut [u8], offset: u64) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("reading a session file", e)),
+        }
+    }
+    Ok(done)
+}
+
+/// Reads the newest valid record, and what the read saw of the headers (each header is read
+/// before the record after it, so a save that lands during the read changes what a second
+/// look at the headers sees).
+fn read_state(
+    file: &File,
+    size: u64,
+    max_record: u64,
+    meanwhile: &mut dyn FnMut(),
+) -> (Result<Newest>, Seen) {
+    let mut seen = Seen {
+        size,
+        ..Seen::default()
+    };
+    let loaded = read_newest(file, size, max_record, &mut seen, meanwhile);
+    (loaded, seen)
+}
+
+fn read_newest(
+    file: &File,
+    size: u64,
+    max_record: u64,
+    seen: &mut Seen,
+    meanwhile: &mut dyn FnMut(),
+) -> Result<Newest> {
     if size == 0 {
         return Ok((None, Layout::Empty));
     }
@@ -140,6 +264,7 @@ pub(crate) fn load(file: &File, size: u64, max_record: u64) -> Result<(Option<Ve
         Some(bytes) => bytes[..bytes.len().min(SLOT_HEADER)].to_vec(),
         None => read_at(file, (SLOT_HEADER as u64).min(size), 0)?,
     };
+    seen.heads[0][..start.len()].copy_from_slice(&start);
     if start.starts_with(RECORD_MAGIC) {
         if size > max_record {
             return Err(corrupt("is larger than PSOSessionMaxBytes"));
@@ -150,22 +275,27 @@ pub(crate) fn load(file: &File, size: u64, max_record: u64) -> Result<(Option<Ve
         };
         return Ok((Some(record), Layout::Single));
     }
-    let region = region_of(size)?;
-    let header_of = |slot: u64| -> Result<Option<Header>> {
+    let region = match region_of(size) {
+        Ok(region) => region,
+        Err(_) if is_all_zero(file, size, whole.as_deref())? => return Ok((None, Layout::Empty)),
+        Err(e) => return Err(e),
+    };
+    seen.region = Some(region);
+    let mut slots: Vec<(u64, Header)> = Vec::with_capacity(2);
+    for slot in 0..2 {
         let at = slot * region;
         let bytes = match &whole {
             Some(bytes) => bytes[at as usize..at as usize + SLOT_HEADER].to_vec(),
             None => read_at(file, SLOT_HEADER as u64, at)?,
         };
-        Ok(parse_header(&bytes).filter(|h| h.len + SLOT_HEADER as u64 <= region))
-    };
-    let mut slots: Vec<(u64, Header)> = Vec::with_capacity(2);
-    for slot in 0..2 {
-        if let Some(header) = header_of(slot)? {
+        seen.heads[slot as usize].copy_from_slice(&bytes);
+        if let Some(header) = parse_header(&bytes).filter(|h| h.len + SLOT_HEADER as u64 <= region)
+        {
             slots.push((slot, header));
         }
     }
     slots.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
+    meanwhile();
     for (slot, header) in slots {
         if header.len > max_record {
             // Judged by its slot alone: a newer slot too large is no valid state to return to.
@@ -185,7 +315,30 @@ pub(crate) fn load(file: &File, size: u64, max_record: u64) -> Result<(Option<Ve
             return Ok((Some(record), layout));
         }
     }
+    if is_all_zero(file, size, whole.as_deref())? {
+        return Ok((None, Layout::Empty));
+    }
     Err(corrupt("has no slot that passes its checksum"))
+}
+
+/// Whether the file holds nothing but zeros: a reservation sized for its first save and not
+/// written yet (or a first save cut off there). A damaged file with data in it is not one.
+fn is_all_zero(file: &File, size: u64, whole: Option<&[u8]>) -> Result<bool> {
+    if let Some(bytes) = whole {
+        return Ok(bytes.iter().all(|&b| b == 0));
+    }
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut done = 0;
+    while done < size {
+        let n = (size - done).min(chunk.len() as u64) as usize;
+        file.read_exact_at(&mut chunk[..n], done)
+            .map_err(|e| Error::io("reading a session file", e))?;
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        done += n as u64;
+    }
+    Ok(true)
 }
 
 /// Whether `start` (a file's first bytes) is of this layout's magic but another version: written
@@ -195,7 +348,8 @@ pub(crate) fn is_other_version(start: &[u8]) -> bool {
 }
 
 /// Where the newest valid record of a file lies, found without holding a record in memory
-/// (checksums are computed over chunks): `(offset, length)`, `None` for an empty file.
+/// (checksums are computed over chunks): `(offset, length)`, `None` for an empty reservation
+/// (no bytes, or only zeros).
 pub(crate) fn locate_newest(file: &File, size: u64) -> Result<Option<(u64, u64)>> {
     if size == 0 {
         return Ok(None);
@@ -204,7 +358,11 @@ pub(crate) fn locate_newest(file: &File, size: u64) -> Result<Option<(u64, u64)>
     if start.starts_with(RECORD_MAGIC) {
         return Ok(Some((0, size)));
     }
-    let region = region_of(size)?;
+    let region = match region_of(size) {
+        Ok(region) => region,
+        Err(_) if is_all_zero(file, size, None)? => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let mut slots = Vec::with_capacity(2);
     for slot in 0..2 {
         let bytes = read_at(file, SLOT_HEADER as u64, slot * region)?;
@@ -231,6 +389,9 @@ pub(crate) fn locate_newest(file: &File, size: u64) -> Result<Option<(u64, u64)>
         if hasher.finalize() == header.crc {
             return Ok(Some((at, header.len)));
         }
+    }
+    if is_all_zero(file, size, None)? {
+        return Ok(None);
     }
     Err(corrupt("has no slot that passes its checksum"))
 }
@@ -420,14 +581,132 @@ mod tests {
     }
 
     #[test]
-    fn what_is_not_a_layout_is_corrupt() {
-        for bytes in [&b"garbage"[..], &[0u8; 8192], &[0u8; 4096 * 3]] {
+    fn what_is_not_a_layout_is_corrupt_and_zeros_are_a_reservation() {
+        let mut zero_heads_with_data = vec![0u8; 8192];
+        zero_heads_with_data[100] = 7;
+        for bytes in [&b"garbage"[..], &zero_heads_with_data, &[1u8; 8192]] {
             let f = file();
             f.write_all_at(bytes, 0).unwrap();
             assert_eq!(
                 load(&f, size(&f), 1 << 20).unwrap_err().kind(),
                 ErrorKind::Corrupt
             );
+        }
+        // A first save sizes the file, then writes its slot: cut off between the two (or
+        // read by a reader between them), the file is zeros, which is no record yet.
+        for len in [8192, 4096 * 3, 40_000] {
+            let f = file();
+            f.set_len(len).unwrap();
+            assert_eq!(load_all(&f), (None, Layout::Empty), "{len}");
+            assert_eq!(locate_newest(&f, len).unwrap(), None);
+            assert_eq!(load_settled(&f, 1 << 20).unwrap(), (None, Layout::Empty));
+        }
+    }
+
+    /// A save of 9000 bytes of 3, then one of 4s cut off halfway through its record.
+    fn two_saves(f: &File, mut layout: Layout) -> impl FnMut() + '_ {
+        move || {
+            layout = save_in_place(f, layout, &[3; 9000]).unwrap().unwrap();
+            if let Layout::Slots { region, newest, .. } = layout {
+                let slot = slot_bytes(4, &[4; 9000]);
+                f.write_all_at(&slot[..slot.len() / 2], (1 - newest) * region)
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Two saves land while a reader without the lock reads a large file (headers first, then
+    /// the record): the newest slot it chose is torn, the other one rewritten since. Read once,
+    /// that is a healthy session called damaged (or an old state); read settled, it is the
+    /// newest state.
+    #[test]
+    fn two_saves_during_one_read_are_read_again_not_called_damaged() {
+        let f = file();
+        let record = |n: u8| vec![n; 9000];
+        let mut layout = write_new(&f, &record(1), 1).unwrap();
+        layout = save_in_place(&f, layout, &record(2)).unwrap().unwrap();
+        let mut once = two_saves(&f, layout);
+        let (unsettled, _) = read_state(&f, size(&f), 1 << 20, &mut once);
+        assert_eq!(unsettled.unwrap_err().kind(), ErrorKind::Corrupt);
+
+        let f = file();
+        let mut layout = write_new(&f, &record(1), 1).unwrap();
+        layout = save_in_place(&f, layout, &record(2)).unwrap().unwrap();
+        let mut saves = Some(two_saves(&f, layout));
+        let mut first_read_only = || {
+            if let Some(mut saves) = saves.take() {
+                saves();
+            }
+        };
+        let (settled, _) = load_settled_with(&f, 1 << 20, &mut first_read_only).unwrap();
+        assert_eq!(settled.unwrap(), record(3));
+    }
+
+    /// A writer saves in place as often as requests could while readers read without the lock: no read
+    /// is ever damaged, and none returns a state older than one saved before it began, or
+    /// older than one the same reader saw before. Small files (read in one call) and large
+    /// ones (read slot by slot), and the first save of an empty reservation.
+    #[test]
+    fn reads_without_the_lock_see_whole_states_never_older_ones() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        for record_len in [100usize, 3000, 9000] {
+            let f = Arc::new(file());
+            let saved = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            // Each record is its sequence number, repeated: a mix of two is easy to see.
+            let record = move |seq: u64| -> Vec<u8> {
+                seq.to_le_bytes()
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(record_len)
+                    .collect()
+            };
+            let writer = {
+                let (f, saved, stop) = (f.clone(), saved.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut layout = Layout::Empty;
+                    let mut seq = 1;
+                    while !stop.load(Ordering::SeqCst) {
+                        layout = save_in_place(&f, layout, &record(seq)).unwrap().unwrap();
+                        saved.store(seq, Ordering::SeqCst);
+                        seq += 1;
+                        // No request saves a session more often than this.
+                        std::thread::sleep(std::time::Duration::from_micros(20));
+                    }
+                })
+            };
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (f, saved, stop) = (f.clone(), saved.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        let mut last_seen = 0;
+                        let mut reads = 0u64;
+                        let started = std::time::Instant::now();
+                        while started.elapsed() < std::time::Duration::from_millis(700) {
+                            let floor = saved.load(Ordering::SeqCst);
+                            let (bytes, _) = load_settled(&f, 1 << 20).expect("never damaged");
+                            let Some(bytes) = bytes else {
+                                assert_eq!(floor, 0, "nothing read after a save");
+                                continue;
+                            };
+                            let seq = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+                            assert_eq!(bytes, record(seq), "a whole record");
+                            assert!(seq >= floor, "{seq} is older than {floor}, saved before");
+                            assert!(seq >= last_seen, "{seq} after {last_seen}");
+                            last_seen = seq;
+                            reads += 1;
+                        }
+                        stop.store(true, Ordering::SeqCst);
+                        reads
+                    })
+                })
+                .collect();
+            for reader in readers {
+                assert!(reader.join().unwrap() > 0);
+            }
+            writer.join().unwrap();
         }
     }
 
