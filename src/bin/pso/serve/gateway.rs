@@ -8,8 +8,8 @@
 //! checked before anything reaches the client: a head that does not parse is a 502, one that
 //! does not come in time a 504. So is a head that parses but that no program may give: a 1xx
 //! status (the client would take the body for the real response), a second `Status:` or
-//! `Location:` (which one was meant?), a body after a 204 or 304 (the client reads none: the
-//! body would pose as the next response).
+//! `Location:` (which one was meant?), a `Content-Length` that is not plain digits, a body
+//! after a 204 or 304 (the client reads none: the body would pose as the next response).
 //! The client of a program that failed gets none of its bytes.
 
 use std::collections::HashSet;
@@ -261,19 +261,27 @@ pub fn relay(output: &mut dyn Read, client: &mut dyn Write, head_only: bool) -> 
 
 /// Reads up to the blank line that ends the head: the head and the body bytes read with it.
 fn read_head(output: &mut dyn Read) -> Result<(Vec<u8>, Vec<u8>), Relayed> {
+    let too_large = || Relayed::Failed {
+        status: 502,
+        why: "the program's answer is malformed: its head is too large".into(),
+    };
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
         if let Some((end, separator)) = head_end(&buf) {
+            // Judged on the head itself, not on how much arrived with it: a read may bring
+            // several kilobytes past the limit.
+            if end > MAX_ANSWER_HEAD {
+                return Err(too_large());
+            }
             let body = buf[end + separator..].to_vec();
             buf.truncate(end);
             return Ok((buf, body));
         }
-        if buf.len() > MAX_ANSWER_HEAD {
-            return Err(Relayed::Failed {
-                status: 502,
-                why: "the program's answer head is too large".into(),
-            });
+        // Without a blank line yet, the head is at least this long: the last two bytes may
+        // have begun one.
+        if buf.len().saturating_sub(2) > MAX_ANSWER_HEAD {
+            return Err(too_large());
         }
         match output.read(&mut chunk) {
             Ok(0) => {
@@ -399,6 +407,12 @@ fn parse_head(head: &[u8]) -> Result<Answer, String> {
                 && headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
             if repeated {
                 return Err("more than one Content-Length".into());
+            }
+            // The client frames the body by it: a value clients may read each their own way
+            // (`1, 1`, `-1`, `+1`) is the program's error.
+            let is_length = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+            if name.eq_ignore_ascii_case("Content-Length") && !is_length(value) {
+                return Err(format!("a Content-Length that is not a number: {value:?}"));
             }
             headers.push((name.to_string(), value.to_string()));
         }
@@ -733,6 +747,9 @@ mod tests {
     /// not one of the program's bytes reaches the client.
     #[test]
     fn refuses_answers_a_program_must_not_give() {
+        let mut long_head = b"X-Long: ".to_vec();
+        long_head.extend(std::iter::repeat_n(b'a', MAX_ANSWER_HEAD));
+        long_head.extend_from_slice(b"\n\nbody");
         let cases: Vec<(&str, Vec<u8>)> = vec![
             (
                 "1xx",
@@ -772,6 +789,9 @@ mod tests {
             ("control character", b"X: a\0b\n\n".to_vec()),
             ("header name", b"X\r: a\n\n".to_vec()),
             ("header name", b"X\0Y: a\n\n".to_vec()),
+            ("Content-Length", b"Content-Length: 1, 1\n\na".to_vec()),
+            ("Content-Length", b"Content-Length: -1\n\n".to_vec()),
+            ("too large", long_head),
         ];
         for (want, answer) in cases {
             for head_only in [false, true] {
@@ -786,6 +806,26 @@ mod tests {
                 assert_eq!(sent, "", "{shown:?}");
             }
         }
+    }
+
+    /// The limit on the head is on the head itself: one of exactly that size passes, even when
+    /// its blank line comes in a later read.
+    #[test]
+    fn a_head_at_the_limit_is_relayed() {
+        let mut head = b"X-Long: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', MAX_ANSWER_HEAD - head.len()));
+        head.push(b'\n');
+        let mut output = head.as_slice().chain(&b"\nbody"[..]);
+        let mut client = Vec::new();
+        let relayed = relay(&mut output, &mut client, false);
+        assert_eq!(
+            relayed,
+            Relayed::Sent {
+                status: 200,
+                bytes: 4,
+                complete: true
+            }
+        );
     }
 
     /// A body on a 204 or 304 is refused however late it comes: the head waits for the end of
