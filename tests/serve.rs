@@ -55,6 +55,28 @@ impl Fixture {
                 "echo 'something went wrong' >&2; printf 'Content-Type: text/plain\\n\\nok'",
             ),
             ("garbage", "printf 'this is not a header\\n\\nbody'"),
+            // Answers that parse as a head but that a program must not give; each body holds
+            // a word the client must never see.
+            (
+                "interim",
+                "printf 'Status: 100 Continue\\n\\nHTTP/1.1 200 OK\\r\\nX-Injected: yes\\r\\nContent-Type: text/plain\\r\\n\\r\\nleaked'",
+            ),
+            (
+                "twostatus",
+                "printf 'Status: 200 OK\\nStatus: 404 Not Found\\nContent-Type: text/plain\\n\\nleaked'",
+            ),
+            (
+                "nocontent",
+                "printf 'Status: 204 No Content\\n\\nHTTP/1.1 200 OK\\r\\nX-Injected: yes\\r\\n\\r\\nleaked'",
+            ),
+            (
+                "notmodified",
+                "printf 'Status: 304 Not Modified\\n\\n'; sleep 0.2; printf leaked",
+            ),
+            (
+                "bodiless",
+                "printf 'Status: 204 No Content\\nX-Fine: yes\\n\\n'",
+            ),
             // Not `exec`: the shell's own child must go too.
             ("hang", "sleep 60 & echo $! > \"$PIDFILE\"; wait"),
             (
@@ -432,6 +454,59 @@ fn follows_status_and_location_as_rfc_3875_says() {
     assert_eq!(status(&endless), "500", "{endless}");
     let garbage = server.get("/cgi-bin/garbage");
     assert_eq!(status(&garbage), "502", "{garbage}");
+}
+
+/// A 1xx status, a second `Status:`, a body on a 204 or 304: the program is wrong, the client
+/// gets a 502 with none of the program's bytes, and the log says which program and why.
+#[test]
+fn refuses_answers_a_program_must_not_give() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    let cases = [
+        ("interim", "a 1xx status"),
+        ("twostatus", "more than one Status"),
+        ("nocontent", "a body after Status 204"),
+        ("notmodified", "a body after Status 304"),
+    ];
+    for (name, why) in cases {
+        for method in ["GET", "HEAD"] {
+            let response = server.raw(
+                format!("{method} /cgi-bin/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+            );
+            assert_eq!(status(&response), "502", "{method} {name}\n{response}");
+            assert_eq!(
+                response.matches("HTTP/1.1 ").count(),
+                1,
+                "{method} {name}\n{response}"
+            );
+            for leak in [
+                "leaked",
+                "X-Injected",
+                "Continue",
+                "Not Found",
+                "Not Modified",
+            ] {
+                assert!(
+                    !response.contains(leak),
+                    "{method} {name}: {leak}\n{response}"
+                );
+            }
+        }
+        let logged = format!("{name}: the program's answer is malformed: {why}");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !server.log().contains(&logged) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(server.log().contains(&logged), "{logged}\n{}", server.log());
+    }
+    let bodiless = server.get("/cgi-bin/bodiless");
+    assert!(
+        bodiless.starts_with("HTTP/1.1 204 No Content\r\n"),
+        "{bodiless}"
+    );
+    assert!(bodiless.contains("X-Fine: yes\r\n"), "{bodiless}");
+    assert!(bodiless.ends_with("\r\n\r\n"), "{bodiless}");
+    assert_eq!(body(&server.get("/cgi-bin/teapot")), "tea");
 }
 
 #[test]

@@ -364,7 +364,9 @@ fn answer(
             Relayed::Sent { status, bytes, .. } => return (status, bytes),
             Relayed::Failed { status, why } => {
                 eprintln!("{name}: {why}");
-                return error(conn, status, &why);
+                // The reason may quote the program's output, none of which goes to the
+                // client of a program that failed.
+                return error(conn, status, &format!("{name}: see the log of pso serve"));
             }
             Relayed::LocalRedirect(location) => {
                 let (new_path, new_query) = location.split_once('?').unwrap_or((&location, ""));

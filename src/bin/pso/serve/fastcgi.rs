@@ -308,3 +308,69 @@ impl Answer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::gateway::{Relayed, relay};
+    use pso::fastcgi::record::EndStatus;
+    use std::time::Duration;
+
+    /// What `relay` makes of a responder whose `STDOUT` stream is `records` (each one record).
+    fn relay_responder(records: &[&[u8]]) -> (Relayed, Vec<u8>) {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut answer = send(ours, &[], None, "responder", deadline).unwrap();
+        let mut out = Vec::new();
+        for content in records {
+            record::write_record(&mut out, kind::STDOUT, 1, content);
+        }
+        record::write_record(&mut out, kind::STDOUT, 1, &[]);
+        record::write_end(&mut out, 1, 0, EndStatus::RequestComplete);
+        theirs.write_all(&out).unwrap();
+        let mut client = Vec::new();
+        let relayed = relay(&mut answer, &mut client, false);
+        (relayed, client)
+    }
+
+    /// A responder's answer goes through the same checks as a CGI program's.
+    #[test]
+    fn a_responder_is_held_to_the_rules_of_a_cgi_answer() {
+        let hostile: [&[&[u8]]; 4] = [
+            &[
+                b"Status: 100 Continue\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nX-Injected: yes\r\n\r\n",
+            ],
+            &[b"Status: 200 OK\r\nStatus: 403 Forbidden\r\n\r\nbody"],
+            &[b"Status: 204 No Content\r\n\r\n", b"late body"],
+            &[b"Status: 304 Not Modified\r\n\r\nbody"],
+        ];
+        for records in hostile {
+            let (relayed, client) = relay_responder(records);
+            assert!(
+                matches!(relayed, Relayed::Failed { status: 502, .. }),
+                "{records:?}: {relayed:?}"
+            );
+            assert!(client.is_empty(), "{records:?}");
+        }
+        let (relayed, client) = relay_responder(&[b"Status: 204\r\n\r\n"]);
+        assert!(
+            matches!(relayed, Relayed::Sent { status: 204, .. }),
+            "{relayed:?}"
+        );
+        assert!(client.starts_with(b"HTTP/1.1 204 No Content\r\n"));
+        let (relayed, client) = relay_responder(&[b"Content-Type: text/plain\r\n\r\nhel", b"lo"]);
+        assert!(
+            matches!(
+                relayed,
+                Relayed::Sent {
+                    status: 200,
+                    bytes: 5,
+                    complete: true
+                }
+            ),
+            "{relayed:?}"
+        );
+        assert!(client.ends_with(b"\r\n\r\nhello"));
+    }
+}

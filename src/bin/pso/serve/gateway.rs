@@ -6,7 +6,11 @@
 //! variables first, so that they cannot override the request's own variables (a request
 //! header may in turn override a `SetEnv HTTP_*`). The answer's head (`Status:`, `Location:`, other headers) is
 //! checked before anything reaches the client: a head that does not parse is a 502, one that
-//! does not come in time a 504.
+//! does not come in time a 504. So is a head that parses but that no program may give: a 1xx
+//! status (the client would take the body for the real response), a second `Status:` or
+//! `Location:` (which one was meant?), a `Content-Length` that is not plain digits, a body
+//! after a 204 or 304 (the client reads none: the body would pose as the next response).
+//! The client of a program that failed gets none of its bytes.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -192,6 +196,11 @@ pub fn relay(output: &mut dyn Read, client: &mut dyn Write, head_only: bool) -> 
             headers,
         } => (status, reason, headers),
     };
+    if matches!(status, 204 | 304)
+        && let Err(failure) = expect_no_body(output, &body_start, status)
+    {
+        return failure;
+    }
     let mut out = format!("HTTP/1.1 {status} {reason}\r\n");
     for (name, value) in &headers {
         out.push_str(&format!("{name}: {value}\r\n"));
@@ -252,19 +261,27 @@ pub fn relay(output: &mut dyn Read, client: &mut dyn Write, head_only: bool) -> 
 
 /// Reads up to the blank line that ends the head: the head and the body bytes read with it.
 fn read_head(output: &mut dyn Read) -> Result<(Vec<u8>, Vec<u8>), Relayed> {
+    let too_large = || Relayed::Failed {
+        status: 502,
+        why: "the program's answer is malformed: its head is too large".into(),
+    };
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
         if let Some((end, separator)) = head_end(&buf) {
+            // Judged on the head itself, not on how much arrived with it: a read may bring
+            // several kilobytes past the limit.
+            if end > MAX_ANSWER_HEAD {
+                return Err(too_large());
+            }
             let body = buf[end + separator..].to_vec();
             buf.truncate(end);
             return Ok((buf, body));
         }
-        if buf.len() > MAX_ANSWER_HEAD {
-            return Err(Relayed::Failed {
-                status: 502,
-                why: "the program's answer head is too large".into(),
-            });
+        // Without a blank line yet, the head is at least this long: the last two bytes may
+        // have begun one.
+        if buf.len().saturating_sub(2) > MAX_ANSWER_HEAD {
+            return Err(too_large());
         }
         match output.read(&mut chunk) {
             Ok(0) => {
@@ -283,6 +300,39 @@ fn read_head(output: &mut dyn Read) -> Result<(Vec<u8>, Vec<u8>), Relayed> {
                 return Err(Relayed::Failed {
                     status: 504,
                     why: "the program did not answer in time".into(),
+                });
+            }
+            Err(e) => {
+                return Err(Relayed::Failed {
+                    status: 502,
+                    why: format!("reading the program's answer: {e}"),
+                });
+            }
+        }
+    }
+}
+
+/// Checks that the answer of a 204 or 304 ends with its head, reading to its end: the head
+/// waits until then, since a body that came after it had gone out would already be the
+/// client's.
+fn expect_no_body(output: &mut dyn Read, body_start: &[u8], status: u16) -> Result<(), Relayed> {
+    let with_body = || Relayed::Failed {
+        status: 502,
+        why: format!("the program's answer is malformed: a body after Status {status}"),
+    };
+    if !body_start.is_empty() {
+        return Err(with_body());
+    }
+    let mut byte = [0u8; 1];
+    loop {
+        match output.read(&mut byte) {
+            Ok(0) => return Ok(()),
+            Ok(_) => return Err(with_body()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(Relayed::Failed {
+                    status: 504,
+                    why: format!("the program did not end its answer (Status {status}) in time"),
                 });
             }
             Err(e) => {
@@ -338,8 +388,14 @@ fn parse_head(head: &[u8]) -> Result<Answer, String> {
             return Err(format!("a control character in {name}"));
         }
         if name.eq_ignore_ascii_case("Status") {
+            if status.is_some() {
+                return Err("more than one Status".into());
+            }
             status = Some(parse_status(value)?);
         } else if name.eq_ignore_ascii_case("Location") {
+            if location.is_some() {
+                return Err("more than one Location".into());
+            }
             location = Some(value.to_string());
         } else if ["Connection", "Transfer-Encoding", "Keep-Alive"]
             .iter()
@@ -351,6 +407,12 @@ fn parse_head(head: &[u8]) -> Result<Answer, String> {
                 && headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
             if repeated {
                 return Err("more than one Content-Length".into());
+            }
+            // The client frames the body by it: a value clients may read each their own way
+            // (`1, 1`, `-1`, `+1`) is the program's error.
+            let is_length = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+            if name.eq_ignore_ascii_case("Content-Length") && !is_length(value) {
+                return Err(format!("a Content-Length that is not a number: {value:?}"));
             }
             headers.push((name.to_string(), value.to_string()));
         }
@@ -370,13 +432,19 @@ fn parse_head(head: &[u8]) -> Result<Answer, String> {
     })
 }
 
+/// A `Status:` value: three digits, a final status (200 to 599), then a reason phrase.
 fn parse_status(value: &str) -> Result<(u16, String), String> {
     let (code, reason) = value.split_once(' ').unwrap_or((value, ""));
-    let status: u16 = code
-        .parse()
-        .ok()
-        .filter(|s| (100..=599).contains(s) && code.len() == 3)
+    let status: u16 = Some(code)
+        .filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|c| c.parse().ok())
+        .filter(|s| (100..=599).contains(s))
         .ok_or_else(|| format!("a bad Status: {value:?}"))?;
+    if status < 200 {
+        // An interim status says a final one follows: the client would take the program's
+        // body for the server's response.
+        return Err(format!("a 1xx status, which is no final answer: {value:?}"));
+    }
     let reason = match reason.trim() {
         "" => http::reason(status).to_string(),
         given => given.to_string(),
@@ -673,6 +741,160 @@ mod tests {
             relay_bytes(&huge, false).0,
             Relayed::Failed { status: 502, .. }
         ));
+    }
+
+    /// Answers that parse as a head but that the program must not give: each is a 502, and
+    /// not one of the program's bytes reaches the client.
+    #[test]
+    fn refuses_answers_a_program_must_not_give() {
+        let mut long_head = b"X-Long: ".to_vec();
+        long_head.extend(std::iter::repeat_n(b'a', MAX_ANSWER_HEAD));
+        long_head.extend_from_slice(b"\n\nbody");
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "1xx",
+                b"Status: 100 Continue\n\nHTTP/1.1 200 OK\r\nX-Injected: yes\r\n\r\nhello".to_vec(),
+            ),
+            (
+                "1xx",
+                b"Status: 101 Switching Protocols\nUpgrade: websocket\n\n".to_vec(),
+            ),
+            ("1xx", b"Status: 199\n\n".to_vec()),
+            (
+                "more than one Status",
+                b"Status: 200 OK\nStatus: 404 Not Found\n\nbody".to_vec(),
+            ),
+            (
+                "more than one Status",
+                b"Status: 404\r\nstatus: 404\r\n\r\n".to_vec(),
+            ),
+            (
+                "more than one Location",
+                b"Location: /cgi-bin/a\nLocation: https://example.org/\n\n".to_vec(),
+            ),
+            ("204", b"Status: 204 No Content\n\nbody".to_vec()),
+            (
+                "204",
+                b"Status: 204\r\n\r\nHTTP/1.1 200 OK\r\nX-Injected: yes\r\n\r\n".to_vec(),
+            ),
+            ("304", b"Status: 304 Not Modified\n\nbody".to_vec()),
+            ("Status", b"Status: 2000\n\n".to_vec()),
+            ("Status", b"Status: 20x\n\n".to_vec()),
+            ("Status", b"Status: +20\n\n".to_vec()),
+            ("Status", b"Status: 600\n\n".to_vec()),
+            ("Status", b"Status: 099\n\n".to_vec()),
+            ("Status", b"Status: 0200 OK\n\n".to_vec()),
+            ("Status", b"Status:\n\n".to_vec()),
+            ("control character", b"X: a\rb\n\n".to_vec()),
+            ("control character", b"X: a\0b\n\n".to_vec()),
+            ("header name", b"X\r: a\n\n".to_vec()),
+            ("header name", b"X\0Y: a\n\n".to_vec()),
+            ("Content-Length", b"Content-Length: 1, 1\n\na".to_vec()),
+            ("Content-Length", b"Content-Length: -1\n\n".to_vec()),
+            ("too large", long_head),
+        ];
+        for (want, answer) in cases {
+            for head_only in [false, true] {
+                let (relayed, sent) = relay_bytes(&answer, head_only);
+                let shown = String::from_utf8_lossy(&answer[..answer.len().min(80)]);
+                match &relayed {
+                    Relayed::Failed { status: 502, why } => {
+                        assert!(why.contains(want), "{shown:?}: want {want:?} in {why:?}")
+                    }
+                    _ => panic!("{shown:?}: {relayed:?}"),
+                }
+                assert_eq!(sent, "", "{shown:?}");
+            }
+        }
+    }
+
+    /// The limit on the head is on the head itself: one of exactly that size passes, even when
+    /// its blank line comes in a later read.
+    #[test]
+    fn a_head_at_the_limit_is_relayed() {
+        let mut head = b"X-Long: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', MAX_ANSWER_HEAD - head.len()));
+        head.push(b'\n');
+        let mut output = head.as_slice().chain(&b"\nbody"[..]);
+        let mut client = Vec::new();
+        let relayed = relay(&mut output, &mut client, false);
+        assert_eq!(
+            relayed,
+            Relayed::Sent {
+                status: 200,
+                bytes: 4,
+                complete: true
+            }
+        );
+    }
+
+    /// A body on a 204 or 304 is refused however late it comes: the head waits for the end of
+    /// the answer.
+    #[test]
+    fn a_body_after_a_bodiless_status_is_refused_even_when_it_comes_later() {
+        for status in ["204", "304"] {
+            let head = format!("Status: {status}\n\n");
+            let mut output = head.as_bytes().chain(&b"late"[..]);
+            let mut client = Vec::new();
+            let relayed = relay(&mut output, &mut client, false);
+            assert!(
+                matches!(relayed, Relayed::Failed { status: 502, .. }),
+                "{status}: {relayed:?}"
+            );
+            assert!(client.is_empty(), "{status}");
+        }
+    }
+
+    #[test]
+    fn relays_a_bodiless_status_without_a_body() {
+        for (answer, line) in [
+            (
+                &b"Status: 204\nX-Ok: yes\n\n"[..],
+                "HTTP/1.1 204 No Content\r\n",
+            ),
+            (
+                b"Status: 304 Not Modified\r\nETag: \"a\"\r\n\r\n",
+                "HTTP/1.1 304 Not Modified\r\n",
+            ),
+        ] {
+            for head_only in [false, true] {
+                let (relayed, sent) = relay_bytes(answer, head_only);
+                assert!(
+                    matches!(
+                        relayed,
+                        Relayed::Sent {
+                            bytes: 0,
+                            complete: true,
+                            ..
+                        }
+                    ),
+                    "{relayed:?}"
+                );
+                assert!(sent.starts_with(line), "{sent}");
+                assert!(sent.ends_with("\r\n\r\n"), "{sent}");
+            }
+        }
+        let (_, sent) = relay_bytes(b"Status: 204\nX-Ok: yes\n\n", false);
+        assert!(sent.contains("X-Ok: yes\r\n"), "{sent}");
+    }
+
+    /// A program that says 204 and then neither ends nor writes gets no answer through: the
+    /// server cannot tell that no body follows until the output ends.
+    #[test]
+    fn a_bodiless_status_whose_output_does_not_end_times_out() {
+        let (mut reader, mut writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        writer.write_all(b"Status: 204\n\n").unwrap();
+        let mut output = DeadlineReader {
+            inner: &mut reader,
+            deadline: Instant::now() + Duration::from_millis(50),
+        };
+        let mut client = Vec::new();
+        let relayed = relay(&mut output, &mut client, false);
+        assert!(
+            matches!(relayed, Relayed::Failed { status: 504, .. }),
+            "{relayed:?}"
+        );
+        assert!(client.is_empty());
     }
 
     #[test]
