@@ -189,6 +189,20 @@ impl CookieSettings {
         cookie.to_string()
     }
 
+    /// Whether the cookie's lifetime runs from each response that sets it
+    /// (`PSOCookieSession_Max-Age` or `_expires` as a duration), so that an active session's
+    /// cookie must be sent again to stay alive.
+    ///
+    /// ```
+    /// let mut settings = pso::cookies::CookieSettings::new("app");
+    /// assert!(!settings.lifetime_slides());
+    /// settings.max_age = Some(pso::Expiry::In(std::time::Duration::from_secs(3600)));
+    /// assert!(settings.lifetime_slides());
+    /// ```
+    pub fn lifetime_slides(&self) -> bool {
+        matches!(self.max_age.or(self.expires), Some(Expiry::In(_)))
+    }
+
     /// The name of the cookie that ties form tokens to a browser that has no stored session
     /// yet: the session cookie's, then `.form` (a service id cannot contain a dot, so no
     /// service's session cookie has this name). When the cookie is `Secure` it is a `__Host-`

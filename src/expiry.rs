@@ -129,6 +129,54 @@ pub(crate) fn from_unix_secs(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.min(MAX_UNIX_SECS))
 }
 
+/// Milliseconds since the Unix epoch: 0 for instants before it.
+pub(crate) fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A request's time: `now` as the request saw it when it began, which every expiry decision
+/// of the request uses, and a monotonic start that says how long it has run since.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    now: SystemTime,
+    started: std::time::Instant,
+}
+
+impl Clock {
+    /// The clock of a request that begins now, at `now`.
+    pub fn starting_at(now: SystemTime) -> Clock {
+        Clock {
+            now,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// When the request began.
+    pub fn now(&self) -> SystemTime {
+        self.now
+    }
+
+    /// When the request began, in seconds since the Unix epoch.
+    pub fn secs(&self) -> u64 {
+        unix_secs(self.now)
+    }
+
+    /// When the request began, in milliseconds: sign-in times, which must order the events
+    /// of one second.
+    pub fn millis(&self) -> u64 {
+        unix_millis(self.now)
+    }
+
+    /// This moment, in milliseconds: when the request began, plus how long it has run. For
+    /// what must record when it happened, not when its request began (a request may run
+    /// for minutes behind a slow body).
+    pub fn millis_now(&self) -> u64 {
+        let elapsed = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.millis().saturating_add(elapsed)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Integer expressions
 

@@ -59,7 +59,7 @@ impl FormCookie {
         };
         FormCookie {
             secret,
-            cross_site: cross_site(request),
+            cross_site: request.from_another_site(),
             ..FormCookie::default()
         }
     }
@@ -133,24 +133,6 @@ impl FormCookie {
     }
 }
 
-/// Whether the browser says the request comes from another site: `Sec-Fetch-Site` other than
-/// `same-origin` or `none` (typed by the user), or without it, an `Origin` whose host is not
-/// the request's `Host`. A request with neither (an old browser, or no browser at all) is not
-/// judged cross-site: the token check alone stands then.
-pub(crate) fn cross_site(request: &Request<'_>) -> bool {
-    if let Some(site) = request.header("Sec-Fetch-Site") {
-        return !matches!(site.trim(), "same-origin" | "none");
-    }
-    let Some(origin) = request.header("Origin") else {
-        return false;
-    };
-    let origin_host = origin
-        .split_once("://")
-        .map_or("", |(_, authority)| authority.trim_end_matches('/'));
-    let host = request.header("Host").unwrap_or("");
-    origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host.trim())
-}
-
 fn is_lower_hex(text: &str) -> bool {
     text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -181,69 +163,6 @@ mod tests {
 
     fn request_with<'a>(env: &'a Environment, input: &'a mut dyn std::io::Read) -> Request<'a> {
         Request::new(env, input)
-    }
-
-    fn judged(headers: &[(&str, &str)]) -> bool {
-        let env = Environment::from_pairs(headers.iter().copied());
-        let mut input = std::io::empty();
-        cross_site(&request_with(&env, &mut input))
-    }
-
-    #[test]
-    fn the_browser_says_where_a_request_comes_from() {
-        let cases: &[(&[(&str, &str)], bool)] = &[
-            (&[], false),
-            (&[("HTTP_SEC_FETCH_SITE", "same-origin")], false),
-            (&[("HTTP_SEC_FETCH_SITE", "none")], false),
-            (&[("HTTP_SEC_FETCH_SITE", "same-site")], true),
-            (&[("HTTP_SEC_FETCH_SITE", "cross-site")], true),
-            (&[("HTTP_SEC_FETCH_SITE", "")], true),
-            // Sec-Fetch-Site decides when it is there, whatever Origin says.
-            (
-                &[
-                    ("HTTP_SEC_FETCH_SITE", "same-origin"),
-                    ("HTTP_ORIGIN", "https://evil.example"),
-                    ("HTTP_HOST", "shop.example"),
-                ],
-                false,
-            ),
-            (
-                &[
-                    ("HTTP_ORIGIN", "https://shop.example"),
-                    ("HTTP_HOST", "shop.example"),
-                ],
-                false,
-            ),
-            (
-                &[
-                    ("HTTP_ORIGIN", "http://SHOP.example:8080"),
-                    ("HTTP_HOST", "shop.example:8080"),
-                ],
-                false,
-            ),
-            (
-                &[
-                    ("HTTP_ORIGIN", "https://evil.example"),
-                    ("HTTP_HOST", "shop.example"),
-                ],
-                true,
-            ),
-            (
-                &[
-                    ("HTTP_ORIGIN", "https://a.shop.example"),
-                    ("HTTP_HOST", "shop.example"),
-                ],
-                true,
-            ),
-            (
-                &[("HTTP_ORIGIN", "null"), ("HTTP_HOST", "shop.example")],
-                true,
-            ),
-            (&[("HTTP_ORIGIN", "https://shop.example")], true),
-        ];
-        for (headers, expected) in cases {
-            assert_eq!(judged(headers), *expected, "{headers:?}");
-        }
     }
 
     #[test]
@@ -313,5 +232,246 @@ mod tests {
     fn no_new_secret_once_the_head_is_out() {
         let mut form = FormCookie::default();
         assert!(form.token(true).is_err());
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Through the request path.
+
+    use crate::BoxError;
+    use crate::runner::Context;
+    use crate::testing::{Reply, Site, counter};
+    use std::io::Write;
+
+    /// `?new`: prints a new form token (`&keep`: in a stored session); a posted form: checks
+    /// its `token` field.
+    fn guarded(cx: &mut Context<'_>) -> Result<(), BoxError> {
+        if cx.request.query("keep").is_some() {
+            cx.session.set("kept", &true)?;
+        }
+        if cx.request.query("new").is_some() {
+            let token = cx.session.create_form_token()?;
+            write!(cx.response, "{token}")?;
+        } else {
+            let token = cx.request.form_value("token")?.unwrap_or_default();
+            let verdict = if cx.session.take_form_token(&token)? {
+                "accepted"
+            } else {
+                "refused"
+            };
+            write!(cx.response, "{verdict} {}", cx.request.form()?.len())?;
+        }
+        Ok(())
+    }
+
+    /// A form posted to [`guarded`] with `cookie` and the headers `extra`.
+    fn post(site: &Site, cookie: &str, form: &str, extra: &[(&str, &str)]) -> Reply {
+        site.visit()
+            .cookie(cookie)
+            .envs(extra)
+            .post(form)
+            .send(&guarded)
+    }
+
+    const SAME_ORIGIN: [(&str, &str); 1] = [("HTTP_SEC_FETCH_SITE", "same-origin")];
+
+    #[test]
+    fn a_form_token_survives_to_the_post_and_works_once() {
+        let site = Site::new();
+        let issued = site.visit().query("keep&new").send(&guarded);
+        assert_eq!(
+            issued.form_cookie(),
+            None,
+            "a stored session keeps its tokens"
+        );
+        let (token, cookie) = (
+            issued.body().to_owned(),
+            issued.cookie().unwrap().to_owned(),
+        );
+        let form = format!("user=eggs&token={token}");
+        assert_eq!(post(&site, &cookie, &form, &[]).body(), "accepted 2");
+        assert_eq!(
+            post(&site, &cookie, &form, &[]).body(),
+            "refused 2",
+            "used up"
+        );
+        let other = site.visit().query("keep&new").send(&guarded);
+        let theirs = format!("token={}", other.body());
+        assert_eq!(
+            post(&site, &cookie, &theirs, &[]).body(),
+            "refused 1",
+            "another session's token"
+        );
+    }
+
+    #[test]
+    fn a_visitor_without_a_stored_session_gets_a_token_bound_to_a_cookie_and_nothing_stored() {
+        let site = Site::new();
+        // A sign-in page fetched many times leaves nothing in the store.
+        for _ in 0..500 {
+            site.visit().query("new").send(&guarded);
+        }
+        assert_eq!(site.records(), 0);
+        let issued = site.visit().query("new").send(&guarded);
+        assert_eq!(issued.cookie(), None, "no session");
+        let set = issued.set_cookies();
+        assert_eq!(set.len(), 1, "{set:?}");
+        assert!(
+            set[0].ends_with("; HttpOnly; SameSite=Strict; Path=/")
+                && set[0].starts_with("app.form="),
+            "{set:?}"
+        );
+        assert!(issued.text.contains("Cache-Control: no-store"));
+        let (token, browser) = (
+            issued.body().to_owned(),
+            issued.form_cookie().unwrap().to_owned(),
+        );
+        assert_ne!(
+            token,
+            browser.split_once('=').unwrap().1,
+            "the secret is masked"
+        );
+        let form = format!("token={token}");
+
+        // Not from another site, not without the cookie, not with another browser's cookie.
+        let cross = [("HTTP_SEC_FETCH_SITE", "cross-site")];
+        assert_eq!(post(&site, &browser, &form, &cross).body(), "refused 1");
+        let forged_origin = [
+            ("HTTP_ORIGIN", "https://evil.example"),
+            ("HTTP_HOST", "shop.example"),
+        ];
+        assert_eq!(
+            post(&site, &browser, &form, &forged_origin).body(),
+            "refused 1"
+        );
+        assert_eq!(post(&site, "", &form, &SAME_ORIGIN).body(), "refused 1");
+        let someone_else = site.visit().query("new").send(&guarded);
+        let theirs = someone_else.form_cookie().unwrap();
+        assert_eq!(post(&site, theirs, &form, &SAME_ORIGIN).body(), "refused 1");
+
+        // From the site itself, with the browser's cookie: accepted, and the secret stays, so
+        // the forms of the browser's other tabs still post.
+        let accepted = post(&site, &browser, &form, &SAME_ORIGIN);
+        assert_eq!(accepted.body(), "accepted 1");
+        assert_eq!(accepted.set_cookies(), Vec::<&str>::new());
+        let other_tab = site.visit().query("new").cookie(&browser).send(&guarded);
+        assert_eq!(
+            other_tab.set_cookies(),
+            Vec::<&str>::new(),
+            "the same secret"
+        );
+        let other_form = format!("token={}", other_tab.body());
+        assert_eq!(
+            post(&site, &browser, &other_form, &SAME_ORIGIN).body(),
+            "accepted 1"
+        );
+        // Without Sec-Fetch-Site (an old browser), Origin decides; with neither, the token.
+        let same_host = [
+            ("HTTP_ORIGIN", "https://shop.example"),
+            ("HTTP_HOST", "shop.example"),
+        ];
+        for headers in [&same_host[..], &[]] {
+            let issued = site.visit().query("new").send(&guarded);
+            let form = format!("token={}", issued.body());
+            let browser = issued.form_cookie().unwrap();
+            assert_eq!(post(&site, browser, &form, headers).body(), "accepted 1");
+        }
+        assert_eq!(site.records(), 0, "still nothing stored");
+
+        // Under HTTPS the cookie is a __Host- cookie.
+        let secure = site.visit().query("new").env("HTTPS", "on").send(&guarded);
+        let set = secure.set_cookies();
+        assert!(
+            set[0].starts_with("__Host-app.form=") && set[0].contains("; Secure; Path=/"),
+            "{set:?}"
+        );
+    }
+
+    #[test]
+    fn a_form_on_a_page_that_empties_a_stored_session_still_posts() {
+        let site = Site::new();
+        let kept = site.visit().query("keep").send(&guarded);
+        let cookie = kept.cookie().unwrap().to_owned();
+        let emptying = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.remove("kept")?;
+            let token = cx.session.create_form_token()?;
+            write!(cx.response, "{token}")?;
+            Ok(())
+        };
+        let page = site.visit().cookie(&cookie).at(1).send(&emptying);
+        assert!(page.set_cookies()[0].starts_with("app=; "), "{}", page.text);
+        assert_eq!(site.records(), 0, "the emptied session is gone");
+        let browser = page.form_cookie().unwrap().to_owned();
+        let form = format!("token={}", page.body());
+        assert_eq!(
+            post(&site, &browser, &form, &SAME_ORIGIN).body(),
+            "accepted 1"
+        );
+    }
+
+    #[test]
+    fn a_released_session_refuses_malformed_tokens_without_an_error() {
+        let site = Site::new();
+        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let taker = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.release()?;
+            let empty = cx.session.take_form_token("")?;
+            let odd = cx.session.take_form_token("x")?;
+            let session_kind = cx.session.take_form_token(&"a".repeat(48)).is_err();
+            write!(cx.response, "{empty} {odd} {session_kind}")?;
+            Ok(())
+        };
+        let text = site.visit().cookie(&cookie).send(&taker).text;
+        assert!(text.ends_with("false false true"), "{text}");
+    }
+
+    #[test]
+    fn one_set_cookie_per_name_even_when_the_handler_adds_the_form_cookie() {
+        let site = Site::new();
+        let meddler = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.response
+                .add_header("Set-Cookie", "app.form=chosen; Path=/")?;
+            let token = cx.session.create_form_token()?;
+            write!(cx.response, "{token}")?;
+            Ok(())
+        };
+        let reply = site.visit().send(&meddler);
+        let set = reply.set_cookies();
+        assert_eq!(set.len(), 1, "{set:?}");
+        assert!(!set[0].contains("chosen"), "{set:?}");
+    }
+
+    #[test]
+    fn a_form_for_a_visitor_without_a_session_needs_no_lock_and_survives_a_sign_out() {
+        let site = Site::new();
+        // A read-only page shows a sign-in form.
+        let show = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            let token = cx.session.create_form_token()?;
+            write!(cx.response, "{token}")?;
+            Ok(())
+        };
+        let page = site.visit().read_only().send(&show);
+        assert_eq!(page.body().len(), COOKIE_TOKEN_LEN, "{}", page.text);
+        let browser = page.form_cookie().unwrap().to_owned();
+        let form = format!("token={}", page.body());
+        assert_eq!(
+            post(&site, &browser, &form, &SAME_ORIGIN).body(),
+            "accepted 1"
+        );
+        // A sign-out page that shows the sign-in form at once.
+        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let sign_out = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.expire(crate::Expiry::Now)?;
+            let token = cx.session.create_form_token()?;
+            write!(cx.response, "{token}")?;
+            Ok(())
+        };
+        let out = site.visit().cookie(&cookie).send(&sign_out);
+        assert!(out.set_cookies()[0].starts_with("app=; "), "{}", out.text);
+        let browser = out.form_cookie().unwrap().to_owned();
+        let form = format!("token={}", out.body());
+        assert_eq!(
+            post(&site, &browser, &form, &SAME_ORIGIN).body(),
+            "accepted 1"
+        );
     }
 }

@@ -53,12 +53,18 @@ mod form_token;
 mod id;
 mod logger;
 mod mode;
+mod origin;
 mod record;
 mod request;
+mod reserved;
 mod response;
+mod rules;
 mod runner;
 mod service;
 mod session;
+#[cfg(test)]
+mod testing;
+mod user_record;
 
 pub use config::{Config, ConfigProblem, GcProbability, VARIABLES, Variable};
 pub use environment::Environment;
@@ -66,12 +72,13 @@ pub use error::{BoxError, Error, ErrorChain, ErrorKind, Result};
 pub use expiry::Expiry;
 pub use id::{ServiceId, SessionId, same_secret};
 pub use mode::{run, run_read_only};
+pub use origin::{Ended, Origin};
 pub use record::{Meta, Record};
 pub use request::{MAX_FORM_FIELDS, Request};
 pub use response::Response;
 pub use runner::{Context, Handler, serve, serve_with_store};
 pub use service::Service;
-pub use session::{Ended, Origin, Session};
+pub use session::Session;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -115,6 +115,33 @@ impl<'a> Request<'a> {
         self.env.get("REMOTE_ADDR")
     }
 
+    /// Whether the browser says the request comes from another site: `Sec-Fetch-Site` other
+    /// than `same-origin` or `none` (typed by the user, a bookmark), or without it, an
+    /// `Origin` whose host is not the request's `Host` (compared without the scheme, as Go's
+    /// `CrossOriginProtection` does). A request with neither (an old browser, or no browser
+    /// at all) is not judged to come from another site. A sibling subdomain counts as another
+    /// site: it may be someone else's.
+    ///
+    /// ```
+    /// let env = pso::Environment::from_pairs([("HTTP_SEC_FETCH_SITE", "cross-site")]);
+    /// let mut body = std::io::empty();
+    /// let request = pso::Request::new(&env, &mut body);
+    /// assert!(request.from_another_site());
+    /// ```
+    pub fn from_another_site(&self) -> bool {
+        if let Some(site) = self.header("Sec-Fetch-Site") {
+            return !matches!(site.trim(), "same-origin" | "none");
+        }
+        let Some(origin) = self.header("Origin") else {
+            return false;
+        };
+        let origin_host = origin
+            .split_once("://")
+            .map_or("", |(_, authority)| authority.trim_end_matches('/'));
+        let host = self.header("Host").unwrap_or("");
+        origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host.trim())
+    }
+
     /// Whether the request came over HTTPS (`HTTPS=on`, or `REQUEST_SCHEME=https`).
     pub fn is_https(&self) -> bool {
         let on = |name| {
@@ -198,5 +225,70 @@ fn content_length(env: &Environment) -> u64 {
             log::warn!("CONTENT_LENGTH {text:?} is not a number; reading no body");
             0
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_browser_says_where_a_request_comes_from() {
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[], false),
+            (&[("HTTP_SEC_FETCH_SITE", "same-origin")], false),
+            (&[("HTTP_SEC_FETCH_SITE", "none")], false),
+            (&[("HTTP_SEC_FETCH_SITE", "same-site")], true),
+            (&[("HTTP_SEC_FETCH_SITE", "cross-site")], true),
+            (&[("HTTP_SEC_FETCH_SITE", "")], true),
+            // Sec-Fetch-Site decides when it is there, whatever Origin says.
+            (
+                &[
+                    ("HTTP_SEC_FETCH_SITE", "same-origin"),
+                    ("HTTP_ORIGIN", "https://evil.example"),
+                    ("HTTP_HOST", "shop.example"),
+                ],
+                false,
+            ),
+            (
+                &[
+                    ("HTTP_ORIGIN", "https://shop.example"),
+                    ("HTTP_HOST", "shop.example"),
+                ],
+                false,
+            ),
+            (
+                &[
+                    ("HTTP_ORIGIN", "http://SHOP.example:8080"),
+                    ("HTTP_HOST", "shop.example:8080"),
+                ],
+                false,
+            ),
+            (
+                &[
+                    ("HTTP_ORIGIN", "https://evil.example"),
+                    ("HTTP_HOST", "shop.example"),
+                ],
+                true,
+            ),
+            (
+                &[
+                    ("HTTP_ORIGIN", "https://a.shop.example"),
+                    ("HTTP_HOST", "shop.example"),
+                ],
+                true,
+            ),
+            (
+                &[("HTTP_ORIGIN", "null"), ("HTTP_HOST", "shop.example")],
+                true,
+            ),
+            (&[("HTTP_ORIGIN", "https://shop.example")], true),
+        ];
+        for (headers, expected) in cases {
+            let env = Environment::from_pairs(headers.iter().copied());
+            let mut input = std::io::empty();
+            let request = Request::new(&env, &mut input);
+            assert_eq!(request.from_another_site(), *expected, "{headers:?}");
+        }
     }
 }

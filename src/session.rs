@@ -1,4 +1,6 @@
-//! The session a handler sees: typed values, expiry control, explicit save and revert.
+//! The session a handler sees: typed values, expiry control, explicit save and revert; and the
+//! session's life in one request as explicit state (held, ended, released), with how the
+//! request named it (a new session, its current id, an old id, a forced id).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,37 +10,25 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::expiry::{Expiry, from_unix_secs, unix_secs};
+use crate::expiry::{Clock, Expiry, from_unix_secs, unix_secs};
 use crate::form_token::{COOKIE_TOKEN_LEN, FormCookie, FormCookieChange};
 use crate::id::{GENERATED_ID_LEN, ServiceId, SessionId, same_secret};
+use crate::origin::Origin;
 use crate::record::{Checkpoint, Meta, Record};
-use crate::store::{LockOptions, LockedSession};
+use crate::reserved::{
+    FORM_TOKENS, IDLE_LIMIT, KEY_DEADLINES, MOVED_TO, USER, USER_SINCE, is_reserved,
+};
+use crate::rules::Rules;
+use crate::store::{LockOptions, LockedSession, SessionKey};
+use crate::user_record;
 
 /// An unchanged session is rewritten only to record its last access, and at most this often.
 const ACCESS_RESOLUTION: u64 = 60;
-/// Where a session keeps its form tokens; keys that start with `pso.` are pso's own.
-const FORM_TOKENS: &str = "pso.form_tokens";
-/// The user a session is signed in as, and since when (Unix seconds).
-pub(crate) const USER: &str = "pso.user";
-pub(crate) const USER_SINCE: &str = "pso.user_since";
-/// In a user's own record: for each user whose name leads to that record (names can share
-/// one, the id is a 64-bit hash), the time in milliseconds before which every session signed
-/// in as that user is logged out.
-pub(crate) const USER_RECORD: &str = "pso.logged_out_before";
-/// In a user record rebuilt after it could not be read: a time before which every user whose
-/// name leads to it is logged out.
-const EVERY_USER_LOGGED_OUT_BEFORE: &str = "pso.every_user_logged_out_before";
-/// Where the first format of a user record kept its one user's time.
-const EARLIER_REVOKED_BEFORE: &str = "pso.revoked_before";
-/// The deadlines of values set with `set_for`: key to Unix seconds.
-const KEY_DEADLINES: &str = "pso.key_deadlines";
-/// A session's own idle limit, in seconds, set by `set_idle_limit`.
-const IDLE_LIMIT: &str = "pso.idle";
-/// In the record an old id keeps after `regenerate_id()`: the id the session moved to.
-pub(crate) const MOVED_TO: &str = "pso.moved_to";
 /// Form tokens kept per session: the newest, so that a user with many forms open still posts
 /// the recent ones, and a session cannot grow without bound.
 const MAX_FORM_TOKENS: usize = 16;
+/// The longest wait for the lock of a new id (`regenerate_id`): nobody else knows it yet.
+const NEW_ID_LOCK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One visitor's session, locked for the duration of the request.
 ///
@@ -56,214 +46,214 @@ const MAX_FORM_TOKENS: usize = 16;
 /// # Ok::<(), pso::Error>(())
 /// ```
 pub struct Session {
-    lock: Box<dyn LockedSession>,
+    /// The session's key in the store; after `regenerate_id()`, the new one.
+    key: SessionKey,
     record: Record,
-    /// What the store holds for this session (as loaded, or as last saved), as a checkpoint of
-    /// `record`: the values themselves are not copied. `None` while the store holds nothing.
-    stored: Option<Checkpoint>,
-    /// The session as loaded, and whether this request has saved it since: a request refused
-    /// for coming with an old id puts it back as it was.
-    loaded: Option<Checkpoint>,
-    saved: bool,
-    /// The session's own idle limit as loaded: an old id's request may not end up looser.
-    loaded_idle: Option<u64>,
-    new: bool,
-    /// Deleted in this request: the id is dead and must not be saved again.
-    ended: bool,
-    now: u64,
-    /// The same instant in milliseconds: sign-in and "log out everywhere" times, which
-    /// must order events of the same second.
-    now_millis: u64,
-    idle: Rules,
+    /// Where the session is in its life in this request.
+    state: State,
+    /// How the request named the session.
+    named: Named,
+    /// The id came in the URL (`PSOSessionUrl`): no cookie is ever set for it.
+    from_url: bool,
+    /// The session as the request found it; `None` for a new one.
+    loaded: Option<Loaded>,
+    clock: Clock,
+    rules: Rules,
     origin: Origin,
     /// The data of the expired session this one replaces, until the handler takes it.
     expired: Option<Record>,
-    /// Set by `release()`: the cookie decided then, and the session as it was then.
-    released: Option<(CookieAction, Checkpoint)>,
-    /// After `regenerate_id()`: the old id's lock, until the session is saved under the new
-    /// id; only then does the old id become a forward (or go). A request that fails before
-    /// leaves the old id as it was.
-    old_lock: Option<Box<dyn LockedSession>>,
-    /// The client address of this request (`REMOTE_ADDR`).
-    request_addr: Option<String>,
-    /// Reached through this old id of a regenerated session, in its grace: served, but never
-    /// handed the new id (whoever holds an old id must not learn the new one), which is also
-    /// why `id()` answers this one.
-    arrived_as: Option<SessionId>,
-    /// The server's configuration forces this session's id: it cannot get another.
-    forced: bool,
-    /// The response head is out: no cookie can change any more.
-    head_sent: bool,
     /// The form cookie: tokens for a visitor the store holds nothing for.
     form: FormCookie,
+    /// The client address of this request (`REMOTE_ADDR`).
+    client_addr: Option<String>,
+    /// The response head is out: no cookie can change any more.
+    head_sent: bool,
 }
 
-/// Why a request holds the session it holds: a handler can tell a first visit from a session
-/// that timed out, and write an audit line for the latter.
-///
-/// ```
-/// # let session = pso::Session::detached(std::time::SystemTime::now())?;
-/// use pso::{Ended, Origin};
-/// match session.origin() {
-///     Origin::Replaced(Ended::Idle) => println!("your session timed out: log in again"),
-///     Origin::Replaced(Ended::Lifetime) => println!("your session has ended: log in again"),
-///     Origin::Returning => println!("welcome back"),
-///     _ => println!("welcome"),
-/// }
-/// # Ok::<(), pso::Error>(())
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Origin {
-    /// No session cookie came: a new visitor (or one that refuses cookies).
-    New,
-    /// The visitor's own session, from its cookie.
-    Returning,
-    /// The id the server's configuration forces (a variable named like the service id).
+/// Where a session is in its life in one request.
+enum State {
+    /// The request holds the session's lock: changes are saved at its end.
+    Held(Held),
+    /// Deleted in this request (expired, logged out, emptied): its id is dead, and it cannot
+    /// be saved again. Changes are taken and go with it. The lock is kept to the end.
+    Ended {
+        _lock: Option<Box<dyn LockedSession>>,
+    },
+    /// Let go of: by `release()`, from the start for a read-only request, or after a refusal
+    /// for an old id. Reading works; a change is an error. What the response says about the
+    /// cookie was decided when it was let go.
+    Released {
+        cookie: CookieAction,
+        then: Checkpoint,
+    },
+}
+
+/// A session whose lock the request holds.
+struct Held {
+    lock: Box<dyn LockedSession>,
+    /// What the store holds for this session (as loaded, or as last saved), as a checkpoint of
+    /// the record: the values themselves are not copied. `None` while it holds nothing.
+    stored: Option<Checkpoint>,
+    /// After `regenerate_id()`: the old id's lock, until the session is saved under the new id;
+    /// only then does the old id become a forward (or go). A request that fails before leaves
+    /// the old id as it was.
+    moving_from: Option<Box<dyn LockedSession>>,
+    /// Whether this request saved: a refusal for an old id undoes it.
+    saved: bool,
+}
+
+/// How the request named the session it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Named {
+    /// By nothing it has: a new session.
+    Nothing,
+    /// By its current id.
+    Current,
+    /// By an old id of a regenerated session, within its grace: served the session, but
+    /// never handed the new id (whoever holds an old id must not learn the new one), and not
+    /// allowed to change whose session it is or to make it live longer.
+    OldId(SessionId),
+    /// By the id the server's configuration forces: it cannot get another.
     Forced,
-    /// A new session, because the one the cookie named has ended, for this reason.
-    Replaced(Ended),
 }
 
-/// Why the session a cookie named is no more.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Ended {
-    /// Unused for longer than its idle limit (`PSOSessionIdle`; for a session that lasts until
-    /// the browser closes, at most `PSOSessionGCMaxLifetime`).
-    Idle,
-    /// Past the end of its lifetime (`PSOSessionExpire`, or `expire()`).
-    Lifetime,
-    /// Unknown to the store: forged, collected long ago, or ended by a logout. Logged as
-    /// suspicious: strict mode never adopts an id the server did not issue.
-    Unknown,
-    /// Its file could not be read (damaged, or written by an incompatible version).
-    Unreadable,
-    /// Its user logged out everywhere ([`Session::log_out_everywhere`]) after it was signed
-    /// in.
-    LoggedOut,
-    /// It belongs to another client address (`PSOSessionCheckIP`): not adopted, and left
-    /// alone for its owner. Logged as suspicious.
-    OtherAddress,
-    /// The cookies named several live sessions, or more than pso checks (cookie tossing?):
-    /// none was adopted, and they all ended.
-    Ambiguous,
+/// The session as the request found it.
+struct Loaded {
+    /// The id it was stored under (for an old id, the session's current one).
+    id: SessionId,
+    checkpoint: Checkpoint,
+    /// Its own idle limit (`set_idle_limit`).
+    own_idle: Option<u64>,
 }
 
-/// The configuration a session lives by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Rules {
-    /// `PSOSessionIdle`, in seconds.
-    pub limit: Option<u64>,
-    /// `PSOSessionGCMaxLifetime`, in seconds: the idle limit of a browser-close session.
-    pub browser_close: u64,
-    /// `PSOSessionLazy`: a session without values is not stored, and one emptied is deleted.
-    pub lazy: bool,
-    /// `PSOSessionRegenerateGrace`, in seconds.
-    pub grace: u64,
-    /// `PSOSessionCheckIP`.
-    pub check_ip: bool,
-}
-
-impl Rules {
-    /// The rules of a configuration.
-    pub fn of(config: &crate::config::Config) -> Rules {
-        Rules {
-            limit: config.idle.map(|idle| idle.as_secs()),
-            browser_close: config.gc_max_lifetime.as_secs(),
-            lazy: config.lazy,
-            grace: config.regenerate_grace.as_secs(),
-            check_ip: config.check_ip,
-        }
-    }
-
-    /// The idle limit stored with a session of this `deadline`, and of its own limit if it
-    /// has one (never longer than the configured one).
-    fn max_idle(self, deadline: Option<u64>, own: Option<u64>) -> Option<u64> {
-        let limit = match (self.limit, own) {
-            (Some(configured), Some(own)) => Some(configured.min(own)),
-            (configured, own) => configured.or(own),
-        };
-        match (limit, deadline) {
-            (Some(limit), None) => Some(limit.min(self.browser_close)),
-            (Some(limit), Some(_)) => Some(limit),
-            (None, None) => Some(self.browser_close),
-            (None, Some(_)) => None,
-        }
-    }
-
-    /// Why `meta` is no longer alive at `now`, if it is not: past its deadline, or unused for
-    /// longer than its stored idle limit or the configured one (a limit lowered since the
-    /// session was saved applies at once). A last access in the future counts as now.
-    pub fn ended(self, meta: &Meta, now: u64) -> Option<Ended> {
-        if meta.deadline.is_some_and(|deadline| now >= deadline) {
-            return Some(Ended::Lifetime);
-        }
-        let unused = now.saturating_sub(meta.last_access);
-        let limit = match (meta.max_idle, self.limit) {
-            (Some(stored), Some(configured)) => Some(stored.min(configured)),
-            (stored, configured) => stored.or(configured),
-        };
-        limit.filter(|&limit| unused > limit).map(|_| Ended::Idle)
-    }
+/// What a session starts from in a request besides its record and lock, as adoption found it.
+pub(crate) struct Start {
+    pub clock: Clock,
+    pub rules: Rules,
+    pub origin: Origin,
+    pub named: Named,
+    pub from_url: bool,
+    /// The request's client address.
+    pub client_addr: Option<String>,
+    /// The data of the expired session a new one replaces, for the handler to read once.
+    pub expired: Option<Record>,
 }
 
 /// What the response must tell the client about its session cookie.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum CookieAction {
-    /// Hand out (or refresh) the cookie for this id, valid until the deadline.
+    /// Hand out the cookie for this id, valid until the deadline: the browser does not have
+    /// it yet (a new session, a new id), or its lifetime changed.
     Set(SessionId, Option<SystemTime>),
+    /// The browser has this cookie already: sent again only where the cookie's lifetime runs
+    /// from each response (`PSOCookieSession_Max-Age` as a duration). Only a request that
+    /// held the session to its end says so; any other could overwrite a newer cookie.
+    Refresh(SessionId, Option<SystemTime>),
     /// Make the client drop its cookie.
     Revoke,
-    /// Nothing was stored, so there is no cookie to send.
+    /// Nothing to say: send no session cookie.
     Nothing,
 }
 
 impl Session {
-    /// A session the store already holds, as loaded under its lock.
-    pub(crate) fn existing(
-        lock: Box<dyn LockedSession>,
-        record: Record,
-        now: SystemTime,
-        idle: Rules,
-        origin: Origin,
-    ) -> Session {
-        let mut session = Session::assemble(lock, record, true, now, idle, origin);
+    /// A session the store holds, as loaded under its lock.
+    pub(crate) fn held(lock: Box<dyn LockedSession>, record: Record, start: Start) -> Session {
+        let key = lock.key().clone();
+        let loaded = Loaded {
+            id: key.id.clone(),
+            checkpoint: record.checkpoint(),
+            own_idle: record.get(IDLE_LIMIT).ok().flatten(),
+        };
+        let state = State::Held(Held {
+            lock,
+            stored: Some(record.checkpoint()),
+            moving_from: None,
+            saved: false,
+        });
+        let mut session = Session::assemble(key, record, state, Some(loaded), start);
         session.drop_expired_values();
         session
     }
 
-    /// A session of `record` under `lock`, as the store holds it (`stored`) or new.
-    fn assemble(
+    /// A new, empty session under `lock`, expiring per `lifetime`. With `replaces`, the store
+    /// holds a record under this (forced) id that the new session takes over: saving
+    /// overwrites it, and if the session ends up without values, that record is deleted.
+    pub(crate) fn fresh(
         lock: Box<dyn LockedSession>,
+        lifetime: Expiry,
+        replaces: bool,
+        start: Start,
+    ) -> Session {
+        let key = lock.key().clone();
+        let mut meta = Meta::new(start.clock.secs());
+        meta.deadline = lifetime.deadline(start.clock.now()).map(unix_secs);
+        meta.client_addr = start.client_addr.clone();
+        let record = Record::new(meta);
+        let state = State::Held(Held {
+            lock,
+            stored: replaces.then(|| record.checkpoint()),
+            moving_from: None,
+            saved: false,
+        });
+        Session::assemble(key, record, state, None, start)
+    }
+
+    /// The session of a read-only request: `record` as read without the lock (none for a new
+    /// visitor), released from the start, so that reading works and any change is an error.
+    /// It sends no session cookie: a request that changes nothing must not overwrite a newer
+    /// cookie (a sign-in's, answered meanwhile).
+    pub(crate) fn read_only(key: SessionKey, record: Option<Record>, start: Start) -> Session {
+        let loaded = record.as_ref().map(|record| Loaded {
+            id: key.id.clone(),
+            checkpoint: record.checkpoint(),
+            own_idle: record.get(IDLE_LIMIT).ok().flatten(),
+        });
+        let record = record.unwrap_or_else(|| Record::new(Meta::new(start.clock.secs())));
+        let state = State::Released {
+            cookie: CookieAction::Nothing,
+            then: record.checkpoint(),
+        };
+        Session::assemble(key, record, state, loaded, start)
+    }
+
+    fn assemble(
+        key: SessionKey,
         record: Record,
-        stored: bool,
-        now: SystemTime,
-        idle: Rules,
-        origin: Origin,
+        state: State,
+        loaded: Option<Loaded>,
+        start: Start,
     ) -> Session {
         Session {
-            lock,
-            stored: stored.then(|| record.checkpoint()),
-            loaded: stored.then(|| record.checkpoint()),
-            saved: false,
-            loaded_idle: record.get(IDLE_LIMIT).ok().flatten(),
+            key,
             record,
-            new: !stored,
-            ended: false,
-            now: unix_secs(now),
-            now_millis: unix_millis(now),
-            idle,
-            origin,
-            expired: None,
-            released: None,
-            old_lock: None,
-            request_addr: None,
-            arrived_as: None,
-            forced: false,
-            head_sent: false,
+            state,
+            named: start.named,
+            from_url: start.from_url,
+            loaded,
+            clock: start.clock,
+            rules: start.rules,
+            origin: start.origin,
+            expired: start.expired,
             form: FormCookie::default(),
+            client_addr: start.client_addr,
+            head_sent: false,
         }
+    }
+
+    /// Gives the session the request's form cookie.
+    pub(crate) fn with_form_cookie(mut self, form: FormCookie) -> Session {
+        self.form = form;
+        self
+    }
+
+    /// What the response must say about the form cookie, if anything.
+    pub(crate) fn form_cookie_change(&self) -> Option<FormCookieChange> {
+        self.form.change()
+    }
+
+    /// The response head goes out now: the cookies it carries are final.
+    pub(crate) fn head_sent(&mut self) {
+        self.head_sent = true;
     }
 
     /// Removes the values set with [`Session::set_for`] whose time is up.
@@ -272,7 +262,7 @@ impl Session {
         else {
             return;
         };
-        let now = self.now;
+        let now = self.clock.secs();
         let before = deadlines.len();
         deadlines.retain(|key, deadline| {
             let alive = *deadline > now;
@@ -326,99 +316,9 @@ impl Session {
         self.set(key, value)?;
         let mut deadlines: BTreeMap<String, u64> =
             self.record.get(KEY_DEADLINES)?.unwrap_or_default();
-        deadlines.insert(key.to_owned(), self.now.saturating_add(lifetime.as_secs()));
+        let deadline = self.clock.secs().saturating_add(lifetime.as_secs());
+        deadlines.insert(key.to_owned(), deadline);
         self.record.set(KEY_DEADLINES, &deadlines)
-    }
-
-    /// A new, empty session expiring per `lifetime`.
-    pub(crate) fn fresh(
-        lock: Box<dyn LockedSession>,
-        now: SystemTime,
-        lifetime: Expiry,
-        client_addr: Option<&str>,
-        idle: Rules,
-    ) -> Session {
-        let mut meta = Meta::new(unix_secs(now));
-        meta.deadline = lifetime.deadline(now).map(unix_secs);
-        meta.client_addr = client_addr.map(str::to_owned);
-        Session::assemble(lock, Record::new(meta), false, now, idle, Origin::New)
-    }
-
-    /// The session of a read-only request: `record` as read without the lock (none for a new
-    /// visitor), released from the start, so that reading works and any change is an error.
-    pub(crate) fn read_only(
-        key: crate::store::SessionKey,
-        record: Option<Record>,
-        now: SystemTime,
-        idle: Rules,
-        origin: Origin,
-        arrived_as: Option<SessionId>,
-    ) -> Session {
-        let known = record.is_some();
-        let forwarded = arrived_as.is_some();
-        let record = record.unwrap_or_else(|| Record::new(Meta::new(unix_secs(now))));
-        // The cookie is sent again as it was (never the new id through a forward): a reading
-        // request renews nothing.
-        let action = if known && !forwarded {
-            CookieAction::Set(key.id.clone(), record.meta.deadline.map(from_unix_secs))
-        } else {
-            CookieAction::Nothing
-        };
-        let checkpoint = record.checkpoint();
-        let mut session =
-            Session::assemble(Box::new(Released(key)), record, known, now, idle, origin);
-        session.released = Some((action, checkpoint));
-        session.arrived_as = arrived_as;
-        session
-    }
-
-    /// Records the request's client address (kept in the forward a regenerated id leaves).
-    pub(crate) fn requested_from(mut self, addr: Option<&str>) -> Session {
-        self.request_addr = addr.map(str::to_owned);
-        self
-    }
-
-    /// Gives the session the request's form cookie.
-    pub(crate) fn with_form_cookie(mut self, form: FormCookie) -> Session {
-        self.form = form;
-        self
-    }
-
-    /// What the response must say about the form cookie, if anything.
-    pub(crate) fn form_cookie_change(&self) -> Option<FormCookieChange> {
-        self.form.change()
-    }
-
-    /// The response head goes out now: the cookies it carries are final.
-    pub(crate) fn head_sent(&mut self) {
-        self.head_sent = true;
-    }
-
-    /// Marks a session reached through `old`, the old id of a regenerated session.
-    pub(crate) fn forwarded(mut self, old: SessionId) -> Session {
-        self.arrived_as = Some(old);
-        self
-    }
-
-    /// Marks a session whose id the server's configuration forces.
-    pub(crate) fn forced(mut self) -> Session {
-        self.forced = true;
-        self
-    }
-
-    /// Marks a new session that takes the place of a record the store holds under the same
-    /// (forced) id, expired or logged out: saving it overwrites that record, and if it ends
-    /// up without values, that record is deleted.
-    pub(crate) fn over_stored(mut self) -> Session {
-        self.stored = Some(self.record.checkpoint());
-        self
-    }
-
-    /// Says why this new session exists, with the data of the expired one it replaces.
-    pub(crate) fn replacing(mut self, origin: Origin, expired: Option<Record>) -> Session {
-        self.origin = origin;
-        self.expired = expired;
-        self
     }
 
     /// Moves the session to a new id, keeping its data, and sends the new id's cookie: call it
@@ -442,16 +342,23 @@ impl Session {
     /// [`Session::save`]): a request that fails leaves the old id as it was. Form tokens
     /// issued before are void. A request still carrying the old id during the grace, from the
     /// address that signed in, is served this session but never handed the new id; for it,
-    /// this call (and [`Session::set_user`], [`Session::set_idle_limit`]) is an error of kind
+    /// this call (and [`Session::set_user`], and [`Session::set_idle_limit`] or
+    /// [`Session::expire`] when they would let the session live longer) is an error of kind
     /// [`ErrorKind::OldId`], a 409, after which the request changes nothing. It is an error
     /// too once the response head is out ([`crate::Context::stream`]), and for an id the
     /// server forces.
     pub fn regenerate_id(&mut self) -> Result<()> {
-        self.check_held()?;
+        self.check_writable()?;
+        if matches!(self.state, State::Ended { .. }) {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "a session that ended in this request cannot get a new id",
+            ));
+        }
         // Moving the session again would hand whoever holds the old id the newest one; going
         // on as if it had moved would let them sign the owner's session in as someone else.
-        self.check_current_id("regenerate_id()")?;
-        if self.forced {
+        self.refuse_for_old_id("regenerate_id()")?;
+        if self.named == Named::Forced {
             return Err(Error::new(
                 ErrorKind::Invalid,
                 "the server's configuration forces this session's id: it cannot get another",
@@ -465,42 +372,44 @@ impl Session {
                 "the response head is out (stream()): a new id could no longer reach the client",
             ));
         }
-        if self.ended {
-            return Err(Error::new(
-                ErrorKind::Invalid,
-                "a session that ended in this request cannot get a new id",
-            ));
-        }
-        if self.old_lock.is_some() {
+        let State::Held(held) = &mut self.state else {
+            return Err(released_error());
+        };
+        if held.moving_from.is_some() {
             // The first new id is not stored yet: it simply gives way to another one.
-            self.lock.delete().ok();
+            held.lock.delete().ok();
         }
-        let options = LockOptions::new(Duration::from_secs(1)).with_create(true);
-        let new_lock = self.lock.lock_sibling(SessionId::generate()?, options)?;
-        let old_lock = std::mem::replace(&mut self.lock, new_lock);
+        let options = LockOptions::new(NEW_ID_LOCK_TIMEOUT).with_create(true);
+        let new_lock = held.lock.lock_sibling(SessionId::generate()?, options)?;
+        let old_lock = std::mem::replace(&mut held.lock, new_lock);
+        if held.stored.take().is_some() && held.moving_from.is_none() {
+            held.moving_from = Some(old_lock);
+        }
+        self.key = held.lock.key().clone();
         // Tokens issued to the old id (perhaps to whoever planted it) are void, and so are
         // those of the form cookie (perhaps tossed in by someone who can set cookies).
         self.record.remove(FORM_TOKENS);
         self.form.void();
-        if self.stored.take().is_some() && self.old_lock.is_none() {
-            self.old_lock = Some(old_lock);
-        }
         Ok(())
     }
 
     /// After a regenerated session is saved under its new id: the old id becomes a forward
     /// for the grace period, from this request's address only, or goes at once.
     fn finish_move(&mut self) -> Result<()> {
-        let Some(mut old) = self.old_lock.take() else {
+        let State::Held(held) = &mut self.state else {
             return Ok(());
         };
-        if self.idle.grace == 0 {
+        let Some(mut old) = held.moving_from.take() else {
+            return Ok(());
+        };
+        if self.rules.grace == 0 {
             return old.delete();
         }
-        let mut forward = Record::new(Meta::new(self.now));
-        forward.meta.deadline = Some(self.now.saturating_add(self.idle.grace));
-        forward.meta.client_addr = self.request_addr.clone();
-        forward.set(MOVED_TO, self.lock.key().id.as_str())?;
+        let now = self.clock.secs();
+        let mut forward = Record::new(Meta::new(now));
+        forward.meta.deadline = Some(now.saturating_add(self.rules.grace));
+        forward.meta.client_addr = self.client_addr.clone();
+        forward.set(MOVED_TO, self.key.id.as_str())?;
         old.save(&forward)
     }
 
@@ -508,24 +417,24 @@ impl Session {
     /// [`Session::regenerate_id`]), so that [`Session::log_out_everywhere`] can end every
     /// session of that user at once.
     pub fn set_user(&mut self, user: &str) -> Result<()> {
-        let now = self.now_millis;
-        self.check_held()?;
-        self.check_current_id("set_user()")?;
+        self.check_writable()?;
+        self.refuse_for_old_id("set_user()")?;
         self.record.set(USER, user)?;
-        self.record.set(USER_SINCE, &now)
+        self.record.set(USER_SINCE, &self.clock.millis())
     }
 
     /// The user this session is signed in as, if [`Session::set_user`] named one.
     pub fn user(&self) -> Option<String> {
-        self.record.get(USER).ok().flatten()
+        user_record::user_of(&self.record)
     }
 
     /// Logs the signed-in user out everywhere ("log out everywhere", after a password change):
     /// every session signed in as this user before now ends at its next request
-    /// ([`Ended::LoggedOut`]), this one at the end of this request. The store keeps one small
-    /// record per user for it, so nothing is scanned, and nothing needs cleaning when
-    /// sessions expire or are collected. Times are in milliseconds: a session signed in in the
-    /// same millisecond as the call ends too.
+    /// ([`crate::Ended::LoggedOut`]), this one at the end of this request. The store keeps one
+    /// small record per user for it, so nothing is scanned, and nothing needs cleaning when
+    /// sessions expire or are collected. The time kept is when that record is written (in
+    /// milliseconds), and it only ever rises: a call in a request that began earlier and
+    /// ends later never undoes a newer one.
     ///
     /// ```
     /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
@@ -535,16 +444,22 @@ impl Session {
     /// # Ok::<(), pso::Error>(())
     /// ```
     pub fn log_out_everywhere(&mut self) -> Result<()> {
-        self.check_held()?;
+        self.check_writable()?;
         let Some(user) = self.user() else {
             return Err(Error::new(
                 ErrorKind::Invalid,
                 "log_out_everywhere() needs a session signed in with set_user()",
             ));
         };
-        let options = LockOptions::new(Duration::from_secs(5)).with_create(true);
-        let mut lock = self.lock.lock_sibling(user_record_id(&user), options)?;
-        note_logged_out(&mut *lock, &user, self.now, self.now_millis)?;
+        let State::Held(held) = &self.state else {
+            return Err(ended_error(&self.key));
+        };
+        let mut lock = held
+            .lock
+            .lock_sibling(user_record::id_for(&user), user_record::lock_options())?;
+        // Read now that the record is locked: every sign-in before this moment is covered.
+        let written_at = self.clock.millis_now();
+        user_record::log_out(&mut *lock, &user, self.clock.secs(), written_at)?;
         drop(lock);
         self.expire(Expiry::Now)
     }
@@ -559,24 +474,47 @@ impl Session {
     /// # Ok::<(), pso::Error>(())
     /// ```
     pub fn set_idle_limit(&mut self, limit: Option<Duration>) -> Result<()> {
-        self.check_held()?;
-        let current: Option<u64> = self.record.get(IDLE_LIMIT).ok().flatten();
-        let strictest = current.into_iter().chain(self.loaded_idle).min();
-        let looser = match (limit, strictest) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(limit), Some(current)) => limit.as_secs() > current,
-        };
-        if looser {
+        self.check_writable()?;
+        let limit = limit.map(|limit| limit.as_secs());
+        if self.loosens_idle_limit(limit) {
             // Whoever holds an old id may not let the owner's session live longer.
-            self.check_current_id("set_idle_limit() to a longer limit")?;
+            self.refuse_for_old_id("set_idle_limit() to a longer limit")?;
         }
         match limit {
-            Some(limit) => self.record.set(IDLE_LIMIT, &limit.as_secs()),
+            Some(limit) => self.record.set(IDLE_LIMIT, &limit),
             None => {
                 self.record.remove(IDLE_LIMIT);
                 Ok(())
             }
+        }
+    }
+
+    /// Whether the session's own idle limit `limit` is looser than the one it was found with.
+    fn loosens_idle_limit(&self, limit: Option<u64>) -> bool {
+        let Some(loaded) = &self.loaded else {
+            return false;
+        };
+        match (limit, loaded.own_idle) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(limit), Some(before)) => limit > before,
+        }
+    }
+
+    /// Whether a deadline of `deadline` lets the session live longer than it could when the
+    /// request found it: later than its deadline, or a date instead of the browser's close
+    /// (or the reverse). Ending it now never does.
+    fn lengthens_life(&self, deadline: Option<u64>) -> bool {
+        let Some(loaded) = &self.loaded else {
+            return false;
+        };
+        if deadline.is_some_and(|deadline| deadline <= self.clock.secs()) {
+            return false;
+        }
+        match (loaded.checkpoint.meta().deadline, deadline) {
+            (Some(before), Some(after)) => after > before,
+            (None, None) => false,
+            _ => true,
         }
     }
 
@@ -611,11 +549,12 @@ impl Session {
         // cookie avoids), or a session that ends in this request (a sign-out page with a
         // sign-in form): the form cookie keeps the secret. That needs no lock, so it works
         // after release() and in read-only requests too.
-        let nothing_to_store = self.idle.lazy && self.holds_nothing();
-        if nothing_to_store || self.ended || self.ends_now() {
+        let nothing_to_store = self.rules.lazy && self.holds_nothing();
+        let ending = matches!(self.state, State::Ended { .. }) || self.ends_now();
+        if nothing_to_store || ending {
             return self.form.token(self.head_sent);
         }
-        self.check_held()?;
+        self.check_writable()?;
         let token = SessionId::generate()?.as_str().to_owned();
         let mut tokens: Vec<String> = self.record.get(FORM_TOKENS)?.unwrap_or_default();
         tokens.push(token.clone());
@@ -638,7 +577,7 @@ impl Session {
             // Neither kind: refused, whatever state the session is in.
             return Ok(false);
         }
-        self.check_held()?;
+        self.check_writable()?;
         let mut tokens: Vec<String> = self.record.get(FORM_TOKENS)?.unwrap_or_default();
         let mut found = None;
         for (index, kept) in tokens.iter().enumerate() {
@@ -666,6 +605,8 @@ impl Session {
     /// The data of the session that expired (by idleness or lifetime) and that this one
     /// replaces, once: the first call takes it, and it is gone from the store already. For an
     /// audit line ("user eggs timed out after 5 minutes"), never to carry on the old session.
+    /// Only the request that removed the expired session is handed its data: a read-only
+    /// request, which removes nothing, never is.
     ///
     /// ```
     /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
@@ -682,39 +623,45 @@ impl Session {
 
     /// A new session in a private in-memory store: for examples and tests of handlers.
     pub fn detached(now: SystemTime) -> Result<Session> {
-        use crate::store::{LockOptions, MemoryStore, SessionKey, Store};
+        use crate::store::{MemoryStore, Store};
         let key = SessionKey::new(ServiceId::fallback(), SessionId::generate()?);
         let lock = MemoryStore::new().lock(&key, LockOptions::new(Duration::ZERO))?;
-        Ok(Session::fresh(
-            lock,
-            now,
-            Expiry::BrowserClose,
-            None,
-            Rules {
-                limit: None,
-                browser_close: 86_400,
+        let start = Start {
+            clock: Clock::starting_at(now),
+            rules: Rules {
+                idle_limit: None,
+                browser_close_idle: 86_400,
                 lazy: true,
                 grace: 5,
                 check_ip: false,
             },
-        ))
+            origin: Origin::New,
+            named: Named::Nothing,
+            from_url: false,
+            client_addr: None,
+            expired: None,
+        };
+        Ok(Session::fresh(lock, Expiry::BrowserClose, false, start))
     }
 
     /// The session id (a secret: do not log it whole, see [`SessionId::short`]). For a request
     /// that came with the old id of a regenerated session, within its grace, the old id: its
     /// holder must never learn the new one.
     pub fn id(&self) -> &SessionId {
-        self.arrived_as.as_ref().unwrap_or(&self.lock.key().id)
+        match &self.named {
+            Named::OldId(old) => old,
+            _ => &self.key.id,
+        }
     }
 
     /// The service this session belongs to.
     pub fn service(&self) -> &ServiceId {
-        &self.lock.key().service
+        &self.key.service
     }
 
     /// Whether this request started the session (no valid session came with it).
     pub fn is_new(&self) -> bool {
-        self.new
+        self.loaded.is_none()
     }
 
     /// When the session was created.
@@ -742,7 +689,7 @@ impl Session {
 
     /// Stores `value` under `key`.
     pub fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
-        self.check_held()?;
+        self.check_writable()?;
         if is_reserved(key) {
             return Err(Error::new(
                 ErrorKind::Invalid,
@@ -763,7 +710,7 @@ impl Session {
     /// # Ok::<(), pso::Error>(())
     /// ```
     pub fn remove(&mut self, key: &str) -> Result<bool> {
-        self.check_held()?;
+        self.check_writable()?;
         if is_reserved(key) {
             return Ok(false);
         }
@@ -792,8 +739,8 @@ impl Session {
     /// A request that came with the old id of a regenerated session (within its grace) clears
     /// only the handler's values: it may not sign the owner out or lift the session's limits.
     pub fn clear(&mut self) -> Result<()> {
-        self.check_held()?;
-        if self.arrived_as.is_none() {
+        self.check_writable()?;
+        if !matches!(self.named, Named::OldId(_)) {
             self.record.clear();
             return Ok(());
         }
@@ -848,10 +795,16 @@ impl Session {
     ///
     /// Once the session was released ([`Session::release`]) this is an error, returned here
     /// and not at the end of the request: a logout after the response has started streaming
-    /// must not be lost with only a log line to show for it.
+    /// must not be lost with only a log line to show for it. Through the old id of a
+    /// regenerated session it may end the session sooner, never later (an error of kind
+    /// [`ErrorKind::OldId`]).
     pub fn expire(&mut self, expiry: Expiry) -> Result<()> {
-        self.check_held()?;
-        self.record.meta.deadline = expiry.deadline(from_unix_secs(self.now)).map(unix_secs);
+        self.check_writable()?;
+        let deadline = expiry.deadline(self.clock.now()).map(unix_secs);
+        if self.lengthens_life(deadline) {
+            self.refuse_for_old_id("expire() to a later end")?;
+        }
+        self.record.meta.deadline = deadline;
         Ok(())
     }
 
@@ -870,25 +823,24 @@ impl Session {
     /// Once the session has been deleted (by [`Expiry::Now`] and a save), saving it again is an
     /// error: a logged-out id must stay dead.
     pub fn save(&mut self) -> Result<()> {
-        self.check_held()?;
-        if self.ended {
-            return Err(Error::new(
-                ErrorKind::Invalid,
-                format!(
-                    "session {:?} ended in this request and cannot be saved again",
-                    self.lock.key()
-                ),
-            ));
+        self.check_writable()?;
+        let ends_now = self.ends_now();
+        let State::Held(held) = &mut self.state else {
+            return if ends_now {
+                Ok(())
+            } else {
+                Err(ended_error(&self.key))
+            };
+        };
+        if ends_now {
+            return self.end();
         }
-        if self.ends_now() {
-            return self.delete();
-        }
-        self.record.meta.last_access = self.now;
+        self.record.meta.last_access = self.clock.secs();
         let own = self.record.get::<u64>(IDLE_LIMIT).ok().flatten();
-        self.record.meta.max_idle = self.idle.max_idle(self.record.meta.deadline, own);
-        self.lock.save(&self.record)?;
-        self.stored = Some(self.record.checkpoint());
-        self.saved = true;
+        self.record.meta.max_idle = self.rules.stored_idle(self.record.meta.deadline, own);
+        held.lock.save(&self.record)?;
+        held.stored = Some(self.record.checkpoint());
+        held.saved = true;
         self.finish_move()
     }
 
@@ -904,7 +856,12 @@ impl Session {
     /// # Ok::<(), pso::Error>(())
     /// ```
     pub fn revert(&mut self) {
-        match &self.stored {
+        let stored = match &self.state {
+            State::Held(held) => held.stored.as_ref(),
+            State::Released { then, .. } => Some(then),
+            State::Ended { .. } => None,
+        };
+        match stored {
             Some(stored) => self.record.restore(stored),
             None => {
                 self.record.clear();
@@ -923,54 +880,86 @@ impl Session {
     /// revoked. An unchanged session is rewritten at most once a minute (or half its idle
     /// limit, if shorter), to record its last access.
     pub(crate) fn commit(&mut self) -> Result<CookieAction> {
-        if let Some((action, then)) = &self.released {
-            if !self.record.matches(then) {
-                return Err(Error::new(
-                    ErrorKind::Invalid,
-                    "the session changed after release(): the change cannot be saved",
-                ));
+        self.settle(true)
+    }
+
+    /// [`Session::commit`]; `held_to_the_end` when the request holds the session until its
+    /// response goes out (not so for `release()`), the only case a cookie the browser has may
+    /// be sent again.
+    fn settle(&mut self, held_to_the_end: bool) -> Result<CookieAction> {
+        let stored = match &self.state {
+            State::Released { cookie, then } => {
+                if !self.record.matches(then) {
+                    return Err(Error::new(
+                        ErrorKind::Invalid,
+                        "the session changed after release(): the change cannot be saved",
+                    ));
+                }
+                return Ok(cookie.clone());
             }
-            return Ok(action.clone());
-        }
-        if self.ended {
-            return Ok(CookieAction::Revoke);
-        }
+            State::Ended { .. } => return Ok(CookieAction::Revoke),
+            State::Held(held) => held.stored.clone(),
+        };
         if self.ends_now() {
-            self.delete()?;
+            self.end()?;
             return Ok(CookieAction::Revoke);
         }
-        if self.holds_nothing() && self.idle.lazy {
-            if self.stored.is_none() {
+        if self.rules.lazy && self.holds_nothing() {
+            if stored.is_none() {
                 return Ok(CookieAction::Nothing);
             }
-            self.delete()?;
+            self.end()?;
             return Ok(CookieAction::Revoke);
         }
-        match &self.stored {
-            None => self.save()?,
-            Some(stored) => {
-                // Often enough that a short idle limit never expires a session in use.
-                let meta = stored.meta();
-                // The limit the next load will apply: the stored one, or a lower configured one.
-                let limit = match (meta.max_idle, self.idle.limit) {
-                    (Some(stored), Some(configured)) => Some(stored.min(configured)),
-                    (stored, configured) => stored.or(configured),
-                };
-                let resolution =
-                    limit.map_or(ACCESS_RESOLUTION, |idle| ACCESS_RESOLUTION.min(idle / 2));
-                let stale = self.now.saturating_sub(meta.last_access) >= resolution;
-                if !self.record.matches(stored) || stale {
-                    self.save()?;
-                }
-            }
+        let needs_saving = match &stored {
+            None => true,
+            Some(stored) => !self.record.matches(stored) || self.access_is_stale(stored),
+        };
+        if needs_saving {
+            self.save()?;
         }
-        if self.arrived_as.is_some() {
-            return Ok(CookieAction::Nothing);
+        Ok(self.cookie_for_browser(held_to_the_end))
+    }
+
+    /// Whether the last access the store holds is old enough to record again: often enough
+    /// that a short idle limit never expires a session in use.
+    fn access_is_stale(&self, stored: &Checkpoint) -> bool {
+        let meta = stored.meta();
+        let resolution = self
+            .rules
+            .applied_idle(meta.max_idle)
+            .map_or(ACCESS_RESOLUTION, |idle| ACCESS_RESOLUTION.min(idle / 2));
+        self.clock.secs().saturating_sub(meta.last_access) >= resolution
+    }
+
+    /// The cookie a stored session's response carries: none for an old id (its holder must
+    /// never learn the new one) or for an id the URL brought; the cookie when the browser
+    /// does not have it yet (a new session, a new id) or its lifetime changed; otherwise at
+    /// most a refresh, for a request that held the session to its end. A forced id gets its
+    /// cookie once, when the session is created.
+    fn cookie_for_browser(&self, held_to_the_end: bool) -> CookieAction {
+        let id = self.key.id.clone();
+        let deadline = self.record.meta.deadline.map(from_unix_secs);
+        let loaded = match (&self.named, &self.loaded) {
+            (Named::OldId(_), _) => return CookieAction::Nothing,
+            (Named::Forced, Some(_)) => return CookieAction::Nothing,
+            (_, None) => return CookieAction::Set(id, deadline),
+            (_, Some(loaded)) => loaded,
+        };
+        if loaded.id != self.key.id {
+            return CookieAction::Set(id, deadline);
         }
-        Ok(CookieAction::Set(
-            self.lock.key().id.clone(),
-            self.record.meta.deadline.map(from_unix_secs),
-        ))
+        if self.from_url {
+            return CookieAction::Nothing;
+        }
+        if loaded.checkpoint.meta().deadline != self.record.meta.deadline {
+            return CookieAction::Set(id, deadline);
+        }
+        if held_to_the_end {
+            CookieAction::Refresh(id, deadline)
+        } else {
+            CookieAction::Nothing
+        }
     }
 
     /// Saves the session now and lets go of its lock (PHP's `session_write_close`), so that the
@@ -978,7 +967,9 @@ impl Session {
     /// thing, it makes a read-only request (PHP's `read_and_close`): the lock is held only
     /// while the session loads, so a page's many AJAX calls run side by side. Reading goes on
     /// working; a change afterwards (`set`, `remove`, `clear`, `expire`, ...) is an error
-    /// returned by that call, never silently lost. The cookie is decided here.
+    /// returned by that call, never silently lost. The cookie is decided here, and sent only
+    /// if the browser needs it (a new session or id, a changed lifetime): a response that
+    /// comes after the lock was let go must not overwrite a newer cookie.
     ///
     /// ```
     /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
@@ -989,25 +980,27 @@ impl Session {
     /// # Ok::<(), pso::Error>(())
     /// ```
     pub fn release(&mut self) -> Result<()> {
-        if self.released.is_some() {
+        if matches!(self.state, State::Released { .. }) {
             return Ok(());
         }
-        let action = self.commit()?;
-        let key = self.lock.key().clone();
+        let cookie = self.settle(false)?;
         // Dropping the lock lets the next request of this session in.
-        self.lock = Box::new(Released(key));
-        self.released = Some((action, self.record.checkpoint()));
+        self.state = State::Released {
+            cookie,
+            then: self.record.checkpoint(),
+        };
         Ok(())
     }
 
     /// An error ([`ErrorKind::OldId`]) for a request that came with the old id of a regenerated
-    /// session: it is served the session, but may not change who the session belongs to.
+    /// session: it is served the session, but may not change who the session belongs to or
+    /// make it live longer.
     ///
     /// The request then changes nothing at all: what it changed before is dropped and the
     /// session is released, so a handler that answers the error with `Ok` (a redirect) cannot
     /// leave half a sign-in in the owner's session.
-    fn check_current_id(&mut self, what: &str) -> Result<()> {
-        let Some(old) = &self.arrived_as else {
+    fn refuse_for_old_id(&mut self, what: &str) -> Result<()> {
+        let Named::OldId(old) = &self.named else {
             return Ok(());
         };
         let error = Error::new(
@@ -1018,28 +1011,31 @@ impl Session {
             ),
         );
         if let Some(loaded) = &self.loaded {
-            self.record.restore(loaded);
+            self.record.restore(&loaded.checkpoint);
             self.drop_expired_values();
-            if self.saved {
+            if let State::Held(held) = &mut self.state
+                && held.saved
+            {
                 // A save earlier in this request is undone too: the lock is still ours.
-                self.lock.save(&self.record)?;
+                held.lock.save(&self.record)?;
             }
         }
-        let key = self.lock.key().clone();
-        self.lock = Box::new(Released(key));
-        self.released = Some((CookieAction::Nothing, self.record.checkpoint()));
+        self.state = State::Released {
+            cookie: CookieAction::Nothing,
+            then: self.record.checkpoint(),
+        };
         Err(error)
     }
 
     /// An error once the session was released.
-    fn check_held(&self) -> Result<()> {
-        if self.released.is_some() {
-            return Err(Error::new(
+    fn check_writable(&self) -> Result<()> {
+        match self.state {
+            State::Released { .. } => Err(Error::new(
                 ErrorKind::Invalid,
                 "the session was released (release()): it can no longer change",
-            ));
+            )),
+            State::Held(_) | State::Ended { .. } => Ok(()),
         }
-        Ok(())
     }
 
     /// Whether the session holds nothing worth keeping: no value of the handler's and no
@@ -1052,21 +1048,30 @@ impl Session {
         self.record
             .meta
             .deadline
-            .is_some_and(|deadline| deadline <= self.now)
+            .is_some_and(|deadline| deadline <= self.clock.secs())
     }
 
-    fn delete(&mut self) -> Result<()> {
-        if let Some(mut old) = self.old_lock.take() {
-            // Regenerated, then ended: the old id ends too.
+    /// Deletes what the store holds of the session (and the old id it is moving from): the
+    /// id is dead for the rest of the request.
+    fn end(&mut self) -> Result<()> {
+        let State::Held(held) = &mut self.state else {
+            return Ok(());
+        };
+        let moved = held.moving_from.is_some();
+        if let Some(mut old) = held.moving_from.take() {
+            // Regenerated, then ended: the old id ends too, and the new one's reservation.
             old.delete()?;
-            self.ended = true;
         }
-        if self.stored.is_some() {
-            self.lock.delete()?;
-            self.stored = None;
-            self.ended = true;
+        if held.stored.take().is_some() || moved {
+            held.lock.delete()?;
         }
         self.record.clear();
+        if let State::Held(held) = std::mem::replace(&mut self.state, State::Ended { _lock: None })
+        {
+            self.state = State::Ended {
+                _lock: Some(held.lock),
+            };
+        }
         Ok(())
     }
 }
@@ -1074,127 +1079,22 @@ impl Session {
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
-            .field("key", self.lock.key())
-            .field("new", &self.new)
+            .field("key", &self.key)
+            .field("new", &self.is_new())
             .field("values", &self.record.len())
             .finish()
     }
 }
 
-/// Whether `key` is one of pso's own (form tokens, the user, deadlines, forwarding): a handler
-/// cannot set or remove them, so a key chosen by a visitor cannot pose as one.
-fn is_reserved(key: &str) -> bool {
-    key.starts_with("pso.")
-}
-
-/// Milliseconds since the Unix epoch (0 before it).
-fn unix_millis(time: SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The id of the record that keeps a user's "logged out before" time: derived from the name
-/// (FNV-1a, 64 bits), in a form no generated or forced id takes (`user-`); the record keeps a
-/// time per name, and adoption never takes such a record for a session.
-pub(crate) fn user_record_id(user: &str) -> SessionId {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in user.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    SessionId::user_record(hash)
-}
-
-/// Notes in the user record under `lock` that `user` logged out everywhere at `millis`. Every
-/// other name the record keeps stays as it was: two names that lead to one record (a hash
-/// collision, which someone choosing user names can make on purpose) never undo each other's
-/// logout.
-fn note_logged_out(lock: &mut dyn LockedSession, user: &str, now: u64, millis: u64) -> Result<()> {
-    let (mut record, mut names, _) = user_record_for_update(lock, now, millis)?;
-    names.insert(user.to_owned(), millis);
-    record.set(USER_RECORD, &names)?;
-    lock.save(&record)
-}
-
-/// Rebuilds the user record under `lock` if it cannot be read, logging out at `millis` every
-/// name that leads to it: the sessions it served stay ended, and new sign-ins work again.
-pub(crate) fn repair_user_record(lock: &mut dyn LockedSession, now: SystemTime) -> Result<()> {
-    // Sessions signed in before this millisecond: a sign-in made by this very request stays.
-    let before = unix_millis(now).saturating_sub(1);
-    let (record, _, rebuilt) = user_record_for_update(lock, unix_secs(now), before)?;
-    if rebuilt { lock.save(&record) } else { Ok(()) }
-}
-
-/// The user record under `lock` and the names it keeps. One that cannot be read comes back
-/// rebuilt (and `true`): it logs out at `millis` every name that leads to it, since the names
-/// it kept are unknown and forgetting one would revive its sessions.
-fn user_record_for_update(
-    lock: &mut dyn LockedSession,
-    now: u64,
-    millis: u64,
-) -> Result<(Record, BTreeMap<String, u64>, bool)> {
-    let damaged = match lock.load() {
-        Ok(Some(record)) => match revocations(&record) {
-            Ok((names, _)) => return Ok((record, names, false)),
-            Err(e) => e,
-        },
-        Ok(None) => return Ok((Record::new(Meta::new(now)), BTreeMap::new(), false)),
-        Err(e) if e.kind() == ErrorKind::Corrupt => e,
-        Err(e) => return Err(e),
-    };
-    log::error!(
-        "the user record {:?} is unreadable ({damaged}); rebuilt, logging out every user it served",
-        lock.key()
-    );
-    let mut record = Record::new(Meta::new(now));
-    record.set(EVERY_USER_LOGGED_OUT_BEFORE, &millis)?;
-    record.set(USER_RECORD, &BTreeMap::<String, u64>::new())?;
-    Ok((record, BTreeMap::new(), true))
-}
-
-/// When `user` last logged out everywhere, as the user record says (milliseconds); an error
-/// when the record holds what cannot be read, which the caller counts as a logout.
-pub(crate) fn logged_out_before(user_record: &Record, user: &str) -> Result<Option<u64>> {
-    let (names, every) = revocations(user_record)?;
-    Ok(names.get(user).copied().max(every))
-}
-
-/// A user record's times: per name, and for every name that leads to it. The format written
-/// before names were kept apart (one user, `pso.revoked_before`) counts for every name.
-fn revocations(user_record: &Record) -> Result<(BTreeMap<String, u64>, Option<u64>)> {
-    let names: BTreeMap<String, u64> = user_record.get(USER_RECORD)?.unwrap_or_default();
-    let every: Option<u64> = user_record.get(EVERY_USER_LOGGED_OUT_BEFORE)?;
-    let earlier: Option<u64> = user_record.get(EARLIER_REVOKED_BEFORE)?;
-    Ok((names, every.max(earlier)))
-}
-
-/// Where a released session's lock was: nothing can be loaded or saved through it.
-struct Released(crate::store::SessionKey);
-
-impl LockedSession for Released {
-    fn key(&self) -> &crate::store::SessionKey {
-        &self.0
-    }
-
-    fn load(&mut self) -> Result<Option<Record>> {
-        Err(released_error())
-    }
-
-    fn save(&mut self, _: &Record) -> Result<()> {
-        Err(released_error())
-    }
-
-    fn delete(&mut self) -> Result<()> {
-        Err(released_error())
-    }
-
-    fn lock_sibling(&self, _: SessionId, _: LockOptions) -> Result<Box<dyn LockedSession>> {
-        Err(released_error())
-    }
-}
-
 fn released_error() -> Error {
     Error::new(ErrorKind::Invalid, "the session's lock was released")
+}
+
+fn ended_error(key: &SessionKey) -> Error {
+    Error::new(
+        ErrorKind::Invalid,
+        format!("session {key:?} ended in this request and cannot be saved again"),
+    )
 }
 
 #[cfg(test)]
@@ -1210,14 +1110,22 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
-    /// A browser-close idle limit of `secs`, no configured one.
-    fn idle_of(secs: u64) -> Rules {
-        Rules {
-            limit: None,
-            browser_close: secs,
-            lazy: true,
-            grace: 5,
-            check_ip: false,
+    /// How a session starts at `now`: a browser-close idle limit of `idle` seconds.
+    fn start(now: u64, idle: u64, named: Named) -> Start {
+        Start {
+            clock: Clock::starting_at(at(now)),
+            rules: Rules {
+                idle_limit: None,
+                browser_close_idle: idle,
+                lazy: true,
+                grace: 5,
+                check_ip: false,
+            },
+            origin: Origin::New,
+            named,
+            from_url: false,
+            client_addr: Some("192.0.2.1".into()),
+            expired: None,
         }
     }
 
@@ -1225,10 +1133,9 @@ mod tests {
         let lock = store.lock(&suite::key("svc"), suite::options()).unwrap();
         Session::fresh(
             lock,
-            at(now),
             Expiry::BrowserClose,
-            Some("192.0.2.1"),
-            idle_of(3600),
+            false,
+            start(now, 3600, Named::Nothing),
         )
     }
 
@@ -1241,70 +1148,10 @@ mod tests {
     }
 
     fn reopen(store: &MemoryStore, id: &SessionId, now: u64) -> Session {
-        let key = crate::store::SessionKey::new("svc".parse().unwrap(), id.clone());
+        let key = SessionKey::new("svc".parse().unwrap(), id.clone());
         let mut lock = store.lock(&key, suite::options()).unwrap();
         let record = lock.load().unwrap().expect("stored");
-        Session::existing(lock, record, at(now), idle_of(3600), Origin::Returning)
-    }
-
-    #[test]
-    fn names_that_share_a_user_record_keep_their_own_logout() {
-        // Two names whose hashes collide lead to one record; a logout of the second must not
-        // undo the first's (a user name chosen to collide with a victim's would otherwise revive
-        // the victim's stolen sessions).
-        let store = MemoryStore::new();
-        let key = crate::store::SessionKey::new("svc".parse().unwrap(), user_record_id("eggs"));
-        let mut lock = store.lock(&key, suite::options()).unwrap();
-        note_logged_out(&mut *lock, "eggs", T0, 1_000).unwrap();
-        note_logged_out(&mut *lock, "mallory", T0, 2_000).unwrap();
-        note_logged_out(&mut *lock, "mallory", T0, 3_000).unwrap();
-        let record = lock.load().unwrap().unwrap();
-        assert_eq!(logged_out_before(&record, "eggs").unwrap(), Some(1_000));
-        assert_eq!(logged_out_before(&record, "mallory").unwrap(), Some(3_000));
-        assert_eq!(logged_out_before(&record, "ham").unwrap(), None);
-
-        // A damaged record rebuilt by one name's logout logs out every name that led to it.
-        drop(lock);
-        store.plant(&key, b"damaged");
-        let mut lock = store.lock(&key, suite::options()).unwrap();
-        note_logged_out(&mut *lock, "mallory", T0, 4_000).unwrap();
-        let record = lock.load().unwrap().unwrap();
-        for name in ["eggs", "mallory", "ham"] {
-            assert_eq!(
-                logged_out_before(&record, name).unwrap(),
-                Some(4_000),
-                "{name}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_user_record_this_pso_cannot_read_counts_as_a_logout() {
-        // A field of the wrong type (another version, a damaged value): an error, which
-        // adoption counts as "logged out".
-        let mut odd = Record::new(Meta::new(T0));
-        odd.set(USER_RECORD, "eggs").unwrap();
-        assert!(logged_out_before(&odd, "eggs").is_err());
-        // The first format (one user, `pso.revoked_before`) counts for every name.
-        let mut first = Record::new(Meta::new(T0));
-        first.set("pso.user_record", "eggs").unwrap();
-        first.set(EARLIER_REVOKED_BEFORE, &5_000u64).unwrap();
-        assert_eq!(logged_out_before(&first, "eggs").unwrap(), Some(5_000));
-        assert_eq!(logged_out_before(&first, "ham").unwrap(), Some(5_000));
-        // Rewriting such a record keeps its time.
-        let store = MemoryStore::new();
-        let key = crate::store::SessionKey::new("svc".parse().unwrap(), user_record_id("eggs"));
-        let mut lock = store.lock(&key, suite::options()).unwrap();
-        lock.save(&first).unwrap();
-        note_logged_out(&mut *lock, "ham", T0, 6_000).unwrap();
-        let record = lock.load().unwrap().unwrap();
-        assert_eq!(logged_out_before(&record, "eggs").unwrap(), Some(5_000));
-        assert_eq!(logged_out_before(&record, "ham").unwrap(), Some(6_000));
-        // And a wrongly typed one is rebuilt logging out every name.
-        lock.save(&odd).unwrap();
-        note_logged_out(&mut *lock, "ham", T0, 7_000).unwrap();
-        let record = lock.load().unwrap().unwrap();
-        assert_eq!(logged_out_before(&record, "eggs").unwrap(), Some(7_000));
+        Session::held(lock, record, start(now, 3600, Named::Current))
     }
 
     #[test]
@@ -1418,6 +1265,42 @@ mod tests {
         assert_eq!(reopen(&store, &id, T0).last_access(), at(T0 + 90));
     }
 
+    /// The browser is sent a cookie only when it needs one: not for a session it already
+    /// has (unless the request held it to the end, as a refresh), never after release().
+    #[test]
+    fn a_cookie_goes_out_only_when_the_browser_needs_it() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        session.set("n", &1u64).unwrap();
+        let id = session.id().clone();
+        assert_eq!(
+            session.commit().unwrap(),
+            CookieAction::Set(id.clone(), None)
+        );
+        drop(session);
+        let mut again = reopen(&store, &id, T0 + 1);
+        again.set("n", &2u64).unwrap();
+        assert_eq!(
+            again.commit().unwrap(),
+            CookieAction::Refresh(id.clone(), None)
+        );
+        drop(again);
+        let mut released = reopen(&store, &id, T0 + 2);
+        released.set("n", &3u64).unwrap();
+        released.release().unwrap();
+        assert_eq!(released.commit().unwrap(), CookieAction::Nothing);
+        drop(released);
+        let mut dated = reopen(&store, &id, T0 + 3);
+        dated.expire(Expiry::In(Duration::from_secs(60))).unwrap();
+        dated.release().unwrap();
+        let deadline = Some(at(T0 + 63));
+        assert_eq!(
+            dated.commit().unwrap(),
+            CookieAction::Set(id, deadline),
+            "a new lifetime"
+        );
+    }
+
     #[test]
     fn expire_now_deletes_and_revokes() {
         let store = MemoryStore::new();
@@ -1462,8 +1345,7 @@ mod tests {
         let mut session = fresh(&store, T0);
         session.set("n", &1u64).unwrap();
         session.save().unwrap();
-        let id = session.id().clone();
-        let key = crate::store::SessionKey::new("svc".parse().unwrap(), id);
+        let key = SessionKey::new("svc".parse().unwrap(), session.id().clone());
         drop(session);
         assert_eq!(store.peek(&key).unwrap().unwrap().meta.max_idle, Some(3600));
     }
@@ -1475,6 +1357,7 @@ mod tests {
         session.set("n", &1u64).unwrap();
         session.save().unwrap();
         session.expire(Expiry::Now).unwrap();
+        session.save().unwrap();
         session.save().unwrap();
         session.expire(Expiry::In(Duration::from_secs(60))).unwrap();
         session.set("n", &2u64).unwrap();
@@ -1488,18 +1371,23 @@ mod tests {
     fn a_short_idle_limit_is_refreshed_often_enough() {
         let store = MemoryStore::new();
         let lock = store.lock(&suite::key("svc"), suite::options()).unwrap();
-        let mut session = Session::fresh(lock, at(T0), Expiry::BrowserClose, None, idle_of(30));
+        let mut session = Session::fresh(
+            lock,
+            Expiry::BrowserClose,
+            false,
+            start(T0, 30, Named::Nothing),
+        );
         session.set("n", &1u64).unwrap();
         session.commit().unwrap();
         let id = session.id().clone();
         drop(session);
         // Used every 10 seconds, unchanged: it must never go 30 seconds without a recorded use.
         for t in (10..=120).step_by(10) {
-            let key = crate::store::SessionKey::new("svc".parse().unwrap(), id.clone());
+            let key = SessionKey::new("svc".parse().unwrap(), id.clone());
             let mut lock = store.lock(&key, suite::options()).unwrap();
             let record = lock.load().unwrap().unwrap();
             assert!(!record.is_expired(T0 + t), "expired at +{t}s while in use");
-            Session::existing(lock, record, at(T0 + t), idle_of(30), Origin::Returning)
+            Session::held(lock, record, start(T0 + t, 30, Named::Current))
                 .commit()
                 .unwrap();
         }
@@ -1520,5 +1408,793 @@ mod tests {
         session.revert();
         assert_eq!(session.get::<u64>("a").unwrap(), Some(2));
         assert_eq!(session.expiry(), Expiry::BrowserClose);
+    }
+
+    #[test]
+    fn form_tokens_issued_before_regenerate_are_void() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        let token = session.create_form_token().unwrap();
+        session.regenerate_id().unwrap();
+        assert!(!session.take_form_token(&token).unwrap());
+    }
+
+    /// A session regenerated and then ended in the same request leaves nothing: not the old
+    /// id, not the new one's reservation.
+    #[test]
+    fn a_session_regenerated_then_ended_leaves_nothing() {
+        let store = MemoryStore::new();
+        let id = stored(&store, T0).id().clone();
+        let mut session = reopen(&store, &id, T0 + 1);
+        session.regenerate_id().unwrap();
+        session.expire(Expiry::Now).unwrap();
+        assert_eq!(session.commit().unwrap(), CookieAction::Revoke);
+        drop(session);
+        assert_eq!(store.keys().unwrap().count(), 0);
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Through the request path: regenerate_id and old ids, release, values with a life.
+
+    use crate::BoxError;
+    use crate::runner::Context;
+    use crate::testing::{Site, counter, login, signed_in};
+    use std::io::Write;
+
+    #[test]
+    fn a_planted_id_is_worth_nothing_after_sign_in_even_in_the_grace() {
+        let site = Site::new();
+        // The attacker gets an id and plants it in the victim's browser; the victim signs in.
+        let attacker = "203.0.113.66";
+        let planted = site
+            .visit()
+            .from(attacker)
+            .send(&login)
+            .cookie()
+            .unwrap()
+            .to_owned();
+        let victims = site
+            .visit()
+            .cookie(&planted)
+            .query("login")
+            .at(1)
+            .send(&login);
+        let victims = victims.cookie().unwrap().to_owned();
+        // Within the grace, from the attacker's address: not the victim's session.
+        let theirs = site
+            .visit()
+            .from(attacker)
+            .cookie(&planted)
+            .at(2)
+            .send(&login);
+        assert_eq!(theirs.body(), "Replaced(OtherAddress) n=1 user=None");
+        assert_ne!(theirs.cookie(), Some(victims.as_str()));
+        let victim = site.visit().cookie(&victims).at(3).send(&login);
+        assert_eq!(
+            victim.body(),
+            "Returning n=3 user=Some(\"eggs\")",
+            "the victim goes on"
+        );
+    }
+
+    #[test]
+    fn a_request_that_fails_after_regenerate_leaves_the_old_id_as_it_was() {
+        let failing = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            cx.session.set("cart", "spam")?;
+            if cx.request.query("login").is_some() {
+                cx.session.regenerate_id()?;
+                return Err("the page failed after the new id".into());
+            }
+            write!(cx.response, "{:?}", cx.session.origin())?;
+            Ok(())
+        };
+        let site = Site::new();
+        let cookie = site.visit().send(&failing).cookie().unwrap().to_owned();
+        let failed = site
+            .visit()
+            .cookie(&cookie)
+            .query("login")
+            .at(1)
+            .send(&failing);
+        assert!(failed.text.starts_with("Status: 500"), "{}", failed.text);
+        assert_eq!(failed.cookie(), None);
+        let later = site.visit().cookie(&cookie).at(60).send(&failing);
+        assert_eq!(later.body(), "Returning", "the old id still holds the cart");
+    }
+
+    #[test]
+    fn regenerate_moves_the_data_and_the_old_id_leads_there_only_during_its_grace() {
+        let site = Site::new();
+        let (old, new) = signed_in(&site);
+        assert_ne!(new, old, "a new id at login");
+        // A request already under way with the old id, within the grace: the same session,
+        // but never the new id (whoever holds the old id must not learn it).
+        let late = site.visit().cookie(&old).at(4).send(&login);
+        assert_eq!(late.body(), "Returning n=3 user=Some(\"eggs\")");
+        assert_eq!(late.set_cookies(), Vec::<&str>::new());
+        // Both cookies at once (an old one left on another path): one session, not two.
+        let both = site
+            .visit()
+            .cookie(&format!("{old}; {new}"))
+            .at(5)
+            .send(&login);
+        assert_eq!(both.body(), "Returning n=4 user=Some(\"eggs\")");
+        // After the grace the old id is dead; the new one goes on.
+        let dead = site.visit().cookie(&old).at(7).send(&login);
+        assert_eq!(dead.body(), "Replaced(Unknown) n=1 user=None");
+        assert_ne!(dead.cookie(), Some(new.as_str()));
+        let going_on = site.visit().cookie(&new).at(8).send(&login);
+        assert_eq!(going_on.body(), "Returning n=5 user=Some(\"eggs\")");
+    }
+
+    #[test]
+    fn a_session_regenerated_twice_within_its_grace_still_serves_its_first_id() {
+        // Sign-in, then at once a change of privilege: a request under way with the first id
+        // goes through both forwards to the session, and learns neither new id.
+        let site = Site::new();
+        let (first, second) = signed_in(&site);
+        let third = site
+            .visit()
+            .cookie(&second)
+            .query("login")
+            .at(2)
+            .send(&login);
+        let third = third.cookie().unwrap().to_owned();
+        assert!(first != second && second != third && first != third);
+        for (old, t) in [(&first, 3), (&second, 4)] {
+            let reply = site.visit().cookie(old).at(t).send(&login);
+            assert_eq!(
+                reply.body(),
+                format!("Returning n={} user=Some(\"eggs\")", t + 1)
+            );
+            assert_eq!(
+                reply.set_cookies(),
+                Vec::<&str>::new(),
+                "an old id never learns a new one"
+            );
+        }
+        // The grace of the first forward ends first; the newest id goes on.
+        let dead = site.visit().cookie(&first).at(7).send(&login);
+        assert_eq!(dead.body(), "Replaced(Unknown) n=1 user=None");
+        let going_on = site.visit().cookie(&third).at(8).send(&login);
+        assert_eq!(going_on.body(), "Returning n=6 user=Some(\"eggs\")");
+    }
+
+    #[test]
+    fn an_old_id_cannot_regenerate_the_session_it_leads_to() {
+        // A request with the old id, in the grace and from the same address, that asks for a
+        // new id (a form loaded through it, or someone who planted it) gets a 409: moving the
+        // session would hand the old id's holder the newest id.
+        let site = Site::new();
+        let (old, new) = signed_in(&site);
+        let refused = site.visit().cookie(&old).query("login").at(2).send(&login);
+        assert!(refused.text.contains("409 Conflict"), "{}", refused.text);
+        assert_eq!(refused.set_cookies(), Vec::<&str>::new());
+        let owner = site.visit().cookie(&new).at(9).send(&login);
+        assert_eq!(
+            owner.body(),
+            "Returning n=3 user=Some(\"eggs\")",
+            "the owner keeps it"
+        );
+    }
+
+    #[test]
+    fn without_a_grace_the_old_id_dies_at_once() {
+        let site = Site::new();
+        let no_grace = [("PSOSessionRegenerateGrace", "0")];
+        let old = site
+            .visit()
+            .envs(&no_grace)
+            .send(&login)
+            .cookie()
+            .unwrap()
+            .to_owned();
+        let new = site
+            .visit()
+            .envs(&no_grace)
+            .cookie(&old)
+            .query("login")
+            .at(1)
+            .send(&login);
+        assert_ne!(new.cookie(), Some(old.as_str()));
+        let dead = site.visit().envs(&no_grace).cookie(&old).at(1).send(&login);
+        assert_eq!(dead.body(), "Replaced(Unknown) n=1 user=None");
+        assert_eq!(site.records(), 2, "the new session and the one just made");
+    }
+
+    #[test]
+    fn an_old_id_never_learns_the_new_one_through_links_or_id() {
+        // Ids in URLs (PSOSessionUrl=on): links are built from cx.url, which uses the id.
+        let linker = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            cx.session.set("seen", &true)?;
+            if cx.request.query("login").is_some() {
+                cx.session.regenerate_id()?;
+            }
+            write!(cx.response, "{} {}", cx.url("/next"), cx.session.id())?;
+            Ok(())
+        };
+        let site = Site::new();
+        let visit =
+            |query: &str, t: u64| site.visit().query(query).env("PSOSessionUrl", "on").at(t);
+        let first = visit("", 0).send(&linker);
+        let old = first
+            .cookie()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned();
+        let signed_in = visit(&format!("app={old}&login"), 1).send(&linker);
+        let new = signed_in
+            .cookie()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned();
+        assert_ne!(old, new);
+        let late = visit(&format!("app={old}"), 3).send(&linker);
+        assert_eq!(late.body(), format!("/next?app={old} {old}"));
+        assert_eq!(late.set_cookies(), Vec::<&str>::new());
+        let read = visit(&format!("app={old}"), 3).read_only().send(&linker);
+        assert!(!read.text.contains(&new), "{}", read.text);
+    }
+
+    #[test]
+    fn an_old_id_cannot_sign_the_session_in_as_someone_else() {
+        let sign_in = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            if let Some(user) = cx.request.query("as") {
+                cx.session.set_user(&user)?;
+            }
+            write!(cx.response, "{:?}", cx.session.user())?;
+            Ok(())
+        };
+        let site = Site::new();
+        let (old, new) = signed_in(&site);
+        let refused = site
+            .visit()
+            .cookie(&old)
+            .query("as=mallory")
+            .at(2)
+            .send(&sign_in);
+        assert!(refused.text.starts_with("Status: 409"), "{}", refused.text);
+        let owner = site.visit().cookie(&new).at(3).send(&sign_in);
+        assert!(owner.text.ends_with("None"), "unchanged: {}", owner.text);
+    }
+
+    #[test]
+    fn a_request_refused_for_its_old_id_changes_nothing_even_if_the_handler_carries_on() {
+        // A sign-in that writes before regenerate_id() and answers the refusal with a redirect.
+        let careless = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            if let Some(user) = cx.request.query("as") {
+                cx.session.set("user", &user)?;
+                cx.session.set("admin", &true)?;
+                if let Err(e) = cx.session.regenerate_id() {
+                    assert_eq!(e.kind(), ErrorKind::OldId);
+                    assert!(
+                        cx.session.set("user", &user).is_err(),
+                        "nothing more changes"
+                    );
+                    cx.response.redirect("/")?;
+                    return Ok(());
+                }
+            }
+            let user: Option<String> = cx.session.get("user")?;
+            let admin: Option<bool> = cx.session.get("admin")?;
+            write!(cx.response, "{user:?} {admin:?}")?;
+            Ok(())
+        };
+        let site = Site::new();
+        let (old, new) = signed_in(&site);
+        let refused = site
+            .visit()
+            .cookie(&old)
+            .query("as=mallory")
+            .at(2)
+            .send(&careless);
+        assert!(refused.text.starts_with("Status: 302"), "{}", refused.text);
+        assert_eq!(refused.set_cookies(), Vec::<&str>::new());
+        let owner = site.visit().cookie(&new).at(100).send(&careless);
+        assert_eq!(
+            owner.body(),
+            "Some(\"eggs\") None",
+            "the owner's session is untouched"
+        );
+        // Nor can the old id lift the session's own idle limit; setting the same one again (a
+        // page that sets it on every request) is fine.
+        let limit = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            let secs = cx.request.query("limit").and_then(|s| s.parse().ok());
+            cx.session.set_idle_limit(secs.map(Duration::from_secs))?;
+            Ok(())
+        };
+        let status = |cookie: &str, query: &str, t: u64| {
+            let reply = site.visit().cookie(cookie).query(query).at(t).send(&limit);
+            reply.status().to_owned()
+        };
+        assert_eq!(status(&new, "limit=600", 2), "200 OK");
+        assert_eq!(status(&old, "limit=600", 3), "200 OK");
+        assert_eq!(status(&old, "limit=60", 3), "200 OK", "stricter");
+        assert_eq!(status(&old, "limit=6000", 4), "409 Conflict");
+        assert_eq!(status(&old, "", 4), "409 Conflict");
+    }
+
+    /// Through the old id, `expire()` may end the session sooner (a sign-out), never later:
+    /// neither a later date, nor a date for a session that ends when the browser closes, nor
+    /// the reverse.
+    #[test]
+    fn through_an_old_id_expire_may_end_the_session_sooner_never_later() {
+        let expiring = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            if let Some(when) = cx.request.query("expire") {
+                let expiry = match when.as_ref() {
+                    "close" => Expiry::BrowserClose,
+                    when => Expiry::parse(when)?,
+                };
+                cx.session.expire(expiry)?;
+            }
+            cx.session.set("seen", &true)?;
+            write!(cx.response, "{:?}", cx.session.origin())?;
+            Ok(())
+        };
+        let site = Site::new();
+        let (old, new) = signed_in(&site);
+        let status = |cookie: &str, query: &str, t: u64| {
+            let reply = site
+                .visit()
+                .cookie(cookie)
+                .query(query)
+                .at(t)
+                .send(&expiring);
+            (reply.status().to_owned(), reply.set_cookies().join(" | "))
+        };
+        // A browser-close session: a date, however far or near, would make it outlive the
+        // browser. Refused, and the owner's next response carries no such lifetime.
+        for later in ["1y", "60"] {
+            let (code, cookies) = status(&old, &format!("expire={later}"), 2);
+            assert_eq!(code, "409 Conflict", "{later}");
+            assert_eq!(cookies, "");
+        }
+        let (code, cookies) = status(&new, "", 3);
+        assert_eq!((code.as_str(), cookies.as_str()), ("200 OK", ""));
+        // The owner gives it a date; through the old id a nearer one is fine, a later one not.
+        assert_eq!(status(&new, "expire=1h", 3).0, "200 OK");
+        assert_eq!(status(&old, "expire=30m", 4).0, "200 OK", "sooner");
+        assert_eq!(status(&old, "expire=2h", 4).0, "409 Conflict");
+        assert_eq!(
+            status(&old, "expire=close", 4).0,
+            "409 Conflict",
+            "browser close instead"
+        );
+        let (code, cookies) = status(&new, "", 5);
+        assert_eq!(code, "200 OK");
+        assert!(!cookies.contains("Max-Age=7"), "{cookies}");
+        // And ending it now (a sign-out through the old id) works.
+        let out = site
+            .visit()
+            .cookie(&old)
+            .query("logout")
+            .at(5)
+            .send(&counter);
+        assert!(out.text.contains("Max-Age=0"), "{}", out.text);
+        assert_eq!(status(&new, "", 6).0, "200 OK");
+        let gone = site.visit().cookie(&new).at(6).send(&expiring);
+        assert_eq!(gone.body(), "Replaced(Unknown)");
+    }
+
+    #[test]
+    fn a_refusal_for_an_old_id_undoes_a_save_made_before_it() {
+        let saver = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            if cx.request.query("as").is_some() {
+                cx.session.set("user", "mallory")?;
+                cx.session.save()?;
+                cx.session.regenerate_id()?;
+            }
+            let user: Option<String> = cx.session.get("user")?;
+            write!(cx.response, "{user:?}")?;
+            Ok(())
+        };
+        let site = Site::new();
+        let (old, new) = signed_in(&site);
+        let refused = site.visit().cookie(&old).query("as").at(2).send(&saver);
+        assert_eq!(refused.status(), "409 Conflict");
+        let owner = site.visit().cookie(&new).at(100).send(&saver);
+        assert_eq!(owner.body(), "Some(\"eggs\")", "the save was undone");
+    }
+
+    #[test]
+    fn an_old_id_that_clears_the_session_leaves_its_user_and_limits() {
+        let app = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            if cx.request.query("login").is_some() {
+                cx.session.set("cart", "spam")?;
+                cx.session.regenerate_id()?;
+                cx.session.set_user("eggs")?;
+                cx.session.set_idle_limit(Some(Duration::from_secs(60)))?;
+            }
+            if cx.request.query("clear").is_some() {
+                cx.session.clear()?;
+                cx.session.set("prefs", "dark")?;
+            }
+            if cx.request.query("lift").is_some() {
+                cx.session
+                    .set_idle_limit(Some(Duration::from_secs(100_000)))?;
+            }
+            write!(
+                cx.response,
+                "{:?} {:?}",
+                cx.session.origin(),
+                cx.session.user()
+            )?;
+            Ok(())
+        };
+        let site = Site::new();
+        let visit = |cookie: &str, query: &str, t: u64| {
+            site.visit().cookie(cookie).query(query).at(t).send(&app)
+        };
+        let new = visit("", "login", 0).cookie().unwrap().to_owned();
+        // Sign in again from the current id, so that an old id exists.
+        let newest = visit(&new, "login", 1).cookie().unwrap().to_owned();
+        // Through the old id: clearing leaves the user; lifting the limit, even after
+        // clearing, is refused.
+        assert_eq!(visit(&new, "clear", 2).status(), "200 OK");
+        assert_eq!(visit(&newest, "", 3).body(), "Returning Some(\"eggs\")");
+        assert_eq!(visit(&new, "clear&lift", 4).status(), "409 Conflict");
+        // The 60 s limit still holds.
+        assert_eq!(visit(&newest, "", 200).body(), "Replaced(Idle) None");
+    }
+
+    #[test]
+    fn regenerate_after_the_head_is_out_is_refused_and_the_session_kept() {
+        let late = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            let n: u64 = cx.session.get("n")?.unwrap_or(0) + 1;
+            cx.session.set("n", &n)?;
+            cx.stream()?;
+            let outcome = cx.session.regenerate_id();
+            write!(cx.response, "{n} {}", outcome.is_err())?;
+            Ok(())
+        };
+        let site = Site::new();
+        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let text = site.visit().cookie(&cookie).send(&late).text;
+        assert!(text.ends_with("2 true"), "{text}");
+        assert_eq!(
+            site.visit().cookie(&cookie).send(&counter).body(),
+            "3",
+            "nothing lost"
+        );
+    }
+
+    #[test]
+    fn a_forced_id_cannot_be_regenerated() {
+        let site = Site::new();
+        let forced = [("PSOServiceId", "app"), ("app", "shared-007")];
+        assert_eq!(
+            site.visit().envs(&forced).send(&login).body(),
+            "Forced n=1 user=None"
+        );
+        let refused = site.visit().envs(&forced).query("login").at(1).send(&login);
+        assert_eq!(refused.status(), "500 Internal Server Error");
+        let after = site.visit().envs(&forced).at(2).send(&login);
+        assert_eq!(after.body(), "Forced n=2 user=None", "the data is intact");
+    }
+
+    #[test]
+    fn a_released_session_lets_its_next_request_run_meanwhile() {
+        use std::sync::mpsc;
+        let site = Site::new();
+        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let (done, finished) = mpsc::channel::<String>();
+        let finished = std::sync::Mutex::new(finished);
+        // The slow request releases its session, then waits (boundedly) for a second request
+        // of the same session to finish: with the lock still held, that one would wait for
+        // the lock instead, and the first would give up.
+        let slow = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            let n: u64 = cx.session.get("n")?.unwrap_or(0);
+            cx.session.release()?;
+            let other = finished
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10))?;
+            write!(
+                cx.response,
+                "read {n} while the other request answered {other}"
+            )?;
+            Ok(())
+        };
+        std::thread::scope(|scope| {
+            let first = scope.spawn(|| {
+                site.visit()
+                    .cookie(&cookie)
+                    .env("PSOSessionLockTimeout", "20")
+                    .send(&slow)
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let second = site.visit().cookie(&cookie).send(&counter);
+            done.send(second.body().to_owned()).unwrap();
+            let first = first.join().unwrap();
+            assert!(
+                first
+                    .body()
+                    .ends_with("read 1 while the other request answered 2"),
+                "{}",
+                first.text
+            );
+        });
+    }
+
+    /// A page's poll (read-only, or released early) is still on its way when another request
+    /// signs in and moves the session to a new id: its answer, arriving last, must not put the
+    /// old id back in the browser.
+    #[test]
+    fn an_answer_that_arrives_during_a_sign_in_never_puts_the_old_id_back() {
+        use std::sync::mpsc;
+        let site = Site::new();
+        let (_, mut cookie) = signed_in(&site);
+        for read_only in [true, false] {
+            let current = cookie.clone();
+            let (signed, signed_in_now) = mpsc::channel::<()>();
+            let signed_in_now = std::sync::Mutex::new(signed_in_now);
+            let poll = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+                let n: Option<u64> = cx.session.get("n")?;
+                cx.session.release()?;
+                signed_in_now
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10))?;
+                write!(cx.response, "{n:?}")?;
+                Ok(())
+            };
+            cookie = std::thread::scope(|scope| {
+                let polling = scope.spawn(|| {
+                    let visit = site.visit().cookie(&current).at(3);
+                    if read_only { visit.read_only() } else { visit }.send(&poll)
+                });
+                std::thread::sleep(Duration::from_millis(50));
+                let moved = site
+                    .visit()
+                    .cookie(&current)
+                    .query("login")
+                    .at(3)
+                    .send(&login);
+                let moved = moved.cookie().unwrap().to_owned();
+                assert_ne!(moved, current);
+                signed.send(()).unwrap();
+                let answered = polling.join().unwrap();
+                assert_eq!(answered.status(), "200 OK", "{}", answered.text);
+                assert_eq!(answered.cookie(), None, "read_only: {read_only}");
+                moved
+            });
+        }
+    }
+
+    #[test]
+    fn a_change_after_release_fails_the_request_and_is_not_saved() {
+        let site = Site::new();
+        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let late_remove = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            cx.session.release()?;
+            cx.session.remove("n")?;
+            Ok(())
+        };
+        // Once the response streams, the status cannot change: the handler hears of a logout
+        // that cannot happen from the call itself, and can say so.
+        let late_logout = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            cx.session.release()?;
+            cx.stream()?;
+            match cx.session.expire(crate::Expiry::Now) {
+                Ok(()) => write!(cx.response, "signed out")?,
+                Err(e) => write!(cx.response, "not signed out: {e}")?,
+            }
+            Ok(())
+        };
+        let streamed = site.visit().cookie(&cookie).send(&late_logout);
+        assert!(
+            streamed.text.ends_with(
+                "not signed out: the session was released (release()): it can no longer change"
+            ),
+            "{}",
+            streamed.text
+        );
+        let late_set = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            cx.session.release()?;
+            cx.session.set("n", &100u64)?;
+            Ok(())
+        };
+        assert_eq!(
+            site.visit().cookie(&cookie).send(&late_remove).status(),
+            "500 Internal Server Error"
+        );
+        assert_eq!(
+            site.visit().cookie(&cookie).send(&late_set).status(),
+            "500 Internal Server Error"
+        );
+        assert_eq!(
+            site.visit().cookie(&cookie).send(&counter).body(),
+            "2",
+            "nothing was lost or changed"
+        );
+    }
+
+    #[test]
+    fn a_session_with_its_own_idle_limit_times_out_by_it() {
+        let short = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            if cx.request.query("short").is_some() {
+                cx.session.set_idle_limit(Some(Duration::from_secs(60)))?;
+            }
+            cx.session.set("v", &1u8)?;
+            write!(cx.response, "{:?}", cx.session.origin())?;
+            Ok(())
+        };
+        let site = Site::new();
+        let cookie = site
+            .visit()
+            .query("short")
+            .send(&short)
+            .cookie()
+            .unwrap()
+            .to_owned();
+        let at = |t| {
+            site.visit()
+                .cookie(&cookie)
+                .at(t)
+                .send(&short)
+                .body()
+                .to_owned()
+        };
+        assert_eq!(at(60), "Returning");
+        assert_eq!(at(121), "Replaced(Idle)");
+    }
+
+    #[test]
+    fn a_value_set_for_a_while_is_gone_after_it() {
+        let code = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            if cx.request.query("new").is_some() {
+                cx.session.set("user", "eggs")?;
+                cx.session
+                    .set_for("code", "493817", Duration::from_secs(60))?;
+            }
+            let code: Option<String> = cx.session.get("code")?;
+            let user: Option<String> = cx.session.get("user")?;
+            write!(cx.response, "{code:?} {user:?}")?;
+            Ok(())
+        };
+        let site = Site::new();
+        let cookie = site
+            .visit()
+            .query("new")
+            .send(&code)
+            .cookie()
+            .unwrap()
+            .to_owned();
+        let at = |t| {
+            site.visit()
+                .cookie(&cookie)
+                .at(t)
+                .send(&code)
+                .body()
+                .to_owned()
+        };
+        assert_eq!(at(59), "Some(\"493817\") Some(\"eggs\")");
+        assert_eq!(at(60), "None Some(\"eggs\")");
+        assert_eq!(
+            at(61),
+            "None Some(\"eggs\")",
+            "gone from the store, not only hidden"
+        );
+    }
+
+    /// Sets a value, clears the session (`?clear`), or only looks (`?look`).
+    fn tidy(cx: &mut Context<'_>) -> std::result::Result<(), BoxError> {
+        if cx.request.query("clear").is_some() {
+            cx.session.clear()?;
+        } else if cx.request.query("look").is_none() {
+            cx.session.set("v", &1u8)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn lazily_an_empty_session_is_never_stored_and_an_emptied_one_is_deleted() {
+        let site = Site::new();
+        let lazily = |query: &str, cookie: &str| {
+            site.visit()
+                .query(query)
+                .cookie(cookie)
+                .env("PSOSessionLazy", "on")
+                .send(&tidy)
+        };
+        assert_eq!(lazily("look", "").cookie(), None);
+        assert_eq!(site.records(), 0);
+        let cookie = lazily("", "").cookie().unwrap().to_owned();
+        assert_eq!(site.records(), 1);
+        let cleared = lazily("clear", &cookie);
+        assert!(
+            cleared.text.contains("Max-Age=0"),
+            "the cookie is revoked: {}",
+            cleared.text
+        );
+        assert_eq!(site.records(), 0, "the emptied session is gone");
+    }
+
+    #[test]
+    fn not_lazily_every_visitor_gets_a_stored_session_that_stays_when_emptied() {
+        let site = Site::new();
+        let eagerly = |query: &str, cookie: &str| {
+            site.visit()
+                .query(query)
+                .cookie(cookie)
+                .env("PSOSessionLazy", "off")
+                .send(&tidy)
+        };
+        let looked = eagerly("look", "");
+        let cookie = looked
+            .cookie()
+            .expect("a cookie for a session without values")
+            .to_owned();
+        assert_eq!(site.records(), 1);
+        let cleared = eagerly("clear", &cookie);
+        assert_eq!(cleared.status(), "200 OK");
+        assert!(!cleared.text.contains("Max-Age=0"), "{}", cleared.text);
+        assert_eq!(site.records(), 1);
+    }
+
+    #[test]
+    fn expire_now_revokes() {
+        let site = Site::new();
+        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let reply = site
+            .visit()
+            .cookie(&cookie)
+            .query("logout=1")
+            .send(&counter);
+        assert!(reply.text.contains("Set-Cookie: app=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT\r\n"), "{}", reply.text);
+        assert_eq!(site.visit().cookie(&cookie).send(&counter).body(), "1");
+    }
+
+    #[test]
+    fn lifetimes_reach_the_cookie_and_the_server() {
+        let site = Site::new();
+        let lifetime = [("PSOSessionExpire", "15*60")];
+        let first = site.visit().envs(&lifetime).send(&counter);
+        assert!(
+            first.text.contains("; Max-Age=900; Expires="),
+            "{}",
+            first.text
+        );
+        let cookie = first.cookie().unwrap().to_owned();
+        let later = |t| {
+            site.visit()
+                .envs(&lifetime)
+                .cookie(&cookie)
+                .at(t)
+                .send(&counter)
+        };
+        let reply = later(899);
+        assert_eq!(reply.body(), "2");
+        assert_eq!(
+            reply.cookie(),
+            None,
+            "the browser's cookie runs out by itself"
+        );
+        assert_eq!(
+            later(900).body(),
+            "1",
+            "past its deadline the session is dead"
+        );
+        // A cookie lifetime of its own that runs from each response is sent again, by a
+        // request that held the session to its end.
+        let sliding = [("PSOCookieSession_Max-Age", "3600")];
+        let first = site.visit().envs(&sliding).send(&counter);
+        let cookie = first.cookie().unwrap().to_owned();
+        let again = site
+            .visit()
+            .envs(&sliding)
+            .cookie(&cookie)
+            .at(10)
+            .send(&counter);
+        assert!(
+            again.text.contains(&format!("Set-Cookie: {cookie}; ")),
+            "{}",
+            again.text
+        );
+        assert!(again.text.contains("; Max-Age=3600"), "{}", again.text);
     }
 }

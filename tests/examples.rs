@@ -57,12 +57,8 @@ fn expiry_is_controlled_at_run_time() {
         "expire=Mon, 15 APR 2041 19:00:00&format=%a, %d %b %Y %H:%M:%S",
     );
     let reply = site.get(Some(&cookie));
-    assert!(
-        reply
-            .set_cookie()
-            .unwrap()
-            .ends_with("; Expires=Mon, 15 Apr 2041 19:00:00 GMT")
-    );
+    // The same deadline in another spelling: the browser's cookie says it already.
+    assert_eq!(reply.set_cookie(), None, "{reply:?}");
     assert_eq!(
         reply.body,
         "Visit 4. This session lasts until Mon, 15 Apr 2041 19:00:00 GMT."
