@@ -12,6 +12,8 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 8;
 /// The most content one record carries.
 pub const MAX_CONTENT: usize = 65_535;
+/// The most bytes one record takes: its header, the most content and the most padding.
+pub const MAX_RECORD: usize = HEADER_LEN + MAX_CONTENT + 255;
 
 /// Record types (FastCGI 1.0, §8).
 pub mod kind {
