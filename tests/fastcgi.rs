@@ -342,6 +342,23 @@ fn parameters_are_a_stream_of_bytes() {
     );
 }
 
+/// The README promised parameters up to 128 KiB where the code stopped at 64.
+#[test]
+fn parameters_up_to_128_kib_are_taken_and_more_refused() {
+    let f = Fixture::start(&[]);
+    let big = "v".repeat(60 * 1024);
+    // 120 KiB of parameters, in records of at most 65,535 bytes.
+    let answer = f
+        .process
+        .get("count=1", &[("HTTP_X_A", &big), ("HTTP_X_B", &big)]);
+    assert_eq!(answer.body(), "count=1", "{answer:?}");
+    let over = [("HTTP_X_A", &big), ("HTTP_X_B", &big), ("HTTP_X_C", &big)];
+    let over: Vec<(&str, &str)> = over.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let answer = f.process.get("count=1", &over);
+    assert!(answer.closed && answer.stdout.is_empty(), "{answer:?}");
+    f.still_serves("parameters over the cap");
+}
+
 #[test]
 fn the_body_is_read_lazily_and_no_further_than_content_length() {
     let f = Fixture::start(&[]);

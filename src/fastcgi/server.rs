@@ -1717,4 +1717,96 @@ mod tests {
         assert!(read == body, "{} bytes read of {}", read.len(), body.len());
         drop(sender.join().unwrap());
     }
+
+    /// The README's numbers about FastCGI limits are the code's, so they cannot drift (it
+    /// said 128 KiB of parameters where the code took 64).
+    #[test]
+    fn the_readme_states_the_limits_the_code_has() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("### FastCGI settings")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### Who may configure").next())
+            .expect("README.md has a FastCGI settings section");
+        let text = section.split_whitespace().collect::<Vec<_>>().join(" ");
+        let kib = |bytes: usize| {
+            assert!(bytes.is_multiple_of(1024), "{bytes} is not whole KiB");
+            format!("{} KiB", bytes / 1024)
+        };
+        let grouped = |n: usize| {
+            let digits = n.to_string();
+            let mut out = String::new();
+            for (i, digit) in digits.chars().enumerate() {
+                if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                    out.push(',');
+                }
+                out.push(digit);
+            }
+            out
+        };
+        let params = ParamLimits::default();
+        let limits = Limits::default();
+        let worst = (params.total_bytes + INPUT_CAP) * limits.max_conns / (1024 * 1024);
+        let secs = |d: Duration| format!("| `{}` s |", d.as_secs());
+        assert_eq!(MAX_TIMEOUT, Duration::from_secs(86_400), "a day");
+        for stated in [
+            format!(
+                "its request's parameters ({}) and one record before its request starts: {} of them, some {worst} MiB at worst | {} |",
+                kib(params.total_bytes),
+                limits.max_conns,
+                limits.max_conns
+            ),
+            format!(
+                "parameters at most {} and {} pairs per request (a name at most {}, a value {})",
+                kib(params.total_bytes),
+                grouped(params.pairs),
+                kib(params.name_bytes),
+                kib(params.value_bytes)
+            ),
+            format!(
+                "at most {} of a body waits unread in memory",
+                kib(BODY_HELD)
+            ),
+            format!(
+                "output goes out in records of at most {} bytes",
+                grouped(record::MAX_CONTENT)
+            ),
+            format!(
+                "Workers are at most {}, connections at most {}, each timeout at most a day",
+                grouped(MAX_WORKERS),
+                grouped(MAX_CONNS)
+            ),
+            format!(
+                "how long a new connection may send nothing {}",
+                secs(limits.first_byte_timeout)
+            ),
+            format!(
+                "how long a request may take to send its parameters {}",
+                secs(limits.header_timeout)
+            ),
+            format!(
+                "how long a kept connection may wait between requests {}",
+                secs(limits.idle_timeout)
+            ),
+            format!(
+                "how long a read of the body or a write of the response may stall {}",
+                secs(limits.io_timeout)
+            ),
+            format!(
+                "how long reading a request's body and writing its response may take in all {}",
+                secs(limits.request_timeout)
+            ),
+            format!(
+                "finishes the requests in flight (up to {} s)",
+                limits.shutdown_timeout.as_secs()
+            ),
+            format!(
+                "the listener rests {} ms and the log hears of it every {} s",
+                ACCEPT_PAUSE.as_millis(),
+                WARN_EVERY.as_secs()
+            ),
+        ] {
+            assert!(text.contains(&stated), "the README should say: {stated}");
+        }
+    }
 }
