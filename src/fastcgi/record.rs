@@ -12,6 +12,8 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 8;
 /// The most content one record carries.
 pub const MAX_CONTENT: usize = 65_535;
+/// The most bytes one record takes: its header, the most content and the most padding.
+pub const MAX_RECORD: usize = HEADER_LEN + MAX_CONTENT + 255;
 
 /// Record types (FastCGI 1.0, §8).
 pub mod kind {
@@ -168,9 +170,10 @@ pub struct ParamLimits {
 impl Default for ParamLimits {
     fn default() -> ParamLimits {
         ParamLimits {
-            // What nginx and Apache send fits one record (65,535 bytes); this is some room
-            // more, and bounds what a connection holds before its request starts.
-            total_bytes: 64 * 1024,
+            // nginx and mod_fcgid send at most one record's worth (65,535 bytes); twice that
+            // leaves room for others, and bounds what a connection holds before its request
+            // starts (with one record, 192 KiB).
+            total_bytes: 128 * 1024,
             pairs: 1_000,
             name_bytes: 1024,
             value_bytes: 64 * 1024,
@@ -470,6 +473,18 @@ mod tests {
         assert_eq!(parse_params(&many[..2_000], limits).unwrap().len(), 1_000);
         let big_name = pair(&vec![b'n'; 1025], b"");
         assert!(parse_params(&big_name, limits).is_err());
+    }
+
+    #[test]
+    fn parameters_may_take_128_kib() {
+        let limits = ParamLimits::default();
+        // Two pairs of 6 + 65,530 bytes each: exactly 128 KiB.
+        let value = vec![b'v'; 65_530];
+        let stream = [pair(b"A", &value), pair(b"B", &value)].concat();
+        assert_eq!(stream.len(), 128 * 1024);
+        assert_eq!(parse_params(&stream, limits).unwrap().len(), 2);
+        let over = [&stream[..], &pair(b"", b"")].concat();
+        assert!(parse_params(&over, limits).is_err());
     }
 
     #[test]

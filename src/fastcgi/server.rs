@@ -27,8 +27,15 @@ use crate::environment::Environment;
 use crate::runner::Handler;
 use crate::service::Service;
 
-/// Bytes read from a connection at a time.
-const READ_CHUNK: usize = 64 * 1024;
+/// The most bytes a connection holds read and not yet taken by records: one whole record
+/// fits. Reads never ask for more than the room left, and none is made while a whole record
+/// waits to be taken, so whatever a client sends beyond this (pipelined requests included)
+/// waits in the socket, whose flow control holds the client back.
+const INPUT_CAP: usize = record::MAX_RECORD;
+/// The most a worker looking for an abort before a write reads: then it writes.
+const READ_TURN: usize = 64 * 1024;
+/// The most of a request's body held unread: the rest waits in the connection.
+const BODY_HELD: usize = 64 * 1024;
 /// Output kept before it is sent as records: a response that fits goes out in one write with
 /// the end of the request.
 const OUTPUT_CHUNK: usize = 64 * 1024;
@@ -346,12 +353,13 @@ impl Stream {
         }
     }
 
-    /// Appends what is there to `input` without waiting: the buffer grows by what came, so an
-    /// idle connection holds no read buffer.
-    fn recv_now_into(&self, input: &mut Vec<u8>) -> io::Result<usize> {
-        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    /// Appends at most `most` bytes of what is there to `input` without waiting: the buffer
+    /// grows by what came, so a connection that sent a few bytes holds a few bytes.
+    fn recv_now_into(&self, input: &mut Vec<u8>, most: usize) -> io::Result<usize> {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); INPUT_CAP];
+        let most = most.min(INPUT_CAP);
         loop {
-            match rustix::net::recv(self, &mut chunk, RecvFlags::DONTWAIT) {
+            match rustix::net::recv(self, &mut chunk[..most], RecvFlags::DONTWAIT) {
                 Ok(((read, _), _)) => {
                     // Exact, so a connection holds what it was sent, not up to twice that.
                     input.reserve_exact(read.len());
@@ -405,12 +413,14 @@ impl AsFd for Stream {
     }
 }
 
-/// A connection and the bytes read from it but not yet parsed.
+/// A connection and the bytes read from it but not yet taken by records.
 #[derive(Debug)]
 struct Conn {
     stream: Stream,
+    /// At most [`INPUT_CAP`] bytes: part of a record, or what one read brought (the end of a
+    /// request, and perhaps the start of the next one, which is served from here).
     input: Vec<u8>,
-    /// Where the unparsed bytes of `input` start.
+    /// Where the bytes of `input` not yet taken start.
     parsed: usize,
     /// While a worker runs a request: when its reads and writes must be done.
     deadline: Option<Instant>,
@@ -431,7 +441,7 @@ impl Conn {
 
     /// Drops what records took, and the buffer itself when it is empty: a connection
     /// waiting for its next request should cost its socket, not the largest record it was
-    /// ever sent.
+    /// ever sent. (Called once no whole record is held: what moves is less than one.)
     fn release_input(&mut self) {
         self.input.drain(..self.parsed);
         self.parsed = 0;
@@ -445,11 +455,6 @@ impl Conn {
     /// Whether bytes are held that no record has taken yet.
     fn holds_input(&self) -> bool {
         self.parsed < self.input.len()
-    }
-
-    /// Bytes read and not yet taken by a record.
-    fn unparsed(&self) -> usize {
-        self.input.len() - self.parsed
     }
 
     /// How long the next wait may last: the stall limit, cut at the request's deadline.
@@ -467,16 +472,21 @@ impl Conn {
         Ok(left.min(self.stall))
     }
 
-    /// Reads once into the input buffer; `Ok(0)` is the end of the stream. With `wait`, waits
-    /// for input within the request's deadline; without, what is not there is `WouldBlock`.
-    /// What records took is dropped first (the rest is at most a record: moving it costs that
-    /// much).
+    /// Reads once into the input buffer, at most the room [`INPUT_CAP`] leaves; `Ok(0)` is
+    /// the end of the stream. With `wait`, waits for input within the request's deadline;
+    /// without, what is not there is `WouldBlock`. Callers take every whole record first
+    /// ([`Conn::next_record`]), so what moves to the front here is less than one record, and
+    /// the room is at least what that record lacks.
     fn fill(&mut self, wait: bool) -> io::Result<usize> {
-        let patience = if wait { Some(self.patience()?) } else { None };
         self.input.drain(..self.parsed);
         self.parsed = 0;
+        let most = INPUT_CAP.saturating_sub(self.input.len());
+        if most == 0 {
+            return Err(io::Error::other("a whole record waits to be taken"));
+        }
+        let patience = if wait { Some(self.patience()?) } else { None };
         loop {
-            match self.stream.recv_now_into(&mut self.input) {
+            match self.stream.recv_now_into(&mut self.input, most) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let Some(patience) = patience else {
                         return Err(e);
@@ -488,12 +498,22 @@ impl Conn {
         }
     }
 
+    /// The next record, if it is whole, left in place.
+    fn peek(&self) -> Option<record::Record<'_>> {
+        match record::parse(&self.input[self.parsed..]) {
+            Ok(Status::Complete(record, _)) => Some(record),
+            _ => None,
+        }
+    }
+
     /// The next complete record, as (kind, id, content).
     fn next_record(&mut self) -> Result<Option<(u8, u16, Vec<u8>)>, ProtocolError> {
         match record::parse(&self.input[self.parsed..])? {
             Status::Partial => Ok(None),
             Status::Complete(record, used) => {
                 let taken = (record.kind, record.request_id, record.content.to_vec());
+                // An offset, not a move: a buffer of small pipelined records is not shifted
+                // once per record.
                 self.parsed += used;
                 if self.parsed == self.input.len() {
                     self.input.clear();
@@ -885,9 +905,8 @@ where
             if stopping && matches!(watched.phase, Phase::Waiting) {
                 continue;
             }
-            // An idle connection keeps no buffer from its last request.
-            watched.conn.release_input();
-            // A kept connection may already hold its next request.
+            // A kept connection may already hold its next request, read with the end of the
+            // last one (at most `INPUT_CAP` bytes in all): it is served from there.
             if matches!(watched.phase, Phase::Waiting) && watched.conn.holds_input() {
                 match self.advance(&mut watched) {
                     Next::Keep => {}
@@ -898,6 +917,8 @@ where
                     Next::Close => continue,
                 }
             }
+            // An idle connection keeps no buffer from its last request.
+            watched.conn.release_input();
             self.watched.push(watched);
         }
     }
@@ -1173,6 +1194,8 @@ struct Active<'a> {
     body_done: bool,
     aborted: bool,
     broken: bool,
+    /// The peer sent no more, or reading failed, where nothing waited for it.
+    ended: bool,
     /// The handler is done: what is left of the body is discarded.
     finished: bool,
     limits: &'a Limits,
@@ -1183,16 +1206,7 @@ impl Active<'_> {
     /// while this request ran is refused before this request ends), up to a bound.
     fn settle(&mut self) {
         self.finished = true;
-        let mut budget = DRAIN_BYTES;
-        while !self.broken && !self.aborted && !self.body_done {
-            if self.pump(false).is_err() {
-                return;
-            }
-            match self.conn.fill(false) {
-                Ok(n) if n > 0 && n < budget => budget -= n,
-                _ => return,
-            }
-        }
+        let _ = self.pump(false, DRAIN_BYTES);
     }
 
     /// Whether the body holds bytes the handler has not read.
@@ -1200,17 +1214,40 @@ impl Active<'_> {
         self.body.len() - self.body_read
     }
 
-    /// Handles the records received, until the body buffer holds a chunk (the rest waits in
-    /// the connection, so memory stays bounded whatever the peer sends). With `wait`, reads
-    /// from the connection until there is body to give, its end, or an abort.
-    fn pump(&mut self, wait: bool) -> io::Result<()> {
+    /// Whether the record held is body that does not fit beside what waits unread.
+    fn body_full(&self) -> bool {
+        self.conn.peek().is_some_and(|record| {
+            record.kind == kind::STDIN
+                && record.request_id == self.id
+                && self.body_waiting() > 0
+                && self.body_waiting() + record.content.len() > BODY_HELD
+        })
+    }
+
+    /// Keeps body bytes for the handler, in a buffer that never grows past [`BODY_HELD`].
+    fn hold(&mut self, content: &[u8]) {
+        self.body.drain(..self.body_read);
+        self.body_read = 0;
+        let needed = self.body.len() + content.len();
+        if needed > self.body.capacity() {
+            let grown = needed
+                .max(2 * self.body.capacity())
+                .min(BODY_HELD.max(needed));
+            self.body.reserve_exact(grown - self.body.len());
+        }
+        self.body.extend_from_slice(content);
+    }
+
+    /// Handles this request's records, reading only while one is missing, and nothing once
+    /// the body has ended or the request was aborted: what follows is the connection's next
+    /// request, and waits in the socket (or in the input buffer, within [`INPUT_CAP`], for
+    /// what came with this request's last read). At most [`BODY_HELD`] bytes of body wait
+    /// unread; the rest waits in the connection, so memory stays bounded whatever the peer
+    /// sends. With `wait`, reads until there is body to give, its end, or an abort; without,
+    /// reads what is there, at most `budget` bytes.
+    fn pump(&mut self, wait: bool, mut budget: usize) -> io::Result<()> {
         loop {
-            // What follows the body's end belongs to the connection's next request: it waits
-            // in the input for the reactor.
-            if self.body_done {
-                return Ok(());
-            }
-            if !self.finished && self.body_waiting() >= READ_CHUNK {
+            if self.body_done || self.aborted || (!self.finished && self.body_full()) {
                 return Ok(());
             }
             let record = match self.conn.next_record() {
@@ -1221,20 +1258,36 @@ impl Active<'_> {
                 }
             };
             let Some((kind, id, content)) = record else {
-                if !wait || self.body_waiting() > 0 || self.body_done || self.aborted {
+                if wait && self.body_waiting() > 0 {
                     return Ok(());
                 }
-                match self.conn.fill(true) {
-                    Ok(0) => {
+                if self.ended {
+                    if wait {
                         self.broken = true;
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
-                    Ok(_) => continue,
+                    return Ok(());
+                }
+                if !wait && budget == 0 {
+                    return Ok(());
+                }
+                match self.conn.fill(wait) {
+                    Ok(0) => self.ended = true,
+                    Ok(read) => budget = budget.saturating_sub(read),
+                    Err(e) if !wait => {
+                        // Nothing waits on this read: the next write, or the end of the
+                        // request, learns what became of the connection.
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            self.ended = true;
+                        }
+                        return Ok(());
+                    }
                     Err(e) => {
                         self.broken = true;
                         return Err(e);
                     }
                 }
+                continue;
             };
             if id == 0 {
                 let reply = management_reply(kind, &content, self.limits);
@@ -1245,12 +1298,8 @@ impl Active<'_> {
                 kind::STDIN if id == self.id => {
                     if content.is_empty() {
                         self.body_done = true;
-                    } else if !self.finished && !self.body_done {
-                        if self.body_read == self.body.len() {
-                            self.body.clear();
-                            self.body_read = 0;
-                        }
-                        self.body.extend_from_slice(&content);
+                    } else if !self.finished {
+                        self.hold(&content);
                     }
                 }
                 kind::ABORT_REQUEST if id == self.id => {
@@ -1309,7 +1358,7 @@ impl Read for Body<'_, '_> {
             if active.body_done {
                 return Ok(0);
             }
-            active.pump(true)?;
+            active.pump(true, usize::MAX)?;
         }
     }
 }
@@ -1324,14 +1373,9 @@ impl Output<'_, '_> {
     /// Sends what is pending as STDOUT records, unless the web server aborted the request.
     fn send_pending(&mut self) -> io::Result<()> {
         let mut active = self.active.borrow_mut();
-        // An abort waiting in the socket stops the handler at this write. (Only while little
-        // of the body is waiting unread: a handler that never reads it must not pile it up.)
-        if active.body_waiting() < READ_CHUNK
-            && active.conn.unparsed() < READ_CHUNK
-            && active.conn.fill(false).is_ok()
-        {
-            active.pump(false)?;
-        }
+        // An abort waiting in the socket stops the handler at this write. (Behind at most
+        // `BODY_HELD` of unread body: a handler that never reads it must not pile it up.)
+        active.pump(false, READ_TURN)?;
         if active.aborted {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
@@ -1397,6 +1441,7 @@ where
         body_done: false,
         aborted: false,
         broken: false,
+        ended: false,
         finished: false,
         limits,
     });
@@ -1465,4 +1510,303 @@ where
         deadline: Instant::now() + DRAIN_TIME,
         replies: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_record(kind: u8, id: u16, content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        record::write_record(&mut out, kind, id, content);
+        out
+    }
+
+    /// A request as a client that pipelines sends it: the connection kept, a short body.
+    fn kept_request() -> Vec<u8> {
+        let mut params = Vec::new();
+        for (name, value) in [
+            (&b"REQUEST_METHOD"[..], &b"POST"[..]),
+            (b"SCRIPT_NAME", b"/cgi-bin/test"),
+            (b"CONTENT_LENGTH", b"16"),
+        ] {
+            record::write_pair(&mut params, name, value);
+        }
+        [
+            one_record(kind::BEGIN_REQUEST, 1, &[0, 1, 1, 0, 0, 0, 0, 0]),
+            one_record(kind::PARAMS, 1, &params),
+            one_record(kind::PARAMS, 1, &[]),
+            one_record(kind::STDIN, 1, b"0123456789abcdef"),
+            one_record(kind::STDIN, 1, &[]),
+        ]
+        .concat()
+    }
+
+    /// Counts the END_REQUEST records a peer receives until it has `expected` or the end.
+    fn count_ends(mut peer: UnixStream, expected: usize) -> usize {
+        let (mut bytes, mut ends) = (Vec::new(), 0);
+        let mut chunk = vec![0u8; 64 * 1024];
+        while ends < expected {
+            match peer.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            }
+            let mut at = 0;
+            while let Ok(Status::Complete(record, used)) = record::parse(&bytes[at..]) {
+                ends += usize::from(record.kind == kind::END_REQUEST);
+                at += used;
+            }
+            bytes.drain(..at);
+        }
+        ends
+    }
+
+    /// Found in a soak: a client pipelining kept requests without waiting for the answers
+    /// took the process from 3 to 157 MiB in 20 s. After each request's body the worker read
+    /// 64 KiB more, kept it, and the next requests were served from a buffer that grew with
+    /// everything the client sent. What a connection holds is now at most one record's worth,
+    /// wherever it is read (the reactor, the worker, the hand-back between them).
+    #[test]
+    fn pipelined_requests_wait_in_the_socket_not_in_memory() {
+        const REQUESTS: usize = 3_000;
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = dir.path().join("sessions");
+        let service = Service::new(Environment::from_pairs([(
+            "PSOSessionFileLoader_Path",
+            sessions.to_str().unwrap(),
+        )]));
+        let handler = |cx: &mut crate::Context<'_>| -> Result<(), crate::BoxError> {
+            write!(cx.response, "ok")?;
+            Ok(())
+        };
+        let limits = Limits::default();
+        let shared = Shared {
+            service: &service,
+            handler: &handler,
+            limits: &limits,
+            in_flight: AtomicUsize::new(0),
+            reactor_waits: AtomicBool::new(false),
+        };
+        let jobs = JobQueue::default();
+        let (returned, returns) = mpsc::channel();
+        let (wake, _wake_write) = UnixStream::pair().unwrap();
+        let stop = AtomicBool::new(false);
+        let mut reactor = Reactor {
+            listener: None,
+            accept_paused_until: None,
+            warned_at: None,
+            allowed: &[],
+            limits: &limits,
+            shared: &shared,
+            watched: Vec::new(),
+            jobs: &jobs,
+            returns,
+            wake: &wake,
+            stop: &stop,
+        };
+        let (server, client) = UnixStream::pair().unwrap();
+        // The client sends every request at once, as fast as the socket takes them (some
+        // 380 KB, more than the socket holds), and reads the answers as they come.
+        let mut writer = client.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let all = kept_request().repeat(REQUESTS);
+            let _ = writer.write_all(&all);
+        });
+        let answers = std::thread::spawn(move || count_ends(client, REQUESTS));
+        reactor.watched.push(Watched {
+            conn: Conn::new(Stream::Unix(server)),
+            phase: Phase::Waiting,
+            deadline: Instant::now() + Duration::from_secs(600),
+            replies: 0,
+        });
+        // The serving loop, step by step: the reactor reads until the parameters are complete,
+        // a worker runs the request, the kept connection comes back.
+        let (mut served, mut most_held) = (0, 0);
+        while served < REQUESTS {
+            let job = jobs
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .jobs
+                .pop_front();
+            if let Some(job) = job {
+                most_held = most_held.max(job.conn.input.capacity());
+                let back = run_request(&shared, job);
+                shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let back = back.expect("a kept connection comes back");
+                most_held = most_held.max(back.conn.input.capacity());
+                returned.send(back).unwrap();
+                reactor.take_returns(false);
+                served += 1;
+                continue;
+            }
+            let [watched] = &reactor.watched[..] else {
+                panic!("the connection was closed after {served} requests");
+            };
+            most_held = most_held.max(watched.conn.input.capacity());
+            watched
+                .conn
+                .stream
+                .wait(PollFlags::IN, Duration::from_secs(10))
+                .unwrap();
+            reactor.serve_ready(&[true]);
+        }
+        assert!(
+            most_held <= INPUT_CAP,
+            "a connection held {most_held} bytes of input"
+        );
+        sender.join().unwrap();
+        assert_eq!(answers.join().unwrap(), REQUESTS);
+    }
+
+    /// A handler that writes (and so looks for an abort) without reading its body holds at
+    /// most `BODY_HELD` of it unread, in a buffer no larger; the rest waits in the connection
+    /// and is all there, in order, when the handler reads it.
+    #[test]
+    fn an_unread_body_waits_in_the_socket() {
+        const RECORDS: usize = 1_000;
+        let body: Vec<u8> = (0..RECORDS * 1_000).map(|i| (i % 251) as u8).collect();
+        let (server, mut client) = UnixStream::pair().unwrap();
+        let sent = body.clone();
+        let sender = std::thread::spawn(move || {
+            for piece in sent.chunks(1_000) {
+                client
+                    .write_all(&one_record(kind::STDIN, 1, piece))
+                    .unwrap();
+            }
+            client.write_all(&one_record(kind::STDIN, 1, &[])).unwrap();
+            client
+        });
+        let mut conn = Conn::new(Stream::Unix(server));
+        conn.stall = Duration::from_secs(10);
+        let limits = Limits::default();
+        let active = RefCell::new(Active {
+            conn: &mut conn,
+            id: 1,
+            body: Vec::new(),
+            body_read: 0,
+            body_done: false,
+            aborted: false,
+            broken: false,
+            ended: false,
+            finished: false,
+            limits: &limits,
+        });
+        // The handler's writes, each looking for an abort, until no more body fits.
+        loop {
+            let mut active = active.borrow_mut();
+            active.pump(false, READ_TURN).unwrap();
+            assert!(
+                active.body.capacity() <= BODY_HELD,
+                "{}",
+                active.body.capacity()
+            );
+            assert!(active.conn.input.capacity() <= INPUT_CAP);
+            if active.body_full() {
+                break;
+            }
+            active
+                .conn
+                .stream
+                .wait(PollFlags::IN, Duration::from_secs(10))
+                .unwrap();
+        }
+        assert!(active.borrow().body_waiting() > BODY_HELD - 1_000);
+        let mut read = Vec::new();
+        Body(&active).read_to_end(&mut read).unwrap();
+        assert!(read == body, "{} bytes read of {}", read.len(), body.len());
+        drop(sender.join().unwrap());
+    }
+
+    /// The README's numbers about FastCGI limits are the code's, so they cannot drift (it
+    /// said 128 KiB of parameters where the code took 64).
+    #[test]
+    fn the_readme_states_the_limits_the_code_has() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("### FastCGI settings")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### Who may configure").next())
+            .expect("README.md has a FastCGI settings section");
+        let text = section.split_whitespace().collect::<Vec<_>>().join(" ");
+        let kib = |bytes: usize| {
+            assert!(bytes.is_multiple_of(1024), "{bytes} is not whole KiB");
+            format!("{} KiB", bytes / 1024)
+        };
+        let grouped = |n: usize| {
+            let digits = n.to_string();
+            let mut out = String::new();
+            for (i, digit) in digits.chars().enumerate() {
+                if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                    out.push(',');
+                }
+                out.push(digit);
+            }
+            out
+        };
+        let params = ParamLimits::default();
+        let limits = Limits::default();
+        let worst = (params.total_bytes + INPUT_CAP) * limits.max_conns / (1024 * 1024);
+        let secs = |d: Duration| format!("| `{}` s |", d.as_secs());
+        assert_eq!(MAX_TIMEOUT, Duration::from_secs(86_400), "a day");
+        for stated in [
+            format!(
+                "its request's parameters ({}) and one record before its request starts: {} of them, some {worst} MiB at worst | {} |",
+                kib(params.total_bytes),
+                limits.max_conns,
+                limits.max_conns
+            ),
+            format!(
+                "parameters at most {} and {} pairs per request (a name at most {}, a value {})",
+                kib(params.total_bytes),
+                grouped(params.pairs),
+                kib(params.name_bytes),
+                kib(params.value_bytes)
+            ),
+            format!(
+                "at most {} of a body waits unread in memory",
+                kib(BODY_HELD)
+            ),
+            format!(
+                "output goes out in records of at most {} bytes",
+                grouped(record::MAX_CONTENT)
+            ),
+            format!(
+                "Workers are at most {}, connections at most {}, each timeout at most a day",
+                grouped(MAX_WORKERS),
+                grouped(MAX_CONNS)
+            ),
+            format!(
+                "how long a new connection may send nothing {}",
+                secs(limits.first_byte_timeout)
+            ),
+            format!(
+                "how long a request may take to send its parameters {}",
+                secs(limits.header_timeout)
+            ),
+            format!(
+                "how long a kept connection may wait between requests {}",
+                secs(limits.idle_timeout)
+            ),
+            format!(
+                "how long a read of the body or a write of the response may stall {}",
+                secs(limits.io_timeout)
+            ),
+            format!(
+                "how long reading a request's body and writing its response may take in all {}",
+                secs(limits.request_timeout)
+            ),
+            format!(
+                "finishes the requests in flight (up to {} s)",
+                limits.shutdown_timeout.as_secs()
+            ),
+            format!(
+                "the listener rests {} ms and the log hears of it every {} s",
+                ACCEPT_PAUSE.as_millis(),
+                WARN_EVERY.as_secs()
+            ),
+        ] {
+            assert!(text.contains(&stated), "the README should say: {stated}");
+        }
+    }
 }
