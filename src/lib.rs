@@ -26,11 +26,14 @@
 //! 4. saves the session if the handler succeeded and sends the response with its `Set-Cookie`.
 //!
 //! The file tree is the design: `environment` (the CGI variables as a map), `config` (the PSO
-//! variables), `expiry` (lifetimes and dates), `id` (session and service ids), `cookies`,
-//! `adoption` (which session a request gets, and why), `form_token` (form tokens for visitors
-//! without a stored session), `record` (the stored format), `store/`
-//! (the [`store::Store`] trait, the file and memory stores), `session`, `request`, `response`,
-//! `runner` (ties them together), `logger`, `error`.
+//! variables), `expiry` (lifetimes, dates and a request's clock), `id` (session and service
+//! ids), `cookies`, `adoption` (which session a request gets, and why: one decision for
+//! read-write and read-only requests), `origin` (the reasons), `rules` (the limits a session
+//! lives by), `session` (the session a handler sees, and its life in a request), `reserved`
+//! (pso's own keys in a record), `user_record` ("log out everywhere"), `form_token` (form
+//! tokens for visitors without a stored session), `record` (the stored format), `store/` (the
+//! [`store::Store`] trait, the file and memory stores), `request`, `response`, `runner` (one
+//! request), `service` (the process), `fastcgi/`, `cgi`, `mode`, `logger`, `error`.
 //!
 //! ## Cargo features
 //! - `cli` (default): builds the `pso` helper binary. Programs that depend on pso as a

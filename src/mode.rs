@@ -44,9 +44,9 @@ where
 /// further): each request reads its session without taking the lock, so it runs at once even
 /// while a slow request of the same session holds the lock and writes. A change to the
 /// session is an error returned by the call that tries it (`set`, `remove`, `clear`,
-/// `expire`, ...), and nothing is saved or renewed: the session's idle clock does not restart. The
-/// cookie is sent again as it was. For pages that fire many AJAX calls, status polls,
-/// downloads.
+/// `expire`, ...), and nothing is saved or renewed: the session's idle clock does not restart.
+/// No session cookie is sent: an answer that arrives after a sign-in's must not put the old id
+/// back. For pages that fire many AJAX calls, status polls, downloads.
 ///
 /// ```no_run
 /// use std::io::Write;
