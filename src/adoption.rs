@@ -888,7 +888,7 @@ mod tests {
 
     /// A live session of the site, as the cookie a browser would send for it.
     fn live(site: &Site) -> String {
-        site.visit().send(&whose).cookie().unwrap().to_owned()
+        site.visit().issued(&whose)
     }
 
     fn dead() -> String {
@@ -1219,16 +1219,8 @@ mod tests {
         let visit = |cookie: &str, query: &str, t: u64| {
             site.visit().cookie(cookie).query(query).envs(&idle).at(t)
         };
-        let stolen = visit("", "login", 0)
-            .send(&eggs)
-            .cookie()
-            .unwrap()
-            .to_owned();
-        let mine = visit("", "login", 1)
-            .send(&eggs)
-            .cookie()
-            .unwrap()
-            .to_owned();
+        let stolen = visit("", "login", 0).issued(&eggs);
+        let mine = visit("", "login", 1).issued(&eggs);
         visit(&mine, "everywhere", 2).send(&eggs);
         // Idle for an hour as well: logged out still, no data, to readers and writers alike.
         let read = visit(&stolen, "", 3600).read_only().send(&auditor);
@@ -1417,13 +1409,7 @@ mod tests {
     fn forwards_are_followed_a_bounded_number_of_times() {
         let site = Site::new();
         let grace = [("PSOSessionRegenerateGrace", "60")];
-        let first = site
-            .visit()
-            .envs(&grace)
-            .send(&login)
-            .cookie()
-            .unwrap()
-            .to_owned();
+        let first = site.visit().envs(&grace).issued(&login);
         let mut id = first.clone();
         for t in 1..=u64::try_from(MAX_FORWARDS).unwrap() + 1 {
             let reply = site
@@ -1489,7 +1475,7 @@ mod tests {
             .with_max_bytes(1024);
         let site = Site::over(std::sync::Arc::new(small), crate::store::MemoryStore::new());
         let counts: Vec<String> = (0..4)
-            .map(|_| site.visit().envs(&forced).send(&padded).body().to_owned())
+            .map(|_| site.visit().envs(&forced).answer(&padded))
             .collect();
         assert_eq!(counts, ["1", "2", "3", "4"]);
     }
@@ -1605,14 +1591,7 @@ mod tests {
             ("app", "shared-007"),
             ("PSOSessionIdle", "60"),
         ];
-        let visit = |t: u64| {
-            site.visit()
-                .envs(&forced)
-                .at(t)
-                .send(&audit)
-                .body()
-                .to_owned()
-        };
+        let visit = |t: u64| site.visit().envs(&forced).at(t).answer(&audit);
         assert_eq!(visit(0), "Forced 1 None");
         assert_eq!(visit(10), "Forced 2 None");
         // A reader is told why, but gets no data: it deletes nothing, so every reader would.
@@ -1625,7 +1604,7 @@ mod tests {
     #[test]
     fn a_busy_session_gets_503() {
         let site = Site::new();
-        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let cookie = site.visit().issued(&counter);
         let key = SessionKey::new("app".parse().unwrap(), cookie[4..].parse().unwrap());
         let _held = site
             .store
@@ -1650,7 +1629,7 @@ mod tests {
     fn a_read_only_request_runs_while_a_writer_holds_the_lock() {
         use std::sync::mpsc;
         let site = Site::new();
-        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let cookie = site.visit().issued(&counter);
         let (done, finished) = mpsc::channel::<String>();
         let finished = std::sync::Mutex::new(finished);
         // The writer holds the session's lock until the reader has answered (or 10 s pass).
@@ -1714,7 +1693,7 @@ mod tests {
     #[test]
     fn a_live_session_wins_over_a_tossed_cookie_in_any_order() {
         let site = Site::new();
-        let real = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let real = site.visit().issued(&counter);
         let fake = "app=ffffffffffffffffffffffffffffffffffffffffffffffff";
         for header in [format!("{fake}; {real}"), format!("{real}; {fake}")] {
             let reply = site.visit().cookie(&header).send(&counter);

@@ -411,7 +411,7 @@ mod tests {
     #[test]
     fn a_released_session_refuses_malformed_tokens_without_an_error() {
         let site = Site::new();
-        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let cookie = site.visit().issued(&counter);
         let taker = |cx: &mut Context<'_>| -> Result<(), BoxError> {
             cx.session.release()?;
             let empty = cx.session.take_form_token("")?;
@@ -458,7 +458,7 @@ mod tests {
             "accepted 1"
         );
         // A sign-out page that shows the sign-in form at once.
-        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let cookie = site.visit().issued(&counter);
         let sign_out = |cx: &mut Context<'_>| -> Result<(), BoxError> {
             cx.session.expire(crate::Expiry::Now)?;
             let token = cx.session.create_form_token()?;

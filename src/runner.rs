@@ -427,7 +427,7 @@ mod tests {
     #[test]
     fn errors_and_panics_discard_the_changes() {
         let site = Site::new();
-        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let cookie = site.visit().issued(&counter);
         for query in ["fail=1", "panic=1"] {
             let reply = site.visit().cookie(&cookie).query(query).send(&counter);
             assert!(reply.text.starts_with("Status: 500 "), "{}", reply.text);

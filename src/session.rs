@@ -1438,7 +1438,7 @@ mod tests {
 
     use crate::BoxError;
     use crate::runner::Context;
-    use crate::testing::{Site, counter, login, signed_in};
+    use crate::testing::{Site, counter, login, say_who, signed_in};
     use std::io::Write;
 
     #[test]
@@ -1446,13 +1446,7 @@ mod tests {
         let site = Site::new();
         // The attacker gets an id and plants it in the victim's browser; the victim signs in.
         let attacker = "203.0.113.66";
-        let planted = site
-            .visit()
-            .from(attacker)
-            .send(&login)
-            .cookie()
-            .unwrap()
-            .to_owned();
+        let planted = site.visit().from(attacker).issued(&login);
         let victims = site
             .visit()
             .cookie(&planted)
@@ -1489,7 +1483,7 @@ mod tests {
             Ok(())
         };
         let site = Site::new();
-        let cookie = site.visit().send(&failing).cookie().unwrap().to_owned();
+        let cookie = site.visit().issued(&failing);
         let failed = site
             .visit()
             .cookie(&cookie)
@@ -1582,13 +1576,7 @@ mod tests {
     fn without_a_grace_the_old_id_dies_at_once() {
         let site = Site::new();
         let no_grace = [("PSOSessionRegenerateGrace", "0")];
-        let old = site
-            .visit()
-            .envs(&no_grace)
-            .send(&login)
-            .cookie()
-            .unwrap()
-            .to_owned();
+        let old = site.visit().envs(&no_grace).issued(&login);
         let new = site
             .visit()
             .envs(&no_grace)
@@ -1817,13 +1805,7 @@ mod tests {
                 cx.session
                     .set_idle_limit(Some(Duration::from_secs(100_000)))?;
             }
-            write!(
-                cx.response,
-                "{:?} {:?}",
-                cx.session.origin(),
-                cx.session.user()
-            )?;
-            Ok(())
+            say_who(cx)
         };
         let site = Site::new();
         let visit = |cookie: &str, query: &str, t: u64| {
@@ -1852,7 +1834,7 @@ mod tests {
             Ok(())
         };
         let site = Site::new();
-        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let cookie = site.visit().issued(&counter);
         let text = site.visit().cookie(&cookie).send(&late).text;
         assert!(text.ends_with("2 true"), "{text}");
         assert_eq!(
@@ -1880,7 +1862,7 @@ mod tests {
     fn a_released_session_lets_its_next_request_run_meanwhile() {
         use std::sync::mpsc;
         let site = Site::new();
-        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let cookie = site.visit().issued(&counter);
         let (done, finished) = mpsc::channel::<String>();
         let finished = std::sync::Mutex::new(finished);
         // The slow request releases its session, then waits (boundedly) for a second request
@@ -1968,7 +1950,7 @@ mod tests {
     #[test]
     fn a_change_after_release_fails_the_request_and_is_not_saved() {
         let site = Site::new();
-        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let cookie = site.visit().issued(&counter);
         let late_remove = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
             cx.session.release()?;
             cx.session.remove("n")?;
@@ -2024,21 +2006,8 @@ mod tests {
             Ok(())
         };
         let site = Site::new();
-        let cookie = site
-            .visit()
-            .query("short")
-            .send(&short)
-            .cookie()
-            .unwrap()
-            .to_owned();
-        let at = |t| {
-            site.visit()
-                .cookie(&cookie)
-                .at(t)
-                .send(&short)
-                .body()
-                .to_owned()
-        };
+        let cookie = site.visit().query("short").issued(&short);
+        let at = |t| site.visit().cookie(&cookie).at(t).answer(&short);
         assert_eq!(at(60), "Returning");
         assert_eq!(at(121), "Replaced(Idle)");
     }
@@ -2057,21 +2026,8 @@ mod tests {
             Ok(())
         };
         let site = Site::new();
-        let cookie = site
-            .visit()
-            .query("new")
-            .send(&code)
-            .cookie()
-            .unwrap()
-            .to_owned();
-        let at = |t| {
-            site.visit()
-                .cookie(&cookie)
-                .at(t)
-                .send(&code)
-                .body()
-                .to_owned()
-        };
+        let cookie = site.visit().query("new").issued(&code);
+        let at = |t| site.visit().cookie(&cookie).at(t).answer(&code);
         assert_eq!(at(59), "Some(\"493817\") Some(\"eggs\")");
         assert_eq!(at(60), "None Some(\"eggs\")");
         assert_eq!(
@@ -2139,7 +2095,7 @@ mod tests {
     #[test]
     fn expire_now_revokes() {
         let site = Site::new();
-        let cookie = site.visit().send(&counter).cookie().unwrap().to_owned();
+        let cookie = site.visit().issued(&counter);
         let reply = site
             .visit()
             .cookie(&cookie)

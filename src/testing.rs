@@ -129,6 +129,20 @@ impl Visit<'_> {
         self
     }
 
+    /// Sends the request to `handler`: the session cookie it set, which there must be.
+    pub fn issued<F: Handler>(self, handler: &F) -> String {
+        let reply = self.send(handler);
+        match reply.cookie() {
+            Some(cookie) => cookie.to_owned(),
+            None => panic!("no session cookie: {}", reply.text),
+        }
+    }
+
+    /// Sends the request to `handler`: the body of its answer.
+    pub fn answer<F: Handler>(self, handler: &F) -> String {
+        self.send(handler).body().to_owned()
+    }
+
     /// Sends the request to `handler`.
     pub fn send<F: Handler>(self, handler: &F) -> Reply {
         let env = Environment::from_pairs(self.env);
@@ -257,6 +271,11 @@ pub(crate) fn eggs(cx: &mut Context<'_>) -> Result<(), BoxError> {
     if cx.request.query("everywhere").is_some() {
         cx.session.log_out_everywhere()?;
     }
+    say_who(cx)
+}
+
+/// Writes why the request holds its session, and its user: `Returning Some("eggs")`.
+pub(crate) fn say_who(cx: &mut Context<'_>) -> Result<(), BoxError> {
     write!(
         cx.response,
         "{:?} {:?}",
@@ -269,15 +288,12 @@ pub(crate) fn eggs(cx: &mut Context<'_>) -> Result<(), BoxError> {
 /// A visit at `T0`, then a sign-in through [`login`] at `T0 + 1` (grace 5 s), from 192.0.2.1:
 /// the cookie before and the cookie after.
 pub(crate) fn signed_in(site: &Site) -> (String, String) {
-    let old = site.visit().send(&login).cookie().unwrap().to_owned();
+    let old = site.visit().issued(&login);
     let new = site
         .visit()
         .cookie(&old)
         .query("login")
         .at(1)
-        .send(&login)
-        .cookie()
-        .unwrap()
-        .to_owned();
+        .issued(&login);
     (old, new)
 }

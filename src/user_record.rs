@@ -189,8 +189,7 @@ mod tests {
     use crate::BoxError;
     use crate::runner::Context;
     use crate::store::{GcReport, MemoryStore, suite};
-    use crate::testing::{Site, T0, eggs};
-    use std::io::Write;
+    use crate::testing::{Site, T0, eggs, say_who};
     use std::sync::Arc;
     use std::time::UNIX_EPOCH;
 
@@ -279,13 +278,7 @@ mod tests {
             if cx.request.query("everywhere").is_some() {
                 cx.session.log_out_everywhere()?;
             }
-            write!(
-                cx.response,
-                "{:?} {:?}",
-                cx.session.origin(),
-                cx.session.user()
-            )?;
-            Ok(())
+            say_who(cx)
         };
         let site = Site::new();
         let visit = |query: &str, cookie: &str, t: u64| {
@@ -374,19 +367,10 @@ mod tests {
                 .envs(&forced_env)
                 .query(query)
                 .at(t)
-                .send(&eggs)
-                .body()
-                .to_owned()
+                .answer(&eggs)
         };
         assert_eq!(forced("login", 0), "Forced Some(\"eggs\")");
-        let cookie = site
-            .visit()
-            .query("login")
-            .at(1)
-            .send(&eggs)
-            .cookie()
-            .unwrap()
-            .to_owned();
+        let cookie = site.visit().query("login").at(1).issued(&eggs);
         site.visit()
             .cookie(&cookie)
             .query("everywhere")
@@ -425,14 +409,7 @@ mod tests {
     fn a_damaged_user_record_is_kept_by_collection_ends_its_sessions_and_is_rebuilt() {
         let site = Site::new();
         let sessions: Vec<String> = (0..3)
-            .map(|_| {
-                site.visit()
-                    .query("login")
-                    .send(&eggs)
-                    .cookie()
-                    .unwrap()
-                    .to_owned()
-            })
+            .map(|_| site.visit().query("login").issued(&eggs))
             .collect();
         let user = key_for(&"app".parse().unwrap(), "eggs");
         site.memory.plant(&user, b"damaged");
@@ -498,13 +475,7 @@ mod tests {
     #[test]
     fn a_user_record_that_cannot_be_read_now_fails_the_request_and_ends_nothing() {
         let site = Site::new();
-        let cookie = site
-            .visit()
-            .query("login")
-            .send(&eggs)
-            .cookie()
-            .unwrap()
-            .to_owned();
+        let cookie = site.visit().query("login").issued(&eggs);
         let failing = Site::over(
             Arc::new(FailingUserRecords(site.memory.clone())),
             site.memory.clone(),

@@ -729,7 +729,7 @@ impl Store for FileStore {
         let dir = &self.dir.handle;
         match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
             // Only a session file of ours; anything else at the name is the lock's to judge.
-            Ok(stat) if self.is_our_file(&stat) && self.names(&name, &stat) => {}
+            Ok(stat) if self.is_our_file(&stat) => {}
             Ok(_) | Err(Errno::NOENT) => return Ok(()),
             Err(e) => return Err(Error::io(format!("inspecting session {key:?}"), e.into())),
         }
