@@ -108,7 +108,7 @@ const LOCK_TIMEOUT: Variable = Variable {
 const SYNC: Variable = Variable {
     name: "PSOSessionSync",
     also: &[],
-    meaning: "fsync the file and the directory on every save",
+    meaning: "sync every save to the disk (the file's data, and the directory when a file is created, renamed or removed)",
     default: "off",
     expected: "on or off",
 };

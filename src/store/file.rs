@@ -87,6 +87,17 @@ pub struct FileStore {
     dir: Arc<Directory>,
     sync: bool,
     max_bytes: u64,
+    /// Syncs a test makes fail, as a failing disk would.
+    #[cfg(test)]
+    faults: Arc<Faults>,
+}
+
+/// Syncs that fail on purpose, in tests.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct Faults {
+    file_sync: std::sync::atomic::AtomicBool,
+    dir_sync: std::sync::atomic::AtomicBool,
 }
 
 /// The session directory, opened and checked once.
@@ -150,6 +161,8 @@ impl FileStore {
             dir: Arc::new(Directory { handle, path, uid }),
             sync: false,
             max_bytes: 1 << 20,
+            #[cfg(test)]
+            faults: Arc::default(),
         })
     }
 
@@ -200,8 +213,11 @@ impl FileStore {
         self.collect(unix_secs(now), service, &mut || false, observe)
     }
 
-    /// Whether saves fsync the file and the directory (`PSOSessionSync`), for durability across
-    /// power loss. Off by default: the rename alone already makes saves atomic.
+    /// Whether saves are synced to the disk (`PSOSessionSync`), for durability across power
+    /// loss: each save's data (`fdatasync`), and the directory when a file is created at its
+    /// name, renamed into place or removed. Off by default: a save is atomic without it (a kill
+    /// at any instant leaves the old record or the new), but a power cut may lose what the
+    /// disk had not written yet, the previous save included.
     pub fn with_sync(mut self, sync: bool) -> FileStore {
         self.sync = sync;
         self
@@ -445,7 +461,20 @@ impl FileStore {
     }
 
     fn sync_dir(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.faults.dir_sync.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(Errno::IO.raw_os_error()));
+        }
         rustix::fs::fsync(&self.dir.handle).map_err(Into::into)
+    }
+
+    /// `fdatasync` of a session file.
+    fn sync_file(&self, file: &File) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.faults.file_sync.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(Errno::IO.raw_os_error()));
+        }
+        file.sync_data()
     }
 
     /// Looks at one directory entry for garbage collection.
@@ -527,7 +556,9 @@ impl FileStore {
         now: u64,
         age: u64,
     ) -> std::result::Result<GcRemoval, GcOutcome> {
-        match read_front(file, stat) {
+        // Under the lock: nothing changes it meanwhile.
+        let size = u64::try_from(stat.st_size).unwrap_or(0);
+        match read_front(file, size) {
             Ok(Front::Record { meta, .. }) if meta.is_expired(now) => Ok(GcRemoval::Expired),
             // A reservation that never got its record.
             Ok(Front::Reservation) if age > ABANDONED_AGE => Ok(GcRemoval::Abandoned),
@@ -693,7 +724,9 @@ impl Store for FileStore {
                     layout: (size == 0).then_some(Layout::Empty),
                     blocked: false,
                     deleted: false,
-                    unsynced_entry: created,
+                    // An empty file may have been created by a lock whose first save failed:
+                    // its name is not known to be on the disk either.
+                    unsynced_entry: created || size == 0,
                 }));
             }
             // Replaced or removed while we waited: lock whatever is there now, within the
@@ -782,8 +815,9 @@ struct FileLock {
     blocked: bool,
     /// Whether `delete` was called: the file is gone and must not come back through this lock.
     deleted: bool,
-    /// The file was created at its name by this lock (`LockOptions::create`), and the
-    /// directory not synced since: the first synced save syncs it too.
+    /// The file was created at its name (`LockOptions::create`), by this lock or by one whose
+    /// first save failed, and the directory not synced since: the first synced save syncs it
+    /// too.
     unsynced_entry: bool,
 }
 
@@ -798,7 +832,13 @@ impl FileLock {
         let dir = &self.store.dir.handle;
         let saving = |e: Errno| Error::io(format!("saving session {key:?}"), e.into());
         let Some(old) = &self.file else {
-            return rustix::fs::renameat(dir, temp_name, dir, &self.name).map_err(saving);
+            rustix::fs::renameat(dir, temp_name, dir, &self.name).map_err(saving)?;
+            if let Err(e) = self.sync_dir_if_synced() {
+                // Not known to be on the disk: the session had no file, and has none again.
+                let _ = self.store.unlink(&self.name);
+                return Err(e);
+            }
+            return Ok(());
         };
         if ended_meanwhile(old) {
             return Err(lock_lost(key));
@@ -807,9 +847,10 @@ impl FileLock {
             Ok(()) => {}
             Err(Errno::NOENT) => return Err(lock_lost(key)),
             // A file system without atomic exchange: looked at above, then renamed over (a
-            // removal between the two is missed there).
+            // removal between the two is missed there, and so is a failed sync after it).
             Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                return rustix::fs::renameat(dir, temp_name, dir, &self.name).map_err(saving);
+                rustix::fs::renameat(dir, temp_name, dir, &self.name).map_err(saving)?;
+                return self.sync_dir_if_synced();
             }
             Err(e) => return Err(saving(e)),
         }
@@ -824,6 +865,16 @@ impl FileLock {
             }
             return Err(lock_lost(key));
         }
+        if let Err(e) = self.sync_dir_if_synced() {
+            // Not known to be on the disk: back to the old file, which is; the caller removes
+            // the new one, at `temp_name` again.
+            if let Err(back) =
+                rustix::fs::renameat_with(dir, temp_name, dir, &self.name, RenameFlags::EXCHANGE)
+            {
+                log::error!("session {key:?}: cannot put its old file back ({back})");
+            }
+            return Err(e);
+        }
         if let Err(e) = self.store.unlink(temp_name) {
             log::error!(
                 "session {key:?}: the file it replaced cannot be removed ({e}); a request waiting on it may read it"
@@ -832,17 +883,31 @@ impl FileLock {
         Ok(())
     }
 
-    /// Syncs the directory after the first save into a file this lock created at its name,
-    /// when saves are synced: the file's data is on disk, and so must its name be.
-    fn sync_created_entry(&mut self) -> Result<()> {
-        if self.store.sync && self.unsynced_entry {
-            self.store.sync_dir().map_err(|e| {
-                Error::io(
-                    format!("syncing the directory of session {:?}", self.key),
-                    e,
-                )
-            })?;
-            self.unsynced_entry = false;
+    /// Syncs the directory when saves are synced.
+    fn sync_dir_if_synced(&self) -> Result<()> {
+        if !self.store.sync {
+            return Ok(());
+        }
+        self.store.sync_dir().map_err(|e| {
+            Error::io(
+                format!("syncing the directory of session {:?}", self.key),
+                e,
+            )
+        })
+    }
+
+    /// Syncs a save written in place, when saves are synced: the file's data, and after the
+    /// first save into a file this lock created at its name, the directory, so that the name
+    /// is on the disk too.
+    fn sync_in_place(&self, file: &File) -> Result<()> {
+        if !self.store.sync {
+            return Ok(());
+        }
+        self.store
+            .sync_file(file)
+            .map_err(|e| Error::io(format!("syncing session {:?}", self.key), e))?;
+        if self.unsynced_entry {
+            self.sync_dir_if_synced()?;
         }
         Ok(())
     }
@@ -902,15 +967,24 @@ impl LockedSession for FileLock {
         if let (Some(file), Some(known)) = (&self.file, self.layout) {
             match layout::save_in_place(file, known, &bytes) {
                 Ok(Some(layout)) => {
+                    if let Err(e) = self.sync_in_place(file) {
+                        // Not known to be on the disk, so not told to the request as saved:
+                        // then it must not be what later loads find either (a failed fsync
+                        // may leave the page in the cache, readable, and is not retried).
+                        self.layout = match layout::void_newest(file, layout, known) {
+                            Ok(()) => Some(known),
+                            Err(_) => None,
+                        };
+                        return Err(e);
+                    }
                     self.layout = Some(layout);
                     if self.store.sync {
-                        file.sync_data()
-                            .map_err(|e| Error::io(format!("syncing session {key:?}"), e))?;
+                        self.unsynced_entry = false;
                     }
                     if ended_meanwhile(file) {
                         return Err(lock_lost(key));
                     }
-                    return self.sync_created_entry();
+                    return Ok(());
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -935,7 +1009,8 @@ impl LockedSession for FileLock {
             let seq = self.layout.map_or(1, layout::next_seq);
             let layout = layout::write_new(&temp, &bytes, seq)?;
             if self.store.sync {
-                temp.sync_data()
+                self.store
+                    .sync_file(&temp)
                     .map_err(|e| Error::io(format!("syncing session {key:?}"), e))?;
             }
             self.take_name(&temp_name)?;
@@ -952,12 +1027,7 @@ impl LockedSession for FileLock {
         self.size = temp.metadata().map_or(0, |m| m.len());
         self.file = Some(temp);
         self.layout = Some(layout);
-        if self.store.sync {
-            self.store
-                .sync_dir()
-                .map_err(|e| Error::io(format!("syncing the directory of session {key:?}"), e))?;
-            self.unsynced_entry = false;
-        }
+        self.unsynced_entry = false;
         Ok(())
     }
 
@@ -1091,8 +1161,7 @@ enum Front {
 /// Reads a session file's metadata: the newest slot that passes its checksum (computed in
 /// chunks), then at most [`GC_READ`] bytes of its record. A damaged file is an error of kind
 /// [`ErrorKind::Corrupt`]; one that cannot be read, of another kind.
-fn read_front(file: &File, stat: &Stat) -> Result<Front> {
-    let size = u64::try_from(stat.st_size).unwrap_or(0);
+fn read_front(file: &File, size: u64) -> Result<Front> {
     let reading = |e| Error::io("reading a session file", e);
     let mut start = [0u8; 8];
     let read = file.read_at(&mut start, 0).map_err(reading)?;
@@ -1270,7 +1339,9 @@ fn open_directory(path: &Path, uid: u32, create: bool) -> Result<OwnedFd> {
             // Tightening is not enough: whoever opened the directory while it was loose keeps a
             // handle that lists it (the names are session ids) whatever its mode becomes.
             return Err(directory_error(format!(
-                "the session directory {shown} has mode {:o}: others may have read its session ids,                  and may still hold it open. Remove it and let pso create it (0700), or make it 0700                  yourself if you are sure nobody else has it open",
+                "the session directory {shown} has mode {:o}: others may have read its session ids, \
+                 and may still hold it open. Remove it and let pso create it (0700), or make it 0700 \
+                 yourself if you are sure nobody else has it open",
                 stat.st_mode & 0o7777
             )));
         }
@@ -1568,6 +1639,73 @@ mod tests {
         drop(lock);
         let loaded = small.peek(&key).unwrap().unwrap();
         assert_eq!(loaded.get::<u64>("n").unwrap(), Some(7));
+    }
+
+    /// A save whose sync fails (a failing disk) was not stored, as the request is told: the
+    /// next load finds the state before it, whether the save was in place, needed a new file,
+    /// or was the first into a file created at its name. Nothing is retried.
+    #[test]
+    fn a_save_whose_sync_fails_is_not_what_the_next_load_finds() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (_dir, store) = store();
+        let store = store.with_sync(true);
+        let record = |n: u64, pad: usize| {
+            let mut record = Record::new(Meta::new(0));
+            record.set("n", &n).unwrap();
+            record.set("pad", &vec![1u8; pad]).unwrap();
+            record
+        };
+        let n_of = |key: &SessionKey| -> Option<u64> {
+            store
+                .peek(key)
+                .unwrap()
+                .map(|r| r.get("n").unwrap().unwrap())
+        };
+        let key = suite::key("svc");
+        let mut lock = store.lock(&key, suite::options()).unwrap();
+        lock.save(&record(1, 10)).unwrap();
+        for (fault, pad) in [
+            (&store.faults.file_sync, 10),
+            (&store.faults.file_sync, 20_000),
+            (&store.faults.dir_sync, 20_000),
+        ] {
+            fault.store(true, SeqCst);
+            assert!(lock.save(&record(2, pad)).is_err(), "pad {pad}");
+            fault.store(false, SeqCst);
+            assert_eq!(n_of(&key), Some(1), "pad {pad}");
+        }
+        // The lock goes on working: the next save lands, and is what loads find.
+        lock.save(&record(3, 10)).unwrap();
+        drop(lock);
+        assert_eq!(n_of(&key), Some(3));
+        // A forced id's first save, into the file its lock created: its name must be synced.
+        let forced = SessionKey::new("svc".parse().unwrap(), SessionId::forced("007").unwrap());
+        for fault in [&store.faults.file_sync, &store.faults.dir_sync] {
+            let mut lock = store
+                .lock(&forced, suite::options().with_create(true))
+                .unwrap();
+            assert_eq!(lock.load().unwrap(), None);
+            fault.store(true, SeqCst);
+            assert!(lock.save(&record(7, 10)).is_err());
+            fault.store(false, SeqCst);
+            drop(lock);
+            assert_eq!(n_of(&forced), None);
+        }
+        // A new session's first save (a new file renamed into place).
+        let fresh = suite::key("svc");
+        store.faults.dir_sync.store(true, SeqCst);
+        let mut lock = store.lock(&fresh, suite::options()).unwrap();
+        assert!(lock.save(&record(9, 10)).is_err());
+        store.faults.dir_sync.store(false, SeqCst);
+        drop(lock);
+        assert_eq!(n_of(&fresh), None);
+        assert!(!store.exists(&fresh).unwrap());
+        let leftovers: Vec<_> = fs::read_dir(store.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]

@@ -180,6 +180,26 @@ fn load_settled_with(file: &File, max_record: u64, meanwhile: &mut dyn FnMut()) 
     ))
 }
 
+/// Runs `read` over a file that a request holding its lock may be saving into (a read without
+/// the lock, of any part of the file), again until no save landed during it: the size and slot
+/// headers are the same before and after. What `read` gets to see is a state the file held.
+pub(crate) fn read_settled<T>(file: &File, mut read: impl FnMut(&File) -> Result<T>) -> Result<T> {
+    let mut pause = Duration::from_micros(20);
+    for _ in 0..SETTLE_TRIES {
+        let before = heads(file, region_of(file_size(file)?).ok())?;
+        let result = read(file);
+        if heads(file, before.region)? == before {
+            return result;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(MAX_SETTLE_PAUSE);
+    }
+    Err(Error::new(
+        ErrorKind::LockTimeout,
+        "a session file kept changing while it was read without its lock",
+    ))
+}
+
 /// What a read saw of the parts that every save changes: the file's size and its slot headers
 /// (for a version-1 file, its first bytes).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -424,6 +444,20 @@ pub(crate) fn save_in_place(file: &File, layout: Layout, record: &[u8]) -> Resul
         newest: slot,
         seq,
     }))
+}
+
+/// Undoes a save in place that may not be on the disk (its sync failed), so that loads find
+/// the state before it, `before`: the slot it wrote loses its header, or a file laid out by it
+/// goes back to an empty reservation.
+pub(crate) fn void_newest(file: &File, written: Layout, before: Layout) -> Result<()> {
+    let voided = match (written, before) {
+        (_, Layout::Empty) => file.set_len(0),
+        (Layout::Slots { region, newest, .. }, _) => {
+            file.write_all_at(&[0u8; SLOT_HEADER], newest * region)
+        }
+        _ => Ok(()),
+    };
+    voided.map_err(|e| Error::io("undoing a session file's save", e))
 }
 
 /// Lays out a new file (empty, not yet at its name) with `record` in its first slot, numbered

@@ -12,7 +12,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::{
-    Entry, FileStore, Front, GC_CURSOR, GC_READ, c_name, classify, disk_bytes, file_name,
+    Entry, FileStore, Front, GC_CURSOR, GC_READ, c_name, classify, disk_bytes, file_name, layout,
     read_front,
 };
 use crate::error::{Error, ErrorKind, Result};
@@ -227,7 +227,14 @@ impl FileStore {
         if !self.is_our_file(&stat) {
             return Err(not_ours());
         }
-        let contents = match read_front(&file, &stat) {
+        // No lock: a request may be saving into it right now.
+        let settled = layout::read_settled(&file, |file| {
+            let size = rustix::fs::fstat(file)
+                .map_err(|e| Error::io(format!("inspecting session {key:?}"), e.into()))?
+                .st_size;
+            read_front(file, u64::try_from(size).unwrap_or(0))
+        });
+        let contents = match settled {
             Ok(Front::Record { meta, len }) => Contents::Record { meta, bytes: len },
             Ok(Front::Reservation) => Contents::Reservation,
             Ok(Front::OtherVersion) => Contents::OtherVersion,
