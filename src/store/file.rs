@@ -29,7 +29,7 @@ pub use listing::{Contents, DirEntry, Entries, EntryKind, SessionFile};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, TryLockError};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -247,8 +247,9 @@ impl FileStore {
     }
 
     /// Whether a user other than `uid` and root could rename or remove entries of the
-    /// directory `parent`: [`FileStore::open`] refuses a session directory in such a parent,
-    /// since that user could move it away or put another in its place. `/tmp` (sticky) is fine.
+    /// directory `parent` or of any directory above it: [`FileStore::open`] refuses a session
+    /// directory in such a place, since that user could move it away or put another in its
+    /// place. `/tmp` (sticky) is fine.
     ///
     /// ```
     /// use pso::store::FileStore;
@@ -256,9 +257,26 @@ impl FileStore {
     /// # Ok::<(), pso::Error>(())
     /// ```
     pub fn others_can_change(parent: &Path, uid: u32) -> Result<bool> {
-        let stat = rustix::fs::stat(parent)
-            .map_err(|e| Error::io(format!("inspecting {}", parent.display()), e.into()))?;
-        Ok(others_can_replace_entries(&stat, uid))
+        Ok(FileStore::changeable_by_others(parent, uid)?.is_some())
+    }
+
+    /// The first directory on the path to `dir` (itself included), walked from the root and
+    /// through symbolic links as [`FileStore::open`] walks it, that a user other than `uid` and
+    /// root could rename or remove entries of; `None` if there is none. Whoever can change a
+    /// directory further up the path can swap the session directory as well as whoever can
+    /// change its parent.
+    ///
+    /// ```
+    /// use pso::store::FileStore;
+    /// assert_eq!(FileStore::changeable_by_others(std::path::Path::new("/tmp"), 0)?, None);
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn changeable_by_others(dir: &Path, uid: u32) -> Result<Option<PathBuf>> {
+        match walk_trusted(dir, uid) {
+            Ok(Walk::Safe(_)) => Ok(None),
+            Ok(Walk::Unsafe { dir, .. }) => Ok(Some(dir)),
+            Err((at, e)) => Err(Error::io(format!("inspecting {}", at.display()), e.into())),
+        }
     }
 
     /// The network file system (`NFS`, `SMB`, `CIFS`, `SMB2`) that holds `path`, if it is on
@@ -398,17 +416,17 @@ impl FileStore {
             .is_ok_and(|current| current.st_dev == stat.st_dev && current.st_ino == stat.st_ino)
     }
 
-    /// The locked descriptor's size if it is still the session's file, a regular file of
-    /// ours, made `0600` if it was not. When in doubt (an error), it is not: the caller opens
-    /// the name again.
+    /// The locked descriptor's size if it is still the session's file, the one at `name`, a
+    /// regular file of ours, made `0600` if it was not. When in doubt (an error), it is not:
+    /// the caller opens the name again.
     ///
-    /// Still one link means still at its name: pso never leaves a session file linked
-    /// elsewhere, it only renames a new file over it (or exchanges the two, and removes the old
-    /// one before letting go of its lock) or removes it, and each takes the held file's link.
-    /// (`fstat` alone, no second lookup of the name: this runs on every request.)
-    fn still_current(&self, file: &File) -> Option<u64> {
+    /// One link is not enough to tell: a save that needs a new file exchanges it with the old
+    /// one (`RENAME_EXCHANGE`), which then has its one link at a temporary name until it is
+    /// removed, and a saver killed in between leaves it there. A request that waited on the
+    /// old file must not take it for the session.
+    fn still_current(&self, file: &File, name: &CStr) -> Option<u64> {
         let held = rustix::fs::fstat(file).ok()?;
-        if !self.is_our_file(&held) {
+        if !self.is_our_file(&held) || !self.names(name, &held) {
             return None;
         }
         if held.st_mode & 0o777 != 0o600 {
@@ -512,7 +530,7 @@ impl FileStore {
                     }
                     Err(TryLockError::Error(_)) => return GcOutcome::Skipped,
                 }
-                if self.still_current(&file).is_none() {
+                if self.still_current(&file, name).is_none() {
                     return GcOutcome::Skipped;
                 }
                 match self.is_dead(&key, &file, &stat, now, age) {
@@ -580,12 +598,18 @@ impl FileStore {
     /// Opens a file of the directory read-only, without following a symlink; `None` unless it
     /// is a regular file of ours with one link.
     fn open_for_reading(&self, name: &CStr) -> Option<(File, Stat)> {
+        let (file, stat) = self.open_any(name)?;
+        self.is_our_file(&stat).then_some((file, stat))
+    }
+
+    /// Opens what is at `name` read-only, without following a symlink, and looks at it.
+    fn open_any(&self, name: &CStr) -> Option<(File, Stat)> {
         let flags =
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
         let file =
             File::from(rustix::fs::openat(&self.dir.handle, name, flags, Mode::empty()).ok()?);
         let stat = rustix::fs::fstat(&file).ok()?;
-        self.is_our_file(&stat).then_some((file, stat))
+        Some((file, stat))
     }
 
     /// A listing of the directory through its handle, with its own position.
@@ -713,7 +737,7 @@ impl Store for FileStore {
                 }
             };
             wait_for_lock(&file, deadline, key)?;
-            if let Some(size) = self.still_current(&file) {
+            if let Some(size) = self.still_current(&file, &name) {
                 return Ok(Box::new(FileLock {
                     store: self.clone(),
                     key: key.clone(),
@@ -748,13 +772,26 @@ impl Store for FileStore {
     }
 
     fn peek(&self, key: &SessionKey) -> Result<Option<Record>> {
-        match self.open_for_reading(&c_name(file_name(key))) {
-            Some((file, _)) => {
-                let (bytes, _) = layout::load_settled(&file, record_cap(self.max_bytes))?;
-                decode_record(bytes, self.max_bytes)
+        let name = c_name(file_name(key));
+        for _ in 0..MAX_REOPENS {
+            let Some((file, stat)) = self.open_any(&name) else {
+                return Ok(None);
+            };
+            if stat.st_nlink == 0 {
+                // Replaced (a save that needed a new file) or removed since it was opened:
+                // whatever is at the name now is the session.
+                continue;
             }
-            None => Ok(None),
+            if !self.is_our_file(&stat) {
+                return Ok(None);
+            }
+            let (bytes, _) = layout::load_settled(&file, record_cap(self.max_bytes))?;
+            return decode_record(bytes, self.max_bytes);
         }
+        Err(Error::new(
+            ErrorKind::LockTimeout,
+            format!("session {key:?}: its file kept being replaced while it was read"),
+        ))
     }
 
     fn delete(&self, key: &SessionKey) -> Result<()> {
@@ -964,7 +1001,9 @@ impl LockedSession for FileLock {
                 ),
             ));
         }
-        if let (Some(file), Some(known)) = (&self.file, self.layout) {
+        // In place only into slots: a first save into an empty reservation gets a new file,
+        // so that no reader ever sees a file half laid out.
+        if let (Some(file), Some(known @ Layout::Slots { .. })) = (&self.file, self.layout) {
             match layout::save_in_place(file, known, &bytes) {
                 Ok(Some(layout)) => {
                     if let Err(e) = self.sync_in_place(file) {
@@ -1235,47 +1274,37 @@ fn open_directory(path: &Path, uid: u32, create: bool) -> Result<OwnedFd> {
     } else {
         parent
     };
-    // The parent is reached by its path (the administrator's choice, links and all); the
-    // session directory itself only by a handle from the parent's handle. Only the directory
-    // itself is ever created: a path naming parents that do not exist is a mistake to report,
-    // not a tree to build.
-    let parent_handle = rustix::fs::open(
-        parent,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| {
-        if !create && e == Errno::NOENT {
-            return directory_error(format!("no session directory at {shown}"));
+    // The parent is reached by walking its path (the administrator's choice, links and all)
+    // one directory at a time; the session directory itself only by a handle from the
+    // parent's handle. Only the directory itself is ever created: a path naming parents that
+    // do not exist is a mistake to report, not a tree to build. A user who can rename entries
+    // of any directory on the way could swap it (or a link in it) and lead pso to another
+    // directory of ours (another site's sessions), or move ours away and let pso create an
+    // empty one: the handle makes each request consistent, not the directory the right one.
+    let parent_handle = match walk_trusted(parent, uid) {
+        Ok(Walk::Safe(handle)) => handle,
+        Ok(Walk::Unsafe { dir, stat }) => {
+            return Err(directory_error(format!(
+                "the session directory {shown} lies under {}, which another user can change (owner uid {}, mode {:o}): they could move what is in it away or put another directory in its place. Put it where every directory on the path is one only uid {uid} or root can change",
+                dir.display(),
+                stat.st_uid,
+                stat.st_mode & 0o7777
+            )));
         }
-        Error::io(
-            format!(
-                "opening {}, the parent of the session directory (pso creates only the directory itself)",
-                parent.display()
-            ),
-            e.into(),
-        )
-    })?;
-    // A user who can rename entries of the parent could swap our directory for another of
-    // ours (another site's sessions) or move it away and let us create an empty one: the
-    // handle makes each request consistent, not the directory the right one.
-    let parent_stat = rustix::fs::fstat(&parent_handle).map_err(|e| {
-        Error::io(
-            format!(
-                "inspecting {}, the parent of the session directory",
-                parent.display()
-            ),
-            e.into(),
-        )
-    })?;
-    if others_can_replace_entries(&parent_stat, uid) {
-        return Err(directory_error(format!(
-            "the session directory {shown} lies in {}, which another user can change (owner uid {}, mode {:o}): they could move it away or put another directory in its place. Put it in a directory that only uid {uid} or root can change",
-            parent.display(),
-            parent_stat.st_uid,
-            parent_stat.st_mode & 0o7777
-        )));
-    }
+        Err((_, Errno::NOENT)) if !create => {
+            return Err(directory_error(format!("no session directory at {shown}")));
+        }
+        Err((at, e)) => {
+            return Err(Error::io(
+                format!(
+                    "opening {} on the way to {}, the parent of the session directory (pso creates only the directory itself)",
+                    at.display(),
+                    parent.display()
+                ),
+                e.into(),
+            ));
+        }
+    };
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let open = || rustix::fs::openat(&parent_handle, name, flags, Mode::empty());
     // Opened first: it exists on every request but the very first.
@@ -1286,7 +1315,11 @@ fn open_directory(path: &Path, uid: u32, create: bool) -> Result<OwnedFd> {
         }
         Err(Errno::NOENT) => {
             match rustix::fs::mkdirat(&parent_handle, name, Mode::from_raw_mode(0o700)) {
-                Ok(()) => created = true,
+                Ok(()) => {
+                    created = true;
+                    // Its name on the disk too, once: sessions synced into it rely on it.
+                    let _ = rustix::fs::fsync(&parent_handle);
+                }
                 Err(Errno::EXIST) => {}
                 Err(e) => {
                     return Err(Error::io(
@@ -1355,6 +1388,91 @@ fn open_directory(path: &Path, uid: u32, create: bool) -> Result<OwnedFd> {
 /// Whether a user other than `uid` (and root) can rename or remove entries of a directory:
 /// its owner is someone else, or group or others may write it without the sticky bit (which
 /// limits renaming and removing to an entry's owner, as in `/tmp`).
+/// Where a walk down a path ended.
+enum Walk {
+    /// Every directory on the way is one only `uid` or root can change: a handle on the last.
+    Safe(OwnedFd),
+    /// This directory on the way can have its entries replaced by another user.
+    Unsafe { dir: PathBuf, stat: Stat },
+}
+
+/// Symbolic links a walk follows, at most (as the kernel's own limit).
+const MAX_LINKS: u32 = 40;
+
+/// Opens the directory `path` by walking it from the root (or the working directory, for a
+/// relative path) one component at a time, checking every directory on the way, the last
+/// included, with [`others_can_replace_entries`]. A symbolic link on the way is followed only
+/// from a directory found safe (so only its owner or root could have made it), and its target
+/// is walked the same way. An error names the path it was at.
+fn walk_trusted(path: &Path, uid: u32) -> std::result::Result<Walk, (PathBuf, Errno)> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let open_start = |absolute: bool| {
+        let start = if absolute { "/" } else { "." };
+        rustix::fs::open(start, flags, Mode::empty()).map_err(|e| (PathBuf::from(start), e))
+    };
+    let mut at = if path.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        PathBuf::from(".")
+    };
+    let mut current = open_start(path.is_absolute())?;
+    let mut queue: VecDeque<std::ffi::OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut links = 0;
+    loop {
+        let stat = rustix::fs::fstat(&current).map_err(|e| (at.clone(), e))?;
+        if others_can_replace_entries(&stat, uid) {
+            return Ok(Walk::Unsafe { dir: at, stat });
+        }
+        let Some(name) = queue.pop_front() else {
+            return Ok(Walk::Safe(current));
+        };
+        match rustix::fs::openat(&current, &name, flags, Mode::empty()) {
+            Ok(next) => {
+                if name == ".." {
+                    at.pop();
+                } else {
+                    at.push(&name);
+                }
+                current = next;
+            }
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                let target = rustix::fs::readlinkat(&current, &name, Vec::new())
+                    .map_err(|_| (at.join(&name), Errno::NOTDIR))?;
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err((at.join(&name), Errno::LOOP));
+                }
+                let target = PathBuf::from(std::ffi::OsString::from_vec(target.into_bytes()));
+                for (i, component) in target
+                    .components()
+                    .filter_map(|c| match c {
+                        Component::Normal(name) => Some(name.to_owned()),
+                        Component::ParentDir => Some("..".into()),
+                        _ => None,
+                    })
+                    .enumerate()
+                {
+                    queue.insert(i, component);
+                }
+                if target.is_absolute() {
+                    current = open_start(true)?;
+                    at = PathBuf::from("/");
+                }
+            }
+            Err(e) => return Err((at.join(&name), e)),
+        }
+    }
+}
+
 fn others_can_replace_entries(stat: &Stat, uid: u32) -> bool {
     let foreign_owner = stat.st_uid != uid && stat.st_uid != 0;
     let shared_write = stat.st_mode & 0o022 != 0 && stat.st_mode & 0o1000 == 0;
@@ -1511,6 +1629,178 @@ mod tests {
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
         FileStore::open(&sessions).unwrap();
         FileStore::open(&sessions).unwrap();
+    }
+
+    /// A user who can change a directory further up the path (not only the parent) could
+    /// swap it, or a link in it, and lead pso to another directory of ours: refused, and said
+    /// where. A link in a directory only we or root can change is followed.
+    #[test]
+    fn every_directory_on_the_path_must_be_one_others_cannot_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("gp");
+        fs::create_dir_all(shared.join("app")).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        let sessions = shared.join("app/sessions");
+        let refused = FileStore::open(&sessions).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Directory);
+        assert!(
+            refused.to_string().contains(&shared.display().to_string()),
+            "{refused}"
+        );
+        assert_eq!(
+            FileStore::changeable_by_others(&shared.join("app"), effective_uid()).unwrap(),
+            Some(shared.clone())
+        );
+        // The swap the check stops: the parent replaced by a link to another site's.
+        let other = dir.path().join("othersite");
+        fs::create_dir(&other).unwrap();
+        FileStore::open(other.join("sessions")).unwrap();
+        fs::rename(shared.join("app"), shared.join("app.old")).unwrap();
+        std::os::unix::fs::symlink(&other, shared.join("app")).unwrap();
+        assert!(FileStore::open(&sessions).is_err());
+        // A link from a safe place to a safe place is followed.
+        let safe = dir.path().join("safe");
+        fs::create_dir(&safe).unwrap();
+        std::os::unix::fs::symlink(&other, safe.join("link")).unwrap();
+        FileStore::open(safe.join("link/sessions")).unwrap();
+        std::os::unix::fs::symlink("../othersite", safe.join("relative")).unwrap();
+        FileStore::open(safe.join("relative/sessions")).unwrap();
+        // A link out of a safe place into an unsafe one is not.
+        std::os::unix::fs::symlink(shared.join("app.old"), safe.join("out")).unwrap();
+        assert!(FileStore::open(safe.join("out/sessions")).is_err());
+    }
+
+    /// A saver killed after it put its new file at the name and before it removed the old
+    /// one (now at a temporary name, one link) leaves a request that waited on the old file:
+    /// that request must take the file at the name, never the old one.
+    #[test]
+    fn a_waiter_never_takes_a_file_exchanged_out_for_the_session() {
+        let (_dir, store) = store();
+        let key = suite::key("svc");
+        let record = |n: u64| {
+            let mut record = Record::new(Meta::new(0));
+            record.set("n", &n).unwrap();
+            record
+        };
+        store
+            .lock(&key, suite::options())
+            .unwrap()
+            .save(&record(1))
+            .unwrap();
+        let saver = store.lock(&key, suite::options()).unwrap();
+        let waiting = {
+            let store = store.clone();
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let mut lock = store.lock(&key, suite::options()).unwrap();
+                let seen: u64 = lock.load().unwrap().unwrap().get("n").unwrap().unwrap();
+                lock.save(&record(seen + 1)).unwrap();
+                seen
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        // What the saver did before it died: a new file with its state, exchanged in.
+        let (temp, file) = store.create_temp(&key).unwrap();
+        layout::write_new(&file, &record(100).encode().unwrap(), 1).unwrap();
+        let dir = &store.dir.handle;
+        let name = c_name(file_name(&key));
+        rustix::fs::renameat_with(dir, &temp, dir, &name, RenameFlags::EXCHANGE).unwrap();
+        drop((file, saver));
+        assert_eq!(
+            waiting.join().unwrap(),
+            100,
+            "the waiter read the session at the name"
+        );
+        let n: u64 = store
+            .peek(&key)
+            .unwrap()
+            .unwrap()
+            .get("n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 101, "and its save is what the next load finds");
+    }
+
+    /// A reader without the lock never takes a session whose saves need new files (exchanged
+    /// in) for gone, nor a first save being laid out for damaged.
+    #[test]
+    fn reads_without_the_lock_beside_saves_of_new_files_see_the_session() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (_dir, store) = store();
+        let key = suite::key("svc");
+        let forced = SessionKey::new("svc".parse().unwrap(), SessionId::forced("007").unwrap());
+        let record = |n: u64| {
+            let mut record = Record::new(Meta::new(0));
+            record.set("n", &n).unwrap();
+            record.set("pad", &vec![7u8; 6000]).unwrap();
+            record
+        };
+        store
+            .lock(&key, suite::options())
+            .unwrap()
+            .save(&record(0))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (store, key, forced, stop) =
+                (store.clone(), key.clone(), forced.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 1;
+                while !stop.load(Ordering::SeqCst) {
+                    // Never loaded: each save writes a new file and exchanges it in.
+                    store
+                        .lock(&key, suite::options())
+                        .unwrap()
+                        .save(&record(n))
+                        .unwrap();
+                    // A first save into a reservation, then gone again.
+                    let mut lock = store
+                        .lock(&forced, suite::options().with_create(true))
+                        .unwrap();
+                    let mut big = record(n);
+                    big.set("pad", &vec![7u8; 60_000]).unwrap();
+                    lock.save(&big).unwrap();
+                    lock.delete().unwrap();
+                    n += 1;
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let mut reads = 0;
+        while started.elapsed() < Duration::from_millis(1500) {
+            assert!(store.peek(&key).unwrap().is_some(), "after {reads} reads");
+            store.peek(&forced).expect("never damaged");
+            reads += 1;
+        }
+        stop.store(true, Ordering::SeqCst);
+        writer.join().unwrap();
+    }
+
+    /// Saves through one lock into a reservation, then a load through it: the last save. The
+    /// first of them takes a new file.
+    #[test]
+    fn a_lock_that_saved_loads_what_it_saved() {
+        let (_dir, store) = store();
+        let forced = SessionKey::new("svc".parse().unwrap(), SessionId::forced("007").unwrap());
+        let record = |n: u64| {
+            let mut record = Record::new(Meta::new(0));
+            record.set("n", &n).unwrap();
+            record
+        };
+        let mut lock = store
+            .lock(&forced, suite::options().with_create(true))
+            .unwrap();
+        assert_eq!(lock.load().unwrap(), None);
+        let inode = || fs::metadata(store.path_of(&forced)).unwrap().ino();
+        let reservation = inode();
+        lock.save(&record(1)).unwrap();
+        // Not laid out in place, where a reader could see it half done: a whole new file.
+        assert_ne!(inode(), reservation);
+        lock.save(&record(2)).unwrap();
+        assert_eq!(lock.load().unwrap(), Some(record(2)));
+        lock.save(&record(3)).unwrap();
+        drop(lock);
+        assert_eq!(store.peek(&forced).unwrap(), Some(record(3)));
     }
 
     #[test]

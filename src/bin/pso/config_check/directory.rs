@@ -242,21 +242,24 @@ fn file_system(path: &Path) -> Check {
     }
 }
 
-/// pso refuses a directory whose parent another user can change: they could move it away or
-/// put another in its place.
+/// pso refuses a directory under a directory another user can change, its parent or any
+/// above it: they could move it away or put another in its place.
 fn parent_check(parent: &Path, user: &User) -> Option<Check> {
-    let check = match FileStore::others_can_change(parent, user.uid) {
-        Ok(false) => Check::new(
+    let check = match FileStore::changeable_by_others(parent, user.uid) {
+        Ok(None) => Check::new(
             "parent",
             Level::Ok,
-            format!("no other user can change {}", parent.display()),
+            format!(
+                "no other user can change {} or any directory above it",
+                parent.display()
+            ),
         ),
-        Ok(true) => Check::new(
+        Ok(Some(dir)) => Check::new(
             "parent",
             Level::Error,
             format!(
-                "{} can be changed by other users (another owner, or group or others may write it without the sticky bit): they could move the directory away or put another in its place, so pso refuses it",
-                parent.display()
+                "{} can be changed by other users (another owner, or group or others may write it without the sticky bit): they could move the session directory (or what leads to it) away or put another in its place, so pso refuses it",
+                dir.display()
             ),
         ),
         Err(e) => Check::new("parent", Level::Error, format!("{e}")),
