@@ -13,7 +13,7 @@
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
-use pso::{BoxError, Context, Ended, ErrorKind, Expiry, Origin};
+use pso::{BoxError, Context, Ended, Expiry, Origin};
 
 fn main() {
     pso::run(login);
@@ -51,6 +51,13 @@ fn login(cx: &mut Context) -> Result<(), BoxError> {
 
 /// A posted form: sign in or out, if its token is one this session issued.
 fn post(cx: &mut Context) -> Result<(), BoxError> {
+    if cx.session.origin() == Origin::Moved {
+        // Posted through the old id of a session that has just signed in (a tab opened
+        // before, or whoever planted that id): pso lets it change nothing, and the page
+        // shows where things stand.
+        cx.response.redirect(cx.request.script_name())?;
+        return Ok(());
+    }
     let token = cx.request.form_value("token")?.unwrap_or_default();
     if !cx.session.take_form_token(&token)? {
         cx.response.set_status(403)?;
@@ -73,16 +80,7 @@ fn post(cx: &mut Context) -> Result<(), BoxError> {
                 return form(cx, "Wrong user name or password.");
             }
             // A new id at the change of privilege: an id planted before is worth nothing now.
-            if let Err(e) = cx.session.regenerate_id() {
-                if e.kind() != ErrorKind::OldId {
-                    return Err(e.into());
-                }
-                // A form loaded through the old id of a session that has just signed in (a
-                // tab opened before, or whoever planted that id): pso changes nothing, and
-                // the page shows where things stand.
-                cx.response.redirect(cx.request.script_name())?;
-                return Ok(());
-            }
+            cx.session.regenerate_id()?;
             cx.session.set("user", &user)?;
             // Named for "sign out everywhere".
             cx.session.set_user(&user)?;

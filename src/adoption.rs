@@ -49,9 +49,10 @@ pub(crate) struct Claim<'a> {
     pub client_addr: Option<&'a str>,
     /// The query string, where the id may be with `PSOSessionUrl=on`.
     pub query: &'a str,
-    /// The browser says the request comes from another site: an id in its URL is not taken
-    /// (a link or form on another site would fix the visitor into a session of its choosing).
-    pub from_another_site: bool,
+    /// The browser says the request comes from one of the site's own pages: only then is an
+    /// id in its URL taken (a link or form elsewhere would fix the visitor into a session of
+    /// its choosing, and a plain-HTTP site gets no `Sec-Fetch-Site` to tell them apart).
+    pub from_the_site_itself: bool,
 }
 
 /// What the store holds under one id, as read with or without its lock.
@@ -158,8 +159,13 @@ pub(crate) fn decide(verdicts: &[&Verdict], offered_any: bool) -> Decision {
         .max_by_key(|(_, why)| why.weight());
     let (why, expired_from) = match weightiest {
         Some((i, why)) => {
+            // Its data only if it is the one id read: among several, the visitor's own cannot
+            // be told from a tossed one, whose data the handler would take for the visitor's.
             let has_data = matches!(verdicts[i], Verdict::Ended(_, Some(_)));
-            (Origin::Replaced(why), has_data.then_some(i))
+            (
+                Origin::Replaced(why),
+                (has_data && verdicts.len() == 1).then_some(i),
+            )
         }
         None if offered_any => (Origin::Replaced(Ended::Unknown), None),
         None => (Origin::New, None),
@@ -363,9 +369,9 @@ fn offered(config: &Config, claim: &Claim<'_>) -> Offered {
     if from_url.ids.is_empty() && !from_url.too_many {
         return cookies;
     }
-    if claim.from_another_site {
+    if !claim.from_the_site_itself {
         log::warn!(
-            "suspicious: a session id in the URL of a request from another site (a link or form elsewhere); not taken"
+            "a session id in the URL of a request that does not come from the site's own pages (a link or form elsewhere, a bookmark); not taken"
         );
         return cookies;
     }
@@ -583,7 +589,9 @@ impl<'a> Adoption<'a> {
                 Err(e) => log::warn!("cannot look for session {key:?}: {}", ErrorChain(&e)),
             }
         }
-        if keys.len() > MAX_CANDIDATES {
+        // With PSOSessionCheckIP, other addresses' sessions are left alone, which needs them
+        // read: as many as a header can name (at most MAX_OFFERED).
+        if keys.len() > MAX_CANDIDATES && !self.rules.check_ip {
             log::warn!(
                 "{} session cookies name stored sessions, more than {MAX_CANDIDATES} (cookie tossing?); ending them all",
                 keys.len()
@@ -650,7 +658,7 @@ impl<'a> Adoption<'a> {
             }
         }
         for user in candidates.iter().filter_map(|c| c.repair.as_deref()) {
-            user_record::repair(self.store, &self.config.service, user, self.clock.now());
+            user_record::repair(self.store, &self.config.service, user, self.clock);
         }
         if let Some(i) = decision.adopt {
             let candidate = candidates.swap_remove(i);
@@ -732,15 +740,19 @@ impl<'a> Adoption<'a> {
             return self.fresh(Origin::Replaced(Ended::Unknown), None);
         };
         match verdict {
-            Verdict::Live(record) => {
-                let named = if named == at {
-                    Named::Current
-                } else {
-                    Named::OldId(named.id)
-                };
+            Verdict::Live(record) if named != at => {
+                // Through an old id: served to read, nothing more.
+                drop(lock);
                 let start = Start {
                     from_url,
-                    ..self.start(Origin::Returning, named)
+                    ..self.start(Origin::Moved, Named::OldId(named.id))
+                };
+                Ok(Session::read_only(at, Some(record), start))
+            }
+            Verdict::Live(record) => {
+                let start = Start {
+                    from_url,
+                    ..self.start(Origin::Returning, Named::Current)
                 };
                 Ok(Session::held(lock, record, start))
             }
@@ -780,7 +792,7 @@ impl<'a> Adoption<'a> {
         let held_something = !matches!(loaded, Ok(None));
         let (verdict, repair) = self.judged_forced(&key, loaded)?;
         if let Some(user) = repair {
-            user_record::repair(self.store, &key.service, &user, self.clock.now());
+            user_record::repair(self.store, &key.service, &user, self.clock);
         }
         Ok(match decide_forced(verdict, held_something) {
             ForcedDecision::Adopt(record) => {
@@ -842,14 +854,14 @@ impl<'a> Adoption<'a> {
                 ..
             }) = candidates.into_iter().nth(i)
         {
-            let named = if named == at {
-                Named::Current
+            let (origin, named) = if named == at {
+                (Origin::Returning, Named::Current)
             } else {
-                Named::OldId(named.id)
+                (Origin::Moved, Named::OldId(named.id))
             };
             let start = Start {
                 from_url: offered.from_url,
-                ..self.start(Origin::Returning, named)
+                ..self.start(origin, named)
             };
             return Ok(Session::read_only(at, Some(record), start));
         }
@@ -1297,11 +1309,15 @@ mod tests {
     #[test]
     fn without_cookies_the_id_may_travel_in_links_when_allowed() {
         let site = Site::new();
+        // A link followed from one of the site's own pages (an old browser, plain HTTP: no
+        // Sec-Fetch-Site, a Referer).
         let visit = |query: &str, cookie: &str, on: &str| {
             site.visit()
                 .query(query)
                 .cookie(cookie)
                 .env("PSOSessionUrl", on)
+                .env("HTTP_HOST", "shop.example")
+                .env("HTTP_REFERER", "http://shop.example/cgi-bin/app?page=1")
                 .send(&linker)
         };
         let first = visit("", "", "on");
@@ -1323,6 +1339,14 @@ mod tests {
             Vec::<&str>::new(),
             "no cookie for it"
         );
+        // A link that does not come from the site's pages (bookmarked, pasted): a new session.
+        let bare = site
+            .visit()
+            .query(query)
+            .env("PSOSessionUrl", "on")
+            .env("HTTP_HOST", "shop.example")
+            .send(&linker);
+        assert!(bare.body().starts_with("1 "), "{}", bare.text);
         let forged = "page=2&app=0123456789abcdef0123456789abcdef0123456789abcdef";
         assert!(
             visit(forged, "", "on").body().starts_with("1 "),
@@ -1360,10 +1384,18 @@ mod tests {
         for from_elsewhere in [
             &[("HTTP_SEC_FETCH_SITE", "cross-site")][..],
             &[("HTTP_SEC_FETCH_SITE", "same-site")],
+            &[("HTTP_SEC_FETCH_SITE", "none")],
             &[
                 ("HTTP_ORIGIN", "https://evil.example"),
                 ("HTTP_HOST", "shop.example"),
             ],
+            // A plain-HTTP site: browsers send it no Sec-Fetch-Site, and a navigation no
+            // Origin; a link elsewhere says where it was, or nothing at all.
+            &[
+                ("HTTP_HOST", "shop.example"),
+                ("HTTP_REFERER", "http://evil.example/"),
+            ],
+            &[("HTTP_HOST", "shop.example")],
         ] {
             let followed = site
                 .visit()
@@ -1763,10 +1795,32 @@ mod tests {
                 true,
                 Decision {
                     adopt: None,
-                    why: Origin::Replaced(Ended::Idle),
-                    expired_from: Some(1),
+                    why: Origin::Replaced(Ended::LoggedOut),
+                    expired_from: None,
                     end: vec![],
                     remove: vec![0, 1, 2],
+                },
+            ),
+            (
+                vec![unknown(), idle()],
+                true,
+                Decision {
+                    adopt: None,
+                    why: Origin::Replaced(Ended::Idle),
+                    expired_from: None,
+                    end: vec![],
+                    remove: vec![0, 1],
+                },
+            ),
+            (
+                vec![idle()],
+                true,
+                Decision {
+                    adopt: None,
+                    why: Origin::Replaced(Ended::Idle),
+                    expired_from: Some(0),
+                    end: vec![],
+                    remove: vec![0],
                 },
             ),
             (
@@ -1796,5 +1850,45 @@ mod tests {
             let refs: Vec<&Verdict> = verdicts.iter().collect();
             assert_eq!(decide(&refs, offered_any), expected, "{verdicts:?}");
         }
+    }
+
+    /// With PSOSessionCheckIP, another address's session is left alone for its owner even
+    /// among more sessions than a request usually reads (a thief sending a stolen id beside
+    /// their own).
+    #[test]
+    fn with_check_ip_a_stolen_id_among_many_is_left_alone() {
+        let site = Site::new();
+        let check = [("PSOSessionCheckIP", "on")];
+        let owners = site.visit().envs(&check).issued(&counter);
+        let thief = "198.51.100.7";
+        let theirs: Vec<String> = (0..MAX_CANDIDATES)
+            .map(|_| site.visit().envs(&check).from(thief).issued(&counter))
+            .collect();
+        let header = format!("{}; {owners}", theirs.join("; "));
+        let tried = site
+            .visit()
+            .envs(&check)
+            .from(thief)
+            .cookie(&header)
+            .send(&counter_with_origin);
+        assert_eq!(tried.body(), "Replaced(Ambiguous) 1");
+        let owner = site
+            .visit()
+            .envs(&check)
+            .cookie(&owners)
+            .send(&counter_with_origin);
+        assert_eq!(owner.body(), "Returning 2", "left alone for its owner");
+    }
+
+    /// Among several dead sessions, the visitor's own cannot be told from a tossed one: the
+    /// handler is told why, and handed no one's data.
+    #[test]
+    fn among_several_expired_sessions_no_data_is_handed_over() {
+        let site = Site::new();
+        let idle = [("PSOSessionIdle", "60")];
+        let (_, mine) = audit(&site, "", &idle, 0);
+        let (_, tossed) = audit(&site, "", &idle, 30);
+        let (body, _) = audit(&site, &format!("{mine}; {tossed}"), &idle, 200);
+        assert_eq!(body, "Replaced(Idle) n=1 old=None twice=false");
     }
 }

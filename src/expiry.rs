@@ -175,6 +175,11 @@ impl Clock {
         let elapsed = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.millis().saturating_add(elapsed)
     }
+
+    /// This moment, in seconds (see [`Clock::millis_now`]).
+    pub fn secs_now(&self) -> u64 {
+        self.secs().saturating_add(self.started.elapsed().as_secs())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -474,4 +474,32 @@ mod tests {
             "accepted 1"
         );
     }
+
+    /// A read-only or released page of a visitor whose session has values can still show a
+    /// form: its token is tied to the form cookie, since the session cannot keep it.
+    #[test]
+    fn a_page_that_cannot_change_the_session_still_shows_a_form() {
+        let site = Site::new();
+        let cookie = site.visit().issued(&counter);
+        let show = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if cx.request.query("release").is_some() {
+                cx.session.release()?;
+            }
+            let token = cx.session.create_form_token()?;
+            write!(cx.response, "{token}")?;
+            Ok(())
+        };
+        for page in [
+            site.visit().cookie(&cookie).read_only().send(&show),
+            site.visit().cookie(&cookie).query("release").send(&show),
+        ] {
+            assert_eq!(page.body().len(), COOKIE_TOKEN_LEN, "{}", page.text);
+            let browser = format!("{cookie}; {}", page.form_cookie().unwrap());
+            let form = format!("token={}", page.body());
+            assert_eq!(
+                post(&site, &browser, &form, &SAME_ORIGIN).body(),
+                "accepted 1"
+            );
+        }
+    }
 }

@@ -22,6 +22,13 @@ pub enum Origin {
     New,
     /// The visitor's own session, from its cookie.
     Returning,
+    /// The visitor's own session, reached through the id it had just before
+    /// [`crate::Session::regenerate_id`] moved it (at sign-in, say): a request already under
+    /// way, within `PSOSessionRegenerateGrace`, from the address that moved it. It is served
+    /// the session to read, under the old id, and nothing more: any change is an error of kind
+    /// [`crate::ErrorKind::OldId`], and no cookie goes out, since whoever holds an old id must
+    /// neither learn the new one nor leave anything in the session for later.
+    Moved,
     /// The id the server's configuration forces (a variable named like the service id).
     Forced,
     /// A new session, because the one the cookie named has ended, for this reason.
@@ -56,13 +63,13 @@ pub enum Ended {
 
 impl Ended {
     /// Which of two reasons a request that named several dead sessions gives: the one that
-    /// says most about the visitor's own (an expiry, whose data the handler may read), down to
-    /// an id pso never knew.
+    /// matters most for the visitor (a logout everywhere, then an expiry), down to an id pso
+    /// never knew.
     pub(crate) fn weight(self) -> u8 {
         match self {
             Ended::Ambiguous => 7,
-            Ended::Idle | Ended::Lifetime => 6,
-            Ended::LoggedOut => 5,
+            Ended::LoggedOut => 6,
+            Ended::Idle | Ended::Lifetime => 5,
             Ended::Unreadable => 4,
             Ended::OtherAddress => 3,
             Ended::Unknown => 2,

@@ -142,6 +142,40 @@ impl<'a> Request<'a> {
         origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host.trim())
     }
 
+    /// Whether the browser says the request comes from one of the site's own pages:
+    /// `Sec-Fetch-Site: same-origin`, or without that header, an `Origin`, or else a `Referer`,
+    /// naming the request's `Host`. A request that says nothing (typed, bookmarked, pasted; a
+    /// plain-HTTP site, to which browsers send no `Sec-Fetch-Site`; a page that sends no
+    /// `Referer`) is not. Stricter than the negation of [`Request::from_another_site`]: for
+    /// what must not happen unless the site itself asked for it.
+    ///
+    /// ```
+    /// let env = pso::Environment::from_pairs([
+    ///     ("HTTP_HOST", "shop.example"),
+    ///     ("HTTP_REFERER", "http://shop.example/cart"),
+    /// ]);
+    /// let mut body = std::io::empty();
+    /// assert!(pso::Request::new(&env, &mut body).from_the_site_itself());
+    /// let bare = pso::Environment::from_pairs([("HTTP_HOST", "shop.example")]);
+    /// assert!(!pso::Request::new(&bare, &mut body).from_the_site_itself());
+    /// ```
+    pub fn from_the_site_itself(&self) -> bool {
+        if let Some(site) = self.header("Sec-Fetch-Site") {
+            return site.trim() == "same-origin";
+        }
+        let host = self.header("Host").unwrap_or("").trim();
+        let names_this_host = |url: &str| {
+            let authority = url.split_once("://").map_or("", |(_, rest)| rest);
+            let authority = authority.split(['/', '?', '#']).next().unwrap_or("");
+            !host.is_empty() && authority.eq_ignore_ascii_case(host)
+        };
+        match (self.header("Origin"), self.header("Referer")) {
+            (Some(origin), _) => names_this_host(origin),
+            (None, Some(referer)) => names_this_host(referer),
+            (None, None) => false,
+        }
+    }
+
     /// Whether the request came over HTTPS (`HTTPS=on`, or `REQUEST_SCHEME=https`).
     pub fn is_https(&self) -> bool {
         let on = |name| {
@@ -289,6 +323,83 @@ mod tests {
             let mut input = std::io::empty();
             let request = Request::new(&env, &mut input);
             assert_eq!(request.from_another_site(), *expected, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_sites_own_pages_count_as_the_site_itself() {
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[], false),
+            (&[("HTTP_HOST", "shop.example")], false),
+            (&[("HTTP_SEC_FETCH_SITE", "same-origin")], true),
+            (&[("HTTP_SEC_FETCH_SITE", "none")], false),
+            (&[("HTTP_SEC_FETCH_SITE", "same-site")], false),
+            (
+                &[
+                    ("HTTP_SEC_FETCH_SITE", "cross-site"),
+                    ("HTTP_HOST", "shop.example"),
+                    ("HTTP_REFERER", "http://shop.example/"),
+                ],
+                false,
+            ),
+            (
+                &[
+                    ("HTTP_HOST", "shop.example"),
+                    ("HTTP_REFERER", "http://shop.example/a?b"),
+                ],
+                true,
+            ),
+            (
+                &[
+                    ("HTTP_HOST", "shop.example:8080"),
+                    ("HTTP_REFERER", "http://SHOP.example:8080/"),
+                ],
+                true,
+            ),
+            (
+                &[
+                    ("HTTP_HOST", "shop.example"),
+                    ("HTTP_REFERER", "http://shop.example.evil.test/"),
+                ],
+                false,
+            ),
+            (
+                &[
+                    ("HTTP_HOST", "shop.example"),
+                    ("HTTP_REFERER", "http://evil.test/?shop.example"),
+                ],
+                false,
+            ),
+            (
+                &[
+                    ("HTTP_HOST", "shop.example"),
+                    ("HTTP_REFERER", "http://user@shop.example/"),
+                ],
+                false,
+            ),
+            (
+                &[
+                    ("HTTP_HOST", "shop.example"),
+                    ("HTTP_ORIGIN", "http://shop.example"),
+                    ("HTTP_REFERER", "http://evil.test/"),
+                ],
+                true,
+            ),
+            (
+                &[
+                    ("HTTP_HOST", "shop.example"),
+                    ("HTTP_ORIGIN", "null"),
+                    ("HTTP_REFERER", "http://shop.example/"),
+                ],
+                false,
+            ),
+            (&[("HTTP_REFERER", "http://shop.example/")], false),
+        ];
+        for (headers, expected) in cases {
+            let env = Environment::from_pairs(headers.iter().copied());
+            let mut input = std::io::empty();
+            let request = Request::new(&env, &mut input);
+            assert_eq!(request.from_the_site_itself(), *expected, "{headers:?}");
         }
     }
 }

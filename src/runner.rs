@@ -85,8 +85,13 @@ impl<'a> Context<'a> {
         }
         let action = self.session.commit()?;
         let cookies = self.cookie_headers(&action);
-        self.session.head_sent();
-        let extra = cache_headers(&self.response, &cookies, !self.session.is_new());
+        let cookie_sent = match action {
+            CookieAction::Set(..) => true,
+            CookieAction::Refresh(..) => self.cookie.lifetime_slides(),
+            CookieAction::Revoke | CookieAction::Nothing => false,
+        };
+        self.session.head_sent(cookie_sent || self.ids_in_urls);
+        let extra = cache_headers(&self.response, &cookies, self.session.is_personal());
         self.response.send_head(&extra, false)?;
         Ok(())
     }
@@ -151,7 +156,7 @@ impl<'a> Context<'a> {
             }
         };
         let cookies = self.cookie_headers(&action);
-        let personal = !self.session.is_new();
+        let personal = self.session.is_personal();
         // The session is stored: let the next request of this session in before we write.
         let response = self.into_response();
         let extra = cache_headers(&response, &cookies, personal);
@@ -167,10 +172,11 @@ impl<'a> Context<'a> {
 }
 
 /// `Set-Cookie`s, plus `Cache-Control: no-store` when the handler set no caching policy and
-/// a cookie goes out or the response is made from a stored session (`personal`), as PHP's
-/// `nocache` limiter does: a shared cache must never store and replay a session id, a form
-/// secret, or one visitor's page to another (a response with no `Set-Cookie` of its own would
-/// otherwise look like anyone's).
+/// a cookie goes out or the response is made from a stored session or an expired one's data
+/// (`personal`), as PHP's `nocache` limiter does: a shared cache must never store and replay a
+/// session id, a form secret, or one visitor's page to another (a response with no
+/// `Set-Cookie` of its own would otherwise look like anyone's). A policy of the handler's that
+/// lets shared caches keep a response with a cookie is kept, and logged.
 fn cache_headers<'c>(
     response: &Response<'_>,
     cookies: &'c [String],
@@ -180,6 +186,16 @@ fn cache_headers<'c>(
         .iter()
         .map(|cookie| ("Set-Cookie", cookie.as_str()))
         .collect();
+    if let Some(policy) = response.header("Cache-Control")
+        && !cookies.is_empty()
+        && !["private", "no-store", "no-cache"]
+            .iter()
+            .any(|word| policy.to_ascii_lowercase().contains(word))
+    {
+        log::warn!(
+            "a response that sets a cookie has Cache-Control: {policy}, which lets a shared cache hand it (and the cookie) to other visitors"
+        );
+    }
     if (personal || !cookies.is_empty()) && response.header("Cache-Control").is_none() {
         extra.push(("Cache-Control", "no-store"));
     }
@@ -314,7 +330,7 @@ where
             .map_or(&[][..], |header| header.as_bytes()),
         client_addr: request.remote_addr(),
         query: request.query_string(),
-        from_another_site: request.from_another_site(),
+        from_the_site_itself: request.from_the_site_itself(),
     };
     let clock = Clock::starting_at(now);
     let adopted = match access {
@@ -500,5 +516,31 @@ mod tests {
         let over = format!("a={}", "x".repeat(1023));
         let reply = site.visit().envs(&cap).post(&over).send(&fields);
         assert!(reply.text.starts_with("Status: 413"), "{}", reply.text);
+    }
+
+    /// A page made from an expired session's data is that visitor's too.
+    #[test]
+    fn a_page_made_from_expired_data_is_not_cached() {
+        let site = Site::new();
+        let idle = [("PSOSessionIdle", "60")];
+        let cookie = site.visit().envs(&idle).issued(&counter);
+        let audit = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            if let Some(old) = cx.session.take_expired() {
+                write!(cx.response, "{:?}", old.get::<u64>("n")?)?;
+            }
+            Ok(())
+        };
+        let reply = site
+            .visit()
+            .envs(&idle)
+            .cookie(&cookie)
+            .at(200)
+            .send(&audit);
+        assert_eq!(reply.body(), "Some(1)");
+        assert!(
+            reply.text.contains("Cache-Control: no-store"),
+            "{}",
+            reply.text
+        );
     }
 }

@@ -262,6 +262,14 @@ pub(crate) fn login(cx: &mut Context<'_>) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// What [`login`] shows, changing nothing: why this session, the count and the user.
+pub(crate) fn look(cx: &mut Context<'_>) -> Result<(), BoxError> {
+    let n: u64 = cx.session.get("n")?.unwrap_or(0);
+    let user: Option<String> = cx.session.get("user")?;
+    write!(cx.response, "{:?} n={n} user={user:?}", cx.session.origin())?;
+    Ok(())
+}
+
 /// `?login`: signs in as eggs (`set_user`); `?everywhere`: logs eggs out everywhere; prints
 /// why this session and its user.
 pub(crate) fn eggs(cx: &mut Context<'_>) -> Result<(), BoxError> {

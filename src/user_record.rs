@@ -16,10 +16,10 @@
 //!   the next request that may write rebuilds it, logging out every name that leads to it.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::error::{ErrorChain, ErrorKind, Result};
-use crate::expiry::{unix_millis, unix_secs};
+use crate::expiry::Clock;
 use crate::id::{ServiceId, SessionId};
 use crate::record::{Meta, Record};
 use crate::reserved::{
@@ -117,16 +117,16 @@ pub(crate) fn log_out(
 }
 
 /// Rebuilds `user`'s record in `service` if it cannot be read, logging out every name that
-/// leads to it before this millisecond (a sign-in made by this very request stays): the
-/// sessions it served stay ended, and new sign-ins work again. Failures are logged: the
-/// sessions end anyway, and the next request tries again.
-pub(crate) fn repair(store: &dyn Store, service: &ServiceId, user: &str, now: SystemTime) {
+/// leads to it before this millisecond (when it is rebuilt; a sign-in made later in this very
+/// request stays): the sessions it served stay ended, and new sign-ins work again. Failures
+/// are logged: the sessions end anyway, and the next request tries again.
+pub(crate) fn repair(store: &dyn Store, service: &ServiceId, user: &str, clock: Clock) {
     let key = key_for(service, user);
-    let before = unix_millis(now).saturating_sub(1);
     let repaired = store
         .lock(&key, LockOptions::new(LOCK_TIMEOUT))
         .and_then(|mut lock| {
-            let (record, _, rebuilt) = for_update(&mut *lock, unix_secs(now), before)?;
+            let before = clock.millis_now().saturating_sub(1);
+            let (record, _, rebuilt) = for_update(&mut *lock, clock.secs(), before)?;
             if rebuilt { lock.save(&record) } else { Ok(()) }
         });
     if let Err(e) = repaired {
@@ -191,7 +191,7 @@ mod tests {
     use crate::store::{GcReport, MemoryStore, suite};
     use crate::testing::{Site, T0, eggs, say_who};
     use std::sync::Arc;
-    use std::time::UNIX_EPOCH;
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     fn eggs_record() -> SessionKey {
         key_for(&"svc".parse().unwrap(), "eggs")
@@ -488,5 +488,25 @@ mod tests {
             "Returning Some(\"eggs\")",
             "the session was kept"
         );
+    }
+
+    /// "Sign out everywhere else": log out everywhere, then stay signed in here, in one
+    /// request.
+    #[test]
+    fn a_sign_in_after_a_log_out_everywhere_in_the_same_request_stays() {
+        let elsewhere = |cx: &mut Context<'_>| -> Result<(), BoxError> {
+            cx.session.log_out_everywhere()?;
+            cx.session.expire(crate::Expiry::BrowserClose)?;
+            cx.session.set_user("eggs")?;
+            Ok(())
+        };
+        let site = Site::new();
+        let other = site.visit().query("login").issued(&eggs);
+        let here = site.visit().query("login").issued(&eggs);
+        site.visit().cookie(&here).at(1).send(&elsewhere);
+        let stays = site.visit().cookie(&here).at(2).send(&eggs);
+        assert_eq!(stays.body(), "Returning Some(\"eggs\")");
+        let gone = site.visit().cookie(&other).at(2).send(&eggs);
+        assert_eq!(gone.body(), "Replaced(LoggedOut) None");
     }
 }

@@ -256,9 +256,12 @@ fn the_notes_page_keeps_notes_shows_a_notice_once_and_exports_them() {
     assert_eq!(count.get(None).body, "{\"notes\":0}");
     assert_eq!(session_files(&site), 1, "a reader stores nothing");
 
-    // Without cookies (PSOSessionUrl=on), the links carry the session.
+    // Without cookies (PSOSessionUrl=on), the links carry the session, followed from the
+    // site's own pages.
     site.set("PSOSessionUrl", "on")
-        .set("QUERY_STRING", session.as_str());
+        .set("QUERY_STRING", session.as_str())
+        .set("HTTP_HOST", "shop.example")
+        .set("HTTP_REFERER", "http://shop.example/cgi-bin/notes");
     let cookieless = site.get(None);
     let id = session.split_once('=').unwrap().1;
     assert!(
