@@ -77,6 +77,17 @@ impl Fixture {
                 "bodiless",
                 "printf 'Status: 204 No Content\\nX-Fine: yes\\n\\n'",
             ),
+            // A response of its own past the Content-Length: in the same write as the head,
+            // then (`smugglelate`) only once the client has had the head and its 5 bytes (the
+            // test creates `go` beside cgi-bin/, the program's working directory).
+            (
+                "smuggle",
+                "printf 'Content-Type: text/plain\\nContent-Length: 5\\n\\nhelloHTTP/1.1 200 OK\\r\\nX-Injected: yes\\r\\nContent-Type: text/plain\\r\\n\\r\\nleaked'",
+            ),
+            (
+                "smugglelate",
+                "printf 'Content-Type: text/plain\\nContent-Length: 5\\n\\nhello'; while [ ! -e ../go ]; do sleep 0.02; done; printf 'HTTP/1.1 200 OK\\r\\nX-Injected: yes\\r\\n\\r\\nleaked'",
+            ),
             // Not `exec`: the shell's own child must go too.
             ("hang", "sleep 60 & echo $! > \"$PIDFILE\"; wait"),
             (
@@ -507,6 +518,61 @@ fn refuses_answers_a_program_must_not_give() {
     assert!(bodiless.contains("X-Fine: yes\r\n"), "{bodiless}");
     assert!(bodiless.ends_with("\r\n\r\n"), "{bodiless}");
     assert_eq!(body(&server.get("/cgi-bin/teapot")), "tea");
+}
+
+/// A program that writes a response of its own past its `Content-Length`: the client gets
+/// exactly the length the head gives, or, when the excess came with the head, a 502; the log
+/// names the program.
+#[test]
+fn relays_no_more_than_a_program_s_content_length() {
+    let fixture = Fixture::new();
+    let server = fixture.serve(&[]);
+    let wait_for_log = |logged: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !server.log().contains(logged) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(server.log().contains(logged), "{logged}\n{}", server.log());
+    };
+    for method in ["GET", "HEAD"] {
+        let response = server.raw(
+            format!("{method} /cgi-bin/smuggle HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(status(&response), "502", "{method}\n{response}");
+        assert_eq!(response.matches("HTTP/1.1 ").count(), 1, "{response}");
+        for leak in ["hello", "leaked", "X-Injected"] {
+            assert!(!response.contains(leak), "{method}: {leak}\n{response}");
+        }
+    }
+    wait_for_log("smuggle: the program's answer is malformed: past its Content-Length of 5, ");
+
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"GET /cgi-bin/smugglelate HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let has_body = |r: &[u8]| {
+        r.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .is_some_and(|end| r.len() >= end + 4 + 5)
+    };
+    let mut chunk = [0u8; 4096];
+    while !has_body(&response) {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&chunk[..n]);
+    }
+    // Only now, with the head gone out, does the program write past its length.
+    std::fs::write(fixture.root.path().join("go"), "").unwrap();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert_eq!(status(&response), "200", "{response}");
+    assert_eq!(body(&response), "hello", "{response}");
+    assert!(response.contains("Content-Length: 5\r\n"), "{response}");
+    wait_for_log("smugglelate: the program wrote past its Content-Length of 5 ");
 }
 
 #[test]

@@ -361,7 +361,17 @@ fn answer(
             Some(responders) => run_fastcgi(site, responders, &call, vars, body.take(), conn),
         };
         match relayed {
-            Relayed::Sent { status, bytes, .. } => return (status, bytes),
+            Relayed::Sent {
+                status,
+                bytes,
+                fault,
+                ..
+            } => {
+                if let Some(fault) = fault {
+                    eprintln!("{name}: {fault}");
+                }
+                return (status, bytes);
+            }
             Relayed::Failed { status, why } => {
                 eprintln!("{name}: {why}");
                 // The reason may quote the program's output, none of which goes to the

@@ -366,7 +366,26 @@ mod tests {
                 Relayed::Sent {
                     status: 200,
                     bytes: 5,
-                    complete: true
+                    complete: true,
+                    fault: None,
+                }
+            ),
+            "{relayed:?}"
+        );
+        assert!(client.ends_with(b"\r\n\r\nhello"));
+        // Past its Content-Length in a record of its own, after the head went out.
+        let (relayed, client) = relay_responder(&[
+            b"Content-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nX-Injected: yes\r\n\r\n",
+        ]);
+        assert!(
+            matches!(
+                relayed,
+                Relayed::Sent {
+                    bytes: 5,
+                    complete: false,
+                    fault: Some(_),
+                    ..
                 }
             ),
             "{relayed:?}"

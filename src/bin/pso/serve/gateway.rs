@@ -8,9 +8,13 @@
 //! checked before anything reaches the client: a head that does not parse is a 502, one that
 //! does not come in time a 504. So is a head that parses but that no program may give: a 1xx
 //! status (the client would take the body for the real response), a second `Status:` or
-//! `Location:` (which one was meant?), a `Content-Length` that is not plain digits, a body
-//! after a 204 or 304 (the client reads none: the body would pose as the next response).
-//! The client of a program that failed gets none of its bytes.
+//! `Location:` (which one was meant?), a `Content-Length` that is not plain digits or does not
+//! fit 64 bits, a body after a 204, 205 or 304 (the client reads none: the body would pose as
+//! the next response), more body with the head than its `Content-Length` (the rest would pose
+//! as the next response), a head over 64 KiB as the program wrote it or as it would be sent.
+//! The client of a program that failed gets none of its bytes. A body goes on to the client up
+//! to its `Content-Length`, not a byte past it: a program that writes more once its head has
+//! gone out, or less, has its answer cut there, and the log says so.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -27,7 +31,8 @@ use rustix::event::{PollFd, PollFlags};
 
 use super::http::{self, Request};
 
-/// The most bytes of a program's answer head.
+/// The most bytes of a program's answer head, blank line included: as the program wrote it, and
+/// as it is sent on.
 const MAX_ANSWER_HEAD: usize = 64 * 1024;
 /// What a program is given as `PATH`, as Apache does.
 pub(super) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -160,11 +165,15 @@ fn server_name(request: &Request, local: SocketAddr) -> String {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Relayed {
     /// A response went to the client; `complete` is false when the program's output stopped
-    /// early (it hung past the deadline) or the client went away.
+    /// early (it hung past the deadline or ended short of its `Content-Length`), went on past
+    /// its `Content-Length`, or the client went away.
     Sent {
         status: u16,
         bytes: u64,
         complete: bool,
+        /// What the program did wrong once its head had gone out, for the log: too late for a
+        /// 502.
+        fault: Option<String>,
     },
     /// The program asked for another local resource to be served instead (RFC 3875 6.2.2).
     LocalRedirect(String),
@@ -175,42 +184,62 @@ pub enum Relayed {
 /// Reads the answer's head from `output` and, unless it is a local redirect, sends the
 /// response to `client` (the body too, unless `head_only`).
 pub fn relay(output: &mut dyn Read, client: &mut dyn Write, head_only: bool) -> Relayed {
+    let malformed = |why: String| Relayed::Failed {
+        status: 502,
+        why: format!("the program's answer is malformed: {why}"),
+    };
     let (head, body_start) = match read_head(output) {
         Ok(read) => read,
         Err(failure) => return failure,
     };
-    let answer = match parse_head(&head) {
-        Ok(answer) => answer,
-        Err(why) => {
-            return Relayed::Failed {
-                status: 502,
-                why: format!("the program's answer is malformed: {why}"),
-            };
-        }
-    };
-    let (status, reason, headers) = match answer {
-        Answer::LocalRedirect(target) => return Relayed::LocalRedirect(target),
-        Answer::Respond {
+    let (status, reason, headers, content_length) = match parse_head(&head) {
+        Ok(Answer::LocalRedirect(target)) => return Relayed::LocalRedirect(target),
+        Ok(Answer::Respond {
             status,
             reason,
             headers,
-        } => (status, reason, headers),
+            content_length,
+        }) => (status, reason, headers, content_length),
+        Err(why) => return malformed(why),
     };
-    if matches!(status, 204 | 304)
-        && let Err(failure) = expect_no_body(output, &body_start, status)
-    {
-        return failure;
-    }
     let mut out = format!("HTTP/1.1 {status} {reason}\r\n");
     for (name, value) in &headers {
         out.push_str(&format!("{name}: {value}\r\n"));
     }
     out.push_str("Connection: close\r\n\r\n");
+    // The limit holds for what the client gets too, and the head grows on its way: a CR on
+    // each line, a space after each colon, the status line and `Connection: close`.
+    if out.len() > MAX_ANSWER_HEAD {
+        return malformed(format!(
+            "its head is too large: {} bytes as sent, over {MAX_ANSWER_HEAD}",
+            out.len()
+        ));
+    }
+    // These have no content whatever the Content-Length says (a 304's is the length of what
+    // a 200 would have sent).
+    let length = if matches!(status, 204 | 205 | 304) {
+        if let Err(failure) = expect_no_body(output, &body_start, status) {
+            return failure;
+        }
+        Some(0)
+    } else {
+        content_length
+    };
+    if let Some(length) = length {
+        let excess = (body_start.len() as u64).saturating_sub(length);
+        if excess > 0 {
+            // Known before the head goes out, so the whole answer can still be refused.
+            return malformed(format!(
+                "past its Content-Length of {length}, {excess} more bytes came with its head"
+            ));
+        }
+    }
     if client.write_all(out.as_bytes()).is_err() {
         return Relayed::Sent {
             status,
             bytes: 0,
             complete: false,
+            fault: None,
         };
     }
     if head_only {
@@ -218,44 +247,78 @@ pub fn relay(output: &mut dyn Read, client: &mut dyn Write, head_only: bool) -> 
             status,
             bytes: 0,
             complete: true,
+            fault: None,
         };
     }
-    let mut bytes = body_start.len() as u64;
-    if client.write_all(&body_start).is_err() {
-        return Relayed::Sent {
-            status,
-            bytes,
-            complete: false,
-        };
+    relay_body(output, client, &body_start, length, status)
+}
+
+/// Sends the body, `start` and then the rest of `output`: to the output's end or, given a
+/// `length`, that many bytes and not one more.
+fn relay_body(
+    output: &mut dyn Read,
+    client: &mut dyn Write,
+    start: &[u8],
+    length: Option<u64>,
+    status: u16,
+) -> Relayed {
+    let sent = |bytes, complete, fault| Relayed::Sent {
+        status,
+        bytes,
+        complete,
+        fault,
+    };
+    let mut send = |chunk: &[u8], bytes: &mut u64| -> Result<(), Relayed> {
+        let room = length.map_or(u64::MAX, |length| length.saturating_sub(*bytes));
+        let take = usize::try_from(room).map_or(chunk.len(), |room| room.min(chunk.len()));
+        if client.write_all(&chunk[..take]).is_err() {
+            return Err(sent(*bytes, false, None));
+        }
+        *bytes += take as u64;
+        if take < chunk.len() {
+            // Past the length, the bytes would pose as the next response; the head is out, so
+            // the response ends here, at the length it gave.
+            let length = length.unwrap_or(0);
+            let excess = chunk.len() - take;
+            return Err(sent(
+                *bytes,
+                false,
+                Some(format!(
+                    "the program wrote past its Content-Length of {length} ({excess} bytes or \
+                     more, not relayed)"
+                )),
+            ));
+        }
+        Ok(())
+    };
+    let mut bytes = 0;
+    if let Err(relayed) = send(start, &mut bytes) {
+        return relayed;
     }
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match output.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                if client.write_all(&buf[..n]).is_err() {
-                    return Relayed::Sent {
-                        status,
-                        bytes,
-                        complete: false,
-                    };
+                if let Err(relayed) = send(&buf[..n], &mut bytes) {
+                    return relayed;
                 }
-                bytes += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => {
-                return Relayed::Sent {
-                    status,
-                    bytes,
-                    complete: false,
-                };
-            }
+            Err(_) => return sent(bytes, false, None),
         }
     }
-    Relayed::Sent {
-        status,
-        bytes,
-        complete: true,
+    match length {
+        Some(length) if bytes < length => sent(
+            bytes,
+            false,
+            Some(format!(
+                "the program's answer ended {} bytes short of its Content-Length of {length}: \
+                 the client's response is cut short",
+                length - bytes
+            )),
+        ),
+        _ => sent(bytes, true, None),
     }
 }
 
@@ -263,24 +326,27 @@ pub fn relay(output: &mut dyn Read, client: &mut dyn Write, head_only: bool) -> 
 fn read_head(output: &mut dyn Read) -> Result<(Vec<u8>, Vec<u8>), Relayed> {
     let too_large = || Relayed::Failed {
         status: 502,
-        why: "the program's answer is malformed: its head is too large".into(),
+        why: format!(
+            "the program's answer is malformed: its head is too large: over {MAX_ANSWER_HEAD} \
+             bytes as written"
+        ),
     };
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
         if let Some((end, separator)) = head_end(&buf) {
-            // Judged on the head itself, not on how much arrived with it: a read may bring
-            // several kilobytes past the limit.
-            if end > MAX_ANSWER_HEAD {
+            // Judged on the head itself (its blank line included), not on how much arrived
+            // with it: a read may bring several kilobytes past the limit.
+            if end + separator > MAX_ANSWER_HEAD {
                 return Err(too_large());
             }
             let body = buf[end + separator..].to_vec();
             buf.truncate(end);
             return Ok((buf, body));
         }
-        // Without a blank line yet, the head is at least this long: the last two bytes may
-        // have begun one.
-        if buf.len().saturating_sub(2) > MAX_ANSWER_HEAD {
+        // Without a blank line yet, all of it is head, and the blank line is a byte more at
+        // least.
+        if buf.len() >= MAX_ANSWER_HEAD {
             return Err(too_large());
         }
         match output.read(&mut chunk) {
@@ -312,7 +378,7 @@ fn read_head(output: &mut dyn Read) -> Result<(Vec<u8>, Vec<u8>), Relayed> {
     }
 }
 
-/// Checks that the answer of a 204 or 304 ends with its head, reading to its end: the head
+/// Checks that the answer of a 204, 205 or 304 ends with its head, reading to its end: the head
 /// waits until then, since a body that came after it had gone out would already be the
 /// client's.
 fn expect_no_body(output: &mut dyn Read, body_start: &[u8], status: u16) -> Result<(), Relayed> {
@@ -362,6 +428,7 @@ enum Answer {
         status: u16,
         reason: String,
         headers: Vec<(String, String)>,
+        content_length: Option<u64>,
     },
     LocalRedirect(String),
 }
@@ -371,6 +438,7 @@ fn parse_head(head: &[u8]) -> Result<Answer, String> {
     let mut status = None;
     let mut location = None;
     let mut headers: Vec<(String, String)> = Vec::new();
+    let mut content_length = None;
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         let (name, value) = line
@@ -411,8 +479,16 @@ fn parse_head(head: &[u8]) -> Result<Answer, String> {
             // The client frames the body by it: a value clients may read each their own way
             // (`1, 1`, `-1`, `+1`) is the program's error.
             let is_length = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
-            if name.eq_ignore_ascii_case("Content-Length") && !is_length(value) {
-                return Err(format!("a Content-Length that is not a number: {value:?}"));
+            if name.eq_ignore_ascii_case("Content-Length") {
+                if !is_length(value) {
+                    return Err(format!("a Content-Length that is not a number: {value:?}"));
+                }
+                // Past 64 bits, clients read it each their own way (an error, a wrap, a cap),
+                // and the body could not be counted against it.
+                let length = value.parse::<u64>().map_err(|_| {
+                    format!("a Content-Length that does not fit 64 bits: {value:?}")
+                })?;
+                content_length = Some(length);
             }
             headers.push((name.to_string(), value.to_string()));
         }
@@ -425,10 +501,18 @@ fn parse_head(head: &[u8]) -> Result<Answer, String> {
         status.get_or_insert((302, http::reason(302).to_string()));
     }
     let (status, reason) = status.unwrap_or((200, "OK".to_string()));
+    // Unlike a 204's or a 304's, a 205's Content-Length frames what follows (RFC 9112 6.3):
+    // the client would wait for a body that a 205 cannot have.
+    if let Some(length) = content_length.filter(|&l| status == 205 && l > 0) {
+        return Err(format!(
+            "a Content-Length of {length} on a 205, which has no content"
+        ));
+    }
     Ok(Answer::Respond {
         status,
         reason,
         headers,
+        content_length,
     })
 }
 
@@ -689,7 +773,8 @@ mod tests {
             Relayed::Sent {
                 status: 201,
                 bytes: 5,
-                complete: true
+                complete: true,
+                fault: None,
             }
         );
         assert_eq!(
@@ -750,6 +835,12 @@ mod tests {
         let mut long_head = b"X-Long: ".to_vec();
         long_head.extend(std::iter::repeat_n(b'a', MAX_ANSWER_HEAD));
         long_head.extend_from_slice(b"\n\nbody");
+        // Under the limit as written, over it as sent: each line gains a CR and a space.
+        let mut short_lines: Vec<u8> = (0..9000)
+            .flat_map(|i| format!("X{i}:\n").into_bytes())
+            .collect();
+        assert!(short_lines.len() < MAX_ANSWER_HEAD);
+        short_lines.extend_from_slice(b"\nbody");
         let cases: Vec<(&str, Vec<u8>)> = vec![
             (
                 "1xx",
@@ -792,6 +883,29 @@ mod tests {
             ("Content-Length", b"Content-Length: 1, 1\n\na".to_vec()),
             ("Content-Length", b"Content-Length: -1\n\n".to_vec()),
             ("too large", long_head),
+            ("too large", short_lines),
+            // What arrived with the head is already past the length it gives: the rest
+            // would pose as a response of its own.
+            (
+                "past its Content-Length",
+                b"Content-Length: 5\n\nhelloHTTP/1.1 200 OK\r\nX-Injected: yes\r\n\r\nEVIL"
+                    .to_vec(),
+            ),
+            (
+                "past its Content-Length",
+                b"Content-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+                    .to_vec(),
+            ),
+            (
+                "Content-Length",
+                b"Content-Length: 99999999999999999999999999\n\nbody".to_vec(),
+            ),
+            (
+                "Content-Length",
+                b"Content-Length: 18446744073709551616\n\n".to_vec(),
+            ),
+            ("205", b"Status: 205 Reset Content\n\nbody".to_vec()),
+            ("205", b"Status: 205\nContent-Length: 4\n\n".to_vec()),
         ];
         for (want, answer) in cases {
             for head_only in [false, true] {
@@ -808,31 +922,210 @@ mod tests {
         }
     }
 
-    /// The limit on the head is on the head itself: one of exactly that size passes, even when
-    /// its blank line comes in a later read.
+    /// The limit holds for the head as the program wrote it, blank line included, and is
+    /// judged on the head itself: one of exactly that size passes, even when its blank line
+    /// comes in a later read, and one a byte longer does not. (A `Keep-Alive` header is not
+    /// sent on, so that the head as sent stays small.)
     #[test]
-    fn a_head_at_the_limit_is_relayed() {
-        let mut head = b"X-Long: ".to_vec();
-        head.extend(std::iter::repeat_n(b'a', MAX_ANSWER_HEAD - head.len()));
-        head.push(b'\n');
-        let mut output = head.as_slice().chain(&b"\nbody"[..]);
+    fn a_head_at_the_limit_as_written_is_relayed() {
+        for split in [1, 2, 3] {
+            for (extra, passes) in [(0, true), (1, false)] {
+                let mut head = b"Keep-Alive: ".to_vec();
+                head.extend(std::iter::repeat_n(
+                    b'a',
+                    MAX_ANSWER_HEAD + extra - head.len() - 2,
+                ));
+                head.extend_from_slice(b"\n\n");
+                assert_eq!(head.len(), MAX_ANSWER_HEAD + extra);
+                let (first, last) = head.split_at(head.len() - split);
+                let mut output = first.chain(last).chain(&b"body"[..]);
+                let mut client = Vec::new();
+                let relayed = relay(&mut output, &mut client, false);
+                if passes {
+                    assert!(
+                        matches!(
+                            relayed,
+                            Relayed::Sent {
+                                status: 200,
+                                bytes: 4,
+                                complete: true,
+                                ..
+                            }
+                        ),
+                        "{split}: {relayed:?}"
+                    );
+                } else {
+                    assert!(
+                        matches!(&relayed, Relayed::Failed { status: 502, why } if why.contains("too large")),
+                        "{split}: {relayed:?}"
+                    );
+                    assert!(client.is_empty());
+                }
+            }
+        }
+    }
+
+    /// The limit holds for the head as sent too, status line, CRLFs and `Connection: close`
+    /// included: the client never gets a longer one.
+    #[test]
+    fn a_head_at_the_limit_as_sent_is_relayed() {
+        let sent_around = "HTTP/1.1 200 OK\r\nX-Long: \r\nConnection: close\r\n\r\n".len();
+        for (extra, passes) in [(0, true), (1, false)] {
+            let mut head = b"X-Long: ".to_vec();
+            head.extend(std::iter::repeat_n(
+                b'a',
+                MAX_ANSWER_HEAD + extra - sent_around,
+            ));
+            head.extend_from_slice(b"\n\nbody");
+            let (relayed, sent) = relay_bytes(&head, false);
+            if passes {
+                assert!(
+                    matches!(relayed, Relayed::Sent { status: 200, .. }),
+                    "{relayed:?}"
+                );
+                assert_eq!(sent.len(), MAX_ANSWER_HEAD + 4);
+                assert!(sent.ends_with("\r\n\r\nbody"));
+            } else {
+                assert!(
+                    matches!(&relayed, Relayed::Failed { status: 502, why } if why.contains("too large")),
+                    "{relayed:?}"
+                );
+                assert_eq!(sent, "");
+            }
+        }
+    }
+
+    /// Bytes past the `Content-Length` that come after the head went out are not relayed: the
+    /// client gets exactly what the head promised, and the connection ends there.
+    #[test]
+    fn relays_no_more_than_the_content_length() {
+        let head = &b"Content-Length: 5\n\n"[..];
+        let late = &b"HTTP/1.1 200 OK\r\nX-Injected: yes\r\n\r\nEVIL"[..];
+        let with = |a: &[u8], b: &[u8]| [a, b].concat();
+        // The reads: the body and the excess split every way after the head's.
+        let cases: [(Vec<u8>, Vec<u8>, Vec<u8>); 4] = [
+            (head.to_vec(), b"hello".to_vec(), late.to_vec()),
+            (with(head, b"hel"), b"lo".to_vec(), late.to_vec()),
+            (with(head, b"hel"), with(b"lo", late), Vec::new()),
+            (with(head, b"hello"), late.to_vec(), Vec::new()),
+        ];
+        for (first, second, third) in &cases {
+            let mut output = first.chain(&second[..]).chain(&third[..]);
+            let mut client = Vec::new();
+            let relayed = relay(&mut output, &mut client, false);
+            assert_eq!(
+                String::from_utf8(client).unwrap(),
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+            );
+            assert_eq!(
+                relayed,
+                Relayed::Sent {
+                    status: 200,
+                    bytes: 5,
+                    complete: false,
+                    fault: Some(format!(
+                        "the program wrote past its Content-Length of 5 ({} bytes or more, not \
+                         relayed)",
+                        late.len()
+                    )),
+                }
+            );
+        }
+        // A length of 0, the head alone in its read, then a response of its own.
+        let mut output = b"Content-Length: 0\r\n\r\n".chain(late);
+        let mut client = Vec::new();
+        let relayed = relay(&mut output, &mut client, false);
+        assert!(
+            matches!(
+                &relayed,
+                Relayed::Sent {
+                    bytes: 0,
+                    complete: false,
+                    fault: Some(fault),
+                    ..
+                } if fault.contains("past its Content-Length of 0")
+            ),
+            "{relayed:?}"
+        );
+        assert!(
+            String::from_utf8(client)
+                .unwrap()
+                .ends_with("Content-Length: 0\r\nConnection: close\r\n\r\n")
+        );
+    }
+
+    /// A body that is all there, in whatever reads, is relayed whole; one that ends short of
+    /// its `Content-Length` is relayed as it is, and the answer is not complete.
+    #[test]
+    fn relays_a_body_of_its_content_length() {
+        let mut output = b"Content-Length: 10\n\nhel"
+            .chain(&b"lo"[..])
+            .chain(&b"world"[..]);
         let mut client = Vec::new();
         let relayed = relay(&mut output, &mut client, false);
         assert_eq!(
             relayed,
             Relayed::Sent {
                 status: 200,
-                bytes: 4,
-                complete: true
+                bytes: 10,
+                complete: true,
+                fault: None,
             }
         );
+        assert!(client.ends_with(b"\r\n\r\nhelloworld"));
+
+        let mut output = b"Content-Length: 10\n\nhel".chain(&b"lo"[..]);
+        let mut client = Vec::new();
+        let relayed = relay(&mut output, &mut client, false);
+        assert_eq!(
+            relayed,
+            Relayed::Sent {
+                status: 200,
+                bytes: 5,
+                complete: false,
+                fault: Some(
+                    "the program's answer ended 5 bytes short of its Content-Length of 10: the \
+                     client's response is cut short"
+                        .into()
+                ),
+            }
+        );
+        assert!(client.ends_with(b"\r\n\r\nhello"));
+    }
+
+    /// A HEAD request gets the head alone, whatever the body: one of the length given, one
+    /// short of it (none at all, as a program that knows HEAD writes), one that comes late.
+    #[test]
+    fn a_head_request_gets_no_body() {
+        for answer in [
+            &b"Content-Length: 5\n\nhello"[..],
+            b"Content-Length: 5\n\n",
+            b"Content-Length: 5\n\nhel",
+        ] {
+            let mut output = answer.chain(&b"HTTP/1.1 200 OK\r\n\r\nEVIL"[..]);
+            let mut client = Vec::new();
+            let relayed = relay(&mut output, &mut client, true);
+            assert_eq!(
+                relayed,
+                Relayed::Sent {
+                    status: 200,
+                    bytes: 0,
+                    complete: true,
+                    fault: None,
+                }
+            );
+            assert_eq!(
+                String::from_utf8(client).unwrap(),
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+            );
+        }
     }
 
     /// A body on a 204 or 304 is refused however late it comes: the head waits for the end of
     /// the answer.
     #[test]
     fn a_body_after_a_bodiless_status_is_refused_even_when_it_comes_later() {
-        for status in ["204", "304"] {
+        for status in ["204", "205", "304"] {
             let head = format!("Status: {status}\n\n");
             let mut output = head.as_bytes().chain(&b"late"[..]);
             let mut client = Vec::new();
@@ -855,6 +1148,16 @@ mod tests {
             (
                 b"Status: 304 Not Modified\r\nETag: \"a\"\r\n\r\n",
                 "HTTP/1.1 304 Not Modified\r\n",
+            ),
+            // The length of what a 200 would have sent: no body to wait for.
+            (
+                b"Status: 304\nContent-Length: 1000\n\n",
+                "HTTP/1.1 304 Not Modified\r\n",
+            ),
+            (b"Status: 205\n\n", "HTTP/1.1 205 Reset Content\r\n"),
+            (
+                b"Status: 205\nContent-Length: 0\n\n",
+                "HTTP/1.1 205 Reset Content\r\n",
             ),
         ] {
             for head_only in [false, true] {
