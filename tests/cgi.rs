@@ -995,8 +995,7 @@ fn collection_outlives_the_servers_sigterm() {
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut response).unwrap();
     assert!(response.contains("You reloaded: 2 times"), "{response}");
     // Standard output is closed: the response is complete, and collection runs now.
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    common::signal(child.id(), rustix::process::Signal::TERM);
     let status = child.wait().unwrap();
     assert!(status.success(), "collection was cut short: {status:?}");
     assert!(

@@ -668,8 +668,7 @@ fn a_unix_socket_is_created_0660_and_removed_at_exit() {
     let mut answer = Vec::new();
     std::io::Read::read_to_end(&mut stream, &mut answer).unwrap();
     assert!(String::from_utf8_lossy(&answer).contains("count=1"));
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    common::signal(child.id(), rustix::process::Signal::TERM);
     assert!(child.wait().unwrap().success());
     assert!(!socket.exists(), "the socket file is removed at exit");
 }
@@ -850,8 +849,7 @@ fn sigterm_closes_the_listener_at_once() {
         .write_all(&request(1, false, &get_params("sleep=1500", &[]), b""))
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(f.process.child.id() as libc::pid_t, libc::SIGTERM) };
+    common::signal(f.process.child.id(), rustix::process::Signal::TERM);
     std::thread::sleep(Duration::from_millis(200));
     assert!(f.process.alive(), "a request is still in flight");
     assert!(

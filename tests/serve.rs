@@ -263,8 +263,7 @@ impl Drop for Server {
     /// SIGTERM, as a user's Ctrl-C or a service manager stops it, so that it stops its
     /// FastCGI responders too; SIGKILL if it does not go.
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid, not yet reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        common::signal(self.child.id(), rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -257,8 +257,7 @@ impl FcgiProcess {
     }
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        super::signal(self.child.id(), rustix::process::Signal::TERM);
         self.child.wait().unwrap()
     }
 }

@@ -147,6 +147,13 @@ impl Site {
     }
 }
 
+/// Sends `signal` to the process `pid` (a child of the test's); a process already gone is fine.
+pub fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
 pub fn have(program: &str) -> bool {
     Command::new(program)
         .arg("-V")

@@ -90,8 +90,7 @@ pub fn require(names: &[&str]) -> Option<Vec<PathBuf>> {
 }
 
 pub fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// The uid servers and programs run as: nobody under root, else ourselves.
@@ -99,8 +98,7 @@ pub fn server_uid() -> u32 {
     if running_as_root() {
         NOBODY
     } else {
-        // SAFETY: as above.
-        unsafe { libc::geteuid() }
+        rustix::process::geteuid().as_raw()
     }
 }
 
@@ -309,15 +307,16 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) on our child and its process group.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let pid = self.child.id();
+        super::signal(pid, rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
             sleep(Duration::from_millis(20));
         }
-        // SAFETY: as above; the daemon leads its own process group.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        // The daemon leads its own process group.
+        if let Some(group) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
         let _ = self.child.wait();
     }
 }
