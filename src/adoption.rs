@@ -113,10 +113,19 @@ pub(crate) struct Decision {
     pub remove: Vec<usize>,
 }
 
+/// What [`decide`] weighs of one id: its verdict, and whether it was reached through an old id
+/// (a session regenerated moments ago, from the address that moved it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Weighed<'a> {
+    pub verdict: &'a Verdict,
+    pub through_old_id: bool,
+}
+
 /// Chooses from the verdicts on the ids a request named (`offered_any`: it named some, even if
 /// every one was dropped as unknown before it was read). Pure: what the store holds, the rules
 /// and the time are all in the verdicts.
-pub(crate) fn decide(verdicts: &[&Verdict], offered_any: bool) -> Decision {
+pub(crate) fn decide(weighed: &[Weighed<'_>], offered_any: bool) -> Decision {
+    let verdicts: Vec<&Verdict> = weighed.iter().map(|w| w.verdict).collect();
     let live: Vec<usize> = (0..verdicts.len())
         .filter(|&i| matches!(verdicts[i], Verdict::Live(_)))
         .collect();
@@ -129,8 +138,15 @@ pub(crate) fn decide(verdicts: &[&Verdict], offered_any: bool) -> Decision {
     if !unjudged.is_empty() || live.len() > 1 {
         // Which one is the visitor's own cannot be told: a cookie tossed from a sibling domain
         // can name a live session of the attacker's, kept fresh on purpose. Adopting either
-        // could fix the visitor into the attacker's session, so they all end.
-        let end = live.into_iter().chain(unjudged).collect();
+        // could fix the visitor into the attacker's session, so they all end; all but one
+        // reached through an old id, which whoever holds that id could otherwise end (its
+        // owner's new session) by naming a session of their own beside it, and which can
+        // only be read through it anyway.
+        let end = live
+            .into_iter()
+            .filter(|&i| !weighed[i].through_old_id)
+            .chain(unjudged)
+            .collect();
         return Decision {
             adopt: None,
             why: Origin::Replaced(Ended::Ambiguous),
@@ -257,14 +273,17 @@ pub(crate) fn judge(
             .ok()
             .flatten()
             .and_then(|id| id.parse::<SessionId>().ok());
-        // Only for the address that signed in; a clock set back does not stretch it.
+        // Only for the address that moved it; a clock set back does not stretch it (the
+        // forward is dated from when its request began, so requests already waiting then
+        // are served).
         if record.meta.client_addr.as_deref() != client {
             log::warn!(
                 "suspicious: the old id {key:?} of a regenerated session came from another address"
             );
             return Verdict::Foreign;
         }
-        return match (rules.ended(&record.meta, now), target) {
+        // Judged by its own deadline (the grace), not by an idle limit meant for sessions.
+        return match (rules.ended_by_its_own_limits(&record.meta, now), target) {
             (None, Some(target)) if now >= record.meta.created => Verdict::Forward(target),
             // Past its grace the old id is dead, like one never issued.
             _ => Verdict::Ended(Ended::Unknown, None),
@@ -565,6 +584,7 @@ impl<'a> Adoption<'a> {
                 },
             };
             candidates.push(candidate);
+            keep_one_record(&mut candidates);
         }
         Ok(candidates)
     }
@@ -629,8 +649,7 @@ impl<'a> Adoption<'a> {
             }
             _ => self.gather_unlocked(&offered)?,
         };
-        let verdicts: Vec<&Verdict> = candidates.iter().map(|c| &c.verdict).collect();
-        let decision = decide(&verdicts, !offered.ids.is_empty());
+        let decision = decide(&weighed(&candidates), !offered.ids.is_empty());
         self.act(candidates, decision, offered.from_url)
     }
 
@@ -841,8 +860,7 @@ impl<'a> Adoption<'a> {
         } else {
             self.gather_unlocked(&offered)?
         };
-        let verdicts: Vec<&Verdict> = candidates.iter().map(|c| &c.verdict).collect();
-        let mut decision = decide(&verdicts, !offered.ids.is_empty());
+        let mut decision = decide(&weighed(&candidates), !offered.ids.is_empty());
         if offered.too_many {
             decision.why = Origin::Replaced(Ended::Ambiguous);
         }
@@ -871,6 +889,36 @@ impl<'a> Adoption<'a> {
             None,
             self.start(decision.why, Named::Nothing),
         ))
+    }
+}
+
+/// What [`decide`] weighs of each candidate.
+fn weighed(candidates: &[Candidate]) -> Vec<Weighed<'_>> {
+    candidates
+        .iter()
+        .map(|c| Weighed {
+            verdict: &c.verdict,
+            through_old_id: c.named != c.at,
+        })
+        .collect()
+}
+
+/// Keeps at most one record among candidates read without their locks: only one can be of
+/// use (the session adopted, or an expired one's data when it is the one id read), so that a
+/// request naming many large sessions costs the memory of one. What is dropped is judged
+/// already; only its record goes.
+fn keep_one_record(candidates: &mut [Candidate]) {
+    if candidates.len() < 2 {
+        return;
+    }
+    let mut kept_live = false;
+    for candidate in candidates.iter_mut() {
+        match &mut candidate.verdict {
+            Verdict::Live(record) if kept_live => *record = Record::default(),
+            Verdict::Live(_) => kept_live = true,
+            Verdict::Ended(_, data) => *data = None,
+            _ => {}
+        }
     }
 }
 
@@ -1847,8 +1895,14 @@ mod tests {
             ),
         ];
         for (verdicts, offered_any, expected) in cases {
-            let refs: Vec<&Verdict> = verdicts.iter().collect();
-            assert_eq!(decide(&refs, offered_any), expected, "{verdicts:?}");
+            let weighed: Vec<Weighed<'_>> = verdicts
+                .iter()
+                .map(|verdict| Weighed {
+                    verdict,
+                    through_old_id: false,
+                })
+                .collect();
+            assert_eq!(decide(&weighed, offered_any), expected, "{verdicts:?}");
         }
     }
 
@@ -1890,5 +1944,42 @@ mod tests {
         let (_, tossed) = audit(&site, "", &idle, 30);
         let (body, _) = audit(&site, &format!("{mine}; {tossed}"), &idle, 200);
         assert_eq!(body, "Replaced(Idle) n=1 old=None twice=false");
+    }
+
+    /// Many sessions read without their locks keep at most one record in memory.
+    #[test]
+    fn candidates_keep_one_record() {
+        let key = |_| SessionKey::new("app".parse().unwrap(), SessionId::generate().unwrap());
+        let big = || {
+            let mut record = Record::new(Meta::new(T0));
+            record.set("pad", &vec![1u8; 1000]).unwrap();
+            record
+        };
+        let mut candidates: Vec<Candidate> = (0..4)
+            .map(|i| {
+                let at = key(i);
+                Candidate {
+                    named: at.clone(),
+                    at,
+                    verdict: if i % 2 == 0 {
+                        Verdict::Live(big())
+                    } else {
+                        Verdict::Ended(Ended::Idle, Some(big()))
+                    },
+                    lock: None,
+                    repair: None,
+                }
+            })
+            .collect();
+        keep_one_record(&mut candidates);
+        let sizes: Vec<usize> = candidates
+            .iter()
+            .map(|c| match &c.verdict {
+                Verdict::Live(record) => record.len(),
+                Verdict::Ended(_, data) => data.as_ref().map_or(0, Record::len),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(sizes, [1, 0, 0, 0]);
     }
 }

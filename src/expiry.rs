@@ -172,13 +172,20 @@ impl Clock {
     /// what must record when it happened, not when its request began (a request may run
     /// for minutes behind a slow body).
     pub fn millis_now(&self) -> u64 {
-        let elapsed = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.millis().saturating_add(elapsed)
+        unix_millis(self.moment())
     }
 
     /// This moment, in seconds (see [`Clock::millis_now`]).
     pub fn secs_now(&self) -> u64 {
-        self.secs().saturating_add(self.started.elapsed().as_secs())
+        unix_secs(self.moment())
+    }
+
+    /// When the request began plus how long it has run, to the nanosecond: rounding whole
+    /// seconds apart would date a save up to a second early.
+    fn moment(&self) -> SystemTime {
+        self.now
+            .checked_add(self.started.elapsed())
+            .unwrap_or(self.now)
     }
 }
 

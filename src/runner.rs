@@ -150,9 +150,7 @@ impl<'a> Context<'a> {
             Ok(action) => action,
             Err(e) => {
                 log::error!("saving the session failed: {}", ErrorChain(&e));
-                self.into_response()
-                    .send_error(error_status(e.kind()), &[])?;
-                return Ok(Served { failed: true });
+                return self.fail(error_status(e.kind()));
             }
         };
         let cookies = self.cookie_headers(&action);
@@ -162,6 +160,27 @@ impl<'a> Context<'a> {
         let extra = cache_headers(&response, &cookies, personal);
         response.send(&extra)?;
         Ok(Served { failed: false })
+    }
+
+    /// Sends an error page in place of the response; unsaved changes are dropped. What the
+    /// request already stored under an id the browser does not have (a `save()` or `release()`
+    /// before the failure, after `regenerate_id()` or for a new session) keeps its cookie, or
+    /// the visitor would lose that session with the page.
+    fn fail(mut self, status: u16) -> io::Result<Served> {
+        let owed = self.session.cookie_owed();
+        let cookies = match owed {
+            CookieAction::Nothing => Vec::new(),
+            owed => self.cookie_headers(&owed),
+        };
+        let mut extra: Vec<(&str, &str)> = cookies
+            .iter()
+            .map(|cookie| ("Set-Cookie", cookie.as_str()))
+            .collect();
+        if !extra.is_empty() {
+            extra.push(("Cache-Control", "no-store"));
+        }
+        self.into_response().send_error(status, &extra)?;
+        Ok(Served { failed: true })
     }
 
     /// Ends the request's hold on its session (unsaved changes are dropped, the lock is
@@ -383,13 +402,11 @@ where
             let kind = e
                 .downcast_ref::<crate::Error>()
                 .map_or(ErrorKind::Io, crate::Error::kind);
-            cx.into_response().send_error(error_status(kind), &[])?;
-            Ok(Served { failed: true })
+            cx.fail(error_status(kind))
         }
         Err(_) => {
             log::error!("the handler panicked; its session changes are discarded");
-            cx.into_response().send_error(500, &[])?;
-            Ok(Served { failed: true })
+            cx.fail(500)
         }
     }
 }

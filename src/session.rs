@@ -416,10 +416,11 @@ impl Session {
         if self.rules.grace == 0 {
             return old.delete();
         }
-        // From when it is written: a sign-in that ran long must still leave its full grace.
-        let now = self.clock.secs_now();
-        let mut forward = Record::new(Meta::new(now));
-        forward.meta.deadline = Some(now.saturating_add(self.rules.grace));
+        // Dated from when this request began, so that requests already waiting for it then
+        // are served; its grace runs from when it is written, so that a sign-in that ran long
+        // still leaves the whole of it.
+        let mut forward = Record::new(Meta::new(self.clock.secs()));
+        forward.meta.deadline = Some(self.clock.secs_now().saturating_add(self.rules.grace));
         forward.meta.client_addr = self.client_addr.clone();
         forward.set(MOVED_TO, self.key.id.as_str())?;
         old.save(&forward)
@@ -430,11 +431,12 @@ impl Session {
     /// session of that user at once.
     pub fn set_user(&mut self, user: &str) -> Result<()> {
         self.check_writable()?;
-        // When it happens, and after a "log out everywhere" of this very request (to sign
-        // everything else out and stay signed in here).
+        // When the request began (a request loaded before a "log out everywhere" must not
+        // outlive it by signing in again), but after a "log out everywhere" of this very
+        // request (to sign everything else out and stay signed in here).
         let since = match self.logged_out_at {
-            Some(logout) => self.clock.millis_now().max(logout.saturating_add(1)),
-            None => self.clock.millis_now(),
+            Some(logout) => self.clock.millis().max(logout.saturating_add(1)),
+            None => self.clock.millis(),
         };
         self.record.set(USER, user)?;
         self.record.set(USER_SINCE, &since)
@@ -903,7 +905,9 @@ impl Session {
             .rules
             .applied_idle(meta.max_idle)
             .map_or(ACCESS_RESOLUTION, |idle| ACCESS_RESOLUTION.min(idle / 2));
-        self.clock.secs().saturating_sub(meta.last_access) >= resolution
+        // Now, not when the request began: a long request must record that it used the
+        // session, or the session times out under it.
+        self.clock.secs_now().saturating_sub(meta.last_access) >= resolution
     }
 
     /// The cookie a stored session's response carries: none for an old id (its holder must
@@ -936,6 +940,37 @@ impl Session {
         CookieAction::Refresh(id, deadline)
     }
 
+    /// The cookie a response must carry even if the request fails now: for a session this
+    /// request already stored under an id the browser does not have (a new session saved, or
+    /// a move to a new id saved, with `save()` or `release()`). Anything else the failure
+    /// leaves as it was, the browser's cookie included.
+    pub(crate) fn cookie_owed(&self) -> CookieAction {
+        let stored = match &self.state {
+            State::Released {
+                cookie: cookie @ CookieAction::Set(..),
+                ..
+            } => return cookie.clone(),
+            State::Held(Held {
+                saved: true,
+                stored: Some(stored),
+                ..
+            }) => stored,
+            _ => return CookieAction::Nothing,
+        };
+        let browser_has_it = match (&self.named, &self.loaded) {
+            (Named::OldId(_), _) => return CookieAction::Nothing,
+            (_, Some(loaded)) => loaded.id == self.key.id,
+            (_, None) => false,
+        };
+        if browser_has_it || self.from_url && self.loaded.is_some() {
+            return CookieAction::Nothing;
+        }
+        CookieAction::Set(
+            self.key.id.clone(),
+            stored.meta().deadline.map(from_unix_secs),
+        )
+    }
+
     /// Saves the session now and lets go of its lock (PHP's `session_write_close`), so that the
     /// rest of a slow request does not hold up the session's other requests. Called first
     /// thing, it makes a read-only request (PHP's `read_and_close`): the lock is held only
@@ -958,7 +993,13 @@ impl Session {
         if matches!(self.state, State::Released { .. }) {
             return Ok(());
         }
-        let cookie = self.settle(false)?;
+        // No revocation from here: the response comes after the lock was let go, and could
+        // arrive after a sign-in's and remove its cookie; the session is gone from the store
+        // already, so the browser's cookie names nothing.
+        let cookie = match self.settle(false)? {
+            CookieAction::Revoke => CookieAction::Nothing,
+            cookie => cookie,
+        };
         // Dropping the lock lets the next request of this session in.
         self.state = State::Released {
             cookie,
@@ -1399,7 +1440,7 @@ mod tests {
 
     use crate::BoxError;
     use crate::runner::Context;
-    use crate::testing::{Site, counter, login, look, say_who, signed_in};
+    use crate::testing::{Site, counter, counter_with_origin, login, look, say_who, signed_in};
     use std::io::Write;
 
     #[test]
@@ -2104,5 +2145,152 @@ mod tests {
         let cookie = site.visit().issued(&stored_first);
         let cookie_then_more = site.visit().cookie(&cookie).send(&late);
         assert_eq!(cookie_then_more.body(), "false");
+    }
+
+    /// A request with the old id, already waiting for the lock while a slow sign-in saves, is
+    /// served the session to read, as the grace promises; and the grace is the grace, whatever
+    /// the idle limit.
+    #[test]
+    fn a_request_waiting_behind_a_slow_sign_in_is_served_through_the_old_id() {
+        let slow_login = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            cx.session.set("user", "eggs")?;
+            cx.session.regenerate_id()?;
+            std::thread::sleep(Duration::from_millis(1_200));
+            Ok(())
+        };
+        let site = Site::new();
+        let limits = [("PSOSessionRegenerateGrace", "10"), ("PSOSessionIdle", "2")];
+        let old = site.visit().envs(&limits).issued(&counter);
+        std::thread::scope(|scope| {
+            let signing_in = scope.spawn(|| {
+                site.visit()
+                    .envs(&limits)
+                    .cookie(&old)
+                    .at(1)
+                    .send(&slow_login)
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            let waiting = site.visit().envs(&limits).cookie(&old).at(1).send(&look);
+            assert_eq!(
+                waiting.body(),
+                "Moved n=1 user=Some(\"eggs\")",
+                "{}",
+                waiting.text
+            );
+            assert!(signing_in.join().unwrap().cookie().is_some());
+        });
+        // Past the idle limit of the old id's forward (were it a session), within the grace
+        // (and the session it leads to alive).
+        let later = site.visit().envs(&limits).cookie(&old).at(4).send(&look);
+        assert!(later.body().starts_with("Moved"), "{}", later.text);
+    }
+
+    /// A request that changes nothing but runs long records that it used the session.
+    #[test]
+    fn a_long_request_that_changes_nothing_keeps_its_session_alive() {
+        let slow = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            std::thread::sleep(Duration::from_millis(1_200));
+            write!(cx.response, "{:?}", cx.session.origin())?;
+            Ok(())
+        };
+        let site = Site::new();
+        let idle = [("PSOSessionIdle", "2")];
+        let cookie = site.visit().envs(&idle).issued(&counter);
+        assert_eq!(
+            site.visit().envs(&idle).cookie(&cookie).at(1).answer(&slow),
+            "Returning"
+        );
+        assert_eq!(
+            site.visit()
+                .envs(&idle)
+                .cookie(&cookie)
+                .at(4)
+                .answer(&counter_with_origin),
+            "Returning 2"
+        );
+    }
+
+    /// A request that fails after it stored a move to a new id (or a new session) still sends
+    /// that id's cookie with its error page: the browser would lose the session otherwise.
+    #[test]
+    fn a_failure_after_a_stored_move_still_sends_the_new_cookie() {
+        let failing = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            cx.session.set("cart", "spam")?;
+            if cx.request.query("login").is_some() {
+                cx.session.regenerate_id()?;
+            }
+            if cx.request.query("release").is_some() {
+                cx.session.release()?;
+            } else {
+                cx.session.save()?;
+            }
+            Err("the page failed after the save".into())
+        };
+        let site = Site::new();
+        for how in ["login", "login&release"] {
+            let fresh = site.visit().send(&failing);
+            assert_eq!(fresh.status(), "500 Internal Server Error");
+            let cookie = fresh.cookie().expect("the new session's cookie").to_owned();
+            let moved = site.visit().cookie(&cookie).query(how).at(1).send(&failing);
+            assert_eq!(moved.status(), "500 Internal Server Error", "{how}");
+            let new = moved.cookie().expect("the new id's cookie").to_owned();
+            assert_ne!(new, cookie);
+            let back = site
+                .visit()
+                .cookie(&new)
+                .at(20)
+                .answer(&counter_with_origin);
+            assert_eq!(
+                back, "Returning 1",
+                "{how}: the cart is there, counted from it"
+            );
+        }
+    }
+
+    /// A released request that ends its session sends no revocation: it could arrive after a
+    /// sign-in's cookie and remove it.
+    #[test]
+    fn a_released_request_that_ends_its_session_revokes_no_cookie() {
+        let last = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            cx.session.remove("n")?;
+            cx.session.release()?;
+            Ok(())
+        };
+        let site = Site::new();
+        let cookie = site.visit().issued(&counter);
+        let ended = site.visit().cookie(&cookie).send(&last);
+        assert_eq!(ended.set_cookies(), Vec::<&str>::new(), "{}", ended.text);
+        assert_eq!(site.records(), 0, "ended all the same");
+    }
+
+    /// With an id of its own next to the old one, whoever holds the old id cannot end the
+    /// session it leads to.
+    #[test]
+    fn an_old_id_beside_a_session_of_ones_own_ends_nothing_of_the_owners() {
+        let site = Site::new();
+        let (old, new) = signed_in(&site);
+        let mine = site.visit().at(1).issued(&counter);
+        let both = site
+            .visit()
+            .cookie(&format!("{old}; {mine}"))
+            .at(2)
+            .send(&look);
+        assert!(
+            both.body().starts_with("Replaced(Ambiguous)"),
+            "{}",
+            both.text
+        );
+        let owner = site.visit().cookie(&new).at(3).answer(&look);
+        assert_eq!(owner, "Returning n=2 user=Some(\"eggs\")");
+    }
+
+    #[test]
+    fn the_clock_dates_this_moment_to_the_second() {
+        let start = UNIX_EPOCH + Duration::from_millis(T0 * 1000 + 900);
+        let clock = Clock::starting_at(start);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(clock.secs(), T0);
+        assert_eq!(clock.secs_now(), T0 + 1);
+        assert!(clock.millis_now() >= T0 * 1000 + 1_100);
     }
 }

@@ -1751,10 +1751,9 @@ mod tests {
         assert_eq!(MAX_TIMEOUT, Duration::from_secs(86_400), "a day");
         for stated in [
             format!(
-                "its request's parameters ({}) and one record before its request starts: {} of them, some {worst} MiB at worst | {} |",
+                "its request's parameters ({}) and one record before its request starts: {} of them, some {worst} MiB of data at worst",
                 kib(params.total_bytes),
                 limits.max_conns,
-                limits.max_conns
             ),
             format!(
                 "parameters at most {} and {} pairs per request (a name at most {}, a value {})",
