@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 use rustix::io::Errno;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorChain, ErrorKind, Result};
 use crate::expiry::unix_secs;
 use crate::id::{ServiceId, SessionId};
 use crate::record::{HEADER_LEN, MAX_RECORD_BYTES, Meta, Record};
@@ -98,6 +98,8 @@ pub struct FileStore {
 struct Faults {
     file_sync: std::sync::atomic::AtomicBool,
     dir_sync: std::sync::atomic::AtomicBool,
+    /// Exchanges that succeed before the next ones fail; negative: none fail.
+    exchanges_left: std::sync::atomic::AtomicI32,
 }
 
 /// The session directory, opened and checked once.
@@ -162,7 +164,10 @@ impl FileStore {
             sync: false,
             max_bytes: 1 << 20,
             #[cfg(test)]
-            faults: Arc::default(),
+            faults: Arc::new(Faults {
+                exchanges_left: std::sync::atomic::AtomicI32::new(-1),
+                ..Faults::default()
+            }),
         })
     }
 
@@ -862,14 +867,33 @@ impl FileLock {
     /// Puts the new file `temp_name` at the session's name. A file this lock holds is
     /// exchanged with it (`RENAME_EXCHANGE`), so that a name removed meanwhile by
     /// [`Store::delete`] is noticed ([`ErrorKind::LockLost`]) instead of brought back; the old
-    /// file, now at `temp_name`, is removed before its lock is let go, so that a request
-    /// waiting on it never finds it linked.
+    /// file, now at `temp_name`, is removed before its lock is let go. On an error the new
+    /// file is removed, wherever it is, and nothing else: what the name held stays.
     fn take_name(&self, temp_name: &CStr) -> Result<()> {
         let key = &self.key;
         let dir = &self.store.dir.handle;
         let saving = |e: Errno| Error::io(format!("saving session {key:?}"), e.into());
+        let exchange = || {
+            #[cfg(test)]
+            if self
+                .store
+                .faults
+                .exchanges_left
+                .fetch_sub(1, Ordering::SeqCst)
+                == 0
+            {
+                return Err(Errno::IO);
+            }
+            rustix::fs::renameat_with(dir, temp_name, dir, &self.name, RenameFlags::EXCHANGE)
+        };
+        let drop_new = || {
+            let _ = self.store.unlink(temp_name);
+        };
         let Some(old) = &self.file else {
-            rustix::fs::renameat(dir, temp_name, dir, &self.name).map_err(saving)?;
+            if let Err(e) = rustix::fs::renameat(dir, temp_name, dir, &self.name) {
+                drop_new();
+                return Err(saving(e));
+            }
             if let Err(e) = self.sync_dir_if_synced() {
                 // Not known to be on the disk: the session had no file, and has none again.
                 let _ = self.store.unlink(&self.name);
@@ -878,39 +902,65 @@ impl FileLock {
             return Ok(());
         };
         if ended_meanwhile(old) {
+            drop_new();
             return Err(lock_lost(key));
         }
-        match rustix::fs::renameat_with(dir, temp_name, dir, &self.name, RenameFlags::EXCHANGE) {
+        match exchange() {
             Ok(()) => {}
-            Err(Errno::NOENT) => return Err(lock_lost(key)),
-            // A file system without atomic exchange: looked at above, then renamed over (a
-            // removal between the two is missed there, and so is a failed sync after it).
-            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                rustix::fs::renameat(dir, temp_name, dir, &self.name).map_err(saving)?;
-                return self.sync_dir_if_synced();
+            Err(Errno::NOENT) => {
+                drop_new();
+                return Err(lock_lost(key));
             }
-            Err(e) => return Err(saving(e)),
+            // A file system without atomic exchange: looked at above, then renamed over (a
+            // removal between the two is missed there, and a failed sync after it cannot be
+            // undone: the save stands, as loads will find it).
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                if let Err(e) = rustix::fs::renameat(dir, temp_name, dir, &self.name) {
+                    drop_new();
+                    return Err(saving(e));
+                }
+                if let Err(e) = self.sync_dir_if_synced() {
+                    log::error!(
+                        "session {key:?}: {}; the save stands, not known to be on the disk",
+                        ErrorChain(&e)
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                drop_new();
+                return Err(saving(e));
+            }
         }
         // What came out must be the file this lock holds. Anything else means the session was
         // removed and something else put at its name meanwhile: that goes back.
         let held = rustix::fs::fstat(old).map_err(saving)?;
         if !self.store.names(temp_name, &held) {
-            if let Err(e) =
-                rustix::fs::renameat_with(dir, temp_name, dir, &self.name, RenameFlags::EXCHANGE)
-            {
-                log::error!("session {key:?}: cannot put back what was at its name ({e})");
+            match exchange() {
+                Ok(()) => drop_new(),
+                Err(e) => {
+                    // The new file stays at the name: removed from there, so that the ended
+                    // session stays ended; what was put at the name is left where it is.
+                    log::error!("session {key:?}: cannot put back what was at its name ({e})");
+                    let _ = self.store.unlink(&self.name);
+                }
             }
             return Err(lock_lost(key));
         }
         if let Err(e) = self.sync_dir_if_synced() {
-            // Not known to be on the disk: back to the old file, which is; the caller removes
-            // the new one, at `temp_name` again.
-            if let Err(back) =
-                rustix::fs::renameat_with(dir, temp_name, dir, &self.name, RenameFlags::EXCHANGE)
-            {
-                log::error!("session {key:?}: cannot put its old file back ({back})");
+            // Not known to be on the disk: back to the old file, which is.
+            match exchange() {
+                Ok(()) => {
+                    drop_new();
+                    return Err(e);
+                }
+                // Cannot be undone (a disk that failed twice, or went read-only): the save
+                // stands, since it is what loads will find; the old file goes as it would.
+                Err(back) => log::error!(
+                    "session {key:?}: {}, and its old file cannot be put back ({back}); the save stands, not known to be on the disk",
+                    ErrorChain(&e)
+                ),
             }
-            return Err(e);
         }
         if let Err(e) = self.store.unlink(temp_name) {
             log::error!(
@@ -1052,7 +1102,6 @@ impl LockedSession for FileLock {
                     .sync_file(&temp)
                     .map_err(|e| Error::io(format!("syncing session {key:?}"), e))?;
             }
-            self.take_name(&temp_name)?;
             Ok(layout)
         })();
         let layout = match written {
@@ -1062,6 +1111,8 @@ impl LockedSession for FileLock {
                 return Err(e);
             }
         };
+        // Cleans up after itself: on an error the name holds what it held.
+        self.take_name(&temp_name)?;
         // The old file (and its lock) goes; waiters on it will find the new one.
         self.size = temp.metadata().map_or(0, |m| m.len());
         self.file = Some(temp);
@@ -1318,7 +1369,11 @@ fn open_directory(path: &Path, uid: u32, create: bool) -> Result<OwnedFd> {
                 Ok(()) => {
                     created = true;
                     // Its name on the disk too, once: sessions synced into it rely on it.
-                    let _ = rustix::fs::fsync(&parent_handle);
+                    if let Err(e) = rustix::fs::fsync(&parent_handle) {
+                        log::warn!(
+                            "the new session directory {shown} may not be on the disk yet: syncing its parent failed ({e})"
+                        );
+                    }
                 }
                 Err(Errno::EXIST) => {}
                 Err(e) => {
@@ -1412,12 +1467,23 @@ fn walk_trusted(path: &Path, uid: u32) -> std::result::Result<Walk, (PathBuf, Er
         let start = if absolute { "/" } else { "." };
         rustix::fs::open(start, flags, Mode::empty()).map_err(|e| (PathBuf::from(start), e))
     };
-    let mut at = if path.is_absolute() {
-        PathBuf::from("/")
+    // A relative path is walked from the root too, through the working directory's path:
+    // the directories above it count as much as those below.
+    let absolute;
+    let path = if path.is_absolute() {
+        path
     } else {
-        PathBuf::from(".")
+        let cwd = std::env::current_dir().map_err(|e| {
+            (
+                PathBuf::from("."),
+                Errno::from_io_error(&e).unwrap_or(Errno::NOENT),
+            )
+        })?;
+        absolute = cwd.join(path);
+        &absolute
     };
-    let mut current = open_start(path.is_absolute())?;
+    let mut at = PathBuf::from("/");
+    let mut current = open_start(true)?;
     let mut queue: VecDeque<std::ffi::OsString> = path
         .components()
         .filter_map(|c| match c {
@@ -1445,6 +1511,16 @@ fn walk_trusted(path: &Path, uid: u32) -> std::result::Result<Walk, (PathBuf, Er
                 current = next;
             }
             Err(Errno::LOOP | Errno::NOTDIR) => {
+                // A link is followed only if it is ours or root's: in a sticky directory
+                // (/tmp) anyone may create one, and the directory's safety says nothing of it.
+                let link = rustix::fs::statat(&current, &name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| (at.join(&name), e))?;
+                if link.st_uid != uid && link.st_uid != 0 {
+                    return Ok(Walk::Unsafe {
+                        dir: at.join(&name),
+                        stat: link,
+                    });
+                }
                 let target = rustix::fs::readlinkat(&current, &name, Vec::new())
                     .map_err(|_| (at.join(&name), Errno::NOTDIR))?;
                 links += 1;
@@ -1631,6 +1707,68 @@ mod tests {
         FileStore::open(&sessions).unwrap();
     }
 
+    /// A failed directory sync whose undo fails too (a disk that failed twice, or went
+    /// read-only): the save stands, as loads find it, and says so; the state before it is not
+    /// removed while the failed one takes its place.
+    #[test]
+    fn a_save_whose_sync_and_undo_both_fail_stands() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (_dir, store) = store();
+        let store = store.with_sync(true);
+        let key = suite::key("svc");
+        let record = |n: u64, pad: usize| {
+            let mut record = Record::new(Meta::new(0));
+            record.set("n", &n).unwrap();
+            record.set("pad", &vec![1u8; pad]).unwrap();
+            record
+        };
+        let mut lock = store.lock(&key, suite::options()).unwrap();
+        lock.save(&record(1, 10)).unwrap();
+        store.faults.dir_sync.store(true, SeqCst);
+        store.faults.exchanges_left.store(1, SeqCst);
+        lock.save(&record(2, 20_000)).unwrap();
+        store.faults.dir_sync.store(false, SeqCst);
+        store.faults.exchanges_left.store(-1, SeqCst);
+        drop(lock);
+        let n: u64 = store
+            .peek(&key)
+            .unwrap()
+            .unwrap()
+            .get("n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 2);
+        let leftovers: Vec<_> = fs::read_dir(store.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    /// A link is followed only if it is ours or root's: in a sticky directory anyone may
+    /// make one, however safe the directory.
+    #[test]
+    fn a_link_someone_else_made_in_a_sticky_directory_is_not_followed() {
+        if effective_uid() != 0 {
+            return; // Needs to make a link owned by another user.
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sticky = dir.path().join("tmp");
+        fs::create_dir(&sticky).unwrap();
+        fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+        let other = dir.path().join("othersite");
+        fs::create_dir(&other).unwrap();
+        FileStore::open(other.join("sessions")).unwrap();
+        let link = sticky.join("site");
+        symlink(&other, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+        let refused = FileStore::open(link.join("sessions")).unwrap_err();
+        assert!(refused.to_string().contains("site"), "{refused}");
+        std::os::unix::fs::lchown(&link, Some(0), Some(0)).unwrap();
+        FileStore::open(link.join("sessions")).unwrap();
+    }
+
     /// A user who can change a directory further up the path (not only the parent) could
     /// swap it, or a link in it, and lead pso to another directory of ours: refused, and said
     /// where. A link in a directory only we or root can change is followed.
@@ -1770,6 +1908,10 @@ mod tests {
         while started.elapsed() < Duration::from_millis(1500) {
             assert!(store.peek(&key).unwrap().is_some(), "after {reads} reads");
             store.peek(&forced).expect("never damaged");
+            assert!(
+                store.inspect(&key).unwrap().is_some(),
+                "after {reads} reads"
+            );
             reads += 1;
         }
         stop.store(true, Ordering::SeqCst);

@@ -202,31 +202,44 @@ impl FileStore {
                 format!("session {key:?}: not a regular file of ours with one link"),
             )
         };
-        // Looked at before it is opened: a FIFO or a device is never opened.
-        let seen = match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(stat) => stat,
-            Err(Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(Error::io(format!("inspecting session {key:?}"), e.into())),
+        // A save that needs a new file exchanges it in and removes the old one: a file that
+        // lost its link while it was opened is looked for again at the name.
+        let mut tries = 0;
+        let (file, stat) = loop {
+            tries += 1;
+            // Looked at before it is opened: a FIFO or a device is never opened.
+            let seen = match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => stat,
+                Err(Errno::NOENT) => return Ok(None),
+                Err(e) => return Err(Error::io(format!("inspecting session {key:?}"), e.into())),
+            };
+            if FileType::from_raw_mode(seen.st_mode) != FileType::RegularFile
+                || !self.is_our_file(&seen)
+            {
+                return Err(not_ours());
+            }
+            let flags = OFlags::RDONLY
+                | OFlags::NOFOLLOW
+                | OFlags::CLOEXEC
+                | OFlags::NONBLOCK
+                | OFlags::NOCTTY;
+            let file = match rustix::fs::openat(dir, &name, flags, Mode::empty()) {
+                Ok(fd) => File::from(fd),
+                // Removed (collected, deleted) since it was listed.
+                Err(Errno::NOENT) => return Ok(None),
+                Err(Errno::LOOP) => return Err(not_ours()),
+                Err(e) => return Err(Error::io(format!("opening session {key:?}"), e.into())),
+            };
+            let stat = rustix::fs::fstat(&file)
+                .map_err(|e| Error::io(format!("inspecting session {key:?}"), e.into()))?;
+            if stat.st_nlink == 0 && tries < 64 {
+                continue;
+            }
+            if !self.is_our_file(&stat) {
+                return Err(not_ours());
+            }
+            break (file, stat);
         };
-        if FileType::from_raw_mode(seen.st_mode) != FileType::RegularFile
-            || !self.is_our_file(&seen)
-        {
-            return Err(not_ours());
-        }
-        let flags =
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
-        let file = match rustix::fs::openat(dir, &name, flags, Mode::empty()) {
-            Ok(fd) => File::from(fd),
-            // Removed (collected, deleted) since it was listed.
-            Err(Errno::NOENT) => return Ok(None),
-            Err(Errno::LOOP) => return Err(not_ours()),
-            Err(e) => return Err(Error::io(format!("opening session {key:?}"), e.into())),
-        };
-        let stat = rustix::fs::fstat(&file)
-            .map_err(|e| Error::io(format!("inspecting session {key:?}"), e.into()))?;
-        if !self.is_our_file(&stat) {
-            return Err(not_ours());
-        }
         // No lock: a request may be saving into it right now.
         let settled = layout::read_settled(&file, |file| {
             let size = rustix::fs::fstat(file)
