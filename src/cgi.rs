@@ -15,23 +15,23 @@ use crate::service::Service;
 /// error to its end, `mod_cgid` shares one socket for input and output), so only then is the
 /// client's response finished. Apache then sends the finished program `SIGTERM`, which
 /// collection (at most 50 ms) outlives; its log lines are lost with standard error.
-pub(crate) fn serve_process<F>(service: &Service, handler: &F)
+pub(crate) fn serve<F>(service: &Service, handler: &F)
 where
     F: Handler,
 {
     let now = SystemTime::now();
     let mut input = io::stdin().lock();
     let mut output = BufWriter::with_capacity(64 * 1024, RawStdout);
-    let handled = service
-        .handle(service.process_env(), &mut input, &mut output, handler, now)
-        .and_then(|handled| output.flush().map(|()| handled));
+    let outcome = service
+        .answer(service.process_env(), &mut input, &mut output, handler, now)
+        .and_then(|outcome| output.flush().map(|()| outcome));
     drop(output);
-    match handled {
-        Ok(handled) => {
-            if handled.collection_due() {
+    match outcome {
+        Ok(outcome) => {
+            if outcome.collection_due() {
                 let _ignoring = ignore_sigterm();
                 close_standard_streams();
-                handled.collect_garbage();
+                outcome.collect_garbage();
             }
         }
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}

@@ -79,8 +79,8 @@ pub use origin::{Ended, Origin};
 pub use record::{Meta, Record};
 pub use request::{MAX_FORM_FIELDS, Request};
 pub use response::Response;
-pub use runner::{Context, Handler, serve, serve_with_store};
-pub use service::Service;
+pub use runner::{Context, Handler};
+pub use service::{Service, serve};
 pub use session::Session;
 
 #[cfg(doctest)]

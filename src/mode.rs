@@ -104,7 +104,7 @@ where
             }
         }
         None if env.contains("GATEWAY_INTERFACE") => {
-            cgi::serve_process(&service, &handler);
+            cgi::serve(&service, &handler);
             // The process ends here: freeing what it built would only cost time.
             std::mem::forget(service);
         }
@@ -117,7 +117,7 @@ where
             {
                 env.set("SCRIPT_NAME", program);
             }
-            cgi::serve_process(&access(Service::new(env)), &handler);
+            cgi::serve(&access(Service::new(env)), &handler);
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::adoption::{Claim, adopt, adopt_read_only};
 use crate::config::Config;
@@ -132,7 +132,7 @@ impl<'a> Context<'a> {
     }
 
     /// Saves the session and sends the response; on failure sends an error page instead.
-    fn finish(mut self) -> io::Result<Served> {
+    fn finish(mut self) -> io::Result<Answer> {
         if self.response.is_streaming() {
             let saved = self.session.commit();
             if let Err(e) = &saved {
@@ -142,8 +142,10 @@ impl<'a> Context<'a> {
                 );
             }
             self.response.send(&[])?;
-            return Ok(Served {
-                failed: saved.is_err(),
+            return Ok(if saved.is_err() {
+                Answer::Failed
+            } else {
+                Answer::Served
             });
         }
         let action = match self.session.commit() {
@@ -159,14 +161,14 @@ impl<'a> Context<'a> {
         let response = self.into_response();
         let extra = cache_headers(&response, &cookies, personal);
         response.send(&extra)?;
-        Ok(Served { failed: false })
+        Ok(Answer::Served)
     }
 
     /// Sends an error page in place of the response; unsaved changes are dropped. What the
     /// request already stored under an id the browser does not have (a `save()` or `release()`
     /// before the failure, after `regenerate_id()` or for a new session) keeps its cookie, or
     /// the visitor would lose that session with the page.
-    fn fail(mut self, status: u16) -> io::Result<Served> {
+    fn fail(mut self, status: u16) -> io::Result<Answer> {
         let owed = self.session.cookie_owed();
         let cookies = match owed {
             CookieAction::Nothing => Vec::new(),
@@ -180,7 +182,7 @@ impl<'a> Context<'a> {
             extra.push(("Cache-Control", "no-store"));
         }
         self.into_response().send_error(status, &extra)?;
-        Ok(Served { failed: true })
+        Ok(Answer::Failed)
     }
 
     /// Ends the request's hold on its session (unsaved changes are dropped, the lock is
@@ -229,83 +231,12 @@ fn error_status(kind: ErrorKind) -> u16 {
     }
 }
 
-/// Serves one request: `env` describes it, its body comes from `input`, the response goes to
-/// `output`. Sessions live in the file store the configuration names. For a process that
-/// serves many requests, build a [`crate::Service`] once instead.
-///
-/// Only a failure to write the response is returned; everything else becomes a response.
-///
-/// ```
-/// use std::io::Write;
-/// let dir = tempfile::tempdir()?;
-/// let env = pso::Environment::from_pairs([
-///     ("GATEWAY_INTERFACE", "CGI/1.1"),
-///     ("SCRIPT_NAME", "/cgi-bin/hello"),
-///     ("PSOSessionFileLoader_Path", dir.path().join("sessions").to_str().unwrap()),
-/// ]);
-/// let mut output = Vec::new();
-/// let handler = |cx: &mut pso::Context| {
-///     cx.session.set("seen", &true)?;
-///     write!(cx.response, "hi")?;
-///     Ok(())
-/// };
-/// pso::serve(&env, &mut std::io::empty(), &mut output, &handler, std::time::SystemTime::now())?;
-/// let text = String::from_utf8(output)?;
-/// assert!(text.starts_with("Status: 200 OK\r\n"));
-/// assert!(text.contains("Set-Cookie: hello="));
-/// assert!(text.ends_with("\r\n\r\nhi"));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub fn serve<F>(
-    env: &Environment,
-    input: &mut dyn Read,
-    output: &mut dyn Write,
-    handler: &F,
-    now: SystemTime,
-) -> io::Result<()>
-where
-    F: Handler,
-{
-    let service = crate::Service::new(env.clone());
-    service.serve(service.process_env(), input, output, handler, now)
-}
-
-/// Serves one request like [`serve`], with the configuration and store given.
-pub fn serve_with_store<F>(
-    env: &Environment,
-    config: &Config,
-    store: &dyn Store,
-    input: &mut dyn Read,
-    output: &mut dyn Write,
-    handler: &F,
-    now: SystemTime,
-) -> io::Result<()>
-where
-    F: Handler,
-{
-    respond(
-        env,
-        config,
-        store,
-        (input, output),
-        handler,
-        now,
-        Access::ReadWrite,
-    )?;
-    output.flush()?;
-    if config.gc_probability.draw() {
-        match store.collect_garbage(now, Duration::from_millis(50)) {
-            Ok(report) => log::debug!("garbage collection: {report:?}"),
-            Err(e) => log::warn!("garbage collection failed: {}", ErrorChain(&e)),
-        }
-    }
-    Ok(())
-}
-
-/// How a request went, for the front end.
-pub(crate) struct Served {
-    /// The handler failed or panicked, or the session could not be had or saved.
-    pub failed: bool,
+/// How a request's response went: the handler's answer, or an error page in its place (the
+/// handler failed or panicked, or the session could not be had or saved).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Served,
+    Failed,
 }
 
 /// How a request may use its session.
@@ -327,7 +258,7 @@ pub(crate) fn respond<F>(
     handler: &F,
     now: SystemTime,
     access: Access,
-) -> io::Result<Served>
+) -> io::Result<Answer>
 where
     F: Handler,
 {
@@ -341,7 +272,7 @@ where
             config.max_body
         );
         Response::new(output, head).send_error(413, &[])?;
-        return Ok(Served { failed: true });
+        return Ok(Answer::Failed);
     }
     let claim = Claim {
         cookie_header: env
@@ -375,7 +306,7 @@ where
                 &[]
             };
             Response::new(output, head).send_error(status, retry)?;
-            return Ok(Served { failed: true });
+            return Ok(Answer::Failed);
         }
     };
     let mut cx = Context {

@@ -20,7 +20,7 @@ use crate::environment::Environment;
 use crate::error::ErrorChain;
 use crate::request::Request;
 use crate::response::Response;
-use crate::runner::{Access, Handler, respond};
+use crate::runner::{Access, Answer, Handler, respond};
 use crate::store::{FileStore, Store};
 
 /// The longest a request spends collecting expired sessions.
@@ -111,16 +111,16 @@ impl Pacing {
     }
 }
 
-/// What a request left to do after its response: collection, if this request drew it.
+/// How one request went, for the front end that carried it: its answer, and the collection
+/// of expired sessions it drew, left to run once the response is out.
 #[must_use]
-pub(crate) struct Handled {
-    /// Whether the handler failed or panicked (the client got an error page).
-    pub failed: bool,
+pub(crate) struct Outcome {
+    pub answer: Answer,
     collect: Option<Arc<dyn Store>>,
     now: SystemTime,
 }
 
-impl Handled {
+impl Outcome {
     /// Whether this request should also collect expired sessions.
     pub fn collection_due(&self) -> bool {
         self.collect.is_some()
@@ -202,21 +202,21 @@ impl Service {
     where
         F: Handler,
     {
-        let handled = self.handle(env, input, output, handler, now)?;
+        let outcome = self.answer(env, input, output, handler, now)?;
         output.flush()?;
-        handled.collect_garbage();
+        outcome.collect_garbage();
         Ok(())
     }
 
     /// The request itself; collection is left to the caller, to run once the response is out.
-    pub(crate) fn handle<F>(
+    pub(crate) fn answer<F>(
         &self,
         env: &Environment,
         input: &mut dyn Read,
         output: &mut dyn Write,
         handler: &F,
         now: SystemTime,
-    ) -> io::Result<Handled>
+    ) -> io::Result<Outcome>
     where
         F: Handler,
     {
@@ -224,13 +224,13 @@ impl Service {
         let Some((store, pacing)) = self.store_for(&resolved) else {
             let head = Request::new(env, input).is_head();
             Response::new(output, head).send_error(500, &[])?;
-            return Ok(Handled {
-                failed: true,
+            return Ok(Outcome {
+                answer: Answer::Failed,
                 collect: None,
                 now,
             });
         };
-        let served = respond(
+        let answer = respond(
             env,
             &resolved.config,
             &*store,
@@ -241,8 +241,8 @@ impl Service {
         )?;
         let collect =
             (resolved.config.gc_probability.draw() && pacing.begin_pass()).then_some(store);
-        Ok(Handled {
-            failed: served.failed,
+        Ok(Outcome {
+            answer,
             collect,
             now,
         })
@@ -382,6 +382,48 @@ fn config_key(env: &Environment, process: &Environment) -> ConfigKey {
     // In one order whatever order the parameters came in.
     key.sort_unstable();
     key
+}
+
+/// Serves one request: `env` describes it, its body comes from `input`, the response goes to
+/// `output`. Sessions live in the file store the configuration names. For a process that
+/// serves many requests, build a [`Service`] once instead: this is
+/// `Service::new(env.clone()).serve(...)` for the one request `env` describes.
+///
+/// Only a failure to write the response is returned; everything else becomes a response.
+///
+/// ```
+/// use std::io::Write;
+/// let dir = tempfile::tempdir()?;
+/// let env = pso::Environment::from_pairs([
+///     ("GATEWAY_INTERFACE", "CGI/1.1"),
+///     ("SCRIPT_NAME", "/cgi-bin/hello"),
+///     ("PSOSessionFileLoader_Path", dir.path().join("sessions").to_str().unwrap()),
+/// ]);
+/// let mut output = Vec::new();
+/// let handler = |cx: &mut pso::Context| {
+///     cx.session.set("seen", &true)?;
+///     write!(cx.response, "hi")?;
+///     Ok(())
+/// };
+/// pso::serve(&env, &mut std::io::empty(), &mut output, &handler, std::time::SystemTime::now())?;
+/// let text = String::from_utf8(output)?;
+/// assert!(text.starts_with("Status: 200 OK\r\n"));
+/// assert!(text.contains("Set-Cookie: hello="));
+/// assert!(text.ends_with("\r\n\r\nhi"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn serve<F>(
+    env: &Environment,
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+    handler: &F,
+    now: SystemTime,
+) -> io::Result<()>
+where
+    F: Handler,
+{
+    let service = Service::new(env.clone());
+    service.serve(service.process_env(), input, output, handler, now)
 }
 
 #[cfg(test)]

@@ -1451,10 +1451,10 @@ where
         pending: Vec::new(),
     };
     let now = SystemTime::now();
-    let (handled, log_lines) = crate::logger::capture(|| {
+    let (outcome, log_lines) = crate::logger::capture(|| {
         shared
             .service
-            .handle(&env, &mut body, &mut output, shared.handler, now)
+            .answer(&env, &mut body, &mut output, shared.handler, now)
     });
     let pending = std::mem::take(&mut output.pending);
     drop(output);
@@ -1464,8 +1464,8 @@ where
     drop(active);
 
     let mut out = Vec::with_capacity(pending.len() + log_lines.len() + 64);
-    let failed = match &handled {
-        Ok(handled) => handled.failed,
+    let failed = match &outcome {
+        Ok(outcome) => outcome.answer == crate::runner::Answer::Failed,
         Err(_) => true,
     };
     if !aborted {
@@ -1478,8 +1478,8 @@ where
     }
     record::write_end(&mut out, id, u32::from(failed), EndStatus::RequestComplete);
     let sent = !broken && conn.send(&out).is_ok();
-    if let Ok(handled) = handled {
-        handled.collect_garbage();
+    if let Ok(outcome) = outcome {
+        outcome.collect_garbage();
     }
     if !sent {
         return None;
