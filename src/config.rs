@@ -716,8 +716,18 @@ impl<'a> Reader<'a> {
             })
             .unwrap_or_default();
         let mut cookie = CookieSettings::new(&format!("{prefix}{service}"));
-        cookie.host_prefix = prefix == "__Host-";
-        if prefix == "__Secure-" {
+        // Browsers read the prefix off the name, whatever put it there (a service id may
+        // start `__Host-` itself), in any case (RFC 6265bis), and drop a cookie that breaks
+        // its rules.
+        let starts = |p: &str| {
+            cookie
+                .name
+                .get(..p.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(p))
+        };
+        let (host, secure) = (starts("__Host-"), starts("__Secure-"));
+        cookie.host_prefix = host;
+        if secure {
             cookie.secure = SecureMode::Always;
         }
         if let Some(path) = self.parsed(&COOKIE_PATH, cookie_path) {
@@ -736,7 +746,8 @@ impl<'a> Reader<'a> {
                     }
                 })
             }
-        }) && prefix.is_empty()
+        }) && !host
+            && !secure
         {
             cookie.secure = mode;
         }
@@ -1115,6 +1126,41 @@ mod tests {
             (c.cookie.name.as_str(), c.cookie.secure),
             ("__Secure-app", SecureMode::Always)
         );
+    }
+
+    #[test]
+    fn a_service_id_that_starts_like_a_prefix_gets_the_prefix_rules() {
+        // Browsers read the prefix off the cookie's name, whatever put it there, in any case
+        // (RFC 6265bis), and drop a `__Host-` cookie without `Secure`, `Path=/` and no
+        // `Domain`, or a `__Secure-` one without `Secure`. Found by the `config` fuzz target.
+        let id: SessionId = "0123456789abcdef0123456789abcdef0123456789abcdef"
+            .parse()
+            .unwrap();
+        let now = std::time::UNIX_EPOCH;
+        for (service, host) in [
+            ("__Host-shop", true),
+            ("__HOST-shop", true),
+            ("__Secure-shop", false),
+            ("__secure-shop", false),
+        ] {
+            let (c, _) = config(&[
+                ("PSOServiceId", service),
+                ("PSOCookieSession_Path", "/shop/"),
+                ("PSOCookieSession_Domain", "example.org"),
+                ("PSOCookieSession_Secure", "off"),
+            ]);
+            for https in [false, true] {
+                let header = c.cookie.set_cookie(&id, None, now, https);
+                assert!(header.contains("; Secure"), "{header}");
+                if host {
+                    assert!(
+                        header.contains("; Path=/;") || header.ends_with("; Path=/"),
+                        "{header}"
+                    );
+                    assert!(!header.contains("Domain="), "{header}");
+                }
+            }
+        }
     }
 
     #[test]

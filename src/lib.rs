@@ -38,6 +38,8 @@
 //! ## Cargo features
 //! - `cli` (default): builds the `pso` helper binary. Programs that depend on pso as a
 //!   library can turn it off (`default-features = false`); it never enters a CGI program.
+//! - `fuzzing` (off): for the fuzz targets of `fuzz/` and the property tests only, not an
+//!   API; it exposes wrappers over private parsers that change without notice.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
@@ -53,6 +55,9 @@ mod environment;
 mod error;
 mod expiry;
 mod form_token;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod id;
 mod logger;
 mod mode;

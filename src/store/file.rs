@@ -20,7 +20,8 @@
 //! saver locks the new file *before* renaming it into place, so it never leaves the session
 //! unlocked mid-request.
 
-mod layout;
+// Reached by the `fuzzing` feature's wrappers (src/fuzzing.rs).
+pub(crate) mod layout;
 mod listing;
 
 use layout::Layout;
