@@ -106,6 +106,8 @@ pub mod adoption {
     pub enum Verdict {
         /// A live session.
         Live,
+        /// A live session reached through an old id (a session regenerated moments ago).
+        LiveThroughOldId,
         /// An old id still in its grace, forwarding to another.
         Forward,
         /// Another address's live session.
@@ -137,7 +139,7 @@ pub mod adoption {
         let built: Vec<inner::Verdict> = verdicts
             .iter()
             .map(|verdict| match *verdict {
-                Verdict::Live => inner::Verdict::Live(record()),
+                Verdict::Live | Verdict::LiveThroughOldId => inner::Verdict::Live(record()),
                 // Which id it forwards to plays no part in the choice.
                 Verdict::Forward => inner::Verdict::Forward(SessionId::user_record(0)),
                 Verdict::Foreign => inner::Verdict::Foreign,
@@ -145,8 +147,15 @@ pub mod adoption {
                 Verdict::Unjudged => inner::Verdict::Unjudged,
             })
             .collect();
-        let refs: Vec<&inner::Verdict> = built.iter().collect();
-        let decision = inner::decide(&refs, offered_any);
+        let weighed: Vec<inner::Weighed<'_>> = built
+            .iter()
+            .zip(verdicts)
+            .map(|(verdict, given)| inner::Weighed {
+                verdict,
+                through_old_id: *given == Verdict::LiveThroughOldId,
+            })
+            .collect();
+        let decision = inner::decide(&weighed, offered_any);
         Decision {
             adopt: decision.adopt,
             why: decision.why,

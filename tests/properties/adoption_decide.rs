@@ -3,9 +3,10 @@
 //!
 //! Input: whether the request named any id, then one verdict per byte. Checked against the
 //! rules as the module documents them: exactly one live session and nothing unjudged is
-//! adopted; several live ones, or any unjudged, adopt none and end all of them; every dead
-//! one is removed; a new session says the weightiest reason of the dead, and hands over the
-//! data of the one it names.
+//! adopted; several live ones, or any unjudged, adopt none and end all of them but those
+//! reached through an old id; every dead one is removed; a new session says the weightiest
+//! reason of the dead, and hands over the data of the one it names only when it is the one
+//! id read.
 
 use pso::fuzzing::adoption::{Verdict, decide};
 use pso::{Ended, Origin};
@@ -22,14 +23,14 @@ const ENDED: [Ended; 7] = [
     Ended::Ambiguous,
 ];
 
-/// How much a reason says about the visitor's own session, as `Ended::weight`'s comment
-/// orders them: an ambiguous header, an expiry (whose data the handler may read), a logout,
-/// an unreadable file, another address, down to an id pso never knew.
+/// How much a reason matters for the visitor, as `Ended::weight`'s comment orders them: an
+/// ambiguous header, a logout everywhere, an expiry, an unreadable file, another address,
+/// down to an id pso never knew.
 fn weight(why: Ended) -> u8 {
     match why {
         Ended::Ambiguous => 7,
-        Ended::Idle | Ended::Lifetime => 6,
-        Ended::LoggedOut => 5,
+        Ended::LoggedOut => 6,
+        Ended::Idle | Ended::Lifetime => 5,
         Ended::Unreadable => 4,
         Ended::OtherAddress => 3,
         _ => 2,
@@ -38,6 +39,7 @@ fn weight(why: Ended) -> u8 {
 
 fn verdict(byte: u8) -> Verdict {
     match byte % 5 {
+        0 if byte & 0x40 != 0 => Verdict::LiveThroughOldId,
         0 => Verdict::Live,
         1 => Verdict::Forward,
         2 => Verdict::Foreign,
@@ -56,7 +58,8 @@ pub fn check(data: &[u8]) {
             .filter(|&i| wanted(&verdicts[i]))
             .collect()
     };
-    let live = of(|v| *v == Verdict::Live);
+    let live = of(|v| matches!(v, Verdict::Live | Verdict::LiveThroughOldId));
+    let live_directly = of(|v| *v == Verdict::Live);
     let unjudged = of(|v| *v == Verdict::Unjudged);
     let dead = of(|v| matches!(v, Verdict::Ended(..)));
     let context = format!("{verdicts:?} {offered_any}: {decision:?}");
@@ -72,7 +75,7 @@ pub fn check(data: &[u8]) {
         assert_eq!(decision.expired_from, None, "{context}");
         let mut end = decision.end.clone();
         end.sort_unstable();
-        let mut expected = [live, unjudged].concat();
+        let mut expected = [live_directly, unjudged].concat();
         expected.sort_unstable();
         assert_eq!(end, expected, "{context}");
         return;
@@ -103,12 +106,14 @@ pub fn check(data: &[u8]) {
             assert!(reasons.iter().any(|(_, r)| *r == why), "{context}");
             match decision.expired_from {
                 Some(i) => {
+                    assert_eq!(verdicts.len(), 1, "{context}");
                     assert_eq!(verdicts[i], Verdict::Ended(why, true), "{context}");
                 }
-                // Data is handed over whenever the weightiest dead sessions all have some.
+                // Data is handed over only from the one id read, when it has some.
                 None => assert!(
-                    reasons.iter().any(|(i, r)| weight(*r) == top
-                        && !matches!(verdicts[*i], Verdict::Ended(_, true))),
+                    verdicts.len() > 1
+                        || reasons.iter().any(|(i, r)| weight(*r) == top
+                            && !matches!(verdicts[*i], Verdict::Ended(_, true))),
                     "{context}"
                 ),
             }

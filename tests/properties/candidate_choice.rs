@@ -212,13 +212,12 @@ pub fn check(data: &[u8]) {
             );
         }
     }
-    // The data of an expired session goes to a new one, once, and only from a request that
-    // removes it.
-    let hands_over = !read_only
-        && adopted.is_none()
-        && live_named.len() < 2
-        && expired_named
-        && !offered.too_many;
+    // The data of an expired session goes to a new one, once, only from a request that
+    // removes it, and only when it is the one stored session named (among several, the
+    // visitor's own cannot be told from a tossed one).
+    let expired_named_count = expired.iter().filter(|id| named(id)).count();
+    let hands_over =
+        !read_only && live_named.is_empty() && expired_named_count == 1 && !offered.too_many;
     assert_eq!(
         handed,
         if hands_over { "Some(Some(1))" } else { "None" },

@@ -421,11 +421,14 @@ pub(crate) fn locate_newest(file: &File, size: u64) -> Result<Option<(u64, u64)>
 /// a slot): the caller writes a new file instead.
 pub(crate) fn save_in_place(file: &File, layout: Layout, record: &[u8]) -> Result<Option<Layout>> {
     let (region, slot, seq) = match layout {
+        // The next number would wrap to 0 and lose to the slot it follows: a new file starts
+        // again from 1 (only a forged file gets this far).
+        Layout::Slots { seq: u64::MAX, .. } => return Ok(None),
         Layout::Slots {
             region,
             newest,
             seq,
-        } => (region, 1 - newest, seq.wrapping_add(1)),
+        } => (region, 1 - newest, seq + 1),
         Layout::Empty => {
             let region = region_for(record.len());
             file.set_len(2 * region)
@@ -493,7 +496,7 @@ fn region_for(len: usize) -> u64 {
 /// The next sequence number after a layout's newest.
 pub(crate) fn next_seq(layout: Layout) -> u64 {
     match layout {
-        Layout::Slots { seq, .. } => seq.wrapping_add(1),
+        Layout::Slots { seq, .. } => seq.checked_add(1).unwrap_or(1),
         Layout::Empty | Layout::Single => 1,
     }
 }
@@ -782,5 +785,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_sequence_number_never_wraps_below_the_slot_it_follows() {
+        let f = file();
+        let layout = write_new(&f, b"last", u64::MAX).unwrap();
+        assert_eq!(
+            save_in_place(&f, layout, b"next").unwrap(),
+            None,
+            "a new file"
+        );
+        assert_eq!(next_seq(layout), 1);
     }
 }
