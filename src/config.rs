@@ -14,7 +14,7 @@ use crate::environment::{Environment, PsoVariables};
 use crate::expiry::Expiry;
 use crate::id::{ServiceId, SessionId};
 use crate::record::MAX_RECORD_BYTES;
-use crate::store::FileStore;
+use crate::store::{FileStore, StoreLocation};
 
 /// Default `PSOSessionLockTimeout`.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +29,11 @@ const MAX_BODY_BYTES: u64 = 1 << 40;
 /// Default `PSOSessionRegenerateGrace`: long enough for requests already on their way (PHP's
 /// manual warns that deleting the old id at once drops them on a flaky connection).
 const DEFAULT_REGENERATE_GRACE: Duration = Duration::from_secs(5);
+/// Default `PSOSessionLockLease`: PHP's Redis handler holds its lock as long
+/// (`max_execution_time`).
+const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
+const MIN_LOCK_LEASE: Duration = Duration::from_secs(1);
+const MAX_LOCK_LEASE: Duration = Duration::from_secs(3600);
 /// Longest `PSOSessionRegenerateGrace` accepted: the old id is a credential while it lasts.
 const MAX_REGENERATE_GRACE: Duration = Duration::from_secs(300);
 /// Default `PSOSessionGCMaxLifetime`: one day.
@@ -104,6 +109,27 @@ const LOCK_TIMEOUT: Variable = Variable {
     meaning: "the longest wait for a session another request holds; then a 503",
     default: "30 s",
     expected: "a duration from 0 to 1 hour, like 30 or 1m",
+};
+const LOCK_LEASE: Variable = Variable {
+    name: "PSOSessionLockLease",
+    also: &[],
+    meaning: "how long a lock on a server store (Redis, PostgreSQL) lasts unless its request renews it: a killed request blocks its session at most this long",
+    default: "30 s",
+    expected: "a duration from 1 second to 1 hour, like 30 or 2m",
+};
+const STORE: Variable = Variable {
+    name: "PSOSessionStore",
+    also: &[],
+    meaning: "where sessions are kept: files (in PSOSessionFileLoader_Path), or a server's URL",
+    default: "files",
+    expected: "files, redis://host:port/db, rediss://..., redis+unix:///path, redis+cluster://h1:p1,h2:p2, postgres://...",
+};
+const STORE_PASSWORD_FILE: Variable = Variable {
+    name: "PSOSessionStorePasswordFile",
+    also: &[],
+    meaning: "a file holding the password of PSOSessionStore's server (yours, not readable by others), instead of the URL",
+    default: "none",
+    expected: "an absolute path",
 };
 const SYNC: Variable = Variable {
     name: "PSOSessionSync",
@@ -260,7 +286,10 @@ pub const VARIABLES: &[Variable] = &[
     SESSION_EXPIRE,
     SESSION_IDLE,
     SESSION_DIR,
+    STORE,
+    STORE_PASSWORD_FILE,
     LOCK_TIMEOUT,
+    LOCK_LEASE,
     SYNC,
     LAZY,
     REGENERATE_GRACE,
@@ -460,8 +489,14 @@ pub struct Config {
     pub lifetime: Expiry,
     /// `PSOSessionFileLoader_Path`: the session directory.
     pub session_dir: PathBuf,
+    /// `PSOSessionStore`: where sessions are kept.
+    pub store: StoreLocation,
+    /// `PSOSessionStorePasswordFile`: where the store's password is, if not in its URL.
+    pub store_password_file: Option<PathBuf>,
     /// `PSOSessionLockTimeout`: the longest wait for a session's lock.
     pub lock_timeout: Duration,
+    /// `PSOSessionLockLease`: how long a server store's lock lasts unless renewed.
+    pub lock_lease: Duration,
     /// `PSOSessionSync`: fsync files and directory on every save.
     pub sync: bool,
     /// `PSOSessionMaxBytes`: the largest session record stored or read.
@@ -533,6 +568,13 @@ impl<'a> Reader<'a> {
                 duration(text).filter(|d| *d <= MAX_LOCK_TIMEOUT)
             })
             .unwrap_or(DEFAULT_LOCK_TIMEOUT);
+        let lock_lease = self
+            .parsed(&LOCK_LEASE, |text| {
+                duration(text).filter(|d| (MIN_LOCK_LEASE..=MAX_LOCK_LEASE).contains(d))
+            })
+            .unwrap_or(DEFAULT_LOCK_LEASE);
+        let store = self.store();
+        let store_password_file = self.absolute_path(&STORE_PASSWORD_FILE);
         let sync = self.parsed(&SYNC, boolean).unwrap_or(false);
         let lazy = self.parsed(&LAZY, boolean).unwrap_or(true);
         let check_ip = self.parsed(&CHECK_IP, boolean).unwrap_or(false);
@@ -566,7 +608,10 @@ impl<'a> Reader<'a> {
             forced_id,
             lifetime,
             session_dir,
+            store,
+            store_password_file,
             lock_timeout,
+            lock_lease,
             sync,
             max_bytes,
             gc_probability,
@@ -631,6 +676,35 @@ impl<'a> Reader<'a> {
                 FileStore::default_dir()
             }
             _ => FileStore::default_dir(),
+        }
+    }
+
+    /// An unusable store is not read as files: sessions would split between machines that
+    /// share a configuration, so it fails every request instead, loudly.
+    fn store(&mut self) -> StoreLocation {
+        let Some((name, text)) = self.first_of(&STORE) else {
+            return StoreLocation::Files;
+        };
+        match StoreLocation::parse(text) {
+            Ok(location) => location,
+            Err(e) => {
+                self.problem(name, format!("{e}; requests fail until it is fixed"));
+                StoreLocation::Unusable
+            }
+        }
+    }
+
+    fn absolute_path(&mut self, variable: &Variable) -> Option<PathBuf> {
+        let (name, text) = self.first_of(variable)?;
+        let path = PathBuf::from(text);
+        if path.is_absolute() {
+            Some(path)
+        } else {
+            self.problem(
+                name,
+                format!("{text:?} is not {}; ignored", variable.expected),
+            );
+            None
         }
     }
 

@@ -225,7 +225,7 @@ fn cache_headers<'c>(
 
 fn error_status(kind: ErrorKind) -> u16 {
     match kind {
-        ErrorKind::LockTimeout | ErrorKind::LockLost => 503,
+        ErrorKind::LockTimeout | ErrorKind::LockLost | ErrorKind::Unavailable => 503,
         ErrorKind::OldId => 409,
         _ => 500,
     }

@@ -1612,10 +1612,13 @@ mod tests {
         (dir, store)
     }
 
-    #[test]
-    fn passes_the_store_suite() {
-        let (_dir, store) = store();
-        suite::all(Arc::new(store));
+    fn shared_store() -> (tempfile::TempDir, Arc<FileStore>) {
+        let (dir, store) = store();
+        (dir, Arc::new(store))
+    }
+
+    mod suite_properties {
+        crate::store_suite!(super::shared_store);
     }
 
     #[test]

@@ -238,11 +238,5 @@ impl Drop for MemoryLock {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::store::suite;
-
-    #[test]
-    fn passes_the_store_suite() {
-        suite::all(Arc::new(MemoryStore::new()));
-    }
+    crate::store_suite!(|| ((), std::sync::Arc::new(super::MemoryStore::new())));
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a part
 
 pub mod fcgi;
+pub mod redis;
 pub mod servers;
 
 use std::collections::BTreeSet;

@@ -1,0 +1,795 @@
+//! Sessions in Redis (cargo feature `redis`), with a lock that holds across machines.
+//!
+//! Every key of one session shares one hash tag, `pso:{<service>:<id>}`, so that the scripts
+//! below touch one slot and run unchanged on Redis Cluster:
+//!
+//! | key | holds |
+//! | --- | --- |
+//! | `pso:{svc:id}` | the record, the same bytes a session file holds, with a TTL |
+//! | `pso:{svc:id}:lock` | the holder's 128-bit random token, with the lease as its TTL |
+//! | `pso:{svc:id}:wake` | a list an unlock pushes to, so one waiter's `BLPOP` returns at once |
+//! | `pso:{svc:id}:waiting` | how many requests wait, capped |
+//!
+//! The lock is a lease: taken with `SET NX PX` (and the record read, in the same script),
+//! renewed by every save, given back by a script that deletes it only if it still holds the
+//! holder's token. A holder that dies blocks its session for at most the lease. Every write
+//! checks the token first, in the same script, so a holder whose lease ran out (and whose
+//! session another request may hold now) writes nothing: its save fails with
+//! [`ErrorKind::LockLost`]. A save also refuses to bring back a record deleted while it was
+//! held ([`Store::delete`], or its TTL).
+//!
+//! Waiting does not poll: a waiter blocks in `BLPOP` on the session's wake list, for at most
+//! what is left of the holder's lease (a dead holder pushes nothing) and of its own timeout,
+//! and an unlock pushes one wake-up. A session has at most [`MAX_WAITERS`] waiters; more fail
+//! at once with [`ErrorKind::LockTimeout`] (a 503), as past the timeout.
+//!
+//! Redis removes a record by its TTL an hour after the session expires (until then, a
+//! returning visitor is told why it ended, as with files), so collection has nothing to do.
+//! A record without expiry (a user's "log out everywhere" record) has no TTL.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use redis::{Connection, ConnectionInfo, IntoConnectionInfo, RedisError, Script};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{ServiceId, SessionId};
+use crate::record::{MAX_RECORD_BYTES, Meta, Record};
+use crate::store::{
+    GcReport, LockOptions, LockedSession, ServerKind, ServerUrl, SessionKey, Store, deleted_error,
+    lock_deadline, time_left,
+};
+
+/// The longest a connection may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+/// The longest one command may take to be sent or answered.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+/// The most requests that wait for one session at once; more get a 503 at once.
+pub const MAX_WAITERS: i64 = 64;
+/// How long Redis keeps a record after its session expired, so that a returning visitor
+/// learns why it ended (and its data can move to the new session, as the lifecycle rules say).
+const KEPT_AFTER_EXPIRY: Duration = Duration::from_secs(3600);
+/// The longest single `BLPOP`: a waiter looks at the lock again at least this often.
+const MAX_WAIT_SLICE: Duration = Duration::from_secs(1);
+/// Idle connections kept for the next request (under FastCGI, one per busy thread).
+const MAX_IDLE_CONNECTIONS: usize = 64;
+/// The latest instant a TTL is set to (year 9999): Redis keeps milliseconds in 64 bits.
+const LATEST_EXPIRY_MILLIS: u64 = 253_402_300_799_000;
+
+/// Takes the lock and reads the record, in one round trip.
+/// KEYS: record, lock, waiting. ARGV: token, lease ms, queue (0 do not wait, 1 join the
+/// waiters, 2 already among them), max waiters, waiting TTL ms, max record bytes.
+/// Returns {1, 0, record or false}, {0, lock's PTTL, false} (wait), {2, PTTL, false} (too
+/// many waiters) or {3, length, false} (record too large).
+const ACQUIRE: &str = r"
+local function read()
+  local n = redis.call('STRLEN', KEYS[1])
+  if n > tonumber(ARGV[6]) then return {3, n, false} end
+  return {1, 0, redis.call('GET', KEYS[1])}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if ARGV[3] == '2' then
+    if redis.call('DECR', KEYS[3]) <= 0 then redis.call('DEL', KEYS[3]) end
+  end
+  return read()
+end
+local ttl = redis.call('PTTL', KEYS[2])
+if ARGV[3] == '1' then
+  local n = redis.call('INCR', KEYS[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  if n > tonumber(ARGV[4]) then
+    redis.call('DECR', KEYS[3])
+    return {2, ttl, false}
+  end
+end
+return {0, ttl, false}
+";
+
+/// Saves the record if the lock is still ours, and renews the lease.
+/// KEYS: record, lock. ARGV: token, record, expiry (unix ms, 0 for none), whether a record
+/// must be there (1: this holder saw one, so its absence means it was deleted), lease ms.
+/// Returns 1 saved, 0 lease lost, -1 deleted meanwhile.
+const SAVE: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[1], ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1
+";
+
+/// Deletes the record if the lock is still ours. KEYS: record, lock. ARGV: token.
+/// Returns 1 deleted, 0 lease lost.
+const DELETE: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+";
+
+/// Renews the lease if the lock is still ours. KEYS: lock. ARGV: token, lease ms.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+/// Gives the lock back if it is still ours, and wakes one waiter if any wait. KEYS: lock,
+/// wake, waiting. ARGV: token, how long an unclaimed wake-up lasts (ms). The wake list keeps
+/// at most one entry: a stale one only makes the next waiter look at the lock once more.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if tonumber(redis.call('GET', KEYS[3]) or '0') <= 0 then return 1 end
+redis.call('LPUSH', KEYS[2], '1')
+redis.call('LTRIM', KEYS[2], 0, 0)
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+";
+
+/// Leaves the waiters of a session, for a waiter that gives up. KEYS: waiting.
+const LEAVE: &str = r"
+if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
+return 1
+";
+
+/// Reads a record no larger than the cap. KEYS: record. ARGV: max bytes.
+const READ: &str = r"
+local n = redis.call('STRLEN', KEYS[1])
+if n > tonumber(ARGV[1]) then return {3, n, false} end
+return {1, 0, redis.call('GET', KEYS[1])}
+";
+
+/// Sessions kept in one Redis server. Clones share its connections.
+///
+/// ```no_run
+/// # fn main() -> pso::Result<()> {
+/// use pso::store::{RedisStore, StoreLocation};
+/// let StoreLocation::Server(url) = StoreLocation::parse("redis://127.0.0.1:6379/0")? else { unreachable!() };
+/// let store = RedisStore::open(&url, None)?;
+/// let service = pso::Service::from_process().with_store(std::sync::Arc::new(store));
+/// # Ok(()) }
+/// ```
+///
+/// Programs seldom build one: `PSOSessionStore=redis://…` makes [`crate::run`] use it.
+#[derive(Clone)]
+pub struct RedisStore {
+    server: Arc<Server>,
+    max_bytes: u64,
+}
+
+/// One server: how to reach it, its idle connections, the scripts.
+struct Server {
+    info: ConnectionInfo,
+    /// The URL as it may be shown (no password).
+    shown: String,
+    idle: Mutex<Vec<Connection>>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    acquire: Script,
+    save: Script,
+    delete: Script,
+    renew: Script,
+    release: Script,
+    leave: Script,
+    read: Script,
+}
+
+impl RedisStore {
+    /// The store at `url` (`redis://` or `redis+unix://`), with `password` if the URL has
+    /// none (from `PSOSessionStorePasswordFile`). Nothing is connected yet: the first request
+    /// that needs the store connects, so a server that is down fails requests (503), not the
+    /// program's start.
+    pub fn open(url: &ServerUrl, password: Option<&str>) -> Result<RedisStore> {
+        match url.kind() {
+            ServerKind::Redis | ServerKind::RedisUnix => {}
+            kind => {
+                return Err(Error::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "{url}: a {kind:?} store needs pso's `{}` feature, which this program was built without",
+                        kind.feature()
+                    ),
+                ));
+            }
+        }
+        let info = url.expose().into_connection_info().map_err(|e| {
+            // redis' messages about a URL do not quote it, so no password can leak here.
+            Error::with_source(ErrorKind::Invalid, format!("{url}: not a Redis URL"), e)
+        })?;
+        let mut settings = info.redis_settings().clone().set_skip_set_lib_name();
+        if let Some(password) = password {
+            if settings.password().is_some() {
+                return Err(Error::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "{url}: the URL has a password and PSOSessionStorePasswordFile names another; keep one"
+                    ),
+                ));
+            }
+            settings = settings.set_password(password);
+        }
+        let info = info.set_redis_settings(settings);
+        Ok(RedisStore {
+            server: Arc::new(Server {
+                info,
+                shown: url.to_string(),
+                idle: Mutex::new(Vec::new()),
+                scripts: Scripts {
+                    acquire: Script::new(ACQUIRE),
+                    save: Script::new(SAVE),
+                    delete: Script::new(DELETE),
+                    renew: Script::new(RENEW),
+                    release: Script::new(RELEASE),
+                    leave: Script::new(LEAVE),
+                    read: Script::new(READ),
+                },
+            }),
+            max_bytes: MAX_RECORD_BYTES,
+        })
+    }
+
+    /// Reads and writes records of at most `max_bytes` (`PSOSessionMaxBytes`).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> RedisStore {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Connects (or reuses a connection) and asks the server's version: for `pso config`.
+    pub fn server_version(&self) -> Result<String> {
+        self.server.run("asking its version", |con| {
+            let info: redis::InfoDict = redis::cmd("INFO").arg("server").query(con)?;
+            Ok(info
+                .get::<String>("redis_version")
+                .unwrap_or_else(|| "unknown".to_owned()))
+        })
+    }
+}
+
+impl Server {
+    /// Runs `f` on a connection: an idle one, or a new one. A connection that failed is
+    /// dropped (it may hold half an answer); one that worked is kept for the next call.
+    fn run<T>(
+        &self,
+        doing: &str,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut con = match idle {
+            Some(con) => con,
+            None => self.connect()?,
+        };
+        match f(&mut con) {
+            Ok(value) => {
+                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                if idle.len() < MAX_IDLE_CONNECTIONS {
+                    idle.push(con);
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                // An error reply leaves the connection in step; anything else may not.
+                if !e.is_io_error() && !e.is_timeout() && e.kind() != redis::ErrorKind::Parse {
+                    let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                    if idle.len() < MAX_IDLE_CONNECTIONS {
+                        idle.push(con);
+                    }
+                }
+                Err(self.error(doing, e))
+            }
+        }
+    }
+
+    fn connect(&self) -> Result<Connection> {
+        let con = redis::Client::open(self.info.clone())
+            .and_then(|client| client.get_connection_with_timeout(CONNECT_TIMEOUT))
+            .map_err(|e| self.error("connecting", e))?;
+        // `connect` leaves both timeouts unset: a stalled server would hang the request.
+        con.set_read_timeout(Some(COMMAND_TIMEOUT))
+            .and_then(|()| con.set_write_timeout(Some(COMMAND_TIMEOUT)))
+            .map_err(|e| self.error("setting timeouts", e))?;
+        Ok(con)
+    }
+
+    /// pso's error for a failed call: a server that cannot be reached or answer now is
+    /// [`ErrorKind::Unavailable`] (a 503), anything else an I/O error (a 500).
+    fn error(&self, doing: &str, e: RedisError) -> Error {
+        use redis::ServerErrorKind as Server;
+        let unavailable = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                redis::ErrorKind::Server(
+                    Server::BusyLoading
+                        | Server::TryAgain
+                        | Server::ClusterDown
+                        | Server::MasterDown
+                        | Server::ReadOnly
+                )
+            );
+        let kind = if unavailable {
+            ErrorKind::Unavailable
+        } else {
+            ErrorKind::Io
+        };
+        Error::with_source(kind, format!("Redis at {}: {doing}", self.shown), e)
+    }
+}
+
+/// The keys of one session, all in one hash slot.
+struct Keys {
+    record: String,
+    lock: String,
+    wake: String,
+    waiting: String,
+}
+
+impl Keys {
+    fn of(key: &SessionKey) -> Keys {
+        let tag = format!("pso:{{{}:{}}}", key.service, key.id);
+        Keys {
+            lock: format!("{tag}:lock"),
+            wake: format!("{tag}:wake"),
+            waiting: format!("{tag}:waiting"),
+            record: tag,
+        }
+    }
+
+    /// The session a record's key names; `None` for any other key.
+    fn parse(name: &[u8]) -> Option<SessionKey> {
+        let name = std::str::from_utf8(name).ok()?;
+        let inner = name.strip_prefix("pso:{")?.strip_suffix('}')?;
+        let (service, id) = inner.split_once(':')?;
+        Some(SessionKey::new(
+            service.parse::<ServiceId>().ok()?,
+            SessionId::named(id).ok()?,
+        ))
+    }
+}
+
+/// A reply of the acquire and read scripts.
+type Reply = (i64, i64, Option<Vec<u8>>);
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// When Redis should drop a record: some time after its session expires; `None` for a
+/// record that never does.
+fn expiry_millis(meta: &Meta) -> Option<u64> {
+    let idle_end = meta
+        .max_idle
+        .map(|idle| meta.last_access.saturating_add(idle));
+    let end = match (meta.deadline, idle_end) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some(
+        end.saturating_add(KEPT_AFTER_EXPIRY.as_secs())
+            .saturating_mul(1000)
+            .min(LATEST_EXPIRY_MILLIS),
+    )
+}
+
+impl RedisStore {
+    fn decode(&self, key: &SessionKey, reply: Reply) -> Result<Option<Record>> {
+        match reply {
+            (3, length, _) => Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "session {key:?}: its record of {length} bytes is larger than PSOSessionMaxBytes"
+                ),
+            )),
+            (_, _, None) => Ok(None),
+            (_, _, Some(bytes)) => Record::decode_owned(bytes, self.max_bytes)
+                .map(Some)
+                .map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::Corrupt,
+                        format!("session {key:?}: its record in Redis does not read"),
+                        e,
+                    )
+                }),
+        }
+    }
+
+    fn too_many_waiters(key: &SessionKey) -> Error {
+        Error::new(
+            ErrorKind::LockTimeout,
+            format!("session {key:?}: {MAX_WAITERS} requests already wait for it"),
+        )
+    }
+}
+
+impl Store for RedisStore {
+    fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockedSession>> {
+        let deadline = lock_deadline(options.timeout);
+        let keys = Keys::of(key);
+        let token = token()?;
+        let lease = millis(options.lease);
+        let waiting_ttl = millis(options.timeout.min(Duration::from_secs(3600))) + lease;
+        let mut queue = if options.timeout.is_zero() { 0 } else { 1 };
+        let scripts = &self.server.scripts;
+        loop {
+            let reply: Reply = self.server.run("taking a session's lock", |con| {
+                scripts
+                    .acquire
+                    .key(&keys.record)
+                    .key(&keys.lock)
+                    .key(&keys.waiting)
+                    .arg(&token)
+                    .arg(lease)
+                    .arg(queue)
+                    .arg(MAX_WAITERS)
+                    .arg(waiting_ttl)
+                    .arg(self.max_bytes)
+                    .invoke(con)
+            })?;
+            match reply.0 {
+                1 | 3 => {
+                    let loaded = self.decode(key, reply);
+                    return Ok(Box::new(RedisLock {
+                        store: self.clone(),
+                        key: key.clone(),
+                        keys,
+                        token,
+                        lease: options.lease,
+                        seen: matches!(&loaded, Ok(Some(_))) || loaded.is_err(),
+                        first_load: Some(loaded),
+                        deleted: false,
+                        released: false,
+                    }));
+                }
+                2 => return Err(RedisStore::too_many_waiters(key)),
+                _ => {}
+            }
+            if queue == 1 {
+                queue = 2;
+            }
+            let left = match time_left(deadline, key) {
+                Ok(left) => left,
+                Err(e) => {
+                    if queue == 2 {
+                        // Best effort: the count also expires on its own.
+                        let _ = self.server.run("leaving the waiters", |con| {
+                            scripts.leave.key(&keys.waiting).invoke::<i64>(con)
+                        });
+                    }
+                    return Err(e);
+                }
+            };
+            // The holder's lease left (a dead holder pushes no wake-up), jittered so that
+            // waiters of a dead holder do not all ask at the same instant.
+            let lease_left = u64::try_from(reply.1).unwrap_or(0);
+            let jitter = 0.75 + f64::from(getrandom::u32().unwrap_or(0) % 1000) / 4000.0;
+            let mut wait = MAX_WAIT_SLICE.mul_f64(jitter);
+            wait = wait.min(Duration::from_millis(lease_left + 1));
+            if let Some(left) = left {
+                wait = wait.min(left);
+            }
+            let wait = wait.max(Duration::from_millis(10));
+            self.server.run("waiting for a session's lock", |con| {
+                // The server answers after `wait`: the read must not time out first, or
+                // the next command would queue behind the BLPOP still blocked there.
+                con.set_read_timeout(Some(wait + COMMAND_TIMEOUT))?;
+                let woken: redis::RedisResult<Option<(Vec<u8>, Vec<u8>)>> = redis::cmd("BLPOP")
+                    .arg(&keys.wake)
+                    .arg(wait.as_secs_f64())
+                    .query(con);
+                con.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+                woken.map(|_| ())
+            })?;
+        }
+    }
+
+    fn exists(&self, key: &SessionKey) -> Result<bool> {
+        let record = Keys::of(key).record;
+        self.server.run("looking for a session", |con| {
+            redis::cmd("EXISTS").arg(&record).query::<bool>(con)
+        })
+    }
+
+    fn peek(&self, key: &SessionKey) -> Result<Option<Record>> {
+        let record = Keys::of(key).record;
+        let reply: Reply = self.server.run("reading a session", |con| {
+            self.server
+                .scripts
+                .read
+                .key(&record)
+                .arg(self.max_bytes)
+                .invoke(con)
+        })?;
+        self.decode(key, reply)
+    }
+
+    fn delete(&self, key: &SessionKey) -> Result<()> {
+        let record = Keys::of(key).record;
+        self.server.run("ending a session", |con| {
+            redis::cmd("DEL").arg(&record).query::<i64>(con).map(drop)
+        })
+    }
+
+    fn keys(&self) -> Result<Box<dyn Iterator<Item = Result<SessionKey>> + '_>> {
+        Ok(Box::new(Scan {
+            store: self,
+            cursor: Some(0),
+            batch: Vec::new(),
+        }))
+    }
+
+    /// Redis drops expired records by their TTL: nothing to do.
+    fn collect_garbage(&self, _now: SystemTime, _budget: Duration) -> Result<GcReport> {
+        Ok(GcReport::default())
+    }
+}
+
+/// The sessions of a store, a `SCAN` batch at a time: bounded memory however many there are.
+struct Scan<'a> {
+    store: &'a RedisStore,
+    /// `None` once the server said the scan is complete.
+    cursor: Option<u64>,
+    batch: Vec<Vec<u8>>,
+}
+
+impl Iterator for Scan<'_> {
+    type Item = Result<SessionKey>;
+
+    fn next(&mut self) -> Option<Result<SessionKey>> {
+        loop {
+            while let Some(name) = self.batch.pop() {
+                if let Some(key) = Keys::parse(&name) {
+                    return Some(Ok(key));
+                }
+            }
+            let cursor = self.cursor?;
+            let reply = self.store.server.run("listing sessions", |con| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg("pso:{*}")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .arg("TYPE")
+                    .arg("string")
+                    .query::<(u64, Vec<Vec<u8>>)>(con)
+            });
+            match reply {
+                Ok((next, names)) => {
+                    self.cursor = (next != 0).then_some(next);
+                    self.batch = names;
+                }
+                Err(e) => {
+                    self.cursor = None;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// A 128-bit token from the OS CSPRNG: only its holder can release or write through a lock.
+fn token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("the OS random number generator failed: {e}"),
+        )
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A session's lock in Redis: a lease that its token proves.
+struct RedisLock {
+    store: RedisStore,
+    key: SessionKey,
+    keys: Keys,
+    token: String,
+    lease: Duration,
+    /// What the acquire script read, for the first load.
+    first_load: Option<Result<Option<Record>>>,
+    /// Whether a record was there when this lock last looked or wrote: if it then vanishes,
+    /// someone deleted it, and a save must not bring it back.
+    seen: bool,
+    deleted: bool,
+    released: bool,
+}
+
+impl RedisLock {
+    fn lost(&self, what: &str) -> Error {
+        Error::new(
+            ErrorKind::LockLost,
+            format!(
+                "session {:?}: {what} (the lock's lease of {:?} ran out, or the session was ended meanwhile)",
+                self.key, self.lease
+            ),
+        )
+    }
+
+    fn let_go(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        self.released = true;
+        let server = &self.store.server;
+        let released: i64 = server.run("releasing a session's lock", |con| {
+            server
+                .scripts
+                .release
+                .key(&self.keys.lock)
+                .key(&self.keys.wake)
+                .key(&self.keys.waiting)
+                .arg(&self.token)
+                .arg(millis(MAX_WAIT_SLICE))
+                .invoke(con)
+        })?;
+        if released == 1 {
+            Ok(())
+        } else {
+            Err(self.lost("the lock was no longer held when released"))
+        }
+    }
+}
+
+impl LockedSession for RedisLock {
+    fn key(&self) -> &SessionKey {
+        &self.key
+    }
+
+    fn load(&mut self) -> Result<Option<Record>> {
+        if self.deleted {
+            return Ok(None);
+        }
+        if let Some(first) = self.first_load.take() {
+            return first;
+        }
+        let loaded = self.store.peek(&self.key)?;
+        self.seen = loaded.is_some();
+        Ok(loaded)
+    }
+
+    fn save(&mut self, record: &Record) -> Result<()> {
+        if self.deleted {
+            return Err(deleted_error(&self.key));
+        }
+        let bytes = record.encode()?;
+        let expiry = expiry_millis(&record.meta).unwrap_or(0);
+        let server = &self.store.server;
+        let saved: i64 = server.run("saving a session", |con| {
+            server
+                .scripts
+                .save
+                .key(&self.keys.record)
+                .key(&self.keys.lock)
+                .arg(&self.token)
+                .arg(&bytes)
+                .arg(expiry)
+                .arg(u8::from(self.seen))
+                .arg(millis(self.lease))
+                .invoke(con)
+        })?;
+        match saved {
+            1 => {
+                self.seen = true;
+                self.first_load = None;
+                Ok(())
+            }
+            -1 => Err(self.lost("not saved: the session was ended while this request held it")),
+            _ => Err(self.lost("not saved")),
+        }
+    }
+
+    fn delete(&mut self) -> Result<()> {
+        let server = &self.store.server;
+        let deleted: i64 = server.run("deleting a session", |con| {
+            server
+                .scripts
+                .delete
+                .key(&self.keys.record)
+                .key(&self.keys.lock)
+                .arg(&self.token)
+                .invoke(con)
+        })?;
+        self.deleted = true;
+        self.first_load = None;
+        if deleted == 1 {
+            Ok(())
+        } else {
+            Err(self.lost("not deleted"))
+        }
+    }
+
+    fn lock_sibling(&self, id: SessionId, options: LockOptions) -> Result<Box<dyn LockedSession>> {
+        // A sibling lives as long as the request that takes it: never shorter than its lock.
+        let options = options.with_lease(options.lease.max(self.lease));
+        self.store
+            .lock(&SessionKey::new(self.key.service.clone(), id), options)
+    }
+
+    fn renew(&mut self) -> Result<()> {
+        let server = &self.store.server;
+        let renewed: i64 = server.run("renewing a session's lock", |con| {
+            server
+                .scripts
+                .renew
+                .key(&self.keys.lock)
+                .arg(&self.token)
+                .arg(millis(self.lease))
+                .invoke(con)
+        })?;
+        if renewed == 1 {
+            Ok(())
+        } else {
+            Err(self.lost("the lock could not be renewed"))
+        }
+    }
+
+    fn release(mut self: Box<Self>) -> Result<()> {
+        self.let_go()
+    }
+}
+
+impl Drop for RedisLock {
+    fn drop(&mut self) {
+        if let Err(e) = self.let_go() {
+            log::warn!("{}", crate::error::ErrorChain(&e));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_hash_tag_and_parse_back() {
+        let key = SessionKey::new("shop".parse().unwrap(), SessionId::generate().unwrap());
+        let keys = Keys::of(&key);
+        let tag = &keys.record;
+        for other in [&keys.lock, &keys.wake, &keys.waiting] {
+            assert!(other.starts_with(tag.as_str()), "{other}");
+        }
+        assert_eq!(Keys::parse(tag.as_bytes()), Some(key));
+        for other in [&keys.lock, &keys.wake, &keys.waiting] {
+            assert_eq!(Keys::parse(other.as_bytes()), None);
+        }
+        for junk in ["pso:{}", "pso:{a}", "pso:{a:b/c}", "other", "pso:{:x}"] {
+            assert_eq!(Keys::parse(junk.as_bytes()), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn records_expire_an_hour_after_their_session() {
+        let mut meta = Meta::new(1_000);
+        assert_eq!(expiry_millis(&meta), None);
+        meta.deadline = Some(5_000);
+        assert_eq!(expiry_millis(&meta), Some((5_000 + 3_600) * 1000));
+        meta.max_idle = Some(60);
+        assert_eq!(expiry_millis(&meta), Some((1_060 + 3_600) * 1000));
+        meta.deadline = None;
+        meta.max_idle = Some(u64::MAX);
+        assert_eq!(expiry_millis(&meta), Some(LATEST_EXPIRY_MILLIS));
+    }
+
+    #[test]
+    fn a_build_without_the_feature_names_it() {
+        let crate::store::StoreLocation::Server(url) =
+            crate::store::StoreLocation::parse("redis+cluster://:pw@a:1,b:2").unwrap()
+        else {
+            unreachable!()
+        };
+        let err = RedisStore::open(&url, None).err().unwrap();
+        assert!(err.to_string().contains("redis-cluster"), "{err}");
+        assert!(!err.to_string().contains("pw"), "{err}");
+    }
+}

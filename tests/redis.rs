@@ -1,0 +1,391 @@
+//! Sessions in a real Redis (`redis-server` from Debian, started by each test): the store
+//! suite, the reload counter as CGI and FastCGI, leases of killed holders, a server that goes
+//! away and comes back, passwords.
+
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::fcgi::FcgiProcess;
+use common::redis::RedisServer;
+use common::{Reply, Site};
+use pso::store::{LockOptions, RedisStore, SessionKey, Store, StoreLocation};
+use pso::{ErrorKind, Meta, Record, SessionId};
+
+const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
+
+fn server() -> RedisServer {
+    RedisServer::start().expect("redis-server is not installed (apt install redis-server)")
+}
+
+fn store_at(url: &str) -> RedisStore {
+    let StoreLocation::Server(url) = StoreLocation::parse(url).unwrap() else {
+        panic!("not a server: {url}")
+    };
+    RedisStore::open(&url, None).unwrap()
+}
+
+#[cfg(feature = "store-suite")]
+mod suite {
+    pso::store_suite!(|| {
+        let server = super::server();
+        let store = std::sync::Arc::new(super::store_at(&server.url()));
+        (server, store)
+    });
+}
+
+fn counter_site(server: &RedisServer) -> Site {
+    let mut site = Site::new(RELOAD);
+    site.set("PSOSessionStore", server.url());
+    site
+}
+
+fn session_key(cookie: &str) -> String {
+    format!("pso:{{reload:{}}}", cookie.split_once('=').unwrap().1)
+}
+
+#[test]
+fn the_counter_counts_one_two_three_as_cgi_with_no_file_written() {
+    let server = server();
+    let site = counter_site(&server);
+    let first = site.get(None);
+    assert_eq!(first.count(), 1, "{first:?}");
+    let cookie = first.cookie();
+    assert_eq!(site.get(Some(&cookie)).count(), 2);
+    assert_eq!(site.get(Some(&cookie)).count(), 3);
+    assert!(site.files().is_empty(), "{:?}", site.files());
+    let key = session_key(&cookie);
+    assert_eq!(server.cli(&["EXISTS", &key]), "1");
+    // Browser-close session: Redis drops it a day (PSOSessionGCMaxLifetime) and an hour after
+    // its last use.
+    let ttl: u64 = server.cli(&["TTL", &key]).parse().unwrap();
+    assert!((86_400..=90_000).contains(&ttl), "{ttl}");
+    // No lock, wake-up list or waiter count is left behind.
+    let keys = server.cli(&["KEYS", "*"]);
+    assert_eq!(keys, key, "{keys}");
+}
+
+#[test]
+fn the_counter_counts_one_two_three_as_fastcgi() {
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let mut process = FcgiProcess::start(
+        RELOAD.as_ref(),
+        &[("PSOSessionStore", &url)],
+        &dir.path().join("stderr"),
+    );
+    let first = process.get("", &[]);
+    let cookie = first.cookie().expect("a cookie");
+    assert!(
+        first.body().contains("You reloaded: 1 times"),
+        "{}",
+        first.text()
+    );
+    for n in 2..=3 {
+        let answer = process.get("", &[("HTTP_COOKIE", &cookie)]);
+        assert!(
+            answer.body().contains(&format!("You reloaded: {n} times")),
+            "{}",
+            answer.text()
+        );
+    }
+    assert_eq!(server.cli(&["DBSIZE"]), "1");
+    process.terminate();
+}
+
+fn key() -> SessionKey {
+    SessionKey::new("svc".parse().unwrap(), SessionId::generate().unwrap())
+}
+
+fn counted(n: u64) -> Record {
+    let mut record = Record::new(Meta::new(1_900_000_000));
+    record.set("n", &n).unwrap();
+    record
+}
+
+#[test]
+fn a_holder_that_never_lets_go_blocks_its_session_at_most_its_lease() {
+    let server = server();
+    let store = store_at(&server.url());
+    let k = key();
+    let short = LockOptions::new(Duration::from_secs(10)).with_lease(Duration::from_secs(1));
+    let mut lock = store.lock(&k, short).unwrap();
+    lock.save(&counted(1)).unwrap();
+    // A process killed now sends no release: forget the lock as it would.
+    std::mem::forget(lock);
+    let started = Instant::now();
+    let mut next = store.lock(&k, short).unwrap();
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    assert_eq!(
+        next.load().unwrap(),
+        Some(counted(1)),
+        "what was saved stays"
+    );
+    next.save(&counted(2)).unwrap();
+    next.release().unwrap();
+    assert_eq!(store.peek(&k).unwrap(), Some(counted(2)));
+}
+
+#[test]
+fn a_holder_whose_lease_ran_out_writes_nothing_over_the_next_holder() {
+    let server = server();
+    let store = store_at(&server.url());
+    let k = key();
+    let short = LockOptions::new(Duration::from_secs(10)).with_lease(Duration::from_secs(1));
+    let mut late = store.lock(&k, short).unwrap();
+    late.save(&counted(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(1_200));
+    let mut next = store
+        .lock(&k, LockOptions::new(Duration::from_secs(10)))
+        .unwrap();
+    next.save(&counted(7)).unwrap();
+    assert_eq!(
+        late.save(&counted(99)).unwrap_err().kind(),
+        ErrorKind::LockLost
+    );
+    assert_eq!(late.renew().unwrap_err().kind(), ErrorKind::LockLost);
+    assert_eq!(late.release().unwrap_err().kind(), ErrorKind::LockLost);
+    // The late holder's release did not free the next holder's lock.
+    let busy = LockOptions::new(Duration::ZERO);
+    assert_eq!(
+        store.lock(&k, busy).err().unwrap().kind(),
+        ErrorKind::LockTimeout
+    );
+    drop(next);
+    assert_eq!(store.peek(&k).unwrap(), Some(counted(7)));
+}
+
+#[test]
+fn a_renewed_lease_outlives_its_first_term() {
+    let server = server();
+    let store = store_at(&server.url());
+    let k = key();
+    let short = LockOptions::new(Duration::from_secs(10)).with_lease(Duration::from_secs(1));
+    let mut lock = store.lock(&k, short).unwrap();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(600));
+        lock.renew().unwrap();
+    }
+    lock.save(&counted(3)).unwrap();
+}
+
+#[test]
+fn too_many_waiters_are_turned_away_at_once() {
+    let server = server();
+    let store = Arc::new(store_at(&server.url()));
+    let k = key();
+    let held = store.lock(&k, LockOptions::new(Duration::ZERO)).unwrap();
+    let waiters: Vec<_> = (0..pso::store::redis::MAX_WAITERS + 8)
+        .map(|_| {
+            let (store, k) = (store.clone(), k.clone());
+            std::thread::spawn(move || {
+                store
+                    .lock(&k, LockOptions::new(Duration::from_secs(3)))
+                    .err()
+                    .map(|e| e.kind())
+            })
+        })
+        .collect();
+    let kinds: Vec<_> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+    drop(held);
+    assert!(
+        kinds.iter().all(|k| *k == Some(ErrorKind::LockTimeout)),
+        "{kinds:?}"
+    );
+    // The count of waiters went back to nothing.
+    let waiting = format!("pso:{{svc:{}}}:waiting", k.id);
+    assert_eq!(server.cli(&["EXISTS", &waiting]), "0");
+}
+
+#[test]
+fn a_release_wakes_a_waiter() {
+    let server = server();
+    let store = Arc::new(store_at(&server.url()));
+    let k = key();
+    let mut held = store.lock(&k, LockOptions::new(Duration::ZERO)).unwrap();
+    held.save(&counted(1)).unwrap();
+    let (store2, k2) = (store.clone(), k.clone());
+    let waiter = std::thread::spawn(move || {
+        let mut lock = store2
+            .lock(&k2, LockOptions::new(Duration::from_secs(10)))
+            .unwrap();
+        let n: u64 = lock.load().unwrap().unwrap().get("n").unwrap().unwrap();
+        lock.save(&counted(n + 1)).unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    held.save(&counted(5)).unwrap();
+    held.release().unwrap();
+    waiter.join().unwrap();
+    assert_eq!(store.peek(&k).unwrap(), Some(counted(6)));
+}
+
+fn assert_unavailable(reply: &Reply, server: &RedisServer) {
+    assert_eq!(
+        reply.status(),
+        "Status: 503 Service Unavailable",
+        "{reply:?}"
+    );
+    assert!(reply.head.contains("Retry-After: "), "{reply:?}");
+    let lines: Vec<&str> = reply.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one log line: {lines:?}");
+    assert!(
+        lines[0].contains(&format!("Redis at redis://127.0.0.1:{}/0", server.port)),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_redis_that_goes_away_gives_503s_then_the_sessions_go_on() {
+    // Every write on disk before it is acknowledged: nothing acknowledged may be lost.
+    let Some(mut server) =
+        RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+    else {
+        return;
+    };
+    let site = counter_site(&server);
+    let cookie = site.get(None).cookie();
+    assert_eq!(site.get(Some(&cookie)).count(), 2);
+    server.stop();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let reply = Reply::from_output(site.command(Some(&cookie)).output().unwrap());
+        assert_unavailable(&reply, &server);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    server.restart();
+    assert_eq!(site.get(Some(&cookie)).count(), 3);
+    assert_eq!(site.get(Some(&cookie)).count(), 4);
+}
+
+#[test]
+fn a_fastcgi_process_reconnects_after_redis_comes_back() {
+    let Some(mut server) =
+        RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let mut process = FcgiProcess::start(
+        RELOAD.as_ref(),
+        &[("PSOSessionStore", &url)],
+        &dir.path().join("stderr"),
+    );
+    let cookie = process.get("", &[]).cookie().unwrap();
+    server.stop();
+    let down = process.get("", &[("HTTP_COOKIE", &cookie)]);
+    assert!(down.status().contains("503"), "{}", down.text());
+    server.restart();
+    let back = process.get("", &[("HTTP_COOKIE", &cookie)]);
+    assert!(
+        back.body().contains("You reloaded: 2 times"),
+        "{}",
+        back.text()
+    );
+    assert!(process.alive());
+    process.terminate();
+}
+
+#[test]
+fn a_password_comes_from_the_url_or_a_private_file_and_is_never_printed() {
+    let Some(server) = RedisServer::start_with(&["--requirepass", "s3cret-pw"]) else {
+        return;
+    };
+    let mut site = counter_site(&server);
+    // No password: refused by the server, a 500 and a line in the log without any secret.
+    let refused = Reply::from_output(site.command(None).output().unwrap());
+    assert_eq!(
+        refused.status(),
+        "Status: 500 Internal Server Error",
+        "{refused:?}"
+    );
+    // In the URL.
+    site.set(
+        "PSOSessionStore",
+        format!("redis://:s3cret-pw@127.0.0.1:{}/0", server.port),
+    );
+    let first = site.get(None);
+    assert_eq!(first.count(), 1, "{first:?}");
+    // In a file of ours that nobody else may read.
+    let file = site.root.path().join("redis.pass");
+    std::fs::write(&file, "s3cret-pw\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    site.set("PSOSessionStore", server.url());
+    site.set("PSOSessionStorePasswordFile", &file);
+    assert_eq!(site.get(Some(&first.cookie())).count(), 2);
+    // A file others may read is refused, and says so.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let open = Reply::from_output(site.command(None).output().unwrap());
+    assert_eq!(open.status(), "Status: 500 Internal Server Error");
+    assert!(open.stderr.contains("0600"), "{open:?}");
+    // The password is never printed, whatever went wrong; a wrong one neither.
+    site.set(
+        "PSOSessionStore",
+        format!("redis://:wrong-pw@127.0.0.1:{}/0", server.port),
+    );
+    site.unset("PSOSessionStorePasswordFile");
+    let wrong = Reply::from_output(site.command(None).output().unwrap());
+    assert_eq!(wrong.status(), "Status: 500 Internal Server Error");
+    for reply in [&refused, &first, &open, &wrong] {
+        let all = format!("{}{}{}", reply.head, reply.body, reply.stderr);
+        assert!(
+            !all.contains("s3cret") && !all.contains("wrong-pw"),
+            "{all}"
+        );
+    }
+}
+
+#[test]
+fn a_request_cannot_move_the_store_the_process_environment_names() {
+    let server = server();
+    let process = pso::Environment::from_pairs([
+        ("PSOServiceId", "shop"),
+        ("PSOSessionStore", server.url().as_str()),
+    ]);
+    let service = pso::Service::new(process);
+    let handler = |cx: &mut pso::Context| {
+        cx.session.set("seen", &true)?;
+        Ok(())
+    };
+    // A parameter naming another server (nobody listens on port 1) is ignored.
+    let request = pso::Environment::from_pairs([
+        ("REQUEST_METHOD", "GET"),
+        ("PSOSessionStore", "redis://127.0.0.1:1/0"),
+    ]);
+    let mut output = Vec::new();
+    service
+        .serve(
+            &request,
+            &mut std::io::empty(),
+            &mut output,
+            &handler,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+    let text = String::from_utf8(output).unwrap();
+    assert!(text.starts_with("Status: 200 OK"), "{text}");
+    assert_eq!(server.cli(&["DBSIZE"]), "1");
+}
+
+#[test]
+fn a_program_built_without_redis_support_says_which_feature_it_needs() {
+    // This binary has it: the message for one that has not is the cluster's, built here
+    // without `redis-cluster`.
+    let err = pso::store::open_server(
+        &match StoreLocation::parse("redis+cluster://127.0.0.1:7000").unwrap() {
+            StoreLocation::Server(url) => url,
+            _ => unreachable!(),
+        },
+        None,
+        1 << 20,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("`redis-cluster` feature"), "{err}");
+}
