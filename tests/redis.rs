@@ -162,6 +162,37 @@ fn a_holder_whose_lease_ran_out_writes_nothing_over_the_next_holder() {
 }
 
 #[test]
+fn a_long_request_whose_session_nobody_wanted_saves_after_its_lease() {
+    let server = server();
+    let store = store_at(&server.url());
+    let k = key();
+    let short = LockOptions::new(Duration::from_secs(10)).with_lease(Duration::from_secs(1));
+    let mut lock = store.lock(&k, short).unwrap();
+    lock.save(&counted(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(1_200));
+    // Nobody took the lock or changed the record: the save takes the lock again.
+    lock.save(&counted(2)).unwrap();
+    let busy = LockOptions::new(Duration::ZERO);
+    assert_eq!(store.lock(&k, busy).err().unwrap().kind(), ErrorKind::LockTimeout);
+    lock.release().unwrap();
+    // Someone read it meanwhile without changing it: the same.
+    let mut lock = store.lock(&k, short).unwrap();
+    std::thread::sleep(Duration::from_millis(1_200));
+    store.lock(&k, busy).unwrap().release().unwrap();
+    lock.save(&counted(3)).unwrap();
+    drop(lock);
+    // Someone changed it meanwhile: the late save is lost, not the change.
+    let mut lock = store.lock(&k, short).unwrap();
+    std::thread::sleep(Duration::from_millis(1_200));
+    let mut other = store.lock(&k, busy).unwrap();
+    other.save(&counted(30)).unwrap();
+    other.release().unwrap();
+    assert_eq!(lock.save(&counted(4)).unwrap_err().kind(), ErrorKind::LockLost);
+    drop(lock);
+    assert_eq!(store.peek(&k).unwrap(), Some(counted(30)));
+}
+
+#[test]
 fn a_renewed_lease_outlives_its_first_term() {
     let server = server();
     let store = store_at(&server.url());

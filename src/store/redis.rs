@@ -59,13 +59,14 @@ const LATEST_EXPIRY_MILLIS: u64 = 253_402_300_799_000;
 /// Takes the lock and reads the record, in one round trip.
 /// KEYS: record, lock, waiting. ARGV: token, lease ms, queue (0 do not wait, 1 join the
 /// waiters, 2 already among them), max waiters, waiting TTL ms, max record bytes.
-/// Returns {1, 0, record or false}, {0, lock's PTTL, false} (wait), {2, PTTL, false} (too
-/// many waiters) or {3, length, false} (record too large).
+/// Returns {1, 0, record or false, its SHA-1 or ''}, {0, lock's PTTL, …} (wait), {2, PTTL, …}
+/// (too many waiters) or {3, length, …} (record too large).
 const ACQUIRE: &str = r"
 local function read()
   local n = redis.call('STRLEN', KEYS[1])
-  if n > tonumber(ARGV[6]) then return {3, n, false} end
-  return {1, 0, redis.call('GET', KEYS[1])}
+  if n > tonumber(ARGV[6]) then return {3, n, false, false} end
+  local record = redis.call('GET', KEYS[1])
+  return {1, 0, record, record and redis.sha1hex(record) or ''}
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if ARGV[3] == '2' then
@@ -79,26 +80,35 @@ if ARGV[3] == '1' then
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
   if n > tonumber(ARGV[4]) then
     redis.call('DECR', KEYS[3])
-    return {2, ttl, false}
+    return {2, ttl, false, false}
   end
 end
-return {0, ttl, false}
+return {0, ttl, false, false}
 ";
 
-/// Saves the record if the lock is still ours, and renews the lease.
+/// Saves the record if the lock is still ours, and renews the lease. A holder whose lease ran
+/// out while nobody took the lock or changed the record (a long request of a session nobody
+/// else wanted) takes the lock again and saves: nothing of anyone else's can be lost.
 /// KEYS: record, lock. ARGV: token, record, expiry (unix ms, 0 for none), whether a record
-/// must be there (1: this holder saw one, so its absence means it was deleted), lease ms.
-/// Returns 1 saved, 0 lease lost, -1 deleted meanwhile.
+/// must be there (1: this holder saw one, so its absence means it was deleted), lease ms,
+/// the SHA-1 of the record as this holder last saw it ('' for none).
+/// Returns {1, SHA-1 of the record saved}, {0} lock lost, {-1} deleted meanwhile.
 const SAVE: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local holder = redis.call('GET', KEYS[2])
+if holder ~= ARGV[1] then
+  if holder then return {0, false} end
+  local record = redis.call('GET', KEYS[1])
+  if (record and redis.sha1hex(record) or '') ~= ARGV[6] then return {0, false} end
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[5])
+end
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {-1, false} end
 if ARGV[3] == '0' then
   redis.call('SET', KEYS[1], ARGV[2])
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-return 1
+return {1, redis.sha1hex(ARGV[2])}
 ";
 
 /// Deletes the record if the lock is still ours. KEYS: record, lock. ARGV: token.
@@ -119,8 +129,12 @@ return 1
 /// Gives the lock back if it is still ours, and wakes one waiter if any wait. KEYS: lock,
 /// wake, waiting. ARGV: token, how long an unclaimed wake-up lasts (ms). The wake list keeps
 /// at most one entry: a stale one only makes the next waiter look at the lock once more.
+/// Returns 1 released, 2 nothing to release (the lease ran out, nobody took the lock), 0 held
+/// by another.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local holder = redis.call('GET', KEYS[1])
+if not holder then return 2 end
+if holder ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 if tonumber(redis.call('GET', KEYS[3]) or '0') <= 0 then return 1 end
 redis.call('LPUSH', KEYS[2], '1')
@@ -135,11 +149,12 @@ if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
 return 1
 ";
 
-/// Reads a record no larger than the cap. KEYS: record. ARGV: max bytes.
+/// Reads a record no larger than the cap, with its SHA-1. KEYS: record. ARGV: max bytes.
 const READ: &str = r"
 local n = redis.call('STRLEN', KEYS[1])
-if n > tonumber(ARGV[1]) then return {3, n, false} end
-return {1, 0, redis.call('GET', KEYS[1])}
+if n > tonumber(ARGV[1]) then return {3, n, false, false} end
+local record = redis.call('GET', KEYS[1])
+return {1, 0, record, record and redis.sha1hex(record) or ''}
 ";
 
 /// Sessions kept in one Redis server. Clones share its connections.
@@ -357,8 +372,9 @@ impl Keys {
     }
 }
 
-/// A reply of the acquire and read scripts.
-type Reply = (i64, i64, Option<Vec<u8>>);
+/// A reply of the acquire and read scripts: a code, a number, and for code 1 the record and
+/// its SHA-1.
+type Reply = (i64, i64, Option<Vec<u8>>, Option<String>);
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -384,14 +400,14 @@ fn expiry_millis(meta: &Meta) -> Option<u64> {
 impl RedisStore {
     fn decode(&self, key: &SessionKey, reply: Reply) -> Result<Option<Record>> {
         match reply {
-            (3, length, _) => Err(Error::new(
+            (3, length, ..) => Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
                     "session {key:?}: its record of {length} bytes is larger than PSOSessionMaxBytes"
                 ),
             )),
-            (_, _, None) => Ok(None),
-            (_, _, Some(bytes)) => Record::decode_owned(bytes, self.max_bytes)
+            (_, _, None, _) => Ok(None),
+            (_, _, Some(bytes), _) => Record::decode_owned(bytes, self.max_bytes)
                 .map(Some)
                 .map_err(|e| {
                     Error::with_source(
@@ -401,6 +417,21 @@ impl RedisStore {
                     )
                 }),
         }
+    }
+
+    /// The record of `key` and its SHA-1, if there is one.
+    fn read(&self, key: &SessionKey) -> Result<(Option<Record>, Option<String>)> {
+        let record = Keys::of(key).record;
+        let reply: Reply = self.server.run("reading a session", |con| {
+            self.server
+                .scripts
+                .read
+                .key(&record)
+                .arg(self.max_bytes)
+                .invoke(con)
+        })?;
+        let sha = reply.3.clone().filter(|sha| !sha.is_empty());
+        Ok((self.decode(key, reply)?, sha))
     }
 
     fn too_many_waiters(key: &SessionKey) -> Error {
@@ -437,6 +468,7 @@ impl Store for RedisStore {
             })?;
             match reply.0 {
                 1 | 3 => {
+                    let seen = reply.3.clone().filter(|sha| !sha.is_empty());
                     let loaded = self.decode(key, reply);
                     return Ok(Box::new(RedisLock {
                         store: self.clone(),
@@ -444,7 +476,7 @@ impl Store for RedisStore {
                         keys,
                         token,
                         lease: options.lease,
-                        seen: matches!(&loaded, Ok(Some(_))) || loaded.is_err(),
+                        seen,
                         first_load: Some(loaded),
                         deleted: false,
                         released: false,
@@ -500,16 +532,7 @@ impl Store for RedisStore {
     }
 
     fn peek(&self, key: &SessionKey) -> Result<Option<Record>> {
-        let record = Keys::of(key).record;
-        let reply: Reply = self.server.run("reading a session", |con| {
-            self.server
-                .scripts
-                .read
-                .key(&record)
-                .arg(self.max_bytes)
-                .invoke(con)
-        })?;
-        self.decode(key, reply)
+        self.read(key).map(|(record, _)| record)
     }
 
     fn delete(&self, key: &SessionKey) -> Result<()> {
@@ -598,9 +621,10 @@ struct RedisLock {
     lease: Duration,
     /// What the acquire script read, for the first load.
     first_load: Option<Result<Option<Record>>>,
-    /// Whether a record was there when this lock last looked or wrote: if it then vanishes,
-    /// someone deleted it, and a save must not bring it back.
-    seen: bool,
+    /// The SHA-1 of the record as this lock last read or wrote it (`None`: there was none).
+    /// If the record then vanishes, someone deleted it, and a save must not bring it back; if
+    /// the lease ran out, a save goes on only if the record is still this.
+    seen: Option<String>,
     deleted: bool,
     released: bool,
 }
@@ -633,7 +657,7 @@ impl RedisLock {
                 .arg(millis(MAX_WAIT_SLICE))
                 .invoke(con)
         })?;
-        if released == 1 {
+        if released != 0 {
             Ok(())
         } else {
             Err(self.lost("the lock was no longer held when released"))
@@ -653,8 +677,8 @@ impl LockedSession for RedisLock {
         if let Some(first) = self.first_load.take() {
             return first;
         }
-        let loaded = self.store.peek(&self.key)?;
-        self.seen = loaded.is_some();
+        let (loaded, sha) = self.store.read(&self.key)?;
+        self.seen = sha;
         Ok(loaded)
     }
 
@@ -665,7 +689,7 @@ impl LockedSession for RedisLock {
         let bytes = record.encode()?;
         let expiry = expiry_millis(&record.meta).unwrap_or(0);
         let server = &self.store.server;
-        let saved: i64 = server.run("saving a session", |con| {
+        let saved: (i64, Option<String>) = server.run("saving a session", |con| {
             server
                 .scripts
                 .save
@@ -674,17 +698,18 @@ impl LockedSession for RedisLock {
                 .arg(&self.token)
                 .arg(&bytes)
                 .arg(expiry)
-                .arg(u8::from(self.seen))
+                .arg(u8::from(self.seen.is_some()))
                 .arg(millis(self.lease))
+                .arg(self.seen.as_deref().unwrap_or(""))
                 .invoke(con)
         })?;
         match saved {
-            1 => {
-                self.seen = true;
+            (1, sha) => {
+                self.seen = sha;
                 self.first_load = None;
                 Ok(())
             }
-            -1 => Err(self.lost("not saved: the session was ended while this request held it")),
+            (-1, _) => Err(self.lost("not saved: the session was ended while this request held it")),
             _ => Err(self.lost("not saved")),
         }
     }
