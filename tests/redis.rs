@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fcgi::FcgiProcess;
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use common::{Reply, Site};
 use pso::store::{LockOptions, RedisStore, SessionKey, Store, StoreLocation};
 use pso::{ErrorKind, Meta, Record, SessionId};
@@ -173,7 +173,10 @@ fn a_long_request_whose_session_nobody_wanted_saves_after_its_lease() {
     // Nobody took the lock or changed the record: the save takes the lock again.
     lock.save(&counted(2)).unwrap();
     let busy = LockOptions::new(Duration::ZERO);
-    assert_eq!(store.lock(&k, busy).err().unwrap().kind(), ErrorKind::LockTimeout);
+    assert_eq!(
+        store.lock(&k, busy).err().unwrap().kind(),
+        ErrorKind::LockTimeout
+    );
     lock.release().unwrap();
     // Someone read it meanwhile without changing it: the same.
     let mut lock = store.lock(&k, short).unwrap();
@@ -187,7 +190,10 @@ fn a_long_request_whose_session_nobody_wanted_saves_after_its_lease() {
     let mut other = store.lock(&k, busy).unwrap();
     other.save(&counted(30)).unwrap();
     other.release().unwrap();
-    assert_eq!(lock.save(&counted(4)).unwrap_err().kind(), ErrorKind::LockLost);
+    assert_eq!(
+        lock.save(&counted(4)).unwrap_err().kind(),
+        ErrorKind::LockLost
+    );
     drop(lock);
     assert_eq!(store.peek(&k).unwrap(), Some(counted(30)));
 }
@@ -406,10 +412,10 @@ fn a_request_cannot_move_the_store_the_process_environment_names() {
 
 #[test]
 fn a_program_built_without_redis_support_says_which_feature_it_needs() {
-    // This binary has it: the message for one that has not is the cluster's, built here
-    // without `redis-cluster`.
+    // This binary has it: the message for one that has not is TLS's, built without
+    // `redis-tls`.
     let err = pso::store::open_server(
-        &match StoreLocation::parse("redis+cluster://127.0.0.1:7000").unwrap() {
+        &match StoreLocation::parse("rediss://127.0.0.1:7000").unwrap() {
             StoreLocation::Server(url) => url,
             _ => unreachable!(),
         },
@@ -418,5 +424,75 @@ fn a_program_built_without_redis_support_says_which_feature_it_needs() {
     )
     .err()
     .unwrap();
-    assert!(err.to_string().contains("`redis-cluster` feature"), "{err}");
+    assert!(err.to_string().contains("`redis-tls` feature"), "{err}");
+}
+
+#[cfg(feature = "redis-cluster")]
+mod cluster {
+    use super::*;
+
+    fn cluster() -> RedisCluster {
+        RedisCluster::start().expect("redis-server is not installed (apt install redis-server)")
+    }
+
+    #[cfg(feature = "store-suite")]
+    mod suite {
+        pso::store_suite!(|| {
+            let cluster = super::cluster();
+            let store = std::sync::Arc::new(super::super::store_at(&cluster.url()));
+            (cluster, store)
+        });
+    }
+
+    #[test]
+    fn the_counter_counts_one_two_three_on_a_cluster_as_cgi_and_fastcgi() {
+        let cluster = cluster();
+        let mut site = Site::new(RELOAD);
+        site.set("PSOSessionStore", cluster.url());
+        let cookie = site.get(None).cookie();
+        assert_eq!(site.get(Some(&cookie)).count(), 2);
+        assert_eq!(site.get(Some(&cookie)).count(), 3);
+        assert_eq!(cluster.dbsize(), 1);
+        let dir = tempfile::tempdir().unwrap();
+        let url = cluster.url();
+        let mut process = FcgiProcess::start(
+            RELOAD.as_ref(),
+            &[("PSOSessionStore", &url)],
+            &dir.path().join("stderr"),
+        );
+        let first = process.get("", &[]);
+        let cookie = first.cookie().unwrap();
+        let answer = process.get("", &[("HTTP_COOKIE", &cookie)]);
+        assert!(
+            answer.body().contains("You reloaded: 2 times"),
+            "{}",
+            answer.text()
+        );
+        process.terminate();
+    }
+
+    #[test]
+    fn sessions_are_listed_across_every_primary() {
+        let cluster = cluster();
+        let store = store_at(&cluster.url());
+        let keys: Vec<SessionKey> = (0..60).map(|_| key()).collect();
+        for k in &keys {
+            let mut lock = store
+                .lock(k, LockOptions::new(Duration::from_secs(5)))
+                .unwrap();
+            lock.save(&counted(1)).unwrap();
+        }
+        // Spread over the three primaries, and every one listed.
+        assert!(
+            cluster
+                .nodes
+                .iter()
+                .all(|node| node.cli(&["DBSIZE"]) != "0")
+        );
+        let mut listed: Vec<SessionKey> = store.keys().unwrap().map(Result::unwrap).collect();
+        listed.sort();
+        let mut expected = keys.clone();
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
 }

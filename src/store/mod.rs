@@ -130,6 +130,10 @@ pub fn open_server(
         ServerKind::Redis | ServerKind::RedisUnix => Ok(Arc::new(
             RedisStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
         )),
+        #[cfg(feature = "redis-cluster")]
+        ServerKind::RedisCluster => Ok(Arc::new(
+            RedisStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
+        )),
         kind => Err(Error::new(
             ErrorKind::Invalid,
             format!(

@@ -30,7 +30,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use redis::{Connection, ConnectionInfo, IntoConnectionInfo, RedisError, Script};
+use redis::{Connection, ConnectionInfo, ConnectionLike, IntoConnectionInfo, RedisError, Script};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{ServiceId, SessionId};
@@ -175,13 +175,107 @@ pub struct RedisStore {
     max_bytes: u64,
 }
 
-/// One server: how to reach it, its idle connections, the scripts.
+/// One server (or cluster): how to reach it, its idle connections, the scripts.
 struct Server {
-    info: ConnectionInfo,
+    target: Target,
     /// The URL as it may be shown (no password).
     shown: String,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Conn>>,
     scripts: Scripts,
+}
+
+/// How to reach the server.
+enum Target {
+    Single(ConnectionInfo),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A connection to a server, or to every primary of a cluster (which follows `MOVED` and
+/// `ASK` itself).
+enum Conn {
+    Single(Connection),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster::ClusterConnection),
+}
+
+impl Conn {
+    fn like(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::Single(con) => con,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(con) => con,
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Duration) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(con) => con.set_read_timeout(Some(timeout)),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(con) => con.set_read_timeout(Some(timeout)),
+        }
+    }
+
+    fn set_write_timeout(&self, timeout: Duration) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(con) => con.set_write_timeout(Some(timeout)),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(con) => con.set_write_timeout(Some(timeout)),
+        }
+    }
+
+    /// The primaries a `SCAN` must visit: `None` stands for the one server.
+    fn primaries(&mut self) -> redis::RedisResult<Vec<Option<(String, u16)>>> {
+        match self {
+            Conn::Single(_) => Ok(vec![None]),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(con) => {
+                let slots: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(con)?;
+                let mut primaries = Vec::new();
+                for range in slots {
+                    // [first slot, last slot, [host, port, id, …] of the primary, replicas…]
+                    let range: Vec<redis::Value> =
+                        redis::from_redis_value(range).map_err(RedisError::from)?;
+                    let Some(primary) = range.into_iter().nth(2) else {
+                        continue;
+                    };
+                    let primary: Vec<redis::Value> =
+                        redis::from_redis_value(primary).map_err(RedisError::from)?;
+                    let mut fields = primary.into_iter();
+                    let (Some(host), Some(port)) = (fields.next(), fields.next()) else {
+                        continue;
+                    };
+                    let host: String = redis::from_redis_value(host).map_err(RedisError::from)?;
+                    let port: u16 = redis::from_redis_value(port).map_err(RedisError::from)?;
+                    if !primaries.contains(&Some((host.clone(), port))) {
+                        primaries.push(Some((host, port)));
+                    }
+                }
+                Ok(primaries)
+            }
+        }
+    }
+
+    /// Runs `cmd` on `node` (one of [`Conn::primaries`]).
+    fn query_on<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &redis::Cmd,
+        node: &Option<(String, u16)>,
+    ) -> redis::RedisResult<T> {
+        match (self, node) {
+            #[cfg(feature = "redis-cluster")]
+            (Conn::Cluster(con), Some((host, port))) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let value = con.route_command(cmd, routing)?;
+                Ok(redis::from_redis_value(value).map_err(RedisError::from)?)
+            }
+            (con, _) => cmd.query(con.like()),
+        }
+    }
 }
 
 struct Scripts {
@@ -200,8 +294,10 @@ impl RedisStore {
     /// that needs the store connects, so a server that is down fails requests (503), not the
     /// program's start.
     pub fn open(url: &ServerUrl, password: Option<&str>) -> Result<RedisStore> {
-        match url.kind() {
-            ServerKind::Redis | ServerKind::RedisUnix => {}
+        let target = match url.kind() {
+            ServerKind::Redis | ServerKind::RedisUnix => single(url, password)?,
+            #[cfg(feature = "redis-cluster")]
+            ServerKind::RedisCluster => cluster(url, password)?,
             kind => {
                 return Err(Error::new(
                     ErrorKind::Invalid,
@@ -211,27 +307,10 @@ impl RedisStore {
                     ),
                 ));
             }
-        }
-        let info = url.expose().into_connection_info().map_err(|e| {
-            // redis' messages about a URL do not quote it, so no password can leak here.
-            Error::with_source(ErrorKind::Invalid, format!("{url}: not a Redis URL"), e)
-        })?;
-        let mut settings = info.redis_settings().clone().set_skip_set_lib_name();
-        if let Some(password) = password {
-            if settings.password().is_some() {
-                return Err(Error::new(
-                    ErrorKind::Invalid,
-                    format!(
-                        "{url}: the URL has a password and PSOSessionStorePasswordFile names another; keep one"
-                    ),
-                ));
-            }
-            settings = settings.set_password(password);
-        }
-        let info = info.set_redis_settings(settings);
+        };
         Ok(RedisStore {
             server: Arc::new(Server {
-                info,
+                target,
                 shown: url.to_string(),
                 idle: Mutex::new(Vec::new()),
                 scripts: Scripts {
@@ -257,7 +336,7 @@ impl RedisStore {
     /// Connects (or reuses a connection) and asks the server's version: for `pso config`.
     pub fn server_version(&self) -> Result<String> {
         self.server.run("asking its version", |con| {
-            let info: redis::InfoDict = redis::cmd("INFO").arg("server").query(con)?;
+            let info: redis::InfoDict = redis::cmd("INFO").arg("server").query(con.like())?;
             Ok(info
                 .get::<String>("redis_version")
                 .unwrap_or_else(|| "unknown".to_owned()))
@@ -265,14 +344,112 @@ impl RedisStore {
     }
 }
 
+/// A single server's connection settings, the password from a file added.
+fn single(url: &ServerUrl, password: Option<&str>) -> Result<Target> {
+    let info = url.expose().into_connection_info().map_err(|e| {
+        // redis' messages about a URL do not quote it, so no password can leak here.
+        Error::with_source(ErrorKind::Invalid, format!("{url}: not a Redis URL"), e)
+    })?;
+    let mut settings = info.redis_settings().clone().set_skip_set_lib_name();
+    if let Some(password) = password {
+        if settings.password().is_some() {
+            return Err(two_passwords(url));
+        }
+        settings = settings.set_password(password);
+    }
+    Ok(Target::Single(info.set_redis_settings(settings)))
+}
+
+fn two_passwords(url: &ServerUrl) -> Error {
+    Error::new(
+        ErrorKind::Invalid,
+        format!(
+            "{url}: the URL has a password and PSOSessionStorePasswordFile names another; keep one"
+        ),
+    )
+}
+
+/// A cluster's client, from `redis+cluster://[user:password@]host:port,host:port,…`.
+#[cfg(feature = "redis-cluster")]
+fn cluster(url: &ServerUrl, password: Option<&str>) -> Result<Target> {
+    let invalid = |why: &str| Error::new(ErrorKind::Invalid, format!("{url}: {why}"));
+    let text = url.expose();
+    let (_, rest) = text.split_once("://").unwrap_or(("", text));
+    let rest = rest.trim_end_matches('/');
+    let (userinfo, hosts) = match rest.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, rest),
+    };
+    let (user, url_password) = match userinfo.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+        Some((user, password)) => (
+            (!user.is_empty()).then_some(user),
+            (!password.is_empty()).then_some(password),
+        ),
+        None => (None, None),
+    };
+    if url_password.is_some() && password.is_some() {
+        return Err(two_passwords(url));
+    }
+    if hosts.is_empty() || hosts.contains(['/', '?', '#']) {
+        return Err(invalid(
+            "a cluster URL is redis+cluster://host:port,host:port,…",
+        ));
+    }
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(|node| format!("redis://{node}"))
+        .collect();
+    let mut builder = redis::cluster::ClusterClient::builder(nodes)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(COMMAND_TIMEOUT)
+        // The defaults wait seconds between retries, 16 times: a request has no such time.
+        .retries(2)
+        .min_retry_wait(20)
+        .max_retry_wait(200);
+    if let Some(user) = user {
+        builder = builder.username(user);
+    }
+    if let Some(password) = password {
+        builder = builder.password(password);
+    } else if let Some(password) = url_password {
+        builder = builder.password(percent_decoded(password));
+    }
+    let client = builder.build().map_err(|e| {
+        Error::with_source(ErrorKind::Invalid, format!("{url}: not a cluster URL"), e)
+    })?;
+    Ok(Target::Cluster(client))
+}
+
+/// `%xx` escapes decoded, as in the password of a URL.
+#[cfg(feature = "redis-cluster")]
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).and_then(|b| hex(*b)),
+            bytes.get(i + 2).and_then(|b| hex(*b)),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
+                i += 3;
+            }
+            (byte, ..) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl Server {
     /// Runs `f` on a connection: an idle one, or a new one. A connection that failed is
     /// dropped (it may hold half an answer); one that worked is kept for the next call.
-    fn run<T>(
-        &self,
-        doing: &str,
-        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
-    ) -> Result<T> {
+    fn run<T>(&self, doing: &str, f: impl FnOnce(&mut Conn) -> redis::RedisResult<T>) -> Result<T> {
         let idle = self
             .idle
             .lock()
@@ -303,13 +480,18 @@ impl Server {
         }
     }
 
-    fn connect(&self) -> Result<Connection> {
-        let con = redis::Client::open(self.info.clone())
-            .and_then(|client| client.get_connection_with_timeout(CONNECT_TIMEOUT))
-            .map_err(|e| self.error("connecting", e))?;
-        // `connect` leaves both timeouts unset: a stalled server would hang the request.
-        con.set_read_timeout(Some(COMMAND_TIMEOUT))
-            .and_then(|()| con.set_write_timeout(Some(COMMAND_TIMEOUT)))
+    fn connect(&self) -> Result<Conn> {
+        let con = match &self.target {
+            Target::Single(info) => redis::Client::open(info.clone())
+                .and_then(|client| client.get_connection_with_timeout(CONNECT_TIMEOUT))
+                .map(Conn::Single),
+            #[cfg(feature = "redis-cluster")]
+            Target::Cluster(client) => client.get_connection().map(Conn::Cluster),
+        }
+        .map_err(|e| self.error("connecting", e))?;
+        // A connection's timeouts start unset: a stalled server would hang the request.
+        con.set_read_timeout(COMMAND_TIMEOUT)
+            .and_then(|()| con.set_write_timeout(COMMAND_TIMEOUT))
             .map_err(|e| self.error("setting timeouts", e))?;
         Ok(con)
     }
@@ -428,7 +610,7 @@ impl RedisStore {
                 .read
                 .key(&record)
                 .arg(self.max_bytes)
-                .invoke(con)
+                .invoke(con.like())
         })?;
         let sha = reply.3.clone().filter(|sha| !sha.is_empty());
         Ok((self.decode(key, reply)?, sha))
@@ -464,7 +646,7 @@ impl Store for RedisStore {
                     .arg(MAX_WAITERS)
                     .arg(waiting_ttl)
                     .arg(self.max_bytes)
-                    .invoke(con)
+                    .invoke(con.like())
             })?;
             match reply.0 {
                 1 | 3 => {
@@ -494,7 +676,7 @@ impl Store for RedisStore {
                     if queue == 2 {
                         // Best effort: the count also expires on its own.
                         let _ = self.server.run("leaving the waiters", |con| {
-                            scripts.leave.key(&keys.waiting).invoke::<i64>(con)
+                            scripts.leave.key(&keys.waiting).invoke::<i64>(con.like())
                         });
                     }
                     return Err(e);
@@ -513,12 +695,12 @@ impl Store for RedisStore {
             self.server.run("waiting for a session's lock", |con| {
                 // The server answers after `wait`: the read must not time out first, or
                 // the next command would queue behind the BLPOP still blocked there.
-                con.set_read_timeout(Some(wait + COMMAND_TIMEOUT))?;
+                con.set_read_timeout(wait + COMMAND_TIMEOUT)?;
                 let woken: redis::RedisResult<Option<(Vec<u8>, Vec<u8>)>> = redis::cmd("BLPOP")
                     .arg(&keys.wake)
                     .arg(wait.as_secs_f64())
-                    .query(con);
-                con.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+                    .query(con.like());
+                con.set_read_timeout(COMMAND_TIMEOUT)?;
                 woken.map(|_| ())
             })?;
         }
@@ -527,7 +709,7 @@ impl Store for RedisStore {
     fn exists(&self, key: &SessionKey) -> Result<bool> {
         let record = Keys::of(key).record;
         self.server.run("looking for a session", |con| {
-            redis::cmd("EXISTS").arg(&record).query::<bool>(con)
+            redis::cmd("EXISTS").arg(&record).query::<bool>(con.like())
         })
     }
 
@@ -538,14 +720,18 @@ impl Store for RedisStore {
     fn delete(&self, key: &SessionKey) -> Result<()> {
         let record = Keys::of(key).record;
         self.server.run("ending a session", |con| {
-            redis::cmd("DEL").arg(&record).query::<i64>(con).map(drop)
+            redis::cmd("DEL")
+                .arg(&record)
+                .query::<i64>(con.like())
+                .map(drop)
         })
     }
 
     fn keys(&self) -> Result<Box<dyn Iterator<Item = Result<SessionKey>> + '_>> {
         Ok(Box::new(Scan {
             store: self,
-            cursor: Some(0),
+            nodes: None,
+            cursor: None,
             batch: Vec::new(),
         }))
     }
@@ -556,12 +742,66 @@ impl Store for RedisStore {
     }
 }
 
-/// The sessions of a store, a `SCAN` batch at a time: bounded memory however many there are.
+/// The sessions of a store, a `SCAN` batch at a time, primary after primary on a cluster:
+/// bounded memory however many there are.
 struct Scan<'a> {
     store: &'a RedisStore,
-    /// `None` once the server said the scan is complete.
+    /// The primaries still to scan (`None`: the one server); `None` until asked.
+    nodes: Option<Vec<Option<(String, u16)>>>,
+    /// Where the scan of the current primary stands; `None` when it is to start.
     cursor: Option<u64>,
     batch: Vec<Vec<u8>>,
+}
+
+impl Scan<'_> {
+    /// The next batch of names, or `None` when every primary has been scanned.
+    fn fetch(&mut self) -> Option<Result<Vec<Vec<u8>>>> {
+        if self.nodes.is_none() {
+            match self
+                .store
+                .server
+                .run("listing the cluster's primaries", Conn::primaries)
+            {
+                Ok(mut nodes) => {
+                    nodes.reverse();
+                    self.nodes = Some(nodes);
+                }
+                Err(e) => {
+                    self.nodes = Some(Vec::new());
+                    return Some(Err(e));
+                }
+            }
+        }
+        let nodes = self.nodes.as_mut()?;
+        let node = nodes.last()?.clone();
+        let cursor = self.cursor.unwrap_or(0);
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg("pso:{*}")
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("string");
+        let reply = self.store.server.run("listing sessions", |con| {
+            con.query_on::<(u64, Vec<Vec<u8>>)>(&scan, &node)
+        });
+        match reply {
+            Ok((next, names)) => {
+                if next == 0 {
+                    nodes.pop();
+                    self.cursor = None;
+                } else {
+                    self.cursor = Some(next);
+                }
+                Some(Ok(names))
+            }
+            Err(e) => {
+                nodes.clear();
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 impl Iterator for Scan<'_> {
@@ -574,27 +814,9 @@ impl Iterator for Scan<'_> {
                     return Some(Ok(key));
                 }
             }
-            let cursor = self.cursor?;
-            let reply = self.store.server.run("listing sessions", |con| {
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg("pso:{*}")
-                    .arg("COUNT")
-                    .arg(1000)
-                    .arg("TYPE")
-                    .arg("string")
-                    .query::<(u64, Vec<Vec<u8>>)>(con)
-            });
-            match reply {
-                Ok((next, names)) => {
-                    self.cursor = (next != 0).then_some(next);
-                    self.batch = names;
-                }
-                Err(e) => {
-                    self.cursor = None;
-                    return Some(Err(e));
-                }
+            match self.fetch()? {
+                Ok(names) => self.batch = names,
+                Err(e) => return Some(Err(e)),
             }
         }
     }
@@ -655,7 +877,7 @@ impl RedisLock {
                 .key(&self.keys.waiting)
                 .arg(&self.token)
                 .arg(millis(MAX_WAIT_SLICE))
-                .invoke(con)
+                .invoke(con.like())
         })?;
         if released != 0 {
             Ok(())
@@ -701,7 +923,7 @@ impl LockedSession for RedisLock {
                 .arg(u8::from(self.seen.is_some()))
                 .arg(millis(self.lease))
                 .arg(self.seen.as_deref().unwrap_or(""))
-                .invoke(con)
+                .invoke(con.like())
         })?;
         match saved {
             (1, sha) => {
@@ -709,7 +931,9 @@ impl LockedSession for RedisLock {
                 self.first_load = None;
                 Ok(())
             }
-            (-1, _) => Err(self.lost("not saved: the session was ended while this request held it")),
+            (-1, _) => {
+                Err(self.lost("not saved: the session was ended while this request held it"))
+            }
             _ => Err(self.lost("not saved")),
         }
     }
@@ -723,7 +947,7 @@ impl LockedSession for RedisLock {
                 .key(&self.keys.record)
                 .key(&self.keys.lock)
                 .arg(&self.token)
-                .invoke(con)
+                .invoke(con.like())
         })?;
         self.deleted = true;
         self.first_load = None;
@@ -750,7 +974,7 @@ impl LockedSession for RedisLock {
                 .key(&self.keys.lock)
                 .arg(&self.token)
                 .arg(millis(self.lease))
-                .invoke(con)
+                .invoke(con.like())
         })?;
         if renewed == 1 {
             Ok(())

@@ -28,6 +28,11 @@ impl RedisServer {
 
     /// [`RedisServer::start`] with more of redis-server's options.
     pub fn start_with(options: &[&str]) -> Option<RedisServer> {
+        RedisServer::start_on(free_port(), options)
+    }
+
+    /// [`RedisServer::start_with`] on `port`.
+    pub fn start_on(port: u16, options: &[&str]) -> Option<RedisServer> {
         let Some(program) = find_program(&["redis-server"]) else {
             super::skip_or_fail("redis-server is not installed");
             return None;
@@ -41,7 +46,7 @@ impl RedisServer {
         }
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port,
             program,
             options: options.iter().map(|o| o.to_string()).collect(),
             dir,
@@ -127,4 +132,100 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A Redis Cluster of three primaries (no replicas), each a [`RedisServer`] with
+/// `--cluster-enabled yes`, joined by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Option<RedisCluster> {
+        let mut nodes = Vec::new();
+        for port in cluster_ports() {
+            nodes.push(RedisServer::start_on(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ],
+            )?);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let mut creating = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = creating.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = creating.kill();
+                panic!("redis-cli --cluster create did not finish");
+            }
+            sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let started = Instant::now();
+        while !nodes
+            .iter()
+            .all(|node| node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the cluster did not form"
+            );
+            sleep(Duration::from_millis(50));
+        }
+        Some(RedisCluster { nodes })
+    }
+
+    /// `redis+cluster://127.0.0.1:<port>,…`
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// How many keys the whole cluster holds.
+    pub fn dbsize(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|node| node.cli(&["DBSIZE"]).parse::<u64>().unwrap())
+            .sum()
+    }
+}
+
+/// Three ports below 55536 that are free, each with its cluster bus port (+ 10000): the
+/// kernel's free ports are too high for that.
+/// Tests of one binary run at once: each takes the next ports, never another's.
+fn cluster_ports() -> Vec<u16> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let base = 20_000 + (std::process::id() % 1_000) as u16 * 20;
+    let mut ports = Vec::new();
+    while ports.len() < 3 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 20_000;
+        if free(port) && free(port + 10_000) {
+            ports.push(port);
+        }
+    }
+    ports
 }
