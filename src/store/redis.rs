@@ -196,7 +196,7 @@ enum Target {
 enum Conn {
     Single(Connection),
     #[cfg(feature = "redis-cluster")]
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl Conn {
@@ -486,7 +486,9 @@ impl Server {
                 .and_then(|client| client.get_connection_with_timeout(CONNECT_TIMEOUT))
                 .map(Conn::Single),
             #[cfg(feature = "redis-cluster")]
-            Target::Cluster(client) => client.get_connection().map(Conn::Cluster),
+            Target::Cluster(client) => client
+                .get_connection()
+                .map(|con| Conn::Cluster(Box::new(con))),
         }
         .map_err(|e| self.error("connecting", e))?;
         // A connection's timeouts start unset: a stalled server would hang the request.
