@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test file uses a part
 
+pub mod counter_client;
 pub mod fcgi;
 pub mod redis;
 pub mod servers;
