@@ -45,13 +45,11 @@ fn two_machines(site: &Site, store: &str) -> (u16, Vec<Daemon>) {
         "upstream.conf",
         &format!("upstream machines {{ {servers} }}"),
     );
-    let location = format!(
-        r#"location = /cgi-bin/reload {{
+    let location = r#"location = /cgi-bin/reload {
             include /etc/nginx/fastcgi_params;
             fastcgi_pass machines;
-        }}"#
-    );
-    let conf = nginx_conf(site, port, &location).display().to_string();
+        }"#;
+    let conf = nginx_conf(site, port, location).display().to_string();
     let text = std::fs::read_to_string(&conf).unwrap().replace(
         "http {",
         &format!(
