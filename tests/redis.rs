@@ -496,3 +496,48 @@ mod cluster {
         assert_eq!(listed, expected);
     }
 }
+
+#[test]
+fn a_holder_killed_while_it_reads_its_body_blocks_the_session_at_most_the_lease() {
+    let server = server();
+    let mut site = counter_site(&server);
+    site.set("PSOServiceId", "shop")
+        .set("PSOSessionLockLease", "2")
+        .set("PSOSessionLockTimeout", "20");
+    let cookie = site.get(None).cookie();
+    // The login program, on the same session, posts a form whose body never comes: it holds
+    // the session's lock while it waits for it.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_login"));
+    command.env_clear();
+    for (name, value) in site.command(Some(&cookie)).get_envs() {
+        if let Some(value) = value {
+            command.env(name, value);
+        }
+    }
+    command
+        .env("REQUEST_METHOD", "POST")
+        .env("CONTENT_TYPE", "application/x-www-form-urlencoded")
+        .env("CONTENT_LENGTH", "100")
+        .env("HTTP_SEC_FETCH_SITE", "same-origin");
+    let mut holder = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = format!("pso:{{shop:{}}}:lock", cookie.split_once('=').unwrap().1);
+    let started = Instant::now();
+    while server.cli(&["EXISTS", &lock]) != "1" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the holder never locked"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // The next request waits for the lease (2 s), not the lock timeout (20 s), and what was
+    // saved before is all there.
+    let next = site.get(Some(&cookie));
+    assert_eq!(next.count(), 2, "{next:?}");
+}
