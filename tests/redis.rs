@@ -199,6 +199,28 @@ fn a_long_request_whose_session_nobody_wanted_saves_after_its_lease() {
 }
 
 #[test]
+fn the_last_save_lets_go_in_the_same_round_trip() {
+    let server = server();
+    let store = store_at(&server.url());
+    let k = key();
+    let mut lock = store
+        .lock(&k, LockOptions::new(Duration::from_secs(5)))
+        .unwrap();
+    lock.save_and_release(&counted(1)).unwrap();
+    // Free before the first lock is even dropped.
+    let mut next = store.lock(&k, LockOptions::new(Duration::ZERO)).unwrap();
+    assert_eq!(next.load().unwrap(), Some(counted(1)));
+    next.save(&counted(2)).unwrap();
+    drop(lock);
+    // Dropping the first lock did not free the second's.
+    let busy = LockOptions::new(Duration::ZERO);
+    assert_eq!(
+        store.lock(&k, busy).err().unwrap().kind(),
+        ErrorKind::LockTimeout
+    );
+}
+
+#[test]
 fn a_renewed_lease_outlives_its_first_term() {
     let server = server();
     let store = store_at(&server.url());

@@ -282,6 +282,13 @@ pub trait LockedSession: Send {
     /// the old record or the new one. The lock stays held.
     fn save(&mut self, record: &Record) -> Result<()>;
 
+    /// The last save of a request: saves as [`LockedSession::save`] does and lets go of the
+    /// lock with it, in one round trip where the store can (a server's); the lock can then do
+    /// nothing more but be dropped. The default saves and lets go at drop.
+    fn save_and_release(&mut self, record: &Record) -> Result<()> {
+        self.save(record)
+    }
+
     /// Removes the record. The key stays reserved until drop, but this lock can no longer
     /// save: a deleted session's id must not come back in the same request.
     fn delete(&mut self) -> Result<()>;

@@ -89,9 +89,12 @@ return {0, ttl, false, false}
 /// Saves the record if the lock is still ours, and renews the lease. A holder whose lease ran
 /// out while nobody took the lock or changed the record (a long request of a session nobody
 /// else wanted) takes the lock again and saves: nothing of anyone else's can be lost.
-/// KEYS: record, lock. ARGV: token, record, expiry (unix ms, 0 for none), whether a record
-/// must be there (1: this holder saw one, so its absence means it was deleted), lease ms,
-/// the SHA-1 of the record as this holder last saw it ('' for none).
+/// With ARGV[7] = 1 it also gives the lock back and wakes a waiter, as [`RELEASE`] does: the
+/// last save of a request and its unlock are one round trip.
+/// KEYS: record, lock, wake, waiting. ARGV: token, record, expiry (unix ms, 0 for none),
+/// whether a record must be there (1: this holder saw one, so its absence means it was
+/// deleted), lease ms, the SHA-1 of the record as this holder last saw it ('' for none),
+/// release (1) or keep (0), how long an unclaimed wake-up lasts (ms).
 /// Returns {1, SHA-1 of the record saved}, {0} lock lost, {-1} deleted meanwhile.
 const SAVE: &str = r"
 local holder = redis.call('GET', KEYS[2])
@@ -107,7 +110,16 @@ if ARGV[3] == '0' then
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+if ARGV[7] == '1' then
+  redis.call('DEL', KEYS[2])
+  if tonumber(redis.call('GET', KEYS[4]) or '0') > 0 then
+    redis.call('LPUSH', KEYS[3], '1')
+    redis.call('LTRIM', KEYS[3], 0, 0)
+    redis.call('PEXPIRE', KEYS[3], ARGV[8])
+  end
+else
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
 return {1, redis.sha1hex(ARGV[2])}
 ";
 
@@ -864,6 +876,46 @@ impl RedisLock {
         )
     }
 
+    /// Saves `record`, and with `release` gives the lock back in the same script.
+    fn write(&mut self, record: &Record, release: bool) -> Result<()> {
+        if self.deleted {
+            return Err(deleted_error(&self.key));
+        }
+        let bytes = record.encode()?;
+        let expiry = expiry_millis(&record.meta).unwrap_or(0);
+        let server = &self.store.server;
+        let saved: (i64, Option<String>) = server.run("saving a session", |con| {
+            server
+                .scripts
+                .save
+                .key(&self.keys.record)
+                .key(&self.keys.lock)
+                .key(&self.keys.wake)
+                .key(&self.keys.waiting)
+                .arg(&self.token)
+                .arg(&bytes)
+                .arg(expiry)
+                .arg(u8::from(self.seen.is_some()))
+                .arg(millis(self.lease))
+                .arg(self.seen.as_deref().unwrap_or(""))
+                .arg(u8::from(release))
+                .arg(millis(MAX_WAIT_SLICE))
+                .invoke(con.like())
+        })?;
+        match saved {
+            (1, sha) => {
+                self.seen = sha;
+                self.released = release;
+                self.first_load = None;
+                Ok(())
+            }
+            (-1, _) => {
+                Err(self.lost("not saved: the session was ended while this request held it"))
+            }
+            _ => Err(self.lost("not saved")),
+        }
+    }
+
     fn let_go(&mut self) -> Result<()> {
         if self.released {
             return Ok(());
@@ -907,37 +959,11 @@ impl LockedSession for RedisLock {
     }
 
     fn save(&mut self, record: &Record) -> Result<()> {
-        if self.deleted {
-            return Err(deleted_error(&self.key));
-        }
-        let bytes = record.encode()?;
-        let expiry = expiry_millis(&record.meta).unwrap_or(0);
-        let server = &self.store.server;
-        let saved: (i64, Option<String>) = server.run("saving a session", |con| {
-            server
-                .scripts
-                .save
-                .key(&self.keys.record)
-                .key(&self.keys.lock)
-                .arg(&self.token)
-                .arg(&bytes)
-                .arg(expiry)
-                .arg(u8::from(self.seen.is_some()))
-                .arg(millis(self.lease))
-                .arg(self.seen.as_deref().unwrap_or(""))
-                .invoke(con.like())
-        })?;
-        match saved {
-            (1, sha) => {
-                self.seen = sha;
-                self.first_load = None;
-                Ok(())
-            }
-            (-1, _) => {
-                Err(self.lost("not saved: the session was ended while this request held it"))
-            }
-            _ => Err(self.lost("not saved")),
-        }
+        self.write(record, false)
+    }
+
+    fn save_and_release(&mut self, record: &Record) -> Result<()> {
+        self.write(record, true)
     }
 
     fn delete(&mut self) -> Result<()> {
@@ -1035,12 +1061,12 @@ mod tests {
     #[test]
     fn a_build_without_the_feature_names_it() {
         let crate::store::StoreLocation::Server(url) =
-            crate::store::StoreLocation::parse("redis+cluster://:pw@a:1,b:2").unwrap()
+            crate::store::StoreLocation::parse("rediss://:pw@a:1/0").unwrap()
         else {
             unreachable!()
         };
         let err = RedisStore::open(&url, None).err().unwrap();
-        assert!(err.to_string().contains("redis-cluster"), "{err}");
+        assert!(err.to_string().contains("redis-tls"), "{err}");
         assert!(!err.to_string().contains("pw"), "{err}");
     }
 }

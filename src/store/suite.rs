@@ -222,6 +222,18 @@ pub fn a_session_deleted_while_held_stays_deleted(store: Arc<dyn Store>) {
     store.delete(&key("svc")).unwrap();
 }
 
+/// The last save of a request, made with [`crate::store::LockedSession::save_and_release`], is
+/// what the next holder loads, and the lock is free for it.
+pub fn the_last_save_is_kept_and_lets_go(store: Arc<dyn Store>) {
+    let k = key("svc");
+    let mut lock = store.lock(&k, options()).unwrap();
+    lock.save(&record(1)).unwrap();
+    lock.save_and_release(&record(2)).unwrap();
+    drop(lock);
+    let mut next = store.lock(&k, LockOptions::new(Duration::ZERO)).unwrap();
+    assert_eq!(next.load().unwrap(), Some(record(2)));
+}
+
 /// Every property, one after the other (a failure stops the rest: prefer
 /// [`crate::store_suite!`], which makes a test of each).
 pub fn all(store: Arc<dyn Store>) {
@@ -243,6 +255,7 @@ pub const PROPERTIES: &[fn(Arc<dyn Store>)] = &[
     a_deleted_session_cannot_be_saved_again,
     a_sibling_lock_reaches_the_same_store,
     a_session_deleted_while_held_stays_deleted,
+    the_last_save_is_kept_and_lets_go,
 ];
 
 /// Makes one `#[test]` per property of [`crate::store::suite`] for a store, so that a store
@@ -271,7 +284,8 @@ macro_rules! store_suite {
             huge_timeouts_do_not_overflow,
             a_deleted_session_cannot_be_saved_again,
             a_sibling_lock_reaches_the_same_store,
-            a_session_deleted_while_held_stays_deleted
+            a_session_deleted_while_held_stays_deleted,
+            the_last_save_is_kept_and_lets_go
         );
     };
     (@each $make:expr; $($property:ident),*) => {
