@@ -563,3 +563,121 @@ fn a_holder_killed_while_it_reads_its_body_blocks_the_session_at_most_the_lease(
     let next = site.get(Some(&cookie));
     assert_eq!(next.count(), 2, "{next:?}");
 }
+
+/// One "machine": a service of its own (its own connections), on the shared Redis.
+fn machine(redis: &RedisServer) -> pso::Service {
+    pso::Service::new(pso::Environment::from_pairs([
+        ("PSOServiceId", "shop"),
+        ("PSOSessionStore", redis.url().as_str()),
+        ("PSOSessionRegenerateGrace", "30"),
+    ]))
+}
+
+/// A request through `service` with `cookie` and `query`: the response as text.
+fn visit(service: &pso::Service, cookie: Option<&str>, query: &str) -> String {
+    let mut pairs = vec![
+        ("REQUEST_METHOD", "GET"),
+        ("REMOTE_ADDR", "192.0.2.7"),
+        ("QUERY_STRING", query),
+    ];
+    if let Some(cookie) = cookie {
+        pairs.push(("HTTP_COOKIE", cookie));
+    }
+    let request = pso::Environment::from_pairs(pairs);
+    let handler = |cx: &mut pso::Context| -> Result<(), pso::BoxError> {
+        use std::io::Write;
+        match cx.request.query("do").as_deref() {
+            Some("sign-in") => {
+                cx.session.regenerate_id()?;
+                cx.session.set_user("ada")?;
+            }
+            Some("everywhere") => cx.session.log_out_everywhere()?,
+            _ => {}
+        }
+        let mut n: u64 = cx.session.get("n")?.unwrap_or(0);
+        // Through an old id the session is there to read, not to change.
+        if cx.session.origin() != pso::Origin::Moved {
+            n += 1;
+            cx.session.set("n", &n)?;
+        }
+        write!(
+            cx.response,
+            "n={n} user={:?} origin={:?}",
+            cx.session.user(),
+            cx.session.origin()
+        )?;
+        Ok(())
+    };
+    let mut output = Vec::new();
+    service
+        .serve(
+            &request,
+            &mut std::io::empty(),
+            &mut output,
+            &handler,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+    String::from_utf8(output).unwrap()
+}
+
+fn cookie_of(response: &str) -> String {
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no cookie: {response}"))
+        .to_owned()
+}
+
+#[test]
+fn log_out_everywhere_on_one_machine_signs_out_the_other() {
+    let redis = server();
+    let (a, b) = (machine(&redis), machine(&redis));
+    // Two browsers sign in as ada, one through each machine.
+    let first = cookie_of(&visit(&a, None, ""));
+    let laptop = cookie_of(&visit(&a, Some(&first), "do=sign-in"));
+    let second = cookie_of(&visit(&b, None, ""));
+    let phone = cookie_of(&visit(&b, Some(&second), "do=sign-in"));
+    assert!(visit(&b, Some(&laptop), "").contains("user=Some(\"ada\")"));
+    assert!(visit(&a, Some(&phone), "").contains("user=Some(\"ada\")"));
+    // The phone signs out everywhere through machine b: the laptop, served by a, is out.
+    visit(&b, Some(&phone), "do=everywhere");
+    let after = visit(&a, Some(&laptop), "");
+    assert!(after.contains("user=None"), "{after}");
+    assert!(after.contains("LoggedOut"), "{after}");
+}
+
+#[test]
+fn a_session_regenerated_on_one_machine_is_followed_on_the_other() {
+    let redis = server();
+    let (a, b) = (machine(&redis), machine(&redis));
+    let old = cookie_of(&visit(&a, None, ""));
+    let new = cookie_of(&visit(&a, Some(&old), "do=sign-in"));
+    assert_ne!(old, new);
+    // A request already under way with the old id, served by the other machine, reads the
+    // session through it (and cannot change it); the new id carries on.
+    let late = visit(&b, Some(&old), "");
+    assert!(late.contains("origin=Moved"), "{late}");
+    let next = visit(&b, Some(&new), "");
+    assert!(
+        next.contains("n=3") && next.contains("user=Some(\"ada\")"),
+        "{next}"
+    );
+}
+
+#[test]
+fn an_idle_session_ends_and_its_ttl_follows_the_idle_limit() {
+    let redis = server();
+    let mut site = counter_site(&redis);
+    site.set("PSOSessionIdle", "1");
+    let cookie = site.get(None).cookie();
+    let ttl: u64 = redis.cli(&["TTL", &session_key(&cookie)]).parse().unwrap();
+    assert!(
+        (3_600..=3_601).contains(&ttl),
+        "an idle limit of 1 s and the hour kept: {ttl}"
+    );
+    std::thread::sleep(Duration::from_millis(2_100));
+    let after = site.get(Some(&cookie));
+    assert_eq!(after.count(), 1, "{after:?}");
+}
