@@ -494,6 +494,57 @@ mod cluster {
     }
 
     #[test]
+    fn a_primary_killed_fails_over_to_its_replica_and_sessions_go_on() {
+        let Some(mut cluster) = RedisCluster::start_with_replicas(1) else {
+            return;
+        };
+        let site = {
+            let mut site = Site::new(RELOAD);
+            site.set("PSOSessionStore", cluster.url());
+            site
+        };
+        let cookie = site.get(None).cookie();
+        assert_eq!(site.get(Some(&cookie)).count(), 2);
+        // Replication is asynchronous: let the last write reach the replica, as it does
+        // within milliseconds when nothing fails at that instant.
+        let key = session_key(&cookie);
+        let primary = cluster.primary_of(&key);
+        cluster.wait_replicated(primary);
+        cluster.nodes[primary].stop();
+        // While the cluster notices (cluster-node-timeout 2 s) and promotes the replica:
+        // 503s, each within the timeouts, never a crash; then the count goes on.
+        let started = Instant::now();
+        let mut unavailable = 0;
+        let mut last = None;
+        let count = loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no failover: {last:?}\n{}",
+                cluster
+                    .nodes
+                    .iter()
+                    .find(|n| n.answers())
+                    .unwrap()
+                    .cli(&["CLUSTER", "NODES"])
+            );
+            let reply = Reply::from_output(site.command(Some(&cookie)).output().unwrap());
+            if reply.status() == "Status: 200 OK" {
+                break reply.count();
+            }
+            assert!(reply.status().contains("503"), "{reply:?}");
+            last = Some(reply);
+            unavailable += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        eprintln!(
+            "failover: {unavailable} requests got a 503, the first success {:?} after the kill",
+            started.elapsed()
+        );
+        assert_eq!(count, 3, "after {unavailable} 503s");
+        assert_eq!(site.get(Some(&cookie)).count(), 4);
+    }
+
+    #[test]
     fn sessions_are_listed_across_every_primary() {
         let cluster = cluster();
         let store = store_at(&cluster.url());

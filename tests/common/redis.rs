@@ -142,8 +142,13 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Option<RedisCluster> {
+        RedisCluster::start_with_replicas(0)
+    }
+
+    /// Three primaries with `replicas` replicas each.
+    pub fn start_with_replicas(replicas: usize) -> Option<RedisCluster> {
         let mut nodes = Vec::new();
-        for port in cluster_ports() {
+        for port in cluster_ports(3 * (1 + replicas)) {
             nodes.push(RedisServer::start_on(
                 port,
                 &[
@@ -153,6 +158,11 @@ impl RedisCluster {
                     "2000",
                     "--cluster-config-file",
                     "nodes.conf",
+                    // A replica syncs at once, and may take over however long it was cut off.
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    "--cluster-replica-validity-factor",
+                    "0",
                 ],
             )?);
         }
@@ -162,7 +172,9 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
         let mut creating = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .arg("--cluster-replicas")
+            .arg(replicas.to_string())
+            .arg("--cluster-yes")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -190,7 +202,65 @@ impl RedisCluster {
             );
             sleep(Duration::from_millis(50));
         }
-        Some(RedisCluster { nodes })
+        let cluster = RedisCluster { nodes };
+        for node in 0..cluster.nodes.len() {
+            if cluster.nodes[node].cli(&["ROLE"]).starts_with("master") {
+                cluster.wait_replicated(node);
+            }
+        }
+        Some(cluster)
+    }
+
+    /// Waits until every replica of primary `node` has all it wrote.
+    pub fn wait_replicated(&self, node: usize) {
+        let started = Instant::now();
+        loop {
+            let info = self.nodes[node].cli(&["INFO", "replication"]);
+            let field = |name: &str| -> Option<u64> {
+                info.lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            let wanted = field("master_repl_offset:").unwrap_or(0);
+            let replicas = field("connected_slaves:").unwrap_or(0);
+            let behind = info
+                .lines()
+                .filter(|line| line.starts_with("slave") && line.contains("offset="))
+                .filter(|line| {
+                    let state_online = line.contains("state=online");
+                    let offset: u64 = line
+                        .split(',')
+                        .find_map(|f| f.strip_prefix("offset="))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    !state_online || offset < wanted
+                })
+                .count();
+            let expected = self.replicas_of(node);
+            if replicas as usize >= expected && behind == 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "replicas never caught up: {info}"
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many replicas the cluster says `node` has.
+    fn replicas_of(&self, node: usize) -> usize {
+        let nodes = self.nodes[node].cli(&["CLUSTER", "NODES"]);
+        let id = nodes
+            .lines()
+            .find(|line| line.contains("myself"))
+            .and_then(|line| line.split(' ').next())
+            .unwrap_or("")
+            .to_owned();
+        nodes
+            .lines()
+            .filter(|line| line.split(' ').nth(3) == Some(id.as_str()))
+            .count()
     }
 
     /// `redis+cluster://127.0.0.1:<port>,…`
@@ -203,25 +273,53 @@ impl RedisCluster {
         format!("redis+cluster://{}", nodes.join(","))
     }
 
+    /// The node that serves `key` now, as the cluster says (asked of any live node).
+    pub fn primary_of(&self, key: &str) -> usize {
+        let live = self
+            .nodes
+            .iter()
+            .find(|node| node.answers())
+            .expect("a live node");
+        let slot: u16 = live.cli(&["CLUSTER", "KEYSLOT", key]).parse().unwrap();
+        let nodes = live.cli(&["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let port: u16 = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+            for range in &fields[8..] {
+                let (low, high) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(low), Ok(high)) = (low.parse::<u16>(), high.parse::<u16>())
+                    && (low..=high).contains(&slot)
+                {
+                    return self.nodes.iter().position(|n| n.port == port).unwrap();
+                }
+            }
+        }
+        panic!("no primary serves slot {slot}: {nodes}");
+    }
+
     /// How many keys the whole cluster holds.
     pub fn dbsize(&self) -> u64 {
         self.nodes
             .iter()
+            .filter(|node| node.cli(&["ROLE"]).starts_with("master"))
             .map(|node| node.cli(&["DBSIZE"]).parse::<u64>().unwrap())
             .sum()
     }
 }
 
-/// Three ports below 55536 that are free, each with its cluster bus port (+ 10000): the
+/// Ports below 55536 that are free, each with its cluster bus port (+ 10000): the
 /// kernel's free ports are too high for that.
 /// Tests of one binary run at once: each takes the next ports, never another's.
-fn cluster_ports() -> Vec<u16> {
+fn cluster_ports(count: usize) -> Vec<u16> {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
     let base = 20_000 + (std::process::id() % 1_000) as u16 * 20;
     let mut ports = Vec::new();
-    while ports.len() < 3 {
+    while ports.len() < count {
         let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 20_000;
         if free(port) && free(port + 10_000) {
             ports.push(port);
