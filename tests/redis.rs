@@ -732,3 +732,53 @@ fn an_idle_session_ends_and_its_ttl_follows_the_idle_limit() {
     let after = site.get(Some(&cookie));
     assert_eq!(after.count(), 1, "{after:?}");
 }
+
+#[cfg(feature = "cli")]
+#[test]
+fn pso_sessions_lists_shows_counts_and_removes_sessions_in_redis() {
+    let redis = server();
+    let site = counter_site(&redis);
+    let cookies: Vec<String> = (0..3).map(|_| site.get(None).cookie()).collect();
+    let pso = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pso"))
+            .args(args)
+            .env_clear()
+            .env("PSOSessionStore", redis.url())
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, list, _) = pso(&["sessions", "list"]);
+    assert!(ok);
+    for cookie in &cookies {
+        let id = cookie.split_once('=').unwrap().1;
+        assert!(list.contains(&id[..12]), "{list}");
+    }
+    let (ok, stats, _) = pso(&["sessions", "stats"]);
+    assert!(
+        ok && stats.contains("sessions     3 (0 expired)"),
+        "{stats}"
+    );
+    let id = cookies[0].split_once('=').unwrap().1;
+    let (ok, shown, _) = pso(&["sessions", "show", id]);
+    assert!(
+        ok && shown.contains("reloads") && shown.contains('1'),
+        "{shown}"
+    );
+    let (ok, gc, _) = pso(&["sessions", "gc"]);
+    assert!(ok && gc.contains("nothing to collect"), "{gc}");
+    let (ok, _, err) = pso(&["sessions", "rm", id]);
+    assert!(ok, "{err}");
+    assert_eq!(redis.cli(&["DBSIZE"]), "2");
+    // The next visit with the removed session's cookie starts again.
+    assert_eq!(site.get(Some(&cookies[0])).count(), 1);
+    let (ok, config, _) = pso(&["config"]);
+    assert!(
+        ok && config.contains("Redis 7") && config.contains("no persistence"),
+        "{config}"
+    );
+}

@@ -21,6 +21,7 @@
 //! unlocked mid-request.
 
 // Reached by the `fuzzing` feature's wrappers (src/fuzzing.rs).
+mod admin;
 pub(crate) mod layout;
 mod listing;
 

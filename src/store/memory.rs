@@ -6,10 +6,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::Result;
 use crate::expiry::unix_secs;
+use crate::id::ServiceId;
 use crate::record::Record;
+use crate::store::admin::{Admin, Finding, Listed, Severity, listed_keys};
 use crate::store::{
-    GcReport, LockOptions, LockedSession, SessionKey, Store, deleted_error, lock_deadline,
-    time_left,
+    GcOutcome, GcReport, LockOptions, LockedSession, SessionKey, Store, deleted_error,
+    lock_deadline, time_left,
 };
 
 /// Sessions in memory, kept in the same encoded format as files. Clones share the sessions.
@@ -233,6 +235,54 @@ impl Drop for MemoryLock {
             }
         }
         self.shared.released.notify_all();
+    }
+}
+
+impl Admin for MemoryStore {
+    fn place(&self) -> String {
+        "memory".to_owned()
+    }
+
+    fn list<'a>(
+        &'a self,
+        service: Option<&'a ServiceId>,
+    ) -> Result<Box<dyn Iterator<Item = Result<Listed>> + 'a>> {
+        listed_keys(self, service)
+    }
+
+    fn inspect(&self, key: &SessionKey) -> Result<Option<Listed>> {
+        let slots = self.shared.slots();
+        let Some(bytes) = slots.get(key).and_then(|slot| slot.bytes.as_deref()) else {
+            return Ok(None);
+        };
+        Ok(Some(match decode(bytes) {
+            Ok(record) => Listed::Session {
+                key: key.clone(),
+                meta: record.meta,
+                bytes: bytes.len() as u64,
+                footprint: None,
+            },
+            Err(error) => Listed::Unreadable {
+                key: key.clone(),
+                error,
+            },
+        }))
+    }
+
+    fn collect(
+        &self,
+        now: SystemTime,
+        _service: Option<&ServiceId>,
+        _observe: &mut dyn FnMut(GcOutcome),
+    ) -> Result<GcReport> {
+        self.collect_garbage(now, Duration::MAX)
+    }
+
+    fn check(&self) -> Vec<Finding> {
+        vec![Finding::new(
+            Severity::Note,
+            "sessions in memory are lost when the process ends",
+        )]
     }
 }
 

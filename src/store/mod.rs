@@ -4,6 +4,7 @@
 //! session's lock, loads, saves or deletes through the [`LockedSession`] it gets, and drops it.
 //! Nothing here assumes a file system, so a Redis or SQL store fits the same shape.
 
+mod admin;
 pub mod file;
 mod location;
 pub mod memory;
@@ -25,6 +26,7 @@ use crate::record::Record;
 /// `PSOSessionMaxBytes`. Tools open stores with it ([`FileStore::with_max_bytes`]), so that a
 /// record another program wrote under a bigger cap is not taken for a corrupt one.
 pub use crate::record::MAX_RECORD_BYTES;
+pub use admin::{Admin, Finding, Listed, Severity};
 pub use file::{Contents, DirEntry, Entries, EntryKind, FileStore, SessionFile};
 pub use location::{ServerKind, ServerUrl, StoreLocation};
 pub use memory::MemoryStore;
@@ -120,7 +122,7 @@ pub fn open_server(
     url: &ServerUrl,
     password_file: Option<&Path>,
     max_bytes: u64,
-) -> Result<Arc<dyn Store>> {
+) -> Result<Arc<dyn Admin>> {
     let password = password_file
         .map(location::read_password_file)
         .transpose()?;

@@ -35,9 +35,10 @@ use redis::{Connection, ConnectionInfo, ConnectionLike, IntoConnectionInfo, Redi
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{ServiceId, SessionId};
 use crate::record::{MAX_RECORD_BYTES, Meta, Record};
+use crate::store::admin::{self, Admin, Finding, Listed, Severity, listed_keys};
 use crate::store::{
-    GcReport, LockOptions, LockedSession, ServerKind, ServerUrl, SessionKey, Store, deleted_error,
-    lock_deadline, time_left,
+    GcOutcome, GcReport, LockOptions, LockedSession, ServerKind, ServerUrl, SessionKey, Store,
+    deleted_error, lock_deadline, time_left,
 };
 
 /// The longest a connection may take to open.
@@ -159,6 +160,13 @@ return 1
 const LEAVE: &str = r"
 if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
 return 1
+";
+
+/// The length of a record and its first 4 KiB, for tools: enough for its metadata.
+/// KEYS: record. Returns {length, prefix} ({0, false} for none).
+const HEAD: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, false} end
+return {redis.call('STRLEN', KEYS[1]), redis.call('GETRANGE', KEYS[1], 0, 4095)}
 ";
 
 /// Reads a record no larger than the cap, with its SHA-1. KEYS: record. ARGV: max bytes.
@@ -298,6 +306,7 @@ struct Scripts {
     release: Script,
     leave: Script,
     read: Script,
+    head: Script,
 }
 
 impl RedisStore {
@@ -333,6 +342,7 @@ impl RedisStore {
                     release: Script::new(RELEASE),
                     leave: Script::new(LEAVE),
                     read: Script::new(READ),
+                    head: Script::new(HEAD),
                 },
             }),
             max_bytes: MAX_RECORD_BYTES,
@@ -753,6 +763,123 @@ impl Store for RedisStore {
     /// Redis drops expired records by their TTL: nothing to do.
     fn collect_garbage(&self, _now: SystemTime, _budget: Duration) -> Result<GcReport> {
         Ok(GcReport::default())
+    }
+}
+
+impl Admin for RedisStore {
+    fn place(&self) -> String {
+        self.server.shown.clone()
+    }
+
+    fn list<'a>(
+        &'a self,
+        service: Option<&'a ServiceId>,
+    ) -> Result<Box<dyn Iterator<Item = Result<Listed>> + 'a>> {
+        listed_keys(self, service)
+    }
+
+    fn inspect(&self, key: &SessionKey) -> Result<Option<Listed>> {
+        let record = Keys::of(key).record;
+        let (length, prefix): (u64, Option<Vec<u8>>) =
+            self.server.run("looking at a session", |con| {
+                self.server.scripts.head.key(&record).invoke(con.like())
+            })?;
+        let Some(prefix) = prefix else {
+            return Ok(None);
+        };
+        if Record::is_other_version(&prefix) {
+            return Ok(Some(Listed::OtherVersion { key: key.clone() }));
+        }
+        let meta = match Record::read_meta(&prefix) {
+            Ok(Some(meta)) => meta,
+            // Metadata longer than the head: read it whole.
+            Ok(None) => match self.peek(key) {
+                Ok(Some(record)) => record.meta,
+                Ok(None) => return Ok(None),
+                Err(error) => return Ok(Some(admin::unreadable(key, error))),
+            },
+            Err(error) => return Ok(Some(admin::unreadable(key, error))),
+        };
+        Ok(Some(Listed::Session {
+            key: key.clone(),
+            meta,
+            bytes: length,
+            footprint: None,
+        }))
+    }
+
+    fn collect(
+        &self,
+        _now: SystemTime,
+        _service: Option<&ServiceId>,
+        _observe: &mut dyn FnMut(GcOutcome),
+    ) -> Result<GcReport> {
+        Ok(GcReport::default())
+    }
+
+    fn expires_by_itself(&self) -> bool {
+        true
+    }
+
+    fn check(&self) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        let version = match self.server_version() {
+            Ok(version) => version,
+            Err(e) => {
+                findings.push(Finding::new(
+                    Severity::Error,
+                    format!("cannot be used: {}", crate::ErrorChain(&e)),
+                ));
+                return findings;
+            }
+        };
+        findings.push(Finding::new(
+            Severity::Note,
+            format!("Redis {version}, reachable"),
+        ));
+        let setting = |name: &str| -> Result<String> {
+            self.server.run("reading its settings", |con| {
+                let pairs: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg(name)
+                    .query(con.like())?;
+                Ok(pairs.get(name).cloned().unwrap_or_default())
+            })
+        };
+        match setting("maxmemory-policy") {
+            Ok(policy) if policy.starts_with("allkeys-") || policy.starts_with("volatile-") => {
+                findings.push(Finding::new(
+                    Severity::Warning,
+                    format!(
+                        "maxmemory-policy {policy} evicts live sessions when memory runs out (every session has a TTL): use noeviction"
+                    ),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => findings.push(Finding::new(
+                Severity::Note,
+                format!(
+                    "cannot read its settings (CONFIG GET refused?), so cannot tell whether it may evict or lose sessions: {}",
+                    crate::ErrorChain(&e)
+                ),
+            )),
+        }
+        if let (Ok(appendonly), Ok(save)) = (setting("appendonly"), setting("save")) {
+            if appendonly != "yes" && save.trim().is_empty() {
+                findings.push(Finding::new(
+                    Severity::Warning,
+                    "no persistence (appendonly no, no save points): a restart of Redis logs everyone out; use appendonly yes",
+                ));
+            } else if appendonly != "yes" {
+                findings.push(Finding::new(
+                    Severity::Note,
+                    format!(
+                        "snapshots only (save {save}): a crash loses the sessions changed since the last one; appendonly yes loses at most a second"
+                    ),
+                ));
+            }
+        }
+        findings
     }
 }
 

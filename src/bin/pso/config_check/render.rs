@@ -120,12 +120,7 @@ pub fn text(report: &Report, style: Style, out: &mut impl Write) -> io::Result<(
         }
     }
     writeln!(out)?;
-    writeln!(
-        out,
-        "Session directory {}, for {}:",
-        printable(&report.evaluation.session_dir.display().to_string()),
-        report.user
-    )?;
+    writeln!(out, "{}:", printable(&report.place))?;
     for check in &report.checks {
         writeln!(
             out,
