@@ -7,6 +7,8 @@
 pub mod file;
 mod location;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(any(test, feature = "store-suite"))]
@@ -28,6 +30,8 @@ pub use crate::record::MAX_RECORD_BYTES;
 pub use file::{Contents, DirEntry, Entries, EntryKind, FileStore, SessionFile};
 pub use location::{ServerKind, ServerUrl, StoreLocation};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
 
@@ -129,6 +133,10 @@ pub fn open_server(
         #[cfg(feature = "redis")]
         ServerKind::Redis | ServerKind::RedisUnix => Ok(Arc::new(
             RedisStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
+        )),
+        #[cfg(feature = "postgres")]
+        ServerKind::Postgres => Ok(Arc::new(
+            PostgresStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
         )),
         kind => Err(Error::new(
             ErrorKind::Invalid,
