@@ -179,11 +179,16 @@ CREATE INDEX IF NOT EXISTS pso_sessions_expires_at
     ON pso_sessions (expires_at, service, id) WHERE expires_at IS NOT NULL;
 ";
 
-/// Waits for a key's lock, as long as `lock_timeout` lets it. $1 service, $2 id.
-const LOCK: &str = "SELECT pg_advisory_lock(hashtextextended($1 || '/' || $2, 0))";
+/// Waits for a key's lock, as long as `lock_timeout` lets it. $1 service, $2 id. Returns
+/// `true` and the server process that holds the lock now.
+const LOCK: &str = "
+SELECT true, pg_backend_pid()
+  FROM (SELECT pg_advisory_lock(hashtextextended($1 || '/' || $2, 0))) AS waited";
 
-/// Takes a key's lock if it is free (a wait of zero). $1 service, $2 id.
-const TRY_LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended($1 || '/' || $2, 0))";
+/// Takes a key's lock if it is free (a wait of zero): whether it did, and the server
+/// process. $1 service, $2 id.
+const TRY_LOCK: &str = "
+SELECT pg_try_advisory_lock(hashtextextended($1 || '/' || $2, 0)), pg_backend_pid()";
 
 /// Lets go of a key's lock; `false` if this connection did not hold it. $1 service, $2 id.
 const UNLOCK: &str = "SELECT pg_advisory_unlock(hashtextextended($1 || '/' || $2, 0))";
@@ -393,8 +398,13 @@ impl PostgresStore {
         }
     }
 
-    /// The lock of `key` on `client`; `Ok(false)` if another holds it past the wait.
-    fn take_lock(client: &mut Client, key: &SessionKey, options: &LockOptions) -> PgResult<bool> {
+    /// The lock of `key` on `client`, and the server process that holds it; `Ok(None)` if
+    /// another holds it past the wait.
+    fn take_lock(
+        client: &mut Client,
+        key: &SessionKey,
+        options: &LockOptions,
+    ) -> PgResult<Option<i32>> {
         // Whole milliseconds, formatted by us: no text from outside enters these statements.
         let lease = millis(options.lease);
         let (lock, limits) = if options.timeout.is_zero() {
@@ -420,15 +430,19 @@ impl PostgresStore {
             "BEGIN; {limits} SET idle_session_timeout = {lease};"
         ))?;
         let taken = match client.query_typed_one(lock, &KeyParams::of(key).params()) {
-            // pg_try_advisory_lock says whether it took the lock; pg_advisory_lock returns
-            // (void) once it has.
-            Ok(row) if lock == TRY_LOCK => row.try_get::<_, bool>(0)?,
-            Ok(_) => true,
-            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => false,
+            Ok(row) => row
+                .try_get::<_, bool>(0)?
+                .then(|| row.try_get::<_, i32>(1))
+                .transpose()?,
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => None,
             Err(e) => return Err(e),
         };
         // Taken, the lock outlives the transaction; refused, the ROLLBACK undoes the lease.
-        client.batch_execute(if taken { "COMMIT" } else { "ROLLBACK" })?;
+        client.batch_execute(if taken.is_some() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        })?;
         Ok(taken)
     }
 
@@ -710,10 +724,10 @@ impl Store for PostgresStore {
     fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockedSession>> {
         let server = &self.server;
         let (mut client, mut reused) = server.connection()?;
-        loop {
+        let backend = loop {
             match PostgresStore::take_lock(&mut client, key, &options) {
-                Ok(true) => break,
-                Ok(false) => {
+                Ok(Some(backend)) => break backend,
+                Ok(None) => {
                     server.keep(client);
                     return Err(PostgresStore::busy(key));
                 }
@@ -733,21 +747,14 @@ impl Store for PostgresStore {
                     reused = false;
                 }
             }
-        }
-        let backend = client
-            .query_typed_one("SELECT pg_backend_pid()", &[])
-            .and_then(|row| row.try_get::<_, i32>(0));
-        let read = backend.and_then(|backend| {
-            let found = match read(&mut client, key, self.max_bytes) {
-                Err(e) if undefined_table(&e) => {
-                    create_table(&mut client)?;
-                    read(&mut client, key, self.max_bytes)?
-                }
-                other => other?,
-            };
-            Ok((backend, found))
-        });
-        let (backend, (found, generation)) = match read {
+        };
+        let read = match read(&mut client, key, self.max_bytes) {
+            Err(e) if undefined_table(&e) => {
+                create_table(&mut client).and_then(|()| read(&mut client, key, self.max_bytes))
+            }
+            other => other,
+        };
+        let (found, generation) = match read {
             Ok(done) => done,
             // Dropping the connection lets go of the lock.
             Err(e) => return Err(server.error("reading a locked session", e)),

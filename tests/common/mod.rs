@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test file uses a part
 
 pub mod fcgi;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod redis;
 pub mod servers;
 
