@@ -60,8 +60,12 @@
 //! *session* mode (its default) every CGI process keeps one server connection from its start
 //! to its exit, and the lock works; PgBouncer's `server_reset_query` (`DISCARD ALL`) frees
 //! the locks of a client that died. *Transaction* mode hands each statement to any server
-//! connection: the lock would stay on one and the unlock go to another. A save notices that
-//! it runs on another backend than its lock and fails; do not use transaction mode.
+//! connection: the lock stays on one and the unlock goes to another, and a lock asked on the
+//! connection that already holds it (for another client) is granted at once. A save answered
+//! by another server process than its lock's fails and says so, and the generation check
+//! below keeps two holders from losing each other's writes, but sessions stay locked until
+//! their timeouts: do not use transaction mode. Every statement is unnamed (`query_typed`,
+//! one round trip), so nothing prepared outlives a call through any pooler.
 //!
 //! # Saves check a generation
 //!
@@ -87,7 +91,7 @@
 //!
 //! | method | SQL | why |
 //! | --- | --- | --- |
-//! | [`Store::lock`] | `BEGIN; SET LOCAL lock_timeout …; SET idle_session_timeout …`, `pg_advisory_lock`, `COMMIT`, then the read below | the `SET LOCAL`s end with the transaction, the lock does not; the read is a statement of its own, after the wait, so that it sees what the holder it waited for saved (a statement sees the data as of its start) |
+//! | [`Store::lock`] | `BEGIN; SET LOCAL lock_timeout …; SET idle_session_timeout …`, `pg_advisory_lock` (and `pg_backend_pid()`, to know the connection again), `COMMIT`, then the read below | the `SET LOCAL`s end with the transaction, the lock does not; the read is a statement of its own, after the wait, so that it sees what the holder it waited for saved (a statement sees the data as of its start) |
 //! | [`LockedSession::load`] | `SELECT length(record), CASE WHEN length(record) <= $3 THEN record END, generation …` | a record over `PSOSessionMaxBytes` is [`ErrorKind::Corrupt`] without being sent |
 //! | [`LockedSession::save`] | the `UPDATE` or `INSERT` above | one statement, committed when it returns |
 //! | [`LockedSession::delete`] | `DELETE … WHERE service = $1 AND id = $2` | the lock is ours: whatever is there goes |
