@@ -8,6 +8,8 @@ mod admin;
 pub mod file;
 mod location;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(any(test, feature = "store-suite"))]
@@ -30,6 +32,8 @@ pub use admin::{Admin, Finding, Listed, Severity};
 pub use file::{Contents, DirEntry, Entries, EntryKind, FileStore, SessionFile};
 pub use location::{ServerKind, ServerUrl, StoreLocation};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
 
@@ -135,6 +139,10 @@ pub fn open_server(
         #[cfg(feature = "redis-cluster")]
         ServerKind::RedisCluster => Ok(Arc::new(
             RedisStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
+        )),
+        #[cfg(feature = "postgres")]
+        ServerKind::Postgres => Ok(Arc::new(
+            PostgresStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
         )),
         kind => Err(Error::new(
             ErrorKind::Invalid,

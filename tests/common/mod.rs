@@ -4,6 +4,8 @@
 
 pub mod counter_client;
 pub mod fcgi;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod redis;
 pub mod servers;
 

@@ -810,7 +810,13 @@ fn gc(args: &GcArgs, out: &mut impl Write) -> Result<(), Failure> {
         },
     );
     bar.finish_and_clear();
-    collected?;
+    let report = collected?;
+    if report.examined > 0 && tally.expired + tally.kept + tally.held + tally.unreadable == 0 {
+        // A store that collects in bulk (PostgreSQL's DELETE per batch) reports counts only.
+        tally.expired = report.removed;
+        tally.held = report.busy;
+        tally.kept = report.examined.saturating_sub(report.removed + report.busy);
+    }
     if tally.kept_damaged > 0 {
         // Said even with --quiet: a person must look (`pso sessions show`, then `rm`).
         eprintln!(
