@@ -782,3 +782,57 @@ fn pso_sessions_lists_shows_counts_and_removes_sessions_in_redis() {
         "{config}"
     );
 }
+
+#[cfg(feature = "cli")]
+#[test]
+fn a_site_moves_from_files_to_redis_under_load_and_no_count_is_lost() {
+    let redis = server();
+    let site = Arc::new(Site::new(RELOAD));
+    let cookies: Arc<Vec<String>> = Arc::new((0..20).map(|_| site.get(None).cookie()).collect());
+    let migrate = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pso"))
+            .args(["sessions", "migrate", "--from", "files", "--from-path"])
+            .arg(site.sessions())
+            .args(["--to", &redis.url()])
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // Visitors keep coming to the files while the first copy runs.
+    let load = {
+        let (site, cookies) = (site.clone(), cookies.clone());
+        std::thread::spawn(move || {
+            for round in 0..10 {
+                for cookie in cookies.iter() {
+                    assert_eq!(site.get(Some(cookie)).count(), round + 2);
+                }
+            }
+        })
+    };
+    let first = migrate();
+    load.join().unwrap();
+    // The second copy carries what changed during the first; a third finds nothing to do.
+    let second = migrate();
+    let third = migrate();
+    assert!(
+        third.starts_with("copied 0 session(s)"),
+        "{first}\n{second}\n{third}"
+    );
+    assert!(third.contains("20 already there"), "{third}");
+    // The site switches to Redis: every count goes on from where the files left it.
+    let mut moved = Site::new(RELOAD);
+    moved.set("PSOSessionStore", redis.url());
+    for cookie in cookies.iter() {
+        assert_eq!(moved.get(Some(cookie)).count(), 12, "{first}\n{second}");
+    }
+    // And a copy run after the switch leaves the newer sessions in Redis alone.
+    let after = migrate();
+    assert!(after.starts_with("copied 0 session(s)"), "{after}");
+    assert_eq!(moved.get(Some(&cookies[0])).count(), 13);
+}

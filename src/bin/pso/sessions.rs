@@ -47,6 +47,10 @@ pub enum Command {
     /// while the site is live. Damaged user records and forced-id sessions are kept and
     /// reported, for a person to look at
     Gc(GcArgs),
+    /// Copy every session of one store into another (files to Redis, say), each under its
+    /// lock in both; never over a newer one, so it can run again: before switching
+    /// PSOSessionStore, and right after
+    Migrate(crate::migrate::Args),
     /// Count the sessions: how many, how big, how many expired, the oldest and newest
     Stats(StoreArgs),
 }
@@ -174,6 +178,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Rm(args) => rm(&args, &mut out),
         Command::Gc(args) => gc(&args, &mut out),
         Command::Stats(args) => stats(&args, &mut out),
+        Command::Migrate(args) => crate::migrate::run(&args, &mut out).map_err(Failure::Message),
     }
     .and_then(|()| out.flush().map_err(Failure::Output));
     match done {
