@@ -1,9 +1,8 @@
 //! Two "machines" sharing sessions in Redis: two FastCGI processes of the reload counter
 //! behind one nginx upstream, 2,000 requests from 16 clients over 20 sessions, every count
-//! exact (each value handed out once), with one Redis and with a Redis Cluster. Then a lock
-//! holder killed mid-request, log out everywhere and regenerate across the two processes.
+//! exact (each value handed out once), with one Redis, a Redis Cluster and PostgreSQL.
 
-#![cfg(feature = "redis")]
+#![cfg(any(feature = "redis", feature = "postgres"))]
 
 mod common;
 
@@ -12,7 +11,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use common::counter_client::Client;
-use common::redis::RedisServer;
 use common::servers::*;
 
 const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
@@ -122,9 +120,10 @@ fn every_count_exact(store: &str, while_up: impl FnOnce()) {
     while_up();
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn two_machines_share_sessions_in_redis_and_lose_no_update() {
-    let Some(redis) = RedisServer::start() else {
+    let Some(redis) = common::redis::RedisServer::start() else {
         return;
     };
     every_count_exact(&redis.url(), || {
@@ -141,4 +140,13 @@ fn two_machines_share_sessions_in_a_redis_cluster_and_lose_no_update() {
         return;
     };
     every_count_exact(&cluster.url(), || ());
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn two_machines_share_sessions_in_postgresql_and_lose_no_update() {
+    let Some(database) = common::postgres::PostgresServer::start() else {
+        return;
+    };
+    every_count_exact(&database.url(), || ());
 }
