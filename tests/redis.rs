@@ -432,6 +432,7 @@ fn a_request_cannot_move_the_store_the_process_environment_names() {
     assert_eq!(server.cli(&["DBSIZE"]), "1");
 }
 
+#[cfg(not(feature = "redis-tls"))]
 #[test]
 fn a_program_built_without_redis_support_says_which_feature_it_needs() {
     // This binary has it: the message for one that has not is TLS's, built without
@@ -835,4 +836,29 @@ fn a_site_moves_from_files_to_redis_under_load_and_no_count_is_lost() {
     let after = migrate();
     assert!(after.starts_with("copied 0 session(s)"), "{after}");
     assert_eq!(moved.get(Some(&cookies[0])).count(), 13);
+}
+
+#[cfg(feature = "redis-tls")]
+#[test]
+fn sessions_go_to_redis_over_tls_and_an_unknown_certificate_is_refused() {
+    let Some(redis) = RedisServer::start_tls() else {
+        return;
+    };
+    let mut site = Site::new(RELOAD);
+    site.set(
+        "PSOSessionStore",
+        format!("rediss://127.0.0.1:{}/0", redis.port),
+    );
+    // The test's CA is not among the system's roots: refused, logged, no session.
+    let refused = Reply::from_output(site.command(None).output().unwrap());
+    assert!(refused.status().starts_with("Status: 5"), "{refused:?}");
+    assert!(
+        refused.stderr.to_lowercase().contains("certificate"),
+        "{refused:?}"
+    );
+    // Trusted through SSL_CERT_FILE, as the system's roots would be.
+    site.set("SSL_CERT_FILE", redis.ca.clone().unwrap());
+    let cookie = site.get(None).cookie();
+    assert_eq!(site.get(Some(&cookie)).count(), 2);
+    assert_eq!(redis.cli(&["DBSIZE"]), "1");
 }

@@ -136,6 +136,10 @@ pub fn open_server(
         ServerKind::Redis | ServerKind::RedisUnix => Ok(Arc::new(
             RedisStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
         )),
+        #[cfg(feature = "redis-tls")]
+        ServerKind::RedisTls => Ok(Arc::new(
+            RedisStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
+        )),
         #[cfg(feature = "redis-cluster")]
         ServerKind::RedisCluster => Ok(Arc::new(
             RedisStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
@@ -144,6 +148,8 @@ pub fn open_server(
         ServerKind::Postgres => Ok(Arc::new(
             PostgresStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
         )),
+        // Every kind is built in with every feature.
+        #[allow(unreachable_patterns)]
         kind => Err(Error::new(
             ErrorKind::Invalid,
             format!(

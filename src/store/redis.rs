@@ -317,6 +317,11 @@ impl RedisStore {
     pub fn open(url: &ServerUrl, password: Option<&str>) -> Result<RedisStore> {
         let target = match url.kind() {
             ServerKind::Redis | ServerKind::RedisUnix => single(url, password)?,
+            #[cfg(feature = "redis-tls")]
+            ServerKind::RedisTls => {
+                install_crypto_provider();
+                single(url, password)?
+            }
             #[cfg(feature = "redis-cluster")]
             ServerKind::RedisCluster => cluster(url, password)?,
             kind => {
@@ -364,6 +369,19 @@ impl RedisStore {
                 .unwrap_or_else(|| "unknown".to_owned()))
         })
     }
+}
+
+/// rustls needs a process-wide cryptography provider before its first connection: ring's.
+/// (Installed once; a program that installed its own keeps it.) rustls now points to
+/// aws-lc-rs for post-quantum key exchange; ring builds without cmake and links smaller, and
+/// a session store's link is a private network's.
+#[cfg(feature = "redis-tls")]
+#[allow(deprecated)]
+fn install_crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// A single server's connection settings, the password from a file added.
@@ -417,9 +435,22 @@ fn cluster(url: &ServerUrl, password: Option<&str>) -> Result<Target> {
             "a cluster URL is redis+cluster://host:port,host:port,…",
         ));
     }
+    let tls = text
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("rediss+"));
+    if tls && cfg!(not(feature = "redis-tls")) {
+        return Err(invalid(
+            "a cluster over TLS needs pso's `redis-tls` feature, which this program was built without",
+        ));
+    }
+    #[cfg(feature = "redis-tls")]
+    if tls {
+        install_crypto_provider();
+    }
+    let scheme = if tls { "rediss" } else { "redis" };
     let nodes: Vec<String> = hosts
         .split(',')
-        .map(|node| format!("redis://{node}"))
+        .map(|node| format!("{scheme}://{node}"))
         .collect();
     let mut builder = redis::cluster::ClusterClient::builder(nodes)
         .connection_timeout(CONNECT_TIMEOUT)
@@ -1185,6 +1216,7 @@ mod tests {
         assert_eq!(expiry_millis(&meta), Some(LATEST_EXPIRY_MILLIS));
     }
 
+    #[cfg(not(feature = "redis-tls"))]
     #[test]
     fn a_build_without_the_feature_names_it() {
         let crate::store::StoreLocation::Server(url) =

@@ -17,6 +17,8 @@ pub struct RedisServer {
     program: PathBuf,
     options: Vec<String>,
     dir: tempfile::TempDir,
+    /// Over TLS: the CA that signed its certificate.
+    pub ca: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -50,6 +52,7 @@ impl RedisServer {
             program,
             options: options.iter().map(|o| o.to_string()).collect(),
             dir,
+            ca: None,
         };
         server.restart();
         Some(server)
@@ -101,8 +104,113 @@ impl RedisServer {
         }
     }
 
+    /// A server that speaks TLS only, with a certificate for 127.0.0.1 signed by a CA of its
+    /// own ([`RedisServer::ca`]).
+    pub fn start_tls() -> Option<RedisServer> {
+        let Some(program) = find_program(&["redis-server"]) else {
+            super::skip_or_fail("redis-server is not installed");
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("pso-redis-tls-")
+            .tempdir()
+            .unwrap();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pso test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ]);
+        if running_as_root() {
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let entry = entry.unwrap().path();
+                std::os::unix::fs::chown(&entry, Some(server_uid()), Some(server_uid())).unwrap();
+            }
+            std::os::unix::fs::chown(dir.path(), Some(server_uid()), Some(server_uid())).unwrap();
+        }
+        let port = free_port();
+        let options = vec![
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path("server.pem"),
+            "--tls-key-file".to_owned(),
+            path("server.key"),
+            "--tls-ca-cert-file".to_owned(),
+            path("ca.pem"),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let ca = dir.path().join("ca.pem");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            program,
+            options,
+            dir,
+            ca: Some(ca),
+        };
+        server.restart();
+        Some(server)
+    }
+
     /// Whether it answers PING.
     pub fn answers(&self) -> bool {
+        if self.ca.is_some() {
+            return self.cli(&["PING"]) == "PONG";
+        }
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
@@ -118,7 +226,11 @@ impl RedisServer {
 
     /// Runs one command with redis-cli and returns what it printed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
+        let mut command = Command::new("redis-cli");
+        if let Some(ca) = &self.ca {
+            command.arg("--tls").arg("--cacert").arg(ca);
+        }
+        let output = command
             .args(["-h", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .args(args)
