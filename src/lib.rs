@@ -76,7 +76,9 @@ mod session;
 mod testing;
 mod user_record;
 
-pub use config::{Config, ConfigProblem, GcProbability, VARIABLES, Variable};
+pub use config::{
+    Config, ConfigProblem, GcProbability, Scope, Settings, Shown, VARIABLES, Variable,
+};
 pub use environment::Environment;
 pub use error::{BoxError, Error, ErrorChain, ErrorKind, Result};
 pub use expiry::Expiry;
