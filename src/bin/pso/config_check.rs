@@ -91,6 +91,8 @@ pub struct Report {
     user: User,
     /// What the checks are about: the session directory, or a server store.
     place: String,
+    /// Whether the checks are a server store's (else the session directory's).
+    store_checked: bool,
     checks: Vec<Check>,
 }
 
@@ -166,11 +168,13 @@ pub fn run(args: Args) -> ExitCode {
             directory::check(&evaluation.session_dir, &user),
         ),
     };
+    let store_checked = matches!(config.store, pso::store::StoreLocation::Server(_));
     let report = Report {
         sources,
         evaluation,
         user,
         place,
+        store_checked,
         checks,
     };
 
