@@ -305,6 +305,24 @@ impl Service {
             config.store = store.clone();
             config.store_password_file = password_file.clone();
         }
+        // A password file is read only as the process environment names it, and only for
+        // the store the process environment names: a request's parameters could otherwise
+        // send its contents to a server of their choosing.
+        let own_password_file = self.base.config.store_password_file.clone();
+        if config.store_password_file != own_password_file
+            || (config.store != self.base.config.store && own_password_file.is_some())
+        {
+            if config.store_password_file != own_password_file {
+                log::warn!(
+                    "a request named PSOSessionStorePasswordFile; only the process environment may"
+                );
+            }
+            config.store_password_file = if config.store == self.base.config.store {
+                own_password_file
+            } else {
+                None
+            };
+        }
         if configs.len() >= MAX_CONFIGS {
             configs.clear();
         }
@@ -394,6 +412,14 @@ impl Service {
         let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(store) = stores.servers.get(&key) {
             return Some(store.clone());
+        }
+        // Each opened store has connections of its own: requests that vary the record cap
+        // (or anything else of the key) must not open pools without end.
+        if stores.servers.len() >= MAX_STORE_SERVERS {
+            log::error!(
+                "requests named more than {MAX_STORE_SERVERS} session stores (servers, password files and record caps); refusing {url}"
+            );
+            return None;
         }
         let own = config.store == self.base.config.store;
         if !own && !stores.tried_servers.contains(url) {

@@ -133,53 +133,58 @@ impl ServerUrl {
         self.redacted() != self.url
     }
 
-    /// The URL with its password replaced by `***`.
+    /// The URL with its password replaced by `***`. Generous on purpose: the user part ends
+    /// at the last `@` of the whole URL (a password may hold `?`, `#` or `/` unescaped), and
+    /// of the query only parameters known to hold no secret keep their values.
     fn redacted(&self) -> String {
         let (scheme, rest) = self.url.split_once("://").unwrap_or(("", &self.url));
-        // The user part ends at the last `@` before any query: a password may hold `/`.
-        let query_start = rest.find(['?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = match rest[..query_start].rfind('@') {
-            Some(at) => {
-                let (userinfo, after) = (&rest[..at], &rest[at + 1..]);
+        let (user, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => {
                 let user = match userinfo.split_once(':') {
-                    Some((user, _)) => format!("{user}:***"),
-                    None => userinfo.to_owned(),
+                    Some((user, _)) => format!("{user}:***@"),
+                    None => format!("{userinfo}@"),
                 };
-                let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-                (format!("{user}@{}", &after[..end]), &after[end..])
+                (user, rest)
             }
-            None => {
-                let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-                (rest[..end].to_owned(), &rest[end..])
-            }
+            None => (String::new(), rest),
         };
-        let tail = match tail.split_once('?') {
+        let (before_fragment, fragment) = match rest.split_once('#') {
+            Some((before, fragment)) => (before, Some(fragment)),
+            None => (rest, None),
+        };
+        let shown = match before_fragment.split_once('?') {
             Some((path, query)) => {
-                let (query, fragment) = match query.split_once('#') {
-                    Some((query, fragment)) => (query, Some(fragment)),
-                    None => (query, None),
-                };
                 let query: Vec<String> = query
                     .split('&')
                     .map(|pair| match pair.split_once('=') {
-                        Some((name, _))
-                            if ["pass", "password"]
-                                .iter()
-                                .any(|secret| name.eq_ignore_ascii_case(secret)) =>
-                        {
-                            format!("{name}=***")
+                        Some((name, value)) if PLAIN_PARAMETERS.contains(&name) => {
+                            format!("{name}={value}")
                         }
-                        _ => pair.to_owned(),
+                        Some((name, _)) => format!("{name}=***"),
+                        None => pair.to_owned(),
                     })
                     .collect();
-                let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
-                format!("{path}?{}{fragment}", query.join("&"))
+                format!("{path}?{}", query.join("&"))
             }
-            None => tail.to_owned(),
+            None => before_fragment.to_owned(),
         };
-        format!("{scheme}://{authority}{tail}")
+        let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+        format!("{scheme}://{user}{shown}{fragment}")
     }
 }
+
+/// Query parameters of store URLs that hold no secret, shown as they are.
+const PLAIN_PARAMETERS: &[&str] = &[
+    "db",
+    "protocol",
+    "user",
+    "host",
+    "port",
+    "dbname",
+    "connect_timeout",
+    "sslmode",
+    "application_name",
+];
 
 impl fmt::Display for ServerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -286,6 +291,16 @@ mod tests {
             (
                 "postgres://app:pw@db/sessions?password=pw2#x",
                 "postgres://app:***@db/sessions?password=***#x",
+            ),
+            ("redis://:pa?ss@h:1/0", "redis://:***@h:1/0"),
+            ("redis://:pa#ss@h:1/0", "redis://:***@h:1/0"),
+            (
+                "redis+cluster://:p?w@a:1,b:2",
+                "redis+cluster://:***@a:1,b:2",
+            ),
+            (
+                "redis+unix:///s?db=1&p%61ss=pw",
+                "redis+unix:///s?db=1&p%61ss=***",
             ),
         ] {
             assert_eq!(shown(url), printed);

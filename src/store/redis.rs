@@ -50,6 +50,9 @@ pub const MAX_WAITERS: i64 = 64;
 /// How long Redis keeps a record after its session expired, so that a returning visitor
 /// learns why it ended (and its data can move to the new session, as the lifecycle rules say).
 const KEPT_AFTER_EXPIRY: Duration = Duration::from_secs(3600);
+/// A waiter that has not asked for this long is no longer counted among the waiters (it
+/// asks again at least every [`MAX_WAIT_SLICE`] plus a command's time).
+const STALE_WAITER: Duration = Duration::from_secs(3);
 /// The longest single `BLPOP`: a waiter looks at the lock again at least this often.
 const MAX_WAIT_SLICE: Duration = Duration::from_secs(1);
 /// Idle connections kept for the next request (under FastCGI, one per busy thread).
@@ -57,11 +60,14 @@ const MAX_IDLE_CONNECTIONS: usize = 64;
 /// The latest instant a TTL is set to (year 9999): Redis keeps milliseconds in 64 bits.
 const LATEST_EXPIRY_MILLIS: u64 = 253_402_300_799_000;
 
-/// Takes the lock and reads the record, in one round trip.
-/// KEYS: record, lock, waiting. ARGV: token, lease ms, queue (0 do not wait, 1 join the
-/// waiters, 2 already among them), max waiters, waiting TTL ms, max record bytes.
+/// Takes the lock and reads the record, in one round trip. Waiters are a sorted set of their
+/// tokens by when each last asked: one that stops asking (killed, cut off) drops out after
+/// [`STALE_WAITER`], so the count cannot leak. Taking a lock this token already holds (a
+/// retry whose first try did run) is taking it.
+/// KEYS: record, lock, waiting. ARGV: token, lease ms, queue (1: wait, and count among the
+/// waiters; 0: do not wait), max waiters, stale waiter ms, max record bytes.
 /// Returns {1, 0, record or false, its SHA-1 or ''}, {0, lock's PTTL, …} (wait), {2, PTTL, …}
-/// (too many waiters) or {3, length, …} (record too large).
+/// (too many waiters), {3, length, …} (record too large) or {4, …} (the key is not a record).
 const ACQUIRE: &str = r"
 local function read()
   local n = redis.call('STRLEN', KEYS[1])
@@ -69,20 +75,29 @@ local function read()
   local record = redis.call('GET', KEYS[1])
   return {1, 0, record, record and redis.sha1hex(record) or ''}
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  if ARGV[3] == '2' then
-    if redis.call('DECR', KEYS[3]) <= 0 then redis.call('DEL', KEYS[3]) end
-  end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' and kind ~= 'string' then return {4, 0, false, false} end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))
+local holder = redis.call('GET', KEYS[2])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return read()
+end
+if not holder and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('ZREM', KEYS[3], ARGV[1])
   return read()
 end
 local ttl = redis.call('PTTL', KEYS[2])
 if ARGV[3] == '1' then
-  local n = redis.call('INCR', KEYS[3])
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
-  if n > tonumber(ARGV[4]) then
-    redis.call('DECR', KEYS[3])
+  if not redis.call('ZSCORE', KEYS[3], ARGV[1])
+     and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then
     return {2, ttl, false, false}
   end
+  redis.call('ZADD', KEYS[3], now, ARGV[1])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
 return {0, ttl, false, false}
 ";
@@ -102,7 +117,10 @@ local holder = redis.call('GET', KEYS[2])
 if holder ~= ARGV[1] then
   if holder then return {0, false} end
   local record = redis.call('GET', KEYS[1])
-  if (record and redis.sha1hex(record) or '') ~= ARGV[6] then return {0, false} end
+  local now = record and redis.sha1hex(record) or ''
+  -- A retry of a save that did run (its answer was lost): done already.
+  if ARGV[7] == '1' and record and now == redis.sha1hex(ARGV[2]) then return {1, now} end
+  if now ~= ARGV[6] then return {0, false} end
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[5])
 end
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {-1, false} end
@@ -113,7 +131,7 @@ else
 end
 if ARGV[7] == '1' then
   redis.call('DEL', KEYS[2])
-  if tonumber(redis.call('GET', KEYS[4]) or '0') > 0 then
+  if redis.call('ZCARD', KEYS[4]) > 0 then
     redis.call('LPUSH', KEYS[3], '1')
     redis.call('LTRIM', KEYS[3], 0, 0)
     redis.call('PEXPIRE', KEYS[3], ARGV[8])
@@ -149,28 +167,33 @@ local holder = redis.call('GET', KEYS[1])
 if not holder then return 2 end
 if holder ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-if tonumber(redis.call('GET', KEYS[3]) or '0') <= 0 then return 1 end
+if redis.call('ZCARD', KEYS[3]) == 0 then return 1 end
 redis.call('LPUSH', KEYS[2], '1')
 redis.call('LTRIM', KEYS[2], 0, 0)
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 ";
 
-/// Leaves the waiters of a session, for a waiter that gives up. KEYS: waiting.
+/// Leaves the waiters of a session, for a waiter that gives up. KEYS: waiting. ARGV: token.
 const LEAVE: &str = r"
-if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
+redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 ";
 
 /// The length of a record and its first 4 KiB, for tools: enough for its metadata.
 /// KEYS: record. Returns {length, prefix} ({0, false} for none).
 const HEAD: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, false} end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then return {0, false} end
+if kind ~= 'string' then return {-1, false} end
 return {redis.call('STRLEN', KEYS[1]), redis.call('GETRANGE', KEYS[1], 0, 4095)}
 ";
 
 /// Reads a record no larger than the cap, with its SHA-1. KEYS: record. ARGV: max bytes.
+/// {4, …} when the key holds something else than a record.
 const READ: &str = r"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' and kind ~= 'string' then return {4, 0, false, false} end
 local n = redis.call('STRLEN', KEYS[1])
 if n > tonumber(ARGV[1]) then return {3, n, false, false} end
 local record = redis.call('GET', KEYS[1])
@@ -502,34 +525,63 @@ fn percent_decoded(text: &str) -> String {
 impl Server {
     /// Runs `f` on a connection: an idle one, or a new one. A connection that failed is
     /// dropped (it may hold half an answer); one that worked is kept for the next call.
-    fn run<T>(&self, doing: &str, f: impl FnOnce(&mut Conn) -> redis::RedisResult<T>) -> Result<T> {
+    fn run<T>(&self, doing: &str, f: impl FnMut(&mut Conn) -> redis::RedisResult<T>) -> Result<T> {
+        self.run_or_undo(doing, f, |_| ())
+    }
+
+    /// [`Server::run`], and when `f` timed out (its command may still run, late), `undo` on
+    /// the same connection before it is dropped: the server runs commands of one connection
+    /// in order, so `undo` runs after `f`'s command, whenever that does.
+    fn run_or_undo<T>(
+        &self,
+        doing: &str,
+        mut f: impl FnMut(&mut Conn) -> redis::RedisResult<T>,
+        undo: impl FnOnce(&mut Conn),
+    ) -> Result<T> {
         let idle = self
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let mut con = match idle {
-            Some(con) => con,
-            None => self.connect()?,
+        let (mut con, reused) = match idle {
+            Some(con) => (con, true),
+            None => (self.connect()?, false),
         };
-        match f(&mut con) {
+        let mut outcome = f(&mut con);
+        if reused && outcome.as_ref().is_err_and(closed_before_answering) {
+            // A connection kept idle that the server closed meanwhile (a restart, its idle
+            // timeout, CLIENT KILL): its siblings likely went too. The command never
+            // reached the server, so it goes again, once, on a new connection; every
+            // script is safe to run twice.
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+            con = self.connect()?;
+            outcome = f(&mut con);
+        }
+        match outcome {
             Ok(value) => {
-                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                if idle.len() < MAX_IDLE_CONNECTIONS {
-                    idle.push(con);
-                }
+                self.keep(con);
                 Ok(value)
             }
             Err(e) => {
+                if e.is_timeout() {
+                    undo(&mut con);
+                }
                 // An error reply leaves the connection in step; anything else may not.
                 if !e.is_io_error() && !e.is_timeout() && e.kind() != redis::ErrorKind::Parse {
-                    let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                    if idle.len() < MAX_IDLE_CONNECTIONS {
-                        idle.push(con);
-                    }
+                    self.keep(con);
                 }
                 Err(self.error(doing, e))
             }
+        }
+    }
+
+    fn keep(&self, con: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_CONNECTIONS {
+            idle.push(con);
         }
     }
 
@@ -567,8 +619,12 @@ impl Server {
                         | Server::ClusterDown
                         | Server::MasterDown
                         | Server::ReadOnly
+                        | Server::Moved
+                        | Server::Ask
                 )
-            );
+            )
+            // Out of memory under noeviction, a replica demoted mid-command: for now.
+            || matches!(e.code(), Some("OOM" | "UNBLOCKED" | "LOADING"));
         let kind = if unavailable {
             ErrorKind::Unavailable
         } else {
@@ -576,6 +632,34 @@ impl Server {
         };
         Error::with_source(kind, format!("Redis at {}: {doing}", self.shown), e)
     }
+}
+
+/// The release script as one command (`EVAL`, not `EVALSHA`: it must run even on a server
+/// whose script cache is empty, without a second round trip).
+fn release_command(keys: &Keys, token: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RELEASE)
+        .arg(3)
+        .arg(&keys.lock)
+        .arg(&keys.wake)
+        .arg(&keys.waiting)
+        .arg(token)
+        .arg(millis(MAX_WAIT_SLICE));
+    cmd
+}
+
+/// A key that holds something else than a record (a list, a hash): put there by hand.
+fn not_a_record(key: &SessionKey) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!("session {key:?}: its key in Redis holds something else than a record"),
+    )
+}
+
+/// Whether a call failed because the connection was closed under it, not by a timeout: what
+/// a connection kept idle meets when the server closed it meanwhile.
+fn closed_before_answering(e: &RedisError) -> bool {
+    e.is_connection_dropped() && !e.is_timeout()
 }
 
 /// The keys of one session, all in one hash slot.
@@ -637,6 +721,7 @@ fn expiry_millis(meta: &Meta) -> Option<u64> {
 impl RedisStore {
     fn decode(&self, key: &SessionKey, reply: Reply) -> Result<Option<Record>> {
         match reply {
+            (4, ..) => Err(not_a_record(key)),
             (3, length, ..) => Err(Error::new(
                 ErrorKind::Corrupt,
                 format!(
@@ -671,6 +756,29 @@ impl RedisStore {
         Ok((self.decode(key, reply)?, sha))
     }
 
+    /// Best effort, for a request that stops trying to take a lock: leaves the waiters and
+    /// gives back the lock if the last try took it after all. Failures are the server's
+    /// (the waiter drops out of the count within [`STALE_WAITER`], a lock at most at the
+    /// end of its lease).
+    fn give_up(&self, keys: &Keys, token: &str) {
+        let scripts = &self.server.scripts;
+        let _ = self.server.run("giving up a wait", |con| {
+            scripts
+                .leave
+                .key(&keys.waiting)
+                .arg(token)
+                .invoke::<i64>(con.like())?;
+            scripts
+                .release
+                .key(&keys.lock)
+                .key(&keys.wake)
+                .key(&keys.waiting)
+                .arg(token)
+                .arg(millis(MAX_WAIT_SLICE))
+                .invoke::<i64>(con.like())
+        });
+    }
+
     fn too_many_waiters(key: &SessionKey) -> Error {
         Error::new(
             ErrorKind::LockTimeout,
@@ -685,25 +793,42 @@ impl Store for RedisStore {
         let keys = Keys::of(key);
         let token = token()?;
         let lease = millis(options.lease);
-        let waiting_ttl = millis(options.timeout.min(Duration::from_secs(3600))) + lease;
-        let mut queue = if options.timeout.is_zero() { 0 } else { 1 };
+        let queue = if options.timeout.is_zero() { 0 } else { 1 };
         let scripts = &self.server.scripts;
         loop {
-            let reply: Reply = self.server.run("taking a session's lock", |con| {
-                scripts
-                    .acquire
-                    .key(&keys.record)
-                    .key(&keys.lock)
-                    .key(&keys.waiting)
-                    .arg(&token)
-                    .arg(lease)
-                    .arg(queue)
-                    .arg(MAX_WAITERS)
-                    .arg(waiting_ttl)
-                    .arg(self.max_bytes)
-                    .invoke(con.like())
-            })?;
+            let acquired: Result<Reply> = self.server.run_or_undo(
+                "taking a session's lock",
+                |con| {
+                    scripts
+                        .acquire
+                        .key(&keys.record)
+                        .key(&keys.lock)
+                        .key(&keys.waiting)
+                        .arg(&token)
+                        .arg(lease)
+                        .arg(queue)
+                        .arg(MAX_WAITERS)
+                        .arg(millis(STALE_WAITER))
+                        .arg(self.max_bytes)
+                        .invoke(con.like())
+                },
+                // A stalled server runs the script late, and would give the lock to a token
+                // nobody holds for a whole lease: the release follows it on the same
+                // connection (sent now, run right after it).
+                |con| {
+                    let _ = release_command(&keys, &token).query::<i64>(con.like());
+                },
+            );
+            let reply = match acquired {
+                Ok(reply) => reply,
+                Err(e) => {
+                    self.give_up(&keys, &token);
+                    return Err(e);
+                }
+            };
             match reply.0 {
+                // Not a record: no lock was taken, and the session reads as damaged.
+                4 => return Err(not_a_record(key)),
                 1 | 3 => {
                     let seen = reply.3.clone().filter(|sha| !sha.is_empty());
                     let loaded = self.decode(key, reply);
@@ -722,18 +847,10 @@ impl Store for RedisStore {
                 2 => return Err(RedisStore::too_many_waiters(key)),
                 _ => {}
             }
-            if queue == 1 {
-                queue = 2;
-            }
             let left = match time_left(deadline, key) {
                 Ok(left) => left,
                 Err(e) => {
-                    if queue == 2 {
-                        // Best effort: the count also expires on its own.
-                        let _ = self.server.run("leaving the waiters", |con| {
-                            scripts.leave.key(&keys.waiting).invoke::<i64>(con.like())
-                        });
-                    }
+                    self.give_up(&keys, &token);
                     return Err(e);
                 }
             };
@@ -747,7 +864,7 @@ impl Store for RedisStore {
                 wait = wait.min(left);
             }
             let wait = wait.max(Duration::from_millis(10));
-            self.server.run("waiting for a session's lock", |con| {
+            let waited = self.server.run("waiting for a session's lock", |con| {
                 // The server answers after `wait`: the read must not time out first, or
                 // the next command would queue behind the BLPOP still blocked there.
                 con.set_read_timeout(wait + COMMAND_TIMEOUT)?;
@@ -757,7 +874,11 @@ impl Store for RedisStore {
                     .query(con.like());
                 con.set_read_timeout(COMMAND_TIMEOUT)?;
                 woken.map(|_| ())
-            })?;
+            });
+            if let Err(e) = waited {
+                self.give_up(&keys, &token);
+                return Err(e);
+            }
         }
     }
 
@@ -811,10 +932,19 @@ impl Admin for RedisStore {
 
     fn inspect(&self, key: &SessionKey) -> Result<Option<Listed>> {
         let record = Keys::of(key).record;
-        let (length, prefix): (u64, Option<Vec<u8>>) =
+        let (length, prefix): (i64, Option<Vec<u8>>) =
             self.server.run("looking at a session", |con| {
                 self.server.scripts.head.key(&record).invoke(con.like())
             })?;
+        if length < 0 {
+            return Ok(Some(admin::unreadable(
+                key,
+                Error::new(
+                    ErrorKind::Corrupt,
+                    "its key holds something else than a record",
+                ),
+            )));
+        }
         let Some(prefix) = prefix else {
             return Ok(None);
         };
@@ -834,7 +964,7 @@ impl Admin for RedisStore {
         Ok(Some(Listed::Session {
             key: key.clone(),
             meta,
-            bytes: length,
+            bytes: length.unsigned_abs(),
             footprint: None,
         }))
     }
