@@ -826,7 +826,10 @@ fn a_site_moves_from_files_to_redis_under_load_and_no_count_is_lost() {
         "{first}\n{second}\n{third}"
     );
     assert!(third.contains("20 already there"), "{third}");
-    // The site switches to Redis: every count goes on from where the files left it.
+    // The site switches to Redis: every count goes on from where the files left it. (Last
+    // saves are dated to the second, and within one second the copy wins: a real switch
+    // takes longer than the one-second gap left here.)
+    std::thread::sleep(Duration::from_millis(1_100));
     let mut moved = Site::new(RELOAD);
     moved.set("PSOSessionStore", redis.url());
     for cookie in cookies.iter() {

@@ -97,11 +97,14 @@ pub trait Admin: Store {
 
     /// Everything the store holds (of `service` only, if given: other services' sessions are
     /// passed over unread), streamed: memory does not grow with the store. No lock is taken
-    /// and nothing is changed.
+    /// and nothing is changed. The default, for a store that holds nothing but sessions,
+    /// looks at each key [`Store::keys`] lists with [`Admin::inspect`].
     fn list<'a>(
         &'a self,
         service: Option<&'a ServiceId>,
-    ) -> Result<Box<dyn Iterator<Item = Result<Listed>> + 'a>>;
+    ) -> Result<Box<dyn Iterator<Item = Result<Listed>> + 'a>> {
+        listed_keys(self, service)
+    }
 
     /// What [`Admin::list`] shows of one session; `None` if the store has nothing under
     /// `key`.
@@ -150,7 +153,7 @@ pub(crate) fn unreadable(key: &SessionKey, error: Error) -> Listed {
 
 /// A listing of keys from [`Store::keys`], each looked at with [`Admin::inspect`]: for a
 /// store that lists nothing but sessions.
-pub(crate) fn listed_keys<'a, A: Admin + ?Sized>(
+fn listed_keys<'a, A: Admin + ?Sized>(
     store: &'a A,
     service: Option<&'a ServiceId>,
 ) -> Result<Box<dyn Iterator<Item = Result<Listed>> + 'a>> {

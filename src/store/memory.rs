@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::expiry::unix_secs;
 use crate::id::ServiceId;
 use crate::record::Record;
-use crate::store::admin::{Admin, Finding, Listed, Severity, listed_keys};
+use crate::store::admin::{Admin, Finding, Listed, Severity};
 use crate::store::{
     GcOutcome, GcReport, LockOptions, LockedSession, SessionKey, Store, deleted_error,
     lock_deadline, time_left,
@@ -241,13 +241,6 @@ impl Drop for MemoryLock {
 impl Admin for MemoryStore {
     fn place(&self) -> String {
         "memory".to_owned()
-    }
-
-    fn list<'a>(
-        &'a self,
-        service: Option<&'a ServiceId>,
-    ) -> Result<Box<dyn Iterator<Item = Result<Listed>> + 'a>> {
-        listed_keys(self, service)
     }
 
     fn inspect(&self, key: &SessionKey) -> Result<Option<Listed>> {

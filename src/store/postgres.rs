@@ -136,7 +136,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::from_unix_secs;
 use crate::id::{ServiceId, SessionId};
 use crate::record::{MAX_RECORD_BYTES, Meta, Record};
-use crate::store::admin::{Admin, Finding, Listed, Severity, listed_keys};
+use crate::store::admin::{Admin, Finding, Listed, Severity};
 use crate::store::{
     GcOutcome, GcReport, LockOptions, LockedSession, ServerKind, ServerUrl, SessionKey, Store,
     deleted_error,
@@ -862,13 +862,6 @@ impl Store for PostgresStore {
 impl Admin for PostgresStore {
     fn place(&self) -> String {
         self.server.shown.clone()
-    }
-
-    fn list<'a>(
-        &'a self,
-        service: Option<&'a ServiceId>,
-    ) -> Result<Box<dyn Iterator<Item = Result<Listed>> + 'a>> {
-        listed_keys(self, service)
     }
 
     fn inspect(&self, key: &SessionKey) -> Result<Option<Listed>> {

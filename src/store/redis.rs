@@ -35,7 +35,7 @@ use redis::{Connection, ConnectionInfo, ConnectionLike, IntoConnectionInfo, Redi
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{ServiceId, SessionId};
 use crate::record::{MAX_RECORD_BYTES, Meta, Record};
-use crate::store::admin::{self, Admin, Finding, Listed, Severity, listed_keys};
+use crate::store::admin::{self, Admin, Finding, Listed, Severity};
 use crate::store::{
     GcOutcome, GcReport, LockOptions, LockedSession, ServerKind, ServerUrl, SessionKey, Store,
     deleted_error, lock_deadline, time_left,
@@ -921,13 +921,6 @@ impl Store for RedisStore {
 impl Admin for RedisStore {
     fn place(&self) -> String {
         self.server.shown.clone()
-    }
-
-    fn list<'a>(
-        &'a self,
-        service: Option<&'a ServiceId>,
-    ) -> Result<Box<dyn Iterator<Item = Result<Listed>> + 'a>> {
-        listed_keys(self, service)
     }
 
     fn inspect(&self, key: &SessionKey) -> Result<Option<Listed>> {

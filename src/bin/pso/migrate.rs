@@ -3,7 +3,8 @@
 //! anyone out.
 //!
 //! A copy never overwrites a newer session: a session is copied when the target has none, or
-//! an older one (by its last save). So the command is idempotent and can be stopped and run
+//! another one saved no later (by its last save, dated to the second; within one second the
+//! source wins). So the command is idempotent and can be stopped and run
 //! again; run it once before switching `PSOSessionStore`, and once right after, to carry over
 //! what changed in the old store meanwhile. Sessions the target already has newer (used there
 //! since the switch) are left as they are.
@@ -159,8 +160,13 @@ fn copy(
         return Ok(Copied::Gone);
     };
     let mut target = to.lock(key, LockOptions::new(timeout))?;
+    // Last saves are dated to the second: within one, the source wins. Before the switch the
+    // source is live and changes every second; after it, the target is, and a visitor rarely
+    // uses both stores within the same second.
     let copied = match target.load() {
-        Ok(Some(there)) if there.meta.last_access >= record.meta.last_access => Copied::Kept,
+        Ok(Some(there)) if there == record || there.meta.last_access > record.meta.last_access => {
+            Copied::Kept
+        }
         // Missing, older, or unreadable in the target: the source's is the one to keep.
         _ => {
             target.save_and_release(&record)?;
