@@ -6,6 +6,8 @@
 //! cargo bench --bench cgi -- --dir /tmp/sessions --baseline c-counter name=path ...
 //! ```
 //!
+//! `--env NAME=VALUE` after a program sets a variable for it (e.g. `PSOSessionStore`).
+//!
 //! A program named `php…` is `php-cgi` running `bench/php/counter.php`.
 
 use std::collections::BTreeMap;
@@ -18,6 +20,8 @@ struct Program {
     path: PathBuf,
     /// The cookie of a returning visitor, learnt from a first visit.
     cookie: Option<String>,
+    /// Variables of its own (`--env`).
+    env: Vec<(String, String)>,
 }
 
 fn command(program: &Program, dir: &Path, cookie: Option<&str>) -> Command {
@@ -41,6 +45,7 @@ fn command(program: &Program, dir: &Path, cookie: Option<&str>) -> Command {
     if let Some(cookie) = cookie {
         command.env("HTTP_COOKIE", cookie);
     }
+    command.envs(program.env.iter().map(|(name, value)| (name, value)));
     command
 }
 
@@ -86,12 +91,21 @@ fn main() {
             "--runs" => runs = args.next().and_then(|n| n.parse().ok()).expect("--runs N"),
             "--baseline" => baseline = args.next().expect("--baseline NAME"),
             "--label" => label = args.next().expect("--label TEXT"),
+            "--env" => {
+                let pair = args.next().expect("--env NAME=VALUE");
+                let (name, value) = pair.split_once('=').expect("--env NAME=VALUE");
+                programs
+                    .last_mut()
+                    .map(|program: &mut Program| program.env.push((name.into(), value.into())))
+                    .expect("--env after a program");
+            }
             _ => {
                 let (name, path) = arg.split_once('=').expect("NAME=PATH");
                 programs.push(Program {
                     name: name.to_owned(),
                     path: PathBuf::from(path),
                     cookie: None,
+                    env: Vec::new(),
                 });
             }
         }

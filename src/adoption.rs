@@ -495,7 +495,7 @@ impl<'a> Adoption<'a> {
     }
 
     fn lock_options(&self) -> LockOptions {
-        LockOptions::new(self.config.lock_timeout)
+        LockOptions::new(self.config.lock_timeout).with_lease(self.config.lock_lease)
     }
 
     /// Reads and judges what `loaded` gave for `key`; the user to repair, if any.

@@ -3,18 +3,41 @@
 //! Every variable has a safe default. A value that does not parse is reported with the
 //! variable's name and what was expected, and the default is used: a typo in a config file must
 //! not take a site down, nor make it less safe.
+//!
+//! Each variable has one home, its entry in [`VARIABLES`]: its names, meaning, default and what
+//! it takes, which environment it is read from ([`Scope`]), and how tools show the value in
+//! effect ([`Variable::show`]). Typo detection, `pso config` and the README's tables (a test
+//! holds them to it) all go through the table, so a variable cannot be known to one and not
+//! another.
+//!
+//! Reading stays typed and by hand, one reader per scope: [`Config`]'s reader for a request's
+//! variables, the logger for the level, [`fastcgi::Limits`](crate::fastcgi::Limits) and the
+//! listener for the FastCGI server's; each takes its names, and the text of its messages, from
+//! the table entry it reads. A parser per entry in the table would need one type for every
+//! value (or `Any`), and the settings depend on one another (a cookie prefix changes what
+//! `Secure` may be), so the table says who reads a variable and the tests prove that each entry
+//! is read exactly once. Showing is a plain `fn` in each entry instead, because every entry
+//! must have one: an entry without it does not compile, where a `match` on names in `pso
+//! config` used to drop a new variable silently.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use cookie::SameSite;
+use log::LevelFilter;
 
 use crate::cookies::{CookieSettings, SecureMode};
 use crate::environment::{Environment, PsoVariables};
 use crate::expiry::Expiry;
+use crate::fastcgi::{Limits, Listener};
 use crate::id::{ServiceId, SessionId};
 use crate::record::MAX_RECORD_BYTES;
-use crate::store::FileStore;
+use crate::store::{FileStore, StoreLocation};
+
+mod shown;
+
+use shown::{bytes, expiry, on_off, probability, seconds};
 
 /// Default `PSOSessionLockTimeout`.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +52,11 @@ const MAX_BODY_BYTES: u64 = 1 << 40;
 /// Default `PSOSessionRegenerateGrace`: long enough for requests already on their way (PHP's
 /// manual warns that deleting the old id at once drops them on a flaky connection).
 const DEFAULT_REGENERATE_GRACE: Duration = Duration::from_secs(5);
+/// Default `PSOSessionLockLease`: PHP's Redis handler holds its lock as long
+/// (`max_execution_time`).
+const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
+const MIN_LOCK_LEASE: Duration = Duration::from_secs(1);
+const MAX_LOCK_LEASE: Duration = Duration::from_secs(3600);
 /// Longest `PSOSessionRegenerateGrace` accepted: the old id is a credential while it lasts.
 const MAX_REGENERATE_GRACE: Duration = Duration::from_secs(300);
 /// Default `PSOSessionGCMaxLifetime`: one day.
@@ -36,18 +64,27 @@ const DEFAULT_GC_MAX_LIFETIME: Duration = Duration::from_secs(86_400);
 /// Longest `PSOCookieSession_Path` accepted, so the cookie stays far below 4096 bytes.
 const MAX_COOKIE_PATH: usize = 512;
 
-/// One configuration variable pso reads: its name, what it does, its default and what it takes.
+/// One configuration variable pso reads: its name, what it does, its default, what it takes,
+/// where it is read and how its value in effect is shown.
 ///
-/// [`VARIABLES`] lists them all; tools such as `pso config` print it, and typo detection reads
-/// it, so the list lives in one place.
+/// [`VARIABLES`] lists them all; typo detection and tools such as `pso config` read it, so
+/// the list lives in one place.
 ///
 /// ```
 /// let expire = pso::VARIABLES.iter().find(|v| v.name == "PSOSessionExpire").unwrap();
 /// assert_eq!(expire.default, "browser close");
 /// assert!(expire.also.contains(&"PSOSessionExpires"));
+/// assert_eq!(expire.scope, pso::Scope::Request);
 /// assert!(pso::Variable::find("PSOCookieSession_Max_Age").is_some_and(|v| v.name == "PSOCookieSession_Max-Age"));
+///
+/// // The value in effect, as `pso config` shows it.
+/// let env = pso::Environment::from_pairs([("PSOSessionExpire", "15*60")]);
+/// let (settings, problems) = pso::Settings::from_env_checked(&env);
+/// assert!(problems.is_empty());
+/// let shown = (expire.show)(&settings, Some("15*60"), std::time::SystemTime::now());
+/// assert_eq!(shown.value, "900 s (15m)");
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct Variable {
     /// The name, as documented.
@@ -60,7 +97,26 @@ pub struct Variable {
     pub default: &'static str,
     /// What a valid value looks like, for messages about invalid ones.
     pub expected: &'static str,
+    /// Which environment it is read from, and by what.
+    pub scope: Scope,
+    /// Whether the value as set may hold a password (a store's URL): tools then print only
+    /// the value in effect, which [`Variable::show`] gives without it.
+    pub secret: bool,
+    /// The value in effect as people read it (`900 s (15m)`, `1/100 (1%)`), with a warning when
+    /// it is valid but probably not what was meant: from what a program read
+    /// ([`Settings`]), the value as set (if it is), and the time now (an HTTP date is shown
+    /// with the time left).
+    pub show: fn(&Settings, Option<&str>, SystemTime) -> Shown,
 }
+
+impl PartialEq for Variable {
+    /// One name, one variable.
+    fn eq(&self, other: &Variable) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Variable {}
 
 impl Variable {
     /// The variable read under `name`: its documented name or one of its other spellings,
@@ -77,12 +133,65 @@ impl Variable {
     }
 }
 
+/// Where a variable is read from.
+///
+/// ```
+/// let workers = pso::Variable::find("PSO_FCGI_WORKERS").unwrap();
+/// assert_eq!(workers.scope, pso::Scope::FastCgi);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scope {
+    /// Read by [`Config`] for each request: under CGI from the environment, under FastCGI from
+    /// the request's parameters over the process environment.
+    Request,
+    /// Read once, from the process environment, when the program starts: under FastCGI a
+    /// request's parameters do not change it.
+    Process,
+    /// The FastCGI server's: read once, from the process environment, when it starts
+    /// ([`fastcgi::Limits`](crate::fastcgi::Limits), where to listen). Unused under CGI.
+    FastCgi,
+}
+
+/// A variable's value in effect, as [`Variable::show`] puts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Shown {
+    /// The value pso uses, as people write it: `900 s (15m)`, `1/100 (1%)`, `on`.
+    pub value: String,
+    /// Why the value, valid, is probably not what was meant (`Secure` off, a date passed).
+    pub warning: Option<String>,
+}
+
+impl Shown {
+    fn new(value: impl Into<String>) -> Shown {
+        Shown {
+            value: value.into(),
+            warning: None,
+        }
+    }
+
+    fn warning(mut self, warning: impl Into<String>) -> Shown {
+        self.warning = Some(warning.into());
+        self
+    }
+}
+
 const SERVICE_ID: Variable = Variable {
     name: "PSOServiceId",
     also: &[],
     meaning: "the session cookie's name and the sessions' namespace",
     default: "the script's name without extension, else pso",
     expected: "1-64 of A-Z a-z 0-9 _ -",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| {
+        let config = &settings.config;
+        Shown::new(format!(
+            "{} (the cookie's name: {})",
+            config.service, config.cookie.name
+        ))
+    },
 };
 const SESSION_EXPIRE: Variable = Variable {
     name: "PSOSessionExpire",
@@ -90,6 +199,9 @@ const SESSION_EXPIRE: Variable = Variable {
     meaning: "the lifetime of a new session, counted from its creation",
     default: "browser close",
     expected: "a duration (900, 15*60, +30m, 2h) or an HTTP date; 0 for browser close",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, now| expiry(settings.config.lifetime, now),
 };
 const SESSION_DIR: Variable = Variable {
     name: "PSOSessionFileLoader_Path",
@@ -97,6 +209,9 @@ const SESSION_DIR: Variable = Variable {
     meaning: "the session directory",
     default: "<temp dir>/pso-<uid>",
     expected: "an absolute path",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| Shown::new(settings.config.session_dir.display().to_string()),
 };
 const LOCK_TIMEOUT: Variable = Variable {
     name: "PSOSessionLockTimeout",
@@ -104,6 +219,48 @@ const LOCK_TIMEOUT: Variable = Variable {
     meaning: "the longest wait for a session another request holds; then a 503",
     default: "30 s",
     expected: "a duration from 0 to 1 hour, like 30 or 1m",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| Shown::new(seconds(settings.config.lock_timeout)),
+};
+const LOCK_LEASE: Variable = Variable {
+    name: "PSOSessionLockLease",
+    also: &[],
+    meaning: "how long a lock on a server store (Redis, PostgreSQL) lasts unless its request renews it: a killed request blocks its session at most this long",
+    default: "30 s",
+    expected: "a duration from 1 second to 1 hour, like 30 or 2m",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| Shown::new(seconds(settings.config.lock_lease)),
+};
+const STORE: Variable = Variable {
+    name: "PSOSessionStore",
+    also: &[],
+    meaning: "where sessions are kept: files (in PSOSessionFileLoader_Path), or a server's URL",
+    default: "files",
+    expected: "files, redis://host:port/db, rediss://..., redis+unix:///path, redis+cluster://h1:p1,h2:p2, postgres://...",
+    scope: Scope::Request,
+    secret: true,
+    // Printed without its password.
+    show: |settings, _, _| Shown::new(settings.config.store.to_string()),
+};
+const STORE_PASSWORD_FILE: Variable = Variable {
+    name: "PSOSessionStorePasswordFile",
+    also: &[],
+    meaning: "a file holding the password of PSOSessionStore's server (yours, not readable by others), instead of the URL",
+    default: "none",
+    expected: "an absolute path",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| {
+        Shown::new(
+            settings
+                .config
+                .store_password_file
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |path| path.display().to_string()),
+        )
+    },
 };
 const SYNC: Variable = Variable {
     name: "PSOSessionSync",
@@ -111,6 +268,9 @@ const SYNC: Variable = Variable {
     meaning: "sync every save to the disk (the file's data, and the directory when a file is created, renamed or removed)",
     default: "off",
     expected: "on or off",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| on_off(settings.config.sync),
 };
 const REGENERATE_GRACE: Variable = Variable {
     name: "PSOSessionRegenerateGrace",
@@ -118,6 +278,9 @@ const REGENERATE_GRACE: Variable = Variable {
     meaning: "how long the old id still leads to the session after regenerate_id(), for requests already under way",
     default: "5 s",
     expected: "a duration from 0 to 5 minutes, like 5 or 30s",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| Shown::new(seconds(settings.config.regenerate_grace)),
 };
 const CHECK_IP: Variable = Variable {
     name: "PSOSessionCheckIP",
@@ -125,6 +288,9 @@ const CHECK_IP: Variable = Variable {
     meaning: "adopt a session only from the client address it was created from",
     default: "off",
     expected: "on or off",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| on_off(settings.config.check_ip),
 };
 const URL_IDS: Variable = Variable {
     name: "PSOSessionUrl",
@@ -132,6 +298,9 @@ const URL_IDS: Variable = Variable {
     meaning: "read the session id from the query string when no cookie came back (weaker: ids leak through links, Referer and logs)",
     default: "off",
     expected: "on or off",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| on_off(settings.config.url_ids),
 };
 const LAZY: Variable = Variable {
     name: "PSOSessionLazy",
@@ -139,6 +308,9 @@ const LAZY: Variable = Variable {
     meaning: "store a session only once it holds a value, and delete it (revoking its cookie) once it holds none",
     default: "on",
     expected: "on or off",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| on_off(settings.config.lazy),
 };
 const MAX_BYTES: Variable = Variable {
     name: "PSOSessionMaxBytes",
@@ -146,6 +318,9 @@ const MAX_BYTES: Variable = Variable {
     meaning: "the largest session record stored or read",
     default: "1048576 bytes (1 MiB)",
     expected: "a size from 1024 to 67108864 bytes, like 1048576 or 1024*1024",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| Shown::new(bytes(settings.config.max_bytes)),
 };
 const GC_PROBABILITY: Variable = Variable {
     name: "PSOSessionGCProbability",
@@ -153,6 +328,9 @@ const GC_PROBABILITY: Variable = Variable {
     meaning: "the share of requests that also delete expired sessions",
     default: "1/100",
     expected: "a probability like 1/100, 0.01 or 1%; 0 turns collection off",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| Shown::new(probability(settings.config.gc_probability)),
 };
 const SESSION_IDLE: Variable = Variable {
     name: "PSOSessionIdle",
@@ -160,6 +338,16 @@ const SESSION_IDLE: Variable = Variable {
     meaning: "how long a session may go unused before it is dead on the server, however long its lifetime",
     default: "none (only the lifetime)",
     expected: "a duration like 900, 15*60 or 30m; 0 for none",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| {
+        Shown::new(
+            settings
+                .config
+                .idle
+                .map_or_else(|| "none (only the lifetime)".to_owned(), seconds),
+        )
+    },
 };
 const GC_MAX_LIFETIME: Variable = Variable {
     name: "PSOSessionGCMaxLifetime",
@@ -167,6 +355,9 @@ const GC_MAX_LIFETIME: Variable = Variable {
     meaning: "how long a browser-close session lives on the server unused",
     default: "86400 s (1d)",
     expected: "a duration like 86400 or 24h",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| Shown::new(seconds(settings.config.gc_max_lifetime)),
 };
 const COOKIE_DOMAIN: Variable = Variable {
     name: "PSOCookieSession_Domain",
@@ -174,6 +365,9 @@ const COOKIE_DOMAIN: Variable = Variable {
     meaning: "the cookie's Domain",
     default: "none (this host only)",
     expected: "a host name like example.org",
+    scope: Scope::Request,
+    secret: false,
+    show: shown::cookie_domain,
 };
 const COOKIE_PATH: Variable = Variable {
     name: "PSOCookieSession_Path",
@@ -181,6 +375,9 @@ const COOKIE_PATH: Variable = Variable {
     meaning: "the cookie's Path",
     default: "/",
     expected: "a path starting with / without ; or control characters",
+    scope: Scope::Request,
+    secret: false,
+    show: shown::cookie_path,
 };
 const COOKIE_SECURE: Variable = Variable {
     name: "PSOCookieSession_Secure",
@@ -188,6 +385,9 @@ const COOKIE_SECURE: Variable = Variable {
     meaning: "the cookie's Secure; auto: when the request came over HTTPS",
     default: "auto",
     expected: "on, off or auto",
+    scope: Scope::Request,
+    secret: false,
+    show: shown::cookie_secure,
 };
 const COOKIE_HTTP_ONLY: Variable = Variable {
     name: "PSOCookieSession_HttpOnly",
@@ -195,6 +395,16 @@ const COOKIE_HTTP_ONLY: Variable = Variable {
     meaning: "the cookie's HttpOnly: page scripts cannot read it",
     default: "on",
     expected: "on or off",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| {
+        let shown = on_off(settings.config.cookie.http_only);
+        if settings.config.cookie.http_only {
+            shown
+        } else {
+            shown.warning("page scripts (and cross-site scripting) can read the session id")
+        }
+    },
 };
 const COOKIE_SAME_SITE: Variable = Variable {
     name: "PSOCookieSession_SameSite",
@@ -202,6 +412,9 @@ const COOKIE_SAME_SITE: Variable = Variable {
     meaning: "the cookie's SameSite (None forces Secure)",
     default: "Lax",
     expected: "Strict, Lax or None",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| Shown::new(settings.config.cookie.same_site.to_string()),
 };
 const COOKIE_MAX_AGE: Variable = Variable {
     name: "PSOCookieSession_Max-Age",
@@ -209,6 +422,9 @@ const COOKIE_MAX_AGE: Variable = Variable {
     meaning: "a cookie lifetime that overrides the session's own, in the cookie only",
     default: "none (follows PSOSessionExpire)",
     expected: "a duration like 3600 or 1h; 0 for browser close",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, now| shown::cookie_lifetime(settings.config.cookie.max_age, now),
 };
 const COOKIE_EXPIRES: Variable = Variable {
     name: "PSOCookieSession_expires",
@@ -216,6 +432,9 @@ const COOKIE_EXPIRES: Variable = Variable {
     meaning: "a cookie expiry that overrides the session's own, in the cookie only",
     default: "none (follows PSOSessionExpire)",
     expected: "a duration or an HTTP date; 0 for browser close",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, now| shown::cookie_lifetime(settings.config.cookie.expires, now),
 };
 const COOKIE_PREFIX: Variable = Variable {
     name: "PSOCookieSession_Prefix",
@@ -223,6 +442,9 @@ const COOKIE_PREFIX: Variable = Variable {
     meaning: "a prefix of the cookie's name that browsers enforce",
     default: "none",
     expected: "__Host- or __Secure-",
+    scope: Scope::Request,
+    secret: false,
+    show: shown::cookie_prefix,
 };
 const COOKIE_COMMENT: Variable = Variable {
     name: "PSOCookieSession_Comment",
@@ -230,6 +452,9 @@ const COOKIE_COMMENT: Variable = Variable {
     meaning: "obsolete since RFC 6265: accepted and ignored",
     default: "none",
     expected: "anything (ignored)",
+    scope: Scope::Request,
+    secret: false,
+    show: shown::obsolete,
 };
 const COOKIE_VERSION: Variable = Variable {
     name: "PSOCookieSession_Version",
@@ -237,6 +462,9 @@ const COOKIE_VERSION: Variable = Variable {
     meaning: "obsolete since RFC 6265: accepted and ignored",
     default: "none",
     expected: "anything (ignored)",
+    scope: Scope::Request,
+    secret: false,
+    show: shown::obsolete,
 };
 const MAX_BODY: Variable = Variable {
     name: "PSOMaxBodyBytes",
@@ -244,23 +472,122 @@ const MAX_BODY: Variable = Variable {
     meaning: "the largest request body a handler is given; more gets a 413",
     default: "1048576 bytes (1 MiB)",
     expected: "a size in bytes, like 1048576 or 8*1024*1024",
+    scope: Scope::Request,
+    secret: false,
+    show: |settings, _, _| Shown::new(bytes(settings.config.max_body)),
 };
-const LOG_LEVEL: Variable = Variable {
+pub(crate) const LOG_LEVEL: Variable = Variable {
     name: "PSOLogLevel",
     also: &[],
     meaning: "how much pso writes to the server's error log",
     default: "warn",
     expected: "off, error, warn, info, debug or trace",
+    scope: Scope::Process,
+    secret: false,
+    show: |settings, _, _| Shown::new(settings.log_level.as_str().to_ascii_lowercase()),
 };
 
-/// Every variable pso reads from a request's environment, in the README's order. The session
-/// id forced by a variable named like the service id is not among them: its name is yours.
+// `PSO_FCGI_WORKERS` and `PSO_FCGI_MAX_CONNS` take a count from 1 to their bound,
+// `PSO_FCGI_*_TIMEOUT` a duration from 1 second to a day: the bounds themselves are where
+// `Limits` is built, and a test holds these texts to them.
+pub(crate) const FCGI_BIND: Variable = Variable {
+    name: "PSO_FCGI_BIND",
+    also: &[],
+    meaning: "where a FastCGI program listens when it was not started on a socket",
+    default: "none",
+    expected: "unix:/path, host:port, or a port (:9000 or 9000, on loopback)",
+    scope: Scope::FastCgi,
+    secret: false,
+    show: |settings, value, _| match (&settings.bind, value) {
+        (Some(spec), _) => Shown::new(spec.clone()),
+        (None, Some(_)) => Shown::new("unusable: the program stops at start"),
+        (None, None) => Shown::new("none"),
+    },
+};
+pub(crate) const FCGI_WORKERS: Variable = Variable {
+    name: "PSO_FCGI_WORKERS",
+    also: &[],
+    meaning: "worker threads: requests handled at once",
+    default: "twice the cores (at least 2)",
+    expected: "a number from 1 to 1024",
+    scope: Scope::FastCgi,
+    secret: false,
+    show: |settings, _, _| Shown::new(settings.limits.workers.to_string()),
+};
+pub(crate) const FCGI_MAX_CONNS: Variable = Variable {
+    name: "PSO_FCGI_MAX_CONNS",
+    also: &[],
+    meaning: "open connections; past it, new ones wait in the backlog",
+    default: "1024",
+    expected: "a number from 1 to 1048576",
+    scope: Scope::FastCgi,
+    secret: false,
+    show: |settings, _, _| Shown::new(settings.limits.max_conns.to_string()),
+};
+pub(crate) const FCGI_FIRST_BYTE_TIMEOUT: Variable = Variable {
+    name: "PSO_FCGI_FIRST_BYTE_TIMEOUT",
+    also: &[],
+    meaning: "how long a new connection may send nothing",
+    default: "5 s",
+    expected: "a duration from 1 second to 1 day, like 10 or 1m",
+    scope: Scope::FastCgi,
+    secret: false,
+    show: |settings, _, _| Shown::new(seconds(settings.limits.first_byte_timeout)),
+};
+pub(crate) const FCGI_HEADER_TIMEOUT: Variable = Variable {
+    name: "PSO_FCGI_HEADER_TIMEOUT",
+    also: &[],
+    meaning: "how long a request may take to send its parameters",
+    default: "10 s",
+    expected: "a duration from 1 second to 1 day, like 10 or 1m",
+    scope: Scope::FastCgi,
+    secret: false,
+    show: |settings, _, _| Shown::new(seconds(settings.limits.header_timeout)),
+};
+pub(crate) const FCGI_IDLE_TIMEOUT: Variable = Variable {
+    name: "PSO_FCGI_IDLE_TIMEOUT",
+    also: &[],
+    meaning: "how long a kept connection may wait between requests",
+    default: "60 s (1m)",
+    expected: "a duration from 1 second to 1 day, like 10 or 1m",
+    scope: Scope::FastCgi,
+    secret: false,
+    show: |settings, _, _| Shown::new(seconds(settings.limits.idle_timeout)),
+};
+pub(crate) const FCGI_IO_TIMEOUT: Variable = Variable {
+    name: "PSO_FCGI_IO_TIMEOUT",
+    also: &[],
+    meaning: "how long a read of the body or a write of the response may stall",
+    default: "30 s",
+    expected: "a duration from 1 second to 1 day, like 10 or 1m",
+    scope: Scope::FastCgi,
+    secret: false,
+    show: |settings, _, _| Shown::new(seconds(settings.limits.io_timeout)),
+};
+pub(crate) const FCGI_REQUEST_TIMEOUT: Variable = Variable {
+    name: "PSO_FCGI_REQUEST_TIMEOUT",
+    also: &[],
+    meaning: "how long reading a request's body and writing its response may take in all",
+    default: "60 s (1m)",
+    expected: "a duration from 1 second to 1 day, like 10 or 1m",
+    scope: Scope::FastCgi,
+    secret: false,
+    show: |settings, _, _| Shown::new(seconds(settings.limits.request_timeout)),
+};
+
+/// Every variable pso reads, in the README's order: a request's ([`Scope::Request`]), the
+/// process's ([`Scope::Process`]), then the FastCGI server's ([`Scope::FastCgi`], in the
+/// README's table of FastCGI settings). The session id forced by a variable named like the
+/// service id is not among them: its name is yours.
 pub const VARIABLES: &[Variable] = &[
     SERVICE_ID,
     SESSION_EXPIRE,
     SESSION_IDLE,
     SESSION_DIR,
+    STORE,
+    STORE_PASSWORD_FILE,
     LOCK_TIMEOUT,
+    LOCK_LEASE,
     SYNC,
     LAZY,
     REGENERATE_GRACE,
@@ -281,6 +608,14 @@ pub const VARIABLES: &[Variable] = &[
     COOKIE_VERSION,
     MAX_BODY,
     LOG_LEVEL,
+    FCGI_BIND,
+    FCGI_WORKERS,
+    FCGI_MAX_CONNS,
+    FCGI_FIRST_BYTE_TIMEOUT,
+    FCGI_HEADER_TIMEOUT,
+    FCGI_IDLE_TIMEOUT,
+    FCGI_IO_TIMEOUT,
+    FCGI_REQUEST_TIMEOUT,
 ];
 
 /// The name of every variable pso reads, in every spelling, for spotting typos.
@@ -460,8 +795,14 @@ pub struct Config {
     pub lifetime: Expiry,
     /// `PSOSessionFileLoader_Path`: the session directory.
     pub session_dir: PathBuf,
+    /// `PSOSessionStore`: where sessions are kept.
+    pub store: StoreLocation,
+    /// `PSOSessionStorePasswordFile`: where the store's password is, if not in its URL.
+    pub store_password_file: Option<PathBuf>,
     /// `PSOSessionLockTimeout`: the longest wait for a session's lock.
     pub lock_timeout: Duration,
+    /// `PSOSessionLockLease`: how long a server store's lock lasts unless renewed.
+    pub lock_lease: Duration,
     /// `PSOSessionSync`: fsync files and directory on every save.
     pub sync: bool,
     /// `PSOSessionMaxBytes`: the largest session record stored or read.
@@ -501,14 +842,75 @@ impl Config {
 
     /// Reads the configuration and returns the problems instead of logging them.
     pub fn from_env_checked(env: &Environment) -> (Config, Vec<ConfigProblem>) {
-        let mut reader = Reader {
-            env,
-            pso: env.pso_variables(),
-            problems: Vec::new(),
-        };
+        let mut reader = Reader::new(env);
         let config = reader.config();
         reader.flag_unknown_variables();
         (config, reader.problems)
+    }
+}
+
+/// Everything a program started with one environment reads from it: the configuration of its
+/// requests ([`Scope::Request`]), and what it reads once at start ([`Scope::Process`],
+/// [`Scope::FastCgi`]). What `pso config` checks and shows.
+///
+/// ```
+/// let env = pso::Environment::from_pairs([
+///     ("PSOSessionLockTimeout", "10"),
+///     ("PSO_FCGI_WORKERS", "3"),
+///     ("PSO_FCGI_IDLE_TIMEOUT", "forever"),
+///     ("PSOLogLevel", "debug"),
+/// ]);
+/// let (settings, problems) = pso::Settings::from_env_checked(&env);
+/// assert_eq!(settings.config.lock_timeout, std::time::Duration::from_secs(10));
+/// assert_eq!(settings.limits.workers, 3);
+/// assert_eq!(settings.log_level, log::LevelFilter::Debug);
+/// assert_eq!(problems[0].variable, "PSO_FCGI_IDLE_TIMEOUT");
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Settings {
+    /// What each request reads (under FastCGI, before its own parameters).
+    pub config: Config,
+    /// `PSO_FCGI_WORKERS`, `PSO_FCGI_MAX_CONNS` and the `PSO_FCGI_*_TIMEOUT`s.
+    pub limits: Limits,
+    /// `PSOLogLevel`: how much pso logs.
+    pub log_level: LevelFilter,
+    /// `PSO_FCGI_BIND`: where a FastCGI program listens when it was not started on a socket,
+    /// if that is set and understood.
+    pub bind: Option<String>,
+}
+
+impl Settings {
+    /// Reads every variable of [`VARIABLES`] from `env`, each by the reader of its scope, and
+    /// returns their problems (likely typos among them) instead of logging them.
+    pub fn from_env_checked(env: &Environment) -> (Settings, Vec<ConfigProblem>) {
+        let (config, mut problems) = Config::from_env_checked(env);
+        let (log_level, problem) = crate::logger::level(env);
+        problems.extend(problem);
+        let (limits, limit_problems) = Limits::from_env_checked(env);
+        problems.extend(limit_problems);
+        let bind = env
+            .get(FCGI_BIND.name)
+            .and_then(|spec| match Listener::check(spec) {
+                Ok(()) => Some(spec.to_owned()),
+                Err(_) => {
+                    problems.push(ConfigProblem {
+                        variable: FCGI_BIND.name.to_owned(),
+                        message: format!(
+                            "{spec:?} is not {}; a FastCGI program started with it stops at once",
+                            FCGI_BIND.expected
+                        ),
+                    });
+                    None
+                }
+            });
+        let settings = Settings {
+            config,
+            limits,
+            log_level,
+            bind,
+        };
+        (settings, problems)
     }
 }
 
@@ -517,12 +919,30 @@ struct Reader<'a> {
     /// pso's variables of `env`, gathered once: most of the names read are among them.
     pso: PsoVariables<'a>,
     problems: Vec<ConfigProblem>,
+    /// The names of the table's entries read so far, in order, for the test that proves each
+    /// entry of [`Scope::Request`] is read exactly once.
+    #[cfg(test)]
+    read: Vec<&'static str>,
 }
 
 impl<'a> Reader<'a> {
+    fn new(env: &'a Environment) -> Reader<'a> {
+        Reader {
+            env,
+            pso: env.pso_variables(),
+            problems: Vec::new(),
+            #[cfg(test)]
+            read: Vec::new(),
+        }
+    }
+
     fn config(&mut self) -> Config {
-        let service = self.service();
-        let forced_id = self.forced_id(&service);
+        let (service, explicit) = self.service();
+        let forced_id = if explicit {
+            self.forced_id(&service)
+        } else {
+            None
+        };
         let lifetime = self
             .first_of(&SESSION_EXPIRE)
             .and_then(|(name, text)| self.lifetime(name, text))
@@ -533,6 +953,13 @@ impl<'a> Reader<'a> {
                 duration(text).filter(|d| *d <= MAX_LOCK_TIMEOUT)
             })
             .unwrap_or(DEFAULT_LOCK_TIMEOUT);
+        let lock_lease = self
+            .parsed(&LOCK_LEASE, |text| {
+                duration(text).filter(|d| (MIN_LOCK_LEASE..=MAX_LOCK_LEASE).contains(d))
+            })
+            .unwrap_or(DEFAULT_LOCK_LEASE);
+        let store = self.store();
+        let store_password_file = self.absolute_path(&STORE_PASSWORD_FILE);
         let sync = self.parsed(&SYNC, boolean).unwrap_or(false);
         let lazy = self.parsed(&LAZY, boolean).unwrap_or(true);
         let check_ip = self.parsed(&CHECK_IP, boolean).unwrap_or(false);
@@ -566,7 +993,10 @@ impl<'a> Reader<'a> {
             forced_id,
             lifetime,
             session_dir,
+            store,
+            store_password_file,
             lock_timeout,
+            lock_lease,
             sync,
             max_bytes,
             gc_probability,
@@ -589,9 +1019,23 @@ impl<'a> Reader<'a> {
     }
 
     /// The first of a variable's spellings that is set (as the server passed it on), with the
-    /// name it arrived under.
-    fn first_of(&self, variable: &Variable) -> Option<(&'a str, &'a str)> {
+    /// name it arrived under. Every read of a table entry goes through here or
+    /// [`Reader::first_of_raw`].
+    fn first_of(&mut self, variable: &Variable) -> Option<(&'a str, &'a str)> {
+        self.reading(variable);
         variable.names().find_map(|name| self.pso.lookup_str(name))
+    }
+
+    /// Like [`Reader::first_of`], the value as it came, whatever its bytes (a path).
+    fn first_of_raw(&mut self, variable: &Variable) -> Option<(&'a str, &'a OsStr)> {
+        self.reading(variable);
+        variable.names().find_map(|name| self.pso.lookup(name))
+    }
+
+    #[cfg_attr(not(test), expect(unused_variables, reason = "kept only for tests"))]
+    fn reading(&mut self, variable: &Variable) {
+        #[cfg(test)]
+        self.read.push(variable.name);
     }
 
     /// A variable parsed by `parse`, from the first of its spellings that is set; an
@@ -615,7 +1059,7 @@ impl<'a> Reader<'a> {
     /// A relative path would depend on the program's working directory (under a web server,
     /// often the document tree), so only absolute paths are taken.
     fn session_dir(&mut self) -> PathBuf {
-        match self.pso.lookup(SESSION_DIR.name).map(|(_, path)| path) {
+        match self.first_of_raw(&SESSION_DIR).map(|(_, path)| path) {
             Some(path) if !path.is_empty() => {
                 let path = PathBuf::from(path);
                 if path.is_absolute() {
@@ -634,12 +1078,42 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn service(&mut self) -> ServiceId {
-        if let Some((_, text)) = self.pso.lookup_str("PSOServiceId") {
+    /// An unusable store is not read as files: sessions would split between machines that
+    /// share a configuration, so it fails every request instead, loudly.
+    fn store(&mut self) -> StoreLocation {
+        let Some((name, text)) = self.first_of(&STORE) else {
+            return StoreLocation::Files;
+        };
+        match StoreLocation::parse(text) {
+            Ok(location) => location,
+            Err(e) => {
+                self.problem(name, format!("{e}; requests fail until it is fixed"));
+                StoreLocation::Unusable
+            }
+        }
+    }
+
+    fn absolute_path(&mut self, variable: &Variable) -> Option<PathBuf> {
+        let (name, text) = self.first_of(variable)?;
+        let path = PathBuf::from(text);
+        if path.is_absolute() {
+            Some(path)
+        } else {
+            self.problem(
+                name,
+                format!("{text:?} is not {}; ignored", variable.expected),
+            );
+            None
+        }
+    }
+
+    /// The service id, and whether `PSOServiceId` set it.
+    fn service(&mut self) -> (ServiceId, bool) {
+        if let Some((_, text)) = self.first_of(&SERVICE_ID) {
             match text.parse() {
-                Ok(service) => return service,
+                Ok(service) => return (service, true),
                 Err(e) => self.problem(
-                    "PSOServiceId",
+                    SERVICE_ID.name,
                     format!("{text:?}: {e}; using the script's name"),
                 ),
             }
@@ -647,7 +1121,7 @@ impl<'a> Reader<'a> {
         let script = self.env.get("SCRIPT_NAME").unwrap_or("");
         let base = script.rsplit('/').next().unwrap_or("");
         let stem = base.split('.').next().unwrap_or("");
-        stem.parse().unwrap_or_else(|_| {
+        let service = stem.parse().unwrap_or_else(|_| {
             if !stem.is_empty() {
                 self.problem(
                     "SCRIPT_NAME",
@@ -655,16 +1129,14 @@ impl<'a> Reader<'a> {
                 );
             }
             ServiceId::fallback()
-        })
+        });
+        (service, false)
     }
 
-    /// pso's `SetEnv MyService 007`. Only with an explicit `PSOServiceId`: a service id taken
+    /// pso's `SetEnv MyService 007`, for a service id `PSOServiceId` set explicitly: one taken
     /// from the script's name could be spelled like any variable of the environment.
     fn forced_id(&mut self, service: &ServiceId) -> Option<SessionId> {
         let name = service.as_str();
-        if self.pso.lookup_str("PSOServiceId").map(|(_, v)| v) != Some(name) {
-            return None;
-        }
         let (_, text) = self.env.lookup_str(name)?;
         // Judged by the name as servers pass it on: `http-x` arrives as `HTTP_X`, a header.
         let canonical: String = name
@@ -787,9 +1259,9 @@ impl<'a> Reader<'a> {
                         None
                     }
                 });
-        for obsolete in [COOKIE_COMMENT.name, COOKIE_VERSION.name] {
-            if self.pso.lookup(obsolete).is_some() {
-                log::debug!("{obsolete} is obsolete since RFC 6265 and ignored");
+        for obsolete in [COOKIE_COMMENT, COOKIE_VERSION] {
+            if let Some((name, _)) = self.first_of_raw(&obsolete) {
+                log::debug!("{name} is obsolete since RFC 6265 and ignored");
             }
         }
         cookie
@@ -798,7 +1270,7 @@ impl<'a> Reader<'a> {
     fn flag_unknown_variables(&mut self) {
         let mut problems = Vec::new();
         let looks_like_ours = |name: &[u8]| {
-            ["PSOSESSION", "PSOCOOKIESESSION", "PSOSERVICE"]
+            ["PSOSESSION", "PSOCOOKIESESSION", "PSOSERVICE", "PSO_FCGI_"]
                 .iter()
                 .any(|prefix| {
                     name.get(..prefix.len())
@@ -1174,52 +1646,182 @@ mod tests {
             ["PSOCookieSession_Domian"]
         );
         assert!(problem_names(&[("PSO_FCGI_BIND", "x"), ("PSOSessionExpire", "9")]).is_empty());
+        // The FastCGI server's variables are known too, so their typos are caught.
+        assert_eq!(
+            problem_names(&[("PSO_FCGI_WORKER", "4"), ("PSO_FCGI_WORKERS", "4")]),
+            ["PSO_FCGI_WORKER"]
+        );
+        assert_eq!(
+            problem_names(&[("pso_fcgi_workers", "4")]),
+            ["pso_fcgi_workers"]
+        );
     }
 
-    #[test]
-    fn the_readme_table_names_the_same_variables_in_the_same_order() {
+    /// The `PSO…` names in the first cells of the table under `heading` in the README, up to
+    /// the next heading.
+    fn readme_table(heading: &str) -> Vec<&'static str> {
         let readme = include_str!("../README.md");
         let section = readme
-            .split("\n## Configuration\n")
+            .split(&format!("\n{heading}\n"))
             .nth(1)
-            .and_then(|rest| rest.split("\n## ").next())
-            .expect("README.md has a Configuration section");
-        let documented: Vec<&str> = section
+            .and_then(|rest| rest.split("\n#").next())
+            .unwrap_or_else(|| panic!("README.md has a section {heading}"));
+        section
             .lines()
             .filter(|line| line.starts_with("| `"))
             .filter_map(|row| row.split('|').nth(1))
             .flat_map(|first_cell| first_cell.split('`').skip(1).step_by(2))
             .filter(|name| name.starts_with("PSO"))
-            .collect();
-        for name in &documented {
+            .collect()
+    }
+
+    /// The documented names of the table's variables for which `pick` holds, in order.
+    fn table_names(pick: impl Fn(&Variable) -> bool) -> Vec<&'static str> {
+        VARIABLES
+            .iter()
+            .filter(|v| pick(v))
+            .map(|v| v.name)
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_tables_name_the_same_variables_in_the_same_order() {
+        let configuration = readme_table("## Configuration");
+        let fastcgi = readme_table("### FastCGI settings (the process environment)");
+        for name in configuration.iter().chain(&fastcgi) {
             assert!(
                 Variable::find(name).is_some(),
                 "the README documents {name}"
             );
         }
-        let documented: Vec<&str> = documented
-            .into_iter()
-            .filter(|name| VARIABLES.iter().any(|v| v.name == *name))
-            .collect();
-        let table: Vec<&str> = VARIABLES.iter().map(|v| v.name).collect();
-        assert_eq!(documented, table);
+        // Other spellings may be named beside a variable's own.
+        let documented = |names: Vec<&'static str>| -> Vec<&'static str> {
+            names
+                .into_iter()
+                .filter(|name| VARIABLES.iter().any(|v| v.name == *name))
+                .collect()
+        };
+        assert_eq!(
+            documented(configuration),
+            table_names(|v| v.scope != Scope::FastCgi)
+        );
+        assert_eq!(
+            documented(fastcgi),
+            table_names(|v| v.scope == Scope::FastCgi)
+        );
+        // The README's order: a request's variables, the process's, the FastCGI server's.
+        let scopes: Vec<Scope> = VARIABLES.iter().map(|v| v.scope).collect();
+        assert!(scopes.is_sorted_by_key(|scope| *scope as u8), "{scopes:?}");
     }
 
     #[test]
-    fn problems_say_what_the_table_expects() {
+    fn every_request_variable_is_read_exactly_once() {
+        let every_one_set = Environment::from_pairs(VARIABLES.iter().map(|v| (v.name, "x")));
+        for env in [Environment::default(), every_one_set] {
+            let mut reader = Reader::new(&env);
+            reader.config();
+            let mut read = reader.read;
+            read.sort_unstable();
+            let mut expected = table_names(|v| v.scope == Scope::Request);
+            expected.sort_unstable();
+            assert_eq!(read, expected);
+        }
+    }
+
+    #[test]
+    fn each_invalid_value_is_one_problem_naming_the_variable() {
         for variable in VARIABLES {
-            if variable.expected.contains("ignored") || variable.name == "PSOLogLevel" {
+            if variable.expected.contains("ignored") {
                 continue;
             }
-            let (_, problems) = config(&[(variable.name, "\u{7f}nonsense")]);
-            let mine: Vec<_> = problems
-                .iter()
-                .filter(|p| p.variable == variable.name)
-                .collect();
-            assert_eq!(mine.len(), 1, "{}: {problems:?}", variable.name);
+            let (_, problems) = Settings::from_env_checked(&Environment::from_pairs([(
+                variable.name,
+                "\u{7f}nonsense",
+            )]));
+            assert_eq!(problems.len(), 1, "{}: {problems:?}", variable.name);
+            assert_eq!(problems[0].variable, variable.name, "{problems:?}");
         }
-        let (_, problems) = config(&[("PSOSessionSync", "maybe")]);
-        assert!(problems[0].message.contains(SYNC.expected), "{problems:?}");
+        // And say what the table expects.
+        for (name, bad) in [
+            ("PSOSessionSync", "maybe"),
+            ("PSOLogLevel", "loud"),
+            ("PSO_FCGI_BIND", "nowhere"),
+            ("PSO_FCGI_WORKERS", "0"),
+            ("PSO_FCGI_MAX_CONNS", "1048577"),
+            ("PSO_FCGI_IO_TIMEOUT", "0"),
+            ("PSO_FCGI_IDLE_TIMEOUT", "25h"),
+        ] {
+            let (_, problems) = Settings::from_env_checked(&Environment::from_pairs([(name, bad)]));
+            let expected = Variable::find(name).unwrap().expected;
+            assert_eq!(problems.len(), 1, "{name}={bad}: {problems:?}");
+            assert!(problems[0].message.contains(expected), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn every_variable_shows_the_default_it_states() {
+        let (settings, problems) = Settings::from_env_checked(&Environment::default());
+        assert!(problems.is_empty(), "{problems:?}");
+        let now = std::time::UNIX_EPOCH;
+        for variable in VARIABLES {
+            let shown = (variable.show)(&settings, None, now);
+            assert_eq!(shown.warning, None, "{}", variable.name);
+            // These defaults depend on the script's name, the user and the machine.
+            let computed = [
+                "PSOServiceId",
+                "PSOSessionFileLoader_Path",
+                "PSO_FCGI_WORKERS",
+            ];
+            if computed.contains(&variable.name) {
+                assert!(!shown.value.is_empty(), "{}", variable.name);
+            } else {
+                assert!(
+                    shown.value.starts_with(variable.default),
+                    "{}: shows {:?} by default, the table says {:?}",
+                    variable.name,
+                    shown.value,
+                    variable.default
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn values_set_are_shown_as_read() {
+        let env = Environment::from_pairs([
+            ("PSOSessionStore", "redis://:secret@cache:6379/2"),
+            ("PSOSessionStorePasswordFile", "/etc/pso/password"),
+            ("PSOSessionLockLease", "2m"),
+            ("PSOLogLevel", "Warning"),
+            ("PSO_FCGI_BIND", ":9000"),
+            ("PSO_FCGI_WORKERS", "3"),
+            ("PSO_FCGI_REQUEST_TIMEOUT", "90"),
+            ("PSOCookieSession_Comment", "old"),
+        ]);
+        let (settings, problems) = Settings::from_env_checked(&env);
+        assert!(problems.is_empty(), "{problems:?}");
+        let show = |name: &str| {
+            let variable = Variable::find(name).unwrap();
+            let value = env.get(name);
+            (variable.show)(&settings, value, std::time::UNIX_EPOCH)
+        };
+        assert_eq!(show("PSOSessionStore").value, "redis://:***@cache:6379/2");
+        assert_eq!(
+            show("PSOSessionStorePasswordFile").value,
+            "/etc/pso/password"
+        );
+        assert_eq!(show("PSOSessionLockLease").value, "120 s (2m)");
+        assert_eq!(show("PSOLogLevel").value, "warn");
+        assert_eq!(show("PSO_FCGI_BIND").value, ":9000");
+        assert_eq!(show("PSO_FCGI_WORKERS").value, "3");
+        assert_eq!(show("PSO_FCGI_REQUEST_TIMEOUT").value, "90 s (1m 30s)");
+        assert_eq!(show("PSOCookieSession_Comment").value, "ignored");
+        assert!(show("PSOCookieSession_Comment").warning.is_some());
+        // An address the listener would not understand stops the program.
+        let env = Environment::from_pairs([("PSO_FCGI_BIND", "nowhere")]);
+        let (settings, _) = Settings::from_env_checked(&env);
+        let shown = (FCGI_BIND.show)(&settings, Some("nowhere"), std::time::UNIX_EPOCH);
+        assert!(shown.value.starts_with("unusable"), "{shown:?}");
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub enum ErrorKind {
     /// waiting for the lock (the cookies of that request named several live sessions, so all
     /// of them had to end). Nothing this request saved after that counts; a 503.
     LockLost,
+    /// The store could not be reached, or did not answer in time (a Redis or PostgreSQL
+    /// server down, restarting, overloaded or failing over). Nothing was saved that was not
+    /// acknowledged; a 503, and the next request tries again.
+    Unavailable,
     /// A session file or record is truncated, garbled, of an unknown version or too large.
     Corrupt,
     /// A session value does not decode as the type asked for.
@@ -61,7 +65,16 @@ pub struct Error {
 }
 
 impl Error {
-    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+    /// An error of `kind` saying `message`, for a [`crate::store::Store`] written outside pso
+    /// (or a handler) to report what pso reports: a busy session, a lost lock, an unreachable
+    /// server.
+    ///
+    /// ```
+    /// let err = pso::Error::new(pso::ErrorKind::Unavailable, "the sessions' server is down");
+    /// assert_eq!(err.kind(), pso::ErrorKind::Unavailable);
+    /// assert_eq!(err.to_string(), "the sessions' server is down");
+    /// ```
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
         Error {
             kind,
             message: message.into(),
@@ -69,7 +82,17 @@ impl Error {
         }
     }
 
-    pub(crate) fn with_source(
+    /// An error of `kind` saying `message`, caused by `source` (kept for the log, which prints
+    /// the chain on one line: see [`ErrorChain`]).
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    /// let err = pso::Error::with_source(pso::ErrorKind::Unavailable, "connecting to the store", refused);
+    /// assert!(err.source().is_some());
+    /// assert!(pso::ErrorChain(&err).to_string().starts_with("connecting to the store: "));
+    /// ```
+    pub fn with_source(
         kind: ErrorKind,
         message: impl Into<String>,
         source: impl Into<BoxError>,

@@ -38,6 +38,8 @@
 //! ## Cargo features
 //! - `cli` (default): builds the `pso` helper binary. Programs that depend on pso as a
 //!   library can turn it off (`default-features = false`); it never enters a CGI program.
+//! - `postgres` (off): sessions in PostgreSQL (`PSOSessionStore=postgres://…`), through the
+//!   `postgres` crate (the module `store::postgres`). Programs built without it link none of it.
 //! - `fuzzing` (off): for the fuzz targets of `fuzz/` and the property tests only, not an
 //!   API; it exposes wrappers over private parsers that change without notice.
 
@@ -74,7 +76,9 @@ mod session;
 mod testing;
 mod user_record;
 
-pub use config::{Config, ConfigProblem, GcProbability, VARIABLES, Variable};
+pub use config::{
+    Config, ConfigProblem, GcProbability, Scope, Settings, Shown, VARIABLES, Variable,
+};
 pub use environment::Environment;
 pub use error::{BoxError, Error, ErrorChain, ErrorKind, Result};
 pub use expiry::Expiry;

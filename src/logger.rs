@@ -6,6 +6,7 @@ use std::io::Write;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
+use crate::config::{ConfigProblem, LOG_LEVEL};
 use crate::environment::Environment;
 
 struct StderrLogger;
@@ -63,28 +64,43 @@ impl Log for StderrLogger {
     fn flush(&self) {}
 }
 
+/// The level `PSOLogLevel` names in `env` (`warn` by default), and the problem with a value
+/// that names none.
+pub(crate) fn level(env: &Environment) -> (LevelFilter, Option<ConfigProblem>) {
+    let Some((name, text)) = env.lookup_str(LOG_LEVEL.name) else {
+        return (LevelFilter::Warn, None);
+    };
+    let level = match text.to_ascii_lowercase().as_str() {
+        "off" => LevelFilter::Off,
+        "error" => LevelFilter::Error,
+        "warn" | "warning" => LevelFilter::Warn,
+        "info" => LevelFilter::Info,
+        "debug" => LevelFilter::Debug,
+        "trace" => LevelFilter::Trace,
+        _ => {
+            let problem = ConfigProblem {
+                variable: name.to_owned(),
+                message: format!("{text:?} is not {}; using warn", LOG_LEVEL.expected),
+            };
+            return (LevelFilter::Warn, Some(problem));
+        }
+    };
+    (level, None)
+}
+
 /// Installs the stderr logger at the level `PSOLogLevel` names (`warn` by default), unless the
 /// program installed a logger of its own.
 pub(crate) fn install(env: &Environment) {
-    let level = match env
-        .lookup_str("PSOLogLevel")
-        .map(|(_, level)| level.to_ascii_lowercase())
-        .as_deref()
-    {
-        Some("off") => LevelFilter::Off,
-        Some("error") => LevelFilter::Error,
-        None | Some("warn" | "warning") => LevelFilter::Warn,
-        Some("info") => LevelFilter::Info,
-        Some("debug") => LevelFilter::Debug,
-        Some("trace") => LevelFilter::Trace,
-        Some(other) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "pso: warning: PSOLogLevel {other:?} is not off, error, warn, info, debug or trace"
-            );
-            LevelFilter::Warn
-        }
-    };
+    let (level, problem) = level(env);
+    if let Some(problem) = problem {
+        // Not logged: the logger is not installed yet.
+        let _ = writeln!(
+            std::io::stderr(),
+            "pso: warning: {}: {}",
+            problem.variable,
+            problem.message
+        );
+    }
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level);
     }

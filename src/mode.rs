@@ -2,6 +2,7 @@
 //! same `main` serves all of them.
 
 use crate::cgi;
+use crate::config::FCGI_BIND;
 use crate::error::ErrorChain;
 use crate::fastcgi::{self, Limits, Listener};
 use crate::runner::Handler;
@@ -84,11 +85,11 @@ where
     let listener = match inherited {
         Some(listener) => Some(listener),
         None if env.contains("GATEWAY_INTERFACE") => None,
-        None => match env.get("PSO_FCGI_BIND") {
+        None => match env.get(FCGI_BIND.name) {
             Some(spec) => match Listener::bind(spec) {
                 Ok(listener) => Some(listener),
                 Err(e) => {
-                    log::error!("PSO_FCGI_BIND {spec:?}: {}", ErrorChain(&e));
+                    log::error!("{} {spec:?}: {}", FCGI_BIND.name, ErrorChain(&e));
                     std::process::exit(1);
                 }
             },

@@ -134,7 +134,7 @@ impl<'a> Context<'a> {
     /// Saves the session and sends the response; on failure sends an error page instead.
     fn finish(mut self) -> io::Result<Answer> {
         if self.response.is_streaming() {
-            let saved = self.session.commit();
+            let saved = self.session.commit_last();
             if let Err(e) = &saved {
                 log::error!(
                     "saving the session after streaming failed: {}",
@@ -148,7 +148,7 @@ impl<'a> Context<'a> {
                 Answer::Served
             });
         }
-        let action = match self.session.commit() {
+        let action = match self.session.commit_last() {
             Ok(action) => action,
             Err(e) => {
                 log::error!("saving the session failed: {}", ErrorChain(&e));
@@ -225,7 +225,7 @@ fn cache_headers<'c>(
 
 fn error_status(kind: ErrorKind) -> u16 {
     match kind {
-        ErrorKind::LockTimeout | ErrorKind::LockLost => 503,
+        ErrorKind::LockTimeout | ErrorKind::LockLost | ErrorKind::Unavailable => 503,
         ErrorKind::OldId => 409,
         _ => 500,
     }

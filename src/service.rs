@@ -21,7 +21,7 @@ use crate::error::ErrorChain;
 use crate::request::Request;
 use crate::response::Response;
 use crate::runner::{Access, Answer, Handler, respond};
-use crate::store::{FileStore, Store};
+use crate::store::{FileStore, ServerUrl, Store, StoreLocation};
 
 /// The longest a request spends collecting expired sessions.
 const GC_BUDGET: Duration = Duration::from_millis(50);
@@ -33,6 +33,9 @@ const GC_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_CONFIGS: usize = 64;
 /// Distinct session directories one process opens: requests that name more get a 500.
 pub const MAX_SESSION_DIRS: usize = 16;
+/// Distinct store servers (`PSOSessionStore`) one process opens: requests that name more get
+/// a 500.
+pub const MAX_STORE_SERVERS: usize = 16;
 
 /// The process side of pso: built once, shared by every request.
 ///
@@ -62,6 +65,9 @@ pub struct Service {
     base: Arc<Resolved>,
     /// `PSOSessionFileLoader_Path` from the process environment: requests cannot move it.
     fixed_dir: Option<PathBuf>,
+    /// `PSOSessionStore` (and its password file) from the process environment: requests
+    /// cannot point pso at another server.
+    fixed_store: Option<(StoreLocation, Option<PathBuf>)>,
     /// Configurations requests brought, by the parameters that shaped them.
     configs: Mutex<BTreeMap<ConfigKey, Arc<Resolved>>>,
     /// File stores by directory: each directory is opened and checked once.
@@ -78,7 +84,13 @@ struct Stores {
     opened: BTreeMap<PathBuf, (FileStore, Arc<Pacing>)>,
     /// Directories requests named, other than the process's own, opened or not.
     tried: BTreeSet<PathBuf>,
+    /// Servers by URL, password file and record cap.
+    servers: BTreeMap<ServerKey, Arc<dyn Store>>,
+    /// Servers requests named, other than the process's own, opened or not.
+    tried_servers: BTreeSet<ServerUrl>,
 }
+
+type ServerKey = (ServerUrl, Option<PathBuf>, u64);
 
 /// A configuration and, once opened, its store.
 struct Resolved {
@@ -148,10 +160,15 @@ impl Service {
             .lookup("PSOSessionFileLoader_Path")
             .filter(|(_, path)| !path.is_empty())
             .map(|_| base.session_dir.clone());
+        let fixed_store = process
+            .lookup("PSOSessionStore")
+            .filter(|(_, url)| !url.is_empty())
+            .map(|_| (base.store.clone(), base.store_password_file.clone()));
         Service {
             process,
             base: Arc::new(Resolved::new(base)),
             fixed_dir,
+            fixed_store,
             configs: Mutex::new(BTreeMap::new()),
             stores: Mutex::new(Stores::default()),
             custom: None,
@@ -278,6 +295,34 @@ impl Service {
             );
             config.session_dir = fixed.clone();
         }
+        if let Some((store, password_file)) = &self.fixed_store
+            && (config.store != *store || config.store_password_file != *password_file)
+        {
+            log::warn!(
+                "a request asked for the session store {}, but the process environment fixes {store}; ignoring the request's",
+                config.store
+            );
+            config.store = store.clone();
+            config.store_password_file = password_file.clone();
+        }
+        // A password file is read only as the process environment names it, and only for
+        // the store the process environment names: a request's parameters could otherwise
+        // send its contents to a server of their choosing.
+        let own_password_file = self.base.config.store_password_file.clone();
+        if config.store_password_file != own_password_file
+            || (config.store != self.base.config.store && own_password_file.is_some())
+        {
+            if config.store_password_file != own_password_file {
+                log::warn!(
+                    "a request named PSOSessionStorePasswordFile; only the process environment may"
+                );
+            }
+            config.store_password_file = if config.store == self.base.config.store {
+                own_password_file
+            } else {
+                None
+            };
+        }
         if configs.len() >= MAX_CONFIGS {
             configs.clear();
         }
@@ -299,6 +344,18 @@ impl Service {
             return Some(opened.clone());
         }
         let config = &resolved.config;
+        match &config.store {
+            StoreLocation::Files => {}
+            StoreLocation::Server(url) => {
+                let store = self.server_store(url, config)?;
+                *slot = Some((store, Arc::default()));
+                return slot.clone();
+            }
+            StoreLocation::Unusable => {
+                log::error!("PSOSessionStore names no store pso knows: see the warning about it");
+                return None;
+            }
+        }
         let directory = {
             let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
             match stores.opened.get(&config.session_dir) {
@@ -341,6 +398,53 @@ impl Service {
         );
         *slot = Some((store, pacing));
         slot.clone()
+    }
+}
+
+impl Service {
+    /// The store at a server's URL, opened once per process; `None` (logged) if it cannot be.
+    fn server_store(&self, url: &ServerUrl, config: &Config) -> Option<Arc<dyn Store>> {
+        let key = (
+            url.clone(),
+            config.store_password_file.clone(),
+            config.max_bytes,
+        );
+        let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(store) = stores.servers.get(&key) {
+            return Some(store.clone());
+        }
+        // Each opened store has connections of its own: requests that vary the record cap
+        // (or anything else of the key) must not open pools without end.
+        if stores.servers.len() >= MAX_STORE_SERVERS {
+            log::error!(
+                "requests named more than {MAX_STORE_SERVERS} session stores (servers, password files and record caps); refusing {url}"
+            );
+            return None;
+        }
+        let own = config.store == self.base.config.store;
+        if !own && !stores.tried_servers.contains(url) {
+            if stores.tried_servers.len() >= MAX_STORE_SERVERS {
+                log::error!(
+                    "requests named more than {MAX_STORE_SERVERS} session stores; refusing {url}"
+                );
+                return None;
+            }
+            stores.tried_servers.insert(url.clone());
+        }
+        match crate::store::open_server(
+            url,
+            config.store_password_file.as_deref(),
+            config.max_bytes,
+        ) {
+            Ok(store) => {
+                stores.servers.insert(key, store.clone());
+                Some(store)
+            }
+            Err(e) => {
+                log::error!("{}", ErrorChain(&e));
+                None
+            }
+        }
     }
 }
 

@@ -78,6 +78,13 @@ pub struct Session {
     logged_out_at: Option<u64>,
 }
 
+/// Whether a save keeps the session's lock (more may come) or lets go with it (the last).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    Keep,
+    Release,
+}
+
 /// Where a session is in its life in one request.
 enum State {
     /// The request holds the session's lock: changes are saved at its end.
@@ -797,6 +804,11 @@ impl Session {
     /// Once the session has been deleted (by [`Expiry::Now`] and a save), saving it again is an
     /// error: a logged-out id must stay dead.
     pub fn save(&mut self) -> Result<()> {
+        self.write(Hold::Keep)
+    }
+
+    /// [`Session::save`], letting go of the lock with the save when it is the request's last.
+    fn write(&mut self, hold: Hold) -> Result<()> {
         self.check_writable()?;
         let ends_now = self.ends_now();
         let State::Held(held) = &mut self.state else {
@@ -814,7 +826,10 @@ impl Session {
         self.record.meta.last_access = self.clock.secs_now();
         let own = self.record.get::<u64>(IDLE_LIMIT).ok().flatten();
         self.record.meta.max_idle = self.rules.stored_idle(self.record.meta.deadline, own);
-        held.lock.save(&self.record)?;
+        match hold {
+            Hold::Keep => held.lock.save(&self.record)?,
+            Hold::Release => held.lock.save_and_release(&self.record)?,
+        }
         held.stored = Some(self.record.checkpoint());
         held.saved = true;
         self.finish_move()
@@ -856,13 +871,19 @@ impl Session {
     /// revoked. An unchanged session is rewritten at most once a minute (or half its idle
     /// limit, if shorter), to record its last access.
     pub(crate) fn commit(&mut self) -> Result<CookieAction> {
-        self.settle(true)
+        self.settle(true, Hold::Keep)
+    }
+
+    /// [`Session::commit`] at the very end of a request: a save lets go of the lock with it
+    /// (one round trip for a server's store), as nothing can change the session afterwards.
+    pub(crate) fn commit_last(&mut self) -> Result<CookieAction> {
+        self.settle(true, Hold::Release)
     }
 
     /// [`Session::commit`]; `held_to_the_end` when the request holds the session until its
     /// response goes out (not so for `release()`), the only case a cookie the browser has may
     /// be sent again.
-    fn settle(&mut self, held_to_the_end: bool) -> Result<CookieAction> {
+    fn settle(&mut self, held_to_the_end: bool, hold: Hold) -> Result<CookieAction> {
         let stored = match &self.state {
             State::Released { cookie, then } => {
                 if !self.record.matches(then) {
@@ -892,7 +913,7 @@ impl Session {
             Some(stored) => !self.record.matches(stored) || self.access_is_stale(stored),
         };
         if needs_saving {
-            self.save()?;
+            self.write(hold)?;
         }
         Ok(self.cookie_for_browser(held_to_the_end))
     }
@@ -996,7 +1017,7 @@ impl Session {
         // No revocation from here: the response comes after the lock was let go, and could
         // arrive after a sign-in's and remove its cookie; the session is gone from the store
         // already, so the browser's cookie names nothing.
-        let cookie = match self.settle(false)? {
+        let cookie = match self.settle(false, Hold::Keep)? {
             CookieAction::Revoke => CookieAction::Nothing,
             cookie => cookie,
         };

@@ -7,6 +7,7 @@ mod common;
 
 use common::{stderr, stdout};
 
+use serde_json::json;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
@@ -226,6 +227,24 @@ fn each_invalid_value_exits_one_naming_the_variable_and_what_was_expected() {
             "loud",
             "off, error, warn, info, debug or trace",
         ),
+        ("PSOSessionStore", "memcached://cache", "no store of scheme"),
+        (
+            "PSOSessionStorePasswordFile",
+            "password.txt",
+            "an absolute path",
+        ),
+        (
+            "PSOSessionLockLease",
+            "0",
+            "a duration from 1 second to 1 hour",
+        ),
+        ("PSO_FCGI_BIND", "nowhere", "unix:/path, host:port"),
+        ("PSO_FCGI_WORKERS", "0", "a number from 1 to 1024"),
+        (
+            "PSO_FCGI_IDLE_TIMEOUT",
+            "25h",
+            "a duration from 1 second to 1 day",
+        ),
     ];
     for (name, bad, expected) in cases {
         let mut env = vec![(name, bad)];
@@ -267,6 +286,8 @@ fn likely_typos_fail_and_suggest_the_name() {
         ("PSOCookieSession_Domian", "PSOCookieSession_Domain"),
         ("PSOLogLvl", "PSOLogLevel"),
         ("PSOMaxBodyByte", "PSOMaxBodyBytes"),
+        ("PSO_FCGI_WORKER", "PSO_FCGI_WORKERS"),
+        ("PSO_FCGI_IDLE_TIMOUT", "PSO_FCGI_IDLE_TIMEOUT"),
     ] {
         let output = config(
             &[
@@ -284,7 +305,7 @@ fn likely_typos_fail_and_suggest_the_name() {
             "{text}"
         );
     }
-    // The FastCGI server's own variables are not typos.
+    // The FastCGI server's own variables are not typos, and have their rows.
     let output = config(
         &[
             ("PSO_FCGI_WORKERS", "4"),
@@ -293,6 +314,124 @@ fn likely_typos_fail_and_suggest_the_name() {
         &[],
     );
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let workers = line_of(&output, "PSO_FCGI_WORKERS");
+    assert!(
+        workers.contains(" 4 ") && workers.contains("environment"),
+        "{workers}"
+    );
+}
+
+#[test]
+fn every_variable_of_the_table_has_its_row_and_a_value_in_effect() {
+    let deployment = Deployment::new();
+    let dir = deployment.sessions();
+    let table: Vec<&str> = pso::VARIABLES.iter().map(|v| v.name).collect();
+    let every_one_set: Vec<(&str, &str)> = [
+        ("PSOSessionFileLoader_Path", dir.to_str().unwrap()),
+        ("PSOSessionStore", "redis://127.0.0.1:6379/0"),
+        ("PSOSessionStorePasswordFile", "/etc/pso/redis-password"),
+        ("PSOSessionLockLease", "10"),
+        ("PSO_FCGI_BIND", "unix:/run/pso/app.sock"),
+        ("PSO_FCGI_WORKERS", "8"),
+        ("PSO_FCGI_MAX_CONNS", "64"),
+        ("PSO_FCGI_FIRST_BYTE_TIMEOUT", "2"),
+        ("PSO_FCGI_HEADER_TIMEOUT", "3"),
+        ("PSO_FCGI_IDLE_TIMEOUT", "4"),
+        ("PSO_FCGI_IO_TIMEOUT", "5"),
+        ("PSO_FCGI_REQUEST_TIMEOUT", "6"),
+    ]
+    .to_vec();
+    for env in [
+        vec![("PSOSessionFileLoader_Path", dir.to_str().unwrap())],
+        every_one_set,
+    ] {
+        let output = config(&env, &["--json"]);
+        let report = json(&output);
+        assert_eq!(report["problems"], json!([]), "{report:#}");
+        // Nothing listens on the store's port (or the build cannot reach Redis): the store's
+        // check fails, and only it.
+        if report["store"].is_null() {
+            assert_eq!(output.status.code(), Some(0), "{report:#}");
+        } else {
+            let failed = report["store"]["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["level"] == "error")
+                .count();
+            assert_eq!(report["errors"], failed, "{report:#}");
+        }
+        let rows = report["variables"].as_array().unwrap();
+        let names: Vec<&str> = rows.iter().map(|v| v["name"].as_str().unwrap()).collect();
+        assert_eq!(names, table);
+        for row in rows {
+            assert!(
+                !row["effective"].as_str().unwrap().is_empty(),
+                "{row} has no value in effect"
+            );
+        }
+        for (name, value) in &env {
+            let row = variable(&report, name);
+            assert_eq!(row["source"], "environment", "{row}");
+            if name.starts_with("PSO_FCGI_") && !name.ends_with("_TIMEOUT") {
+                assert_eq!(row["effective"], *value, "{row}");
+            }
+        }
+    }
+    let report = json(&config(
+        &[("PSO_FCGI_IO_TIMEOUT", "90"), ("PSOSessionLockLease", "2m")],
+        &["--json"],
+    ));
+    assert_eq!(
+        variable(&report, "PSO_FCGI_IO_TIMEOUT")["effective"],
+        "90 s (1m 30s)"
+    );
+    assert_eq!(
+        variable(&report, "PSOSessionLockLease")["effective"],
+        "120 s (2m)"
+    );
+}
+
+#[test]
+fn a_store_url_is_shown_without_its_password() {
+    let deployment = Deployment::new();
+    let dir = deployment.sessions();
+    let env = [
+        ("PSOSessionFileLoader_Path", dir.to_str().unwrap()),
+        (
+            "PSOSessionStore",
+            "redis://:hunter2@127.0.0.1:6379/0?password=hunter2",
+        ),
+    ];
+    let text = config(&env, &[]);
+    // Nothing listens on port 6379 here: the store's check fails; the variables still show.
+    assert!(!stdout(&text).contains("hunter2"), "{}", stdout(&text));
+    assert!(!stderr(&text).contains("hunter2"), "{}", stderr(&text));
+    let line = line_of(&text, "PSOSessionStore");
+    assert!(line.contains("redis://:***@127.0.0.1:6379/0"), "{line}");
+    let json_output = config(&env, &["--json"]);
+    let report = json(&json_output);
+    let store = variable(&report, "PSOSessionStore");
+    assert_eq!(
+        store["effective"],
+        "redis://:***@127.0.0.1:6379/0?password=***"
+    );
+    assert_eq!(store["value"], store["effective"]);
+    for output in [&text, &json_output] {
+        assert!(!stdout(output).contains("hunter2"), "{}", stdout(output));
+        assert!(!stderr(output).contains("hunter2"), "{}", stderr(output));
+    }
+    // Nor when the URL is one pso cannot use.
+    let output = config(
+        &[
+            ("PSOSessionFileLoader_Path", dir.to_str().unwrap()),
+            ("PSOSessionStore", "memcached://:hunter2@cache"),
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(!stdout(&output).contains("hunter2"), "{}", stdout(&output));
+    assert!(line_of(&output, "PSOSessionStore").contains("unusable"));
 }
 
 #[test]
@@ -475,7 +614,12 @@ fn the_sample_htaccess_with_every_setting_uncommented_is_valid() {
         .filter(|v| !v["source"].as_str().unwrap().starts_with(&shown))
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    // The sample has a line for every variable but PSOMaxBodyBytes (a gap in the sample).
+    // The sample has a line for every variable but PSOMaxBodyBytes (a gap in the sample) and
+    // the FastCGI server's, which only the process environment sets.
+    let not_from_file: Vec<&str> = not_from_file
+        .into_iter()
+        .filter(|name| pso::Variable::find(name).unwrap().scope != pso::Scope::FastCgi)
+        .collect();
     assert_eq!(not_from_file, ["PSOMaxBodyBytes"], "{report:#}");
     // `SetEnv reload 007` with `PSOServiceId reload`: the forced session id has its row.
     assert_eq!(

@@ -1152,3 +1152,47 @@ fn the_login_program_as_cgi() {
 fn the_login_program_as_fastcgi() {
     signs_in_times_out_and_signs_out(&["--fastcgi"]);
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn the_dashboard_shows_and_ends_sessions_kept_in_redis() {
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let fixture = Fixture::new();
+    let htaccess = fixture.dir().join(".htaccess");
+    let mut text = std::fs::read_to_string(&htaccess).unwrap();
+    text.push_str(&format!("SetEnv PSOSessionStore {}\n", redis.url()));
+    std::fs::write(&htaccess, text).unwrap();
+    let server = fixture.serve(&[]);
+    let jar = fixture.root.path().join("jar");
+    let Some(response) = curl(&jar, &format!("{}/cgi-bin/reload", server.base), &[]) else {
+        return;
+    };
+    assert!(response.contains("You reloaded: 1 times"), "{response}");
+    assert!(fixture.sessions().is_empty(), "nothing on disk");
+    assert_eq!(redis.cli(&["DBSIZE"]), "1");
+    let key = server.key();
+    let cookie = format!("Cookie: pso-serve-key={key}\r\n");
+    let page = server.get_with("/_pso/", &cookie);
+    assert_eq!(status(&page), "200", "{page}");
+    assert!(
+        page.contains(&format!("redis://127.0.0.1:{}/0", redis.port)),
+        "{page}"
+    );
+    assert!(page.contains("<code>reloads</code>"), "{page}");
+    let token = page
+        .split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
+    let prefix = page
+        .split("name=\"id\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
+    let form = format!("token={token}&service=reload&id={prefix}");
+    let response = server.post_form("/_pso/end", &cookie, &form);
+    assert_eq!(status(&response), "303", "{response}");
+    assert_eq!(redis.cli(&["DBSIZE"]), "0");
+}

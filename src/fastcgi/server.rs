@@ -23,6 +23,10 @@ use rustix::net::{RecvFlags, SendFlags};
 use super::record::{
     self, Begin, Capacities, EndStatus, ParamLimits, ProtocolError, ROLE_RESPONDER, Status, kind,
 };
+use crate::config::{
+    ConfigProblem, FCGI_FIRST_BYTE_TIMEOUT, FCGI_HEADER_TIMEOUT, FCGI_IDLE_TIMEOUT,
+    FCGI_IO_TIMEOUT, FCGI_MAX_CONNS, FCGI_REQUEST_TIMEOUT, FCGI_WORKERS, Variable,
+};
 use crate::environment::Environment;
 use crate::runner::Handler;
 use crate::service::Service;
@@ -116,42 +120,61 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// The defaults, changed by `PSO_FCGI_*` variables of `env` (the process environment).
+    /// The defaults, changed by `PSO_FCGI_*` variables of `env` (the process environment);
+    /// a value out of bounds is logged and the default kept.
     pub fn from_env(env: &Environment) -> Limits {
+        let (limits, problems) = Limits::from_env_checked(env);
+        for problem in problems {
+            log::warn!("{}: {}", problem.variable, problem.message);
+        }
+        limits
+    }
+
+    /// Like [`Limits::from_env`], returning the problems instead of logging them.
+    ///
+    /// ```
+    /// let env = pso::Environment::from_pairs([("PSO_FCGI_MAX_CONNS", "0")]);
+    /// let (limits, problems) = pso::fastcgi::Limits::from_env_checked(&env);
+    /// assert_eq!(limits.max_conns, 1024);
+    /// assert_eq!(problems[0].variable, "PSO_FCGI_MAX_CONNS");
+    /// ```
+    pub fn from_env_checked(env: &Environment) -> (Limits, Vec<ConfigProblem>) {
         let mut limits = Limits::default();
+        let mut problems = Vec::new();
         // Bounded, so that no value can overflow a deadline or ask for more threads and
-        // descriptors than a system gives.
-        let count = |name: &str, most: usize, into: &mut usize| {
-            if let Some(text) = env.get(name) {
+        // descriptors than a system gives. The names, and what the messages say is expected,
+        // are the table's.
+        let mut count = |variable: &Variable, most: usize, into: &mut usize| {
+            if let Some(text) = env.get(variable.name) {
                 match text.trim().parse::<usize>() {
                     Ok(n) if (1..=most).contains(&n) => *into = n,
-                    _ => log::warn!(
-                        "{name}: {text:?} is not a number from 1 to {most}; using {into}"
-                    ),
+                    _ => problems.push(out_of_bounds(variable, text, &*into)),
                 }
             }
         };
-        count("PSO_FCGI_WORKERS", MAX_WORKERS, &mut limits.workers);
-        count("PSO_FCGI_MAX_CONNS", MAX_CONNS, &mut limits.max_conns);
-        let time = |name: &str, into: &mut Duration| {
-            if let Some(text) = env.get(name) {
+        count(&FCGI_WORKERS, MAX_WORKERS, &mut limits.workers);
+        count(&FCGI_MAX_CONNS, MAX_CONNS, &mut limits.max_conns);
+        let mut time = |variable: &Variable, into: &mut Duration| {
+            if let Some(text) = env.get(variable.name) {
                 match crate::config::duration(text) {
                     Some(d) if !d.is_zero() && d <= MAX_TIMEOUT => *into = d,
-                    _ => log::warn!(
-                        "{name}: {text:?} is not a duration like 10 or 1m, of at most a day; using {into:?}"
-                    ),
+                    _ => problems.push(out_of_bounds(variable, text, &format!("{into:?}"))),
                 }
             }
         };
-        time(
-            "PSO_FCGI_FIRST_BYTE_TIMEOUT",
-            &mut limits.first_byte_timeout,
-        );
-        time("PSO_FCGI_IDLE_TIMEOUT", &mut limits.idle_timeout);
-        time("PSO_FCGI_HEADER_TIMEOUT", &mut limits.header_timeout);
-        time("PSO_FCGI_IO_TIMEOUT", &mut limits.io_timeout);
-        time("PSO_FCGI_REQUEST_TIMEOUT", &mut limits.request_timeout);
-        limits
+        time(&FCGI_FIRST_BYTE_TIMEOUT, &mut limits.first_byte_timeout);
+        time(&FCGI_IDLE_TIMEOUT, &mut limits.idle_timeout);
+        time(&FCGI_HEADER_TIMEOUT, &mut limits.header_timeout);
+        time(&FCGI_IO_TIMEOUT, &mut limits.io_timeout);
+        time(&FCGI_REQUEST_TIMEOUT, &mut limits.request_timeout);
+        (limits, problems)
+    }
+}
+
+fn out_of_bounds(variable: &Variable, text: &str, kept: &dyn std::fmt::Display) -> ConfigProblem {
+    ConfigProblem {
+        variable: variable.name.to_owned(),
+        message: format!("{text:?} is not {}; using {kept}", variable.expected),
     }
 }
 
@@ -208,19 +231,9 @@ impl Listener {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn bind(spec: &str) -> io::Result<Listener> {
-        let spec = spec.trim();
-        if let Some(path) = spec.strip_prefix("unix:") {
-            return bind_unix(PathBuf::from(path));
-        }
-        let port_only = spec.strip_prefix(':').unwrap_or(spec);
-        let address: SocketAddr = match port_only.parse::<u16>() {
-            Ok(port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
-            Err(_) => spec.parse().map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{spec:?} is not unix:/path, host:port or a port"),
-                )
-            })?,
+        let address = match Address::parse(spec)? {
+            Address::Unix(path) => return bind_unix(path),
+            Address::Tcp(address) => address,
         };
         if !address.ip().is_loopback() {
             log::warn!(
@@ -228,6 +241,12 @@ impl Listener {
             );
         }
         TcpListener::bind(address).map(Listener::Tcp)
+    }
+
+    /// Whether [`Listener::bind`] understands `spec`, without binding anything (for checks
+    /// such as `pso config`).
+    pub(crate) fn check(spec: &str) -> io::Result<()> {
+        Address::parse(spec).map(drop)
     }
 
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -289,6 +308,34 @@ impl Drop for Listener {
         } = self
         {
             let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// What a bind spec names: a unix socket's path, or a TCP address.
+enum Address {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl Address {
+    fn parse(spec: &str) -> io::Result<Address> {
+        let spec = spec.trim();
+        if let Some(path) = spec.strip_prefix("unix:") {
+            return Ok(Address::Unix(PathBuf::from(path)));
+        }
+        let port_only = spec.strip_prefix(':').unwrap_or(spec);
+        match port_only.parse::<u16>() {
+            Ok(port) => Ok(Address::Tcp(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port,
+            ))),
+            Err(_) => spec.parse().map(Address::Tcp).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{spec:?} is not unix:/path, host:port or a port"),
+                )
+            }),
         }
     }
 }
@@ -1515,6 +1562,55 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_says_the_bounds_limits_keep() {
+        assert!(
+            FCGI_WORKERS
+                .expected
+                .ends_with(&format!("1 to {MAX_WORKERS}"))
+        );
+        assert!(
+            FCGI_MAX_CONNS
+                .expected
+                .ends_with(&format!("1 to {MAX_CONNS}"))
+        );
+        assert_eq!(MAX_TIMEOUT, Duration::from_secs(86_400));
+        for variable in [
+            FCGI_FIRST_BYTE_TIMEOUT,
+            FCGI_HEADER_TIMEOUT,
+            FCGI_IDLE_TIMEOUT,
+            FCGI_IO_TIMEOUT,
+            FCGI_REQUEST_TIMEOUT,
+        ] {
+            assert!(
+                variable.expected.contains("from 1 second to 1 day"),
+                "{}",
+                variable.name
+            );
+        }
+        // One past each bound is refused, the bound itself taken.
+        let limits = |pairs: &[(&str, String)]| {
+            Limits::from_env_checked(&Environment::from_pairs(pairs.iter().cloned()))
+        };
+        let (taken, problems) = limits(&[
+            ("PSO_FCGI_WORKERS", MAX_WORKERS.to_string()),
+            ("PSO_FCGI_MAX_CONNS", MAX_CONNS.to_string()),
+            ("PSO_FCGI_IO_TIMEOUT", "1d".to_owned()),
+        ]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            (taken.workers, taken.max_conns, taken.io_timeout),
+            (MAX_WORKERS, MAX_CONNS, MAX_TIMEOUT)
+        );
+        let (_, problems) = limits(&[
+            ("PSO_FCGI_WORKERS", (MAX_WORKERS + 1).to_string()),
+            ("PSO_FCGI_MAX_CONNS", (MAX_CONNS + 1).to_string()),
+            ("PSO_FCGI_IO_TIMEOUT", "86401".to_owned()),
+            ("PSO_FCGI_IDLE_TIMEOUT", "0".to_owned()),
+        ]);
+        assert_eq!(problems.len(), 4, "{problems:?}");
+    }
 
     fn one_record(kind: u8, id: u16, content: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -21,6 +21,7 @@
 //! unlocked mid-request.
 
 // Reached by the `fuzzing` feature's wrappers (src/fuzzing.rs).
+mod admin;
 pub(crate) mod layout;
 mod listing;
 
@@ -1612,10 +1613,13 @@ mod tests {
         (dir, store)
     }
 
-    #[test]
-    fn passes_the_store_suite() {
-        let (_dir, store) = store();
-        suite::all(Arc::new(store));
+    fn shared_store() -> (tempfile::TempDir, Arc<FileStore>) {
+        let (dir, store) = store();
+        (dir, Arc::new(store))
+    }
+
+    mod suite_properties {
+        crate::store_suite!(super::shared_store);
     }
 
     #[test]

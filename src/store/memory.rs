@@ -6,10 +6,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::Result;
 use crate::expiry::unix_secs;
+use crate::id::ServiceId;
 use crate::record::Record;
+use crate::store::admin::{Admin, Finding, Listed, Severity};
 use crate::store::{
-    GcReport, LockOptions, LockedSession, SessionKey, Store, deleted_error, lock_deadline,
-    time_left,
+    GcOutcome, GcReport, LockOptions, LockedSession, SessionKey, Store, deleted_error,
+    lock_deadline, time_left,
 };
 
 /// Sessions in memory, kept in the same encoded format as files. Clones share the sessions.
@@ -236,13 +238,48 @@ impl Drop for MemoryLock {
     }
 }
 
+impl Admin for MemoryStore {
+    fn place(&self) -> String {
+        "memory".to_owned()
+    }
+
+    fn inspect(&self, key: &SessionKey) -> Result<Option<Listed>> {
+        let slots = self.shared.slots();
+        let Some(bytes) = slots.get(key).and_then(|slot| slot.bytes.as_deref()) else {
+            return Ok(None);
+        };
+        Ok(Some(match decode(bytes) {
+            Ok(record) => Listed::Session {
+                key: key.clone(),
+                meta: record.meta,
+                bytes: bytes.len() as u64,
+                footprint: None,
+            },
+            Err(error) => Listed::Unreadable {
+                key: key.clone(),
+                error,
+            },
+        }))
+    }
+
+    fn collect(
+        &self,
+        now: SystemTime,
+        _service: Option<&ServiceId>,
+        _observe: &mut dyn FnMut(GcOutcome),
+    ) -> Result<GcReport> {
+        self.collect_garbage(now, Duration::MAX)
+    }
+
+    fn check(&self) -> Vec<Finding> {
+        vec![Finding::new(
+            Severity::Note,
+            "sessions in memory are lost when the process ends",
+        )]
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::store::suite;
-
-    #[test]
-    fn passes_the_store_suite() {
-        suite::all(Arc::new(MemoryStore::new()));
-    }
+    crate::store_suite!(|| ((), std::sync::Arc::new(super::MemoryStore::new())));
 }

@@ -4,10 +4,20 @@
 //! session's lock, loads, saves or deletes through the [`LockedSession`] it gets, and drops it.
 //! Nothing here assumes a file system, so a Redis or SQL store fits the same shape.
 
+mod admin;
 pub mod file;
+mod location;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(any(test, feature = "store-suite"))]
+pub mod suite;
 
 use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -18,8 +28,14 @@ use crate::record::Record;
 /// `PSOSessionMaxBytes`. Tools open stores with it ([`FileStore::with_max_bytes`]), so that a
 /// record another program wrote under a bigger cap is not taken for a corrupt one.
 pub use crate::record::MAX_RECORD_BYTES;
+pub use admin::{Admin, Finding, Listed, Severity};
 pub use file::{Contents, DirEntry, Entries, EntryKind, FileStore, SessionFile};
+pub use location::{ServerKind, ServerUrl, StoreLocation};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
 
 /// A session's full name in a store: its service and its id.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +67,7 @@ impl fmt::Debug for SessionKey {
 /// let options = pso::store::LockOptions::new(Duration::from_secs(5));
 /// assert!(!options.create);
 /// assert!(options.with_create(true).create);
+/// assert_eq!(options.with_lease(Duration::from_secs(9)).lease, Duration::from_secs(9));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -61,7 +78,14 @@ pub struct LockOptions {
     /// chosen by configuration serialize too. Never set for ids from clients: an unknown id
     /// must leave no trace in the store. Stores whose locks need no record ignore it.
     pub create: bool,
+    /// How long the lock lasts unless renewed ([`LockedSession::renew`]), for stores whose
+    /// locks are leases (a server's): a holder that dies blocks its session at most this long.
+    /// A lock that lasts as long as its holder (a file's `flock`) ignores it.
+    pub lease: Duration,
 }
+
+/// The lease of a [`LockOptions`] that names none: 30 s, as `PSOSessionLockLease`.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 impl LockOptions {
     /// Wait at most `timeout`; do not reserve a key that has no record.
@@ -69,13 +93,70 @@ impl LockOptions {
         LockOptions {
             timeout,
             create: false,
+            lease: DEFAULT_LEASE,
         }
+    }
+
+    /// Lasts `lease` unless renewed (see [`LockOptions::lease`]).
+    pub fn with_lease(mut self, lease: Duration) -> LockOptions {
+        self.lease = lease;
+        self
     }
 
     /// Whether to reserve the key even when it has no record yet (see [`LockOptions::create`]).
     pub fn with_create(mut self, create: bool) -> LockOptions {
         self.create = create;
         self
+    }
+}
+
+/// Opens the store at a server's URL (`PSOSessionStore`), with the password read from
+/// `password_file` (`PSOSessionStorePasswordFile`) if one is named. A kind of server this
+/// program was built without is an error that names the cargo feature it needs.
+///
+/// ```
+/// let pso::store::StoreLocation::Server(url) = pso::store::StoreLocation::parse("postgres://db/app")? else {
+///     unreachable!()
+/// };
+/// # #[cfg(not(feature = "postgres"))]
+/// assert!(pso::store::open_server(&url, None, 1 << 20).err().unwrap().to_string().contains("`postgres` feature"));
+/// # Ok::<(), pso::Error>(())
+/// ```
+pub fn open_server(
+    url: &ServerUrl,
+    password_file: Option<&Path>,
+    max_bytes: u64,
+) -> Result<Arc<dyn Admin>> {
+    let password = password_file
+        .map(location::read_password_file)
+        .transpose()?;
+    let _ = (&password, max_bytes);
+    match url.kind() {
+        #[cfg(feature = "redis")]
+        ServerKind::Redis | ServerKind::RedisUnix => Ok(Arc::new(
+            RedisStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
+        )),
+        #[cfg(feature = "redis-tls")]
+        ServerKind::RedisTls => Ok(Arc::new(
+            RedisStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
+        )),
+        #[cfg(feature = "redis-cluster")]
+        ServerKind::RedisCluster => Ok(Arc::new(
+            RedisStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
+        )),
+        #[cfg(feature = "postgres")]
+        ServerKind::Postgres => Ok(Arc::new(
+            PostgresStore::open(url, password.as_deref())?.with_max_bytes(max_bytes),
+        )),
+        // Every kind is built in with every feature.
+        #[allow(unreachable_patterns)]
+        kind => Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "PSOSessionStore names {url}, but this program was built without pso's `{feature}` feature (cargo build --features pso/{feature})",
+                feature = kind.feature()
+            ),
+        )),
     }
 }
 
@@ -217,6 +298,13 @@ pub trait LockedSession: Send {
     /// the old record or the new one. The lock stays held.
     fn save(&mut self, record: &Record) -> Result<()>;
 
+    /// The last save of a request: saves as [`LockedSession::save`] does and lets go of the
+    /// lock with it, in one round trip where the store can (a server's); the lock can then do
+    /// nothing more but be dropped. The default saves and lets go at drop.
+    fn save_and_release(&mut self, record: &Record) -> Result<()> {
+        self.save(record)
+    }
+
     /// Removes the record. The key stays reserved until drop, but this lock can no longer
     /// save: a deleted session's id must not come back in the same request.
     fn delete(&mut self) -> Result<()>;
@@ -225,234 +313,20 @@ pub trait LockedSession: Send {
     /// a new id ([`crate::Session::regenerate_id`]). Locks are taken in the order old, then
     /// new, so two requests never wait on each other's.
     fn lock_sibling(&self, id: SessionId, options: LockOptions) -> Result<Box<dyn LockedSession>>;
-}
 
-#[cfg(test)]
-pub(crate) mod suite {
-    //! The behaviour every store must show, run against each store.
-
-    use super::*;
-    use crate::ErrorKind;
-    use crate::record::Meta;
-    use std::sync::{Arc, Barrier};
-    use std::time::{Duration, UNIX_EPOCH};
-
-    pub fn key(service: &str) -> SessionKey {
-        SessionKey::new(service.parse().unwrap(), SessionId::generate().unwrap())
+    /// Extends a lock that is a lease by its lease, from now, for a request that runs long;
+    /// [`crate::ErrorKind::LockLost`] if it expired meanwhile and another request may have
+    /// taken it. Locks that last as long as their holder need nothing: the default does
+    /// nothing.
+    fn renew(&mut self) -> Result<()> {
+        Ok(())
     }
 
-    pub fn options() -> LockOptions {
-        LockOptions {
-            timeout: Duration::from_secs(10),
-            create: false,
-        }
-    }
-
-    fn record(n: u64) -> Record {
-        let mut record = Record::new(Meta::new(1_000));
-        record.set("n", &n).unwrap();
-        record
-    }
-
-    pub fn round_trip(store: &dyn Store) {
-        let k = key("svc");
-        let mut lock = store.lock(&k, options()).unwrap();
-        assert_eq!(lock.key(), &k);
-        assert_eq!(lock.load().unwrap(), None);
-        lock.save(&record(1)).unwrap();
-        assert_eq!(lock.load().unwrap(), Some(record(1)));
-        lock.save(&record(2)).unwrap();
-        drop(lock);
-        assert_eq!(store.peek(&k).unwrap(), Some(record(2)));
-        let mut lock = store.lock(&k, options()).unwrap();
-        assert_eq!(lock.load().unwrap(), Some(record(2)));
-        lock.delete().unwrap();
-        drop(lock);
-        assert_eq!(store.peek(&k).unwrap(), None);
-    }
-
-    pub fn unknown_keys_leave_no_trace(store: &dyn Store) {
-        let k = key("svc");
-        let mut lock = store.lock(&k, options()).unwrap();
-        assert_eq!(lock.load().unwrap(), None);
-        drop(lock);
-        assert!(store.keys().unwrap().all(|item| item.unwrap() != k));
-    }
-
-    pub fn keys_lists_saved_sessions(store: &dyn Store) {
-        let (a, b) = (key("one"), key("two"));
-        for k in [&a, &b] {
-            store.lock(k, options()).unwrap().save(&record(0)).unwrap();
-        }
-        let keys: Vec<SessionKey> = store.keys().unwrap().map(Result::unwrap).collect();
-        assert!(keys.contains(&a) && keys.contains(&b), "{keys:?}");
-    }
-
-    pub fn lock_timeout(store: &dyn Store) {
-        let k = key("svc");
-        let mut held = store.lock(&k, options()).unwrap();
-        held.save(&record(0)).unwrap();
-        let short = LockOptions {
-            timeout: Duration::from_millis(50),
-            create: false,
-        };
-        let err = store.lock(&k, short).err().expect("the lock is held");
-        assert_eq!(err.kind(), ErrorKind::LockTimeout);
-    }
-
-    /// Many threads increment one counter through the lock: none may lose another's write.
-    pub fn no_lost_updates(store: Arc<dyn Store>) {
-        let k = key("svc");
-        store.lock(&k, options()).unwrap().save(&record(0)).unwrap();
-        let threads = 8;
-        let rounds = 25;
-        let barrier = Arc::new(Barrier::new(threads));
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let (store, k, barrier) = (store.clone(), k.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    for _ in 0..rounds {
-                        let mut lock = store.lock(&k, options()).unwrap();
-                        let n: u64 = lock.load().unwrap().unwrap().get("n").unwrap().unwrap();
-                        lock.save(&record(n + 1)).unwrap();
-                    }
-                })
-            })
-            .collect();
-        for handle in handles {
-            handle.join().unwrap();
-        }
-        let n: u64 = store.peek(&k).unwrap().unwrap().get("n").unwrap().unwrap();
-        assert_eq!(n, (threads * rounds) as u64);
-    }
-
-    pub fn create_reserves_the_key(store: Arc<dyn Store>) {
-        // Two first requests of a configured id: the second must see the first one's save.
-        let k = SessionKey::new("svc".parse().unwrap(), SessionId::forced("007").unwrap());
-        let create = LockOptions {
-            create: true,
-            ..options()
-        };
-        let mut first = store.lock(&k, create).unwrap();
-        assert_eq!(first.load().unwrap(), None);
-        let (store2, k2) = (store.clone(), k.clone());
-        let second = std::thread::spawn(move || {
-            let mut lock = store2.lock(&k2, create).unwrap();
-            lock.load().unwrap()
-        });
-        std::thread::sleep(Duration::from_millis(100));
-        first.save(&record(7)).unwrap();
-        drop(first);
-        assert_eq!(second.join().unwrap(), Some(record(7)));
-    }
-
-    pub fn garbage_collection(store: &dyn Store) {
-        let (live, dead, busy) = (key("svc"), key("svc"), key("svc"));
-        let mut expired = Record::new(Meta::new(1_000));
-        expired.meta.deadline = Some(1_500);
-        store
-            .lock(&live, options())
-            .unwrap()
-            .save(&record(1))
-            .unwrap();
-        store
-            .lock(&dead, options())
-            .unwrap()
-            .save(&expired)
-            .unwrap();
-        let mut held = store.lock(&busy, options()).unwrap();
-        held.save(&expired).unwrap();
-        let now = UNIX_EPOCH + Duration::from_secs(2_000);
-        let report = store.collect_garbage(now, Duration::from_secs(10)).unwrap();
-        assert!(
-            report.removed >= 1 && report.busy >= 1 && !report.incomplete,
-            "{report:?}"
-        );
-        assert_eq!(store.peek(&dead).unwrap(), None);
-        assert_eq!(store.peek(&live).unwrap(), Some(record(1)));
-        assert_eq!(
-            store.peek(&busy).unwrap(),
-            Some(expired),
-            "a held session is never collected"
-        );
-    }
-
-    pub fn huge_timeouts_do_not_overflow(store: &dyn Store) {
-        let k = key("svc");
-        let forever = LockOptions {
-            timeout: Duration::MAX,
-            create: false,
-        };
-        store.lock(&k, forever).unwrap().save(&record(1)).unwrap();
-    }
-
-    pub fn a_deleted_session_cannot_be_saved_again(store: &dyn Store) {
-        let k = key("svc");
-        let mut lock = store.lock(&k, options()).unwrap();
-        lock.save(&record(1)).unwrap();
-        lock.delete().unwrap();
-        assert_eq!(
-            lock.save(&record(2)).unwrap_err().kind(),
-            ErrorKind::Invalid
-        );
-        drop(lock);
-        assert_eq!(store.peek(&k).unwrap(), None);
-    }
-
-    pub fn a_sibling_lock_reaches_the_same_store(store: &dyn Store) {
-        let first = key("svc");
-        let lock = store.lock(&first, options()).unwrap();
-        let id = SessionId::generate().unwrap();
-        let mut sibling = lock
-            .lock_sibling(id.clone(), options().with_create(true))
-            .unwrap();
-        assert_eq!(sibling.key(), &SessionKey::new(first.service.clone(), id));
-        sibling.save(&record(7)).unwrap();
-        let moved = sibling.key().clone();
-        drop((sibling, lock));
-        let stored = store.peek(&moved).unwrap().expect("saved under the new id");
-        assert_eq!(stored.get::<u64>("n").unwrap(), Some(7));
-    }
-
-    /// A session deleted without its lock while a request holds it stays deleted: the
-    /// holder's saves fail, whether they fit in place or need more room.
-    pub fn a_session_deleted_while_held_stays_deleted(store: &dyn Store) {
-        for grown in [false, true] {
-            let k = key("svc");
-            store.lock(&k, options()).unwrap().save(&record(1)).unwrap();
-            let mut held = store.lock(&k, options()).unwrap();
-            assert!(held.load().unwrap().is_some());
-            store.delete(&k).unwrap();
-            assert_eq!(store.peek(&k).unwrap(), None);
-            let mut next = record(2);
-            if grown {
-                next.set("big", &vec![7u8; 20_000]).unwrap();
-            }
-            assert_eq!(
-                held.save(&next).unwrap_err().kind(),
-                ErrorKind::LockLost,
-                "grown: {grown}"
-            );
-            drop(held);
-            assert_eq!(store.peek(&k).unwrap(), None, "grown: {grown}");
-            assert!(!store.exists(&k).unwrap());
-        }
-        // Nothing there: no error.
-        store.delete(&key("svc")).unwrap();
-    }
-
-    pub fn all(store: Arc<dyn Store>) {
-        a_session_deleted_while_held_stays_deleted(&*store);
-        a_sibling_lock_reaches_the_same_store(&*store);
-        huge_timeouts_do_not_overflow(&*store);
-        a_deleted_session_cannot_be_saved_again(&*store);
-        round_trip(&*store);
-        unknown_keys_leave_no_trace(&*store);
-        keys_lists_saved_sessions(&*store);
-        lock_timeout(&*store);
-        no_lost_updates(store.clone());
-        create_reserves_the_key(store.clone());
-        garbage_collection(&*store);
+    /// Lets go of the lock and says whether that worked. Dropping the lock lets go too, and
+    /// can only log a failure: for a server's lock, a release that does not arrive leaves the
+    /// session locked until its lease ends. The default, for locks that cannot fail to
+    /// release, drops it.
+    fn release(self: Box<Self>) -> Result<()> {
+        Ok(())
     }
 }

@@ -2,7 +2,11 @@
 
 #![allow(dead_code)] // each test file uses a part
 
+pub mod counter_client;
 pub mod fcgi;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod redis;
 pub mod servers;
 
 use std::collections::BTreeSet;

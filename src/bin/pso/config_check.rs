@@ -89,6 +89,10 @@ pub struct Report {
     sources: Vec<String>,
     evaluation: Evaluation,
     user: User,
+    /// What the checks are about: the session directory, or a server store.
+    place: String,
+    /// Whether the checks are a server store's (else the session directory's).
+    store_checked: bool,
     checks: Vec<Check>,
 }
 
@@ -149,11 +153,28 @@ pub fn run(args: Args) -> ExitCode {
             },
         });
     }
-    let checks = directory::check(&evaluation.session_dir, &user);
+    let (config, _) = pso::Config::from_env_checked(&layered.environment());
+    let (place, checks) = match &config.store {
+        pso::store::StoreLocation::Server(url) => (
+            format!("Session store {url}, from this machine"),
+            store_checks(url, config.store_password_file.as_deref()),
+        ),
+        _ => (
+            format!(
+                "Session directory {}, for {}",
+                evaluation.session_dir.display(),
+                user
+            ),
+            directory::check(&evaluation.session_dir, &user),
+        ),
+    };
+    let store_checked = matches!(config.store, pso::store::StoreLocation::Server(_));
     let report = Report {
         sources,
         evaluation,
         user,
+        place,
+        store_checked,
         checks,
     };
 
@@ -178,4 +199,34 @@ pub fn run(args: Args) -> ExitCode {
             render::count(errors, "error")
         )),
     }
+}
+
+/// A server store's checks: reachable, its version, settings that can lose sessions.
+fn store_checks(
+    url: &pso::store::ServerUrl,
+    password_file: Option<&std::path::Path>,
+) -> Vec<Check> {
+    let store = match crate::inventory::open_server(url, password_file) {
+        Ok(store) => store,
+        Err(e) => {
+            return vec![Check {
+                name: "store",
+                level: Level::Error,
+                message: pso::ErrorChain(&e).to_string(),
+            }];
+        }
+    };
+    store
+        .check()
+        .into_iter()
+        .map(|finding| Check {
+            name: "store",
+            level: match finding.severity {
+                pso::store::Severity::Note => Level::Ok,
+                pso::store::Severity::Warning => Level::Warning,
+                _ => Level::Error,
+            },
+            message: finding.message,
+        })
+        .collect()
 }

@@ -1,10 +1,10 @@
-//! The sessions of a file store as tools see them: `pso sessions` uses this module, and so can
+//! The sessions of a store as tools see them: `pso sessions` uses this module, and so can
 //! the development server's `/_pso/` page (to list sessions and to end one).
 //!
-//! The API, all over a [`FileStore`] opened with [`open`]:
+//! The API, all over any store's administration interface ([`Admin`]), opened with [`open`]:
 //! - [`open`]`(path)`: opens an existing session directory (never creates it) with the largest
 //!   record cap any pso program may use, so that a record another program wrote under a bigger
-//!   `PSOSessionMaxBytes` is read, not reported as corrupt.
+//!   `PSOSessionMaxBytes` is read, not reported as corrupt; [`open_server`] a server's store.
 //! - [`for_each`]`(store, service, now, f)`: streams every session as a [`Summary`], and every
 //!   entry that is not a readable session as a [`Skipped`], in directory order, in bounded
 //!   memory; `f` returns [`ControlFlow::Break`] to stop early.
@@ -16,15 +16,14 @@
 //!
 //! Nothing here panics on what it finds in the directory: every file is input from outside.
 
-use std::ffi::OsString;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pso::store::{
-    Contents, EntryKind, FileStore, LockOptions, MAX_RECORD_BYTES, SessionKey, Store,
-};
+use std::sync::Arc;
+
+use pso::store::{Admin, FileStore, Listed, MAX_RECORD_BYTES, ServerUrl, SessionKey};
 use pso::{ErrorKind, Meta, ServiceId, SessionId};
 
 /// Shortest id prefix that `resolve` accepts when the text is not a whole id: a session id is
@@ -35,6 +34,15 @@ pub const MIN_PREFIX: usize = 6;
 /// size a pso program may write.
 pub fn open(path: impl Into<PathBuf>) -> pso::Result<FileStore> {
     Ok(FileStore::open_existing(path)?.with_max_bytes(MAX_RECORD_BYTES))
+}
+
+/// Opens the store at a server's URL for tools, with the largest record cap, and the
+/// password from `password_file` if given.
+pub fn open_server(
+    url: &ServerUrl,
+    password_file: Option<&std::path::Path>,
+) -> pso::Result<Arc<dyn Admin>> {
+    pso::store::open_server(url, password_file, MAX_RECORD_BYTES)
 }
 
 /// One session, from its metadata alone. Times are seconds since the Unix epoch.
@@ -52,14 +60,14 @@ pub struct Summary {
     pub idle_deadline: Option<u64>,
     /// The record's encoded length (what `PSOSessionMaxBytes` caps).
     pub bytes: u64,
-    /// The disk space its file takes.
-    pub disk_bytes: u64,
+    /// What keeping it costs the store (a file's disk space), where the store says.
+    pub disk_bytes: Option<u64>,
     /// Whether it has expired at the `now` it was read with.
     pub expired: bool,
 }
 
 impl Summary {
-    fn new(key: SessionKey, meta: &Meta, bytes: u64, disk_bytes: u64, now: u64) -> Summary {
+    fn new(key: SessionKey, meta: &Meta, bytes: u64, disk_bytes: Option<u64>, now: u64) -> Summary {
         Summary {
             key,
             created: meta.created,
@@ -80,8 +88,8 @@ impl Summary {
 pub enum Skipped {
     /// A file not named like a session: another program's, or put there by hand.
     NotASession {
-        /// Its file name.
-        name: OsString,
+        /// Its name.
+        name: String,
     },
     /// A save's temporary file (removed by collection once abandoned).
     Temporary,
@@ -153,63 +161,50 @@ pub struct Detail {
 ///
 /// The error is a failure to list the directory; everything about one file is a [`Skipped`].
 pub fn for_each(
-    store: &FileStore,
+    store: &dyn Admin,
     service: Option<&ServiceId>,
     now: u64,
     mut each: impl FnMut(Result<Summary, Skipped>) -> ControlFlow<()>,
 ) -> pso::Result<()> {
-    for entry in store.entries()? {
-        let entry = entry?;
-        let found = match entry.kind() {
-            EntryKind::Session(key) if service.is_none_or(|s| key.service == *s) => {
-                match store.inspect(key) {
-                    Ok(Some(file)) => match file.contents {
-                        Contents::Record { meta, bytes } => Ok(Summary::new(
-                            key.clone(),
-                            &meta,
-                            bytes,
-                            file.disk_bytes,
-                            now,
-                        )),
-                        Contents::Reservation => Err(Skipped::Reservation),
-                        Contents::OtherVersion => Err(Skipped::OtherVersion { key: key.clone() }),
-                        _ => Err(Skipped::OtherVersion { key: key.clone() }),
-                    },
-                    // Removed since it was listed.
-                    Ok(None) => continue,
-                    Err(error) => Err(Skipped::Unreadable {
-                        key: key.clone(),
-                        error,
-                    }),
-                }
-            }
-            EntryKind::Session(_) | EntryKind::GcCursor => continue,
-            EntryKind::Temporary if service.is_none() => Err(Skipped::Temporary),
-            EntryKind::Temporary => continue,
-            _ if service.is_none() => Err(Skipped::NotASession {
-                name: entry.name().to_owned(),
-            }),
-            _ => continue,
-        };
-        if each(found).is_break() {
+    for listed in store.list(service)? {
+        if each(summarize(listed?, now)).is_break() {
             break;
         }
     }
     Ok(())
 }
 
+/// A listed entry as a summary, or why it is none.
+fn summarize(listed: Listed, now: u64) -> Result<Summary, Skipped> {
+    match listed {
+        Listed::Session {
+            key,
+            meta,
+            bytes,
+            footprint,
+        } => Ok(Summary::new(key, &meta, bytes, footprint, now)),
+        Listed::Unreadable { key, error } => Err(Skipped::Unreadable { key, error }),
+        Listed::OtherVersion { key } => Err(Skipped::OtherVersion { key }),
+        Listed::Reservation => Err(Skipped::Reservation),
+        Listed::Temporary => Err(Skipped::Temporary),
+        Listed::Foreign { name } => Err(Skipped::NotASession { name }),
+        _ => Err(Skipped::NotASession {
+            name: "(an entry this pso does not know)".to_owned(),
+        }),
+    }
+}
+
 /// One session in full; `None` if the store has no record under `key`. The record is read
 /// whole (up to the largest cap) without its lock: a save under way is seen before or after,
-/// never half-done, as the file layout guarantees.
-pub fn detail(store: &FileStore, key: &SessionKey, now: u64) -> pso::Result<Option<Detail>> {
-    let Some(file) = store.inspect(key)? else {
-        return Ok(None);
-    };
-    let bytes = match file.contents {
-        Contents::Record { bytes, .. } => bytes,
-        Contents::Reservation => return Ok(None),
+/// never half-done, as every store guarantees of `peek`.
+pub fn detail(store: &dyn Admin, key: &SessionKey, now: u64) -> pso::Result<Option<Detail>> {
+    let (bytes, footprint) = match store.inspect(key)? {
+        None | Some(Listed::Reservation) => return Ok(None),
+        Some(Listed::Session {
+            bytes, footprint, ..
+        }) => (bytes, footprint),
         // Read anyway: the error says what is wrong with it.
-        _ => 0,
+        Some(_) => (0, None),
     };
     let Some(record) = store.peek(key)? else {
         return Ok(None);
@@ -223,7 +218,7 @@ pub fn detail(store: &FileStore, key: &SessionKey, now: u64) -> pso::Result<Opti
         })
         .collect();
     Ok(Some(Detail {
-        summary: Summary::new(key.clone(), &record.meta, bytes, file.disk_bytes, now),
+        summary: Summary::new(key.clone(), &record.meta, bytes, footprint, now),
         max_idle: record.meta.max_idle,
         client_addr: record.meta.client_addr.clone(),
         keys,
@@ -240,14 +235,9 @@ fn shown(record: &pso::Record, name: &str) -> Option<Shown> {
 }
 
 /// Ends `key`'s session: takes its lock (waiting at most `timeout` for a request that holds
-/// it), then removes its file. `false` if there was no such session.
-pub fn remove(store: &FileStore, key: &SessionKey, timeout: Duration) -> pso::Result<bool> {
-    let mut session = store.lock(key, LockOptions::new(timeout))?;
-    // Judged under the lock, so that a file gone meanwhile is not reported as removed; a
-    // damaged one is there, and goes.
-    let existed = !matches!(session.load(), Ok(None));
-    session.delete()?;
-    Ok(existed)
+/// it), then removes it. `false` if there was no such session.
+pub fn remove(store: &dyn Admin, key: &SessionKey, timeout: Duration) -> pso::Result<bool> {
+    store.remove(key, timeout)
 }
 
 /// Why a command-line id names no single session.
@@ -305,7 +295,7 @@ const AMBIGUOUS_STOP: usize = 5;
 /// the id alphabet before anything else, and only ever compared with names listed from the
 /// directory: it never becomes part of a path.
 pub fn resolve(
-    store: &FileStore,
+    store: &dyn Admin,
     service: Option<&ServiceId>,
     text: &str,
 ) -> Result<SessionKey, LookupError> {
@@ -317,11 +307,8 @@ pub fn resolve(
         }
     }
     let (mut exact, mut prefixed) = (Vec::new(), Vec::new());
-    for entry in store.entries().map_err(LookupError::Store)? {
-        let entry = entry.map_err(LookupError::Store)?;
-        let EntryKind::Session(key) = entry.kind() else {
-            continue;
-        };
+    for key in store.keys().map_err(LookupError::Store)? {
+        let key = &key.map_err(LookupError::Store)?;
         if service.is_some_and(|s| key.service != *s) {
             continue;
         }
@@ -364,6 +351,7 @@ pub fn is_lock_timeout(error: &pso::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pso::store::{LockOptions, Store};
     use pso::{Record, SessionId};
 
     fn store() -> (tempfile::TempDir, FileStore) {

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod config_check;
 mod htaccess;
 mod inventory;
+mod migrate;
 mod serve;
 mod sessions;
 

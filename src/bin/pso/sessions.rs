@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pso::store::{FileStore, GcOutcome, GcRemoval, SessionKey};
+use std::sync::Arc;
+
+use pso::store::{Admin, GcOutcome, GcRemoval, SessionKey, StoreLocation};
 use pso::{ErrorChain, ServiceId};
 use serde_json::json;
 
@@ -45,6 +47,10 @@ pub enum Command {
     /// while the site is live. Damaged user records and forced-id sessions are kept and
     /// reported, for a person to look at
     Gc(GcArgs),
+    /// Copy every session of one store into another (files to Redis, say), each under its
+    /// lock in both; never over a newer one, so it can run again: before switching
+    /// PSOSessionStore, and right after
+    Migrate(crate::migrate::Args),
     /// Count the sessions: how many, how big, how many expired, the oldest and newest
     Stats(StoreArgs),
 }
@@ -58,8 +64,13 @@ With --sort every row is kept (about 220 bytes each, measured: 220 MB for a mill
 #[derive(clap::Args)]
 pub struct StoreArgs {
     /// The session directory [default: $PSOSessionFileLoader_Path, else <temp dir>/pso-<uid>]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "store")]
     path: Option<PathBuf>,
+    /// The store, as PSOSessionStore names it: files, redis://host:6379/0, redis+cluster://…
+    /// [default: $PSOSessionStore, else files]. A password comes from the URL or from
+    /// $PSOSessionStorePasswordFile.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Only the sessions of this service (PSOServiceId) [default: every service]
     #[arg(long, value_name = "SERVICE")]
     service: Option<ServiceId>,
@@ -167,6 +178,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Rm(args) => rm(&args, &mut out),
         Command::Gc(args) => gc(&args, &mut out),
         Command::Stats(args) => stats(&args, &mut out),
+        Command::Migrate(args) => crate::migrate::run(&args, &mut out).map_err(Failure::Message),
     }
     .and_then(|()| out.flush().map_err(Failure::Output));
     match done {
@@ -198,8 +210,24 @@ fn store_path(args: &StoreArgs) -> Result<PathBuf, Failure> {
     Ok(config.session_dir)
 }
 
-fn open(args: &StoreArgs) -> Result<FileStore, Failure> {
-    Ok(inventory::open(store_path(args)?)?)
+/// The store: `--store`, else `--path`, else what programs read from this environment.
+fn open(args: &StoreArgs) -> Result<Arc<dyn Admin>, Failure> {
+    let (config, _) = pso::Config::from_env_checked(&pso::Environment::from_process());
+    let location = match &args.store {
+        Some(text) => StoreLocation::parse(text)?,
+        None if args.path.is_some() => StoreLocation::Files,
+        None => config.store.clone(),
+    };
+    match location {
+        StoreLocation::Files => Ok(Arc::new(inventory::open(store_path(args)?)?)),
+        StoreLocation::Server(url) => Ok(inventory::open_server(
+            &url,
+            config.store_password_file.as_deref(),
+        )?),
+        _ => Err(failure(
+            "PSOSessionStore names no store pso knows; give --store or --path",
+        )),
+    }
 }
 
 fn now() -> u64 {
@@ -302,7 +330,7 @@ struct Row {
     deadline: Option<u64>,
     idle_deadline: Option<u64>,
     bytes: u64,
-    disk_bytes: u64,
+    disk_bytes: Option<u64>,
     expired: bool,
 }
 
@@ -457,7 +485,7 @@ fn list(args: &ListArgs, out: &mut impl Write) -> Result<(), Failure> {
     let mut all: Vec<Row> = Vec::new();
     let mut heap: BinaryHeap<Ranked> = BinaryHeap::new();
     let sort = args.sort;
-    inventory::for_each(&store, args.store.service.as_ref(), now(), |found| {
+    inventory::for_each(&*store, args.store.service.as_ref(), now(), |found| {
         let summary = match found {
             Ok(summary) => summary,
             Err(skipped) => {
@@ -519,7 +547,7 @@ fn write_json(out: &mut impl Write, value: &serde_json::Value) -> io::Result<()>
 }
 
 /// The key a command-line id names.
-fn resolve(store: &FileStore, args: &StoreArgs, text: &str) -> Result<SessionKey, Failure> {
+fn resolve(store: &dyn Admin, args: &StoreArgs, text: &str) -> Result<SessionKey, Failure> {
     inventory::resolve(store, args.service.as_ref(), text)
         .map_err(|e| failure(format_args!("{}: {e}", printable_id(text))))
 }
@@ -539,8 +567,8 @@ fn printable_id(text: &str) -> String {
 
 fn show(args: &ShowArgs, out: &mut impl Write) -> Result<(), Failure> {
     let store = open(&args.store)?;
-    let key = resolve(&store, &args.store, &args.id)?;
-    let Some(detail) = inventory::detail(&store, &key, now())? else {
+    let key = resolve(&*store, &args.store, &args.id)?;
+    let Some(detail) = inventory::detail(&*store, &key, now())? else {
         return Err(failure(format_args!(
             "{}: no such session",
             printable_id(&args.id)
@@ -611,11 +639,10 @@ fn write_detail(out: &mut impl Write, detail: &Detail) -> io::Result<()> {
     if let Some(addr) = &detail.client_addr {
         writeln!(out, "client       {}", escaped(addr, TEXT_SHOWN))?;
     }
-    writeln!(
-        out,
-        "size         {} bytes ({} on disk)",
-        s.bytes, s.disk_bytes
-    )?;
+    match s.disk_bytes {
+        Some(disk) => writeln!(out, "size         {} bytes ({disk} on disk)", s.bytes)?,
+        None => writeln!(out, "size         {} bytes", s.bytes)?,
+    }
     writeln!(out, "keys         {}", detail.keys.len())?;
     let width = detail
         .keys
@@ -671,9 +698,9 @@ fn cut(text: &str, max: usize) -> String {
 
 fn rm(args: &RmArgs, out: &mut impl Write) -> Result<(), Failure> {
     let store = open(&args.store)?;
-    let key = resolve(&store, &args.store, &args.id)?;
+    let key = resolve(&*store, &args.store, &args.id)?;
     let removed =
-        inventory::remove(&store, &key, Duration::from_secs(args.timeout)).map_err(|e| {
+        inventory::remove(&*store, &key, Duration::from_secs(args.timeout)).map_err(|e| {
             if inventory::is_lock_timeout(&e) {
                 failure(format_args!(
                     "session {} is held by a request past --timeout ({} s); nothing removed",
@@ -746,10 +773,21 @@ impl GcTally {
 
 fn gc(args: &GcArgs, out: &mut impl Write) -> Result<(), Failure> {
     let store = open(&args.store)?;
+    if store.expires_by_itself() {
+        if !args.quiet {
+            writeln!(
+                out,
+                "{} removes expired sessions by itself (TTLs): nothing to collect",
+                store.place()
+            )
+            .map_err(Failure::Output)?;
+        }
+        return Ok(());
+    }
     let bar = if io::stderr().is_terminal() {
-        // Counting the entries first is a listing only (no file opened): cheap beside the
+        // Counting the sessions first is a listing only (no record read): cheap beside the
         // pass, and it gives the bar its length.
-        let total = store.entries()?.count() as u64;
+        let total = store.keys()?.count() as u64;
         let bar = indicatif::ProgressBar::with_draw_target(
             Some(total),
             indicatif::ProgressDrawTarget::stderr(),
@@ -765,7 +803,7 @@ fn gc(args: &GcArgs, out: &mut impl Write) -> Result<(), Failure> {
         indicatif::ProgressBar::hidden()
     };
     let mut tally = GcTally::default();
-    let collected = store.collect_observed(
+    let collected = store.collect(
         SystemTime::now(),
         args.store.service.as_ref(),
         &mut |outcome| {
@@ -777,7 +815,13 @@ fn gc(args: &GcArgs, out: &mut impl Write) -> Result<(), Failure> {
         },
     );
     bar.finish_and_clear();
-    collected?;
+    let report = collected?;
+    if report.examined > 0 && tally.expired + tally.kept + tally.held + tally.unreadable == 0 {
+        // A store that collects in bulk (PostgreSQL's DELETE per batch) reports counts only.
+        tally.expired = report.removed;
+        tally.held = report.busy;
+        tally.kept = report.examined.saturating_sub(report.removed + report.busy);
+    }
     if tally.kept_damaged > 0 {
         // Said even with --quiet: a person must look (`pso sessions show`, then `rm`).
         eprintln!(
@@ -826,7 +870,8 @@ struct Totals {
     sessions: u64,
     expired: u64,
     bytes: u64,
-    disk_bytes: u64,
+    /// `None` until a session says what it takes (a server store does not).
+    disk_bytes: Option<u64>,
     oldest: Option<u64>,
     newest: Option<u64>,
 }
@@ -836,7 +881,9 @@ impl Totals {
         self.sessions += 1;
         self.expired += u64::from(summary.expired);
         self.bytes = self.bytes.saturating_add(summary.bytes);
-        self.disk_bytes = self.disk_bytes.saturating_add(summary.disk_bytes);
+        if let Some(disk) = summary.disk_bytes {
+            self.disk_bytes = Some(self.disk_bytes.unwrap_or(0).saturating_add(disk));
+        }
         self.oldest = Some(
             self.oldest
                 .map_or(summary.created, |t| t.min(summary.created)),
@@ -865,7 +912,7 @@ fn stats(args: &StoreArgs, out: &mut impl Write) -> Result<(), Failure> {
     // One entry per service: services are few (one per program), unlike sessions.
     let mut services: BTreeMap<ServiceId, Totals> = BTreeMap::new();
     let mut warnings = Warnings::default();
-    inventory::for_each(&store, args.service.as_ref(), now(), |found| {
+    inventory::for_each(&*store, args.service.as_ref(), now(), |found| {
         match found {
             Ok(summary) => {
                 all.add(&summary);
@@ -899,11 +946,10 @@ fn stats(args: &StoreArgs, out: &mut impl Write) -> Result<(), Failure> {
             "sessions     {} ({} expired)",
             all.sessions, all.expired
         )?;
-        writeln!(
-            out,
-            "bytes        {} in records, {} on disk",
-            all.bytes, all.disk_bytes
-        )?;
+        match all.disk_bytes {
+            Some(disk) => writeln!(out, "bytes        {} in records, {disk} on disk", all.bytes)?,
+            None => writeln!(out, "bytes        {} in records", all.bytes)?,
+        }
         writeln!(out, "oldest       {} (created, UTC)", time(all.oldest))?;
         writeln!(out, "newest       {} (created, UTC)", time(all.newest))?;
         for (service, totals) in &services {
@@ -991,7 +1037,7 @@ mod tests {
             deadline: None,
             idle_deadline: None,
             bytes: 0,
-            disk_bytes: 0,
+            disk_bytes: None,
             expired: false,
         };
         let (a, b, c) = (row("s.b", 1), row("s.a", 2), row("s.c", 1));

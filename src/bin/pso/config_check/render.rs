@@ -120,12 +120,7 @@ pub fn text(report: &Report, style: Style, out: &mut impl Write) -> io::Result<(
         }
     }
     writeln!(out)?;
-    writeln!(
-        out,
-        "Session directory {}, for {}:",
-        printable(&report.evaluation.session_dir.display().to_string()),
-        report.user
-    )?;
+    writeln!(out, "{}:", printable(&report.place))?;
     for check in &report.checks {
         writeln!(
             out,
@@ -208,8 +203,9 @@ pub fn json(report: &Report, out: &mut impl Write) -> io::Result<()> {
         "session_directory": {
             "path": report.evaluation.session_dir,
             "user": {"name": report.user.name, "uid": report.user.uid},
-            "checks": checks,
+            "checks": if report.store_checked { json!([]) } else { json!(checks) },
         },
+        "store": if report.store_checked { json!({"place": report.place, "checks": checks}) } else { Value::Null },
     });
     serde_json::to_writer_pretty(&mut *out, &object)?;
     writeln!(out)

@@ -15,7 +15,9 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pso::store::FileStore;
+use std::sync::Arc;
+
+use pso::store::{Admin, StoreLocation};
 use pso::{Config, Environment, ServiceId};
 
 use super::http::{self, Request};
@@ -168,10 +170,12 @@ fn end(site: &Site, conn: &mut TcpStream, request: &Request) -> (u16, u64) {
     (303, 6)
 }
 
-/// One program's sessions: its session directory and service.
+/// One program's sessions: its store (a session directory or a server) and service.
 struct ProgramStore {
     programs: Vec<String>,
     dir: PathBuf,
+    location: StoreLocation,
+    password_file: Option<PathBuf>,
     service: ServiceId,
     lock_timeout: Duration,
 }
@@ -184,14 +188,17 @@ fn stores(site: &Site) -> Vec<ProgramStore> {
         let mut pairs: Vec<(String, String)> = site.set_env.clone();
         pairs.push(("SCRIPT_NAME".into(), format!("{}{name}", site::PREFIX)));
         let config = Config::from_env(&Environment::from_pairs(pairs));
-        match stores
-            .iter_mut()
-            .find(|s| s.dir == config.session_dir && s.service == config.service)
-        {
+        match stores.iter_mut().find(|s| {
+            s.location == config.store
+                && (s.location != StoreLocation::Files || s.dir == config.session_dir)
+                && s.service == config.service
+        }) {
             Some(store) => store.programs.push(name),
             None => stores.push(ProgramStore {
                 programs: vec![name],
                 dir: config.session_dir,
+                location: config.store,
+                password_file: config.store_password_file,
                 service: config.service,
                 lock_timeout: config.lock_timeout,
             }),
@@ -201,14 +208,32 @@ fn stores(site: &Site) -> Vec<ProgramStore> {
 }
 
 impl ProgramStore {
-    /// The store, if its directory exists: the page never creates one.
-    fn open(&self) -> Result<Option<FileStore>, String> {
-        if std::fs::symlink_metadata(&self.dir).is_err() {
-            return Ok(None);
+    /// Where the sessions are, for the page.
+    fn place(&self) -> String {
+        match &self.location {
+            StoreLocation::Server(url) => url.to_string(),
+            _ => self.dir.display().to_string(),
         }
-        inventory::open(&self.dir)
-            .map(Some)
-            .map_err(|e| format!("{}: {}", self.dir.display(), pso::ErrorChain(&e)))
+    }
+
+    /// The store; for files, if its directory exists: the page never creates one.
+    fn open(&self) -> Result<Option<Arc<dyn Admin>>, String> {
+        match &self.location {
+            StoreLocation::Server(url) => {
+                inventory::open_server(url, self.password_file.as_deref())
+                    .map(Some)
+                    .map_err(|e| pso::ErrorChain(&e).to_string())
+            }
+            StoreLocation::Files => {
+                if std::fs::symlink_metadata(&self.dir).is_err() {
+                    return Ok(None);
+                }
+                inventory::open(&self.dir)
+                    .map(|store| Some(Arc::new(store) as Arc<dyn Admin>))
+                    .map_err(|e| format!("{}: {}", self.dir.display(), pso::ErrorChain(&e)))
+            }
+            _ => Err("PSOSessionStore names no store pso knows".to_owned()),
+        }
     }
 
     /// The service's sessions in full, the most recently used first.
@@ -217,7 +242,7 @@ impl ProgramStore {
             return Ok(Vec::new());
         };
         let mut summaries = Vec::new();
-        inventory::for_each(&store, Some(&self.service), now, |found| {
+        inventory::for_each(&*store, Some(&self.service), now, |found| {
             if let Ok(summary) = found {
                 summaries.push(summary);
             }
@@ -228,7 +253,7 @@ impl ProgramStore {
         summaries.truncate(MAX_LISTED);
         Ok(summaries
             .iter()
-            .filter_map(|summary| inventory::detail(&store, &summary.key, now).ok().flatten())
+            .filter_map(|summary| inventory::detail(&*store, &summary.key, now).ok().flatten())
             .collect())
     }
 
@@ -240,10 +265,10 @@ impl ProgramStore {
         let Some(store) = self.open()? else {
             return Ok(false);
         };
-        let Ok(key) = inventory::resolve(&store, Some(&self.service), prefix) else {
+        let Ok(key) = inventory::resolve(&*store, Some(&self.service), prefix) else {
             return Ok(false);
         };
-        let ended = inventory::remove(&store, &key, self.lock_timeout)
+        let ended = inventory::remove(&*store, &key, self.lock_timeout)
             .map_err(|e| pso::ErrorChain(&e).to_string())?;
         eprintln!("pso serve: ended session {}", key.id.short());
         Ok(ended)
@@ -260,7 +285,7 @@ fn page(site: &Site) -> String {
             "<h2>{} <small>service <code>{}</code> in <code>{}</code></small></h2>\n",
             escape(&store.programs.join(", ")),
             escape(store.service.as_str()),
-            escape(&store.dir.display().to_string()),
+            escape(&store.place()),
         ));
         let sessions = match store.sessions(now) {
             Ok(sessions) => sessions,

@@ -1,0 +1,152 @@
+//! Two "machines" sharing sessions in Redis: two FastCGI processes of the reload counter
+//! behind one nginx upstream, 2,000 requests from 16 clients over 20 sessions, every count
+//! exact (each value handed out once), with one Redis, a Redis Cluster and PostgreSQL.
+
+#![cfg(any(feature = "redis", feature = "postgres"))]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use common::counter_client::Client;
+use common::servers::*;
+
+const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
+const CLIENTS: usize = 16;
+const SESSIONS: usize = 20;
+const REQUESTS: usize = 2_000;
+
+/// Two FastCGI processes with `store`, behind nginx's round robin: the port to send to, and
+/// what must live as long as the test.
+fn two_machines(site: &Site, store: &str) -> (u16, Vec<Daemon>) {
+    let mut daemons = Vec::new();
+    let mut servers = String::new();
+    for machine in ["a", "b"] {
+        let port = free_port();
+        let mut app = as_server_user(&site.path("cgi-bin/reload"));
+        app.env_clear()
+            .env("PSO_FCGI_BIND", format!("127.0.0.1:{port}"))
+            .env("PSOSessionStore", store);
+        daemons.push(Daemon::start(
+            &format!("pso-{machine}"),
+            app,
+            site,
+            Ready::Port(port),
+        ));
+        servers.push_str(&format!("server 127.0.0.1:{port};\n"));
+    }
+    let port = free_port();
+    // nginx_conf puts `location` inside `server`: the upstream goes in through `include`.
+    site.write(
+        "upstream.conf",
+        &format!("upstream machines {{ {servers} }}"),
+    );
+    let location = r#"location = /cgi-bin/reload {
+            include /etc/nginx/fastcgi_params;
+            fastcgi_pass machines;
+        }"#;
+    let conf = nginx_conf(site, port, location).display().to_string();
+    let text = std::fs::read_to_string(&conf).unwrap().replace(
+        "http {",
+        &format!(
+            "http {{\n    include {};",
+            site.path("upstream.conf").display()
+        ),
+    );
+    std::fs::write(&conf, text).unwrap();
+    let nginx = find_program(&["nginx"]).expect("nginx");
+    let mut command = as_server_user(&nginx);
+    command
+        .arg("-p")
+        .arg(site.root())
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(site.path("nginx-error.log"));
+    daemons.push(Daemon::start("nginx", command, site, Ready::Port(port)));
+    (port, daemons)
+}
+
+/// 2,000 requests from 16 clients over 20 sessions through both machines: each session's
+/// counts must be exactly 2..=101, each handed out once.
+fn every_count_exact(store: &str, while_up: impl FnOnce()) {
+    if require(&["nginx"]).is_none() {
+        return;
+    }
+    let site = Site::new(&[Path::new(RELOAD)]);
+    let (port, _daemons) = two_machines(&site, store);
+    let mut first = Client::new(port);
+    let cookies: Vec<String> = (0..SESSIONS)
+        .map(|_| {
+            let (count, cookie) = first.get(None);
+            assert_eq!(count, 1);
+            cookie.expect("a new session's cookie")
+        })
+        .collect();
+    let cookies = Arc::new(cookies);
+    let seen: Arc<Mutex<BTreeMap<usize, Vec<u64>>>> = Arc::default();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (cookies, seen) = (cookies.clone(), seen.clone());
+            std::thread::spawn(move || {
+                // A connection per request: nginx then spreads them over both machines.
+                let mut mine = Vec::new();
+                for i in (client..REQUESTS).step_by(CLIENTS) {
+                    let session = i % SESSIONS;
+                    let (count, _) = Client::new(port).get(Some(&cookies[session]));
+                    mine.push((session, count));
+                }
+                let mut seen = seen.lock().unwrap();
+                for (session, count) in mine {
+                    seen.entry(session).or_default().push(count);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    for session in 0..SESSIONS {
+        let mut counts = seen[&session].clone();
+        counts.sort_unstable();
+        let expected: Vec<u64> = (2..2 + (REQUESTS / SESSIONS) as u64).collect();
+        assert_eq!(counts, expected, "session {session}");
+    }
+    let logs = site.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+    while_up();
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn two_machines_share_sessions_in_redis_and_lose_no_update() {
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    every_count_exact(&redis.url(), || {
+        // Both machines served: each keeps its connections (redis-cli is one more client).
+        let clients = redis.cli(&["CLIENT", "LIST"]).lines().count();
+        assert!(clients >= 3, "{clients} clients");
+    });
+}
+
+#[cfg(feature = "redis-cluster")]
+#[test]
+fn two_machines_share_sessions_in_a_redis_cluster_and_lose_no_update() {
+    let Some(cluster) = common::redis::RedisCluster::start() else {
+        return;
+    };
+    every_count_exact(&cluster.url(), || ());
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn two_machines_share_sessions_in_postgresql_and_lose_no_update() {
+    let Some(database) = common::postgres::PostgresServer::start() else {
+        return;
+    };
+    every_count_exact(&database.url(), || ());
+}
