@@ -765,6 +765,7 @@ impl Store for PostgresStore {
             // Dropping the connection lets go of the lock.
             Err(e) => return Err(server.error("reading a locked session", e)),
         };
+        let saw_record = matches!(found, Read::Record(_) | Read::TooLarge(_));
         let loaded = self.decode(key, found);
         Ok(Box::new(PostgresLock {
             store: self.clone(),
@@ -773,6 +774,8 @@ impl Store for PostgresStore {
             backend,
             generation,
             first_load: Some(loaded),
+            saw_record,
+            ended: false,
             deleted: false,
             released: false,
         }))
@@ -1003,6 +1006,10 @@ struct PostgresLock {
     generation: Option<i64>,
     /// What the lock read, for the first load.
     first_load: Option<Result<Option<Record>>>,
+    /// Whether the last read found a record.
+    saw_record: bool,
+    /// The session was ended by someone else while this lock held it.
+    ended: bool,
     deleted: bool,
     released: bool,
 }
@@ -1118,6 +1125,12 @@ impl LockedSession for PostgresLock {
         let (found, generation) = self.run("reading a locked session", |client| {
             read(client, &key, max_bytes)
         })?;
+        // A tombstone, or no row where this lock saw one: ended by Store::delete while held.
+        // Loading again must not make a save bring it back.
+        if matches!(found, Read::Tombstone) || (self.saw_record && matches!(found, Read::Missing)) {
+            self.ended = true;
+        }
+        self.saw_record = matches!(found, Read::Record(_) | Read::TooLarge(_));
         self.generation = generation;
         self.store.decode(&self.key, found)
     }
@@ -1125,6 +1138,9 @@ impl LockedSession for PostgresLock {
     fn save(&mut self, record: &Record) -> Result<()> {
         if self.deleted {
             return Err(deleted_error(&self.key));
+        }
+        if self.ended {
+            return Err(self.lost("the session was ended while this request held it"));
         }
         let bytes = record.encode()?;
         let expires = expires_at(&record.meta);

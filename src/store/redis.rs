@@ -839,6 +839,7 @@ impl Store for RedisStore {
                         token,
                         lease: options.lease,
                         seen,
+                        ended: false,
                         first_load: Some(loaded),
                         deleted: false,
                         released: false,
@@ -1142,6 +1143,8 @@ struct RedisLock {
     /// If the record then vanishes, someone deleted it, and a save must not bring it back; if
     /// the lease ran out, a save goes on only if the record is still this.
     seen: Option<String>,
+    /// The session was ended by someone else while this lock held it.
+    ended: bool,
     deleted: bool,
     released: bool,
 }
@@ -1159,6 +1162,9 @@ impl RedisLock {
 
     /// Saves `record`, and with `release` gives the lock back in the same script.
     fn write(&mut self, record: &Record, release: bool) -> Result<()> {
+        if self.ended {
+            return Err(self.lost("not saved: the session was ended while this request held it"));
+        }
         if self.deleted {
             return Err(deleted_error(&self.key));
         }
@@ -1235,6 +1241,11 @@ impl LockedSession for RedisLock {
             return first;
         }
         let (loaded, sha) = self.store.read(&self.key)?;
+        if self.seen.is_some() && sha.is_none() {
+            // It was there and is gone while this lock holds it: ended by Store::delete (or
+            // its TTL). Loading again must not make a save bring it back.
+            self.ended = true;
+        }
         self.seen = sha;
         Ok(loaded)
     }

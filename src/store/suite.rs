@@ -234,6 +234,27 @@ pub fn the_last_save_is_kept_and_lets_go(store: Arc<dyn Store>) {
     assert_eq!(next.load().unwrap(), Some(record(2)));
 }
 
+/// A holder that loads again after its session was ended under it (by [`Store::delete`]) still
+/// cannot bring it back with a save, whatever that load returned (nothing, or what it held:
+/// a file store reads its open file), as found by the second attack on the server stores:
+/// they took the second load's "nothing" for a new session.
+pub fn a_session_ended_while_held_stays_ended_after_a_second_load(store: Arc<dyn Store>) {
+    let k = key("svc");
+    store.lock(&k, options()).unwrap().save(&record(1)).unwrap();
+    let mut held = store.lock(&k, options()).unwrap();
+    assert_eq!(held.load().unwrap(), Some(record(1)));
+    store.delete(&k).unwrap();
+    let _ = held.load().unwrap();
+    let saved = held.save(&record(2));
+    drop(held);
+    assert_eq!(
+        saved.err().map(|e| e.kind()),
+        Some(ErrorKind::LockLost),
+        "a save after the second load"
+    );
+    assert_eq!(store.peek(&k).unwrap(), None);
+}
+
 /// Every property, one after the other (a failure stops the rest: prefer
 /// [`crate::store_suite!`], which makes a test of each).
 pub fn all(store: Arc<dyn Store>) {
@@ -256,6 +277,7 @@ pub const PROPERTIES: &[fn(Arc<dyn Store>)] = &[
     a_sibling_lock_reaches_the_same_store,
     a_session_deleted_while_held_stays_deleted,
     the_last_save_is_kept_and_lets_go,
+    a_session_ended_while_held_stays_ended_after_a_second_load,
 ];
 
 /// Makes one `#[test]` per property of [`crate::store::suite`] for a store, so that a store
@@ -285,7 +307,8 @@ macro_rules! store_suite {
             a_deleted_session_cannot_be_saved_again,
             a_sibling_lock_reaches_the_same_store,
             a_session_deleted_while_held_stays_deleted,
-            the_last_save_is_kept_and_lets_go
+            the_last_save_is_kept_and_lets_go,
+            a_session_ended_while_held_stays_ended_after_a_second_load
         );
     };
     (@each $make:expr; $($property:ident),*) => {
