@@ -415,7 +415,12 @@ impl Service {
         }
         // Each opened store has connections of its own: requests that vary the record cap
         // (or anything else of the key) must not open pools without end.
-        if stores.servers.len() >= MAX_STORE_SERVERS {
+        // The process's own store is always allowed: requests naming others must not be able
+        // to lock it out.
+        let own_store = config.store == self.base.config.store
+            && config.store_password_file == self.base.config.store_password_file
+            && config.max_bytes == self.base.config.max_bytes;
+        if !own_store && stores.servers.len() >= MAX_STORE_SERVERS {
             log::error!(
                 "requests named more than {MAX_STORE_SERVERS} session stores (servers, password files and record caps); refusing {url}"
             );

@@ -265,9 +265,15 @@ impl Admin for MemoryStore {
     fn collect(
         &self,
         now: SystemTime,
-        _service: Option<&ServiceId>,
+        service: Option<&ServiceId>,
         _observe: &mut dyn FnMut(GcOutcome),
     ) -> Result<GcReport> {
+        if service.is_some() {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Invalid,
+                "the memory store collects every service's expired sessions at once",
+            ));
+        }
         self.collect_garbage(now, Duration::MAX)
     }
 

@@ -1,13 +1,13 @@
-//! `pso sessions migrate`: copies a live store into another, session by session under each
+//! `pso sessions migrate`: copies one store into another, session by session under each
 //! session's lock in both, so that a site moves (from files to Redis, say) without logging
 //! anyone out.
 //!
-//! A copy never overwrites a newer session: a session is copied when the target has none, or
-//! another one saved no later (by its last save, dated to the second; within one second the
-//! source wins). So the command is idempotent and can be stopped and run
-//! again; run it once before switching `PSOSessionStore`, and once right after, to carry over
-//! what changed in the old store meanwhile. Sessions the target already has newer (used there
-//! since the switch) are left as they are.
+//! A session is copied only when the target has none: the command can be stopped and run
+//! again (it resumes), and never overwrites what the target holds. It is for a site whose
+//! programs do not change sessions while it runs (stopped, or behind a maintenance page):
+//! copying a live store cannot tell a session changed in the source after its copy from one
+//! changed (or ended: signed out) in the target after the switch, and a second attack showed
+//! both ways lose updates or bring back signed-out sessions.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ pub struct Args {
 #[derive(Default, Debug)]
 struct Tally {
     copied: u64,
-    /// The target had it already, the same or newer.
+    /// The target had one already: left as it is.
     kept: u64,
     /// Unreadable in the source: left there.
     unreadable: u64,
@@ -123,7 +123,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Result<(), String> {
     } else {
         writeln!(
             out,
-            "copied {} session(s) from {} to {}; {} already there (the same or newer), {} unreadable left, {} failed (run again)",
+            "copied {} session(s) from {} to {}; {} already there (left as they are), {} unreadable left, {} failed (run again)",
             tally.copied,
             from.place(),
             to.place(),
@@ -141,7 +141,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Result<(), String> {
 
 enum Copied {
     Yes,
-    /// The target had it, the same or newer.
+    /// The target had one: left as it is.
     Kept,
     /// Gone from the source meanwhile.
     Gone,
@@ -160,15 +160,10 @@ fn copy(
         return Ok(Copied::Gone);
     };
     let mut target = to.lock(key, LockOptions::new(timeout))?;
-    // Last saves are dated to the second: within one, the source wins. Before the switch the
-    // source is live and changes every second; after it, the target is, and a visitor rarely
-    // uses both stores within the same second.
     let copied = match target.load() {
-        Ok(Some(there)) if there == record || there.meta.last_access > record.meta.last_access => {
-            Copied::Kept
-        }
-        // Missing, older, or unreadable in the target: the source's is the one to keep.
-        _ => {
+        // Whatever the target holds is the target's: never overwritten.
+        Ok(Some(_)) | Err(_) => Copied::Kept,
+        Ok(None) => {
             target.save_and_release(&record)?;
             Copied::Yes
         }

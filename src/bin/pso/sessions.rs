@@ -48,8 +48,8 @@ pub enum Command {
     /// reported, for a person to look at
     Gc(GcArgs),
     /// Copy every session of one store into another (files to Redis, say), each under its
-    /// lock in both; never over a newer one, so it can run again: before switching
-    /// PSOSessionStore, and right after
+    /// lock in both, never over one the target has (so it resumes); while the site's programs
+    /// change no session (stopped, or a maintenance page), before switching PSOSessionStore
     Migrate(crate::migrate::Args),
     /// Count the sessions: how many, how big, how many expired, the oldest and newest
     Stats(StoreArgs),
