@@ -151,6 +151,9 @@ type Position = (SystemTime, String, String);
 /// The longest a connection may take to open its socket (unless the URL sets
 /// `connect_timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+/// The longest a connection may take from its socket to the end of its login (a password
+/// check included): past it, the request gets a 503.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest one statement may run (`statement_timeout`), the lock's wait aside.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The table's name.
@@ -509,10 +512,31 @@ impl Server {
     }
 
     fn connect(&self) -> Result<Client> {
-        let mut client = self
-            .config
-            .connect(NoTls)
-            .map_err(|e| self.error("connecting", e))?;
+        // The crate bounds only the socket's connect, not the login after it (a PgBouncer
+        // whose server is down answers after its client_login_timeout, 60 s; a listener that
+        // never answers, never): the connection is made on a thread of its own, and given up
+        // past LOGIN_TIMEOUT. A late one is dropped by that thread, closing it.
+        let config = self.config.clone();
+        let (made, connection) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("pso-postgres-connect".into())
+            .spawn(move || {
+                let _ = made.send(config.connect(NoTls));
+            })
+            .map_err(|e| Error::io("starting a thread to connect to PostgreSQL", e))?;
+        let mut client = match connection.recv_timeout(LOGIN_TIMEOUT) {
+            Ok(connected) => connected.map_err(|e| self.error("connecting", e))?,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "PostgreSQL at {}: connecting: no login within {} ms",
+                        self.shown,
+                        LOGIN_TIMEOUT.as_millis()
+                    ),
+                ));
+            }
+        };
         // Every statement bounded; the lock's wait sets its own for its transaction.
         client
             .batch_execute(&format!(
@@ -1297,5 +1321,25 @@ mod tests {
     fn a_url_of_another_kind_is_refused() {
         let err = PostgresStore::open(&url("redis://h"), None).err().unwrap();
         assert_eq!(err.kind(), ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn a_server_that_never_answers_the_login_is_given_up() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts, and says nothing: the login never ends.
+        let held = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            std::thread::sleep(Duration::from_secs(5));
+            drop(stream);
+        });
+        let store = PostgresStore::open(&url(&format!("postgres://pso@127.0.0.1:{port}/db")), None)
+            .unwrap();
+        let err = store.exists(&SessionKey::new(
+            "svc".parse().unwrap(),
+            SessionId::generate().unwrap(),
+        ));
+        assert_eq!(err.unwrap_err().kind(), ErrorKind::Unavailable);
+        held.join().unwrap();
     }
 }
