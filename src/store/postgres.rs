@@ -601,7 +601,8 @@ fn unavailable(e: &postgres::Error) -> bool {
     }
     match e.code() {
         Some(code) => {
-            let class = &code.code()[..2];
+            // The code is the server's: never trusted to be five ASCII characters.
+            let class = code.code().get(..2).unwrap_or("");
             // 53: out of connections, memory or disk; 57014: statement_timeout; 25006: a
             // read-only standby (a failover under way); 40P01: a deadlock, rolled back.
             class == "53"

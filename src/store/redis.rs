@@ -1349,17 +1349,4 @@ mod tests {
         meta.max_idle = Some(u64::MAX);
         assert_eq!(expiry_millis(&meta), Some(LATEST_EXPIRY_MILLIS));
     }
-
-    #[cfg(not(feature = "redis-tls"))]
-    #[test]
-    fn a_build_without_the_feature_names_it() {
-        let crate::store::StoreLocation::Server(url) =
-            crate::store::StoreLocation::parse("rediss://:pw@a:1/0").unwrap()
-        else {
-            unreachable!()
-        };
-        let err = RedisStore::open(&url, None).err().unwrap();
-        assert!(err.to_string().contains("redis-tls"), "{err}");
-        assert!(!err.to_string().contains("pw"), "{err}");
-    }
 }
