@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::ServiceId;
-use crate::record::Meta;
+use crate::record::{Meta, Record};
 use crate::store::{GcOutcome, GcReport, LockOptions, SessionKey, Store};
 
 /// One entry of a store as tools list it.
@@ -140,6 +140,27 @@ pub trait Admin: Store {
     /// nothing to do.
     fn expires_by_itself(&self) -> bool {
         false
+    }
+}
+
+/// What a whole stored record lists as: a session by its metadata, or why not. For stores
+/// that read the record whole (memory, PostgreSQL).
+pub(crate) fn listed_record(key: &SessionKey, bytes: &[u8]) -> Listed {
+    if Record::is_other_version(bytes) {
+        return Listed::OtherVersion { key: key.clone() };
+    }
+    match Record::read_meta(bytes) {
+        Ok(Some(meta)) => Listed::Session {
+            key: key.clone(),
+            meta,
+            bytes: bytes.len() as u64,
+            footprint: None,
+        },
+        Ok(None) => unreadable(
+            key,
+            Error::new(ErrorKind::Corrupt, "a record shorter than its metadata"),
+        ),
+        Err(error) => unreadable(key, error),
     }
 }
 

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::expiry::unix_secs;
 use crate::id::ServiceId;
 use crate::record::Record;
-use crate::store::admin::{Admin, Finding, Listed, Severity};
+use crate::store::admin::{Admin, Finding, Listed, Severity, listed_record};
 use crate::store::{
     GcOutcome, GcReport, LockOptions, LockedSession, SessionKey, Store, deleted_error,
     lock_deadline, time_left,
@@ -248,18 +248,7 @@ impl Admin for MemoryStore {
         let Some(bytes) = slots.get(key).and_then(|slot| slot.bytes.as_deref()) else {
             return Ok(None);
         };
-        Ok(Some(match decode(bytes) {
-            Ok(record) => Listed::Session {
-                key: key.clone(),
-                meta: record.meta,
-                bytes: bytes.len() as u64,
-                footprint: None,
-            },
-            Err(error) => Listed::Unreadable {
-                key: key.clone(),
-                error,
-            },
-        }))
+        Ok(Some(listed_record(key, bytes)))
     }
 
     fn collect(

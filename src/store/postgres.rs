@@ -136,7 +136,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::from_unix_secs;
 use crate::id::{ServiceId, SessionId};
 use crate::record::{MAX_RECORD_BYTES, Meta, Record};
-use crate::store::admin::{Admin, Finding, Listed, Severity};
+use crate::store::admin::{Admin, Finding, Listed, Severity, listed_record};
 use crate::store::{
     GcOutcome, GcReport, LockOptions, LockedSession, ServerKind, ServerUrl, SessionKey, Store,
     deleted_error,
@@ -909,25 +909,7 @@ impl Admin for PostgresStore {
             }
             Read::Record(bytes) => bytes,
         };
-        if Record::is_other_version(&bytes) {
-            return Ok(Some(Listed::OtherVersion { key: key.clone() }));
-        }
-        Ok(Some(match Record::read_meta(&bytes) {
-            Ok(Some(meta)) => Listed::Session {
-                key: key.clone(),
-                meta,
-                bytes: bytes.len() as u64,
-                footprint: None,
-            },
-            Ok(None) => Listed::Unreadable {
-                key: key.clone(),
-                error: Error::new(ErrorKind::Corrupt, "a record shorter than its metadata"),
-            },
-            Err(error) => Listed::Unreadable {
-                key: key.clone(),
-                error,
-            },
-        }))
+        Ok(Some(listed_record(key, &bytes)))
     }
 
     /// One `DELETE` per batch removes what expired: the outcome of each row is not known
