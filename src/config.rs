@@ -262,6 +262,25 @@ const STORE_PASSWORD_FILE: Variable = Variable {
         )
     },
 };
+const STORE_MOVING_FROM: Variable = Variable {
+    name: "PSOSessionStoreMovingFrom",
+    also: &[],
+    meaning: "the store the site is moving away from: a session still there moves to PSOSessionStore the first time it is touched (and pso sessions migrate moves the rest)",
+    default: "none",
+    expected: "files (the directory PSOSessionFileLoader_Path names), or a server's URL as PSOSessionStore takes; not the same store as PSOSessionStore",
+    scope: Scope::Request,
+    secret: true,
+    // Printed without its password.
+    show: |settings, _, _| {
+        Shown::new(
+            settings
+                .config
+                .store_moving_from
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), ToString::to_string),
+        )
+    },
+};
 const SYNC: Variable = Variable {
     name: "PSOSessionSync",
     also: &[],
@@ -586,6 +605,7 @@ pub const VARIABLES: &[Variable] = &[
     SESSION_DIR,
     STORE,
     STORE_PASSWORD_FILE,
+    STORE_MOVING_FROM,
     LOCK_TIMEOUT,
     LOCK_LEASE,
     SYNC,
@@ -799,6 +819,9 @@ pub struct Config {
     pub store: StoreLocation,
     /// `PSOSessionStorePasswordFile`: where the store's password is, if not in its URL.
     pub store_password_file: Option<PathBuf>,
+    /// `PSOSessionStoreMovingFrom`: the store sessions move out of as they are touched, while
+    /// a site moves to [`Config::store`].
+    pub store_moving_from: Option<StoreLocation>,
     /// `PSOSessionLockTimeout`: the longest wait for a session's lock.
     pub lock_timeout: Duration,
     /// `PSOSessionLockLease`: how long a server store's lock lasts unless renewed.
@@ -960,6 +983,7 @@ impl<'a> Reader<'a> {
             .unwrap_or(DEFAULT_LOCK_LEASE);
         let store = self.store();
         let store_password_file = self.absolute_path(&STORE_PASSWORD_FILE);
+        let store_moving_from = self.store_moving_from(&store);
         let sync = self.parsed(&SYNC, boolean).unwrap_or(false);
         let lazy = self.parsed(&LAZY, boolean).unwrap_or(true);
         let check_ip = self.parsed(&CHECK_IP, boolean).unwrap_or(false);
@@ -995,6 +1019,7 @@ impl<'a> Reader<'a> {
             session_dir,
             store,
             store_password_file,
+            store_moving_from,
             lock_timeout,
             lock_lease,
             sync,
@@ -1091,6 +1116,21 @@ impl<'a> Reader<'a> {
                 StoreLocation::Unusable
             }
         }
+    }
+
+    /// A store to move from that cannot be used fails every request, as an unusable store
+    /// does: read as "no move", the sessions still in it would be lost to their visitors.
+    fn store_moving_from(&mut self, store: &StoreLocation) -> Option<StoreLocation> {
+        let (name, text) = self.first_of(&STORE_MOVING_FROM)?;
+        let problem = match StoreLocation::parse(text) {
+            Ok(location) if location == *store => {
+                format!("{location} is PSOSessionStore itself; requests fail until it is fixed")
+            }
+            Ok(location) => return Some(location),
+            Err(e) => format!("{e}; requests fail until it is fixed"),
+        };
+        self.problem(name, problem);
+        Some(StoreLocation::Unusable)
     }
 
     fn absolute_path(&mut self, variable: &Variable) -> Option<PathBuf> {
@@ -1521,6 +1561,24 @@ mod tests {
             assert_eq!(problem_names(&[(name, bad)]), [name], "{name}={bad}");
         }
         assert_eq!(config(&[("PSOSessionMaxBytes", "10")]).0.max_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_store_to_move_from_is_another_usable_store() {
+        let (c, p) = config(&[
+            ("PSOSessionStore", "redis://cache:6379/0"),
+            ("PSOSessionStoreMovingFrom", "files"),
+        ]);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(c.store_moving_from, Some(StoreLocation::Files));
+        assert_eq!(config(&[]).0.store_moving_from, None);
+        // Moving from itself, or from something that is no store: every request fails, as it
+        // would lose the sessions still there.
+        for bad in ["files", "memcached://cache"] {
+            let (c, p) = config(&[("PSOSessionStoreMovingFrom", bad)]);
+            assert_eq!(c.store_moving_from, Some(StoreLocation::Unusable), "{bad}");
+            assert_eq!(p[0].variable, "PSOSessionStoreMovingFrom");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,7 +21,7 @@ use crate::error::ErrorChain;
 use crate::request::Request;
 use crate::response::Response;
 use crate::runner::{Access, Answer, Handler, respond};
-use crate::store::{FileStore, ServerUrl, Store, StoreLocation};
+use crate::store::{FileStore, MovingStore, ServerUrl, Store, StoreLocation};
 
 /// The longest a request spends collecting expired sessions.
 const GC_BUDGET: Duration = Duration::from_millis(50);
@@ -67,7 +67,7 @@ pub struct Service {
     fixed_dir: Option<PathBuf>,
     /// `PSOSessionStore` (and its password file) from the process environment: requests
     /// cannot point pso at another server.
-    fixed_store: Option<(StoreLocation, Option<PathBuf>)>,
+    fixed_store: Option<FixedStore>,
     /// Configurations requests brought, by the parameters that shaped them.
     configs: Mutex<BTreeMap<ConfigKey, Arc<Resolved>>>,
     /// File stores by directory: each directory is opened and checked once.
@@ -91,6 +91,25 @@ struct Stores {
 }
 
 type ServerKey = (ServerUrl, Option<PathBuf>, u64);
+
+/// The store settings the process environment fixes: `PSOSessionStore`, its password file,
+/// and `PSOSessionStoreMovingFrom`.
+#[derive(PartialEq)]
+struct FixedStore {
+    store: StoreLocation,
+    password_file: Option<PathBuf>,
+    moving_from: Option<StoreLocation>,
+}
+
+impl FixedStore {
+    fn of(config: &Config) -> FixedStore {
+        FixedStore {
+            store: config.store.clone(),
+            password_file: config.store_password_file.clone(),
+            moving_from: config.store_moving_from.clone(),
+        }
+    }
+}
 
 /// A configuration and, once opened, its store.
 struct Resolved {
@@ -160,10 +179,14 @@ impl Service {
             .lookup("PSOSessionFileLoader_Path")
             .filter(|(_, path)| !path.is_empty())
             .map(|_| base.session_dir.clone());
-        let fixed_store = process
-            .lookup("PSOSessionStore")
-            .filter(|(_, url)| !url.is_empty())
-            .map(|_| (base.store.clone(), base.store_password_file.clone()));
+        let names_store = |name| {
+            process
+                .lookup(name)
+                .is_some_and(|(_, value)| !value.is_empty())
+        };
+        let fixed_store = (names_store("PSOSessionStore")
+            || names_store("PSOSessionStoreMovingFrom"))
+        .then(|| FixedStore::of(&base));
         Service {
             process,
             base: Arc::new(Resolved::new(base)),
@@ -295,15 +318,17 @@ impl Service {
             );
             config.session_dir = fixed.clone();
         }
-        if let Some((store, password_file)) = &self.fixed_store
-            && (config.store != *store || config.store_password_file != *password_file)
+        if let Some(fixed) = &self.fixed_store
+            && FixedStore::of(&config) != *fixed
         {
             log::warn!(
-                "a request asked for the session store {}, but the process environment fixes {store}; ignoring the request's",
-                config.store
+                "a request asked for the session store {}, but the process environment fixes {}; ignoring the request's",
+                config.store,
+                fixed.store
             );
-            config.store = store.clone();
-            config.store_password_file = password_file.clone();
+            config.store = fixed.store.clone();
+            config.store_password_file = fixed.password_file.clone();
+            config.store_moving_from = fixed.moving_from.clone();
         }
         // A password file is read only as the process environment names it, and only for
         // the store the process environment names: a request's parameters could otherwise
@@ -344,15 +369,40 @@ impl Service {
             return Some(opened.clone());
         }
         let config = &resolved.config;
-        match &config.store {
+        let opened = self.open(&config.store, config.store_password_file.as_deref(), config)?;
+        let opened = match &config.store_moving_from {
+            None => opened,
+            Some(from) => {
+                // The old store's password is in its URL, if it has one: the password file
+                // is the new store's.
+                let (from, _) = self.open(from, None, config)?;
+                let (to, pacing) = opened;
+                let moving: Arc<dyn Store> = Arc::new(MovingStore::new(to, from));
+                (moving, pacing)
+            }
+        };
+        *slot = Some(opened);
+        slot.clone()
+    }
+
+    /// The store at `location` for `config`, opened once per process; `None` (logged) if it
+    /// cannot be.
+    fn open(
+        &self,
+        location: &StoreLocation,
+        password_file: Option<&Path>,
+        config: &Config,
+    ) -> Option<Opened> {
+        match location {
             StoreLocation::Files => {}
             StoreLocation::Server(url) => {
-                let store = self.server_store(url, config)?;
-                *slot = Some((store, Arc::default()));
-                return slot.clone();
+                let store = self.server_store(url, password_file, config)?;
+                return Some((store, Arc::default()));
             }
             StoreLocation::Unusable => {
-                log::error!("PSOSessionStore names no store pso knows: see the warning about it");
+                log::error!(
+                    "PSOSessionStore or PSOSessionStoreMovingFrom names no store pso can use: see the warning about it"
+                );
                 return None;
             }
         }
@@ -396,17 +446,21 @@ impl Service {
                 .with_sync(config.sync)
                 .with_max_bytes(config.max_bytes),
         );
-        *slot = Some((store, pacing));
-        slot.clone()
+        Some((store, pacing))
     }
 }
 
 impl Service {
     /// The store at a server's URL, opened once per process; `None` (logged) if it cannot be.
-    fn server_store(&self, url: &ServerUrl, config: &Config) -> Option<Arc<dyn Store>> {
+    fn server_store(
+        &self,
+        url: &ServerUrl,
+        password_file: Option<&Path>,
+        config: &Config,
+    ) -> Option<Arc<dyn Store>> {
         let key = (
             url.clone(),
-            config.store_password_file.clone(),
+            password_file.map(Path::to_path_buf),
             config.max_bytes,
         );
         let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
@@ -417,16 +471,22 @@ impl Service {
         // (or anything else of the key) must not open pools without end.
         // The process's own store is always allowed: requests naming others must not be able
         // to lock it out.
-        let own_store = config.store == self.base.config.store
-            && config.store_password_file == self.base.config.store_password_file
-            && config.max_bytes == self.base.config.max_bytes;
+        // The process's own stores: the one it keeps sessions in, and the one it moves them
+        // from.
+        let base = &self.base.config;
+        let is_own_store = matches!(&base.store, StoreLocation::Server(own) if own == url);
+        let is_own_source =
+            matches!(&base.store_moving_from, Some(StoreLocation::Server(own)) if own == url);
+        let own = is_own_store || is_own_source;
+        let own_password_file = base.store_password_file.as_deref().filter(|_| is_own_store);
+        let own_store =
+            own && password_file == own_password_file && config.max_bytes == base.max_bytes;
         if !own_store && stores.servers.len() >= MAX_STORE_SERVERS {
             log::error!(
                 "requests named more than {MAX_STORE_SERVERS} session stores (servers, password files and record caps); refusing {url}"
             );
             return None;
         }
-        let own = config.store == self.base.config.store;
         if !own && !stores.tried_servers.contains(url) {
             if stores.tried_servers.len() >= MAX_STORE_SERVERS {
                 log::error!(
@@ -436,11 +496,7 @@ impl Service {
             }
             stores.tried_servers.insert(url.clone());
         }
-        match crate::store::open_server(
-            url,
-            config.store_password_file.as_deref(),
-            config.max_bytes,
-        ) {
+        match crate::store::open_server(url, password_file, config.max_bytes) {
             Ok(store) => {
                 stores.servers.insert(key, store.clone());
                 Some(store)

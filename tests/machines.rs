@@ -1,6 +1,7 @@
 //! Two "machines" sharing sessions in Redis: two FastCGI processes of the reload counter
 //! behind one nginx upstream, 2,000 requests from 16 clients over 20 sessions, every count
-//! exact (each value handed out once), with one Redis, a Redis Cluster and PostgreSQL.
+//! exact (each value handed out once), with one Redis, a Redis Cluster and PostgreSQL; and a
+//! site moving from files to Redis under that load.
 
 #![cfg(any(feature = "redis", feature = "postgres"))]
 
@@ -18,9 +19,9 @@ const CLIENTS: usize = 16;
 const SESSIONS: usize = 20;
 const REQUESTS: usize = 2_000;
 
-/// Two FastCGI processes with `store`, behind nginx's round robin: the port to send to, and
-/// what must live as long as the test.
-fn two_machines(site: &Site, store: &str) -> (u16, Vec<Daemon>) {
+/// Two FastCGI processes with the store `env` names, behind nginx's round robin: the port to
+/// send to, and what must live as long as the test.
+fn two_machines(site: &Site, env: &[(&str, &str)]) -> (u16, Vec<Daemon>) {
     let mut daemons = Vec::new();
     let mut servers = String::new();
     for machine in ["a", "b"] {
@@ -28,7 +29,7 @@ fn two_machines(site: &Site, store: &str) -> (u16, Vec<Daemon>) {
         let mut app = as_server_user(&site.path("cgi-bin/reload"));
         app.env_clear()
             .env("PSO_FCGI_BIND", format!("127.0.0.1:{port}"))
-            .env("PSOSessionStore", store);
+            .envs(env.iter().copied());
         daemons.push(Daemon::start(
             &format!("pso-{machine}"),
             app,
@@ -76,16 +77,31 @@ fn every_count_exact(store: &str, while_up: impl FnOnce()) {
         return;
     }
     let site = Site::new(&[Path::new(RELOAD)]);
-    let (port, _daemons) = two_machines(&site, store);
+    let (port, _daemons) = two_machines(&site, &[("PSOSessionStore", store)]);
+    let cookies = new_sessions(port);
+    counts_go_on(port, &cookies, 1, || ());
+    let logs = site.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+    while_up();
+}
+
+/// 20 new sessions, each counted once.
+fn new_sessions(port: u16) -> Vec<String> {
     let mut first = Client::new(port);
-    let cookies: Vec<String> = (0..SESSIONS)
+    (0..SESSIONS)
         .map(|_| {
             let (count, cookie) = first.get(None);
             assert_eq!(count, 1);
             cookie.expect("a new session's cookie")
         })
-        .collect();
-    let cookies = Arc::new(cookies);
+        .collect()
+}
+
+/// 2,000 requests from 16 clients over the sessions of `cookies`, which have counted `done`
+/// each, while `meanwhile` runs: each session's counts must then be exactly the next 100,
+/// each handed out once.
+fn counts_go_on(port: u16, cookies: &[String], done: u64, meanwhile: impl FnOnce()) {
+    let cookies = Arc::new(cookies.to_vec());
     let seen: Arc<Mutex<BTreeMap<usize, Vec<u64>>>> = Arc::default();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
@@ -105,6 +121,7 @@ fn every_count_exact(store: &str, while_up: impl FnOnce()) {
             })
         })
         .collect();
+    meanwhile();
     for client in clients {
         client.join().unwrap();
     }
@@ -112,12 +129,9 @@ fn every_count_exact(store: &str, while_up: impl FnOnce()) {
     for session in 0..SESSIONS {
         let mut counts = seen[&session].clone();
         counts.sort_unstable();
-        let expected: Vec<u64> = (2..2 + (REQUESTS / SESSIONS) as u64).collect();
+        let expected: Vec<u64> = (done + 1..done + 1 + (REQUESTS / SESSIONS) as u64).collect();
         assert_eq!(counts, expected, "session {session}");
     }
-    let logs = site.logs();
-    assert!(!logs.contains("panicked"), "{logs}");
-    while_up();
 }
 
 #[cfg(feature = "redis")]
@@ -149,4 +163,85 @@ fn two_machines_share_sessions_in_postgresql_and_lose_no_update() {
         return;
     };
     every_count_exact(&database.url(), || ());
+}
+
+/// A site moves from files to Redis while it serves: the machines switch to Redis with
+/// `PSOSessionStoreMovingFrom=files`, and `pso sessions migrate` runs during 2,000 requests.
+/// Every count goes on exactly from where the files left it, and the files end empty.
+#[cfg(all(feature = "redis", feature = "cli"))]
+#[test]
+fn a_site_moves_from_files_to_redis_under_load_and_every_count_is_exact() {
+    if require(&["nginx"]).is_none() {
+        return;
+    }
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let site = Site::new(&[Path::new(RELOAD)]);
+    let sessions = site.sessions();
+    let dir = sessions.to_str().unwrap();
+    // Sessions the load visits, and sessions nobody visits during the move: only the
+    // command can move those.
+    let (cookies, idle) = {
+        let (port, _on_files) = two_machines(&site, &[("PSOSessionFileLoader_Path", dir)]);
+        let cookies = new_sessions(port);
+        counts_go_on(port, &cookies, 1, || ());
+        (cookies, new_sessions(port))
+    };
+    let pso_sessions = |args: &[&str]| {
+        let output = as_server_user(Path::new(env!("CARGO_BIN_EXE_pso")))
+            .arg("sessions")
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stdout}{stderr}");
+        stdout
+    };
+    let url = redis.url();
+    let migrate = [
+        "migrate",
+        "--from",
+        "files",
+        "--from-path",
+        dir,
+        "--to",
+        &url,
+    ];
+    let (port, _moving) = two_machines(
+        &site,
+        &[
+            ("PSOSessionStore", &url),
+            ("PSOSessionStoreMovingFrom", "files"),
+            ("PSOSessionFileLoader_Path", dir),
+        ],
+    );
+    let moved = Arc::new(Mutex::new(Vec::new()));
+    counts_go_on(port, &cookies, 1 + 100, || {
+        // Runs while the requests do, over and over: sessions move under it both ways, by a
+        // request and by the command.
+        for _ in 0..5 {
+            moved.lock().unwrap().push(pso_sessions(&migrate));
+        }
+    });
+    let moved = moved.lock().unwrap().join("");
+    let files = pso_sessions(&["stats", "--path", dir]);
+    assert!(files.contains("sessions     0 "), "{files}\n{moved}");
+    let stored = pso_sessions(&["stats", "--store", &url]);
+    assert!(
+        stored.contains(&format!("sessions     {} ", 2 * SESSIONS)),
+        "{stored}\n{moved}"
+    );
+    // The move is over: the variable goes, and the counts go on in Redis alone.
+    drop(_moving);
+    let (port, _on_redis) = two_machines(&site, &[("PSOSessionStore", &url)]);
+    counts_go_on(port, &cookies, 1 + 200, || ());
+    let mut client = Client::new(port);
+    for cookie in &idle {
+        assert_eq!(client.get(Some(cookie)).0, 2, "{moved}");
+    }
+    let logs = site.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
 }

@@ -38,6 +38,21 @@ mod suite {
     });
 }
 
+/// The suite on a site moving from files to Redis: what requests see must not change.
+#[cfg(feature = "store-suite")]
+mod moving_from_files_suite {
+    pso::store_suite!(|| {
+        let server = super::server();
+        let dir = tempfile::tempdir().unwrap();
+        let files = pso::store::FileStore::open(dir.path().join("sessions")).unwrap();
+        let store = std::sync::Arc::new(pso::store::MovingStore::new(
+            std::sync::Arc::new(super::store_at(&server.url())),
+            std::sync::Arc::new(files),
+        ));
+        ((server, dir), store)
+    });
+}
+
 fn counter_site(server: &RedisServer) -> Site {
     let mut site = Site::new(RELOAD);
     site.set("PSOSessionStore", server.url());
@@ -412,24 +427,27 @@ fn a_request_cannot_move_the_store_the_process_environment_names() {
         cx.session.set("seen", &true)?;
         Ok(())
     };
-    // A parameter naming another server (nobody listens on port 1) is ignored.
-    let request = pso::Environment::from_pairs([
-        ("REQUEST_METHOD", "GET"),
-        ("PSOSessionStore", "redis://127.0.0.1:1/0"),
-    ]);
-    let mut output = Vec::new();
-    service
-        .serve(
-            &request,
-            &mut std::io::empty(),
-            &mut output,
-            &handler,
-            std::time::SystemTime::now(),
-        )
-        .unwrap();
-    let text = String::from_utf8(output).unwrap();
-    assert!(text.starts_with("Status: 200 OK"), "{text}");
-    assert_eq!(server.cli(&["DBSIZE"]), "1");
+    // A parameter naming another server (nobody listens on port 1) is ignored, as the store
+    // or as the store sessions move from.
+    for parameter in ["PSOSessionStore", "PSOSessionStoreMovingFrom"] {
+        let request = pso::Environment::from_pairs([
+            ("REQUEST_METHOD", "GET"),
+            (parameter, "redis://127.0.0.1:1/0"),
+        ]);
+        let mut output = Vec::new();
+        service
+            .serve(
+                &request,
+                &mut std::io::empty(),
+                &mut output,
+                &handler,
+                std::time::SystemTime::now(),
+            )
+            .unwrap();
+        let text = String::from_utf8(output).unwrap();
+        assert!(text.starts_with("Status: 200 OK"), "{parameter}: {text}");
+    }
+    assert_eq!(server.cli(&["DBSIZE"]), "2");
 }
 
 #[cfg(feature = "redis-cluster")]
@@ -793,19 +811,19 @@ fn a_site_moves_from_files_to_redis_and_no_count_is_lost() {
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
     let first = migrate();
-    assert!(first.starts_with("copied 20 session(s)"), "{first}");
-    // Run again (resumed): nothing left to copy.
+    assert!(first.starts_with("moved 20 session(s)"), "{first}");
+    // Run again (resumed): nothing left to move.
     let again = migrate();
-    assert!(again.starts_with("copied 0 session(s)"), "{again}");
+    assert!(again.starts_with("moved 0 session(s)"), "{again}");
     // The switch: every count goes on from where the files left it.
     let mut moved = Site::new(RELOAD);
     moved.set("PSOSessionStore", redis.url());
     for cookie in &cookies {
         assert_eq!(moved.get(Some(cookie)).count(), 12);
     }
-    // A copy run after the switch overwrites nothing used on the new store.
+    // A run after the switch finds nothing to move, and changes nothing on the new store.
     let after = migrate();
-    assert!(after.starts_with("copied 0 session(s)"), "{after}");
+    assert!(after.starts_with("moved 0 session(s)"), "{after}");
     assert_eq!(moved.get(Some(&cookies[0])).count(), 13);
 }
 

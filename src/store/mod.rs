@@ -8,6 +8,7 @@ mod admin;
 pub mod file;
 mod location;
 pub mod memory;
+mod moving;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]
@@ -32,6 +33,7 @@ pub use admin::{Admin, Finding, Listed, Severity};
 pub use file::{Contents, DirEntry, Entries, EntryKind, FileStore, SessionFile};
 pub use location::{ServerKind, ServerUrl, StoreLocation};
 pub use memory::MemoryStore;
+pub use moving::{Moved, MovingStore};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 #[cfg(feature = "redis")]

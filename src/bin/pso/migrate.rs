@@ -1,20 +1,21 @@
-//! `pso sessions migrate`: copies one store into another, session by session under each
-//! session's lock in both, so that a site moves (from files to Redis, say) without logging
-//! anyone out.
+//! `pso sessions migrate`: moves a site's sessions from one store to another (from files to
+//! Redis, say) while the site runs, without logging anyone out.
 //!
-//! A session is copied only when the target has none: the command can be stopped and run
-//! again (it resumes), and never overwrites what the target holds. It is for a site whose
-//! programs do not change sessions while it runs (stopped, or behind a maintenance page):
-//! copying a live store cannot tell a session changed in the source after its copy from one
-//! changed (or ended: signed out) in the target after the switch, and a second attack showed
-//! both ways lose updates or bring back signed-out sessions.
+//! The site's programs run with `PSOSessionStore` set to the new store and
+//! `PSOSessionStoreMovingFrom` to the old one: each session moves over the first time a request
+//! touches it. This command moves the rest, through the same code ([`MovingStore`]): each
+//! session under its lock in the new store and then the old, saved into the new store and
+//! removed from the old. A session is in one store at any instant a request can see, so
+//! nothing a request changes meanwhile is lost, and a session signed out in the new store
+//! cannot come back from the old. It can be stopped and run again (it resumes: what moved is
+//! no longer in the old store), and once it reports nothing left the variable can go.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pso::store::{Admin, LockOptions, SessionKey, StoreLocation};
-use pso::{ErrorChain, ErrorKind};
+use pso::ErrorChain;
+use pso::store::{Admin, Moved, MovingStore, StoreLocation};
 use serde_json::json;
 
 use crate::inventory;
@@ -22,13 +23,13 @@ use crate::inventory;
 /// `pso sessions migrate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The store to copy from: files (with --from-path DIR) or a URL as PSOSessionStore takes
+    /// The store to move from: files (with --from-path DIR) or a URL as PSOSessionStore takes
     #[arg(long, value_name = "STORE")]
     from: String,
     /// The session directory, when --from is files [default: $PSOSessionFileLoader_Path]
     #[arg(long, value_name = "DIR")]
     from_path: Option<std::path::PathBuf>,
-    /// The store to copy into: a URL as PSOSessionStore takes, or files with --to-path DIR
+    /// The store to move into: a URL as PSOSessionStore takes, or files with --to-path DIR
     #[arg(long, value_name = "STORE")]
     to: String,
     /// The session directory, when --to is files
@@ -45,9 +46,9 @@ pub struct Args {
 /// What a run did.
 #[derive(Default, Debug)]
 struct Tally {
-    copied: u64,
-    /// The target had one already: left as it is.
-    kept: u64,
+    moved: u64,
+    /// The target had one already: kept, and the source's copy removed.
+    there: u64,
     /// Unreadable in the source: left there.
     unreadable: u64,
     /// Held past the timeout, or failed: run again.
@@ -82,6 +83,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Result<(), String> {
         ));
     }
     let timeout = Duration::from_secs(args.timeout);
+    let moving = MovingStore::new(to.clone(), from.clone());
     let mut tally = Tally::default();
     for key in from.keys().map_err(|e| ErrorChain(&e).to_string())? {
         let key = match key {
@@ -92,17 +94,17 @@ pub fn run(args: &Args, out: &mut impl Write) -> Result<(), String> {
                 continue;
             }
         };
-        match copy(&*from, &*to, &key, timeout) {
-            Ok(Copied::Yes) => tally.copied += 1,
-            Ok(Copied::Kept) => tally.kept += 1,
-            Ok(Copied::Gone) => {}
-            Err(e) if e.kind() == ErrorKind::Corrupt => {
+        match moving.move_one(&key, timeout) {
+            Ok(Moved::Moved) => tally.moved += 1,
+            Ok(Moved::AlreadyThere) => tally.there += 1,
+            Ok(Moved::Unreadable) => {
                 tally.unreadable += 1;
-                eprintln!("pso: {key:?} left in {}: {}", from.place(), ErrorChain(&e));
+                eprintln!("pso: {key:?} is unreadable: left in {}", from.place());
             }
+            Ok(_) => {}
             Err(e) => {
                 tally.failed += 1;
-                eprintln!("pso: {key:?} not copied: {}", ErrorChain(&e));
+                eprintln!("pso: {key:?} not moved: {}", ErrorChain(&e));
             }
         }
     }
@@ -114,8 +116,8 @@ pub fn run(args: &Args, out: &mut impl Write) -> Result<(), String> {
                 "format": 1,
                 "from": from.place(),
                 "to": to.place(),
-                "copied": tally.copied,
-                "kept": tally.kept,
+                "moved": tally.moved,
+                "already_there": tally.there,
                 "unreadable": tally.unreadable,
                 "failed": tally.failed,
             })
@@ -123,52 +125,18 @@ pub fn run(args: &Args, out: &mut impl Write) -> Result<(), String> {
     } else {
         writeln!(
             out,
-            "copied {} session(s) from {} to {}; {} already there (left as they are), {} unreadable left, {} failed (run again)",
-            tally.copied,
+            "moved {} session(s) from {} to {}; {} already there (kept, the old copy removed), {} unreadable left, {} failed (run again)",
+            tally.moved,
             from.place(),
             to.place(),
-            tally.kept,
+            tally.there,
             tally.unreadable,
             tally.failed
         )
     };
     written.map_err(|e| e.to_string())?;
     if tally.failed > 0 {
-        return Err(format!("{} session(s) not copied: run again", tally.failed));
+        return Err(format!("{} session(s) not moved: run again", tally.failed));
     }
     Ok(())
-}
-
-enum Copied {
-    Yes,
-    /// The target had one: left as it is.
-    Kept,
-    /// Gone from the source meanwhile.
-    Gone,
-}
-
-/// Copies one session, holding its lock in the source (so no request changes it meanwhile)
-/// and in the target (so no request there races the copy).
-fn copy(
-    from: &dyn Admin,
-    to: &dyn Admin,
-    key: &SessionKey,
-    timeout: Duration,
-) -> pso::Result<Copied> {
-    let mut source = from.lock(key, LockOptions::new(timeout))?;
-    let Some(record) = source.load()? else {
-        return Ok(Copied::Gone);
-    };
-    let mut target = to.lock(key, LockOptions::new(timeout))?;
-    let copied = match target.load() {
-        // Whatever the target holds is the target's: never overwritten.
-        Ok(Some(_)) | Err(_) => Copied::Kept,
-        Ok(None) => {
-            target.save_and_release(&record)?;
-            Copied::Yes
-        }
-    };
-    drop(target);
-    source.release()?;
-    Ok(copied)
 }

@@ -47,9 +47,10 @@ pub enum Command {
     /// while the site is live. Damaged user records and forced-id sessions are kept and
     /// reported, for a person to look at
     Gc(GcArgs),
-    /// Copy every session of one store into another (files to Redis, say), each under its
-    /// lock in both, never over one the target has (so it resumes); while the site's programs
-    /// change no session (stopped, or a maintenance page), before switching PSOSessionStore
+    /// Move every session of one store into another (files to Redis, say) while the site
+    /// runs: each under its lock in both, saved into the new store and removed from the old;
+    /// resumes when run again. The site's programs must first run with PSOSessionStore=<to>
+    /// and PSOSessionStoreMovingFrom=<from> (or change no session meanwhile)
     Migrate(crate::migrate::Args),
     /// Count the sessions: how many, how big, how many expired, the oldest and newest
     Stats(StoreArgs),
