@@ -593,3 +593,83 @@ fn open_server_opens_a_postgres_url() {
         "{version}"
     );
 }
+
+/// `pso sessions init` makes the table as a role that may, so that the site's role needs no
+/// right to create; then `pso sessions` lists, counts, shows, removes and collects there.
+#[cfg(feature = "cli")]
+#[test]
+fn pso_sessions_init_makes_the_table_for_a_role_that_cannot_and_the_tools_work() {
+    let server = server();
+    let port = server
+        .url()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    server
+        .admin()
+        .batch_execute("CREATE ROLE web LOGIN PASSWORD 'w3b'")
+        .unwrap();
+    let web = format!("postgres://web:w3b@127.0.0.1:{port}/postgres");
+    let pso = |store: &str, args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pso"))
+            .arg("sessions")
+            .args(args)
+            .env_clear()
+            .env("PSOSessionStore", store)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let site = counter_site(web.clone());
+    // The site's role may not create the table: its requests fail until someone does.
+    let refused = site.get(None);
+    assert!(refused.status().starts_with("Status: 5"), "{refused:?}");
+    assert!(
+        !pso(&web, &["init"]).0,
+        "the site's role cannot make the table"
+    );
+    for _ in 0..2 {
+        let (ok, made, err) = pso(&server.url(), &["init"]);
+        assert!(ok && made.contains("pso_sessions"), "{made}{err}");
+    }
+    server
+        .admin()
+        .batch_execute("GRANT SELECT, INSERT, UPDATE, DELETE ON pso_sessions TO web")
+        .unwrap();
+    let cookies: Vec<String> = (0..3).map(|_| site.get(None).cookie()).collect();
+    assert_eq!(site.get(Some(&cookies[1])).count(), 2);
+    let (ok, list, err) = pso(&web, &["list"]);
+    assert!(ok, "{err}");
+    for cookie in &cookies {
+        assert!(list.contains(&id_of(cookie)[..12]), "{list}");
+    }
+    let (ok, stats, _) = pso(&web, &["stats"]);
+    assert!(
+        ok && stats.contains("sessions     3 (0 expired)"),
+        "{stats}"
+    );
+    let (ok, shown, _) = pso(&web, &["show", id_of(&cookies[1])]);
+    assert!(
+        ok && shown.contains("reloads") && shown.contains('2'),
+        "{shown}"
+    );
+    let (ok, gc, err) = pso(&web, &["gc"]);
+    assert!(ok, "{gc}{err}");
+    let (ok, _, err) = pso(&web, &["rm", id_of(&cookies[0])]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        server.sql("SELECT count(*) FROM pso_sessions WHERE record IS NOT NULL"),
+        "2"
+    );
+    assert_eq!(site.get(Some(&cookies[0])).count(), 1);
+    // Nothing of the password in what the tools print.
+    assert!(!format!("{list}{stats}{shown}{gc}").contains("w3b"));
+}

@@ -136,6 +136,14 @@ pub trait Admin: Store {
     /// can be reached and used, and settings of it that could lose or expose sessions.
     fn check(&self) -> Vec<Finding>;
 
+    /// Makes what the store needs before a first request can use it (PostgreSQL's table and
+    /// index), as `pso sessions init` does: for a role that may create it now but should not
+    /// at run time. Safe to run again and while requests are served. What it made ready, for
+    /// people; `None` for a store that needs nothing made (the default: files, Redis).
+    fn prepare(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Whether this store removes expired sessions by itself, so that collection has
     /// nothing to do.
     fn expires_by_itself(&self) -> bool {

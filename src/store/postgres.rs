@@ -888,6 +888,13 @@ impl Store for PostgresStore {
 }
 
 impl Admin for PostgresStore {
+    fn prepare(&self) -> Result<Option<String>> {
+        self.init()?;
+        Ok(Some(
+            "the table pso_sessions and its index pso_sessions_expires_at".to_owned(),
+        ))
+    }
+
     fn place(&self) -> String {
         self.server.shown.clone()
     }

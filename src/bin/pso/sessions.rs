@@ -54,6 +54,10 @@ pub enum Command {
     Migrate(crate::migrate::Args),
     /// Count the sessions: how many, how big, how many expired, the oldest and newest
     Stats(StoreArgs),
+    /// Make what the store needs before a first request (PostgreSQL: the sessions table and
+    /// its index), as a role that may create it, so that the site's own role need not; safe
+    /// to run again
+    Init(StoreArgs),
 }
 
 const LIST_HELP: &str = "\
@@ -179,6 +183,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Rm(args) => rm(&args, &mut out),
         Command::Gc(args) => gc(&args, &mut out),
         Command::Stats(args) => stats(&args, &mut out),
+        Command::Init(args) => init(&args, &mut out),
         Command::Migrate(args) => crate::migrate::run(&args, &mut out).map_err(Failure::Message),
     }
     .and_then(|()| out.flush().map_err(Failure::Output));
@@ -229,6 +234,18 @@ fn open(args: &StoreArgs) -> Result<Arc<dyn Admin>, Failure> {
             "PSOSessionStore names no store pso knows; give --store or --path",
         )),
     }
+}
+
+fn init(args: &StoreArgs, out: &mut impl Write) -> Result<(), Failure> {
+    let store = open(args)?;
+    let line = match store.prepare()? {
+        Some(made) => format!("{}: {made} are ready", store.place()),
+        None => format!(
+            "{}: nothing to make, the store is ready as it is",
+            store.place()
+        ),
+    };
+    writeln!(out, "{line}").map_err(Failure::Output)
 }
 
 fn now() -> u64 {
