@@ -434,17 +434,7 @@ fn a_request_cannot_move_the_store_the_process_environment_names() {
             ("REQUEST_METHOD", "GET"),
             (parameter, "redis://127.0.0.1:1/0"),
         ]);
-        let mut output = Vec::new();
-        service
-            .serve(
-                &request,
-                &mut std::io::empty(),
-                &mut output,
-                &handler,
-                std::time::SystemTime::now(),
-            )
-            .unwrap();
-        let text = String::from_utf8(output).unwrap();
+        let text = served(&service, &request, &handler);
         assert!(text.starts_with("Status: 200 OK"), "{parameter}: {text}");
     }
     assert_eq!(server.cli(&["DBSIZE"]), "2");
@@ -660,13 +650,22 @@ fn visit(service: &pso::Service, cookie: Option<&str>, query: &str) -> String {
         )?;
         Ok(())
     };
+    served(service, &request, &handler)
+}
+
+/// What `service` answers `request` with, as text.
+fn served(
+    service: &pso::Service,
+    request: &pso::Environment,
+    handler: &impl pso::Handler,
+) -> String {
     let mut output = Vec::new();
     service
         .serve(
-            &request,
+            request,
             &mut std::io::empty(),
             &mut output,
-            &handler,
+            handler,
             std::time::SystemTime::now(),
         )
         .unwrap();

@@ -293,6 +293,10 @@ mod tests {
         Move { old, new, moving }
     }
 
+    fn move_now(m: &Move, key: &SessionKey) -> Moved {
+        m.moving.move_one(key, Duration::from_secs(1)).unwrap()
+    }
+
     fn put(store: &dyn Store, key: &SessionKey, n: u64) {
         store
             .lock(key, options())
@@ -316,10 +320,7 @@ mod tests {
         drop(lock);
         assert!(!m.old.exists(&k).unwrap());
         assert_eq!(count(&m.new.peek(&k).unwrap()), 8);
-        assert_eq!(
-            m.moving.move_one(&k, Duration::from_secs(1)).unwrap(),
-            Moved::AlreadyThere
-        );
+        assert_eq!(move_now(&m, &k), Moved::AlreadyThere);
     }
 
     #[test]
@@ -354,20 +355,11 @@ mod tests {
         );
         // A request leaves the old copy (it never reads it again); the command removes it.
         assert!(m.old.exists(&k).unwrap());
-        assert_eq!(
-            m.moving.move_one(&k, Duration::from_secs(1)).unwrap(),
-            Moved::AlreadyThere
-        );
+        assert_eq!(move_now(&m, &k), Moved::AlreadyThere);
         assert!(!m.old.exists(&k).unwrap());
-        assert_eq!(
-            m.moving.move_one(&k, Duration::from_secs(1)).unwrap(),
-            Moved::AlreadyThere
-        );
+        assert_eq!(move_now(&m, &k), Moved::AlreadyThere);
         m.moving.delete(&k).unwrap();
-        assert_eq!(
-            m.moving.move_one(&k, Duration::from_secs(1)).unwrap(),
-            Moved::Gone
-        );
+        assert_eq!(move_now(&m, &k), Moved::Gone);
     }
 
     #[test]
@@ -382,10 +374,7 @@ mod tests {
         drop(waiting);
         old_request.save_and_release(&counted(2)).unwrap();
         drop(old_request);
-        assert_eq!(
-            m.moving.move_one(&k, Duration::from_secs(1)).unwrap(),
-            Moved::Moved
-        );
+        assert_eq!(move_now(&m, &k), Moved::Moved);
         assert_eq!(count(&m.new.peek(&k).unwrap()), 2);
     }
 
