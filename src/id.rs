@@ -130,13 +130,14 @@ impl SessionId {
     ///
     /// ```
     /// let id: pso::SessionId = "0123456789abcdef0123456789abcdef0123456789abcdef".parse()?;
-    /// assert_eq!(id.short(), "012345…");
+    /// assert_eq!(id.short(), "012345...");
     /// # Ok::<(), pso::Error>(())
     /// ```
     pub fn short(&self) -> String {
         let prefix: String = self.0.chars().take(6).collect();
         if prefix.len() < self.0.len() {
-            format!("{prefix}…")
+            // ASCII: log lines are, and Apache would escape anything else.
+            format!("{prefix}...")
         } else {
             prefix
         }

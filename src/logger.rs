@@ -44,7 +44,7 @@ impl Log for StderrLogger {
                 Level::Debug => "debug",
                 Level::Trace => "trace",
             };
-            let line = format!("pso: {level}: {}\n", record.args());
+            let line = format!("pso: {level}: {}\n", ascii(&record.args().to_string()));
             let captured = CAPTURE.with(|capture| match capture.borrow_mut().as_mut() {
                 Some(lines) => {
                     if lines.len() + line.len() <= MAX_CAPTURED {
@@ -62,6 +62,26 @@ impl Log for StderrLogger {
     }
 
     fn flush(&self) {}
+}
+
+/// `text` as one line of printable ASCII: anything else escaped as Rust does (`\n`, `\u{e9}`).
+/// Apache escapes every other byte of a CGI program's standard error into its log anyway
+/// (`\xe2\x80\xa6` for `…`), and a newline from outside (a cookie, a path) must not start
+/// a log line of its own.
+fn ascii(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if (' '..='~').contains(&c) {
+                c.to_string()
+            } else {
+                c.escape_default().to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// The level `PSOLogLevel` names in `env` (`warn` by default), and the problem with a value
@@ -103,5 +123,22 @@ pub(crate) fn install(env: &Environment) {
     }
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ascii;
+
+    #[test]
+    fn log_lines_are_one_line_of_ascii() {
+        assert_eq!(
+            ascii("session svc/012345... is unknown"),
+            "session svc/012345... is unknown"
+        );
+        assert_eq!(ascii("café…"), "caf\\u{e9}\\u{2026}");
+        // A value from outside cannot start a line of its own.
+        assert_eq!(ascii("x\npso: error: forged"), "x\\npso: error: forged");
+        assert_eq!(ascii("tab\there\r"), "tab\\there\\r");
     }
 }

@@ -90,7 +90,7 @@ impl StoreLocation {
             return Err(invalid("a URL has no spaces or control characters"));
         }
         let Some((scheme, rest)) = text.split_once("://") else {
-            return Err(invalid("neither files nor a URL (scheme://…)"));
+            return Err(invalid("neither files nor a URL (scheme://...)"));
         };
         let kind = match scheme.to_ascii_lowercase().as_str() {
             "redis" => ServerKind::Redis,
