@@ -488,3 +488,137 @@ fn held_planted_redis_keys_of_other_types_fail_requests_without_panic_or_hang() 
     assert_eq!(err.kind(), pso::ErrorKind::Corrupt);
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Finding 6: connecting to Redis over a unix socket has no timeout. A Redis that stops
+// accepting (SIGSTOP'd, or its one thread stuck: a slow fsync, a long script) lets connections
+// queue in the socket's backlog; once that is full, connect(2) on a unix socket blocks until
+// the server accepts, for ever if it never does. Over TCP the 200 ms connect timeout bounds
+// the same case; over a unix socket, every request (every CGI process, every FastCGI worker)
+// that needs a new connection hangs.
+
+/// A unix socket that listens with a backlog of 0 and never accepts: what a stopped server's
+/// socket is once its backlog has filled.
+fn unix_listener_that_never_accepts(path: &std::path::Path) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: plain socket calls on a fresh descriptor and a zeroed sockaddr_un.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (i, byte) in path.as_os_str().as_bytes().iter().enumerate() {
+            addr.sun_path[i] = *byte as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        assert_eq!(libc::listen(fd, 0), 0);
+        std::os::fd::OwnedFd::from_raw_fd(fd)
+    }
+}
+
+#[test]
+#[ignore = "attack 3, finding 6: fails on 35f3218"]
+fn a_redis_unix_socket_that_stops_accepting_hangs_every_new_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("redis.sock");
+    let _listener = unix_listener_that_never_accepts(&path);
+    let store = Arc::new(
+        RedisStore::open(
+            &server_url(&format!("redis+unix://{}?db=0", path.display())),
+            None,
+        )
+        .unwrap(),
+    );
+    // Five requests one after the other, as five CGI processes would: each must end (a 503)
+    // within about a second (connect, one command of 500 ms, giving up).
+    for request in 1..=5 {
+        let store = store.clone();
+        let outcome = within(Duration::from_secs(6), move || {
+            store
+                .lock(&a_key(), LockOptions::new(Duration::from_secs(1)))
+                .map(drop)
+                .map_err(|e| ErrorChain(&e).to_string())
+        });
+        match outcome {
+            Some((result, took)) => assert!(
+                took < Duration::from_secs(3) && result.is_err(),
+                "request {request}: {result:?} after {took:?}"
+            ),
+            None => panic!(
+                "request {request} was still connecting to the unix socket after 6 s \
+                 (its backlog is full: connect(2) blocks, with no timeout)"
+            ),
+        }
+    }
+}
+
+/// The same with a real Redis on a unix socket, stopped by `SIGSTOP` (as a Redis whose one
+/// thread is stuck). Its socket's backlog is cut to 16 so that the test is quick; with the
+/// default (511) the same happens after 511 connections.
+#[test]
+#[ignore = "attack 3, finding 6: fails on 35f3218"]
+fn requests_hang_for_ever_on_a_stopped_redis_behind_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = dir.path().join("redis.sock");
+    let Some(server) = common::redis::RedisServer::start_with(&[
+        "--unixsocket",
+        socket.to_str().unwrap(),
+        "--unixsocketperm",
+        "777",
+        "--tcp-backlog",
+        "16",
+    ]) else {
+        return;
+    };
+    let info = server.cli(&["INFO", "server"]);
+    let pid: u32 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let store = Arc::new(
+        RedisStore::open(
+            &server_url(&format!("redis+unix://{}?db=0", socket.display())),
+            None,
+        )
+        .unwrap(),
+    );
+    common::signal(pid, rustix::process::Signal::STOP);
+    // Forty requests, eight at a time; each must end within about a second.
+    let (done, results) = mpsc::channel();
+    for worker in 0..8 {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            for _ in 0..5 {
+                let started = Instant::now();
+                let result = store
+                    .lock(&a_key(), LockOptions::new(Duration::from_secs(1)))
+                    .map(drop);
+                let _ = done.send((worker, result.is_err(), started.elapsed()));
+            }
+        });
+    }
+    drop(done);
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut finished = 0;
+    while let Ok((_, failed, took)) =
+        results.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        assert!(failed && took < Duration::from_secs(3), "{took:?}");
+        finished += 1;
+    }
+    common::signal(pid, rustix::process::Signal::CONT);
+    assert_eq!(
+        finished, 40,
+        "only {finished} of 40 requests ended within 25 s: the others hang in connect(2) on the \
+         stopped Redis's full unix socket backlog"
+    );
+}
