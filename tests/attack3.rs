@@ -622,3 +622,60 @@ fn requests_hang_for_ever_on_a_stopped_redis_behind_a_unix_socket() {
          stopped Redis's full unix socket backlog"
     );
 }
+
+/// Finding 2 with a real PostgreSQL whose postmaster is stopped (`SIGSTOP`): the kernel still
+/// accepts connections into its listen backlog, so each request's login thread waits there,
+/// given up by its request after 2 s but alive until the server comes back; then they all log
+/// in at once.
+#[test]
+#[ignore = "attack 3, finding 2: fails on 35f3218"]
+fn logins_to_a_stopped_postmaster_stay_behind_as_threads() {
+    let server = common::postgres::PostgresServer::start().expect("PostgreSQL is not installed");
+    // The postmaster: the parent of its checkpointer.
+    let checkpointer: u32 = server
+        .sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+        .trim()
+        .parse()
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{checkpointer}/status")).unwrap();
+    let postmaster: u32 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let store = Arc::new(
+        PostgresStore::open(
+            &server_url(&format!(
+                "postgres://app:{}@127.0.0.1:{}/app",
+                common::postgres::APP_PASSWORD,
+                server.port
+            )),
+            None,
+        )
+        .unwrap(),
+    );
+    let before = threads_named("pso-postgres-co");
+    common::signal(postmaster, rustix::process::Signal::STOP);
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store
+                    .lock(&a_key(), LockOptions::new(Duration::from_secs(1)))
+                    .map(drop)
+                    .map_err(|e| e.kind())
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let left = threads_named("pso-postgres-co") - before;
+    common::signal(postmaster, rustix::process::Signal::CONT);
+    assert!(outcomes.iter().all(|o| o.is_err()), "{outcomes:?}");
+    assert!(
+        left <= 2,
+        "{left} login threads of 16 requests that gave up are still waiting on the stopped server"
+    );
+}
