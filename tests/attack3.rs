@@ -679,3 +679,47 @@ fn logins_to_a_stopped_postmaster_stay_behind_as_threads() {
         "{left} login threads of 16 requests that gave up are still waiting on the stopped server"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Finding 7 (low): a server's error message reaches the log as it came, line ends included:
+// whoever answers at the store's address (finding 4's squatter, a hostile server a request
+// named) writes lines of its choosing into the web server's error log. `ErrorChain` promises
+// "the chain on one line", and the logger writes the text as it is.
+
+#[test]
+#[ignore = "attack 3, finding 7: fails on 35f3218"]
+fn a_servers_error_message_forges_log_lines() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut length = [0u8; 4];
+            if stream.read_exact(&mut length).is_err() {
+                continue;
+            }
+            let mut startup = vec![0u8; u32::from_be_bytes(length) as usize - 4];
+            let _ = stream.read_exact(&mut startup);
+            let message =
+                b"SFATAL\0C08006\0Mbye\npso: error: session svc/AAAA belongs to admin; forged\0\0";
+            let mut error = vec![b'E'];
+            error.extend_from_slice(&(message.len() as u32 + 4).to_be_bytes());
+            error.extend_from_slice(message);
+            let _ = stream.write_all(&error);
+        }
+    });
+    let store = PostgresStore::open(
+        &server_url(&format!("postgres://app@127.0.0.1:{port}/app")),
+        None,
+    )
+    .unwrap();
+    let err = store
+        .lock(&a_key(), LockOptions::new(Duration::from_secs(1)))
+        .map(drop)
+        .unwrap_err();
+    let line = ErrorChain(&err).to_string();
+    assert!(
+        !line.contains('\n'),
+        "a log line of pso's holds a line end: {line:?}"
+    );
+}
