@@ -474,10 +474,10 @@ fn held_planted_redis_keys_of_other_types_fail_requests_without_panic_or_hang() 
     // A record of 64 MiB is refused by its length, not read.
     let key = a_key();
     server.cli(&[
-        "EVAL",
-        "redis.call('SET', KEYS[1], string.rep('x', 67108864)) return 1",
-        "1",
+        "SETRANGE",
         &format!("pso:{{svc:{}}}", key.id),
+        "67108863",
+        "x",
     ]);
     let started = Instant::now();
     let err = store
@@ -485,7 +485,7 @@ fn held_planted_redis_keys_of_other_types_fail_requests_without_panic_or_hang() 
         .and_then(|mut lock| lock.load())
         .map(drop)
         .unwrap_err();
-    assert_eq!(err.kind(), pso::ErrorKind::Corrupt);
+    assert_eq!(err.kind(), pso::ErrorKind::Corrupt, "{}", ErrorChain(&err));
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
@@ -765,4 +765,45 @@ fn migrate_copies_a_store_onto_itself_when_it_is_named_two_ways() {
         "not refused as one store; after {took:?}: {}{stderr}",
         String::from_utf8_lossy(&output.stdout)
     );
+}
+
+#[test]
+fn held_a_redis_url_asking_for_resp3_locks_saves_and_waits_as_resp2_does() {
+    let Some(server) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let store = Arc::new(
+        RedisStore::open(
+            &server_url(&format!("{}?protocol=resp3", server.url())),
+            None,
+        )
+        .unwrap(),
+    );
+    let key = a_key();
+    let mut lock = store
+        .lock(
+            &key,
+            LockOptions::new(Duration::from_secs(1)).with_create(true),
+        )
+        .unwrap();
+    assert!(lock.load().unwrap().is_none());
+    let mut record = pso::Record::new(pso::Meta::new(1_900_000_000));
+    record.set("n", &1u64).unwrap();
+    lock.save(&record).unwrap();
+    // A waiter while it is held, woken by the release.
+    let waiter = {
+        let (store, key) = (store.clone(), key.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut lock = store
+                .lock(&key, LockOptions::new(Duration::from_secs(5)))
+                .unwrap();
+            (lock.load().unwrap().is_some(), started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    lock.save_and_release(&record).unwrap();
+    let (found, waited) = waiter.join().unwrap();
+    assert!(found && waited < Duration::from_secs(2), "{waited:?}");
+    assert!(store.peek(&key).unwrap().is_some());
 }
