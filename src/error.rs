@@ -134,7 +134,9 @@ impl fmt::Display for Error {
     }
 }
 
-/// An error and its causes on one line, `message: cause: cause`, for the log.
+/// An error and its causes on one line, `message: cause: cause`, for the log. Line ends and
+/// other control characters in them (a server's error message is the server's text) are
+/// escaped as Rust does (`\n`), so that no cause can start a log line of its own.
 ///
 /// ```
 /// use std::error::Error as _;
@@ -147,14 +149,30 @@ pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'a));
 
 impl fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        one_line(f, self.0)?;
         let mut cause = self.0.source();
         while let Some(err) = cause {
-            write!(f, ": {err}")?;
+            f.write_str(": ")?;
+            one_line(f, err)?;
             cause = err.source();
         }
         Ok(())
     }
+}
+
+fn one_line(f: &mut fmt::Formatter<'_>, err: &dyn StdError) -> fmt::Result {
+    let text = err.to_string();
+    if !text.contains(char::is_control) {
+        return f.write_str(&text);
+    }
+    for c in text.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            write!(f, "{c}")?;
+        }
+    }
+    Ok(())
 }
 
 impl StdError for Error {
@@ -191,5 +209,15 @@ mod tests {
         let line = ErrorChain(&err).to_string();
         assert!(line.starts_with("saving x: "), "{line}");
         assert_eq!(line.matches("Input/output error").count(), 1, "{line}");
+    }
+
+    #[test]
+    fn a_cause_from_outside_cannot_start_a_line() {
+        let server = io::Error::other("bye\npso: error: forged\r");
+        let err = Error::with_source(ErrorKind::Unavailable, "connecting", server);
+        assert_eq!(
+            ErrorChain(&err).to_string(),
+            "connecting: bye\\npso: error: forged\\r"
+        );
     }
 }

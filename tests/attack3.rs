@@ -224,7 +224,6 @@ fn abandoned_postgresql_logins_pile_up_as_threads_and_sockets() {
 // whole URL for the end of the user part.
 
 #[test]
-#[ignore = "attack 3, finding 3: fails on 35f3218"]
 fn a_query_password_holding_an_at_sign_is_printed() {
     let secret = "hunter2@example";
     let redis = format!("redis+unix:///run/redis/redis.sock?db=0&pass={secret}");
@@ -691,7 +690,6 @@ fn logins_to_a_stopped_postmaster_stay_behind_as_threads() {
 // "the chain on one line", and the logger writes the text as it is.
 
 #[test]
-#[ignore = "attack 3, finding 7: fails on 35f3218"]
 fn a_servers_error_message_forges_log_lines() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -736,7 +734,6 @@ fn a_servers_error_message_forges_log_lines() {
 // On a store of 10,000 sessions that is a day, with each session blocked for 10 s in turn.
 
 #[test]
-#[ignore = "attack 3, finding 8: fails on 35f3218"]
 fn migrate_copies_a_store_onto_itself_when_it_is_named_two_ways() {
     let Some(server) = common::redis::RedisServer::start() else {
         return;

@@ -130,46 +130,55 @@ impl ServerUrl {
     /// Whether the URL itself carries a password (in its user part, or as a `pass` or
     /// `password` parameter).
     pub fn has_password(&self) -> bool {
-        self.redacted() != self.url
+        !self.secrets().is_empty()
     }
 
-    /// The URL with its password replaced by `***`. Generous on purpose: the user part ends
-    /// at the last `@` of the whole URL (a password may hold `?`, `#` or `/` unescaped), and
-    /// of the query only parameters known to hold no secret keep their values.
+    /// The URL with every password in it replaced by `***`. Generous on purpose: rather than
+    /// trust one reading of the URL, it masks whatever any reading could take for a password,
+    /// wherever it occurs in the text.
     fn redacted(&self) -> String {
-        let (scheme, rest) = self.url.split_once("://").unwrap_or(("", &self.url));
-        let (user, rest) = match rest.rsplit_once('@') {
-            Some((userinfo, rest)) => {
-                let user = match userinfo.split_once(':') {
-                    Some((user, _)) => format!("{user}:***@"),
-                    None => format!("{userinfo}@"),
-                };
-                (user, rest)
-            }
-            None => (String::new(), rest),
-        };
-        let (before_fragment, fragment) = match rest.split_once('#') {
-            Some((before, fragment)) => (before, Some(fragment)),
-            None => (rest, None),
-        };
-        let shown = match before_fragment.split_once('?') {
-            Some((path, query)) => {
-                let query: Vec<String> = query
-                    .split('&')
-                    .map(|pair| match pair.split_once('=') {
-                        Some((name, value)) if PLAIN_PARAMETERS.contains(&name) => {
-                            format!("{name}={value}")
-                        }
-                        Some((name, _)) => format!("{name}=***"),
-                        None => pair.to_owned(),
-                    })
-                    .collect();
-                format!("{path}?{}", query.join("&"))
-            }
-            None => before_fragment.to_owned(),
-        };
-        let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
-        format!("{scheme}://{user}{shown}{fragment}")
+        let mut secrets = self.secrets();
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        secrets.dedup();
+        let mut shown = self.url.clone();
+        for secret in secrets {
+            shown = shown.replace(secret, "***");
+        }
+        shown
+    }
+
+    /// What a client could read as a password: the user part's, taken as far as the last `@`
+    /// of the whole URL (a password may hold `/`, `?` or `#` unescaped) and as URL parsers
+    /// take it (within the authority), and the value of every query parameter not known to
+    /// hold no secret, after any `?` (a value may hold `@`).
+    fn secrets(&self) -> Vec<&str> {
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, rest)| rest);
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let user_parts = [rest.rsplit_once('@'), authority.rsplit_once('@')];
+        let passwords = user_parts
+            .into_iter()
+            .flatten()
+            .filter_map(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, password)| password);
+        let queries = rest.match_indices('?').map(|(at, _)| {
+            let query = &rest[at + 1..];
+            &query[..query.find('#').unwrap_or(query.len())]
+        });
+        let values = queries.flat_map(|query| {
+            query
+                .split(['&', '?'])
+                .filter_map(|pair| match pair.split_once('=') {
+                    Some((name, value)) if !PLAIN_PARAMETERS.contains(&name) => Some(value),
+                    _ => None,
+                })
+        });
+        passwords
+            .chain(values)
+            .filter(|secret| !secret.is_empty())
+            .collect()
     }
 }
 
@@ -302,10 +311,27 @@ mod tests {
                 "redis+unix:///s?db=1&p%61ss=pw",
                 "redis+unix:///s?db=1&p%61ss=***",
             ),
+            // A value may hold `@` (attack 3, finding 3): it is not the end of a user part.
+            (
+                "redis+unix:///run/r.sock?db=0&pass=hunter2@pw",
+                "redis+unix:///run/r.sock?db=0&pass=***",
+            ),
+            (
+                "postgres://app@/app?host=/run/postgresql&password=hunter2@pw",
+                "postgres://app@/app?host=/run/postgresql&password=***",
+            ),
+            (
+                "postgres://app:pw@/app?host=/x&password=pw?x=1",
+                "postgres://app:***@/app?host=/x&password=***?x=***",
+            ),
         ] {
             assert_eq!(shown(url), printed);
             let location = StoreLocation::parse(url).unwrap();
             assert!(!format!("{location:?}").contains("pw"), "{location:?}");
+            let StoreLocation::Server(server) = location else {
+                unreachable!()
+            };
+            assert!(server.has_password() == printed.contains("***"), "{url}");
         }
     }
 

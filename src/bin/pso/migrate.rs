@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pso::ErrorChain;
-use pso::store::{Admin, Moved, MovingStore, StoreLocation};
+use pso::store::{Admin, LockOptions, Moved, MovingStore, SessionKey, StoreLocation};
 use serde_json::json;
 
 use crate::inventory;
@@ -76,10 +76,11 @@ fn open(text: &str, path: Option<&std::path::Path>) -> Result<Arc<dyn Admin>, St
 pub fn run(args: &Args, out: &mut impl Write) -> Result<(), String> {
     let from = open(&args.from, args.from_path.as_deref())?;
     let to = open(&args.to, args.to_path.as_deref())?;
-    if from.place() == to.place() {
+    if from.place() == to.place() || one_store(&*from, &*to)? {
         return Err(format!(
-            "--from and --to are the same store: {}",
-            from.place()
+            "--from and --to are the same store: {} and {}",
+            from.place(),
+            to.place()
         ));
     }
     let timeout = Duration::from_secs(args.timeout);
@@ -139,4 +140,23 @@ pub fn run(args: &Args, out: &mut impl Write) -> Result<(), String> {
         return Err(format!("{} session(s) not moved: run again", tally.failed));
     }
     Ok(())
+}
+
+/// Whether `from` and `to` are one store named two ways (`localhost` and `127.0.0.1`, a
+/// directory through a link): a probe saved into `from` under a service of its own shows in
+/// `to`. Moving a store onto itself would wait out every session's lock against itself.
+fn one_store(from: &dyn Admin, to: &dyn Admin) -> Result<bool, String> {
+    let failed = |e: pso::Error| format!("probing the stores: {}", ErrorChain(&e));
+    let service = "pso-migrate-probe".parse().map_err(failed)?;
+    let key = SessionKey::new(service, pso::SessionId::generate().map_err(failed)?);
+    let mut probe = from
+        .lock(&key, LockOptions::new(Duration::from_secs(5)))
+        .map_err(failed)?;
+    probe
+        .save_and_release(&pso::Record::default())
+        .map_err(failed)?;
+    drop(probe);
+    let seen = to.exists(&key);
+    from.delete(&key).map_err(failed)?;
+    seen.map_err(failed)
 }
