@@ -18,9 +18,52 @@ use std::os::unix::ffi::OsStrExt;
 /// assert_eq!(env.get("PSOServiceId"), Some("shop"));
 /// assert_eq!(env.get("HTTPS"), None);
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Environment {
     vars: Vec<(OsString, OsString)>,
+}
+
+/// Names every variable, but shows no value that can hold a secret: the client's cookies and
+/// credentials, and pso's variables that can hold a password. A handler that logs its
+/// environment must not log a session id or a store's password.
+///
+/// ```
+/// let env = pso::Environment::from_pairs([
+///     ("HTTP_COOKIE", "shop=0123456789abcdef"),
+///     ("PSOSessionStore", "redis://:s3cret@cache/0"),
+///     ("REQUEST_METHOD", "GET"),
+/// ]);
+/// let shown = format!("{env:?}");
+/// assert!(shown.contains("REQUEST_METHOD") && shown.contains("GET"));
+/// assert!(!shown.contains("0123456789") && !shown.contains("s3cret"));
+/// ```
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for (name, value) in &self.vars {
+            let text = name.to_string_lossy();
+            if holds_secret(&text) {
+                map.entry(&text, &format_args!("<{} bytes, not shown>", value.len()));
+            } else {
+                map.entry(&text, &value.to_string_lossy());
+            }
+        }
+        map.finish()
+    }
+}
+
+/// Whether a variable's value can hold a secret.
+fn holds_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    upper.starts_with("HTTP_COOKIE")
+        || upper.starts_with("HTTP_AUTHORIZATION")
+        || upper.starts_with("HTTP_PROXY_AUTHORIZATION")
+        || upper.contains("PASSWORD")
+        || upper.contains("SECRET")
+        || upper.contains("TOKEN")
+        // The stores' URLs, under any prefix a server adds (`REDIRECT_`).
+        || upper.contains("PSOSESSIONSTORE")
+        || crate::config::Variable::find(name).is_some_and(|variable| variable.secret)
 }
 
 impl Environment {
