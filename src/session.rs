@@ -437,7 +437,7 @@ impl Session {
     /// [`Session::regenerate_id`]), so that [`Session::log_out_everywhere`] can end every
     /// session of that user at once.
     pub fn set_user(&mut self, user: &str) -> Result<()> {
-        self.check_writable()?;
+        self.check_lasting()?;
         // When the request began (a request loaded before a "log out everywhere" must not
         // outlive it by signing in again), but after a "log out everywhere" of this very
         // request (to sign everything else out and stay signed in here).
@@ -687,7 +687,7 @@ impl Session {
 
     /// Stores `value` under `key`.
     pub fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
-        self.check_writable()?;
+        self.check_lasting()?;
         if is_reserved(key) {
             return Err(Error::new(
                 ErrorKind::Invalid,
@@ -762,8 +762,22 @@ impl Session {
     /// Sets when the session expires, on the server and in the cookie.
     ///
     /// [`Expiry::Now`] (or any deadline not after now) deletes the session on the server when
-    /// the request ends and revokes the cookie; values set afterwards in the same request are
-    /// discarded with it.
+    /// the request ends and revokes the cookie; setting a value afterwards is an error (it
+    /// would go with the session), unless a later `expire` gives it a future again. To sign
+    /// out and leave a message for the next page, empty the session and move it to a new id
+    /// instead:
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// # session.set_user("eggs")?;
+    /// session.clear()?; // every value and the signed-in user go
+    /// session.regenerate_id()?; // the old id is worth nothing
+    /// session.set("flash", "You are signed out.")?;
+    /// assert_eq!(session.user(), None);
+    /// # session.expire(pso::Expiry::Now)?;
+    /// # assert!(session.set("flash", "lost").is_err());
+    /// # Ok::<(), pso::Error>(())
+    /// ```
     ///
     /// ```
     /// use std::time::Duration;
@@ -1053,6 +1067,20 @@ impl Session {
         }
     }
 
+    /// An error when a value set now would be lost: the session may not change
+    /// ([`Session::check_writable`]), or it ends with this request (deleted, or set to expire
+    /// now), taking the value with it.
+    fn check_lasting(&self) -> Result<()> {
+        self.check_writable()?;
+        if matches!(self.state, State::Ended { .. }) || self.ends_now() {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "the session ends with this request (expire(Now), log_out_everywhere() or its deadline): a value set now would go with it. To sign out and leave a message for the next page, clear() and regenerate_id(), then set it",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the session holds nothing worth keeping: no value of the handler's and no
     /// signed-in user (form tokens and deadlines go with the values they serve).
     fn holds_nothing(&self) -> bool {
@@ -1334,7 +1362,14 @@ mod tests {
         drop(session);
         let mut session = reopen(&store, &id, T0 + 1);
         session.expire(Expiry::Now).unwrap();
-        session.set("late", &true).unwrap();
+        // A value set now would go with the session: an error, not a silent loss.
+        assert_eq!(
+            session
+                .set_for("late", &true, Duration::from_secs(60))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Invalid
+        );
         assert_eq!(session.commit().unwrap(), CookieAction::Revoke);
         drop(session);
         assert_eq!(store.keys().unwrap().count(), 0);
@@ -1383,7 +1418,10 @@ mod tests {
         session.save().unwrap();
         session.save().unwrap();
         session.expire(Expiry::In(Duration::from_secs(60))).unwrap();
-        session.set("n", &2u64).unwrap();
+        assert_eq!(
+            session.set("n", &2u64).unwrap_err().kind(),
+            ErrorKind::Invalid
+        );
         assert_eq!(session.save().unwrap_err().kind(), ErrorKind::Invalid);
         assert_eq!(session.commit().unwrap(), CookieAction::Revoke);
         drop(session);
@@ -1679,6 +1717,58 @@ mod tests {
         assert!(refused.text.starts_with("Status: 409"), "{}", refused.text);
         let owner = site.visit().cookie(&new).at(3).send(&sign_in);
         assert!(owner.text.ends_with("None"), "unchanged: {}", owner.text);
+    }
+
+    /// Signing out with a message for the next page: after `expire(Now)` a value is an error
+    /// (it would vanish with the session); emptied and moved to a new id, the session carries
+    /// the message and nothing else, and the old id no longer signs anyone in.
+    #[test]
+    fn a_message_outlives_a_sign_out_only_through_a_new_id() {
+        let sign_out = |cx: &mut Context<'_>| -> std::result::Result<(), BoxError> {
+            match cx.request.query("do").as_deref() {
+                Some("expire") => {
+                    cx.session.expire(Expiry::Now)?;
+                    let lost = cx.session.set("flash", "signed out");
+                    assert_eq!(lost.unwrap_err().kind(), ErrorKind::Invalid);
+                }
+                Some("flash") => {
+                    cx.session.clear()?;
+                    cx.session.regenerate_id()?;
+                    cx.session.set("flash", "signed out")?;
+                }
+                _ => {}
+            }
+            let flash: Option<String> = cx.session.get("flash")?;
+            write!(cx.response, "{:?} {flash:?}", cx.session.user())?;
+            Ok(())
+        };
+        let site = Site::new();
+        let (_, ada) = signed_in(&site);
+        let out = site
+            .visit()
+            .cookie(&ada)
+            .query("do=flash")
+            .at(2)
+            .send(&sign_out);
+        let next = out.cookie().expect("the new id's cookie").to_owned();
+        assert_ne!(next, ada);
+        let page = site.visit().cookie(&next).at(3).send(&sign_out);
+        assert!(
+            page.text.ends_with("None Some(\"signed out\")"),
+            "{}",
+            page.text
+        );
+        // Past the grace, the signed-in id leads nowhere.
+        let old = site.visit().cookie(&ada).at(20).send(&sign_out);
+        assert!(old.text.ends_with("None None"), "{}", old.text);
+        let (_, bob) = signed_in(&site);
+        let ended = site
+            .visit()
+            .cookie(&bob)
+            .query("do=expire")
+            .at(30)
+            .send(&sign_out);
+        assert!(ended.text.starts_with("Status: 200"), "{}", ended.text);
     }
 
     /// Through the old id (a planted one, polled by someone behind the same address as the
