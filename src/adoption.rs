@@ -1351,6 +1351,12 @@ mod tests {
         let n: u64 = cx.session.get("n")?.unwrap_or(0) + 1;
         cx.session.set("n", &n)?;
         write!(cx.response, "{n} {}", cx.url("/cgi-bin/app?page=2#top"))?;
+        // Links to other sites never carry the id.
+        assert_eq!(
+            cx.url("https://other.example/?a=1"),
+            "https://other.example/?a=1"
+        );
+        assert_eq!(cx.url("//other.example/x"), "//other.example/x");
         Ok(())
     }
 

@@ -53,8 +53,11 @@ impl<'a> Context<'a> {
     /// A link to `url` (a path, with or without a query) for this visitor: with
     /// `PSOSessionUrl=on` and no session cookie in the request, it carries the session id
     /// (pso's `mkurl`), so a client without cookies keeps its session; otherwise `url` as is.
+    /// A URL that can lead to another site (one with a scheme, `https://…`, `mailto:…`, or
+    /// one the browser reads as naming a host, `//host/…`, `/\host`) is returned as it is,
+    /// never with the id: the id would go to that site.
     pub fn url(&self, url: &str) -> String {
-        if !self.ids_in_urls {
+        if !self.ids_in_urls || leaves_the_site(url) {
             return url.to_owned();
         }
         let (path, fragment) = url
@@ -342,10 +345,71 @@ where
     }
 }
 
+/// Whether a link may lead away from this site: it names a scheme (`https:`, `mailto:`,
+/// `javascript:`) or a host (`//host`; browsers read `\` as `/` and skip leading blanks and
+/// control characters, so `/\host` and ` //host` do too).
+fn leaves_the_site(url: &str) -> bool {
+    // Browsers also drop tabs and line ends anywhere in a URL.
+    let url: String = url
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+        .collect();
+    let url = url.trim_start_matches(|c: char| c.is_ascii_whitespace() || c.is_ascii_control());
+    let mut start = url.chars();
+    if matches!(
+        (start.next(), start.next()),
+        (Some('/' | '\\'), Some('/' | '\\'))
+    ) {
+        return true;
+    }
+    // RFC 3986: a scheme is a letter, then letters, digits, `+`, `-` or `.`, before a `:`
+    // that comes before any `/`, `?` or `#`.
+    let head = &url[..url.find(['/', '?', '#']).unwrap_or(url.len())];
+    head.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::{Site, counter};
+
+    #[test]
+    fn links_that_can_leave_the_site_are_told_apart_from_paths() {
+        for away in [
+            "https://other.example/x",
+            "HTTP://other.example",
+            "mailto:a@b.example",
+            "javascript:alert(1)",
+            "//other.example/x",
+            "/\\other.example",
+            "\\\\other.example",
+            " //other.example",
+            "/\t/other.example",
+            "\u{1}//other.example",
+            "a+b.c-d:x",
+        ] {
+            assert!(leaves_the_site(away), "{away:?}");
+        }
+        for path in [
+            "/cgi-bin/app?page=2#top",
+            "next",
+            "../up",
+            "?page=2",
+            "#top",
+            "/a:b",
+            "page?when=12:30",
+            "./x:y",
+            "1a:x",
+            "",
+        ] {
+            assert!(!leaves_the_site(path), "{path:?}");
+        }
+    }
 
     #[test]
     fn the_cookie_chain_counts_and_session_pages_are_never_cached() {

@@ -698,6 +698,29 @@ impl Session {
         self.record.set(key, value)
     }
 
+    /// The value under `key` as a `T`, removed from the session: for a message shown once
+    /// (a flash), as tower-sessions' `remove`. `None` if there is none. An error once the
+    /// session was released; a value of another type is an error and stays.
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// session.set("flash", "Saved.")?;
+    /// assert_eq!(session.take::<String>("flash")?.as_deref(), Some("Saved."));
+    /// assert_eq!(session.take::<String>("flash")?, None);
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn take<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>> {
+        self.check_writable()?;
+        if is_reserved(key) {
+            return Ok(None);
+        }
+        let value = self.get(key)?;
+        if value.is_some() {
+            self.remove(key)?;
+        }
+        Ok(value)
+    }
+
     /// Removes `key`; returns whether it was there. An error once the session was released.
     ///
     /// ```
