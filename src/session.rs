@@ -940,7 +940,7 @@ impl Session {
         }
         if self.rules.lazy && self.holds_nothing() {
             if stored.is_none() {
-                return Ok(CookieAction::Nothing);
+                return Ok(self.cookie_for_nothing_stored());
             }
             self.end()?;
             return Ok(CookieAction::Revoke);
@@ -953,6 +953,19 @@ impl Session {
             self.write(hold)?;
         }
         Ok(self.cookie_for_browser(held_to_the_end))
+    }
+
+    /// The cookie of a response that stores no session: a revocation when the request's
+    /// cookie named a session that is no more (logged out, expired, unknown, ...), so that the
+    /// browser stops sending a dead id (and each of its requests stops being logged); none
+    /// otherwise. A session of another address (`PSOSessionCheckIP`) is left alone for its
+    /// owner, its cookie with it.
+    fn cookie_for_nothing_stored(&self) -> CookieAction {
+        match self.origin() {
+            Origin::Replaced(crate::origin::Ended::OtherAddress) => CookieAction::Nothing,
+            Origin::Replaced(_) => CookieAction::Revoke,
+            _ => CookieAction::Nothing,
+        }
     }
 
     /// Whether the last access the store holds is old enough to record again: often enough

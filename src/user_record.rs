@@ -291,13 +291,22 @@ mod tests {
         assert_eq!(body, "Returning Some(\"eggs\")");
         // The session that asked ended at once; the 49 others at their next request.
         assert_eq!(visit("", &eggs[0], 20).0, "Replaced(Unknown) None");
+        // Each of them is told to forget its dead cookie: a browser that does comes back as a
+        // new visitor, not as a dead id logged as suspicious at every request.
+        let revoked = |reply: &crate::testing::Reply| {
+            reply
+                .set_cookies()
+                .iter()
+                .any(|c| c.starts_with("app=;") && c.contains("Max-Age=0"))
+        };
         for cookie in &eggs[1..] {
-            assert_eq!(
-                visit("", cookie, 20).0,
-                "Replaced(LoggedOut) None",
-                "{cookie}"
-            );
+            let reply = site.visit().cookie(cookie).at(20).send(&app);
+            assert_eq!(reply.body(), "Replaced(LoggedOut) None", "{cookie}");
+            assert!(revoked(&reply), "{}", reply.text);
         }
+        let gone = site.visit().cookie(&eggs[1]).at(21).send(&app);
+        assert_eq!(gone.body(), "Replaced(Unknown) None");
+        assert!(revoked(&gone), "{}", gone.text);
         for cookie in &ham {
             assert_eq!(visit("", cookie, 20).0, "Returning Some(\"ham\")");
         }
