@@ -47,6 +47,12 @@ fn behind_apache(reload: &Path) {
             site.sessions().display()
         ),
     );
+    // The user's own program, under a name of its own (the sample once covered `reload` only,
+    // and Apache sent any other program as a download), and a file that is not a program.
+    let guestbook = site.path("cgi-bin/guestbook");
+    fs::copy(site.path("cgi-bin/reload"), &guestbook).unwrap();
+    set_mode(&guestbook, 0o755);
+    site.write("cgi-bin/style.css", "body { color: black }\n");
     let expired = plant_expired_sessions(&site, 20);
     let port = free_port();
     let root = site.root().display();
@@ -149,6 +155,21 @@ fn check_site(site: &Site, port: u16, expired: &[std::path::PathBuf]) -> Result<
 
     // A second browser, without the first one's cookie, gets a session of its own.
     expect_count(&Browser::new(site, "visitor-2").get(&url)?, 1)?;
+
+    // A program of any name runs; a file with an extension is served as it is.
+    let guest = Browser::new(site, "visitor-4");
+    let guestbook = format!("http://127.0.0.1:{port}/cgi-bin/guestbook");
+    expect_count(&guest.get(&guestbook)?, 1)?;
+    expect_count(&guest.get(&guestbook)?, 2)?;
+    let css = guest.get(&format!("http://127.0.0.1:{port}/cgi-bin/style.css"))?;
+    ensure(
+        css.status().contains(" 200") && css.body.contains("color: black"),
+        format!(
+            "style.css was not served as a file: {} {}",
+            css.status(),
+            css.body
+        ),
+    )?;
 
     // The server refuses to show .htaccess, which may one day hold secrets.
     let reply = Browser::new(site, "visitor-3")

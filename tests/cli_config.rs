@@ -530,6 +530,48 @@ fn a_line_apache_would_refuse_fails() {
     );
 }
 
+/// A program beside the `.htaccess` that no `cgi-script` handler covers would be sent as a
+/// download (the sample once named only `reload`): a warning naming it; the sample covers any
+/// name without a dot.
+#[test]
+fn a_program_no_cgi_handler_covers_is_warned_about() {
+    let deployment = Deployment::new();
+    for (name, mode) in [
+        ("guestbook", 0o755),
+        ("style.css", 0o644),
+        ("reload", 0o755),
+    ] {
+        let path = deployment.root.path().join(name);
+        fs::write(&path, "x").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let dir = deployment.sessions();
+    let check = |text: &str| {
+        let htaccess = deployment.htaccess(&format!(
+            "{text}SetEnv PSOSessionFileLoader_Path {}\n",
+            dir.display()
+        ));
+        let output = config(&[], &["--htaccess", htaccess.to_str().unwrap(), "--no-env"]);
+        assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+        stdout(&output)
+    };
+    let named =
+        check("Options +ExecCGI\n<Files \"reload\">\n    SetHandler cgi-script\n</Files>\n");
+    assert!(
+        named.contains("covers the program guestbook: Apache would send it as a download"),
+        "{named}"
+    );
+    assert!(
+        !named.contains("program reload") && !named.contains("style.css"),
+        "{named}"
+    );
+    let sample = fs::read_to_string(sample()).unwrap();
+    let covered = check(&sample);
+    assert!(covered.ends_with("OK: 0 warnings\n"), "{covered}");
+    let no_exec = check("SetHandler cgi-script\n");
+    assert!(no_exec.contains("no `Options +ExecCGI`"), "{no_exec}");
+}
+
 fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("htaccess.sample")
 }

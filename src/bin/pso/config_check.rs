@@ -125,6 +125,7 @@ pub fn run(args: Args) -> ExitCode {
         sources.push("environment".to_owned());
     }
     let mut file_problems = Vec::new();
+    let mut file_warnings = Vec::new();
     if let Some(path) = &args.htaccess {
         let file = match crate::htaccess::Htaccess::read(path) {
             Ok(file) => file,
@@ -132,6 +133,7 @@ pub fn run(args: Args) -> ExitCode {
         };
         layered.apply(&file, path);
         sources.push(path.display().to_string());
+        file_warnings = cgi_warnings(&file, path);
         file_problems = file.problems;
     }
     if let Some(script) = &args.script_name {
@@ -150,6 +152,19 @@ pub fn run(args: Args) -> ExitCode {
             finding: variables::Finding {
                 level: Level::Error,
                 message: format!("{problem} (Apache refuses the whole file)"),
+            },
+        });
+    }
+    for warning in file_warnings {
+        evaluation.problems.push(variables::Problem {
+            subject: args
+                .htaccess
+                .as_ref()
+                .map_or_else(String::new, |path| path.display().to_string()),
+            source: None,
+            finding: variables::Finding {
+                level: Level::Warning,
+                message: warning,
             },
         });
     }
@@ -199,6 +214,46 @@ pub fn run(args: Args) -> ExitCode {
             render::count(errors, "error")
         )),
     }
+}
+
+/// What keeps Apache from running the programs beside an `.htaccess` as CGI: no
+/// `Options +ExecCGI`, or a program that no `cgi-script` handler of the file covers (Apache
+/// sends such a program as a download). Programs are the executable files of its directory.
+/// The server's own configuration can still do either (a `ScriptAlias` directory runs every
+/// file): the messages say so.
+fn cgi_warnings(file: &crate::htaccess::Htaccess, path: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut warnings = Vec::new();
+    if file.exec_cgi != Some(true) {
+        warnings.push(
+            "no `Options +ExecCGI`: Apache refuses to run programs here (403) unless the server's configuration allows it for this directory"
+                .to_owned(),
+        );
+    }
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return warnings;
+    };
+    let mut uncovered: Vec<String> = entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .metadata()
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.') && !file.runs_as_cgi(name))
+        .collect();
+    uncovered.sort();
+    for name in uncovered {
+        warnings.push(format!(
+            "no `SetHandler cgi-script` or `AddHandler cgi-script` here covers the program {name}: Apache would send it as a download instead of running it, unless the server's configuration makes this directory a ScriptAlias (htaccess.sample's <FilesMatch \"^[^.]+$\"> covers every name without a dot)"
+        ));
+    }
+    warnings
 }
 
 /// A server store's checks: reachable, its version, settings that can lose sessions.

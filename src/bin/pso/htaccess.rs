@@ -4,9 +4,10 @@
 //! Words are split as Apache's `ap_getword_conf` splits them: by white space, with `"..."` or
 //! `'...'` quoting (a backslash before the quote character keeps it), and a line that ends in a
 //! backslash continues on the next. Directive names are case-insensitive, variable names are
-//! not. Other directives are ignored, and so are sections (`<IfModule>`, `<Files>`): the lines
-//! inside them count as if outside, which is what a `.htaccess` of a `cgi-bin/` means in
-//! practice.
+//! not. Other directives are ignored, and so are sections (`<IfModule>`, `<Files>`) for
+//! `SetEnv`: the lines inside them count as if outside, which is what a `.htaccess` of a
+//! `cgi-bin/` means in practice. A handler set inside `<Files>` or `<FilesMatch>` covers the
+//! names the section matches.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ pub struct Directive {
     pub line: usize,
 }
 
-/// The environment directives of one file, in order.
+/// The environment directives of one file, in order, and its CGI handlers.
 #[derive(Clone, Debug, Default)]
 pub struct Htaccess {
     /// The file read.
@@ -34,6 +35,30 @@ pub struct Htaccess {
     pub directives: Vec<Directive>,
     /// Lines that Apache would refuse, as `line N: why`.
     pub problems: Vec<String>,
+    /// Whether `Options` turns `ExecCGI` on (`Some(true)`) or off, as last written.
+    pub exec_cgi: Option<bool>,
+    /// Which names the `cgi-script` handler covers.
+    handlers: Vec<Covers>,
+}
+
+/// The names a `cgi-script` handler covers.
+#[derive(Clone, Debug)]
+enum Covers {
+    /// Every file (`SetHandler cgi-script` outside any `<Files>`).
+    All,
+    /// Names ending in one of these extensions (`AddHandler cgi-script .cgi`), lowercase.
+    Extension(String),
+    /// Names matching a `<Files>` wildcard (`*`, `?`).
+    Wildcard(String),
+    /// Names matching a `<FilesMatch>` (or `<Files ~>`) regular expression.
+    Regex(regex_lite::Regex),
+}
+
+/// A `<Files>`-like section the parser is inside, and what it matches.
+enum Section {
+    /// `<IfModule>`, `<IfDefine>`, ...: what is inside counts as outside.
+    Transparent,
+    Files(Covers),
 }
 
 impl Htaccess {
@@ -71,7 +96,25 @@ impl Htaccess {
             path: path.to_path_buf(),
             ..Htaccess::default()
         };
+        let mut sections: Vec<Section> = Vec::new();
         for (line, logical) in logical_lines(text) {
+            let trimmed = logical.trim();
+            if let Some(closing) = trimmed.strip_prefix("</") {
+                let _ = closing;
+                sections.pop();
+                continue;
+            }
+            if let Some(opening) = trimmed.strip_prefix('<') {
+                let inside = opening.strip_suffix('>').unwrap_or(opening);
+                sections.push(match words(inside) {
+                    Ok(words) => parsed.section(&words, line),
+                    Err(why) => {
+                        parsed.problems.push(format!("line {line}: {why}"));
+                        Section::Transparent
+                    }
+                });
+                continue;
+            }
             let words = match words(&logical) {
                 Ok(words) => words,
                 Err(why) => {
@@ -91,6 +134,27 @@ impl Htaccess {
                         .problems
                         .push(format!("line {line}: SetEnv takes a name and a value")),
                 }
+            } else if directive.eq_ignore_ascii_case("Options") {
+                parsed.options(arguments);
+            } else if directive.eq_ignore_ascii_case("SetHandler")
+                && arguments
+                    .first()
+                    .is_some_and(|h| h.eq_ignore_ascii_case("cgi-script"))
+            {
+                let covers = sections.iter().rev().find_map(|section| match section {
+                    Section::Files(covers) => Some(covers.clone()),
+                    Section::Transparent => None,
+                });
+                parsed.handlers.push(covers.unwrap_or(Covers::All));
+            } else if directive.eq_ignore_ascii_case("AddHandler")
+                && arguments
+                    .first()
+                    .is_some_and(|h| h.eq_ignore_ascii_case("cgi-script"))
+            {
+                for extension in &arguments[1..] {
+                    let extension = extension.trim_start_matches('.').to_ascii_lowercase();
+                    parsed.handlers.push(Covers::Extension(extension));
+                }
             } else if directive.eq_ignore_ascii_case("UnsetEnv") {
                 if arguments.is_empty() {
                     parsed
@@ -103,6 +167,60 @@ impl Htaccess {
             }
         }
         parsed
+    }
+
+    /// What a section line (`<Files "reload">`, without its `<` and `>`) opens.
+    fn section(&mut self, words: &[String], line: usize) -> Section {
+        let Some(name) = words.first() else {
+            return Section::Transparent;
+        };
+        let regex = |this: &mut Htaccess, pattern: &str| match regex_lite::Regex::new(pattern) {
+            Ok(regex) => Section::Files(Covers::Regex(regex)),
+            Err(_) => {
+                this.problems
+                    .push(format!("line {line}: not a regular expression: {pattern}"));
+                Section::Transparent
+            }
+        };
+        match (name.to_ascii_lowercase().as_str(), &words[1..]) {
+            ("files", [tilde, pattern]) if tilde == "~" => regex(self, pattern),
+            ("files", [pattern]) => Section::Files(Covers::Wildcard(pattern.clone())),
+            ("filesmatch", [pattern]) => regex(self, pattern),
+            _ => Section::Transparent,
+        }
+    }
+
+    /// `Options`: a list of all-new options (`ExecCGI Indexes`, `All`) or changes
+    /// (`+ExecCGI -Indexes`).
+    fn options(&mut self, arguments: &[String]) {
+        let absolute = arguments
+            .iter()
+            .all(|option| !option.starts_with(['+', '-']));
+        if absolute {
+            self.exec_cgi = Some(arguments.iter().any(|option| {
+                option.eq_ignore_ascii_case("ExecCGI") || option.eq_ignore_ascii_case("All")
+            }));
+            return;
+        }
+        for option in arguments {
+            if option.eq_ignore_ascii_case("+ExecCGI") {
+                self.exec_cgi = Some(true);
+            } else if option.eq_ignore_ascii_case("-ExecCGI") {
+                self.exec_cgi = Some(false);
+            }
+        }
+    }
+
+    /// Whether a `cgi-script` handler of this file covers a file named `name`.
+    pub fn runs_as_cgi(&self, name: &str) -> bool {
+        self.handlers.iter().any(|covers| match covers {
+            Covers::All => true,
+            Covers::Extension(extension) => name
+                .rsplit_once('.')
+                .is_some_and(|(_, ext)| ext.eq_ignore_ascii_case(extension)),
+            Covers::Wildcard(pattern) => wildcard_matches(pattern, name),
+            Covers::Regex(regex) => regex.is_match(name),
+        })
     }
 
     fn push(&mut self, name: &str, value: Option<String>, line: usize) {
@@ -127,6 +245,31 @@ impl Htaccess {
         }
         set
     }
+}
+
+/// Whether `name` matches a `<Files>` wildcard: `*` any run of characters, `?` one.
+fn wildcard_matches(pattern: &str, name: &str) -> bool {
+    let (pattern, name): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), name.chars().collect());
+    // The classic two-pointer match, backtracking to the last `*`.
+    let (mut p, mut n, mut star, mut mark) = (0, 0, None, 0);
+    while n < name.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == name[n]) {
+            p += 1;
+            n += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some(p);
+            mark = n;
+            p += 1;
+        } else if let Some(at) = star {
+            p = at + 1;
+            mark += 1;
+            n = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
 }
 
 /// Lines joined where one ends in a backslash, each with the number of its first line;
@@ -263,5 +406,77 @@ mod tests {
             Htaccess::read(&path).unwrap().variables(),
             vec![("A", "1", 1)]
         );
+    }
+
+    #[test]
+    fn tells_which_names_a_cgi_handler_covers() {
+        let file = parse(
+            "Options +ExecCGI -Indexes\n\
+             <IfModule mod_mime.c>\n\
+             AddHandler cgi-script .cgi .PL\n\
+             </IfModule>\n\
+             <Files \"report?\">\n\
+             SetHandler cgi-script\n\
+             </Files>\n\
+             <FilesMatch \"^[^.]+$\">\n\
+             SetHandler cgi-script\n\
+             </FilesMatch>\n\
+             <Files ~ \"^guest.*\\.bin$\">\n\
+             SetHandler cgi-script\n\
+             </Files>\n\
+             <Files \"*.txt\">\n\
+             SetHandler default-handler\n\
+             </Files>\n",
+        );
+        assert_eq!(file.problems, Vec::<String>::new());
+        assert_eq!(file.exec_cgi, Some(true));
+        for name in [
+            "reload",
+            "guestbook",
+            "a.cgi",
+            "b.pl",
+            "report1",
+            "report.x",
+            "guest1.bin",
+        ] {
+            let expected = name != "report.x";
+            assert_eq!(file.runs_as_cgi(name), expected, "{name}");
+        }
+        for name in ["style.css", "notes.txt", ".htaccess"] {
+            assert!(!file.runs_as_cgi(name), "{name}");
+        }
+        // The sample's form before: one program by name only.
+        let named = parse("<Files \"reload\">\nSetHandler cgi-script\n</Files>\n");
+        assert!(named.runs_as_cgi("reload") && !named.runs_as_cgi("guestbook"));
+        assert_eq!(named.exec_cgi, None);
+        assert_eq!(
+            parse("SetHandler cgi-script\nOptions None\n").exec_cgi,
+            Some(false)
+        );
+        assert!(parse("SetHandler cgi-script\n").runs_as_cgi("anything.at.all"));
+        assert_eq!(
+            parse("<FilesMatch \"(\">\n</FilesMatch>\n").problems,
+            vec!["line 1: not a regular expression: ("]
+        );
+    }
+
+    #[test]
+    fn wildcards_match_as_files_sections_do() {
+        for (pattern, name, expected) in [
+            ("reload", "reload", true),
+            ("reload", "reloads", false),
+            ("*", "", true),
+            ("*.cgi", "a.cgi", true),
+            ("*.cgi", "a.cgi.txt", false),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("?", "ab", false),
+        ] {
+            assert_eq!(
+                wildcard_matches(pattern, name),
+                expected,
+                "{pattern} {name}"
+            );
+        }
     }
 }
