@@ -517,10 +517,19 @@ pub(crate) const FCGI_BIND: Variable = Variable {
     expected: "unix:/path, host:port, or a port (:9000 or 9000, on loopback)",
     scope: Scope::FastCgi,
     secret: false,
-    show: |settings, value, _| match (&settings.bind, value) {
+    show: |settings, value, _| {
+        match (&settings.bind, value) {
+        (Some(spec), _)
+            if Listener::reaches_other_machines(spec) && !settings.web_server_addrs =>
+        {
+            Shown::new(spec.clone()).warning(
+                "listens where other machines reach it, and FCGI_WEB_SERVER_ADDRS is not set: anyone who reaches it configures pso through its parameters; set FCGI_WEB_SERVER_ADDRS to the web server's address, or listen on 127.0.0.1 or a unix socket",
+            )
+        }
         (Some(spec), _) => Shown::new(spec.clone()),
         (None, Some(_)) => Shown::new("unusable: the program stops at start"),
         (None, None) => Shown::new("none"),
+    }
     },
 };
 pub(crate) const FCGI_WORKERS: Variable = Variable {
@@ -901,6 +910,8 @@ pub struct Settings {
     /// `PSO_FCGI_BIND`: where a FastCGI program listens when it was not started on a socket,
     /// if that is set and understood.
     pub bind: Option<String>,
+    /// Whether `FCGI_WEB_SERVER_ADDRS` names the addresses FastCGI peers may come from.
+    pub web_server_addrs: bool,
 }
 
 impl Settings {
@@ -927,11 +938,15 @@ impl Settings {
                     None
                 }
             });
+        let web_server_addrs = env
+            .get("FCGI_WEB_SERVER_ADDRS")
+            .is_some_and(|addrs| !addrs.trim().is_empty());
         let settings = Settings {
             config,
             limits,
             log_level,
             bind,
+            web_server_addrs,
         };
         (settings, problems)
     }

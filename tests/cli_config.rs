@@ -949,3 +949,51 @@ fn the_command_line_is_checked() {
         "{stderr}"
     );
 }
+
+/// Checked as root, a directory that belongs to another user (the web server's) is not an
+/// error to move: the message says which uid to check as.
+#[test]
+fn as_root_a_directory_of_the_web_servers_user_says_which_user_to_check_as() {
+    if !is_root() {
+        // Only root can make a directory another user's (CI runs the tests as root).
+        return;
+    }
+    let deployment = Deployment::new();
+    std::os::unix::fs::chown(deployment.sessions(), Some(65534), None).unwrap();
+    let (output, owner) = directory_check(&deployment.sessions(), None, "owner");
+    assert_eq!(owner["level"], "warning", "{owner}");
+    let message = owner["message"].as_str().unwrap();
+    assert!(message.contains("pso config --user 65534"), "{message}");
+    let _ = output;
+}
+
+/// A FastCGI program listening where other machines reach it, with no FCGI_WEB_SERVER_ADDRS
+/// to say who may talk to it: a warning on PSO_FCGI_BIND's row.
+#[test]
+fn a_fastcgi_address_others_reach_without_fcgi_web_server_addrs_warns() {
+    let deployment = Deployment::new();
+    let dir = deployment.sessions();
+    let dir = dir.to_str().unwrap();
+    let bind_row = |env: &[(&str, &str)]| {
+        let mut env = env.to_vec();
+        env.push(("PSOSessionFileLoader_Path", dir));
+        let report = json(&config(&env, &["--json"]));
+        variable(&report, "PSO_FCGI_BIND")["problems"].clone()
+    };
+    let open = bind_row(&[("PSO_FCGI_BIND", "0.0.0.0:9000")]);
+    assert!(
+        open.to_string()
+            .contains("FCGI_WEB_SERVER_ADDRS is not set"),
+        "{open}"
+    );
+    for quiet in [
+        &[
+            ("PSO_FCGI_BIND", "0.0.0.0:9000"),
+            ("FCGI_WEB_SERVER_ADDRS", "10.0.0.2"),
+        ][..],
+        &[("PSO_FCGI_BIND", "127.0.0.1:9000")][..],
+        &[("PSO_FCGI_BIND", "unix:/run/pso.sock")][..],
+    ] {
+        assert_eq!(bind_row(quiet), serde_json::json!([]), "{quiet:?}");
+    }
+}

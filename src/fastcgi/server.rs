@@ -249,6 +249,12 @@ impl Listener {
         Address::parse(spec).map(drop)
     }
 
+    /// Whether `spec` names a TCP address other machines can reach (not loopback, not a unix
+    /// socket).
+    pub(crate) fn reaches_other_machines(spec: &str) -> bool {
+        matches!(Address::parse(spec), Ok(Address::Tcp(address)) if !address.ip().is_loopback())
+    }
+
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
             Listener::Tcp(listener) => listener.as_fd(),

@@ -139,6 +139,17 @@ pub fn check(dir: &Path, user: &User) -> Vec<Check> {
 fn owner(meta: &std::fs::Metadata, user: &User) -> Check {
     if meta.uid() == user.uid {
         Check::new("owner", Level::Ok, format!("it belongs to {user}"))
+    } else if user.uid == 0 && user.is_current() {
+        // Checked as root, of a directory a web server's user made: the programs run as that
+        // user, not as root, and the directory is right as it is.
+        let owner = meta.uid();
+        Check::new(
+            "owner",
+            Level::Warning,
+            format!(
+                "it belongs to uid {owner}, and this check runs as root: web servers run programs as their own user, so check as that one with `pso config --user {owner}` (pso refuses a directory that is not the programs' user's)"
+            ),
+        )
     } else {
         Check::new(
             "owner",
