@@ -239,7 +239,7 @@ mod tests {
 
     use crate::BoxError;
     use crate::runner::Context;
-    use crate::testing::{Reply, Site, counter};
+    use crate::testing::{Answer, Site, counter};
     use std::io::Write;
 
     /// `?new`: prints a new form token (`&keep`: in a stored session); a posted form: checks
@@ -264,7 +264,7 @@ mod tests {
     }
 
     /// A form posted to [`guarded`] with `cookie` and the headers `extra`.
-    fn post(site: &Site, cookie: &str, form: &str, extra: &[(&str, &str)]) -> Reply {
+    fn post(site: &Site, cookie: &str, form: &str, extra: &[(&str, &str)]) -> Answer {
         site.visit()
             .cookie(cookie)
             .envs(extra)

@@ -72,8 +72,7 @@ mod rules;
 mod runner;
 mod service;
 mod session;
-#[cfg(test)]
-mod testing;
+pub mod testing;
 mod user_record;
 
 pub use config::{

@@ -293,7 +293,7 @@ mod tests {
         assert_eq!(visit("", &eggs[0], 20).0, "Replaced(Unknown) None");
         // Each of them is told to forget its dead cookie: a browser that does comes back as a
         // new visitor, not as a dead id logged as suspicious at every request.
-        let revoked = |reply: &crate::testing::Reply| {
+        let revoked = |reply: &crate::testing::Answer| {
             reply
                 .set_cookies()
                 .iter()

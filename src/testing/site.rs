@@ -35,7 +35,7 @@ pub(crate) struct Visit<'s> {
 
 /// What a request answered.
 #[derive(Debug)]
-pub(crate) struct Reply {
+pub(crate) struct Answer {
     pub text: String,
 }
 
@@ -144,7 +144,7 @@ impl Visit<'_> {
     }
 
     /// Sends the request to `handler`.
-    pub fn send<F: Handler>(self, handler: &F) -> Reply {
+    pub fn send<F: Handler>(self, handler: &F) -> Answer {
         let env = Environment::from_pairs(self.env);
         let mut service = Service::new(Environment::default()).with_store(self.site.store.clone());
         if self.read_only {
@@ -155,13 +155,13 @@ impl Visit<'_> {
         service
             .serve(&env, &mut self.body.as_slice(), &mut output, handler, now)
             .unwrap();
-        Reply {
+        Answer {
             text: String::from_utf8(output).unwrap(),
         }
     }
 }
 
-impl Reply {
+impl Answer {
     /// The status line's code and reason, `200 OK`.
     pub fn status(&self) -> &str {
         self.text
