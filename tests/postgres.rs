@@ -673,3 +673,33 @@ fn pso_sessions_init_makes_the_table_for_a_role_that_cannot_and_the_tools_work()
     // Nothing of the password in what the tools print.
     assert!(!format!("{list}{stats}{shown}{gc}").contains("w3b"));
 }
+
+/// Not a check but a measure, for comparing changes: a request's round trips through the
+/// store (lock, load, save, release) over TCP loopback, timed over `PSO_CYCLES` cycles (2,000).
+/// `cargo test --all-features --test postgres -- --ignored --nocapture cycles`
+#[test]
+#[ignore]
+fn cycles_of_lock_load_save_release_timed() {
+    let server = server();
+    let store = store_at(&server.url());
+    let k = key();
+    let cycles: u64 = std::env::var("PSO_CYCLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000);
+    for n in 0..100 {
+        let mut lock = store.lock(&k, wait()).unwrap();
+        lock.load().unwrap();
+        lock.save(&counted(n)).unwrap();
+        lock.release().unwrap();
+    }
+    let started = Instant::now();
+    for n in 0..cycles {
+        let mut lock = store.lock(&k, wait()).unwrap();
+        lock.load().unwrap();
+        lock.save(&counted(n)).unwrap();
+        lock.release().unwrap();
+    }
+    let per_cycle = started.elapsed() / u32::try_from(cycles).unwrap();
+    eprintln!("{cycles} cycles: {} µs per cycle", per_cycle.as_micros());
+}
