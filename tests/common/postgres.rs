@@ -172,12 +172,54 @@ impl PostgresServer {
         }
     }
 
+    /// Stops every process of the server (`SIGSTOP`), as a hung disk, a debugger or a paused
+    /// machine would: its connections stay open and its kernel still takes what clients
+    /// send, but nothing answers, and its timeouts do not run.
+    pub fn freeze(&self) {
+        self.signal_all(rustix::process::Signal::STOP);
+    }
+
+    /// Lets a frozen server go on (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal_all(rustix::process::Signal::CONT);
+    }
+
+    /// Signals the postmaster, then its children (each backend makes a process group of
+    /// its own: they are found by their parent in /proc).
+    fn signal_all(&self, signal: rustix::process::Signal) {
+        let Some(child) = self.child.as_ref() else {
+            return;
+        };
+        let postmaster = child.id();
+        super::signal(postmaster, signal);
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            // pid (comm) state ppid …: the comm may hold spaces and parentheses.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok());
+            if parent == Some(postmaster) {
+                super::signal(pid, signal);
+            }
+        }
+    }
+
     /// Stops the server at once, as a crash would (`SIGQUIT`, PostgreSQL's immediate
     /// shutdown: no checkpoint, the next start replays the WAL), and waits until it is gone;
     /// `SIGKILL` to the whole process group if it lingers.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = self.child.take() {
             let pid = child.id();
+            // A server a failed test left frozen.
+            self.child = Some(child);
+            self.thaw();
+            let mut child = self.child.take().unwrap();
             super::signal(pid, rustix::process::Signal::QUIT);
             let deadline = Instant::now() + Duration::from_secs(10);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
