@@ -108,11 +108,32 @@
 //! A connection costs a server process (a fork): 4.5–10 ms. Connections that worked are kept
 //! for the next call (under FastCGI, one per busy thread); one that failed is dropped, and the
 //! idle ones with it (a restarted server closed them all), and a call that failed on a
-//! reused connection is tried once more on a new one. A lock keeps its connection until it
-//! is released. The connect is bounded by [`CONNECT_TIMEOUT`] (unless the URL sets
-//! `connect_timeout`), each statement by [`STATEMENT_TIMEOUT`] (`statement_timeout`, set on
-//! each new connection), the lock's wait by the request's `PSOSessionLockTimeout`, and a
-//! server cut off by the network by TCP keepalives and `tcp_user_timeout` (a few seconds).
+//! reused connection is tried once more on a new one (not one that went unanswered: a server
+//! that said nothing in time would not answer a new connection sooner). A lock keeps its
+//! connection until it is released.
+//!
+//! Every wait is bounded, on pso's side as well as the server's, because a server that stops
+//! answering (its process stopped by `SIGSTOP`, a hung disk, a paused machine, a pooler or
+//! proxy that took a query and says nothing more) enforces none of its own timeouts, and TCP
+//! sees no fault while the peer's kernel still acknowledges:
+//!
+//! | what | the server's bound | pso gives up after |
+//! | --- | --- | --- |
+//! | opening the socket | | [`CONNECT_TIMEOUT`], 200 ms (the URL's `connect_timeout` if it sets one) |
+//! | the whole connection: the host name's lookup, the socket, the login (a password check; a PgBouncer whose server is down) | | [`LOGIN_TIMEOUT`], 2 s |
+//! | each statement | [`STATEMENT_TIMEOUT`], 500 ms (`statement_timeout`, set on each new connection) | 1 s: the server's bound and a margin of 500 ms |
+//! | the lock's wait | the request's `PSOSessionLockTimeout` (`lock_timeout`) | that wait, 500 ms for the statement, and the margin |
+//! | creating the table (three statements) | 500 ms each | 2 s |
+//! | a server cut off by the network, between calls | TCP keepalives and `tcp_user_timeout` (a few seconds) | |
+//!
+//! A connection is `tokio_postgres`'s client on a single-threaded tokio runtime of its own,
+//! which drives its socket only while a call waits for its answer (the way the `postgres`
+//! crate makes its blocking client, plus the deadline; it costs no measurable time a call).
+//! A call past its deadline closes the connection at once (it may be half-way through an
+//! answer, so it is never kept), the server lets go of a lock it held when it sees the
+//! connection closed (at once, or once it goes on), and the request gets a 503 that says `no answer within 1000 ms`. A statement the server
+//! received before it froze may still run and commit once it goes on: a 503 for a save
+//! means "not known to be saved", never "lost what was saved before".
 //!
 //! A server that cannot be reached or answer in time (refused, closed, shutting down or
 //! starting, out of connections, a statement cancelled by its timeout, a read-only standby)
@@ -120,10 +141,8 @@
 //! password. Anything else (a wrong password, a missing database, no right to the table) is
 //! [`ErrorKind::Io`], a 500: it needs a person.
 //!
-//! Not bounded (the `postgres` crate has no read timeout): a host name's DNS lookup (use an
-//! address or a socket path), and a server process that is stopped (`SIGSTOP`) or frozen
-//! while the kernel still answers for it. Only plain connections are made (`NoTls`): use a
-//! unix socket, loopback, or a private network.
+//! Only plain connections are made (`NoTls`): use a unix socket, loopback, or a private
+//! network.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
