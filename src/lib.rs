@@ -39,7 +39,8 @@
 //! - `cli` (default): builds the `pso` helper binary. Programs that depend on pso as a
 //!   library can turn it off (`default-features = false`); it never enters a CGI program.
 //! - `postgres` (off): sessions in PostgreSQL (`PSOSessionStore=postgres://…`), through the
-//!   `postgres` crate (the module `store::postgres`). Programs built without it link none of it.
+//!   `tokio-postgres` crate on a small runtime of its own (the module `store::postgres`).
+//!   Programs built without it link none of it.
 //! - `fuzzing` (off): for the fuzz targets of `fuzz/` and the property tests only, not an
 //!   API; it exposes wrappers over private parsers that change without notice.
 

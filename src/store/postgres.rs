@@ -108,11 +108,32 @@
 //! A connection costs a server process (a fork): 4.5–10 ms. Connections that worked are kept
 //! for the next call (under FastCGI, one per busy thread); one that failed is dropped, and the
 //! idle ones with it (a restarted server closed them all), and a call that failed on a
-//! reused connection is tried once more on a new one. A lock keeps its connection until it
-//! is released. The connect is bounded by [`CONNECT_TIMEOUT`] (unless the URL sets
-//! `connect_timeout`), each statement by [`STATEMENT_TIMEOUT`] (`statement_timeout`, set on
-//! each new connection), the lock's wait by the request's `PSOSessionLockTimeout`, and a
-//! server cut off by the network by TCP keepalives and `tcp_user_timeout` (a few seconds).
+//! reused connection is tried once more on a new one (not one that went unanswered: a server
+//! that said nothing in time would not answer a new connection sooner). A lock keeps its
+//! connection until it is released.
+//!
+//! Every wait is bounded, on pso's side as well as the server's, because a server that stops
+//! answering (its process stopped by `SIGSTOP`, a hung disk, a paused machine, a pooler or
+//! proxy that took a query and says nothing more) enforces none of its own timeouts, and TCP
+//! sees no fault while the peer's kernel still acknowledges:
+//!
+//! | what | the server's bound | pso gives up after |
+//! | --- | --- | --- |
+//! | opening the socket | | [`CONNECT_TIMEOUT`], 200 ms (the URL's `connect_timeout` if it sets one) |
+//! | the whole connection: the host name's lookup, the socket, the login (a password check; a PgBouncer whose server is down) | | [`LOGIN_TIMEOUT`], 2 s |
+//! | each statement | [`STATEMENT_TIMEOUT`], 500 ms (`statement_timeout`, set on each new connection) | 1 s: the server's bound and a margin of 500 ms |
+//! | the lock's wait | the request's `PSOSessionLockTimeout` (`lock_timeout`) | that wait, 500 ms for the statement, and the margin |
+//! | creating the table (three statements) | 500 ms each | 2 s |
+//! | a server cut off by the network, between calls | TCP keepalives and `tcp_user_timeout` (a few seconds) | |
+//!
+//! A connection is `tokio_postgres`'s client on a single-threaded tokio runtime of its own,
+//! which drives its socket only while a call waits for its answer (the way the `postgres`
+//! crate makes its blocking client, plus the deadline; it costs no measurable time a call).
+//! A call past its deadline closes the connection at once (it may be half-way through an
+//! answer, so it is never kept), the server lets go of a lock it held when it sees the
+//! connection closed (at once, or once it goes on), and the request gets a 503 that says `no answer within 1000 ms`. A statement the server
+//! received before it froze may still run and commit once it goes on: a 503 for a save
+//! means "not known to be saved", never "lost what was saved before".
 //!
 //! A server that cannot be reached or answer in time (refused, closed, shutting down or
 //! starting, out of connections, a statement cancelled by its timeout, a read-only standby)
@@ -120,17 +141,15 @@
 //! password. Anything else (a wrong password, a missing database, no right to the table) is
 //! [`ErrorKind::Io`], a 500: it needs a person.
 //!
-//! Not bounded (the `postgres` crate has no read timeout): a host name's DNS lookup (use an
-//! address or a socket path), and a server process that is stopped (`SIGSTOP`) or frozen
-//! while the kernel still answers for it. Only plain connections are made (`NoTls`): use a
-//! unix socket, loopback, or a private network.
+//! Only plain connections are made (`NoTls`): use a unix socket, loopback, or a private
+//! network.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use postgres::error::SqlState;
-use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls, Row};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Config, Row};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::from_unix_secs;
@@ -142,8 +161,12 @@ use crate::store::{
     deleted_error,
 };
 
-/// What the `postgres` crate's calls return.
-type PgResult<T> = std::result::Result<T, postgres::Error>;
+mod connection;
+
+use connection::{Connection, Fault, MARGIN};
+
+/// What a call on a connection returns.
+type PgResult<T> = std::result::Result<T, Fault>;
 
 /// Where a pass of collection goes on: after this row, in (expires_at, service, id) order.
 type Position = (SystemTime, String, String);
@@ -296,10 +319,10 @@ pub struct PostgresStore {
 /// One server: how to reach it, and its idle connections.
 struct Server {
     /// Its `Debug` prints `password: Some(_)`, never the password.
-    config: postgres::Config,
+    config: Config,
     /// The URL as it may be shown (no password).
     shown: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Connection>>,
 }
 
 impl PostgresStore {
@@ -315,7 +338,7 @@ impl PostgresStore {
                 format!("{url}: not a PostgreSQL URL"),
             ));
         }
-        let mut config: postgres::Config = url.expose().parse().map_err(|e| {
+        let mut config: Config = url.expose().parse().map_err(|e| {
             // The crate's messages about a URL name options, never their values.
             Error::with_source(
                 ErrorKind::Invalid,
@@ -349,11 +372,6 @@ impl PostgresStore {
         if config.get_tcp_user_timeout().is_none() {
             config.tcp_user_timeout(TCP_USER_TIMEOUT);
         }
-        // The crate logs the server's notices at info level; they are pso's business only
-        // when debugging (a warning from an unlock that held nothing is reported as an error).
-        config.notice_callback(|notice| {
-            log::debug!("PostgreSQL: {}: {}", notice.severity(), notice.message());
-        });
         Ok(PostgresStore {
             server: Arc::new(Server {
                 config,
@@ -380,9 +398,8 @@ impl PostgresStore {
     /// Connects (or reuses a connection) and asks the server's version: for `pso config`.
     pub fn server_version(&self) -> Result<String> {
         self.server.run("asking its version", |client| {
-            client
-                .query_typed_one("SELECT current_setting('server_version')", &[])?
-                .try_get(0)
+            let row = client.query_typed_one("SELECT current_setting('server_version')", &[])?;
+            Ok(row.try_get(0)?)
         })
     }
 
@@ -410,14 +427,16 @@ impl PostgresStore {
     /// The lock of `key` on `client`, and the server process that holds it; `Ok(None)` if
     /// another holds it past the wait.
     fn take_lock(
-        client: &mut Client,
+        client: &mut Connection,
         key: &SessionKey,
         options: &LockOptions,
     ) -> PgResult<Option<i32>> {
         // Whole milliseconds, formatted by us: no text from outside enters these statements.
         let lease = millis(options.lease);
-        let (lock, limits) = if options.timeout.is_zero() {
-            (TRY_LOCK, String::new())
+        // The server bounds the wait and the statement; this side gives up a little later,
+        // on a server that answers nothing.
+        let (lock, limits, deadline) = if options.timeout.is_zero() {
+            (TRY_LOCK, String::new(), connection::ROUND_TRIP)
         } else {
             match u32::try_from(options.timeout.as_millis()) {
                 // Past 24 days PostgreSQL takes no timeout: no limit (0), as Duration::MAX.
@@ -428,17 +447,23 @@ impl PostgresStore {
                         wait.max(1),
                         wait.max(1) + millis(STATEMENT_TIMEOUT)
                     ),
+                    Duration::from_millis(u64::from(wait.max(1))) + connection::ROUND_TRIP,
                 ),
                 _ => (
                     LOCK,
                     "SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0;".to_owned(),
+                    Duration::MAX,
                 ),
             }
         };
         client.batch_execute(&format!(
             "BEGIN; {limits} SET idle_session_timeout = {lease};"
         ))?;
-        let taken = match client.query_typed_one(lock, &KeyParams::of(key).params()) {
+        let key = KeyParams::of(key);
+        let params = key.params();
+        let taken = match client.within(deadline, async |client| {
+            client.query_typed_one(lock, &params).await
+        }) {
             Ok(row) => row
                 .try_get::<_, bool>(0)?
                 .then(|| row.try_get::<_, i32>(1))
@@ -469,7 +494,7 @@ impl Server {
     /// connection itself failed, so are the idle ones, and a reused connection's call is tried
     /// once more on a new one (a restarted server closed every old connection). A table that
     /// does not exist yet holds no session: reads see none (`missing`).
-    fn run<T>(&self, doing: &str, mut f: impl FnMut(&mut Client) -> PgResult<T>) -> Result<T> {
+    fn run<T>(&self, doing: &str, mut f: impl FnMut(&mut Connection) -> PgResult<T>) -> Result<T> {
         let (mut client, mut reused) = self.connection()?;
         loop {
             match f(&mut client) {
@@ -480,7 +505,9 @@ impl Server {
                 Err(e) if broken(&e) => {
                     drop(client);
                     self.forget_idle();
-                    if !reused {
+                    // A server that answered nothing in time would not answer a new
+                    // connection sooner: not tried again.
+                    if !reused || matches!(e, Fault::NoAnswer(_)) {
                         return Err(self.error(doing, e));
                     }
                     client = self.connect()?;
@@ -496,7 +523,7 @@ impl Server {
     }
 
     /// An idle connection (`true`) or a new one.
-    fn connection(&self) -> Result<(Client, bool)> {
+    fn connection(&self) -> Result<(Connection, bool)> {
         loop {
             let idle = self
                 .idle
@@ -511,22 +538,14 @@ impl Server {
         }
     }
 
-    fn connect(&self) -> Result<Client> {
+    fn connect(&self) -> Result<Connection> {
         // The crate bounds only the socket's connect, not the login after it (a PgBouncer
         // whose server is down answers after its client_login_timeout, 60 s; a listener that
-        // never answers, never): the connection is made on a thread of its own, and given up
-        // past LOGIN_TIMEOUT. A late one is dropped by that thread, closing it.
-        let config = self.config.clone();
-        let (made, connection) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("pso-postgres-connect".into())
-            .spawn(move || {
-                let _ = made.send(config.connect(NoTls));
-            })
-            .map_err(|e| Error::io("starting a thread to connect to PostgreSQL", e))?;
-        let mut client = match connection.recv_timeout(LOGIN_TIMEOUT) {
-            Ok(connected) => connected.map_err(|e| self.error("connecting", e))?,
-            Err(_) => {
+        // never answers, never), nor a host name's lookup: the whole is given up past
+        // LOGIN_TIMEOUT, and a late connection is closed.
+        let mut client = match Connection::open(&self.config, LOGIN_TIMEOUT) {
+            Ok(client) => client,
+            Err(Fault::NoAnswer(_)) => {
                 return Err(Error::new(
                     ErrorKind::Unavailable,
                     format!(
@@ -536,6 +555,7 @@ impl Server {
                     ),
                 ));
             }
+            Err(e) => return Err(self.error("connecting", e)),
         };
         // Every statement bounded; the lock's wait sets its own for its transaction.
         client
@@ -547,7 +567,7 @@ impl Server {
         Ok(client)
     }
 
-    fn keep(&self, client: Client) {
+    fn keep(&self, client: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE_CONNECTIONS && !client.is_closed() {
             idle.push(client);
@@ -562,7 +582,7 @@ impl Server {
     /// pso's error for a failed call: a server that cannot be reached or answer now is
     /// [`ErrorKind::Unavailable`] (a 503), one that refused what was asked is
     /// [`ErrorKind::Io`] (a 500).
-    fn error(&self, doing: &str, e: postgres::Error) -> Error {
+    fn error(&self, doing: &str, e: Fault) -> Error {
         let kind = if unavailable(&e) {
             ErrorKind::Unavailable
         } else {
@@ -576,8 +596,16 @@ impl Server {
     }
 }
 
-/// Whether the connection itself failed (closed, reset, cut off), rather than a statement.
-fn broken(e: &postgres::Error) -> bool {
+/// Whether the connection itself failed (closed, reset, cut off, silent), rather than a
+/// statement.
+fn broken(e: &Fault) -> bool {
+    match e {
+        Fault::Postgres(e) => connection_failed(e),
+        Fault::NoAnswer(_) | Fault::Runtime(_) => true,
+    }
+}
+
+fn connection_failed(e: &tokio_postgres::Error) -> bool {
     e.is_closed()
         || e.as_db_error().is_none()
             && std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
@@ -595,8 +623,14 @@ fn broken(e: &postgres::Error) -> bool {
 }
 
 /// Whether the server could not be reached or did not answer in time: worth a 503 and a retry.
-fn unavailable(e: &postgres::Error) -> bool {
-    if broken(e) {
+fn unavailable(e: &Fault) -> bool {
+    let e = match e {
+        Fault::Postgres(e) => e,
+        Fault::NoAnswer(_) => return true,
+        // This process's trouble (out of file descriptors), not the server's.
+        Fault::Runtime(_) => return false,
+    };
+    if connection_failed(e) {
         return true;
     }
     match e.code() {
@@ -618,7 +652,7 @@ fn unavailable(e: &postgres::Error) -> bool {
     }
 }
 
-/// A `postgres::Error` as the log shows it: one line, the SQLSTATE and the server's message,
+/// A failed call as the log shows it: one line, the SQLSTATE and the server's message,
 /// without the DETAIL a server may add (it can quote a key, a session id among them).
 #[derive(Debug)]
 struct Cause {
@@ -626,26 +660,43 @@ struct Cause {
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
-impl From<postgres::Error> for Cause {
-    fn from(e: postgres::Error) -> Cause {
+impl Cause {
+    /// The socket's error, kept as the cause (its kind tells refused from reset).
+    fn io(text: String, io: &std::io::Error) -> Cause {
+        Cause {
+            text,
+            source: Some(Box::new(std::io::Error::new(io.kind(), io.to_string()))),
+        }
+    }
+}
+
+impl From<Fault> for Cause {
+    fn from(fault: Fault) -> Cause {
+        let e = match fault {
+            Fault::Postgres(e) => e,
+            Fault::NoAnswer(limit) => {
+                return Cause {
+                    text: format!("no answer within {} ms", limit.as_millis()),
+                    source: None,
+                };
+            }
+            Fault::Runtime(io) => {
+                return Cause::io("cannot make the runtime for its connection".into(), &io);
+            }
+        };
         match e.as_db_error() {
             Some(db) => Cause {
                 text: format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
                 source: None,
             },
             None => match std::error::Error::source(&e) {
-                // The socket's error, kept as the cause (its kind tells refused from reset).
-                Some(cause) if cause.is::<std::io::Error>() => Cause {
-                    text: e.to_string(),
-                    source: cause.downcast_ref::<std::io::Error>().map(|io| {
-                        Box::new(std::io::Error::new(io.kind(), io.to_string()))
-                            as Box<dyn std::error::Error + Send + Sync>
-                    }),
-                },
-                // A type or protocol mismatch: its own words.
-                Some(cause) => Cause {
-                    text: format!("{e}: {cause}"),
-                    source: None,
+                Some(cause) => match cause.downcast_ref::<std::io::Error>() {
+                    Some(io) => Cause::io(e.to_string(), io),
+                    // A type or protocol mismatch: its own words.
+                    None => Cause {
+                        text: format!("{e}: {cause}"),
+                        source: None,
+                    },
                 },
                 None => Cause {
                     text: e.to_string(),
@@ -670,11 +721,14 @@ impl std::error::Error for Cause {
     }
 }
 
-fn create_table(client: &mut Client) -> PgResult<()> {
-    client.batch_execute(CREATE)
+fn create_table(client: &mut Connection) -> PgResult<()> {
+    // Three statements, each bounded by statement_timeout.
+    client.within(3 * STATEMENT_TIMEOUT + MARGIN, async |client| {
+        client.batch_execute(CREATE).await
+    })
 }
 
-fn undefined_table(e: &postgres::Error) -> bool {
+fn undefined_table(e: &Fault) -> bool {
     e.code() == Some(&SqlState::UNDEFINED_TABLE)
 }
 
@@ -688,7 +742,11 @@ enum Read {
 }
 
 /// Reads the row of `key`: what it holds, and its generation (`None`: no row).
-fn read(client: &mut Client, key: &SessionKey, max_bytes: u64) -> PgResult<(Read, Option<i64>)> {
+fn read(
+    client: &mut Connection,
+    key: &SessionKey,
+    max_bytes: u64,
+) -> PgResult<(Read, Option<i64>)> {
     let max = i32::try_from(max_bytes).unwrap_or(i32::MAX);
     let key = KeyParams::of(key);
     let [service, id] = key.params();
@@ -708,7 +766,7 @@ fn read(client: &mut Client, key: &SessionKey, max_bytes: u64) -> PgResult<(Read
 
 /// A read that takes a missing table for a missing session.
 fn read_or_missing(
-    client: &mut Client,
+    client: &mut Connection,
     key: &SessionKey,
     max_bytes: u64,
 ) -> PgResult<(Read, Option<i64>)> {
@@ -770,7 +828,8 @@ impl Store for PostgresStore {
                 Err(e) => {
                     // Whatever state it is in (a transaction, perhaps the lock), it goes.
                     drop(client);
-                    if !broken(&e) || !reused {
+                    // A server that answered nothing in time is not asked again.
+                    if !broken(&e) || !reused || matches!(e, Fault::NoAnswer(_)) {
                         return Err(server.error("taking a session's lock", e));
                     }
                     server.forget_idle();
@@ -809,7 +868,7 @@ impl Store for PostgresStore {
     fn exists(&self, key: &SessionKey) -> Result<bool> {
         self.server.run("looking for a session", |client| {
             match client.query_typed_one(EXISTS, &KeyParams::of(key).params()) {
-                Ok(row) => row.try_get(0),
+                Ok(row) => Ok(row.try_get(0)?),
                 Err(e) if undefined_table(&e) => Ok(false),
                 Err(e) => Err(e),
             }
@@ -1020,7 +1079,7 @@ struct PostgresLock {
     store: PostgresStore,
     key: SessionKey,
     /// The connection that holds the lock; `None` once released, or lost with its connection.
-    client: Option<Client>,
+    client: Option<Connection>,
     /// The server process that took the lock: a statement answered by another one went
     /// through a pooler in transaction mode, which cannot keep this lock.
     backend: i32,
@@ -1046,7 +1105,7 @@ impl PostgresLock {
 
     /// Runs `f` on the lock's connection. A connection that failed is dropped, and the
     /// lock with it (the server lets go of it when the connection closes).
-    fn run<T>(&mut self, doing: &str, f: impl FnOnce(&mut Client) -> PgResult<T>) -> Result<T> {
+    fn run<T>(&mut self, doing: &str, f: impl FnOnce(&mut Connection) -> PgResult<T>) -> Result<T> {
         let Some(client) = self.client.as_mut() else {
             return Err(self.lost(&format!(
                 "{doing}: the connection that held its lock was lost"
@@ -1081,9 +1140,8 @@ impl PostgresLock {
     /// connection is not the one that holds the lock (a pooler in transaction mode).
     fn overtaken(&mut self, what: &str) -> Error {
         let backend = self.run("checking the lock's connection", |client| {
-            client
-                .query_typed_one("SELECT pg_backend_pid()", &[])?
-                .try_get::<_, i32>(0)
+            let row = client.query_typed_one("SELECT pg_backend_pid()", &[])?;
+            Ok(row.try_get::<_, i32>(0)?)
         });
         match backend {
             Ok(backend) if backend != self.backend => Error::new(
@@ -1180,7 +1238,7 @@ impl LockedSession for PostgresLock {
                 )?,
                 None => client.query_typed_opt(INSERT, &[service, id, record, expires])?,
             };
-            row.map(|row| row.try_get::<_, i64>(0)).transpose()
+            Ok(row.map(|row| row.try_get::<_, i64>(0)).transpose()?)
         })?;
         match saved {
             Some(generation) => {

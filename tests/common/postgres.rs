@@ -172,12 +172,54 @@ impl PostgresServer {
         }
     }
 
+    /// Stops every process of the server (`SIGSTOP`), as a hung disk, a debugger or a paused
+    /// machine would: its connections stay open and its kernel still takes what clients
+    /// send, but nothing answers, and its timeouts do not run.
+    pub fn freeze(&self) {
+        self.signal_all(rustix::process::Signal::STOP);
+    }
+
+    /// Lets a frozen server go on (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal_all(rustix::process::Signal::CONT);
+    }
+
+    /// Signals the postmaster, then its children (each backend makes a process group of
+    /// its own: they are found by their parent in /proc).
+    fn signal_all(&self, signal: rustix::process::Signal) {
+        let Some(child) = self.child.as_ref() else {
+            return;
+        };
+        let postmaster = child.id();
+        super::signal(postmaster, signal);
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            // pid (comm) state ppid …: the comm may hold spaces and parentheses.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok());
+            if parent == Some(postmaster) {
+                super::signal(pid, signal);
+            }
+        }
+    }
+
     /// Stops the server at once, as a crash would (`SIGQUIT`, PostgreSQL's immediate
     /// shutdown: no checkpoint, the next start replays the WAL), and waits until it is gone;
     /// `SIGKILL` to the whole process group if it lingers.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = self.child.take() {
             let pid = child.id();
+            // A server a failed test left frozen.
+            self.child = Some(child);
+            self.thaw();
+            let mut child = self.child.take().unwrap();
             super::signal(pid, rustix::process::Signal::QUIT);
             let deadline = Instant::now() + Duration::from_secs(10);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
@@ -191,20 +233,32 @@ impl PostgresServer {
     }
 
     /// A superuser connection, for looking at what the store wrote.
-    pub fn admin(&self) -> postgres::Client {
+    pub fn admin(&self) -> AdminClient {
         self.try_admin()
             .unwrap_or_else(|| panic!("cannot connect to postgres: {}", self.log()))
     }
 
-    fn try_admin(&self) -> Option<postgres::Client> {
-        postgres::Config::new()
+    fn try_admin(&self) -> Option<AdminClient> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut config = tokio_postgres::Config::new();
+        config
             .host("127.0.0.1")
             .port(self.port)
             .user("pso")
             .dbname("postgres")
-            .connect_timeout(Duration::from_secs(1))
-            .connect(postgres::NoTls)
-            .ok()
+            .connect_timeout(Duration::from_secs(1));
+        let connecting = config.connect(tokio_postgres::NoTls);
+        let (client, connection) = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), connecting).await })
+            .ok()?
+            .ok()?;
+        // Driven whenever the test waits for an answer.
+        runtime.spawn(connection);
+        Some(AdminClient { client, runtime })
     }
 
     /// The first column of the first row of `query`, as text (run by the superuser).
@@ -212,7 +266,9 @@ impl PostgresServer {
         let rows = self.admin().simple_query(query).unwrap();
         rows.iter()
             .find_map(|message| match message {
-                postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or("").to_owned()),
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    Some(row.get(0).unwrap_or("").to_owned())
+                }
                 _ => None,
             })
             .unwrap_or_default()
@@ -221,6 +277,34 @@ impl PostgresServer {
     /// What the server logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+}
+
+/// A blocking superuser connection (what the `postgres` crate gives, in a few lines over
+/// tokio-postgres, which the store links anyway).
+pub struct AdminClient {
+    client: tokio_postgres::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl AdminClient {
+    pub fn batch_execute(&mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.runtime.block_on(self.client.batch_execute(sql))
+    }
+
+    pub fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        self.runtime.block_on(self.client.execute(sql, params))
+    }
+
+    pub fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error> {
+        self.runtime.block_on(self.client.simple_query(sql))
     }
 }
 
