@@ -174,7 +174,6 @@ fn a_redis_that_trickles_its_answers_holds_a_lock_call_past_every_timeout() {
 // requests they pile up without bound.
 
 #[test]
-#[ignore = "attack 3, finding 2: fails on 35f3218"]
 fn abandoned_postgresql_logins_pile_up_as_threads_and_sockets() {
     // Accepts, reads the startup message, never answers (a frozen PgBouncer or backend, a
     // black-holing middlebox, a squatter on the port).
@@ -231,7 +230,7 @@ fn a_query_password_holding_an_at_sign_is_printed() {
     // Both are working configurations: the clients read that very password.
     let info = redis::IntoConnectionInfo::into_connection_info(redis.as_str()).unwrap();
     assert_eq!(info.redis_settings().password(), Some(secret));
-    let config: postgres::Config = postgres.parse().unwrap();
+    let config: tokio_postgres::Config = postgres.parse().unwrap();
     assert_eq!(config.get_password(), Some(secret.as_bytes()));
 
     let mut leaks = Vec::new();
@@ -309,7 +308,7 @@ fn fake_postgres_asking_cleartext(caught: Arc<Mutex<Vec<u8>>>) -> u16 {
 }
 
 #[test]
-#[ignore = "attack 3, finding 4: fails on 35f3218"]
+#[ignore = "attack 3, finding 4: not fixed (the PostgreSQL client cannot refuse a cleartext password); documented in the README's PostgreSQL section"]
 fn the_postgresql_password_goes_in_clear_to_whoever_asks_for_it() {
     let caught = Arc::new(Mutex::new(Vec::new()));
     let port = fake_postgres_asking_cleartext(caught.clone());
@@ -345,7 +344,6 @@ fn the_postgresql_password_goes_in_clear_to_whoever_asks_for_it() {
 // connections are the scarce thing, has no cap.
 
 #[test]
-#[ignore = "attack 3, finding 5: fails on 35f3218"]
 fn waiters_of_one_postgresql_session_take_every_connection_of_the_site() {
     let server = common::postgres::PostgresServer::start().expect("PostgreSQL is not installed");
     // The site's role may hold 12 connections (a server's max_connections works the same).
@@ -631,7 +629,6 @@ fn requests_hang_for_ever_on_a_stopped_redis_behind_a_unix_socket() {
 /// given up by its request after 2 s but alive until the server comes back; then they all log
 /// in at once.
 #[test]
-#[ignore = "attack 3, finding 2: fails on 35f3218"]
 fn logins_to_a_stopped_postmaster_stay_behind_as_threads() {
     let server = common::postgres::PostgresServer::start().expect("PostgreSQL is not installed");
     // The postmaster: the parent of its checkpointer.
@@ -817,7 +814,6 @@ fn held_a_redis_url_asking_for_resp3_locks_saves_and_waits_as_resp2_does() {
 // builds, a release profile that turns them on). Release builds wrap and go on.
 
 #[test]
-#[ignore = "attack 3, finding 9: fails on 35f3218 (debug builds)"]
 fn rows_planted_at_minus_infinity_crash_collection() {
     let server = common::postgres::PostgresServer::start().expect("PostgreSQL is not installed");
     let store = PostgresStore::open(&server_url(&server.url()), None).unwrap();

@@ -168,6 +168,22 @@ use connection::{Connection, Fault, MARGIN};
 /// What a call on a connection returns.
 type PgResult<T> = std::result::Result<T, Fault>;
 
+/// What asking for a session's lock came to.
+enum Taken {
+    /// Held, by this server process.
+    Held(i32),
+    /// Another request held it past the wait.
+    Busy,
+    /// [`MAX_WAITERS`] requests waited for it already: refused at once.
+    Crowded,
+}
+
+/// The most requests that wait for one session's lock at once; more get a 503 at once. Each
+/// waiter holds a connection (under CGI, a server process of PostgreSQL's), which a site runs
+/// out of long before Redis's waiters cost anything: one client's requests on its own session
+/// must leave connections for everyone else.
+pub const MAX_WAITERS: i64 = 8;
+
 /// Where a pass of collection goes on: after this row, in (expires_at, service, id) order.
 type Position = (SystemTime, String, String);
 
@@ -211,16 +227,27 @@ CREATE INDEX IF NOT EXISTS pso_sessions_expires_at
     ON pso_sessions (expires_at, service, id) WHERE expires_at IS NOT NULL;
 ";
 
-/// Waits for a key's lock, as long as `lock_timeout` lets it. $1 service, $2 id. Returns
-/// `true` and the server process that holds the lock now.
+/// Takes a key's lock, waiting as long as `lock_timeout` lets it, unless $3 requests wait
+/// for it already: each waits on a connection of its own (under CGI, a server process), and
+/// those are what a site runs out of first. $1 service, $2 id. Returns 1 (taken) or 0 (too
+/// many wait), and the server process.
 const LOCK: &str = "
-SELECT true, pg_backend_pid()
-  FROM (SELECT pg_advisory_lock(hashtextextended($1 || '/' || $2, 0))) AS waited";
+SELECT CASE
+         WHEN pg_try_advisory_lock(key.k) THEN 1
+         WHEN (SELECT count(*) FROM pg_locks
+                WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+                  AND classid = ((key.k >> 32) & 4294967295)::oid
+                  AND objid = (key.k & 4294967295)::oid) >= $3 THEN 0
+         ELSE (SELECT 1 FROM (SELECT pg_advisory_lock(key.k)) AS waited)
+       END,
+       pg_backend_pid()
+  FROM (SELECT hashtextextended($1 || '/' || $2, 0) AS k) AS key";
 
-/// Takes a key's lock if it is free (a wait of zero): whether it did, and the server
+/// Takes a key's lock if it is free (a wait of zero): 1 if it did, 2 if not, and the server
 /// process. $1 service, $2 id.
 const TRY_LOCK: &str = "
-SELECT pg_try_advisory_lock(hashtextextended($1 || '/' || $2, 0)), pg_backend_pid()";
+SELECT CASE WHEN pg_try_advisory_lock(hashtextextended($1 || '/' || $2, 0)) THEN 1 ELSE 2 END,
+       pg_backend_pid()";
 
 /// Lets go of a key's lock; `false` if this connection did not hold it. $1 service, $2 id.
 const UNLOCK: &str = "SELECT pg_advisory_unlock(hashtextextended($1 || '/' || $2, 0))";
@@ -277,11 +304,12 @@ SELECT service, id FROM pso_sessions
 /// (expires_at, service, id) order (all of them if $2 is NULL); those whose lock is free are
 /// locked until the statement commits and deleted, unless a save made them live meanwhile.
 /// Returns the rows looked at, those deleted, and the last one looked at (where the next
-/// batch starts); no row once nothing is left.
+/// batch starts); no row once nothing is left. A row pso did not write, at `-infinity`, is
+/// left alone: a time that far cannot be handed back as where the next batch starts.
 const COLLECT: &str = "
 WITH candidates AS MATERIALIZED (
     SELECT service, id, expires_at FROM pso_sessions
-     WHERE expires_at <= $1
+     WHERE expires_at <= $1 AND isfinite(expires_at)
        AND ($2::timestamptz IS NULL OR (expires_at, service, id) > ($2, $3, $4))
      ORDER BY expires_at, service, id LIMIT $5
 ), free AS MATERIALIZED (
@@ -424,13 +452,12 @@ impl PostgresStore {
         }
     }
 
-    /// The lock of `key` on `client`, and the server process that holds it; `Ok(None)` if
-    /// another holds it past the wait.
+    /// The lock of `key` on `client`: the server process that holds it, or why not.
     fn take_lock(
         client: &mut Connection,
         key: &SessionKey,
         options: &LockOptions,
-    ) -> PgResult<Option<i32>> {
+    ) -> PgResult<Taken> {
         // Whole milliseconds, formatted by us: no text from outside enters these statements.
         let lease = millis(options.lease);
         // The server bounds the wait and the statement; this side gives up a little later,
@@ -460,24 +487,38 @@ impl PostgresStore {
             "BEGIN; {limits} SET idle_session_timeout = {lease};"
         ))?;
         let key = KeyParams::of(key);
-        let params = key.params();
+        let [service, id] = key.params();
+        let params = [service, id, (&MAX_WAITERS, Type::INT8)];
+        let params = if lock == LOCK {
+            &params[..]
+        } else {
+            &params[..2]
+        };
         let taken = match client.within(deadline, async |client| {
-            client.query_typed_one(lock, &params).await
+            client.query_typed_one(lock, params).await
         }) {
-            Ok(row) => row
-                .try_get::<_, bool>(0)?
-                .then(|| row.try_get::<_, i32>(1))
-                .transpose()?,
-            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => None,
+            Ok(row) => match row.try_get::<_, i32>(0)? {
+                1 => Taken::Held(row.try_get::<_, i32>(1)?),
+                0 => Taken::Crowded,
+                _ => Taken::Busy,
+            },
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Taken::Busy,
             Err(e) => return Err(e),
         };
         // Taken, the lock outlives the transaction; refused, the ROLLBACK undoes the lease.
-        client.batch_execute(if taken.is_some() {
+        client.batch_execute(if matches!(taken, Taken::Held(_)) {
             "COMMIT"
         } else {
             "ROLLBACK"
         })?;
         Ok(taken)
+    }
+
+    fn crowded(key: &SessionKey) -> Error {
+        Error::new(
+            ErrorKind::LockTimeout,
+            format!("session {key:?}: {MAX_WAITERS} requests already wait for it"),
+        )
     }
 
     fn busy(key: &SessionKey) -> Error {
@@ -815,10 +856,14 @@ impl Store for PostgresStore {
         let (mut client, mut reused) = server.connection()?;
         let backend = loop {
             match PostgresStore::take_lock(&mut client, key, &options) {
-                Ok(Some(backend)) => break backend,
-                Ok(None) => {
+                Ok(Taken::Held(backend)) => break backend,
+                Ok(Taken::Busy) => {
                     server.keep(client);
                     return Err(PostgresStore::busy(key));
+                }
+                Ok(Taken::Crowded) => {
+                    server.keep(client);
+                    return Err(PostgresStore::crowded(key));
                 }
                 Err(e) if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) => {
                     let _ = client.batch_execute("ROLLBACK");
