@@ -197,3 +197,76 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+/// The sign-in as a visitor goes through it, with pso's test client: no web server, sessions in
+/// memory, the browser's cookies kept.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pso::testing::Client;
+
+    fn sign_in(browser: &mut Client<impl pso::Handler>, password: &str) -> pso::testing::Reply {
+        let page = browser.get("/cgi-bin/login");
+        let token = page.input_value("token").expect("the form has a token");
+        browser.post_form(
+            "/cgi-bin/login",
+            &[
+                ("token", &token),
+                ("action", "login"),
+                ("user", "eggs"),
+                ("password", password),
+            ],
+        )
+    }
+
+    fn client() -> Client<impl pso::Handler> {
+        Client::new(super::login)
+            .env("SCRIPT_NAME", "/cgi-bin/login")
+            .env("LoginAuditLog", "/dev/null")
+    }
+
+    #[test]
+    fn signs_in_with_a_new_id_then_signs_out() {
+        let mut browser = client();
+        let wrong = sign_in(&mut browser, "ham");
+        assert!(wrong.text().contains("Wrong user name or password"));
+        let before = browser.cookie("login").map(str::to_owned);
+        let done = sign_in(&mut browser, "spam");
+        assert_eq!(done.status(), 302, "{}", done.text());
+        assert_ne!(
+            browser.cookie("login").map(str::to_owned),
+            before,
+            "a new id"
+        );
+        let page = browser.get("/cgi-bin/login");
+        assert!(page.text().contains("Signed in as <strong>eggs</strong>"));
+        let token = page.input_value("token").unwrap();
+        browser.post_form("/cgi-bin/login", &[("token", &token), ("action", "logout")]);
+        assert_eq!(browser.cookie("login"), None, "the cookie is revoked");
+        assert!(browser.get("/cgi-bin/login").text().contains("Sign in"));
+    }
+
+    #[test]
+    fn a_form_from_elsewhere_is_refused_and_idling_signs_out() {
+        let mut browser = client();
+        let forged = browser.post_form(
+            "/cgi-bin/login",
+            &[
+                ("token", "forged"),
+                ("action", "login"),
+                ("user", "eggs"),
+                ("password", "spam"),
+            ],
+        );
+        assert_eq!(forged.status(), 403);
+        sign_in(&mut browser, "spam");
+        browser.advance(Duration::from_secs(6));
+        let page = browser.get("/cgi-bin/login");
+        assert!(
+            page.text().contains("You were away too long"),
+            "{}",
+            page.text()
+        );
+    }
+}
