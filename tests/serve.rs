@@ -216,6 +216,18 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once it holds `text` (within 10 s).
+    fn wait_for_log(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(text) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends raw bytes; returns the whole response.
     fn raw(&self, request: &[u8]) -> String {
         let mut stream = TcpStream::connect(self.addr()).unwrap();
@@ -1195,4 +1207,50 @@ fn the_dashboard_shows_and_ends_sessions_kept_in_redis() {
     let response = server.post_form("/_pso/end", &cookie, &form);
     assert_eq!(status(&response), "303", "{response}");
     assert_eq!(redis.cli(&["DBSIZE"]), "0");
+}
+
+/// In a new crate, before its first program: `pso serve` says where a program's source goes
+/// and the `[[bin]]` entry it needs, whether `cgi-bin/` is missing, empty, or holds a source
+/// that Cargo.toml does not build.
+#[test]
+fn in_a_new_crate_it_says_where_a_programs_source_goes() {
+    let root = tempfile::tempdir().unwrap();
+    let missing = Command::new(PSO)
+        .arg("serve")
+        .current_dir(root.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(
+        said.contains("cgi-bin/NAME.rs") && said.contains("[[bin]]"),
+        "{said}"
+    );
+    std::fs::write(
+        root.path().join("Cargo.toml"),
+        "[package]\nname = \"site\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(root.path().join("src")).unwrap();
+    std::fs::write(root.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+    std::fs::create_dir(root.path().join("cgi-bin")).unwrap();
+    let empty = Server::start(
+        Command::new(PSO)
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .current_dir(root.path()),
+    );
+    let log = empty.wait_for_log("no programs in");
+    assert!(log.contains("[[bin]]"), "{log}");
+    drop(empty);
+    std::fs::write(root.path().join("cgi-bin/guestbook.rs"), "fn main() {}\n").unwrap();
+    let unlisted = Server::start(
+        Command::new(PSO)
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .current_dir(root.path()),
+    );
+    let log = unlisted.wait_for_log("is not a program of");
+    assert!(
+        log.contains("name = \"guestbook\"") && log.contains("path = \"cgi-bin/guestbook.rs\""),
+        "{log}"
+    );
 }

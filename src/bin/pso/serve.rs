@@ -202,8 +202,9 @@ fn announce(site: &Site, local: SocketAddr) {
     let _ = out.flush();
     if names.is_empty() {
         eprintln!(
-            "pso serve: no programs in {} yet",
-            site.programs.dir.display()
+            "pso serve: no programs in {} yet: a program's source goes there as NAME.rs, with its entry in Cargo.toml:\n\n{}",
+            site.programs.dir.display(),
+            site::bin_entry("NAME", std::path::Path::new("cgi-bin"))
         );
     }
 }

@@ -23,6 +23,14 @@ pub fn build_programs(dir: &Path) -> Result<Built, String> {
         return Ok(Built::new());
     };
     let targets = binary_targets(&manifest, dir)?;
+    for stem in sources_without_target(dir, &targets) {
+        eprintln!(
+            "pso serve: {}/{stem}.rs is not a program of {}: add to it\n\n{}",
+            dir.display(),
+            manifest.display(),
+            super::site::bin_entry(&stem, Path::new("cgi-bin"))
+        );
+    }
     if targets.is_empty() {
         return Ok(Built::new());
     }
@@ -81,6 +89,22 @@ fn find_manifest(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Binary targets (name to URL name) whose source file lies directly in `dir`.
+/// The stems of the `.rs` files in `dir` that no binary target builds.
+fn sources_without_target(dir: &Path, targets: &BTreeMap<String, String>) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut stems: Vec<String> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .filter_map(|path| path.file_stem()?.to_str().map(str::to_owned))
+        .filter(|stem| !targets.values().any(|built| built == stem))
+        .collect();
+    stems.sort();
+    stems
+}
+
 fn binary_targets(manifest: &Path, dir: &Path) -> Result<BTreeMap<String, String>, String> {
     let output = Command::new(cargo())
         .args([

@@ -120,13 +120,30 @@ pub(super) fn is_plain_name(name: &str) -> bool {
 
 /// The canonical form of a directory to serve, or why it cannot be.
 pub fn served_dir(dir: &Path) -> Result<PathBuf, String> {
-    let canonical = dir
-        .canonicalize()
-        .map_err(|e| format!("cannot serve {}: {e}", dir.display()))?;
+    let canonical = dir.canonicalize().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "cannot serve {}: there is no such directory here. A program's source goes in {}/NAME.rs, with its entry in Cargo.toml:\n\n{}\nthen `pso serve` builds it and serves it at /cgi-bin/NAME (README: Your own program)",
+                dir.display(),
+                dir.display(),
+                bin_entry("NAME", dir)
+            )
+        } else {
+            format!("cannot serve {}: {e}", dir.display())
+        }
+    })?;
     if !canonical.is_dir() {
         return Err(format!("cannot serve {}: not a directory", dir.display()));
     }
     Ok(canonical)
+}
+
+/// The `[[bin]]` entry of Cargo.toml for a program `name` whose source is in `dir`.
+pub fn bin_entry(name: &str, dir: &Path) -> String {
+    format!(
+        "[[bin]]\nname = \"{name}\"\npath = \"{}/{name}.rs\"\n",
+        dir.display()
+    )
 }
 
 #[cfg(test)]
