@@ -1087,14 +1087,19 @@ fn signs_in_times_out_and_signs_out(extra: &[&str]) {
         "not a third sign-in: {log}"
     );
 
-    // Idle past LoginIdle (1 s): signed out, told why, one cookie, one audit line.
+    // Idle past LoginIdle (1 s): signed out, told why, the dead cookie revoked (no new
+    // session for the form), one form cookie, one audit line.
     std::thread::sleep(Duration::from_millis(2_200));
     let away = curl(&jar, &url, &[]).unwrap();
     assert!(away.contains("You were away too long"), "{away}");
     assert_eq!(
-        cookie_of(&away),
-        None,
+        cookie_of(&away).as_deref(),
+        Some("login="),
         "no new session for the form: {away}"
+    );
+    assert!(
+        away.contains("Max-Age=0"),
+        "the dead cookie is revoked: {away}"
     );
     assert_eq!(form_cookies(&away), 1, "{away}");
     let log = std::fs::read_to_string(fixture.root.path().join("audit.log")).unwrap();
