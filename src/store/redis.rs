@@ -11,12 +11,19 @@
 //! | `pso:{svc:id}:waiting` | how many requests wait, capped |
 //!
 //! The lock is a lease: taken with `SET NX PX` (and the record read, in the same script),
-//! renewed by every save, given back by a script that deletes it only if it still holds the
-//! holder's token. A holder that dies blocks its session for at most the lease. Every write
-//! checks the token first, in the same script, so a holder whose lease ran out (and whose
-//! session another request may hold now) writes nothing: its save fails with
-//! [`ErrorKind::LockLost`]. A save also refuses to bring back a record deleted while it was
-//! held ([`Store::delete`], or its TTL).
+//! given back by a script that deletes it only if it still holds the holder's token. While a
+//! lock is held, one thread of the process renews its lease every third of its term (every
+//! save renews it too), so a request may run longer than its lease and keep
+//! its session; a lock let go (saved and released, released, dropped) is renewed no more, and
+//! a renewal checks the token, so it can never extend a lock that another request took. A
+//! holder that dies renews nothing and blocks its session for at most the lease; one that
+//! hangs in a live process keeps it while it hangs. A lease can still lapse under a holder
+//! that is alive (its process stopped or starved, Redis away for a whole lease): every write
+//! checks the token first, in the same script, so such a holder, whose session another
+//! request may hold now, writes nothing: its save fails with [`ErrorKind::LockLost`] (unless
+//! nobody took or changed the session meanwhile: then it takes the lock again and saves). A
+//! save also refuses to bring back a record deleted while it was held ([`Store::delete`], or
+//! its TTL).
 //!
 //! Waiting does not poll: a waiter blocks in `BLPOP` on the session's wake list, for at most
 //! what is left of the holder's lease (a dead holder pushes nothing) and of its own timeout,
@@ -26,6 +33,8 @@
 //! Redis removes a record by its TTL an hour after the session expires (until then, a
 //! returning visitor is told why it ended, as with files), so collection has nothing to do.
 //! A record without expiry (a user's "log out everywhere" record) has no TTL.
+
+mod lease;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -216,6 +225,7 @@ return {1, 0, record, record and redis.sha1hex(record) or ''}
 pub struct RedisStore {
     server: Arc<Server>,
     max_bytes: u64,
+    renew_leases: bool,
 }
 
 /// One server (or cluster): how to reach it, its idle connections, the scripts.
@@ -374,12 +384,21 @@ impl RedisStore {
                 },
             }),
             max_bytes: MAX_RECORD_BYTES,
+            renew_leases: true,
         })
     }
 
     /// Reads and writes records of at most `max_bytes` (`PSOSessionMaxBytes`).
     pub fn with_max_bytes(mut self, max_bytes: u64) -> RedisStore {
         self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Whether the locks this store takes keep their leases while they are held (the
+    /// default), or let them lapse as a stalled process would: for tests of what a lapsed
+    /// lease does.
+    pub fn with_lease_renewal(mut self, renew: bool) -> RedisStore {
+        self.renew_leases = renew;
         self
     }
 
@@ -576,6 +595,19 @@ impl Server {
                 Err(self.error(doing, e))
             }
         }
+    }
+
+    /// Extends the lock `lock` by `lease` if `token` still holds it; `false` if it does not.
+    fn renew(&self, lock: &str, token: &str, lease: Duration) -> Result<bool> {
+        let renewed: i64 = self.run("renewing a session's lock", |con| {
+            self.scripts
+                .renew
+                .key(lock)
+                .arg(token)
+                .arg(millis(lease))
+                .invoke(con.like())
+        })?;
+        Ok(renewed == 1)
     }
 
     fn keep(&self, con: Conn) {
@@ -832,6 +864,9 @@ impl Store for RedisStore {
                 1 | 3 => {
                     let seen = reply.3.clone().filter(|sha| !sha.is_empty());
                     let loaded = self.decode(key, reply);
+                    let renewal = self.renew_leases.then(|| {
+                        lease::Renewal::start(&self.server, key, &keys.lock, &token, options.lease)
+                    });
                     return Ok(Box::new(RedisLock {
                         store: self.clone(),
                         key: key.clone(),
@@ -843,6 +878,7 @@ impl Store for RedisStore {
                         first_load: Some(loaded),
                         deleted: false,
                         released: false,
+                        renewal,
                     }));
                 }
                 2 => return Err(RedisStore::too_many_waiters(key)),
@@ -1147,6 +1183,8 @@ struct RedisLock {
     ended: bool,
     deleted: bool,
     released: bool,
+    /// Keeps the lease while the lock is held; `None` once it is let go.
+    renewal: Option<lease::Renewal>,
 }
 
 impl RedisLock {
@@ -1193,6 +1231,9 @@ impl RedisLock {
             (1, sha) => {
                 self.seen = sha;
                 self.released = release;
+                if release {
+                    self.renewal = None;
+                }
                 self.first_load = None;
                 Ok(())
             }
@@ -1208,6 +1249,7 @@ impl RedisLock {
             return Ok(());
         }
         self.released = true;
+        self.renewal = None;
         let server = &self.store.server;
         let released: i64 = server.run("releasing a session's lock", |con| {
             server
@@ -1286,17 +1328,11 @@ impl LockedSession for RedisLock {
     }
 
     fn renew(&mut self) -> Result<()> {
-        let server = &self.store.server;
-        let renewed: i64 = server.run("renewing a session's lock", |con| {
-            server
-                .scripts
-                .renew
-                .key(&self.keys.lock)
-                .arg(&self.token)
-                .arg(millis(self.lease))
-                .invoke(con.like())
-        })?;
-        if renewed == 1 {
+        let renewed = self
+            .store
+            .server
+            .renew(&self.keys.lock, &self.token, self.lease)?;
+        if renewed {
             Ok(())
         } else {
             Err(self.lost("the lock could not be renewed"))
