@@ -72,33 +72,34 @@ const LATEST_EXPIRY_MILLIS: u64 = 253_402_300_799_000;
 /// Takes the lock and reads the record, in one round trip. Waiters are a sorted set of their
 /// tokens by when each last asked: one that stops asking (killed, cut off) drops out after
 /// [`STALE_WAITER`], so the count cannot leak. Taking a lock this token already holds (a
-/// retry whose first try did run) is taking it.
+/// retry whose first try did run) is taking it. A lock that is free is taken with three
+/// commands (the record's length, `SET NX`, the record): the clock, the waiters and the
+/// holder are looked at only when the lock is held.
 /// KEYS: record, lock, waiting. ARGV: token, lease ms, queue (1: wait, and count among the
-/// waiters; 0: do not wait), max waiters, stale waiter ms, max record bytes.
+/// waiters; 0: do not wait), max waiters, stale waiter ms, max record bytes, waited (1: this
+/// token may be among the waiters).
 /// Returns {1, 0, record or false, its SHA-1 or ''}, {0, lock's PTTL, …} (wait), {2, PTTL, …}
 /// (too many waiters), {3, length, …} (record too large) or {4, …} (the key is not a record).
 const ACQUIRE: &str = r"
+local n = redis.pcall('STRLEN', KEYS[1])
+if type(n) ~= 'number' then return {4, 0, false, false} end
 local function read()
-  local n = redis.call('STRLEN', KEYS[1])
   if n > tonumber(ARGV[6]) then return {3, n, false, false} end
   local record = redis.call('GET', KEYS[1])
   return {1, 0, record, record and redis.sha1hex(record) or ''}
 end
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'none' and kind ~= 'string' then return {4, 0, false, false} end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))
-local holder = redis.call('GET', KEYS[2])
-if holder == ARGV[1] then
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if ARGV[7] == '1' then redis.call('ZREM', KEYS[3], ARGV[1]) end
+  return read()
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
   redis.call('ZREM', KEYS[3], ARGV[1])
   return read()
 end
-if not holder and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  return read()
-end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))
 local ttl = redis.call('PTTL', KEYS[2])
 if ARGV[3] == '1' then
   if not redis.call('ZSCORE', KEYS[3], ARGV[1])
@@ -115,12 +116,15 @@ return {0, ttl, false, false}
 /// out while nobody took the lock or changed the record (a long request of a session nobody
 /// else wanted) takes the lock again and saves: nothing of anyone else's can be lost.
 /// With ARGV[7] = 1 it also gives the lock back and wakes a waiter, as [`RELEASE`] does: the
-/// last save of a request and its unlock are one round trip.
+/// last save of a request and its unlock are one round trip. A save that keeps the lock
+/// answers the SHA-1 of what it wrote, for the next save to compare; a save that lets go
+/// answers none (the lock can do nothing more), and a holder whose lease did not run out
+/// never hashes anything.
 /// KEYS: record, lock, wake, waiting. ARGV: token, record, expiry (unix ms, 0 for none),
 /// whether a record must be there (1: this holder saw one, so its absence means it was
 /// deleted), lease ms, the SHA-1 of the record as this holder last saw it ('' for none),
 /// release (1) or keep (0), how long an unclaimed wake-up lasts (ms).
-/// Returns {1, SHA-1 of the record saved}, {0} lock lost, {-1} deleted meanwhile.
+/// Returns {1, SHA-1 of the record saved or false}, {0} lock lost, {-1} deleted meanwhile.
 const SAVE: &str = r"
 local holder = redis.call('GET', KEYS[2])
 if holder ~= ARGV[1] then
@@ -128,16 +132,18 @@ if holder ~= ARGV[1] then
   local record = redis.call('GET', KEYS[1])
   local now = record and redis.sha1hex(record) or ''
   -- A retry of a save that did run (its answer was lost): done already.
-  if ARGV[7] == '1' and record and now == redis.sha1hex(ARGV[2]) then return {1, now} end
+  if ARGV[7] == '1' and record and now == redis.sha1hex(ARGV[2]) then return {1, false} end
   if now ~= ARGV[6] then return {0, false} end
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[5])
 end
-if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {-1, false} end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+local set = {'SET', KEYS[1], ARGV[2]}
+if ARGV[3] ~= '0' then
+  set[4] = 'PXAT'
+  set[5] = ARGV[3]
 end
+-- A record this holder saw and that is gone was deleted meanwhile: XX keeps it gone.
+if ARGV[4] == '1' then set[#set + 1] = 'XX' end
+if not redis.call(unpack(set)) then return {-1, false} end
 if ARGV[7] == '1' then
   redis.call('DEL', KEYS[2])
   if redis.call('ZCARD', KEYS[4]) > 0 then
@@ -145,9 +151,9 @@ if ARGV[7] == '1' then
     redis.call('LTRIM', KEYS[3], 0, 0)
     redis.call('PEXPIRE', KEYS[3], ARGV[8])
   end
-else
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  return {1, false}
 end
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return {1, redis.sha1hex(ARGV[2])}
 ";
 
@@ -426,6 +432,12 @@ fn install_crypto_provider() {
     });
 }
 
+/// `TCP_NODELAY`: a command is one write and its answer awaited, so Nagle's algorithm can only
+/// hold back a command sent behind another (the release behind a timed-out acquire).
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 /// A single server's connection settings, the password from a file added.
 fn single(url: &ServerUrl, password: Option<&str>) -> Result<Target> {
     let info = url.expose().into_connection_info().map_err(|e| {
@@ -439,7 +451,10 @@ fn single(url: &ServerUrl, password: Option<&str>) -> Result<Target> {
         }
         settings = settings.set_password(password);
     }
-    Ok(Target::Single(info.set_redis_settings(settings)))
+    Ok(Target::Single(
+        info.set_redis_settings(settings)
+            .set_tcp_settings(tcp_settings()),
+    ))
 }
 
 fn two_passwords(url: &ServerUrl) -> Error {
@@ -500,7 +515,8 @@ fn cluster(url: &ServerUrl, password: Option<&str>) -> Result<Target> {
         // The defaults wait seconds between retries, 16 times: a request has no such time.
         .retries(2)
         .min_retry_wait(20)
-        .max_retry_wait(200);
+        .max_retry_wait(200)
+        .tcp_settings(tcp_settings());
     if let Some(user) = user {
         builder = builder.username(user);
     }
@@ -827,6 +843,8 @@ impl Store for RedisStore {
         let lease = millis(options.lease);
         let queue = if options.timeout.is_zero() { 0 } else { 1 };
         let scripts = &self.server.scripts;
+        // Whether this token may be among the session's waiters (it asked and was told to wait).
+        let mut waited = 0;
         loop {
             let acquired: Result<Reply> = self.server.run_or_undo(
                 "taking a session's lock",
@@ -842,6 +860,7 @@ impl Store for RedisStore {
                         .arg(MAX_WAITERS)
                         .arg(millis(STALE_WAITER))
                         .arg(self.max_bytes)
+                        .arg(waited)
                         .invoke(con.like())
                 },
                 // A stalled server runs the script late, and would give the lock to a token
@@ -882,7 +901,7 @@ impl Store for RedisStore {
                     }));
                 }
                 2 => return Err(RedisStore::too_many_waiters(key)),
-                _ => {}
+                _ => waited = queue,
             }
             let left = match time_left(deadline, key) {
                 Ok(left) => left,
@@ -1163,7 +1182,13 @@ fn token() -> Result<String> {
             format!("the OS random number generator failed: {e}"),
         )
     })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(32);
+    for b in bytes {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    Ok(hex)
 }
 
 /// A session's lock in Redis: a lease that its token proves.
@@ -1205,6 +1230,9 @@ impl RedisLock {
         }
         if self.deleted {
             return Err(deleted_error(&self.key));
+        }
+        if self.released {
+            return Err(self.lost("not saved: the lock was already let go"));
         }
         let bytes = record.encode()?;
         let expiry = expiry_millis(&record.meta).unwrap_or(0);
