@@ -29,6 +29,13 @@ fn store_at(url: &str) -> RedisStore {
     RedisStore::open(&url, None).unwrap()
 }
 
+/// A store whose locks are not renewed while held: what a stalled process (stopped, paging,
+/// cut off from Redis for a whole lease) leaves behind, or, for a lock forgotten with
+/// `mem::forget`, a killed one.
+fn stalling_store_at(url: &str) -> RedisStore {
+    store_at(url).with_lease_renewal(false)
+}
+
 #[cfg(feature = "store-suite")]
 mod suite {
     pso::store_suite!(|| {
@@ -126,7 +133,7 @@ fn counted(n: u64) -> Record {
 #[test]
 fn a_holder_that_never_lets_go_blocks_its_session_at_most_its_lease() {
     let server = server();
-    let store = store_at(&server.url());
+    let store = stalling_store_at(&server.url());
     let k = key();
     let short = LockOptions::new(Duration::from_secs(10)).with_lease(Duration::from_secs(1));
     let mut lock = store.lock(&k, short).unwrap();
@@ -150,7 +157,7 @@ fn a_holder_that_never_lets_go_blocks_its_session_at_most_its_lease() {
 #[test]
 fn a_holder_whose_lease_ran_out_writes_nothing_over_the_next_holder() {
     let server = server();
-    let store = store_at(&server.url());
+    let store = stalling_store_at(&server.url());
     let k = key();
     let short = LockOptions::new(Duration::from_secs(10)).with_lease(Duration::from_secs(1));
     let mut late = store.lock(&k, short).unwrap();
@@ -179,7 +186,7 @@ fn a_holder_whose_lease_ran_out_writes_nothing_over_the_next_holder() {
 #[test]
 fn a_long_request_whose_session_nobody_wanted_saves_after_its_lease() {
     let server = server();
-    let store = store_at(&server.url());
+    let store = stalling_store_at(&server.url());
     let k = key();
     let short = LockOptions::new(Duration::from_secs(10)).with_lease(Duration::from_secs(1));
     let mut lock = store.lock(&k, short).unwrap();
@@ -233,6 +240,68 @@ fn the_last_save_lets_go_in_the_same_round_trip() {
         store.lock(&k, busy).err().unwrap().kind(),
         ErrorKind::LockTimeout
     );
+}
+
+#[test]
+fn a_lease_is_renewed_while_its_holder_runs_past_it() {
+    let server = server();
+    let store = Arc::new(store_at(&server.url()));
+    let k = key();
+    let short = LockOptions::new(Duration::from_secs(10)).with_lease(Duration::from_secs(1));
+    let mut lock = store.lock(&k, short).unwrap();
+    lock.save(&counted(1)).unwrap();
+    // Another request asks all along, for longer than three leases: it never gets the lock.
+    let (store2, k2) = (store.clone(), k.clone());
+    let waiter = std::thread::spawn(move || {
+        store2
+            .lock(&k2, LockOptions::new(Duration::from_millis(3_500)))
+            .err()
+            .map(|e| e.kind())
+    });
+    // The holder runs on without a save, which would renew its lease itself.
+    std::thread::sleep(Duration::from_millis(3_200));
+    let lock_key = format!("pso:{{svc:{}}}:lock", k.id);
+    let ttl: i64 = server.cli(&["PTTL", &lock_key]).parse().unwrap();
+    assert!(ttl > 0, "the lock's lease lapsed: {ttl}");
+    assert_eq!(waiter.join().unwrap(), Some(ErrorKind::LockTimeout));
+    assert_eq!(
+        store
+            .lock(&k, LockOptions::new(Duration::ZERO))
+            .err()
+            .map(|e| e.kind()),
+        Some(ErrorKind::LockTimeout)
+    );
+    // Its save lands, and nothing anyone else wrote was there to be lost.
+    lock.save_and_release(&counted(2)).unwrap();
+    assert_eq!(store.peek(&k).unwrap(), Some(counted(2)));
+    drop(lock);
+}
+
+#[test]
+fn a_lock_let_go_is_renewed_no_more() {
+    let server = server();
+    let store = store_at(&server.url());
+    let stalling = stalling_store_at(&server.url());
+    let k = key();
+    let lock_key = format!("pso:{{svc:{}}}:lock", k.id);
+    let short = LockOptions::new(Duration::from_secs(10)).with_lease(Duration::from_secs(1));
+    let busy = LockOptions::new(Duration::ZERO);
+    // Released, saved and released, dropped: each way of letting go.
+    for way in 0..3 {
+        let mut lock = store.lock(&k, short).unwrap();
+        match way {
+            0 => lock.release().unwrap(),
+            1 => lock.save_and_release(&counted(way)).unwrap(),
+            _ => drop(lock),
+        }
+        assert_eq!(server.cli(&["EXISTS", &lock_key]), "0", "way {way}");
+        // The next holder dies holding it (it renews nothing): the lock lapses after its
+        // own lease, so nobody renewed it for the holder before.
+        std::mem::forget(stalling.lock(&k, short).unwrap());
+        std::thread::sleep(Duration::from_millis(1_500));
+        assert_eq!(server.cli(&["EXISTS", &lock_key]), "0", "way {way}");
+        store.lock(&k, busy).unwrap().release().unwrap();
+    }
 }
 
 #[test]

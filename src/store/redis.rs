@@ -11,12 +11,19 @@
 //! | `pso:{svc:id}:waiting` | how many requests wait, capped |
 //!
 //! The lock is a lease: taken with `SET NX PX` (and the record read, in the same script),
-//! renewed by every save, given back by a script that deletes it only if it still holds the
-//! holder's token. A holder that dies blocks its session for at most the lease. Every write
-//! checks the token first, in the same script, so a holder whose lease ran out (and whose
-//! session another request may hold now) writes nothing: its save fails with
-//! [`ErrorKind::LockLost`]. A save also refuses to bring back a record deleted while it was
-//! held ([`Store::delete`], or its TTL).
+//! given back by a script that deletes it only if it still holds the holder's token. While a
+//! lock is held, one thread of the process renews its lease every third of its term (every
+//! save renews it too), so a request may run longer than its lease and keep
+//! its session; a lock let go (saved and released, released, dropped) is renewed no more, and
+//! a renewal checks the token, so it can never extend a lock that another request took. A
+//! holder that dies renews nothing and blocks its session for at most the lease; one that
+//! hangs in a live process keeps it while it hangs. A lease can still lapse under a holder
+//! that is alive (its process stopped or starved, Redis away for a whole lease): every write
+//! checks the token first, in the same script, so such a holder, whose session another
+//! request may hold now, writes nothing: its save fails with [`ErrorKind::LockLost`] (unless
+//! nobody took or changed the session meanwhile: then it takes the lock again and saves). A
+//! save also refuses to bring back a record deleted while it was held ([`Store::delete`], or
+//! its TTL).
 //!
 //! Waiting does not poll: a waiter blocks in `BLPOP` on the session's wake list, for at most
 //! what is left of the holder's lease (a dead holder pushes nothing) and of its own timeout,
@@ -26,6 +33,8 @@
 //! Redis removes a record by its TTL an hour after the session expires (until then, a
 //! returning visitor is told why it ended, as with files), so collection has nothing to do.
 //! A record without expiry (a user's "log out everywhere" record) has no TTL.
+
+mod lease;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -63,33 +72,34 @@ const LATEST_EXPIRY_MILLIS: u64 = 253_402_300_799_000;
 /// Takes the lock and reads the record, in one round trip. Waiters are a sorted set of their
 /// tokens by when each last asked: one that stops asking (killed, cut off) drops out after
 /// [`STALE_WAITER`], so the count cannot leak. Taking a lock this token already holds (a
-/// retry whose first try did run) is taking it.
+/// retry whose first try did run) is taking it. A lock that is free is taken with three
+/// commands (the record's length, `SET NX`, the record): the clock, the waiters and the
+/// holder are looked at only when the lock is held.
 /// KEYS: record, lock, waiting. ARGV: token, lease ms, queue (1: wait, and count among the
-/// waiters; 0: do not wait), max waiters, stale waiter ms, max record bytes.
+/// waiters; 0: do not wait), max waiters, stale waiter ms, max record bytes, waited (1: this
+/// token may be among the waiters).
 /// Returns {1, 0, record or false, its SHA-1 or ''}, {0, lock's PTTL, …} (wait), {2, PTTL, …}
 /// (too many waiters), {3, length, …} (record too large) or {4, …} (the key is not a record).
 const ACQUIRE: &str = r"
+local n = redis.pcall('STRLEN', KEYS[1])
+if type(n) ~= 'number' then return {4, 0, false, false} end
 local function read()
-  local n = redis.call('STRLEN', KEYS[1])
   if n > tonumber(ARGV[6]) then return {3, n, false, false} end
   local record = redis.call('GET', KEYS[1])
   return {1, 0, record, record and redis.sha1hex(record) or ''}
 end
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'none' and kind ~= 'string' then return {4, 0, false, false} end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))
-local holder = redis.call('GET', KEYS[2])
-if holder == ARGV[1] then
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if ARGV[7] == '1' then redis.call('ZREM', KEYS[3], ARGV[1]) end
+  return read()
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
   redis.call('ZREM', KEYS[3], ARGV[1])
   return read()
 end
-if not holder and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  return read()
-end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))
 local ttl = redis.call('PTTL', KEYS[2])
 if ARGV[3] == '1' then
   if not redis.call('ZSCORE', KEYS[3], ARGV[1])
@@ -106,12 +116,15 @@ return {0, ttl, false, false}
 /// out while nobody took the lock or changed the record (a long request of a session nobody
 /// else wanted) takes the lock again and saves: nothing of anyone else's can be lost.
 /// With ARGV[7] = 1 it also gives the lock back and wakes a waiter, as [`RELEASE`] does: the
-/// last save of a request and its unlock are one round trip.
+/// last save of a request and its unlock are one round trip. A save that keeps the lock
+/// answers the SHA-1 of what it wrote, for the next save to compare; a save that lets go
+/// answers none (the lock can do nothing more), and a holder whose lease did not run out
+/// never hashes anything.
 /// KEYS: record, lock, wake, waiting. ARGV: token, record, expiry (unix ms, 0 for none),
 /// whether a record must be there (1: this holder saw one, so its absence means it was
 /// deleted), lease ms, the SHA-1 of the record as this holder last saw it ('' for none),
 /// release (1) or keep (0), how long an unclaimed wake-up lasts (ms).
-/// Returns {1, SHA-1 of the record saved}, {0} lock lost, {-1} deleted meanwhile.
+/// Returns {1, SHA-1 of the record saved or false}, {0} lock lost, {-1} deleted meanwhile.
 const SAVE: &str = r"
 local holder = redis.call('GET', KEYS[2])
 if holder ~= ARGV[1] then
@@ -119,16 +132,18 @@ if holder ~= ARGV[1] then
   local record = redis.call('GET', KEYS[1])
   local now = record and redis.sha1hex(record) or ''
   -- A retry of a save that did run (its answer was lost): done already.
-  if ARGV[7] == '1' and record and now == redis.sha1hex(ARGV[2]) then return {1, now} end
+  if ARGV[7] == '1' and record and now == redis.sha1hex(ARGV[2]) then return {1, false} end
   if now ~= ARGV[6] then return {0, false} end
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[5])
 end
-if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then return {-1, false} end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+local set = {'SET', KEYS[1], ARGV[2]}
+if ARGV[3] ~= '0' then
+  set[4] = 'PXAT'
+  set[5] = ARGV[3]
 end
+-- A record this holder saw and that is gone was deleted meanwhile: XX keeps it gone.
+if ARGV[4] == '1' then set[#set + 1] = 'XX' end
+if not redis.call(unpack(set)) then return {-1, false} end
 if ARGV[7] == '1' then
   redis.call('DEL', KEYS[2])
   if redis.call('ZCARD', KEYS[4]) > 0 then
@@ -136,9 +151,9 @@ if ARGV[7] == '1' then
     redis.call('LTRIM', KEYS[3], 0, 0)
     redis.call('PEXPIRE', KEYS[3], ARGV[8])
   end
-else
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  return {1, false}
 end
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return {1, redis.sha1hex(ARGV[2])}
 ";
 
@@ -216,6 +231,7 @@ return {1, 0, record, record and redis.sha1hex(record) or ''}
 pub struct RedisStore {
     server: Arc<Server>,
     max_bytes: u64,
+    renew_leases: bool,
 }
 
 /// One server (or cluster): how to reach it, its idle connections, the scripts.
@@ -374,12 +390,21 @@ impl RedisStore {
                 },
             }),
             max_bytes: MAX_RECORD_BYTES,
+            renew_leases: true,
         })
     }
 
     /// Reads and writes records of at most `max_bytes` (`PSOSessionMaxBytes`).
     pub fn with_max_bytes(mut self, max_bytes: u64) -> RedisStore {
         self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Whether the locks this store takes keep their leases while they are held (the
+    /// default), or let them lapse as a stalled process would: for tests of what a lapsed
+    /// lease does.
+    pub fn with_lease_renewal(mut self, renew: bool) -> RedisStore {
+        self.renew_leases = renew;
         self
     }
 
@@ -407,6 +432,12 @@ fn install_crypto_provider() {
     });
 }
 
+/// `TCP_NODELAY`: a command is one write and its answer awaited, so Nagle's algorithm can only
+/// hold back a command sent behind another (the release behind a timed-out acquire).
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 /// A single server's connection settings, the password from a file added.
 fn single(url: &ServerUrl, password: Option<&str>) -> Result<Target> {
     let info = url.expose().into_connection_info().map_err(|e| {
@@ -420,7 +451,10 @@ fn single(url: &ServerUrl, password: Option<&str>) -> Result<Target> {
         }
         settings = settings.set_password(password);
     }
-    Ok(Target::Single(info.set_redis_settings(settings)))
+    Ok(Target::Single(
+        info.set_redis_settings(settings)
+            .set_tcp_settings(tcp_settings()),
+    ))
 }
 
 fn two_passwords(url: &ServerUrl) -> Error {
@@ -481,7 +515,8 @@ fn cluster(url: &ServerUrl, password: Option<&str>) -> Result<Target> {
         // The defaults wait seconds between retries, 16 times: a request has no such time.
         .retries(2)
         .min_retry_wait(20)
-        .max_retry_wait(200);
+        .max_retry_wait(200)
+        .tcp_settings(tcp_settings());
     if let Some(user) = user {
         builder = builder.username(user);
     }
@@ -576,6 +611,19 @@ impl Server {
                 Err(self.error(doing, e))
             }
         }
+    }
+
+    /// Extends the lock `lock` by `lease` if `token` still holds it; `false` if it does not.
+    fn renew(&self, lock: &str, token: &str, lease: Duration) -> Result<bool> {
+        let renewed: i64 = self.run("renewing a session's lock", |con| {
+            self.scripts
+                .renew
+                .key(lock)
+                .arg(token)
+                .arg(millis(lease))
+                .invoke(con.like())
+        })?;
+        Ok(renewed == 1)
     }
 
     fn keep(&self, con: Conn) {
@@ -795,6 +843,8 @@ impl Store for RedisStore {
         let lease = millis(options.lease);
         let queue = if options.timeout.is_zero() { 0 } else { 1 };
         let scripts = &self.server.scripts;
+        // Whether this token may be among the session's waiters (it asked and was told to wait).
+        let mut waited = 0;
         loop {
             let acquired: Result<Reply> = self.server.run_or_undo(
                 "taking a session's lock",
@@ -810,6 +860,7 @@ impl Store for RedisStore {
                         .arg(MAX_WAITERS)
                         .arg(millis(STALE_WAITER))
                         .arg(self.max_bytes)
+                        .arg(waited)
                         .invoke(con.like())
                 },
                 // A stalled server runs the script late, and would give the lock to a token
@@ -832,6 +883,9 @@ impl Store for RedisStore {
                 1 | 3 => {
                     let seen = reply.3.clone().filter(|sha| !sha.is_empty());
                     let loaded = self.decode(key, reply);
+                    let renewal = self.renew_leases.then(|| {
+                        lease::Renewal::start(&self.server, key, &keys.lock, &token, options.lease)
+                    });
                     return Ok(Box::new(RedisLock {
                         store: self.clone(),
                         key: key.clone(),
@@ -843,10 +897,11 @@ impl Store for RedisStore {
                         first_load: Some(loaded),
                         deleted: false,
                         released: false,
+                        renewal,
                     }));
                 }
                 2 => return Err(RedisStore::too_many_waiters(key)),
-                _ => {}
+                _ => waited = queue,
             }
             let left = match time_left(deadline, key) {
                 Ok(left) => left,
@@ -1127,7 +1182,13 @@ fn token() -> Result<String> {
             format!("the OS random number generator failed: {e}"),
         )
     })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(32);
+    for b in bytes {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    Ok(hex)
 }
 
 /// A session's lock in Redis: a lease that its token proves.
@@ -1147,6 +1208,8 @@ struct RedisLock {
     ended: bool,
     deleted: bool,
     released: bool,
+    /// Keeps the lease while the lock is held; `None` once it is let go.
+    renewal: Option<lease::Renewal>,
 }
 
 impl RedisLock {
@@ -1167,6 +1230,9 @@ impl RedisLock {
         }
         if self.deleted {
             return Err(deleted_error(&self.key));
+        }
+        if self.released {
+            return Err(self.lost("not saved: the lock was already let go"));
         }
         let bytes = record.encode()?;
         let expiry = expiry_millis(&record.meta).unwrap_or(0);
@@ -1193,6 +1259,9 @@ impl RedisLock {
             (1, sha) => {
                 self.seen = sha;
                 self.released = release;
+                if release {
+                    self.renewal = None;
+                }
                 self.first_load = None;
                 Ok(())
             }
@@ -1208,6 +1277,7 @@ impl RedisLock {
             return Ok(());
         }
         self.released = true;
+        self.renewal = None;
         let server = &self.store.server;
         let released: i64 = server.run("releasing a session's lock", |con| {
             server
@@ -1286,17 +1356,11 @@ impl LockedSession for RedisLock {
     }
 
     fn renew(&mut self) -> Result<()> {
-        let server = &self.store.server;
-        let renewed: i64 = server.run("renewing a session's lock", |con| {
-            server
-                .scripts
-                .renew
-                .key(&self.keys.lock)
-                .arg(&self.token)
-                .arg(millis(self.lease))
-                .invoke(con.like())
-        })?;
-        if renewed == 1 {
+        let renewed = self
+            .store
+            .server
+            .renew(&self.keys.lock, &self.token, self.lease)?;
+        if renewed {
             Ok(())
         } else {
             Err(self.lost("the lock could not be renewed"))
