@@ -229,10 +229,41 @@ fn a_cgi_process_killed_while_it_holds_its_session_frees_it() {
     assert_eq!(site.get(Some(&cookie)).count(), 2);
 }
 
+/// A request that runs past its lease without a statement keeps its lock: the process renews
+/// it (a statement on the lock's connection every third of the lease), so a waiter waits and
+/// the holder's save lands; once it lets go, nothing renews it any more.
+#[test]
+fn a_holder_that_runs_long_keeps_its_lock_while_its_process_renews_it() {
+    let server = server();
+    let store = store_at(&server.url());
+    let k = key();
+    let short = wait().with_lease(Duration::from_secs(1));
+    let mut long = store.lock(&k, short).unwrap();
+    long.save(&counted(1)).unwrap();
+    let waited = std::thread::spawn({
+        let store = store.clone();
+        let k = k.clone();
+        move || {
+            store
+                .lock(&k, LockOptions::new(Duration::from_millis(3_200)))
+                .map(drop)
+                .map_err(|e| e.kind())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(3_500));
+    assert_eq!(waited.join().unwrap(), Err(ErrorKind::LockTimeout));
+    long.save(&counted(2)).unwrap();
+    long.release().unwrap();
+    let mut next = store.lock(&k, wait()).unwrap();
+    assert_eq!(next.load().unwrap(), Some(counted(2)));
+    next.release().unwrap();
+}
+
 #[test]
 fn a_holder_that_goes_quiet_past_its_lease_loses_the_lock() {
     let server = server();
-    let store = store_at(&server.url());
+    // Quiet as a stalled process is: nothing renews its lease.
+    let store = store_at(&server.url()).with_lease_renewal(false);
     let k = key();
     let short = wait().with_lease(Duration::from_secs(1));
     let mut quiet = store.lock(&k, short).unwrap();

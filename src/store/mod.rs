@@ -5,6 +5,8 @@
 //! Nothing here assumes a file system, so a Redis or SQL store fits the same shape.
 
 mod admin;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod lease;
 pub mod file;
 mod location;
 pub mod memory;

@@ -155,6 +155,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::from_unix_secs;
 use crate::id::{ServiceId, SessionId};
 use crate::record::{MAX_RECORD_BYTES, Meta, Record};
+use crate::store::lease::{Lease, Renewal};
 use crate::store::admin::{Admin, Finding, Listed, Severity, listed_record};
 use crate::store::{
     GcOutcome, GcReport, LockOptions, LockedSession, ServerKind, ServerUrl, SessionKey, Store,
@@ -342,6 +343,7 @@ SELECT (SELECT count(*) FROM candidates), (SELECT count(*) FROM removed),
 pub struct PostgresStore {
     server: Arc<Server>,
     max_bytes: u64,
+    renew_leases: bool,
 }
 
 /// One server: how to reach it, and its idle connections.
@@ -407,12 +409,21 @@ impl PostgresStore {
                 idle: Mutex::new(Vec::new()),
             }),
             max_bytes: MAX_RECORD_BYTES,
+            renew_leases: true,
         })
     }
 
     /// Reads and writes records of at most `max_bytes` (`PSOSessionMaxBytes`).
     pub fn with_max_bytes(mut self, max_bytes: u64) -> PostgresStore {
         self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Whether the locks this store takes keep their leases while they are held (the
+    /// default), or let them lapse as a stalled process would: for tests of what a lapsed
+    /// lease does.
+    pub fn with_lease_renewal(mut self, renew: bool) -> PostgresStore {
+        self.renew_leases = renew;
         self
     }
 
@@ -896,10 +907,20 @@ impl Store for PostgresStore {
         };
         let saw_record = matches!(found, Read::Record(_) | Read::TooLarge(_));
         let loaded = self.decode(key, found);
+        let client = Arc::new(Mutex::new(Some(client)));
+        let lease = PostgresLease {
+            store: self.clone(),
+            session: key.clone(),
+            client: Arc::downgrade(&client),
+        };
+        let renewal = self
+            .renew_leases
+            .then(|| Renewal::start(Arc::new(lease), options.lease));
         Ok(Box::new(PostgresLock {
             store: self.clone(),
             key: key.clone(),
-            client: Some(client),
+            client,
+            renewal,
             backend,
             generation,
             first_load: Some(loaded),
@@ -1124,7 +1145,11 @@ struct PostgresLock {
     store: PostgresStore,
     key: SessionKey,
     /// The connection that holds the lock; `None` once released, or lost with its connection.
-    client: Option<Connection>,
+    /// Shared with the renewing thread, which keeps the connection from idling out (its
+    /// `idle_session_timeout` is the lock's lease) while the request runs.
+    client: Arc<Mutex<Option<Connection>>>,
+    /// Keeps the lease while the lock is held; `None` once it is let go.
+    renewal: Option<Renewal>,
     /// The server process that took the lock: a statement answered by another one went
     /// through a pooler in transaction mode, which cannot keep this lock.
     backend: i32,
@@ -1151,12 +1176,14 @@ impl PostgresLock {
     /// Runs `f` on the lock's connection. A connection that failed is dropped, and the
     /// lock with it (the server lets go of it when the connection closes).
     fn run<T>(&mut self, doing: &str, f: impl FnOnce(&mut Connection) -> PgResult<T>) -> Result<T> {
-        let Some(client) = self.client.as_mut() else {
+        let shared = self.client.clone();
+        let mut client = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(connection) = client.as_mut() else {
             return Err(self.lost(&format!(
                 "{doing}: the connection that held its lock was lost"
             )));
         };
-        match f(client) {
+        match f(connection) {
             Ok(value) => Ok(value),
             Err(e) => {
                 let timed_out = e.code().is_some_and(|code| {
@@ -1167,7 +1194,7 @@ impl PostgresLock {
                     .contains(code)
                 });
                 if broken(&e) {
-                    self.client = None;
+                    *client = None;
                     self.store.server.forget_idle();
                 }
                 if timed_out {
@@ -1207,7 +1234,9 @@ impl PostgresLock {
             return Ok(());
         }
         self.released = true;
-        if self.client.is_none() {
+        // No renewal may come between the unlock and the connection's return to the pool.
+        self.renewal = None;
+        if self.holds_no_connection() {
             return Err(self.lost("its lock went with its connection before it was released"));
         }
         let key = self.key.clone();
@@ -1218,7 +1247,11 @@ impl PostgresLock {
             client.batch_execute("RESET idle_session_timeout")?;
             Ok(unlocked)
         });
-        let client = self.client.take();
+        let client = self
+            .client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         match unlocked {
             Ok(true) => {
                 if let Some(client) = client {
@@ -1230,6 +1263,53 @@ impl PostgresLock {
                 "the lock was no longer held by its connection when released (a pooler in transaction mode?)",
             )),
             Err(e) => Err(e),
+        }
+    }
+}
+
+impl PostgresLock {
+    fn holds_no_connection(&self) -> bool {
+        self.client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+}
+
+/// A PostgreSQL lock as the renewing thread sees it: a statement on the connection that holds
+/// it resets the connection's idle time, whose limit (`idle_session_timeout`) is the lease.
+struct PostgresLease {
+    store: PostgresStore,
+    session: SessionKey,
+    client: std::sync::Weak<Mutex<Option<Connection>>>,
+}
+
+impl Lease for PostgresLease {
+    fn session(&self) -> &SessionKey {
+        &self.session
+    }
+
+    fn renew(&self) -> Result<bool> {
+        let Some(shared) = self.client.upgrade() else {
+            return Ok(false);
+        };
+        // A request using its connection right now renews the lease itself.
+        let mut client = match shared.try_lock() {
+            Ok(client) => client,
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(true),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        };
+        let Some(connection) = client.as_mut() else {
+            return Ok(false);
+        };
+        match connection.batch_execute("SELECT 1") {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                // It may be half-way through an answer: the lock goes with it, and the
+                // request's next statement says so.
+                *client = None;
+                Err(self.store.server.error("renewing a session's lock", e))
+            }
         }
     }
 }
@@ -1325,7 +1405,7 @@ impl LockedSession for PostgresLock {
 impl Drop for PostgresLock {
     fn drop(&mut self) {
         // A connection lost earlier failed the call that lost it, which said so.
-        if self.client.is_none() {
+        if self.holds_no_connection() {
             return;
         }
         if let Err(e) = self.let_go() {

@@ -34,7 +34,6 @@
 //! returning visitor is told why it ended, as with files), so collection has nothing to do.
 //! A record without expiry (a user's "log out everywhere" record) has no TTL.
 
-mod lease;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -45,6 +44,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::{ServiceId, SessionId};
 use crate::record::{MAX_RECORD_BYTES, Meta, Record};
 use crate::store::admin::{self, Admin, Finding, Listed, Severity};
+use crate::store::lease::{Lease, Renewal};
 use crate::store::{
     GcOutcome, GcReport, LockOptions, LockedSession, ServerKind, ServerUrl, SessionKey, Store,
     deleted_error, lock_deadline, time_left,
@@ -884,7 +884,14 @@ impl Store for RedisStore {
                     let seen = reply.3.clone().filter(|sha| !sha.is_empty());
                     let loaded = self.decode(key, reply);
                     let renewal = self.renew_leases.then(|| {
-                        lease::Renewal::start(&self.server, key, &keys.lock, &token, options.lease)
+                        let lease = RedisLease {
+                            server: self.server.clone(),
+                            session: key.clone(),
+                            lock: keys.lock.clone(),
+                            token: token.clone(),
+                            term: options.lease,
+                        };
+                        Renewal::start(Arc::new(lease), options.lease)
                     });
                     return Ok(Box::new(RedisLock {
                         store: self.clone(),
@@ -1209,7 +1216,27 @@ struct RedisLock {
     deleted: bool,
     released: bool,
     /// Keeps the lease while the lock is held; `None` once it is let go.
-    renewal: Option<lease::Renewal>,
+    renewal: Option<Renewal>,
+}
+
+/// A Redis lock as the renewing thread sees it: renewed by the renew script, which checks
+/// the token.
+struct RedisLease {
+    server: Arc<Server>,
+    session: SessionKey,
+    lock: String,
+    token: String,
+    term: Duration,
+}
+
+impl Lease for RedisLease {
+    fn session(&self) -> &SessionKey {
+        &self.session
+    }
+
+    fn renew(&self) -> Result<bool> {
+        self.server.renew(&self.lock, &self.token, self.term)
+    }
 }
 
 impl RedisLock {

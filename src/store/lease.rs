@@ -1,13 +1,15 @@
 //! The leases this process holds, renewed by one thread while their requests run.
 //!
-//! A Redis lock is a lease so that a holder that dies blocks its session for a bounded time;
-//! a holder that lives on keeps its lease by renewing it. Every lock the process takes
-//! registers here (a push under a mutex), and unregisters when it is saved and released,
-//! released or dropped (a removal under the same mutex). One thread, started when the
-//! process first holds a lock, renews each registered lease every third of its term with the
-//! renew script, which extends the lock only while it holds the holder's token: a renewal
-//! can never bring back a lock that was let go or taken by another, whatever the order in
-//! which the renewal and the release reach Redis.
+//! A server store's lock is a lease (Redis: a key's expiry; PostgreSQL: the connection's
+//! `idle_session_timeout`) so that a holder that dies or hangs blocks its session for a
+//! bounded time; a holder that lives on keeps its lease by renewing it. Every such lock the
+//! process takes registers here (a push under a mutex), and unregisters when it is saved and
+//! released, released or dropped (a removal under the same mutex). One thread, started when
+//! the process first holds a lock, renews each registered lease every third of its term
+//! through the store's [`Lease::renew`], which must extend the lock only while its holder
+//! holds it (Redis: a script that checks the token; PostgreSQL: a statement on the very
+//! connection that holds the lock): a renewal can never bring back a lock that was let go or
+//! taken by another, whatever the order in which the renewal and the release arrive.
 //!
 //! Nothing outlives its holder: a process that is killed renews nothing (its sessions are
 //! blocked at most one lease), and the thread never keeps the process alive (it is not
@@ -16,8 +18,19 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::Server;
+use crate::error::Result;
 use crate::store::SessionKey;
+
+/// A held lock as the renewing thread sees it.
+pub(crate) trait Lease: Send + Sync {
+    /// The session it locks, for the log (its `Debug` shows only the start of the id).
+    fn session(&self) -> &SessionKey;
+
+    /// Extends the lock by its term from now: `Ok(false)` if its holder no longer holds it
+    /// (the lease ran out, or the holder's connection went), and then it is not asked again;
+    /// an error if the store could not be asked now (it is asked again later).
+    fn renew(&self) -> Result<bool>;
+}
 
 /// The leases held in this process.
 static HELD: Held = Held {
@@ -41,43 +54,32 @@ struct Held {
 }
 
 struct State {
-    leases: Vec<Lease>,
+    leases: Vec<Registered>,
     next_id: u64,
     /// When the renewing thread wakes next; `None` when it waits for a lease to be held.
     wakes_at: Option<Instant>,
 }
 
 /// One held lock, as the renewing thread needs it.
-struct Lease {
+struct Registered {
     id: u64,
-    server: Arc<Server>,
-    /// For the log: its `Debug` shows only the start of the id.
-    session: SessionKey,
-    lock: String,
-    token: String,
+    lease: Arc<dyn Lease>,
     term: Duration,
     due: Instant,
-    /// A renewal failed for want of Redis, and was logged: the next failures are not.
+    /// A renewal failed for want of the store, and was logged: the next failures are not.
     warned: bool,
 }
 
 /// A lock's registration: while it lives, the lock's lease is renewed. Dropping it stops
 /// the renewals (a renewal already sent finds the token gone, or extends a lock that is
 /// still held and about to be released).
-pub(super) struct Renewal {
+pub(crate) struct Renewal {
     id: u64,
 }
 
 impl Renewal {
-    /// Renews the lock `lock` of `session`, held with `token`, every third of `term` until
-    /// dropped.
-    pub(super) fn start(
-        server: &Arc<Server>,
-        session: &SessionKey,
-        lock: &str,
-        token: &str,
-        term: Duration,
-    ) -> Renewal {
+    /// Renews `lease`, whose term is `term`, every third of it until dropped.
+    pub(crate) fn start(lease: Arc<dyn Lease>, term: Duration) -> Renewal {
         HELD.started.call_once(|| {
             // The default stack: the renewals may connect (name resolution, a TLS
             // handshake), and an unused stack costs address space, not memory or time.
@@ -86,7 +88,7 @@ impl Renewal {
                 .spawn(renew_forever);
             if let Err(e) = spawned {
                 log::error!(
-                    "cannot start the thread that renews Redis leases ({e}): a request that runs longer than PSOSessionLockLease loses its lock"
+                    "cannot start the thread that renews session locks ({e}): a request that runs longer than PSOSessionLockLease loses its lock"
                 );
             }
         });
@@ -94,12 +96,9 @@ impl Renewal {
         let mut state = HELD.lock();
         let id = state.next_id;
         state.next_id += 1;
-        state.leases.push(Lease {
+        state.leases.push(Registered {
             id,
-            server: server.clone(),
-            session: session.clone(),
-            lock: lock.to_owned(),
-            token: token.to_owned(),
+            lease,
             term,
             due,
             warned: false,
@@ -138,8 +137,8 @@ fn interval(term: Duration) -> Duration {
 /// What one renewal found.
 enum Outcome {
     Renewed,
-    /// The token no longer holds the lock: the lease ran out (the process stalled, or Redis
-    /// was away for a whole lease) and the holder's next save decides.
+    /// The holder no longer holds the lock: the lease ran out (the process stalled, or the
+    /// store was away for a whole lease) and the holder's next save decides.
     Lost,
     Failed(crate::Error),
 }
@@ -153,13 +152,7 @@ fn renew_forever() {
         let mut due = Vec::new();
         for lease in state.leases.iter_mut().filter(|lease| lease.due <= now) {
             lease.due = now + interval(lease.term);
-            due.push((
-                lease.id,
-                lease.server.clone(),
-                lease.lock.clone(),
-                lease.token.clone(),
-                lease.term,
-            ));
+            due.push((lease.id, lease.lease.clone()));
         }
         if due.is_empty() {
             let next = state.leases.iter().map(|lease| lease.due).min();
@@ -178,12 +171,13 @@ fn renew_forever() {
             };
             continue;
         }
-        // Redis is asked without the registry locked: requests register and let go meanwhile.
+        // The store is asked without the registry locked: requests register and let go
+        // meanwhile.
         drop(state);
         let outcomes: Vec<(u64, Outcome)> = due
             .into_iter()
-            .map(|(id, server, lock, token, term)| {
-                let outcome = match server.renew(&lock, &token, term) {
+            .map(|(id, lease)| {
+                let outcome = match lease.renew() {
                     Ok(true) => Outcome::Renewed,
                     Ok(false) => Outcome::Lost,
                     Err(e) => Outcome::Failed(e),
@@ -202,8 +196,8 @@ fn renew_forever() {
                 Outcome::Lost => {
                     let lease = state.leases.swap_remove(at);
                     log::warn!(
-                        "session {:?}: its lock in Redis lapsed before it could be renewed (its lease is {:?}): the request's next save goes on only if nobody took or changed the session meanwhile",
-                        lease.session,
+                        "session {:?}: its lock lapsed before it could be renewed (its lease is {:?}): the request's next save decides whether it goes on",
+                        lease.lease.session(),
                         lease.term
                     );
                 }
@@ -213,7 +207,7 @@ fn renew_forever() {
                         lease.warned = true;
                         log::warn!(
                             "session {:?}: cannot renew its lock, trying again: {}",
-                            lease.session,
+                            lease.lease.session(),
                             crate::error::ErrorChain(&e)
                         );
                     }
