@@ -28,14 +28,18 @@ pub struct Environment {
 /// environment must not log a session id or a store's password.
 ///
 /// ```
+/// let id = "0123456789abcdef0123456789abcdef0123456789abcdef";
 /// let env = pso::Environment::from_pairs([
-///     ("HTTP_COOKIE", "shop=0123456789abcdef"),
+///     ("HTTP_COOKIE", format!("shop={id}").as_str()),
+///     ("REDIRECT_HTTP_AUTHORIZATION", "Basic ZWdnczpzcGFt"),
+///     ("QUERY_STRING", format!("page=2&shop={id}").as_str()),
 ///     ("PSOSessionStore", "redis://:s3cret@cache/0"),
 ///     ("REQUEST_METHOD", "GET"),
 /// ]);
 /// let shown = format!("{env:?}");
 /// assert!(shown.contains("REQUEST_METHOD") && shown.contains("GET"));
-/// assert!(!shown.contains("0123456789") && !shown.contains("s3cret"));
+/// assert!(shown.contains("page=2&shop=<id>"));
+/// assert!(!shown.contains("0123456789") && !shown.contains("s3cret") && !shown.contains("ZWdn"));
 /// ```
 impl std::fmt::Debug for Environment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,19 +49,40 @@ impl std::fmt::Debug for Environment {
             if holds_secret(&text) {
                 map.entry(&text, &format_args!("<{} bytes, not shown>", value.len()));
             } else {
-                map.entry(&text, &value.to_string_lossy());
+                map.entry(&text, &without_ids(&value.to_string_lossy()));
             }
         }
         map.finish()
     }
 }
 
+/// `text` with every run of 20 or more letters and digits masked: a session id (in a query
+/// string, a URL, a Referer), a token, a key. Generous on purpose: it is for a person to read.
+fn without_ids(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_alphanumeric()) {
+        let run = rest[start..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(rest.len(), |end| start + end);
+        shown.push_str(&rest[..start]);
+        shown.push_str(if run - start >= 20 {
+            "<id>"
+        } else {
+            &rest[start..run]
+        });
+        rest = &rest[run..];
+    }
+    shown.push_str(rest);
+    shown
+}
+
 /// Whether a variable's value can hold a secret.
 fn holds_secret(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    upper.starts_with("HTTP_COOKIE")
-        || upper.starts_with("HTTP_AUTHORIZATION")
-        || upper.starts_with("HTTP_PROXY_AUTHORIZATION")
+    // Anywhere in the name: Apache passes them on as REDIRECT_HTTP_COOKIE after a rewrite.
+    upper.contains("HTTP_COOKIE")
+        || upper.contains("AUTHORIZATION")
         || upper.contains("PASSWORD")
         || upper.contains("SECRET")
         || upper.contains("TOKEN")

@@ -121,6 +121,11 @@ impl SessionId {
         SessionId(format!("{USER_RECORD_PREFIX}{hash:016x}"))
     }
 
+    /// Whether this is the id of a user record (what [`SessionId::user_record`] makes).
+    pub(crate) fn is_user_record(&self) -> bool {
+        self.0.starts_with(USER_RECORD_PREFIX)
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -124,14 +124,21 @@ pub(crate) fn repair(store: &dyn Store, service: &ServiceId, user: &str, clock: 
     let key = key_for(service, user);
     let repaired = store
         .lock(&key, LockOptions::new(LOCK_TIMEOUT))
-        .and_then(|mut lock| {
-            let before = clock.millis_now().saturating_sub(1);
-            let (record, _, rebuilt) = for_update(&mut *lock, clock.secs(), before)?;
-            if rebuilt { lock.save(&record) } else { Ok(()) }
-        });
+        .and_then(|mut lock| rebuild(&mut *lock, clock).map(drop));
     if let Err(e) = repaired {
         log::warn!("cannot rebuild the user record {key:?}: {}", ErrorChain(&e));
     }
+}
+
+/// Rebuilds the user record under `lock` if it cannot be read, as [`repair`] does: for a
+/// record a store move finds damaged. Whether it was.
+pub(crate) fn rebuild(lock: &mut dyn LockedSession, clock: Clock) -> Result<bool> {
+    let before = clock.millis_now().saturating_sub(1);
+    let (record, _, rebuilt) = for_update(lock, clock.secs(), before)?;
+    if rebuilt {
+        lock.save(&record)?;
+    }
+    Ok(rebuilt)
 }
 
 /// The longest a request waits for a user record's lock.

@@ -5,9 +5,9 @@
 //! Nothing here assumes a file system, so a Redis or SQL store fits the same shape.
 
 mod admin;
+pub mod file;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 mod lease;
-pub mod file;
 mod location;
 pub mod memory;
 mod moving;

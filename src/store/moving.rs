@@ -16,12 +16,14 @@
 //! sessions gone.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{ErrorKind, Result};
 use crate::id::SessionId;
 use crate::record::Record;
-use crate::store::{GcReport, LockOptions, LockedSession, SessionKey, Store};
+use crate::store::{
+    GcReport, LockOptions, LockedSession, SessionKey, Store, lock_deadline, time_left,
+};
 
 /// Sessions kept in `to`, moved over from `from` as they are touched.
 ///
@@ -68,20 +70,34 @@ impl MovingStore {
     }
 
     /// Moves `key`'s session now, waiting at most `timeout` for a request that holds it in
-    /// either store.
+    /// either store. A copy the old store keeps of a session the new store holds (a move
+    /// cut short) goes; a damaged user record ("log out everywhere") is rebuilt in the new
+    /// store, logging out every user it served, as a request would rebuild it: forgotten
+    /// with the old store, it would sign its users' old sessions in again.
     pub fn move_one(&self, key: &SessionKey, timeout: Duration) -> Result<Moved> {
-        let mut session = self.moving(self.to.lock(key, LockOptions::new(timeout))?, timeout);
-        let outcome = session.settle(true)?;
+        let options = LockOptions::new(timeout);
+        let mut session = self.moving(self.to.lock(key, options)?, options);
+        let mut outcome = session.settle()?;
+        match outcome {
+            Moved::AlreadyThere => session.remove_stale_copy()?,
+            Moved::Unreadable if key.id.is_user_record() => {
+                let clock = crate::expiry::Clock::starting_at(SystemTime::now());
+                crate::user_record::rebuild(&mut session, clock)?;
+                outcome = Moved::Moved;
+            }
+            _ => {}
+        }
         Box::new(session).release()?;
         Ok(outcome)
     }
 
-    fn moving(&self, target: Box<dyn LockedSession>, timeout: Duration) -> MovingLock {
+    fn moving(&self, target: Box<dyn LockedSession>, options: LockOptions) -> MovingLock {
         MovingLock {
             target,
             from: self.from.clone(),
-            timeout,
+            deadline: lock_deadline(options.timeout),
             settled: None,
+            stale_copy: false,
         }
     }
 }
@@ -90,9 +106,7 @@ impl Store for MovingStore {
     fn lock(&self, key: &SessionKey, options: LockOptions) -> Result<Box<dyn LockedSession>> {
         // The source is locked only when the session has to move: once settled, a request
         // costs what the new store alone costs.
-        Ok(Box::new(
-            self.moving(self.to.lock(key, options)?, options.timeout),
-        ))
+        Ok(Box::new(self.moving(self.to.lock(key, options)?, options)))
     }
 
     fn exists(&self, key: &SessionKey) -> Result<bool> {
@@ -146,66 +160,92 @@ impl Store for MovingStore {
 struct MovingLock {
     target: Box<dyn LockedSession>,
     from: Arc<dyn Store>,
-    /// How long to wait for the old store's lock.
-    timeout: Duration,
+    /// When the wait for this lock, and for the old store's, ends.
+    deadline: Option<Instant>,
     /// What the new store held once the session was settled, until the first load takes it
     /// (`None`: not settled yet).
     settled: Option<Settled>,
+    /// The old store may hold a copy of a session the new store holds (a move cut short
+    /// between its two steps), or a damaged one: it goes before anything is saved here, so
+    /// that it can never come back once the new store lets go of the key (a sign-out's
+    /// forward that expires, a shorter lifetime). Looked at only then: a request that
+    /// saves nothing costs what the new store alone costs.
+    stale_copy: bool,
 }
 
 enum Settled {
-    /// The record to hand to the first load (the new store's, moved there if need be).
-    Fresh(Option<Record>),
+    /// What the first load returns: the new store's record (moved there if need be), or
+    /// the old store's damage.
+    Fresh(Result<Option<Record>>),
     /// Handed out: loads go to the new store.
     Done,
 }
 
 impl MovingLock {
-    /// Brings the session over from the old store if the new store has none. With `tidy`,
-    /// also removes the old store's copy of a session both have (the new store's is the
-    /// truth); requests leave that to `pso sessions migrate`, which is what keeps a request
-    /// on a moved session from touching the old store at all.
-    fn settle(&mut self, tidy: bool) -> Result<Moved> {
+    /// Brings the session over from the old store if the new store has none: saved here,
+    /// then removed there, under its lock in both.
+    fn settle(&mut self) -> Result<Moved> {
         let here = self.target.load()?;
         let key = self.target.key().clone();
-        let (outcome, record) = if here.is_some() {
-            if tidy && self.from.exists(&key)? {
-                self.from.delete(&key)?;
-            }
-            (Moved::AlreadyThere, here)
+        let (outcome, first) = if here.is_some() {
+            self.stale_copy = true;
+            (Moved::AlreadyThere, Ok(here))
         } else if !self.from.exists(&key)? {
-            (Moved::Gone, None)
+            (Moved::Gone, Ok(None))
         } else {
-            let mut source = self.from.lock(&key, LockOptions::new(self.timeout))?;
+            let wait = time_left(self.deadline, &key)?.unwrap_or(Duration::MAX);
+            let mut source = self.from.lock(&key, LockOptions::new(wait))?;
             match source.load() {
                 Ok(Some(record)) => {
-                    // Saved here before it goes there: a crash in between leaves it in both,
-                    // and the new store's copy wins.
                     self.target.save(&record)?;
+                    // Saved here before it goes there: if it cannot go (the old store
+                    // failed, or a crash), the next save here removes the copy first.
+                    self.stale_copy = true;
                     source.delete()?;
                     source.release()?;
+                    self.stale_copy = false;
                     log::info!("session {key:?} moved to the new store");
-                    (Moved::Moved, Some(record))
+                    (Moved::Moved, Ok(Some(record)))
                 }
-                Ok(None) => (Moved::Gone, None),
+                Ok(None) => (Moved::Gone, Ok(None)),
                 Err(e) if e.kind() == ErrorKind::Corrupt => {
-                    // Nothing to move: the session starts afresh here, and the damaged file
-                    // is the old store's to collect.
+                    // Read as a damaged record of one store would be (a fresh session; a
+                    // user record rebuilt), and the damaged copy goes with the first save.
                     log::warn!("session {key:?} cannot be moved from the old store: {e}");
-                    (Moved::Unreadable, None)
+                    self.stale_copy = true;
+                    (Moved::Unreadable, Err(e))
                 }
                 Err(e) => return Err(e),
             }
         };
-        self.settled = Some(Settled::Fresh(record));
+        self.settled = Some(Settled::Fresh(first));
         Ok(outcome)
     }
 
     fn ensure_settled(&mut self) -> Result<()> {
         if self.settled.is_none() {
-            self.settle(false)?;
+            self.settle()?;
         }
         Ok(())
+    }
+
+    /// Removes the old store's copy of this session, if it has one (see `stale_copy`).
+    fn remove_stale_copy(&mut self) -> Result<()> {
+        if self.stale_copy {
+            let key = self.target.key().clone();
+            if self.from.exists(&key)? {
+                self.from.delete(&key)?;
+            }
+            self.stale_copy = false;
+        }
+        Ok(())
+    }
+
+    /// Before a save: settled, the old copy gone.
+    fn before_saving(&mut self) -> Result<()> {
+        self.ensure_settled()?;
+        self.settled = Some(Settled::Done);
+        self.remove_stale_copy()
     }
 }
 
@@ -217,20 +257,18 @@ impl LockedSession for MovingLock {
     fn load(&mut self) -> Result<Option<Record>> {
         self.ensure_settled()?;
         match self.settled.replace(Settled::Done) {
-            Some(Settled::Fresh(record)) => Ok(record),
+            Some(Settled::Fresh(first)) => first,
             _ => self.target.load(),
         }
     }
 
     fn save(&mut self, record: &Record) -> Result<()> {
-        self.ensure_settled()?;
-        self.settled = Some(Settled::Done);
+        self.before_saving()?;
         self.target.save(record)
     }
 
     fn save_and_release(&mut self, record: &Record) -> Result<()> {
-        self.ensure_settled()?;
-        self.settled = Some(Settled::Done);
+        self.before_saving()?;
         self.target.save_and_release(record)
     }
 
@@ -245,8 +283,9 @@ impl LockedSession for MovingLock {
         Ok(Box::new(MovingLock {
             target: self.target.lock_sibling(id, options)?,
             from: self.from.clone(),
-            timeout: options.timeout,
+            deadline: lock_deadline(options.timeout),
             settled: None,
+            stale_copy: false,
         }))
     }
 
@@ -427,13 +466,39 @@ mod tests {
             .path();
         std::fs::write(&file, b"not a record").unwrap();
         let mut lock = moving.lock(&k, options()).unwrap();
-        assert_eq!(lock.load().unwrap(), None);
+        // Damaged, as it would be in one store: the runner starts afresh, and a user record
+        // is rebuilt.
+        assert_eq!(lock.load().unwrap_err().kind(), ErrorKind::Corrupt);
         lock.save_and_release(&counted(1)).unwrap();
         drop(lock);
+        // The damaged copy went with the save.
+        assert!(!old.exists(&k).unwrap());
         assert_eq!(
             moving.move_one(&k, Duration::from_secs(1)).unwrap(),
             Moved::AlreadyThere
         );
-        assert!(!old.exists(&k).unwrap());
+    }
+
+    /// A move cut short between its two steps leaves the session in both stores: the first
+    /// save in the new store removes the old copy, so that a sign-out there (a forward that
+    /// expires) cannot bring the old copy back.
+    #[test]
+    fn a_copy_left_in_the_old_store_goes_with_the_first_save() {
+        let m = moving();
+        let k = key("svc");
+        put(&*m.old, &k, 1);
+        put(&*m.new, &k, 1);
+        let mut lock = m.moving.lock(&k, options()).unwrap();
+        assert_eq!(count(&lock.load().unwrap()), 1);
+        assert!(
+            m.old.exists(&k).unwrap(),
+            "a read alone costs the old store nothing"
+        );
+        lock.save_and_release(&counted(2)).unwrap();
+        drop(lock);
+        assert!(!m.old.exists(&k).unwrap());
+        // The new store lets go of the key: nothing comes back.
+        m.new.delete(&k).unwrap();
+        assert_eq!(m.moving.lock(&k, options()).unwrap().load().unwrap(), None);
     }
 }

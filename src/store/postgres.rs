@@ -155,8 +155,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::expiry::from_unix_secs;
 use crate::id::{ServiceId, SessionId};
 use crate::record::{MAX_RECORD_BYTES, Meta, Record};
-use crate::store::lease::{Lease, Renewal};
 use crate::store::admin::{Admin, Finding, Listed, Severity, listed_record};
+use crate::store::lease::{Lease, Renewal};
 use crate::store::{
     GcOutcome, GcReport, LockOptions, LockedSession, ServerKind, ServerUrl, SessionKey, Store,
     deleted_error,
@@ -237,6 +237,7 @@ SELECT CASE
          WHEN pg_try_advisory_lock(key.k) THEN 1
          WHEN (SELECT count(*) FROM pg_locks
                 WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                   AND classid = ((key.k >> 32) & 4294967295)::oid
                   AND objid = (key.k & 4294967295)::oid) >= $3 THEN 0
          ELSE (SELECT 1 FROM (SELECT pg_advisory_lock(key.k)) AS waited)

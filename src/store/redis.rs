@@ -34,7 +34,6 @@
 //! returning visitor is told why it ended, as with files), so collection has nothing to do.
 //! A record without expiry (a user's "log out everywhere" record) has no TTL.
 
-
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 

@@ -55,7 +55,14 @@ struct Tally {
     failed: u64,
 }
 
-fn open(text: &str, path: Option<&std::path::Path>) -> Result<Arc<dyn Admin>, String> {
+/// The store `text` names; `password_file`: whether `PSOSessionStorePasswordFile` is its
+/// password (the new store's only: the old one's password is in its URL, as requests read
+/// it, and must not go to another server).
+fn open(
+    text: &str,
+    path: Option<&std::path::Path>,
+    password_file: bool,
+) -> Result<Arc<dyn Admin>, String> {
     let location = StoreLocation::parse(text).map_err(|e| e.to_string())?;
     let (config, _) = pso::Config::from_env_checked(&pso::Environment::from_process());
     match location {
@@ -66,16 +73,19 @@ fn open(text: &str, path: Option<&std::path::Path>) -> Result<Arc<dyn Admin>, St
             ))
         }
         StoreLocation::Server(url) => {
-            inventory::open_server(&url, config.store_password_file.as_deref())
-                .map_err(|e| ErrorChain(&e).to_string())
+            let password_file = config
+                .store_password_file
+                .as_deref()
+                .filter(|_| password_file);
+            inventory::open_server(&url, password_file).map_err(|e| ErrorChain(&e).to_string())
         }
         _ => Err(format!("{text:?} names no store")),
     }
 }
 
 pub fn run(args: &Args, out: &mut impl Write) -> Result<(), String> {
-    let from = open(&args.from, args.from_path.as_deref())?;
-    let to = open(&args.to, args.to_path.as_deref())?;
+    let from = open(&args.from, args.from_path.as_deref(), false)?;
+    let to = open(&args.to, args.to_path.as_deref(), true)?;
     if from.place() == to.place() || one_store(&*from, &*to)? {
         return Err(format!(
             "--from and --to are the same store: {} and {}",
