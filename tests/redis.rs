@@ -960,6 +960,42 @@ fn requests_naming_many_stores_cannot_lock_the_process_out_of_its_own() {
     assert_eq!(status(Vec::new()), "Status: 200 OK");
 }
 
+/// Not a check but a measure, for comparing changes to the connection: a request's round trips
+/// through the store (lock, load, save and release) over TCP loopback, `PSO_CYCLES` cycles
+/// (2,000), their mean and median.
+/// `cargo test --features redis --test redis -- --ignored --nocapture cycles`
+#[test]
+#[ignore]
+fn cycles_of_lock_load_save_and_release_timed() {
+    let server = server();
+    let store = store_at(&server.url());
+    let k = key();
+    let cycles: u32 = std::env::var("PSO_CYCLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000);
+    let cycle = |n: u64| {
+        let started = Instant::now();
+        let mut lock = store
+            .lock(&k, LockOptions::new(Duration::from_secs(1)))
+            .unwrap();
+        lock.load().unwrap();
+        lock.save_and_release(&counted(n)).unwrap();
+        started.elapsed()
+    };
+    for n in 0..200 {
+        cycle(n);
+    }
+    let mut times: Vec<Duration> = (0..u64::from(cycles)).map(cycle).collect();
+    let total: Duration = times.iter().sum();
+    times.sort();
+    eprintln!(
+        "{cycles} cycles: mean {:.1} µs, median {:.1} µs per cycle",
+        (total / cycles).as_secs_f64() * 1e6,
+        times[times.len() / 2].as_secs_f64() * 1e6
+    );
+}
+
 /// The defects a hostile review of the Redis store found, each kept as the test that showed
 /// it (all failed before their fixes): a TLS cluster URL that connected in clear, passwords
 /// with `?` or `#` printed, a request sending the process's password file to a server of its
