@@ -484,6 +484,61 @@ fn a_password_comes_from_the_url_or_a_private_file_and_is_never_printed() {
     }
 }
 
+/// pso logs in itself on a connection to one server: the password alone, a user and password
+/// (an ACL user), over RESP2 or RESP3 (`HELLO 3 AUTH`), and the database the URL names.
+#[test]
+fn a_urls_user_password_protocol_and_database_are_used() {
+    let Some(server) = RedisServer::start_with(&["--requirepass", "s3cret-pw"]) else {
+        return;
+    };
+    server.cli(&[
+        "-a",
+        "s3cret-pw",
+        "ACL",
+        "SETUSER",
+        "site",
+        "on",
+        ">site-pw",
+        "~*",
+        "+@all",
+    ]);
+    let port = server.port;
+    for (db, url) in [
+        (3, format!("redis://:s3cret-pw@127.0.0.1:{port}/3")),
+        (
+            4,
+            format!("redis://:s3cret-pw@127.0.0.1:{port}/4?protocol=resp3"),
+        ),
+        (5, format!("redis://site:site-pw@127.0.0.1:{port}/5")),
+        (
+            6,
+            format!("redis://site:site-pw@127.0.0.1:{port}/6?protocol=resp3"),
+        ),
+    ] {
+        let store = store_at(&url);
+        let k = key();
+        let mut lock = store
+            .lock(
+                &k,
+                LockOptions::new(Duration::from_secs(1)).with_create(true),
+            )
+            .unwrap();
+        lock.save_and_release(&counted(db)).unwrap();
+        assert_eq!(
+            server.cli(&["-a", "s3cret-pw", "-n", &db.to_string(), "DBSIZE"]),
+            "1",
+            "{url}"
+        );
+    }
+    // A wrong password is refused by the server: an error, not a session.
+    let wrong = store_at(&format!("redis://site:wrong-pw@127.0.0.1:{port}/7"));
+    assert!(
+        wrong
+            .lock(&key(), LockOptions::new(Duration::ZERO))
+            .is_err()
+    );
+}
+
 #[test]
 fn a_request_cannot_move_the_store_the_process_environment_names() {
     let server = server();
