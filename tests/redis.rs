@@ -484,6 +484,61 @@ fn a_password_comes_from_the_url_or_a_private_file_and_is_never_printed() {
     }
 }
 
+/// pso logs in itself on a connection to one server: the password alone, a user and password
+/// (an ACL user), over RESP2 or RESP3 (`HELLO 3 AUTH`), and the database the URL names.
+#[test]
+fn a_urls_user_password_protocol_and_database_are_used() {
+    let Some(server) = RedisServer::start_with(&["--requirepass", "s3cret-pw"]) else {
+        return;
+    };
+    server.cli(&[
+        "-a",
+        "s3cret-pw",
+        "ACL",
+        "SETUSER",
+        "site",
+        "on",
+        ">site-pw",
+        "~*",
+        "+@all",
+    ]);
+    let port = server.port;
+    for (db, url) in [
+        (3, format!("redis://:s3cret-pw@127.0.0.1:{port}/3")),
+        (
+            4,
+            format!("redis://:s3cret-pw@127.0.0.1:{port}/4?protocol=resp3"),
+        ),
+        (5, format!("redis://site:site-pw@127.0.0.1:{port}/5")),
+        (
+            6,
+            format!("redis://site:site-pw@127.0.0.1:{port}/6?protocol=resp3"),
+        ),
+    ] {
+        let store = store_at(&url);
+        let k = key();
+        let mut lock = store
+            .lock(
+                &k,
+                LockOptions::new(Duration::from_secs(1)).with_create(true),
+            )
+            .unwrap();
+        lock.save_and_release(&counted(db)).unwrap();
+        assert_eq!(
+            server.cli(&["-a", "s3cret-pw", "-n", &db.to_string(), "DBSIZE"]),
+            "1",
+            "{url}"
+        );
+    }
+    // A wrong password is refused by the server: an error, not a session.
+    let wrong = store_at(&format!("redis://site:wrong-pw@127.0.0.1:{port}/7"));
+    assert!(
+        wrong
+            .lock(&key(), LockOptions::new(Duration::ZERO))
+            .is_err()
+    );
+}
+
 #[test]
 fn a_request_cannot_move_the_store_the_process_environment_names() {
     let server = server();
@@ -958,6 +1013,42 @@ fn requests_naming_many_stores_cannot_lock_the_process_out_of_its_own() {
     }
     // A request with the process's own configuration is served all the same.
     assert_eq!(status(Vec::new()), "Status: 200 OK");
+}
+
+/// Not a check but a measure, for comparing changes to the connection: a request's round trips
+/// through the store (lock, load, save and release) over TCP loopback, `PSO_CYCLES` cycles
+/// (2,000), their mean and median.
+/// `cargo test --features redis --test redis -- --ignored --nocapture cycles`
+#[test]
+#[ignore]
+fn cycles_of_lock_load_save_and_release_timed() {
+    let server = server();
+    let store = store_at(&server.url());
+    let k = key();
+    let cycles: u32 = std::env::var("PSO_CYCLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000);
+    let cycle = |n: u64| {
+        let started = Instant::now();
+        let mut lock = store
+            .lock(&k, LockOptions::new(Duration::from_secs(1)))
+            .unwrap();
+        lock.load().unwrap();
+        lock.save_and_release(&counted(n)).unwrap();
+        started.elapsed()
+    };
+    for n in 0..200 {
+        cycle(n);
+    }
+    let mut times: Vec<Duration> = (0..u64::from(cycles)).map(cycle).collect();
+    let total: Duration = times.iter().sum();
+    times.sort();
+    eprintln!(
+        "{cycles} cycles: mean {:.1} µs, median {:.1} µs per cycle",
+        (total / cycles).as_secs_f64() * 1e6,
+        times[times.len() / 2].as_secs_f64() * 1e6
+    );
 }
 
 /// The defects a hostile review of the Redis store found, each kept as the test that showed

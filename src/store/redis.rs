@@ -34,10 +34,14 @@
 //! returning visitor is told why it ended, as with files), so collection has nothing to do.
 //! A record without expiry (a user's "log out everywhere" record) has no TTL.
 
+mod connection;
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use redis::{Connection, ConnectionInfo, ConnectionLike, IntoConnectionInfo, RedisError, Script};
+use redis::{ConnectionLike, IntoConnectionInfo, RedisError, Script};
+
+use connection::{Connection, Endpoint};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{ServiceId, SessionId};
@@ -49,9 +53,10 @@ use crate::store::{
     deleted_error, lock_deadline, time_left,
 };
 
-/// The longest a connection may take to open.
+/// The longest a connection may take to open (on one server: connecting, TLS and logging in).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
-/// The longest one command may take to be sent or answered.
+/// The longest one command may take, from its write to the end of its reply (on a cluster:
+/// each read or write of it).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 /// The most requests that wait for one session at once; more get a 503 at once.
 pub const MAX_WAITERS: i64 = 64;
@@ -244,9 +249,9 @@ struct Server {
 
 /// How to reach the server.
 enum Target {
-    Single(ConnectionInfo),
+    Single(Endpoint),
     #[cfg(feature = "redis-cluster")]
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// A connection to a server, or to every primary of a cluster (which follows `MOVED` and
@@ -266,19 +271,29 @@ impl Conn {
         }
     }
 
-    fn set_read_timeout(&self, timeout: Duration) -> redis::RedisResult<()> {
+    /// How long each command may take from now on (on a cluster: each read).
+    fn set_command_timeout(&mut self, timeout: Duration) -> redis::RedisResult<()> {
         match self {
-            Conn::Single(con) => con.set_read_timeout(Some(timeout)),
+            Conn::Single(con) => {
+                con.set_timeout(timeout);
+                Ok(())
+            }
             #[cfg(feature = "redis-cluster")]
             Conn::Cluster(con) => con.set_read_timeout(Some(timeout)),
         }
     }
 
-    fn set_write_timeout(&self, timeout: Duration) -> redis::RedisResult<()> {
+    /// Sends `cmd` to run behind the last command, which timed out, on a connection about to
+    /// be dropped. One server: not waiting for its reply; a cluster: waiting, as a command.
+    fn send_behind(&mut self, cmd: &redis::Cmd) {
         match self {
-            Conn::Single(con) => con.set_write_timeout(Some(timeout)),
+            Conn::Single(con) => {
+                let _ = con.send_behind(&cmd.get_packed_command());
+            }
             #[cfg(feature = "redis-cluster")]
-            Conn::Cluster(con) => con.set_write_timeout(Some(timeout)),
+            Conn::Cluster(con) => {
+                let _ = cmd.query::<redis::Value>(con.as_mut());
+            }
         }
     }
 
@@ -433,6 +448,7 @@ fn install_crypto_provider() {
 
 /// `TCP_NODELAY`: a command is one write and its answer awaited, so Nagle's algorithm can only
 /// hold back a command sent behind another (the release behind a timed-out acquire).
+#[cfg(feature = "redis-cluster")]
 fn tcp_settings() -> redis::io::tcp::TcpSettings {
     redis::io::tcp::TcpSettings::default().set_nodelay(true)
 }
@@ -450,10 +466,9 @@ fn single(url: &ServerUrl, password: Option<&str>) -> Result<Target> {
         }
         settings = settings.set_password(password);
     }
-    Ok(Target::Single(
-        info.set_redis_settings(settings)
-            .set_tcp_settings(tcp_settings()),
-    ))
+    let endpoint = Endpoint::new(info.addr(), settings)
+        .map_err(|why| Error::new(ErrorKind::Invalid, format!("{url}: {why}")))?;
+    Ok(Target::Single(endpoint))
 }
 
 fn two_passwords(url: &ServerUrl) -> Error {
@@ -527,7 +542,7 @@ fn cluster(url: &ServerUrl, password: Option<&str>) -> Result<Target> {
     let client = builder.build().map_err(|e| {
         Error::with_source(ErrorKind::Invalid, format!("{url}: not a cluster URL"), e)
     })?;
-    Ok(Target::Cluster(client))
+    Ok(Target::Cluster(Box::new(client)))
 }
 
 /// `%xx` escapes decoded, as in the password of a URL.
@@ -633,21 +648,24 @@ impl Server {
     }
 
     fn connect(&self) -> Result<Conn> {
-        let con = match &self.target {
-            Target::Single(info) => redis::Client::open(info.clone())
-                .and_then(|client| client.get_connection_with_timeout(CONNECT_TIMEOUT))
-                .map(Conn::Single),
+        match &self.target {
+            Target::Single(endpoint) => {
+                Connection::open(endpoint, CONNECT_TIMEOUT, COMMAND_TIMEOUT)
+                    .map(Conn::Single)
+                    .map_err(|e| self.error("connecting", e))
+            }
             #[cfg(feature = "redis-cluster")]
-            Target::Cluster(client) => client
-                .get_connection()
-                .map(|con| Conn::Cluster(Box::new(con))),
+            Target::Cluster(client) => {
+                let con = client
+                    .get_connection()
+                    .map_err(|e| self.error("connecting", e))?;
+                // A connection's timeouts start unset: a stalled server would hang the request.
+                con.set_read_timeout(Some(COMMAND_TIMEOUT))
+                    .and_then(|()| con.set_write_timeout(Some(COMMAND_TIMEOUT)))
+                    .map_err(|e| self.error("setting timeouts", e))?;
+                Ok(Conn::Cluster(Box::new(con)))
+            }
         }
-        .map_err(|e| self.error("connecting", e))?;
-        // A connection's timeouts start unset: a stalled server would hang the request.
-        con.set_read_timeout(COMMAND_TIMEOUT)
-            .and_then(|()| con.set_write_timeout(COMMAND_TIMEOUT))
-            .map_err(|e| self.error("setting timeouts", e))?;
-        Ok(con)
     }
 
     /// pso's error for a failed call: a server that cannot be reached or answer now is
@@ -865,9 +883,7 @@ impl Store for RedisStore {
                 // A stalled server runs the script late, and would give the lock to a token
                 // nobody holds for a whole lease: the release follows it on the same
                 // connection (sent now, run right after it).
-                |con| {
-                    let _ = release_command(&keys, &token).query::<i64>(con.like());
-                },
+                |con| con.send_behind(&release_command(&keys, &token)),
             );
             let reply = match acquired {
                 Ok(reply) => reply,
@@ -927,14 +943,14 @@ impl Store for RedisStore {
             }
             let wait = wait.max(Duration::from_millis(10));
             let waited = self.server.run("waiting for a session's lock", |con| {
-                // The server answers after `wait`: the read must not time out first, or
+                // The server answers after `wait`: the command must not time out first, or
                 // the next command would queue behind the BLPOP still blocked there.
-                con.set_read_timeout(wait + COMMAND_TIMEOUT)?;
+                con.set_command_timeout(wait + COMMAND_TIMEOUT)?;
                 let woken: redis::RedisResult<Option<(Vec<u8>, Vec<u8>)>> = redis::cmd("BLPOP")
                     .arg(&keys.wake)
                     .arg(wait.as_secs_f64())
                     .query(con.like());
-                con.set_read_timeout(COMMAND_TIMEOUT)?;
+                con.set_command_timeout(COMMAND_TIMEOUT)?;
                 woken.map(|_| ())
             });
             if let Err(e) = waited {
