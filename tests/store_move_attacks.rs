@@ -1,15 +1,9 @@
-//! The fourth attack's reproductions: each test states what must hold, and FAILS on the code it
-//! was written against (main 6b7850d). They are `#[ignore]`d so that the other tests of a
-//! build stay green; run them with
-//!
-//! ```text
-//! CARGO_BUILD_JOBS=1 cargo test --features redis,redis-cluster,postgres --test attack4 -- --ignored --test-threads=1
-//! ```
-//!
-//! The moving-store tests need no server (memory and file stores, through `Service::serve`
-//! with a clock of the test's); the PostgreSQL ones start a private cluster
-//! (tests/common/postgres.rs). The `held_*` tests are not ignored and pass: what was tried and
-//! held.
+//! Attacks on a site moving between stores, and on the fixes around it (the fourth attack's
+//! reproductions, docs/attacks/round-4.md): a move cut short, damaged user records in the old
+//! store, what `Environment`'s Debug shows, PostgreSQL's waiter cap across databases. Each
+//! failed on main 6b7850d and states what must hold. The moving-store tests need no server
+//! (memory and file stores, through `Service::serve` with the test's clock); the PostgreSQL
+//! ones start a private cluster (tests/common/postgres.rs).
 
 #![cfg(all(feature = "redis", feature = "postgres"))]
 
