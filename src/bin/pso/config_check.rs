@@ -142,30 +142,23 @@ pub fn run(args: Args) -> ExitCode {
     }
     let user = args.user.unwrap_or_else(User::current);
     let mut evaluation = variables::evaluate(&layered, &user, SystemTime::now());
-    for problem in file_problems {
+    let subject = args
+        .htaccess
+        .as_ref()
+        .map_or_else(String::new, |path| path.display().to_string());
+    let refused = file_problems.into_iter().map(|problem| variables::Finding {
+        level: Level::Error,
+        message: format!("{problem} (Apache refuses the whole file)"),
+    });
+    let warned = file_warnings.into_iter().map(|message| variables::Finding {
+        level: Level::Warning,
+        message,
+    });
+    for finding in refused.chain(warned) {
         evaluation.problems.push(variables::Problem {
-            subject: args
-                .htaccess
-                .as_ref()
-                .map_or_else(String::new, |path| path.display().to_string()),
+            subject: subject.clone(),
             source: None,
-            finding: variables::Finding {
-                level: Level::Error,
-                message: format!("{problem} (Apache refuses the whole file)"),
-            },
-        });
-    }
-    for warning in file_warnings {
-        evaluation.problems.push(variables::Problem {
-            subject: args
-                .htaccess
-                .as_ref()
-                .map_or_else(String::new, |path| path.display().to_string()),
-            source: None,
-            finding: variables::Finding {
-                level: Level::Warning,
-                message: warning,
-            },
+            finding,
         });
     }
     let (config, _) = pso::Config::from_env_checked(&layered.environment());
