@@ -458,7 +458,7 @@ impl Record {
     }
 
     /// Whether the value under `key` is bincode, as pso wrote values before format version 2
-    /// (see the [module documentation](self)); `None` if there is none.
+    /// (the README's "File format"); `None` if there is none.
     pub fn is_bincode(&self, key: &str) -> Option<bool> {
         self.lookup(key)
             .map(|value| matches!(value, Value::Bincode(_)))
@@ -488,8 +488,8 @@ impl Record {
     /// The record in pso's versioned format: magic `PSOS`, format version `2`, payload length
     /// (u32 little-endian), CRC-32 of version, length and payload, then the payload (bincode 2,
     /// standard configuration), each value in it MessagePack or, carried over from a version-1
-    /// record, tagged bincode (see the [module documentation](self)). Every store keeps records
-    /// in this format.
+    /// record, tagged bincode (the README's "File format"). Every store keeps records in this
+    /// format.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let failed = |e| Error::with_source(ErrorKind::Encode, "the session cannot be encoded", e);
         let mut bytes = vec![0u8; HEADER_LEN];
