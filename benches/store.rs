@@ -1,6 +1,8 @@
 //! The work inside one request, with criterion (`cargo bench --bench store`): a session's
 //! lock, load and save beside 1,000 and 1,000,000 other sessions; cookie parsing; expiry
-//! evaluation; id generation.
+//! evaluation; id generation; a value's encoding and decoding, as pso does it (MessagePack with
+//! fields by name) beside bincode as pso did it before record format version 2
+//! (`cargo bench --bench store -- value`, which also prints the sizes).
 //!
 //! The directories of other sessions are made once under `target/bench/` and kept (a million
 //! empty session files takes a minute or two to create).
@@ -81,5 +83,83 @@ fn parsing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, lock_load_save, parsing);
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Entry {
+    name: String,
+    message: String,
+    at: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Profile {
+    id: u64,
+    name: String,
+    email: String,
+    bio: String,
+    tags: Vec<String>,
+    admin: bool,
+    scores: Vec<u32>,
+}
+
+/// Encodes and decodes `value` through a record (MessagePack, checked before decoding) and as
+/// bincode with the limit pso used, exactly consumed.
+fn value<T>(c: &mut Criterion, name: &str, value: &T)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let config = bincode::config::standard().with_limit::<{ 64 << 20 }>();
+    let bincode_bytes = bincode::serde::encode_to_vec(value, config).unwrap();
+    let mut record = Record::new(Meta::new(1_700_000_000));
+    record.set("v", value).unwrap();
+    eprintln!(
+        "value {name}: {} bytes in MessagePack, {} in bincode",
+        record.value_len("v").unwrap(),
+        bincode_bytes.len()
+    );
+    let mut group = c.benchmark_group(format!("value {name}"));
+    group.bench_function("MessagePack encode", |b| {
+        b.iter(|| record.set("v", black_box(value)).unwrap())
+    });
+    group.bench_function("bincode encode", |b| {
+        b.iter(|| bincode::serde::encode_to_vec(black_box(value), config).unwrap())
+    });
+    group.bench_function("MessagePack decode", |b| {
+        b.iter(|| black_box(record.get::<T>(black_box("v")).unwrap()))
+    });
+    group.bench_function("bincode decode", |b| {
+        b.iter(|| {
+            let (v, used) =
+                bincode::serde::decode_from_slice::<T, _>(black_box(&bincode_bytes), config)
+                    .unwrap();
+            assert_eq!(used, bincode_bytes.len());
+            black_box(v)
+        })
+    });
+    group.finish();
+}
+
+fn values(c: &mut Criterion) {
+    value(c, "u64 counter", &123_456u64);
+    value(c, "String", &"Eggs and spam, a fine breakfast".to_owned());
+    let entries: Vec<Entry> = (0..20)
+        .map(|i| Entry {
+            name: format!("visitor {i}"),
+            message: "Lovely site!".into(),
+            at: 1_700_000_000 + i,
+        })
+        .collect();
+    value(c, "Vec of 20 structs", &entries);
+    let profile = Profile {
+        id: 42,
+        name: "Eggs Benedict".into(),
+        email: "eggs@example.org".into(),
+        bio: "x".repeat(880),
+        tags: (0..10).map(|i| format!("tag{i}")).collect(),
+        admin: false,
+        scores: (0..40).collect(),
+    };
+    value(c, "1 KiB struct", &profile);
+}
+
+criterion_group!(benches, lock_load_save, parsing, values);
 criterion_main!(benches);

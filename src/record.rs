@@ -1,14 +1,37 @@
-//! The session record and its versioned binary format: the only module that knows bincode.
+//! The session record and its versioned binary format: the only module that knows bincode
+//! and MessagePack.
 //!
 //! Every store keeps records in this format, so a store can be migrated byte for byte:
 //!
 //! | bytes | content |
 //! | --- | --- |
 //! | 0..4 | magic `PSOS` |
-//! | 4 | format version, `1` |
+//! | 4 | format version, `2` (`1` still reads) |
 //! | 5..9 | payload length, u32 little-endian |
 //! | 9..13 | CRC-32 of bytes 4..9 and of the payload |
 //! | 13.. | payload: [`Meta`], then the values as a map from key to the value's own bytes, in bincode 2 (standard configuration) |
+//!
+//! The envelope is bincode; each value is encoded on its own:
+//!
+//! - Format version 2 writes a value as MessagePack with struct fields by name
+//!   (`rmp_serde::to_vec_named`), so a value reads back into a type that changed the way serde
+//!   types change between releases: a field added with `#[serde(default)]` (or as an `Option`)
+//!   takes its default, a removed field is skipped, a field renamed with `#[serde(alias)]`
+//!   still reads.
+//! - Format version 1 wrote every value as bincode 2 (standard configuration): fields in
+//!   order, no names, so a struct that gained a field cannot read its old values. A version-1
+//!   record still loads, its values as bincode. A value that a version-2 record carries over
+//!   from one (loaded, not set again) is written as the byte `0xc1` followed by its bincode:
+//!   `0xc1` is the one byte MessagePack never uses, so it cannot start a MessagePack value.
+//!
+//! A value is decoded when it is asked for, never when the record is loaded: a value that
+//! does not read as the type asked for is an error of kind [`ErrorKind::Decode`] for that
+//! value only. Before MessagePack bytes reach serde they are checked to be exactly one
+//! well-formed item whose every declared length (of a string, an array, a map) fits in the
+//! bytes that are left, without allocating; serde's decoder is then limited to
+//! [`MAX_VALUE_DEPTH`] levels of nesting. So a hostile value can neither make its decoder
+//! allocate what a length prefix claims nor recurse until the stack overflows; bincode values
+//! are decoded with its own limit, as before.
 //!
 //! A record whose magic, version, length or checksum is wrong, whose payload does not decode
 //! exactly, or that exceeds the size cap is [`ErrorKind::Corrupt`]: decoding never panics.
@@ -34,7 +57,16 @@ use crate::error::{Error, ErrorKind, Result};
 pub const MAX_RECORD_BYTES: u64 = 64 << 20;
 
 const MAGIC: &[u8; 4] = b"PSOS";
-const VERSION: u8 = 1;
+/// The format version written.
+const VERSION: u8 = 2;
+/// The first format version: every value bincode. Still read.
+const BINCODE_VERSION: u8 = 1;
+/// In a version-2 record, the first byte of a value carried over from a version-1 record: the
+/// bincode follows. MessagePack never uses this byte, so no MessagePack value starts with it.
+const BINCODE_VALUE: u8 = 0xc1;
+/// The deepest nesting of arrays and maps a MessagePack value may have: more than any session
+/// value needs (serde_json stops at the same depth), and far from overflowing a thread's stack.
+pub const MAX_VALUE_DEPTH: usize = 128;
 /// Length of the fixed header before the payload.
 pub const HEADER_LEN: usize = 13;
 
@@ -141,6 +173,34 @@ pub struct Record {
 struct Stored {
     bytes: Vec<u8>,
     index: Vec<Slot>,
+    /// Read from a version-1 record: every value is bincode, with no tag.
+    all_bincode: bool,
+}
+
+/// A value's bytes and how they are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Value<'a> {
+    /// MessagePack with fields by name: what this version writes.
+    Named(&'a [u8]),
+    /// bincode 2, from a version-1 record (without the tag byte).
+    Bincode(&'a [u8]),
+}
+
+impl<'a> Value<'a> {
+    /// A value as a version-2 record holds it: the tag tells bincode apart.
+    fn tagged(bytes: &'a [u8]) -> Value<'a> {
+        match bytes.split_first() {
+            Some((&BINCODE_VALUE, rest)) => Value::Bincode(rest),
+            _ => Value::Named(bytes),
+        }
+    }
+
+    /// The encoded value, without a tag.
+    fn bytes(self) -> &'a [u8] {
+        match self {
+            Value::Named(bytes) | Value::Bincode(bytes) => bytes,
+        }
+    }
 }
 
 /// Offsets into [`Stored::bytes`]; u32 is enough, as records are at most 64 MiB.
@@ -189,11 +249,16 @@ impl Stored {
         std::str::from_utf8(range(&self.bytes, slot.key, slot.key_len)).unwrap_or("")
     }
 
-    fn value(&self, slot: &Slot) -> &[u8] {
-        range(&self.bytes, slot.value, slot.value_len)
+    fn value(&self, slot: &Slot) -> Value<'_> {
+        let bytes = range(&self.bytes, slot.value, slot.value_len);
+        if self.all_bincode {
+            Value::Bincode(bytes)
+        } else {
+            Value::tagged(bytes)
+        }
     }
 
-    fn find(&self, key: &str) -> Option<&[u8]> {
+    fn find(&self, key: &str) -> Option<Value<'_>> {
         let position = self
             .index
             .binary_search_by(|slot| self.key(slot).cmp(key))
@@ -226,7 +291,7 @@ impl<'a> View<'a> {
 }
 
 impl<'a> Iterator for View<'a> {
-    type Item = (&'a str, &'a [u8]);
+    type Item = (&'a str, Value<'a>);
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -248,7 +313,7 @@ impl<'a> Iterator for View<'a> {
                     .map(|slot| (stored.key(slot), stored.value(slot)));
             }
             if let Some((key, Some(value))) = self.changes.next() {
-                return Some((key.as_str(), value.as_slice()));
+                return Some((key.as_str(), Value::Named(value)));
             }
             // A removed key: nothing to show, look further.
         }
@@ -282,10 +347,10 @@ impl Record {
         View::new(&self.stored, &self.changes)
     }
 
-    /// The encoded bytes under `key`.
-    fn lookup(&self, key: &str) -> Option<&[u8]> {
+    /// The encoded value under `key`.
+    fn lookup(&self, key: &str) -> Option<Value<'_>> {
         match self.changes.values.get(key) {
-            Some(change) => change.as_deref(),
+            Some(change) => change.as_deref().map(Value::Named),
             None if self.changes.cleared => None,
             None => self.stored.find(key),
         }
@@ -293,33 +358,50 @@ impl Record {
 
     /// The value under `key`, decoded as `T`; `None` if there is none.
     ///
-    /// A value that does not decode as `T` exactly (another type, trailing bytes) is an error of
-    /// kind [`ErrorKind::Decode`]. Types with the same encoding (`u32` and `u64`, `String` and
-    /// `Vec<u8>`) read each other's values; others fail.
+    /// A value reads as `T` where serde would read it from JSON: a struct's fields are matched
+    /// by name, so a field added with `#[serde(default)]` or as an `Option` takes its default
+    /// and a field the value has but `T` no longer does is skipped. A value that does not
+    /// read as `T` (another type, garbled bytes) is an error of kind [`ErrorKind::Decode`].
+    /// Integers of any width read each other where the number fits.
+    ///
+    /// Values written by pso before format version 2 are bincode, which has no names: they
+    /// read only as the type that wrote them (or one encoded the same, such as `u32` and
+    /// `u64`) until they are set again.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// #[derive(Serialize)]
+    /// struct Before { name: String, message: String }
+    /// #[derive(Deserialize)]
+    /// struct After { name: String, #[serde(default)] stars: u8 }
+    ///
+    /// let mut record = pso::Record::new(pso::Meta::new(1_000));
+    /// record.set("entry", &Before { name: "Eggs".into(), message: "Hi".into() })?;
+    /// let after: After = record.get("entry")?.unwrap();
+    /// assert_eq!((after.name.as_str(), after.stars), ("Eggs", 0));
+    /// assert_eq!(record.get::<u64>("entry").unwrap_err().kind(), pso::ErrorKind::Decode);
+    /// # Ok::<(), pso::Error>(())
+    /// ```
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let Some(bytes) = self.lookup(key) else {
+        let Some(value) = self.lookup(key) else {
             return Ok(None);
         };
-        let (value, used) =
-            bincode::serde::decode_from_slice::<T, _>(bytes, codec()).map_err(|e| {
-                Error::with_source(
-                    ErrorKind::Decode,
-                    format!("session value {key:?} is not of the type asked for"),
-                    e,
-                )
-            })?;
-        if used != bytes.len() {
-            return Err(Error::new(
+        let mismatch = |e: ValueError| {
+            Error::with_source(
                 ErrorKind::Decode,
-                format!("session value {key:?} is not of the type asked for (bytes left over)"),
-            ));
+                format!("session value {key:?} is not of the type asked for"),
+                e,
+            )
+        };
+        match value {
+            Value::Named(bytes) => decode_named(bytes).map_err(mismatch).map(Some),
+            Value::Bincode(bytes) => decode_bincode(bytes).map_err(mismatch).map(Some),
         }
-        Ok(Some(value))
     }
 
     /// Stores `value` under `key`, replacing what was there.
     pub fn set<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
-        let bytes = bincode::serde::encode_to_vec(value, codec()).map_err(|e| {
+        let bytes = rmp_serde::to_vec_named(value).map_err(|e| {
             Error::with_source(
                 ErrorKind::Encode,
                 format!("session value {key:?} cannot be encoded"),
@@ -372,7 +454,14 @@ impl Record {
 
     /// The encoded size of the value under `key`.
     pub fn value_len(&self, key: &str) -> Option<usize> {
-        self.lookup(key).map(<[u8]>::len)
+        self.lookup(key).map(|value| value.bytes().len())
+    }
+
+    /// Whether the value under `key` is bincode, as pso wrote values before format version 2
+    /// (the README's "File format"); `None` if there is none.
+    pub fn is_bincode(&self, key: &str) -> Option<bool> {
+        self.lookup(key)
+            .map(|value| matches!(value, Value::Bincode(_)))
     }
 
     /// The state to come back to with [`Record::restore`], or to compare with.
@@ -396,17 +485,29 @@ impl Record {
                 || self.view().eq(View::new(&self.stored, &checkpoint.changes)))
     }
 
-    /// The record in pso's versioned format: magic `PSOS`, format version `1`, payload length
+    /// The record in pso's versioned format: magic `PSOS`, format version `2`, payload length
     /// (u32 little-endian), CRC-32 of version, length and payload, then the payload (bincode 2,
-    /// standard configuration). Every store keeps records in this format.
+    /// standard configuration), each value in it MessagePack or, carried over from a version-1
+    /// record, tagged bincode (the README's "File format"). Every store keeps records in this
+    /// format.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let failed = |e| Error::with_source(ErrorKind::Encode, "the session cannot be encoded", e);
         let mut bytes = vec![0u8; HEADER_LEN];
         bincode::serde::encode_into_std_write(&self.meta, &mut bytes, codec()).map_err(failed)?;
         let count = self.view().count() as u64;
         bincode::serde::encode_into_std_write(count, &mut bytes, codec()).map_err(failed)?;
+        let mut tagged = Vec::new();
         for (key, value) in self.view() {
             bincode::serde::encode_into_std_write(key, &mut bytes, codec()).map_err(failed)?;
+            let value = match value {
+                Value::Named(value) => value,
+                Value::Bincode(value) => {
+                    tagged.clear();
+                    tagged.push(BINCODE_VALUE);
+                    tagged.extend_from_slice(value);
+                    &tagged
+                }
+            };
             bincode::serde::encode_into_std_write(
                 serde_bytes::Bytes::new(value),
                 &mut bytes,
@@ -429,7 +530,7 @@ impl Record {
     /// Whether `bytes` carry pso's magic but a format version this pso does not read: written by
     /// another version of pso, so not for this one to judge.
     pub fn is_other_version(bytes: &[u8]) -> bool {
-        bytes.len() > 4 && &bytes[..4] == MAGIC && bytes[4] != VERSION
+        bytes.len() > 4 && &bytes[..4] == MAGIC && !is_known_version(bytes[4])
     }
 
     /// Reads a record in the versioned format, refusing anything longer than `max_bytes`.
@@ -470,9 +571,14 @@ impl Record {
         };
         let (_, count, _) = decode(None)?;
         let (meta, _, index) = decode(Some(count))?;
+        let all_bincode = bytes[4] == BINCODE_VERSION;
         Ok(Record {
             meta,
-            stored: Stored { bytes, index },
+            stored: Stored {
+                bytes,
+                index,
+                all_bincode,
+            },
             changes: Changes::default(),
         })
     }
@@ -496,6 +602,114 @@ impl Record {
     }
 }
 
+fn is_known_version(version: u8) -> bool {
+    version == VERSION || version == BINCODE_VERSION
+}
+
+/// Why a value does not read as the type asked for.
+#[derive(Debug)]
+enum ValueError {
+    /// Not one well-formed MessagePack item within its bytes.
+    Malformed(&'static str),
+    MessagePack(rmp_serde::decode::Error),
+    Bincode(bincode::error::DecodeError),
+    /// bincode that reads as the type with bytes left over.
+    LeftOver,
+}
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueError::Malformed(why) => write!(f, "malformed MessagePack: {why}"),
+            ValueError::MessagePack(e) => write!(f, "{e}"),
+            ValueError::Bincode(e) => write!(f, "{e}"),
+            ValueError::LeftOver => f.write_str("bytes left over"),
+        }
+    }
+}
+
+impl std::error::Error for ValueError {}
+
+/// A MessagePack value as `T`, after [`check_item`]: no length the bytes cannot back reaches
+/// serde, and nesting deeper than [`MAX_VALUE_DEPTH`] is refused.
+fn decode_named<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValueError> {
+    check_item(bytes).map_err(ValueError::Malformed)?;
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    deserializer.set_max_depth(MAX_VALUE_DEPTH);
+    T::deserialize(&mut deserializer).map_err(ValueError::MessagePack)
+}
+
+/// A bincode value (format version 1) as `T`, consumed exactly.
+fn decode_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValueError> {
+    let (value, used) =
+        bincode::serde::decode_from_slice::<T, _>(bytes, codec()).map_err(ValueError::Bincode)?;
+    if used != bytes.len() {
+        return Err(ValueError::LeftOver);
+    }
+    Ok(value)
+}
+
+/// Checks that `bytes` are exactly one MessagePack item, and that every length it declares
+/// (of a string, binary or extension's bytes, of an array's or map's items) is backed by the
+/// bytes that follow: each item takes at least one byte, so the items still to read never
+/// outnumber the bytes left. One pass, no recursion, no allocation: a length prefix can then
+/// make serde preallocate no more than the value's own size in elements.
+fn check_item(bytes: &[u8]) -> Result<(), &'static str> {
+    let mut at = 0usize;
+    let mut pending = 1usize;
+    let number = |at: usize, width: usize| -> Result<usize, &'static str> {
+        let field = bytes.get(at..at + width).ok_or("ends inside a length")?;
+        Ok(field
+            .iter()
+            .fold(0usize, |n, &byte| (n << 8) | usize::from(byte)))
+    };
+    while pending > 0 {
+        pending -= 1;
+        let marker = *bytes.get(at).ok_or("ends before its last item")?;
+        at += 1;
+        // (bytes of a length field, bytes that follow it or the marker, items that follow)
+        let (skip, items) = match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (0, 0),
+            0x80..=0x8f => (0, 2 * usize::from(marker & 0x0f)),
+            0x90..=0x9f => (0, usize::from(marker & 0x0f)),
+            0xa0..=0xbf => (usize::from(marker & 0x1f), 0),
+            0xc1 => return Err("uses the reserved byte 0xc1"),
+            0xc4 | 0xd9 => (1 + number(at, 1)?, 0),
+            0xc5 | 0xda => (2 + number(at, 2)?, 0),
+            0xc6 | 0xdb => (4 + number(at, 4)?, 0),
+            // An extension: its length, its type byte, its bytes.
+            0xc7 => (1 + 1 + number(at, 1)?, 0),
+            0xc8 => (2 + 1 + number(at, 2)?, 0),
+            0xc9 => (4 + 1 + number(at, 4)?, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (2, number(at, 2)?),
+            0xdd => (4, number(at, 4)?),
+            0xde => (2, 2 * number(at, 2)?),
+            0xdf => (4, 2usize.saturating_mul(number(at, 4)?)),
+        };
+        at = at
+            .checked_add(skip)
+            .filter(|&end| end <= bytes.len())
+            .ok_or("declares more bytes than it has")?;
+        pending = pending
+            .checked_add(items)
+            .filter(|&n| n <= bytes.len() - at)
+            .ok_or("declares more items than it has bytes")?;
+    }
+    if at != bytes.len() {
+        return Err("has bytes after its item");
+    }
+    Ok(())
+}
+
 fn corrupt(why: &str) -> Error {
     Error::new(ErrorKind::Corrupt, format!("session record {why}"))
 }
@@ -516,7 +730,7 @@ fn framed_payload(bytes: &[u8]) -> Result<&[u8]> {
     if &header[..4] != MAGIC {
         return Err(corrupt("has no pso magic"));
     }
-    if header[4] != VERSION {
+    if !is_known_version(header[4]) {
         return Err(corrupt(&format!(
             "has unknown format version {}",
             header[4]
@@ -694,35 +908,59 @@ mod tests {
     #[derive(Serialize)]
     struct FirstValue(#[serde(with = "serde_bytes")] Vec<u8>);
 
-    fn first_encoding(record: &Record) -> Vec<u8> {
+    /// A record of `version` around `values` as they lie in it, framed with a valid checksum.
+    fn raw_record(version: u8, meta: &Meta, values: &[(&str, &[u8])]) -> Vec<u8> {
         let first = FirstRecord {
-            meta: record.meta.clone(),
-            values: record
-                .view()
-                .map(|(k, v)| (k.to_owned(), FirstValue(v.to_vec())))
+            meta: meta.clone(),
+            values: values
+                .iter()
+                .map(|(k, v)| (k.to_string(), FirstValue(v.to_vec())))
                 .collect(),
         };
         let mut bytes = vec![0u8; HEADER_LEN];
         bincode::serde::encode_into_std_write(&first, &mut bytes, codec()).unwrap();
         let len = (bytes.len() - HEADER_LEN) as u32;
         bytes[..4].copy_from_slice(MAGIC);
-        bytes[4] = VERSION;
+        bytes[4] = version;
         bytes[5..9].copy_from_slice(&len.to_le_bytes());
         let crc = checksum(&bytes[4..9], &bytes[HEADER_LEN..]);
         bytes[9..13].copy_from_slice(&crc.to_le_bytes());
         bytes
     }
 
+    /// The record as the first pso laid it out (a serde struct holding a map, encoded whole),
+    /// with the values as this version writes them.
+    fn first_encoding(record: &Record) -> Vec<u8> {
+        let values: Vec<(&str, Vec<u8>)> = record
+            .view()
+            .map(|(k, v)| match v {
+                Value::Named(v) => (k, v.to_vec()),
+                Value::Bincode(v) => (k, [&[BINCODE_VALUE], v].concat()),
+            })
+            .collect();
+        let values: Vec<(&str, &[u8])> = values.iter().map(|(k, v)| (*k, &v[..])).collect();
+        raw_record(VERSION, &record.meta, &values)
+    }
+
+    /// A version-2 record holding `value`'s bytes under "k", decoded.
+    fn holding(value: &[u8]) -> Record {
+        Record::decode(
+            &raw_record(VERSION, &Meta::new(0), &[("k", value)]),
+            1 << 20,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn round_trip() {
         let record = sample();
         let bytes = record.encode().unwrap();
-        assert_eq!(&bytes[..5], b"PSOS\x01");
+        assert_eq!(&bytes[..5], b"PSOS\x02");
         assert_eq!(Record::decode(&bytes, 1 << 20).unwrap(), record);
     }
 
     #[test]
-    fn the_encoding_is_the_first_versions_byte_for_byte() {
+    fn the_envelope_is_the_first_versions_byte_for_byte() {
         let record = sample();
         assert_eq!(record.encode().unwrap(), first_encoding(&record));
         let back = Record::decode(&first_encoding(&record), 1 << 20).unwrap();
@@ -835,14 +1073,14 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(Record::decode(&longer, 1 << 20).is_err());
-        let mut v2 = bytes.clone();
-        v2[4] = 2;
-        assert!(
-            Record::decode(&v2, 1 << 20)
-                .unwrap_err()
-                .to_string()
-                .contains("version 2")
-        );
+        for version in [0, 3, 255] {
+            let mut other = bytes.clone();
+            other[4] = version;
+            let err = Record::decode(&other, 1 << 20).unwrap_err();
+            assert!(err.to_string().contains(&format!("version {version}")));
+            assert!(Record::is_other_version(&other));
+        }
+        assert!(!Record::is_other_version(&bytes));
         assert!(
             Record::decode(&bytes, 10)
                 .unwrap_err()
@@ -895,6 +1133,315 @@ mod tests {
         payload.extend_from_slice(&[1, b'k', 1, 7]);
         let err = Record::decode(&framed(&payload), 1 << 20).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Corrupt);
+    }
+
+    mod evolution {
+        //! Values read back into types that changed as serde types change between releases.
+        use super::*;
+
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        struct Entry {
+            name: String,
+            message: String,
+        }
+
+        #[derive(Deserialize, Debug, PartialEq)]
+        struct WithStars {
+            name: String,
+            message: String,
+            #[serde(default)]
+            stars: u8,
+        }
+
+        #[derive(Deserialize, Debug, PartialEq)]
+        struct WithoutMessage {
+            name: String,
+        }
+
+        #[derive(Deserialize, Debug, PartialEq)]
+        struct WithOption {
+            name: String,
+            message: String,
+            email: Option<String>,
+        }
+
+        #[derive(Deserialize, Debug, PartialEq)]
+        struct Renamed {
+            #[serde(alias = "name")]
+            author: String,
+            #[serde(rename = "message")]
+            text: String,
+        }
+
+        #[derive(Deserialize, Debug, PartialEq)]
+        struct Review {
+            rating: u8,
+            body: String,
+        }
+
+        fn stored() -> Record {
+            let mut record = Record::new(Meta::new(0));
+            let entries = vec![
+                Entry {
+                    name: "Eggs".into(),
+                    message: "Hi".into(),
+                },
+                Entry {
+                    name: "Spam".into(),
+                    message: "Lovely".into(),
+                },
+            ];
+            record.set("entries", &entries).unwrap();
+            Record::decode(&record.encode().unwrap(), 1 << 20).unwrap()
+        }
+
+        #[test]
+        fn a_field_added_with_a_default_takes_it() {
+            let entries: Vec<WithStars> = stored().get("entries").unwrap().unwrap();
+            assert_eq!(
+                entries[1],
+                WithStars {
+                    name: "Spam".into(),
+                    message: "Lovely".into(),
+                    stars: 0
+                }
+            );
+        }
+
+        #[test]
+        fn a_removed_field_is_skipped() {
+            let entries: Vec<WithoutMessage> = stored().get("entries").unwrap().unwrap();
+            assert_eq!(entries[0].name, "Eggs");
+        }
+
+        #[test]
+        fn an_added_option_is_none() {
+            let entries: Vec<WithOption> = stored().get("entries").unwrap().unwrap();
+            assert_eq!(entries[0].email, None);
+            assert_eq!(entries[1].message, "Lovely");
+        }
+
+        #[test]
+        fn an_alias_reads_the_old_name() {
+            let entries: Vec<Renamed> = stored().get("entries").unwrap().unwrap();
+            assert_eq!(
+                entries[1],
+                Renamed {
+                    author: "Spam".into(),
+                    text: "Lovely".into()
+                }
+            );
+        }
+
+        #[test]
+        fn another_type_is_a_decode_error_and_the_value_stays() {
+            let record = stored();
+            let err = record.get::<Vec<Review>>("entries").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Decode);
+            assert!(err.to_string().contains("\"entries\""), "{err}");
+            assert_eq!(
+                record.get::<Vec<Entry>>("entries").unwrap().unwrap().len(),
+                2
+            );
+            assert_eq!(
+                record.get::<u64>("entries").unwrap_err().kind(),
+                ErrorKind::Decode
+            );
+        }
+
+        #[test]
+        fn integers_read_across_widths_where_they_fit() {
+            let mut record = Record::new(Meta::new(0));
+            record.set("n", &300u64).unwrap();
+            record.set("neg", &-1i64).unwrap();
+            assert_eq!(record.get::<u16>("n").unwrap(), Some(300));
+            assert_eq!(record.get::<i32>("n").unwrap(), Some(300));
+            assert_eq!(record.get::<u8>("n").unwrap_err().kind(), ErrorKind::Decode);
+            assert_eq!(record.get::<i8>("neg").unwrap(), Some(-1));
+            assert_eq!(
+                record.get::<u64>("neg").unwrap_err().kind(),
+                ErrorKind::Decode
+            );
+        }
+    }
+
+    #[test]
+    fn version_1_records_still_load_their_bincode_values() {
+        let mut meta = Meta::new(1_700_000_000);
+        meta.client_addr = Some("192.0.2.1".into());
+        let bincode = |value: &dyn erased::Value| value.bincode();
+        let cart = vec![(1u32, "spam".to_string())];
+        let old = raw_record(
+            BINCODE_VERSION,
+            &meta,
+            &[
+                ("cart", &bincode(&cart)),
+                ("name", &bincode(&"Eggs")),
+                ("reloads", &bincode(&41u64)),
+            ],
+        );
+        let record = Record::decode(&old, 1 << 20).unwrap();
+        assert_eq!(record.get::<u64>("reloads").unwrap(), Some(41));
+        assert_eq!(
+            record.get::<String>("name").unwrap().as_deref(),
+            Some("Eggs")
+        );
+        assert_eq!(
+            record.get::<Vec<(u32, String)>>("cart").unwrap(),
+            Some(cart.clone())
+        );
+        assert_eq!(
+            record.get::<String>("reloads").unwrap_err().kind(),
+            ErrorKind::Decode
+        );
+        assert_eq!(record.is_bincode("reloads"), Some(true));
+        assert_eq!(record.value_len("reloads"), Some(1));
+
+        // Written again as version 2: the bincode values carried over behind their tag.
+        let mut record = record;
+        let loaded = record.checkpoint();
+        record.set("reloads", &42u64).unwrap();
+        assert!(!record.matches(&loaded));
+        let bytes = record.encode().unwrap();
+        assert_eq!(bytes[4], VERSION);
+        assert_eq!(bytes, first_encoding(&record));
+        let again = Record::decode(&bytes, 1 << 20).unwrap();
+        assert_eq!(again, record);
+        assert_eq!(again.is_bincode("name"), Some(true));
+        assert_eq!(again.is_bincode("reloads"), Some(false));
+        assert_eq!(again.get::<u64>("reloads").unwrap(), Some(42));
+        assert_eq!(
+            again.get::<String>("name").unwrap().as_deref(),
+            Some("Eggs")
+        );
+        assert_eq!(again.get::<Vec<(u32, String)>>("cart").unwrap(), Some(cart));
+        let reencoded = Record::decode(&again.encode().unwrap(), 1 << 20).unwrap();
+        assert_eq!(reencoded, again);
+        // An unchanged version-1 record reads as equal to its version-2 encoding.
+        assert_eq!(
+            Record::decode(
+                &Record::decode(&old, 1 << 20).unwrap().encode().unwrap(),
+                1 << 20
+            )
+            .unwrap(),
+            Record::decode(&old, 1 << 20).unwrap()
+        );
+    }
+
+    /// Values of any type as bincode, as version 1 wrote them.
+    mod erased {
+        pub trait Value {
+            fn bincode(&self) -> Vec<u8>;
+        }
+        impl<T: serde::Serialize> Value for T {
+            fn bincode(&self) -> Vec<u8> {
+                bincode::serde::encode_to_vec(self, super::codec()).unwrap()
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_values_allocate_nothing_they_claim() {
+        use serde::de::IgnoredAny;
+        let huge = [
+            // An array, a map, a string, binary bytes and an extension that claim 4 Gi items
+            // or bytes, with nothing behind.
+            vec![0xdd, 0xff, 0xff, 0xff, 0xff, 0],
+            vec![0xdf, 0xff, 0xff, 0xff, 0xff, 0, 0],
+            vec![0xdb, 0xff, 0xff, 0xff, 0xff, b'a'],
+            vec![0xc6, 0xff, 0xff, 0xff, 0xff, 1],
+            vec![0xc9, 0xff, 0xff, 0xff, 0xff, 1, 2],
+            // An array of 65535 arrays that each claim 4 Gi items.
+            [
+                &[0xdc, 0xff, 0xff][..],
+                &[0xdd, 0xff, 0xff, 0xff, 0xff].repeat(100),
+            ]
+            .concat(),
+        ];
+        for value in &huge {
+            let record = holding(value);
+            for err in [
+                record.get::<Vec<u64>>("k").unwrap_err(),
+                record.get::<Vec<Vec<u64>>>("k").unwrap_err(),
+                record.get::<BTreeMap<String, u64>>("k").unwrap_err(),
+                record.get::<String>("k").unwrap_err(),
+                record.get::<serde_bytes::ByteBuf>("k").unwrap_err(),
+                record.get::<IgnoredAny>("k").unwrap_err(),
+            ] {
+                assert_eq!(err.kind(), ErrorKind::Decode);
+                let cause = std::error::Error::source(&err).unwrap().to_string();
+                assert!(cause.starts_with("malformed MessagePack"), "{cause}");
+            }
+        }
+        // 100,000 nested arrays: refused at the depth limit, not by a stack overflow, also
+        // on a thread with a small stack.
+        let deep = [vec![0x91; 100_000], vec![0xc0]].concat();
+        let shallow = [vec![0x91; MAX_VALUE_DEPTH - 1], vec![0xc0]].concat();
+        std::thread::Builder::new()
+            .stack_size(512 << 10)
+            .spawn(move || {
+                let err = holding(&deep).get::<IgnoredAny>("k").unwrap_err();
+                let cause = std::error::Error::source(&err).unwrap().to_string();
+                assert!(cause.contains("depth"), "{cause}");
+                assert!(holding(&shallow).get::<IgnoredAny>("k").unwrap().is_some());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // The tag of a bincode value in a version-2 record, and garbled bincode behind it.
+        let record = holding(&[BINCODE_VALUE, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        assert_eq!(
+            record.get::<String>("k").unwrap_err().kind(),
+            ErrorKind::Decode
+        );
+        assert_eq!(
+            holding(&[]).get::<u8>("k").unwrap_err().kind(),
+            ErrorKind::Decode
+        );
+    }
+
+    #[test]
+    fn messagepack_items_are_checked_exactly() {
+        // (bytes, well-formed)
+        let cases: &[(&[u8], bool)] = &[
+            (&[0x2a], true),
+            (&[0xc0], true),
+            (&[0xa3, b'a', b'b', b'c'], true),
+            (&[0xa3, b'a', b'b'], false),
+            (&[0xa1, b'a', 0], false),
+            (&[0x92, 1, 0xa1, b'x'], true),
+            (&[0x92, 1], false),
+            (&[0x81, 0xa1, b'k', 7], true),
+            (&[0x81, 0xa1, b'k'], false),
+            (&[0xcd, 1, 2], true),
+            (&[0xcd, 1], false),
+            (&[0xcb, 0, 0, 0, 0, 0, 0, 0, 0], true),
+            (&[0xc4, 2, 1, 2], true),
+            (&[0xd9, 1, b'z'], true),
+            (&[0xda, 0, 1, b'z'], true),
+            (&[0xdc, 0, 2, 1, 2], true),
+            (&[0xdc, 0, 3, 1, 2], false),
+            (&[0xde, 0, 1, 1, 2], true),
+            (&[0xd4, 1, 2], true),
+            (&[0xc7, 1, 5, 9], true),
+            (&[0xd8, 1], false),
+            (&[0xc1], false),
+            (&[], false),
+            (&[0x90, 0x90], false),
+        ];
+        for (bytes, good) in cases {
+            assert_eq!(check_item(bytes).is_ok(), *good, "{bytes:x?}");
+        }
+        for value in [
+            rmp_serde::to_vec_named(&sample_struct()).unwrap(),
+            rmp_serde::to_vec_named(&(1u8, -300i64, 1.5f64, "s", vec![u64::MAX])).unwrap(),
+        ] {
+            assert_eq!(check_item(&value), Ok(()));
+        }
+    }
+
+    fn sample_struct() -> BTreeMap<String, Vec<Option<String>>> {
+        BTreeMap::from([("a".into(), vec![None, Some("b".into())])])
     }
 
     #[test]

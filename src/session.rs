@@ -679,8 +679,11 @@ impl Session {
 
     /// The value under `key` as a `T`; `None` if there is none.
     ///
-    /// A value stored as another type is an error of kind [`crate::ErrorKind::Decode`], not a
-    /// panic (types with the same encoding, such as `u32` and `u64`, read each other).
+    /// A struct's fields are matched by name, so a type may change between releases as serde
+    /// allows (a field added with `#[serde(default)]` or as an `Option`, a field removed, one
+    /// renamed with `#[serde(alias)]`; see [`crate::Record::get`]). A value that does not read
+    /// as `T` is an error of kind [`crate::ErrorKind::Decode`], not a panic, and stays: for a
+    /// value that may be lost instead, see [`Session::get_or_remove`].
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         self.record.get(key)
     }
@@ -719,6 +722,46 @@ impl Session {
             self.remove(key)?;
         }
         Ok(value)
+    }
+
+    /// The value under `key` as a `T`; `None` if there is none, or if it does not read as a
+    /// `T`, in which case it is removed and a warning logged with the key and why (never the
+    /// value). For a value whose type changed in a way serde cannot follow (another type
+    /// altogether, a field added without `#[serde(default)]`, values pso wrote in bincode
+    /// before format version 2): the visitor loses that value and goes on, instead of getting
+    /// an error page at every request until the session expires, sign-out included.
+    ///
+    /// [`Session::get`] is for values that must not be lost silently: it keeps them and
+    /// returns an error of kind [`crate::ErrorKind::Decode`]. A session that can no longer
+    /// change ([`Session::release`]) keeps the unreadable value, and the warning says so.
+    ///
+    /// ```
+    /// # let mut session = pso::Session::detached(std::time::SystemTime::now())?;
+    /// session.set("cart", "a cart of an earlier release")?;
+    /// let cart: Vec<u32> = session.get_or_remove("cart")?.unwrap_or_default();
+    /// assert!(cart.is_empty());
+    /// assert!(!session.contains("cart"));
+    /// # Ok::<(), pso::Error>(())
+    /// ```
+    pub fn get_or_remove<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>> {
+        let error = match self.record.get::<T>(key) {
+            Ok(value) => return Ok(value),
+            Err(error) if error.kind() == ErrorKind::Decode && !is_reserved(key) => error,
+            Err(error) => return Err(error),
+        };
+        let why = std::error::Error::source(&error)
+            .map(|cause| redacted(&crate::ErrorChain(cause).to_string()))
+            .unwrap_or_default();
+        let asked = std::any::type_name::<T>();
+        match self.remove(key) {
+            Ok(_) => {
+                log::warn!("session value {key:?} does not read as {asked} and is removed: {why}")
+            }
+            Err(kept) => log::warn!(
+                "session value {key:?} does not read as {asked}, and is kept ({kept}): {why}"
+            ),
+        }
+        Ok(None)
     }
 
     /// Removes `key`; returns whether it was there. An error once the session was released.
@@ -1176,6 +1219,41 @@ fn ended_error(key: &SessionKey) -> Error {
     )
 }
 
+/// An error message of serde's with every quoted part left out: serde quotes what it read
+/// (`invalid type: string "..."`, ``integer `...` ``, ``unknown variant `...` ``), and a session
+/// value does not belong in a log. The names of the type's own fields stay (``missing field
+/// `stars` ``): they come from the program, not from the value.
+fn redacted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        let close = match c {
+            '"' => '"',
+            '`' => '`',
+            _ => continue,
+        };
+        let own_name = ["missing field `", "duplicate field `"]
+            .iter()
+            .any(|before| out.ends_with(before));
+        if !own_name {
+            out.push_str("...");
+        }
+        let mut escaped = false;
+        for inner in chars.by_ref() {
+            if inner == close && !escaped {
+                out.push(close);
+                break;
+            }
+            if own_name {
+                out.push(inner);
+            }
+            escaped = close == '"' && inner == '\\' && !escaped;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1324,6 +1402,93 @@ mod tests {
         assert_eq!(session.created(), at(T0));
         assert_eq!(session.last_access(), at(T0));
         assert_eq!(session.client_addr(), Some("192.0.2.1"));
+    }
+
+    #[test]
+    fn a_value_of_another_type_is_an_error_for_get_and_gone_for_get_or_remove() {
+        #[derive(serde::Serialize)]
+        struct Entry {
+            name: String,
+        }
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Review {
+            #[allow(dead_code)]
+            rating: u8,
+        }
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        let entries = vec![Entry {
+            name: "secret".into(),
+        }];
+        session.set("entries", &entries).unwrap();
+        session.set("n", &1u64).unwrap();
+        let id = session.id().clone();
+        session.commit().unwrap();
+        drop(session);
+
+        let mut session = reopen(&store, &id, T0 + 10);
+        let err = session.get::<Vec<Review>>("entries").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert!(session.contains("entries"), "get keeps it");
+        assert_eq!(session.get_or_remove::<u64>("n").unwrap(), Some(1));
+        assert_eq!(session.get_or_remove::<u64>("none").unwrap(), None);
+        assert_eq!(
+            session.get_or_remove::<Vec<Review>>("entries").unwrap(),
+            None
+        );
+        assert!(!session.contains("entries"));
+        session.commit().unwrap();
+        drop(session);
+
+        let mut session = reopen(&store, &id, T0 + 20);
+        assert!(!session.contains("entries"), "the removal was saved");
+        assert_eq!(session.keys().collect::<Vec<_>>(), ["n"]);
+        // Released: the value cannot go, and stays.
+        session.set("entries", &entries).unwrap();
+        session.release().unwrap();
+        assert_eq!(
+            session.get_or_remove::<Vec<Review>>("entries").unwrap(),
+            None
+        );
+        assert!(session.contains("entries"));
+    }
+
+    #[test]
+    fn get_or_remove_leaves_psos_own_keys_alone() {
+        let store = MemoryStore::new();
+        let mut session = fresh(&store, T0);
+        session.set_user("eggs").unwrap();
+        let err = session.get_or_remove::<u64>(USER).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert_eq!(session.user(), Some("eggs".to_owned()));
+    }
+
+    #[test]
+    fn what_serde_read_is_left_out_of_its_messages() {
+        for (message, shown) in [
+            (
+                r#"invalid type: string "hunter2", expected u8"#,
+                r#"invalid type: string "...", expected u8"#,
+            ),
+            (
+                r#"invalid type: string "a \" b", expected u8"#,
+                r#"invalid type: string "...", expected u8"#,
+            ),
+            (
+                "invalid value: integer `1234`, expected a digit",
+                "invalid value: integer `...`, expected a digit",
+            ),
+            (
+                "unknown variant `Secret`, expected `A` or `B`",
+                "unknown variant `...`, expected `...` or `...`",
+            ),
+            (r#"cut "open"#, r#"cut "..."#),
+            ("missing field `stars`", "missing field `stars`"),
+            ("duplicate field `a`", "duplicate field `a`"),
+            ("depth limit exceeded", "depth limit exceeded"),
+        ] {
+            assert_eq!(redacted(message), shown, "{message}");
+        }
     }
 
     #[test]

@@ -760,18 +760,34 @@ fn a_version_one_file_loads_and_is_rewritten_as_version_two() {
     let path = site
         .sessions()
         .join(format!("reload.{}.pso", cookie.split_once('=').unwrap().1));
-    // What the first pso wrote: the record alone, in its versioned format.
-    let mut record = Record::new(Meta::new(
+    // What the first pso wrote: the record alone, in format version 1, its values bincode.
+    let meta = Meta::new(
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs(),
-    ));
-    record.set("reloads", &41u64).unwrap();
-    fs::write(&path, record.encode().unwrap()).unwrap();
-    assert!(fs::read(&path).unwrap().starts_with(b"PSOS\x01"));
+    );
+    let config = bincode::config::standard();
+    let value = bincode::serde::encode_to_vec(41u64, config).unwrap();
+    let values = std::collections::BTreeMap::from([("reloads", serde_bytes::ByteBuf::from(value))]);
+    let payload = bincode::serde::encode_to_vec((meta, values), config).unwrap();
+    let mut record = b"PSOS\x01".to_vec();
+    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&record[4..9]);
+    crc.update(&payload);
+    record.extend_from_slice(&crc.finalize().to_le_bytes());
+    record.extend_from_slice(&payload);
+    assert!(Record::decode(&record, 1 << 20).is_ok());
+    fs::write(&path, &record).unwrap();
     assert_eq!(site.get(Some(&cookie)).count(), 42);
-    assert!(fs::read(&path).unwrap().starts_with(b"PSOF\x02"));
+    let file = fs::read(&path).unwrap();
+    assert!(file.starts_with(b"PSOF\x02"));
+    assert_eq!(
+        &file[32..37],
+        b"PSOS\x02",
+        "the record is written in format version 2"
+    );
     assert_eq!(site.get(Some(&cookie)).count(), 43);
 }
 

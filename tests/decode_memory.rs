@@ -52,15 +52,15 @@ fn peak_during<T>(f: impl FnOnce() -> T) -> (usize, T) {
     (PEAK.load(Ordering::SeqCst) - before, result)
 }
 
-/// A record of about `size` bytes made of as many keys as fit, each with an empty value: the
-/// shape that costs most per byte.
+/// A record of about `size` bytes made of as many keys as fit, each with the smallest value
+/// (`()`, MessagePack's one-byte nil): the shape that costs most per byte.
 fn tiny_keys(size: usize) -> Record {
     let mut record = Record::new(Meta::new(1_700_000_000));
     let mut i = 0u64;
     let mut used = 0;
     while used < size {
         let key = format!("{i:x}");
-        used += key.len() + 2;
+        used += key.len() + 3;
         record.set(&key, &()).unwrap();
         i += 1;
     }

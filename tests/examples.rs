@@ -272,3 +272,85 @@ fn the_notes_page_keeps_notes_shows_a_notice_once_and_exports_them() {
     );
     assert!(cookieless.body.contains("<li>ham</li>"), "{cookieless:?}");
 }
+
+/// Issue 22, trap 1: a deploy that changes the types in the session. Entries signed with the
+/// first release read in the second, whose `Entry` gained `#[serde(default)] stars`; the
+/// author it changed from a `String` to a struct is dropped once, logged without its value.
+#[test]
+fn a_guestbook_signed_before_a_deploy_that_changed_its_types_still_reads() {
+    let mut v1 = Site::new(example("guestbook_v1"));
+    v1.set("SCRIPT_NAME", "/cgi-bin/guestbook");
+    let page = v1.get(None);
+    let browser = page.cookie();
+    let signed = post(
+        &v1,
+        &browser,
+        &format!("token={}&name=Eggs&message=Hello", token_in(&page.body)),
+    );
+    assert!(signed.status().starts_with("Status: 302"), "{signed:?}");
+    let session = signed.cookie();
+    let page = v1.get(Some(&session));
+    let signed = post(
+        &v1,
+        &session,
+        &format!(
+            "token={}&name=Spam+Lover&message=Lovely",
+            token_in(&page.body)
+        ),
+    );
+    assert!(signed.status().starts_with("Status: 302"), "{signed:?}");
+    let page = v1.get(Some(&session));
+    assert!(
+        page.body
+            .contains("<li>Eggs: Hello</li>\n<li>Spam Lover: Lovely</li>"),
+        "{page:?}"
+    );
+    assert!(page.body.contains("value=\"Spam Lover\""), "{page:?}");
+
+    // The second release, on the same sessions.
+    let mut v2 = Site::new(example("guestbook_v2"));
+    v2.set("SCRIPT_NAME", "/cgi-bin/guestbook")
+        .set("PSOSessionFileLoader_Path", v1.sessions());
+    let page = v2.get(Some(&session));
+    assert_eq!(page.status(), "Status: 200 OK", "{page:?}");
+    assert!(
+        page.body
+            .contains("<li>Eggs: Hello (0 stars)</li>\n<li>Spam Lover: Lovely (0 stars)</li>"),
+        "{page:?}"
+    );
+    assert!(
+        !page.body.contains("Spam Lover\""),
+        "the old author is gone: {page:?}"
+    );
+    let warnings: Vec<&str> = page.stderr.lines().collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("pso: warning: session value \"author\" does not read as ")
+            && warnings[0].contains("Author and is removed: "),
+        "{warnings:?}"
+    );
+    assert!(
+        !warnings[0].contains("Spam"),
+        "never the value: {warnings:?}"
+    );
+
+    // Removed once, and saved so: the next page says nothing.
+    let page = v2.get(Some(&session));
+    assert_eq!(page.stderr, "", "{page:?}");
+    let signed = post(
+        &v2,
+        &session,
+        &format!(
+            "token={}&name=Ham&email=ham%40example.org&message=Five&stars=5",
+            token_in(&page.body)
+        ),
+    );
+    assert!(signed.status().starts_with("Status: 302"), "{signed:?}");
+    let page = v2.get(Some(&session));
+    assert!(
+        page.body
+            .contains("<li>Spam Lover: Lovely (0 stars)</li>\n<li>Ham: Five (5 stars)</li>"),
+        "{page:?}"
+    );
+    assert!(page.body.contains("value=\"ham@example.org\""), "{page:?}");
+}

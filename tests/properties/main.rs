@@ -249,7 +249,7 @@ proptest! {
     }
 
     #[test]
-    fn record_decode(input in moded(3, junk(200))) {
+    fn record_decode(input in moded(4, junk(200))) {
         record_decode::check(&input);
     }
 

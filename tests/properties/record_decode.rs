@@ -2,12 +2,15 @@
 //! encoder.
 //!
 //! Input: a mode, then either bytes to decode as they are, a payload framed with a valid
-//! header and checksum (random bytes almost never pass a CRC), or a record built from the
-//! input and changed by a series of sets, removals and clears. Checked: decoding never panics
-//! and fails only as `Corrupt`; both decoders agree; a record that decodes has sorted keys,
-//! its metadata is what `read_meta` reads from any prefix, it encodes no longer than it came
-//! and decodes again to itself, and every truncation or flipped bit of its encoding is
-//! refused; a built record reads like a map and survives encoding.
+//! header and checksum (random bytes almost never pass a CRC) as format version 1 (bincode
+//! values) or 2 (MessagePack values, bincode ones tagged), or a record built from the input
+//! and changed by a series of sets, removals and clears. Checked: decoding never panics and
+//! fails only as `Corrupt`; both decoders agree; a record that decodes has sorted keys, its
+//! metadata is what `read_meta` reads from any prefix, every value read as a few types gives
+//! it or an error of kind `Decode`, never a panic; it encodes no longer than it came (a
+//! version-1 record: but for the tag and a longer length of each value carried over) and
+//! decodes again to itself, and every truncation or flipped bit of its encoding is refused; a
+//! built record reads like a map and survives encoding.
 
 use std::collections::BTreeMap;
 
@@ -19,9 +22,10 @@ const HEADER_LEN: usize = 13;
 const MAX_RECORD_BYTES: u64 = 64 << 20;
 const MAXES: [u64; 4] = [1 << 20, u64::MAX, 64, 0];
 
-/// A record around `payload`: magic, version 1, length, CRC-32 of version, length and payload.
-pub fn framed(payload: &[u8]) -> Vec<u8> {
-    let mut bytes = b"PSOS\x01".to_vec();
+/// A record around `payload`: magic, `version`, length, CRC-32 of version, length and payload.
+pub fn framed(version: u8, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = b"PSOS".to_vec();
+    bytes.push(version);
     bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&bytes[4..9]);
@@ -33,16 +37,20 @@ pub fn framed(payload: &[u8]) -> Vec<u8> {
 
 pub fn check(data: &[u8]) {
     let mut input = Input::new(data);
-    match input.byte() % 3 {
+    match input.byte() % 4 {
         0 => {
             let max = MAXES[input.below(MAXES.len())];
             decode(input.rest(), max);
         }
         1 => {
             let max = MAXES[input.below(MAXES.len())];
-            decode(&framed(input.rest()), max);
+            decode(&framed(1, input.rest()), max);
         }
-        _ => build(&mut input),
+        2 => build(&mut input),
+        _ => {
+            let max = MAXES[input.below(MAXES.len())];
+            decode(&framed(2, input.rest()), max);
+        }
     }
 }
 
@@ -79,15 +87,37 @@ pub fn decode(bytes: &[u8], max: u64) {
     for key in &keys {
         assert!(record.contains(key));
         held += key.len() + record.value_len(key).expect("a value");
+        values_read_or_fail_as_decode(&record, key);
     }
     assert!(held <= bytes.len());
 
     let encoded = record.encode().expect("a decoded record encodes");
-    assert!(encoded.len() <= bytes.len(), "the encoding is the shortest");
+    // A value carried over from version 1 gains its tag, and its length may take 2 bytes more.
+    let carried = if bytes[4] == 1 { 3 * keys.len() } else { 0 };
+    assert!(
+        encoded.len() <= bytes.len() + carried,
+        "the encoding is the shortest"
+    );
     let again = Record::decode(&encoded, u64::MAX).expect("its own encoding decodes");
     assert_eq!(again, record);
     assert_eq!(again.encode().expect("encodes"), encoded);
     refuses_damage(&encoded, &record.meta);
+}
+
+/// The value under `key` read as a few types: each gives it or an error of kind `Decode`.
+fn values_read_or_fail_as_decode(record: &Record, key: &str) {
+    fn check<T: serde::de::DeserializeOwned>(record: &Record, key: &str) {
+        match record.get::<T>(key) {
+            Ok(value) => assert!(value.is_some(), "{key:?} is there"),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Decode, "{e}"),
+        }
+    }
+    check::<u64>(record, key);
+    check::<i8>(record, key);
+    check::<String>(record, key);
+    check::<Vec<u8>>(record, key);
+    check::<Vec<Vec<Option<String>>>>(record, key);
+    check::<BTreeMap<String, (bool, f64)>>(record, key);
 }
 
 /// Every truncation of `encoded` is corrupt, and shows `meta` or nothing; flipped bits are

@@ -109,13 +109,16 @@ pub enum Skipped {
     Reservation,
 }
 
-/// What a stored value reads as: values carry no type tag, so this is a best guess.
+/// What a stored value reads as. A MessagePack value (what pso writes) says whether it is an
+/// integer or a string; a bincode value (format version 1) carries no type tag, so for it this
+/// is a best guess.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Shown {
-    /// The bytes decode exactly as an unsigned integer (bincode's variable-length encoding;
-    /// a signed one shows zigzag-encoded, `-1` as `1`).
-    Integer(u64),
-    /// The bytes decode exactly as a UTF-8 string (or bytes that happen to be UTF-8).
+    /// An integer. In bincode: bytes that decode exactly as an unsigned integer (its
+    /// variable-length encoding; a signed one shows zigzag-encoded, `-1` as `1`).
+    Integer(i128),
+    /// A string. In bincode: bytes that decode exactly as a UTF-8 string (or bytes that happen
+    /// to be UTF-8).
     Text(String),
 }
 
@@ -225,11 +228,16 @@ pub fn detail(store: &dyn Admin, key: &SessionKey, now: u64) -> pso::Result<Opti
     }))
 }
 
-/// The value under `name` if its bytes decode exactly as an integer, else as a string. An
-/// integer is tried first: a small one's single byte would also read as a short string.
+/// The value under `name` if it reads as an integer, else as a string. An integer is tried
+/// first: in bincode, a small one's single byte would also read as a short string.
 fn shown(record: &pso::Record, name: &str) -> Option<Shown> {
     if let Ok(Some(n)) = record.get::<u64>(name) {
-        return Some(Shown::Integer(n));
+        return Some(Shown::Integer(n.into()));
+    }
+    if let Ok(Some(n)) = record.get::<i64>(name)
+        && record.is_bincode(name) == Some(false)
+    {
+        return Some(Shown::Integer(n.into()));
     }
     record.get::<String>(name).ok().flatten().map(Shown::Text)
 }
@@ -371,38 +379,95 @@ mod tests {
         key
     }
 
+    fn shown_values(store: &FileStore, key: &SessionKey) -> Vec<(String, Option<String>)> {
+        let detail = detail(store, key, 1_000).unwrap().unwrap();
+        detail
+            .keys
+            .iter()
+            .map(|k| (k.name.clone(), k.shown.as_ref().map(Shown::to_string)))
+            .collect()
+    }
+
+    fn owned(shown: &[(&str, Option<&str>)]) -> Vec<(String, Option<String>)> {
+        shown
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_owned)))
+            .collect()
+    }
+
     #[test]
-    fn values_show_as_integers_or_strings_where_they_decode_exactly() {
+    fn values_show_as_integers_or_strings_where_they_are() {
         let (_dir, store) = store();
         let mut record = Record::new(Meta::new(1_000));
         record.set("n", &7u64).unwrap();
         record.set("zero", &0u64).unwrap();
         record.set("big", &u64::MAX).unwrap();
+        record.set("neg", &-5i32).unwrap();
         record.set("name", "eggs\u{1b}[31m").unwrap();
         record.set("list", &vec![300u32]).unwrap();
-        // Best effort: a list of small numbers has the bytes of a string of control characters.
         record.set("small", &vec![1u8, 2]).unwrap();
         record.set("pair", &(1u8, "x")).unwrap();
         let key = save(&store, "svc", "007", &record);
-        let detail = detail(&store, &key, 1_000).unwrap().unwrap();
-        let shown: Vec<(&str, Option<String>)> = detail
-            .keys
-            .iter()
-            .map(|k| (k.name.as_str(), k.shown.as_ref().map(Shown::to_string)))
-            .collect();
+        let max = u64::MAX.to_string();
         assert_eq!(
-            shown,
-            [
-                ("big", Some(u64::MAX.to_string())),
+            shown_values(&store, &key),
+            owned(&[
+                ("big", Some(&max)),
                 ("list", None),
-                ("n", Some("7".into())),
-                ("name", Some(r#""eggs\u{1b}[31m""#.into())),
+                ("n", Some("7")),
+                ("name", Some(r#""eggs\u{1b}[31m""#)),
+                ("neg", Some("-5")),
                 ("pair", None),
-                ("small", Some(r#""\u{1}\u{2}""#.into())),
-                ("zero", Some("0".into())),
-            ]
+                ("small", None),
+                ("zero", Some("0")),
+            ])
         );
+        let detail = detail(&store, &key, 1_000).unwrap().unwrap();
         assert_eq!(detail.keys[0].bytes, record.value_len("big").unwrap());
+    }
+
+    #[test]
+    fn bincode_values_of_format_version_1_show_where_they_decode_exactly() {
+        fn bincode(value: &impl serde::Serialize) -> serde_bytes::ByteBuf {
+            let config = bincode::config::standard();
+            serde_bytes::ByteBuf::from(bincode::serde::encode_to_vec(value, config).unwrap())
+        }
+        let values = std::collections::BTreeMap::from([
+            ("big", bincode(&u64::MAX)),
+            ("n", bincode(&7u64)),
+            ("name", bincode(&"eggs")),
+            ("neg", bincode(&-1i64)),
+            ("pair", bincode(&(1u8, "x"))),
+            ("small", bincode(&vec![1u8, 2])),
+        ]);
+        let payload =
+            bincode::serde::encode_to_vec((Meta::new(1_000), values), bincode::config::standard())
+                .unwrap();
+        let mut old = b"PSOS\x01".to_vec();
+        old.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&old[4..9]);
+        crc.update(&payload);
+        old.extend_from_slice(&crc.finalize().to_le_bytes());
+        old.extend_from_slice(&payload);
+        let record = Record::decode(&old, 1 << 20).unwrap();
+
+        let (_dir, store) = store();
+        let key = save(&store, "svc", "007", &record);
+        let max = u64::MAX.to_string();
+        // Best effort: a list of small numbers has the bytes of a string of control
+        // characters, and a signed integer shows zigzag-encoded.
+        assert_eq!(
+            shown_values(&store, &key),
+            owned(&[
+                ("big", Some(&max)),
+                ("n", Some("7")),
+                ("name", Some(r#""eggs""#)),
+                ("neg", Some("1")),
+                ("pair", None),
+                ("small", Some(r#""\u{1}\u{2}""#)),
+            ])
+        );
     }
 
     #[test]
