@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Reply, Site, have, skip_or_fail};
 
-const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
+static RELOAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| common::example("reload"));
 
 use pso::store::{LockOptions, SessionKey, Store};
 use pso::{Meta, Record, SessionId};
@@ -48,7 +48,7 @@ fn is_session_file(name: &str) -> bool {
 
 #[test]
 fn the_cookie_chain_counts_one_two_three() {
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let first = site.get(None);
     assert_eq!(first.status(), "Status: 200 OK");
     assert_eq!(first.count(), 1);
@@ -86,7 +86,7 @@ fn the_cookie_chain_counts_one_two_three() {
 
 #[test]
 fn files_are_private_and_named_by_service_and_id() {
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let cookie = site.get(None).cookie();
     let id = cookie.split_once('=').unwrap().1;
     assert_eq!(site.files(), BTreeSet::from([format!("reload.{id}.pso")]));
@@ -107,7 +107,7 @@ fn files_are_private_and_named_by_service_and_id() {
 
 #[test]
 fn run_from_a_terminal_it_prints_the_whole_response_and_continues_with_a_cookie() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.unset("GATEWAY_INTERFACE")
         .unset("SCRIPT_NAME")
         .unset("REQUEST_METHOD");
@@ -122,7 +122,7 @@ fn run_from_a_terminal_it_prints_the_whole_response_and_continues_with_a_cookie(
 
 #[test]
 fn head_requests_get_headers_only() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("REQUEST_METHOD", "HEAD");
     let reply = site.get(None);
     assert_eq!(reply.body, "");
@@ -131,7 +131,7 @@ fn head_requests_get_headers_only() {
 
 #[test]
 fn service_id_names_the_cookie_and_the_files() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOServiceId", "shop");
     let reply = site.get(None);
     let cookie = reply.cookie();
@@ -147,7 +147,7 @@ fn service_id_names_the_cookie_and_the_files() {
 
 #[test]
 fn a_variable_named_like_the_service_forces_the_session_id() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOServiceId", "MyService")
         .set("MyService", "007");
     let first = site.get(None);
@@ -178,7 +178,7 @@ fn a_variable_named_like_the_service_forces_the_session_id() {
 
 #[test]
 fn session_expire_sets_the_cookie_lifetime_and_the_server_deadline() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     for name in ["PSOSessionExpire", "PSOSessionExpires"] {
         site.unset("PSOSessionExpire").set(name, "15*60");
         let reply = site.get(None);
@@ -231,7 +231,7 @@ fn session_expire_sets_the_cookie_lifetime_and_the_server_deadline() {
 
 #[test]
 fn an_expired_session_is_replaced() {
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let cookie = site.get(None).cookie();
     let store = site.store();
     let key = key("reload", &cookie);
@@ -252,7 +252,7 @@ fn an_expired_session_is_replaced() {
 
 #[test]
 fn a_browser_close_session_dies_after_gc_max_lifetime_unused() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOSessionGCMaxLifetime", "1h");
     let cookie = site.get(None).cookie();
     let store = site.store();
@@ -269,7 +269,7 @@ fn a_browser_close_session_dies_after_gc_max_lifetime_unused() {
 
 #[test]
 fn session_directory_setting() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     // Only the directory itself is created, never a missing parent: a 500 and a log line.
     let custom = site.root.path().join("deep/custom");
     site.set(
@@ -310,7 +310,7 @@ fn session_directory_setting() {
 
 #[test]
 fn cookie_attributes_from_the_environment() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOCookieSession_Domain", "example.org")
         .set("PSOCookieSession_Path", "/cgi-bin/")
         .set("PSOCookieSession_SameSite", "Strict")
@@ -331,7 +331,7 @@ fn cookie_attributes_from_the_environment() {
         reply.stderr
     );
 
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOCookieSession_Max-Age", "3600");
     assert!(
         site.get(None)
@@ -348,7 +348,7 @@ fn cookie_attributes_from_the_environment() {
             .ends_with("; Expires=Mon, 15 Apr 2041 19:00:00 GMT")
     );
 
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOCookieSession_Secure", "on");
     assert!(site.get(None).set_cookie().unwrap().contains("; Secure"));
     site.set("PSOCookieSession_Secure", "auto")
@@ -366,7 +366,7 @@ fn cookie_attributes_from_the_environment() {
     assert!(reply.set_cookie().unwrap().ends_with("; Secure; Path=/"));
 
     // Bad values are logged and replaced by the defaults: no injection into the header.
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOCookieSession_Domain", "evil.org; Secure")
         .set("PSOCookieSession_Path", "/a;Domain=evil.org")
         .set("PSOCookieSession_SameSite", "sometimes");
@@ -386,7 +386,7 @@ fn cookie_attributes_from_the_environment() {
 
 #[test]
 fn strict_mode_never_adopts_an_id_it_did_not_issue() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOLogLevel", "info");
     let forged = "reload=0123456789abcdef0123456789abcdef0123456789abcdef";
     let reply = site.get(Some(forged));
@@ -407,7 +407,7 @@ fn strict_mode_never_adopts_an_id_it_did_not_issue() {
 
 #[test]
 fn a_live_session_wins_over_tossed_cookies_whatever_their_order() {
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let real = site.get(None).cookie();
     let tossed = "reload=ffffffffffffffffffffffffffffffffffffffffffffffff";
     assert_eq!(site.get(Some(&format!("{tossed}; {real}"))).count(), 2);
@@ -436,7 +436,7 @@ fn dead_ids_cannot_hide_the_visitors_session_behind_a_tossed_one() {
     // Before the fix, the first few ids were all that was checked and dead ones counted: a few
     // dead ids, then the attacker's live one, hid the visitor's own and fixed the attacker's.
     for attacker_first in [true, false] {
-        let site = Site::new(RELOAD);
+        let site = Site::new(RELOAD.as_str());
         let mine = site.get(None).cookie();
         let theirs = site.get(None).cookie();
         let mut cookies: Vec<String> = (0..3).map(|_| dead_cookie()).collect();
@@ -464,7 +464,7 @@ fn dead_ids_cannot_hide_the_visitors_session_behind_a_tossed_one() {
 fn made_up_ids_cannot_crowd_out_the_visitors_session() {
     // Before the fix, nine made-up ids (they need not name anything) kept a visitor out of
     // their session for as long as the tossed cookies lasted.
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let mine = site.get(None).cookie();
     let made_up: Vec<String> = (0..20).map(|_| dead_cookie()).collect();
     let before = format!("{}; {mine}", made_up.join("; "));
@@ -476,7 +476,7 @@ fn made_up_ids_cannot_crowd_out_the_visitors_session() {
 #[test]
 fn more_tossed_sessions_than_are_checked_get_a_fresh_session_never_the_attackers() {
     for attacker_first in [true, false] {
-        let site = Site::new(RELOAD);
+        let site = Site::new(RELOAD.as_str());
         let mine = site.get(None).cookie();
         let theirs: Vec<String> = (0..pso::cookies::MAX_CANDIDATES)
             .map(|_| site.get(None).cookie())
@@ -500,7 +500,7 @@ fn more_tossed_sessions_than_are_checked_get_a_fresh_session_never_the_attackers
 #[test]
 fn other_cookies_cannot_hide_the_session_cookie_however_many() {
     // Before the fix, only the first 256 cookies were read.
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let mine = site.get(None).cookie();
     let others: Vec<String> = (0..300).map(|i| format!("c{i}=v")).collect();
     let before = format!("{}; {mine}", others.join("; "));
@@ -517,7 +517,7 @@ fn other_cookies_cannot_hide_the_session_cookie_however_many() {
 #[test]
 fn a_header_as_long_as_apache_and_nginx_allow_is_read_whole() {
     // Apache's LimitRequestFieldSize is 8190 bytes, nginx's large_client_header_buffers 8k.
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let mine = site.get(None).cookie();
     let mut filler = String::new();
     let mut i = 0;
@@ -539,7 +539,7 @@ fn a_header_as_long_as_apache_and_nginx_allow_is_read_whole() {
 #[test]
 fn a_byte_that_is_not_utf8_in_another_cookie_does_not_log_the_visitor_out() {
     // Before the fix, the whole header was ignored: every request a fresh session.
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let mine = site.get(None).cookie();
     let bad: &[u8] = b"tracker=\xff\xfe\xc3\x28; \x80=x";
     let before = [bad, b"; ", mine.as_bytes()].concat();
@@ -556,7 +556,7 @@ fn a_cookie_lifetime_of_zero_means_browser_close_in_every_variable() {
         "PSOCookieSession_Max-Age",
         "PSOSessionExpire",
     ] {
-        let mut site = Site::new(RELOAD);
+        let mut site = Site::new(RELOAD.as_str());
         site.set(name, "0");
         let reply = site.get(None);
         let set = reply.set_cookie().unwrap().to_owned();
@@ -570,7 +570,7 @@ fn a_cookie_lifetime_of_zero_means_browser_close_in_every_variable() {
 
 #[test]
 fn hostile_ids_get_a_fresh_session_and_touch_nothing_outside() {
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     site.get(None);
     let before = tree(site.root.path());
     let hostile: Vec<OsString> = [
@@ -624,7 +624,7 @@ fn hostile_ids_under_strace_never_reach_a_path_outside() {
         skip_or_fail("strace is not installed (apt-get install strace)");
         return;
     }
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     // Collection too, on every request: it lists and opens files of the directory.
     site.set("PSOSessionGCProbability", "1");
     let sessions = site.sessions().display().to_string();
@@ -706,7 +706,7 @@ fn hostile_ids_under_strace_never_reach_a_path_outside() {
 
 #[test]
 fn a_corrupt_session_file_gives_a_fresh_session_not_a_crash() {
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let cookie = site.get(None).cookie();
     let id = cookie.split_once('=').unwrap().1;
     let path = site.sessions().join(format!("reload.{id}.pso"));
@@ -755,7 +755,7 @@ fn a_corrupt_session_file_gives_a_fresh_session_not_a_crash() {
 
 #[test]
 fn a_version_one_file_loads_and_is_rewritten_as_version_two() {
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let cookie = site.get(None).cookie();
     let path = site
         .sessions()
@@ -793,7 +793,7 @@ fn a_version_one_file_loads_and_is_rewritten_as_version_two() {
 
 #[test]
 fn an_oversized_session_file_is_dead() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOSessionMaxBytes", "2048");
     let cookie = site.get(None).cookie();
     let key = key("reload", &cookie);
@@ -814,7 +814,7 @@ fn an_oversized_session_file_is_dead() {
 
 #[test]
 fn a_session_held_past_the_lock_timeout_gets_503() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     let cookie = site.get(None).cookie();
     site.set("PSOSessionLockTimeout", "1");
     let id = cookie.split_once('=').unwrap().1;
@@ -835,7 +835,7 @@ fn a_session_held_past_the_lock_timeout_gets_503() {
 
 #[test]
 fn fifty_concurrent_requests_on_one_session_lose_nothing() {
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let cookie = site.get(None).cookie();
     let children: Vec<_> = (0..50)
         .map(|_| {
@@ -887,7 +887,7 @@ fn synced(site: &Site, cookie: Option<&str>) -> Vec<String> {
 
 #[test]
 fn sync_mode_fsyncs_file_and_directory() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOSessionSync", "on");
     assert_eq!(site.get(None).count(), 1);
     if !have("strace") {
@@ -918,7 +918,7 @@ fn sync_mode_fsyncs_file_and_directory() {
 
 #[test]
 fn garbage_collection_removes_expired_files() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     let store_cookie = site.get(None).cookie();
     let store = site.store();
     // An expired session of another visitor.
@@ -953,7 +953,7 @@ fn collection_runs_after_the_response_is_complete() {
         skip_or_fail("strace is not installed (apt-get install strace)");
         return;
     }
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOSessionGCProbability", "1");
     let cookie = site.get(None).cookie();
     let trace = site.root.path().join("trace");
@@ -990,7 +990,7 @@ fn collection_runs_after_the_response_is_complete() {
 /// which runs after the response, goes on to its end.
 #[test]
 fn collection_outlives_the_servers_sigterm() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOSessionGCProbability", "1");
     let cookie = site.get(None).cookie();
     // Enough expired sessions that collection is still running when the signal comes.
@@ -1093,7 +1093,7 @@ impl Drop for TinyDisk {
 
 #[test]
 fn a_full_disk_keeps_the_old_session_and_sends_no_cookie() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     let Some(disk) = TinyDisk::mount(&site.root.path().join("tiny")) else {
         skip_or_fail("cannot mount a private tmpfs (unshare -m as root, or unshare -r -m)");
         return;
@@ -1143,12 +1143,16 @@ fn a_full_disk_keeps_the_old_session_and_sends_no_cookie() {
 
 #[test]
 fn modes_are_private_whatever_the_umask() {
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     for umask in ["0277", "0000", "0022"] {
         let command = site.command(None);
         let mut shell = Command::new("sh");
         shell
-            .args(["-c", &format!("umask {umask} && exec \"$0\""), RELOAD])
+            .args([
+                "-c",
+                &format!("umask {umask} && exec \"$0\""),
+                RELOAD.as_str(),
+            ])
             .env_clear()
             .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))));
         let reply = Reply::from_output(shell.output().unwrap());
@@ -1165,7 +1169,7 @@ fn modes_are_private_whatever_the_umask() {
 
 #[test]
 fn a_session_directory_of_another_user_is_refused() {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     // Root can give a directory away; anybody else finds one of root's.
     let (dir, owner) = if is_root() {
         fs::create_dir(site.sessions()).unwrap();
@@ -1234,7 +1238,7 @@ fn anything_planted_at_a_sessions_path_never_gives_a_permanent_error() {
         ));
     }
     for (what, plant, removable) in plants {
-        let site = Site::new(RELOAD);
+        let site = Site::new(RELOAD.as_str());
         let cookie = site.get(None).cookie();
         let path = site
             .sessions()
@@ -1262,7 +1266,7 @@ fn anything_planted_at_a_sessions_path_never_gives_a_permanent_error() {
 /// and no file of the victim may appear anywhere but in its own private directory.
 #[test]
 fn swapping_the_session_directory_never_redirects_a_file() {
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let base = site.root.path().join("shared");
     fs::create_dir(&base).unwrap();
     let trap = base.join("trap");

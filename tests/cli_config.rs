@@ -1,8 +1,6 @@
 //! `pso config`, run as the real binary with a cleared environment, real `.htaccess` files
 //! (the repository's `htaccess.sample` among them) and real session directories.
 
-#![cfg(feature = "cli")]
-
 mod common;
 
 use common::{stderr, stdout};
@@ -13,7 +11,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const PSO: &str = env!("CARGO_BIN_EXE_pso");
+static PSO: std::sync::LazyLock<String> = std::sync::LazyLock::new(common::helper);
 
 /// A private session directory, as pso wants it, in a fresh temporary directory.
 struct Deployment {
@@ -42,7 +40,7 @@ impl Deployment {
 
 /// `pso config ARGS` with only `env` in its environment.
 fn config(env: &[(&str, &str)], args: &[&str]) -> Output {
-    Command::new(PSO)
+    Command::new(PSO.as_str())
         .arg("config")
         .args(args)
         .env_clear()

@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use pso::store::{FileStore, LockOptions, SessionKey, Store};
 use pso::{Meta, Record, SessionId};
 
-const PSO: &str = env!("CARGO_BIN_EXE_pso");
-const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
+static PSO: std::sync::LazyLock<String> = std::sync::LazyLock::new(common::helper);
+static RELOAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| common::example("reload"));
 const SUBCOMMANDS: [&str; 5] = ["list", "show", "rm", "gc", "stats"];
 
 fn now() -> u64 {
@@ -74,7 +74,7 @@ impl Sessions {
         key
     }
 
-    /// `pso sessions ARGS --path DIR`, with no PSO variable from the test's environment.
+    /// `pso sessions ARGS --path DIR`, with no PSO.as_str() variable from the test's environment.
     fn run(&self, args: &[&str]) -> Output {
         run_pso(self.dir(), args)
     }
@@ -82,7 +82,7 @@ impl Sessions {
 
 fn run_pso(dir: &Path, args: &[&str]) -> Output {
     // The path before the rest, which may end in `-- ID`.
-    Command::new(PSO)
+    Command::new(PSO.as_str())
         .arg("sessions")
         .args(&args[..1])
         .arg("--path")
@@ -131,7 +131,7 @@ fn expired(now: u64) -> Meta {
 
 /// One CGI request to the reload counter: the count it answered and its session cookie.
 fn reload(dir: &Path, cookie: Option<&str>) -> (u64, Option<String>) {
-    let mut command = Command::new(RELOAD);
+    let mut command = Command::new(RELOAD.as_str());
     command
         .env_clear()
         .env("GATEWAY_INTERFACE", "CGI/1.1")
@@ -163,7 +163,7 @@ fn reload(dir: &Path, cookie: Option<&str>) -> (u64, Option<String>) {
 #[test]
 fn every_subcommand_has_help_with_the_common_options() {
     for command in SUBCOMMANDS {
-        let output = Command::new(PSO)
+        let output = Command::new(PSO.as_str())
             .args(["sessions", command, "--help"])
             .output()
             .unwrap();
@@ -173,7 +173,7 @@ fn every_subcommand_has_help_with_the_common_options() {
         }
         assert!(!help.contains('\u{1b}'), "no colour off a terminal: {help}");
     }
-    let output = Command::new(PSO)
+    let output = Command::new(PSO.as_str())
         .args(["sessions", "--help"])
         .output()
         .unwrap();
@@ -181,7 +181,7 @@ fn every_subcommand_has_help_with_the_common_options() {
     for command in SUBCOMMANDS {
         assert!(help.contains(command), "{help}");
     }
-    let output = Command::new(PSO)
+    let output = Command::new(PSO.as_str())
         .args(["sessions", "list", "--sort", "colour"])
         .output()
         .unwrap();
@@ -433,7 +433,7 @@ fn the_directory_comes_from_the_environment_as_programs_read_it() {
     let sessions = Sessions::new();
     sessions.save("shop", live(now()), &[("n", 1)]);
     let stats = |name: &str, value: &Path| {
-        Command::new(PSO)
+        Command::new(PSO.as_str())
             .args(["sessions", "stats", "--json"])
             .env_remove("PSOSessionFileLoader_Path")
             .env(name, value)
@@ -672,7 +672,7 @@ fn peak_kib(dir: &Path, args: &[&str]) -> u64 {
         .arg("%M")
         .arg("-o")
         .arg(report.path())
-        .arg(PSO)
+        .arg(PSO.as_str())
         .arg("sessions")
         .args(args)
         .arg("--path")

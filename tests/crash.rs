@@ -14,8 +14,7 @@ use pso::SessionId;
 use pso::store::{SessionKey, Store};
 
 fn inspect() -> PathBuf {
-    let binaries = PathBuf::from(env!("CARGO_BIN_EXE_reload"));
-    binaries.parent().unwrap().join("examples").join("inspect")
+    PathBuf::from(common::example("inspect"))
 }
 
 /// The digest `examples/inspect.rs` keeps beside its ballast (FNV-1a of visit and ballast).

@@ -7,16 +7,8 @@ use std::process::Stdio;
 
 use common::{Reply, Site};
 
-/// Examples are built next to the binaries, in `target/<profile>/examples/`.
 fn example(name: &str) -> PathBuf {
-    let binaries = PathBuf::from(env!("CARGO_BIN_EXE_reload"));
-    let path = binaries.parent().unwrap().join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: plain `cargo test` builds the examples (or run `cargo build --examples`)",
-        path.display()
-    );
-    path
+    PathBuf::from(common::example(name))
 }
 
 #[test]

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use common::fcgi::*;
 
 fn inspect() -> PathBuf {
-    let binaries = PathBuf::from(env!("CARGO_BIN_EXE_reload"));
-    binaries.parent().unwrap().join("examples").join("inspect")
+    PathBuf::from(common::example("inspect"))
 }
 
 struct Fixture {

@@ -742,7 +742,7 @@ fn migrate_copies_a_store_onto_itself_when_it_is_named_two_ways() {
         lock.save_and_release(&record).unwrap();
     }
     let started = Instant::now();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pso"))
+    let output = std::process::Command::new(common::helper())
         .args(["sessions", "migrate", "--timeout", "2", "--from"])
         .arg(server.url()) // redis://127.0.0.1:<port>/0
         .arg("--to")

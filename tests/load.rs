@@ -12,7 +12,7 @@ use std::time::Instant;
 use common::counter_client::Client;
 use common::servers::*;
 
-const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
+static RELOAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| common::example("reload"));
 const CLIENTS: usize = 32;
 const SESSIONS: usize = 100;
 const REQUESTS: usize = 20_000;
@@ -31,7 +31,7 @@ fn twenty_thousand_requests_over_a_hundred_sessions_through_nginx() {
     if require(&["nginx"]).is_none() {
         return;
     }
-    let site = Site::new(&[Path::new(RELOAD)]);
+    let site = Site::new(&[Path::new(RELOAD.as_str())]);
     let app_port = free_port();
     let mut app = as_server_user(&site.path("cgi-bin/reload"));
     app.env_clear()

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use common::counter_client::Client;
 use common::servers::*;
 
-const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
+static RELOAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| common::example("reload"));
 const CLIENTS: usize = 16;
 const SESSIONS: usize = 20;
 const REQUESTS: usize = 2_000;
@@ -76,7 +76,7 @@ fn every_count_exact(store: &str, while_up: impl FnOnce()) {
     if require(&["nginx"]).is_none() {
         return;
     }
-    let site = Site::new(&[Path::new(RELOAD)]);
+    let site = Site::new(&[Path::new(RELOAD.as_str())]);
     let (port, _daemons) = two_machines(&site, &[("PSOSessionStore", store)]);
     let cookies = new_sessions(port);
     counts_go_on(port, &cookies, 1, || ());
@@ -168,7 +168,7 @@ fn two_machines_share_sessions_in_postgresql_and_lose_no_update() {
 /// A site moves from files to Redis while it serves: the machines switch to Redis with
 /// `PSOSessionStoreMovingFrom=files`, and `pso sessions migrate` runs during 2,000 requests.
 /// Every count goes on exactly from where the files left it, and the files end empty.
-#[cfg(all(feature = "redis", feature = "cli"))]
+#[cfg(feature = "redis")]
 #[test]
 fn a_site_moves_from_files_to_redis_under_load_and_every_count_is_exact() {
     if require(&["nginx"]).is_none() {
@@ -177,7 +177,7 @@ fn a_site_moves_from_files_to_redis_under_load_and_every_count_is_exact() {
     let Some(redis) = common::redis::RedisServer::start() else {
         return;
     };
-    let site = Site::new(&[Path::new(RELOAD)]);
+    let site = Site::new(&[Path::new(RELOAD.as_str())]);
     let sessions = site.sessions();
     let dir = sessions.to_str().unwrap();
     // Sessions the load visits, and sessions nobody visits during the move: only the
@@ -189,7 +189,7 @@ fn a_site_moves_from_files_to_redis_under_load_and_every_count_is_exact() {
         (cookies, new_sessions(port))
     };
     let pso_sessions = |args: &[&str]| {
-        let output = as_server_user(Path::new(env!("CARGO_BIN_EXE_pso")))
+        let output = as_server_user(Path::new(&common::helper()))
             .arg("sessions")
             .args(args)
             .env_clear()

@@ -19,8 +19,8 @@ use common::{Reply, Site};
 use pso::store::{LockOptions, PostgresStore, SessionKey, Store, StoreLocation};
 use pso::{ErrorKind, Meta, Record, SessionId};
 
-const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
-const LOGIN: &str = env!("CARGO_BIN_EXE_login");
+static RELOAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| common::example("reload"));
+static LOGIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| common::example("login"));
 
 fn server() -> PostgresServer {
     PostgresServer::start().expect("PostgreSQL is not installed (apt install postgresql)")
@@ -43,7 +43,7 @@ mod suite {
 }
 
 fn counter_site(url: String) -> Site {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOSessionStore", url);
     site
 }
@@ -119,7 +119,7 @@ fn the_counter_counts_one_two_three_as_fastcgi() {
     let dir = tempfile::tempdir().unwrap();
     let url = server.url();
     let mut process = FcgiProcess::start(
-        RELOAD.as_ref(),
+        RELOAD.as_str().as_ref(),
         &[("PSOSessionStore", &url)],
         &dir.path().join("stderr"),
     );
@@ -195,7 +195,7 @@ fn a_cgi_process_killed_while_it_holds_its_session_frees_it() {
         .set("CONTENT_TYPE", "application/x-www-form-urlencoded")
         .set("CONTENT_LENGTH", "100");
     let command = site.command(Some(&cookie));
-    let mut holder = std::process::Command::new(LOGIN);
+    let mut holder = std::process::Command::new(LOGIN.as_str());
     holder
         .env_clear()
         .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
@@ -339,7 +339,7 @@ fn a_fastcgi_process_reconnects_after_postgres_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let url = server.url();
     let mut process = FcgiProcess::start(
-        RELOAD.as_ref(),
+        RELOAD.as_str().as_ref(),
         &[("PSOSessionStore", &url)],
         &dir.path().join("stderr"),
     );
@@ -721,7 +721,7 @@ fn a_fastcgi_process_answers_503s_while_postgres_is_frozen_then_counts_on() {
     let dir = tempfile::tempdir().unwrap();
     let url = server.url();
     let mut process = FcgiProcess::start(
-        RELOAD.as_ref(),
+        RELOAD.as_str().as_ref(),
         &[("PSOSessionStore", &url)],
         &dir.path().join("stderr"),
     );
@@ -909,7 +909,6 @@ fn open_server_opens_a_postgres_url() {
 
 /// `pso sessions init` makes the table as a role that may, so that the site's role needs no
 /// right to create; then `pso sessions` lists, counts, shows, removes and collects there.
-#[cfg(feature = "cli")]
 #[test]
 fn pso_sessions_init_makes_the_table_for_a_role_that_cannot_and_the_tools_work() {
     let server = server();
@@ -924,11 +923,11 @@ fn pso_sessions_init_makes_the_table_for_a_role_that_cannot_and_the_tools_work()
         .to_owned();
     server
         .admin()
-        .batch_execute("CREATE ROLE web LOGIN PASSWORD 'w3b'")
+        .batch_execute("CREATE ROLE web LOGIN.as_str() PASSWORD 'w3b'")
         .unwrap();
     let web = format!("postgres://web:w3b@127.0.0.1:{port}/postgres");
     let pso = |store: &str, args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pso"))
+        let output = std::process::Command::new(common::helper())
             .arg("sessions")
             .args(args)
             .env_clear()

@@ -16,7 +16,7 @@ use common::{Reply, Site};
 use pso::store::{LockOptions, RedisStore, SessionKey, Store, StoreLocation};
 use pso::{ErrorKind, Meta, Record, SessionId};
 
-const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
+static RELOAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| common::example("reload"));
 
 fn server() -> RedisServer {
     RedisServer::start().expect("redis-server is not installed (apt install redis-server)")
@@ -61,7 +61,7 @@ mod moving_from_files_suite {
 }
 
 fn counter_site(server: &RedisServer) -> Site {
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set("PSOSessionStore", server.url());
     site
 }
@@ -97,7 +97,7 @@ fn the_counter_counts_one_two_three_as_fastcgi() {
     let dir = tempfile::tempdir().unwrap();
     let url = server.url();
     let mut process = FcgiProcess::start(
-        RELOAD.as_ref(),
+        RELOAD.as_str().as_ref(),
         &[("PSOSessionStore", &url)],
         &dir.path().join("stderr"),
     );
@@ -416,7 +416,7 @@ fn a_fastcgi_process_reconnects_after_redis_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let url = server.url();
     let mut process = FcgiProcess::start(
-        RELOAD.as_ref(),
+        RELOAD.as_str().as_ref(),
         &[("PSOSessionStore", &url)],
         &dir.path().join("stderr"),
     );
@@ -584,7 +584,7 @@ mod cluster {
     #[test]
     fn the_counter_counts_one_two_three_on_a_cluster_as_cgi_and_fastcgi() {
         let cluster = cluster();
-        let mut site = Site::new(RELOAD);
+        let mut site = Site::new(RELOAD.as_str());
         site.set("PSOSessionStore", cluster.url());
         let cookie = site.get(None).cookie();
         assert_eq!(site.get(Some(&cookie)).count(), 2);
@@ -593,7 +593,7 @@ mod cluster {
         let dir = tempfile::tempdir().unwrap();
         let url = cluster.url();
         let mut process = FcgiProcess::start(
-            RELOAD.as_ref(),
+            RELOAD.as_str().as_ref(),
             &[("PSOSessionStore", &url)],
             &dir.path().join("stderr"),
         );
@@ -614,7 +614,7 @@ mod cluster {
             return;
         };
         let site = {
-            let mut site = Site::new(RELOAD);
+            let mut site = Site::new(RELOAD.as_str());
             site.set("PSOSessionStore", cluster.url());
             site
         };
@@ -695,7 +695,7 @@ fn a_holder_killed_while_it_reads_its_body_blocks_the_session_at_most_the_lease(
     let cookie = site.get(None).cookie();
     // The login program, on the same session, posts a form whose body never comes: it holds
     // the session's lock while it waits for it.
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_login"));
+    let mut command = std::process::Command::new(common::example("login"));
     command.env_clear();
     for (name, value) in site.command(Some(&cookie)).get_envs() {
         if let Some(value) = value {
@@ -857,14 +857,13 @@ fn an_idle_session_ends_and_its_ttl_follows_the_idle_limit() {
     assert_eq!(after.count(), 1, "{after:?}");
 }
 
-#[cfg(feature = "cli")]
 #[test]
 fn pso_sessions_lists_shows_counts_and_removes_sessions_in_redis() {
     let redis = server();
     let site = counter_site(&redis);
     let cookies: Vec<String> = (0..3).map(|_| site.get(None).cookie()).collect();
     let pso = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pso"))
+        let output = std::process::Command::new(common::helper())
             .args(args)
             .env_clear()
             .env("PSOSessionStore", redis.url())
@@ -907,11 +906,10 @@ fn pso_sessions_lists_shows_counts_and_removes_sessions_in_redis() {
     );
 }
 
-#[cfg(feature = "cli")]
 #[test]
 fn a_site_moves_from_files_to_redis_and_no_count_is_lost() {
     let redis = server();
-    let site = Site::new(RELOAD);
+    let site = Site::new(RELOAD.as_str());
     let cookies: Vec<String> = (0..20).map(|_| site.get(None).cookie()).collect();
     for round in 0..10 {
         for cookie in &cookies {
@@ -919,7 +917,7 @@ fn a_site_moves_from_files_to_redis_and_no_count_is_lost() {
         }
     }
     let migrate = || {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pso"))
+        let output = std::process::Command::new(common::helper())
             .args(["sessions", "migrate", "--from", "files", "--from-path"])
             .arg(site.sessions())
             .args(["--to", &redis.url()])
@@ -939,7 +937,7 @@ fn a_site_moves_from_files_to_redis_and_no_count_is_lost() {
     let again = migrate();
     assert!(again.starts_with("moved 0 session(s)"), "{again}");
     // The switch: every count goes on from where the files left it.
-    let mut moved = Site::new(RELOAD);
+    let mut moved = Site::new(RELOAD.as_str());
     moved.set("PSOSessionStore", redis.url());
     for cookie in &cookies {
         assert_eq!(moved.get(Some(cookie)).count(), 12);
@@ -956,7 +954,7 @@ fn sessions_go_to_redis_over_tls_and_an_unknown_certificate_is_refused() {
     let Some(redis) = RedisServer::start_tls() else {
         return;
     };
-    let mut site = Site::new(RELOAD);
+    let mut site = Site::new(RELOAD.as_str());
     site.set(
         "PSOSessionStore",
         format!("rediss://127.0.0.1:{}/0", redis.port),

@@ -11,16 +11,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const PSO: &str = env!("CARGO_BIN_EXE_pso");
-const RELOAD: &str = env!("CARGO_BIN_EXE_reload");
-const LOGIN: &str = env!("CARGO_BIN_EXE_login");
+static PSO: std::sync::LazyLock<String> = std::sync::LazyLock::new(common::helper);
+static RELOAD: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| common::example("reload"));
+static LOGIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| common::example("login"));
 
 fn inspect() -> PathBuf {
-    Path::new(RELOAD)
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("inspect")
+    PathBuf::from(common::example("inspect"))
 }
 
 /// A served directory: copies of the counter and the inspect example, small shell programs,
@@ -34,8 +30,8 @@ impl Fixture {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("cgi-bin");
         std::fs::create_dir(&dir).unwrap();
-        std::fs::copy(RELOAD, dir.join("reload")).unwrap();
-        std::fs::copy(LOGIN, dir.join("login")).unwrap();
+        std::fs::copy(RELOAD.as_str(), dir.join("reload")).unwrap();
+        std::fs::copy(LOGIN.as_str(), dir.join("login")).unwrap();
         std::fs::copy(inspect(), dir.join("inspect")).unwrap();
         let scripts: &[(&str, &str)] = &[
             ("env", "printf 'Content-Type: text/plain\\n\\n'; env | sort"),
@@ -145,7 +141,7 @@ impl Fixture {
 
     fn serve(&self, extra: &[&str]) -> Server {
         Server::start(
-            Command::new(PSO)
+            Command::new(PSO.as_str())
                 .arg("serve")
                 .arg("--dir")
                 .arg(self.dir())
@@ -1220,7 +1216,7 @@ fn the_dashboard_shows_and_ends_sessions_kept_in_redis() {
 #[test]
 fn in_a_new_crate_it_says_where_a_programs_source_goes() {
     let root = tempfile::tempdir().unwrap();
-    let missing = Command::new(PSO)
+    let missing = Command::new(PSO.as_str())
         .arg("serve")
         .current_dir(root.path())
         .output()
@@ -1240,7 +1236,7 @@ fn in_a_new_crate_it_says_where_a_programs_source_goes() {
     std::fs::write(root.path().join("src/main.rs"), "fn main() {}\n").unwrap();
     std::fs::create_dir(root.path().join("cgi-bin")).unwrap();
     let empty = Server::start(
-        Command::new(PSO)
+        Command::new(PSO.as_str())
             .args(["serve", "--bind", "127.0.0.1:0"])
             .current_dir(root.path()),
     );
@@ -1249,7 +1245,7 @@ fn in_a_new_crate_it_says_where_a_programs_source_goes() {
     drop(empty);
     std::fs::write(root.path().join("cgi-bin/guestbook.rs"), "fn main() {}\n").unwrap();
     let unlisted = Server::start(
-        Command::new(PSO)
+        Command::new(PSO.as_str())
             .args(["serve", "--bind", "127.0.0.1:0"])
             .current_dir(root.path()),
     );
@@ -1258,4 +1254,101 @@ fn in_a_new_crate_it_says_where_a_programs_source_goes() {
         log.contains("name = \"guestbook\"") && log.contains("path = \"cgi-bin/guestbook.rs\""),
         "{log}"
     );
+}
+
+/// The README's "Your own program", followed as a new user would: a crate made from its lines
+/// (the dependency, the `[[bin]]` entry, the program, the deploy alias and profiles) builds,
+/// `pso serve` serves its program, and `cargo deploy` makes it a static program (no
+/// interpreter in its ELF header).
+#[test]
+fn a_new_crate_made_from_the_readme_is_served_and_deploys_static() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("## Your own program")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README's Your own program section");
+    // The fenced blocks of the section, in order: dependencies, [[bin]], the program, the
+    // alias, the profiles.
+    let blocks: Vec<&str> = section
+        .split("```")
+        .skip(1)
+        .step_by(2)
+        .map(|block| block.split_once('\n').map_or("", |(_, body)| body))
+        .collect();
+    let [_, bin, program, alias, profiles] = blocks[..] else {
+        panic!("the section's blocks changed: {blocks:?}");
+    };
+    let root = tempfile::tempdir().unwrap();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    std::fs::write(
+        root.path().join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"site\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\npso = {{ path = \"{repo}\" }}\n\n{bin}\n{profiles}"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(root.path().join("cgi-bin")).unwrap();
+    std::fs::write(root.path().join("cgi-bin/guestbook.rs"), program).unwrap();
+    std::fs::create_dir(root.path().join(".cargo")).unwrap();
+    std::fs::write(root.path().join(".cargo/config.toml"), alias).unwrap();
+    // One target directory for every run of this test: the library compiles once.
+    let target = Path::new(repo).join("target/new-crate-tests");
+    let served = Server::start(
+        Command::new(PSO.as_str())
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(root.path()),
+    );
+    assert!(
+        served
+            .urls
+            .iter()
+            .any(|url| url.ends_with("/cgi-bin/guestbook")),
+        "{:?} {}",
+        served.urls,
+        served.log()
+    );
+    let page = served.get("/cgi-bin/guestbook");
+    assert!(page.ends_with("Visit 1"), "{page}");
+    drop(served);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let deployed = Command::new(cargo)
+        .args(["deploy", "--quiet"])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(root.path())
+        .status()
+        .unwrap();
+    assert!(deployed.success());
+    let program = target.join("x86_64-unknown-linux-gnu/deploy/guestbook");
+    let elf = std::fs::read(&program).unwrap();
+    assert!(
+        !has_interpreter(&elf),
+        "{} is not static",
+        program.display()
+    );
+    let dynamic = std::fs::read(common::example("reload")).unwrap();
+    assert!(
+        has_interpreter(&dynamic),
+        "the check tells a dynamic program apart"
+    );
+}
+
+/// Whether a 64-bit little-endian ELF file names an interpreter (a PT_INTERP program header):
+/// a dynamically linked program does, a static one does not.
+fn has_interpreter(elf: &[u8]) -> bool {
+    let word = |at: usize, len: usize| {
+        elf[at..at + len]
+            .iter()
+            .rev()
+            .fold(0u64, |n, b| (n << 8) | u64::from(*b))
+    };
+    assert_eq!(&elf[..4], b"\x7fELF");
+    let (phoff, phentsize, phnum) = (
+        word(0x20, 8) as usize,
+        word(0x36, 2) as usize,
+        word(0x38, 2),
+    );
+    (0..phnum as usize).any(|i| word(phoff + i * phentsize, 4) == 3)
 }

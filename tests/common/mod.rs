@@ -17,6 +17,38 @@ use std::process::{Command, Output, Stdio};
 
 use pso::store::FileStore;
 
+/// Where cargo put what the tests run: `target/<profile>/`, above the test's own executable
+/// (`target/<profile>/deps/`).
+fn built_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    exe.parent()
+        .and_then(std::path::Path::parent)
+        .expect("a test runs from target/<profile>/deps/")
+        .to_path_buf()
+}
+
+/// A program of `cgi-bin/` or `examples/`, built as an example (`reload`, `login`, ...).
+pub fn example(name: &str) -> String {
+    let path = built_dir().join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: `cargo test` at the repository's root builds the examples (or run `cargo build --examples`)",
+        path.display()
+    );
+    path.display().to_string()
+}
+
+/// The `pso` helper, built with its package (cli/) when `cargo test` runs at the root.
+pub fn helper() -> String {
+    let path = built_dir().join("pso");
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test` at the repository's root, which builds the helper's package too",
+        path.display()
+    );
+    path.display().to_string()
+}
+
 /// A private site: a directory for sessions, and the CGI environment the server would set.
 pub struct Site {
     pub root: tempfile::TempDir,

@@ -19,7 +19,7 @@ pub const NOBODY: u32 = 65534;
 /// the statically linked one of `cargo deploy` (the README's deploy command). Each server test
 /// runs both.
 pub fn reload_builds() -> Vec<PathBuf> {
-    let mut builds = vec![PathBuf::from(env!("CARGO_BIN_EXE_reload"))];
+    let mut builds = vec![PathBuf::from(super::example("reload"))];
     builds.extend(deployed_reload());
     builds
 }
@@ -49,7 +49,7 @@ pub fn deployed_reload() -> Option<PathBuf> {
                 .arg(&target)
                 .stdin(Stdio::null())
                 .status();
-            let program = target.join("x86_64-unknown-linux-gnu/deploy/reload");
+            let program = target.join("x86_64-unknown-linux-gnu/deploy/examples/reload");
             match built {
                 Ok(status) if status.success() && program.is_file() => Some(program),
                 outcome => {

@@ -23,7 +23,6 @@ mod fastcgi_records;
 mod file_layout;
 mod form_body;
 mod record_decode;
-#[cfg(feature = "cli")]
 mod serve_request_head;
 
 use proptest::prelude::*;
@@ -274,7 +273,6 @@ proptest! {
         form_body::check(&input);
     }
 
-    #[cfg(feature = "cli")]
     #[test]
     fn serve_request_head(input in serve_request_head_input()) {
         serve_request_head::check(&input);

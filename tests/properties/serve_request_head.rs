@@ -1,4 +1,4 @@
-//! The request head `pso serve` reads from a connection (`src/bin/pso/serve/http.rs`, a
+//! The request head `pso serve` reads from a connection (`cli/src/serve/http.rs`, a
 //! module of the helper binary, compiled in here from its source).
 //!
 //! Input: a mode; then how a connection delivers the bytes (the sizes of its reads) and the
@@ -14,7 +14,7 @@ use std::io::Read;
 use crate::input::Input;
 
 #[allow(dead_code)]
-#[path = "../../src/bin/pso/serve/http.rs"]
+#[path = "../../cli/src/serve/http.rs"]
 mod http;
 
 use http::{Incoming, MAX_BODY, MAX_HEAD, Request, normalize, parse, read_request};

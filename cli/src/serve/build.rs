@@ -40,12 +40,22 @@ pub fn build_programs(dir: &Path) -> Result<Built, String> {
         .arg("--manifest-path")
         .arg(&manifest)
         .arg("--message-format=json-render-diagnostics");
-    for target in targets.keys() {
-        build.arg("--bin").arg(target);
+    for (target, program) in &targets {
+        build
+            .arg(if program.example {
+                "--example"
+            } else {
+                "--bin"
+            })
+            .arg(target);
     }
     eprintln!(
         "pso serve: building {} with cargo",
-        targets.values().cloned().collect::<Vec<_>>().join(", ")
+        targets
+            .values()
+            .map(|program| program.stem.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let output = build
         .stdin(Stdio::null())
@@ -69,8 +79,8 @@ pub fn build_programs(dir: &Path) -> Result<Built, String> {
         ) else {
             continue;
         };
-        if let Some(url_name) = targets.get(target) {
-            built.insert(url_name.clone(), PathBuf::from(executable));
+        if let Some(program) = targets.get(target) {
+            built.insert(program.stem.clone(), PathBuf::from(executable));
         }
     }
     Ok(built)
@@ -90,7 +100,7 @@ fn find_manifest(dir: &Path) -> Option<PathBuf> {
 
 /// Binary targets (name to URL name) whose source file lies directly in `dir`.
 /// The stems of the `.rs` files in `dir` that no binary target builds.
-fn sources_without_target(dir: &Path, targets: &BTreeMap<String, String>) -> Vec<String> {
+fn sources_without_target(dir: &Path, targets: &BTreeMap<String, Program>) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -99,13 +109,22 @@ fn sources_without_target(dir: &Path, targets: &BTreeMap<String, String>) -> Vec
         .map(|entry| entry.path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
         .filter_map(|path| path.file_stem()?.to_str().map(str::to_owned))
-        .filter(|stem| !targets.values().any(|built| built == stem))
+        .filter(|stem| !targets.values().any(|built| built.stem == *stem))
         .collect();
     stems.sort();
     stems
 }
 
-fn binary_targets(manifest: &Path, dir: &Path) -> Result<BTreeMap<String, String>, String> {
+/// A program target of the project whose source is in the served directory.
+struct Program {
+    /// The source's file stem: the name it is served under.
+    stem: String,
+    /// An example target (`[[example]]`, as pso's own demonstration programs are) rather
+    /// than a binary.
+    example: bool,
+}
+
+fn binary_targets(manifest: &Path, dir: &Path) -> Result<BTreeMap<String, Program>, String> {
     let output = Command::new(cargo())
         .args([
             "metadata",
@@ -127,9 +146,12 @@ fn binary_targets(manifest: &Path, dir: &Path) -> Result<BTreeMap<String, String
     let mut targets = BTreeMap::new();
     for package in metadata["packages"].as_array().into_iter().flatten() {
         for target in package["targets"].as_array().into_iter().flatten() {
-            let is_bin = target["kind"]
-                .as_array()
-                .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"));
+            let kind_is = |wanted: &str| {
+                target["kind"]
+                    .as_array()
+                    .is_some_and(|kinds| kinds.iter().any(|k| k == wanted))
+            };
+            let (is_bin, example) = (kind_is("bin"), kind_is("example"));
             let (Some(name), Some(source)) = (target["name"].as_str(), target["src_path"].as_str())
             else {
                 continue;
@@ -139,13 +161,14 @@ fn binary_targets(manifest: &Path, dir: &Path) -> Result<BTreeMap<String, String
                 .parent()
                 .and_then(|p| p.canonicalize().ok())
                 .is_some_and(|p| p == dir);
-            if is_bin
+            if (is_bin || example)
                 && in_dir
                 && let Some(stem) = source.file_stem().and_then(|s| s.to_str())
             {
                 // Served only under a plain name: listing another would link to a 404.
                 if super::site::is_plain_name(stem) {
-                    targets.insert(name.to_string(), stem.to_string());
+                    let stem = stem.to_string();
+                    targets.insert(name.to_string(), Program { stem, example });
                 } else {
                     eprintln!(
                         "pso serve: not serving {}: a program's name is A-Z a-z 0-9 . _ - only",

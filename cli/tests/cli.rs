@@ -1,4 +1,5 @@
-//! The `pso` helper binary's command line.
+//! The `pso` helper binary's command line. (Being a test of this package, it also makes
+//! `cargo test` build the helper, which the library's tests of it run.)
 
 use std::process::Command;
 

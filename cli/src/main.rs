@@ -23,7 +23,7 @@ Exit codes:
 
 /// Sessions for CGI programs: the helper for development and administration.
 #[derive(Parser)]
-#[command(version, about, after_help = EXIT_CODES, arg_required_else_help = true)]
+#[command(name = "pso", version, about, after_help = EXIT_CODES, arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
