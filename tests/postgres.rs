@@ -923,7 +923,7 @@ fn pso_sessions_init_makes_the_table_for_a_role_that_cannot_and_the_tools_work()
         .to_owned();
     server
         .admin()
-        .batch_execute("CREATE ROLE web LOGIN.as_str() PASSWORD 'w3b'")
+        .batch_execute("CREATE ROLE web LOGIN PASSWORD 'w3b'")
         .unwrap();
     let web = format!("postgres://web:w3b@127.0.0.1:{port}/postgres");
     let pso = |store: &str, args: &[&str]| {
