@@ -958,11 +958,10 @@ fn as_root_a_directory_of_the_web_servers_user_says_which_user_to_check_as() {
     }
     let deployment = Deployment::new();
     std::os::unix::fs::chown(deployment.sessions(), Some(65534), None).unwrap();
-    let (output, owner) = directory_check(&deployment.sessions(), None, "owner");
+    let (_, owner) = directory_check(&deployment.sessions(), None, "owner");
     assert_eq!(owner["level"], "warning", "{owner}");
     let message = owner["message"].as_str().unwrap();
     assert!(message.contains("pso config --user 65534"), "{message}");
-    let _ = output;
 }
 
 /// A FastCGI program listening where other machines reach it, with no FCGI_WEB_SERVER_ADDRS

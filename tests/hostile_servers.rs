@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::{a_key, server_url};
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -16,21 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use pso::store::{
-    LockOptions, PostgresStore, RedisStore, ServerUrl, SessionKey, Store, StoreLocation,
-};
+use pso::store::{LockOptions, PostgresStore, RedisStore, SessionKey, Store};
 use pso::{ErrorChain, SessionId};
-
-fn server_url(text: &str) -> ServerUrl {
-    match StoreLocation::parse(text).unwrap() {
-        StoreLocation::Server(url) => url,
-        other => panic!("not a server: {other:?}"),
-    }
-}
-
-fn a_key() -> SessionKey {
-    SessionKey::new("svc".parse().unwrap(), SessionId::generate().unwrap())
-}
 
 /// Runs `f` on a thread of its own and waits at most `limit` for it: `None` if it was still
 /// running then (the thread is left behind, blocked).

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::{a_key, server_url};
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use pso::store::{
     FileStore, GcReport, LockOptions, LockedSession, MemoryStore, MovingStore, PostgresStore,
-    ServerUrl, SessionKey, Store, StoreLocation,
+    SessionKey, Store,
 };
 use pso::{Environment, Error, ErrorKind, Record, SessionId};
 
@@ -370,17 +372,6 @@ fn environment_debug_shows_redirected_credentials_and_ids_in_urls() {
 
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL: the waiter cap (MAX_WAITERS = 8).
-
-fn server_url(text: &str) -> ServerUrl {
-    match StoreLocation::parse(text).unwrap() {
-        StoreLocation::Server(url) => url,
-        other => panic!("not a server: {other:?}"),
-    }
-}
-
-fn a_key() -> SessionKey {
-    SessionKey::new("svc".parse().unwrap(), SessionId::generate().unwrap())
-}
 
 /// Requests waiting for `key`'s advisory lock, as pg_locks counts them in every database.
 fn waiting(server: &common::postgres::PostgresServer, database: &str) -> usize {

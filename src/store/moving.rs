@@ -92,13 +92,7 @@ impl MovingStore {
     }
 
     fn moving(&self, target: Box<dyn LockedSession>, options: LockOptions) -> MovingLock {
-        MovingLock {
-            target,
-            from: self.from.clone(),
-            deadline: lock_deadline(options.timeout),
-            settled: None,
-            stale_copy: false,
-        }
+        MovingLock::new(target, self.from.clone(), options)
     }
 }
 
@@ -182,6 +176,16 @@ enum Settled {
 }
 
 impl MovingLock {
+    fn new(target: Box<dyn LockedSession>, from: Arc<dyn Store>, options: LockOptions) -> Self {
+        MovingLock {
+            target,
+            from,
+            deadline: lock_deadline(options.timeout),
+            settled: None,
+            stale_copy: false,
+        }
+    }
+
     /// Brings the session over from the old store if the new store has none: saved here,
     /// then removed there, under its lock in both.
     fn settle(&mut self) -> Result<Moved> {
@@ -280,13 +284,12 @@ impl LockedSession for MovingLock {
     }
 
     fn lock_sibling(&self, id: SessionId, options: LockOptions) -> Result<Box<dyn LockedSession>> {
-        Ok(Box::new(MovingLock {
-            target: self.target.lock_sibling(id, options)?,
-            from: self.from.clone(),
-            deadline: lock_deadline(options.timeout),
-            settled: None,
-            stale_copy: false,
-        }))
+        let target = self.target.lock_sibling(id, options)?;
+        Ok(Box::new(MovingLock::new(
+            target,
+            self.from.clone(),
+            options,
+        )))
     }
 
     fn renew(&mut self) -> Result<()> {

@@ -17,6 +17,19 @@ use std::process::{Command, Output, Stdio};
 
 use pso::store::FileStore;
 
+/// The server URL `text` names (a test's own, known to be one).
+pub fn server_url(text: &str) -> pso::store::ServerUrl {
+    match pso::store::StoreLocation::parse(text).unwrap() {
+        pso::store::StoreLocation::Server(url) => url,
+        other => panic!("not a server: {other:?}"),
+    }
+}
+
+/// A fresh key of service `svc`.
+pub fn a_key() -> pso::store::SessionKey {
+    pso::store::SessionKey::new("svc".parse().unwrap(), pso::SessionId::generate().unwrap())
+}
+
 /// Where cargo put what the tests run: `target/<profile>/`, above the test's own executable
 /// (`target/<profile>/deps/`).
 fn built_dir() -> PathBuf {
